@@ -1,0 +1,170 @@
+"""The plugin manager and the backend registry.
+
+Built-in backends are plugins like any other: they are found through the ``hacore`` entry
+point group and add their classes in ``hacore_register_backends``. The configuration then
+selects one backend per family by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import pluggy
+
+from hacore import hookspecs
+from hacore.consensus import ConsensusBackend, ManagedStore
+from hacore.errors import ConfigError, UnknownBackendError
+from hacore.filesync import FilesyncBackend
+from hacore.replication import ReplicationBackend
+from hacore.services import ServiceBackend
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "hacore"
+#: Comma-separated plugin names (entry point names) that are not loaded.
+BLOCK_ENV = "HACORE_BLOCK_PLUGINS"
+
+FAMILIES: dict[str, type[Any] | None] = {
+    "consensus": ConsensusBackend,
+    "managed_store": ManagedStore,
+    "replication": ReplicationBackend,
+    "filesync": FilesyncBackend,
+    "services": ServiceBackend,
+    # Test harnesses may be given as "module:attribute" so the package needs no test deps.
+    "test_harness": None,
+}
+
+
+class BackendRegistry:
+    """Backend classes by family and name, filled by ``hacore_register_backends``."""
+
+    def __init__(self) -> None:
+        self._backends: dict[str, dict[str, Any]] = {family: {} for family in FAMILIES}
+        self._owner: dict[tuple[str, str], str] = {}
+        self._current_plugin = "?"
+
+    def add(self, family: str, name: str, backend: Any) -> None:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown backend family {family!r}; known: {', '.join(FAMILIES)}")
+        base = FAMILIES[family]
+        if base is not None and not (isinstance(backend, type) and issubclass(backend, base)):
+            raise TypeError(f"{family} backend {name!r} must subclass {base.__name__}")
+        if name in self._backends[family]:
+            owner = self._owner[(family, name)]
+            raise ValueError(f"{family} backend {name!r} is already registered by {owner}")
+        self._backends[family][name] = backend
+        self._owner[(family, name)] = self._current_plugin
+
+    def add_consensus(self, name: str, cls: type[ConsensusBackend]) -> None:
+        self.add("consensus", name, cls)
+
+    def add_managed_store(self, name: str, cls: type[ManagedStore]) -> None:
+        self.add("managed_store", name, cls)
+
+    def add_replication(self, name: str, cls: type[ReplicationBackend]) -> None:
+        self.add("replication", name, cls)
+
+    def add_filesync(self, name: str, cls: type[FilesyncBackend]) -> None:
+        self.add("filesync", name, cls)
+
+    def add_services(self, name: str, cls: type[ServiceBackend]) -> None:
+        self.add("services", name, cls)
+
+    def add_test_harness(self, name: str, harness: Any) -> None:
+        self.add("test_harness", name, harness)
+
+    def names(self, family: str) -> list[str]:
+        return sorted(self._backends[family])
+
+    def get(self, family: str, name: str) -> Any:
+        try:
+            backend = self._backends[family][name]
+        except KeyError:
+            known = ", ".join(self.names(family)) or "none"
+            raise UnknownBackendError(
+                f"unknown {family} backend {name!r}; registered {family} backends: {known}"
+            ) from None
+        if isinstance(backend, str):
+            module, _, attr = backend.partition(":")
+            backend = getattr(importlib.import_module(module), attr)
+        return backend
+
+    def consensus(self, name: str) -> type[ConsensusBackend]:
+        cls: type[ConsensusBackend] = self.get("consensus", name)
+        return cls
+
+    def managed_store(self, name: str) -> type[ManagedStore]:
+        cls: type[ManagedStore] = self.get("managed_store", name)
+        return cls
+
+    def replication(self, name: str) -> type[ReplicationBackend]:
+        cls: type[ReplicationBackend] = self.get("replication", name)
+        return cls
+
+    def filesync(self, name: str) -> type[FilesyncBackend]:
+        cls: type[FilesyncBackend] = self.get("filesync", name)
+        return cls
+
+    def services(self, name: str) -> type[ServiceBackend]:
+        cls: type[ServiceBackend] = self.get("services", name)
+        return cls
+
+
+class HacorePlugins:
+    """A pluggy manager with hacore's hooks, the installed plugins and their backends."""
+
+    def __init__(self, pm: pluggy.PluginManager, registry: BackendRegistry) -> None:
+        self.pm = pm
+        self.registry = registry
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    def plugin_names(self) -> list[str]:
+        return sorted(name for name, _ in self.pm.list_name_plugin() if name)
+
+
+def blocked_plugins(env: dict[str, str] | None = None) -> set[str]:
+    raw = (env if env is not None else os.environ).get(BLOCK_ENV, "")
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+def load_plugins(
+    extra: Iterable[object] = (),
+    *,
+    entry_points: bool = True,
+    block: Iterable[str] = (),
+) -> HacorePlugins:
+    """Build the plugin manager: entry-point plugins (minus blocked ones), then ``extra``.
+
+    ``block`` adds to the names in ``$HACORE_BLOCK_PLUGINS``.
+    """
+    pm = pluggy.PluginManager("hacore")
+    pm.add_hookspecs(hookspecs)
+    blocked = blocked_plugins() | set(block)
+    for name in blocked:
+        pm.set_blocked(name)
+    if entry_points:
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        except ImportError as err:
+            raise ConfigError(
+                f"a hacore plugin failed to import ({err}); block it with {BLOCK_ENV}=NAME"
+            ) from err
+    for plugin in extra:
+        pm.register(plugin)
+    registry = BackendRegistry()
+    for name, plugin in pm.list_name_plugin():
+        impl = getattr(plugin, "hacore_register_backends", None)
+        if impl is None:
+            continue
+        registry._current_plugin = name or repr(plugin)
+        impl(registry=registry)
+    registry._current_plugin = "?"
+    log.debug("hacore plugins loaded: %s", ", ".join(n for n, _ in pm.list_name_plugin() if n))
+    return HacorePlugins(pm, registry)

@@ -1,0 +1,140 @@
+"""Immutable records shared by the core and every backend.
+
+A cluster view is read once per agent loop and then only passed around, never mutated: the
+decision function sees one consistent snapshot, and a record can be logged, compared or sent
+over the API as it is.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+
+class NodeRole(enum.Enum):
+    """What a member says it is, as published in its member record."""
+
+    ACTIVE = "active"
+    STANDBY = "standby"
+    STARTING = "starting"
+    CLONING = "cloning"
+    FENCED = "fenced"
+    REMOVED = "removed"
+    UNKNOWN = "unknown"
+
+
+class EventKind(enum.Enum):
+    PUT = "put"
+    DELETE = "delete"
+
+
+@attrs.frozen
+class Lease:
+    """Proof of leadership returned by ``campaign``.
+
+    ``token`` is the fencing token: it grows with every new leadership, so a stale holder can
+    be told apart from the current one. ``handle`` is backend-private (an etcd lease id, a Consul
+    session id) and takes no part in equality.
+    """
+
+    holder: str
+    token: int
+    ttl: float
+    acquired_at: float
+    handle: Any = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen
+class Leader:
+    """Who holds the leader key right now, as seen by a reader."""
+
+    name: str
+    token: int
+
+
+@attrs.frozen
+class KeyValue:
+    """One key of the versioned store.
+
+    ``version`` is opaque to the core: a positive integer that changes on every write of the
+    key, passed back as ``expect_version`` for compare-and-set.
+    """
+
+    key: str
+    value: bytes
+    version: int
+
+
+@attrs.frozen
+class WatchEvent:
+    """A change under a watched prefix.
+
+    ``value`` is the value written by that change where the store ships it (etcd), else the
+    value read right after the event was seen (ZooKeeper, Consul), which may be newer. Events
+    for one watcher arrive in the order the store applied them.
+    """
+
+    kind: EventKind
+    key: str
+    value: bytes | None = None
+
+
+def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return dict(value or {})
+
+
+@attrs.frozen
+class Member:
+    """A node's published record, bound to its store session so it vanishes when the node dies."""
+
+    name: str
+    api_url: str = ""
+    host: str = ""
+    role: NodeRole = NodeRole.UNKNOWN
+    healthy: bool = False
+    position: int | None = None
+    timeline: int | None = None
+    version: str = ""
+    checks: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, eq=False)
+    extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, eq=False)
+
+    def to_bytes(self) -> bytes:
+        data = attrs.asdict(self, recurse=False)
+        data["role"] = self.role.value
+        data["checks"] = dict(self.checks)
+        data["extra"] = dict(self.extra)
+        return json.dumps(data, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Member:
+        data = json.loads(raw)
+        data["role"] = NodeRole(data.get("role", NodeRole.UNKNOWN.value))
+        known = {f.name for f in attrs.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@attrs.frozen
+class StoreMember:
+    """One server of a managed consensus store (an etcd member, a ZooKeeper server)."""
+
+    name: str
+    peer_url: str
+    client_url: str
+    voting: bool = True
+    healthy: bool = True
+
+
+@attrs.frozen
+class ClusterView:
+    """One snapshot of the store: the leader, the members and the cluster-wide keys."""
+
+    leader: Leader | None
+    members: tuple[Member, ...] = ()
+    config: KeyValue | None = None
+
+    def member(self, name: str) -> Member | None:
+        return next((m for m in self.members if m.name == name), None)

@@ -1,0 +1,125 @@
+"""The replication family: the database that the active writes and the standbys mirror.
+
+A backend manages one node's database server: it creates the first primary, clones standbys
+from the active, follows a (new) leader, promotes, fences and rewinds. Long operations report
+progress through a callback so the CLI can show it; none of them may leave the node's data
+half-replaced.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+#: ``progress(done, total)`` in bytes; ``total`` is 0 when unknown.
+ProgressCallback = Callable[[int, int], None]
+
+
+@attrs.frozen
+class ReplicationSource:
+    """Where a standby streams from: the active's address and the replication credentials."""
+
+    node_name: str
+    host: str
+    port: int
+    user: str
+    password: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class StandbyState:
+    """One standby as the primary sees it."""
+
+    name: str
+    state: str
+    lag_bytes: int | None
+    sync: bool = False
+
+
+@attrs.frozen
+class ReplicationStatus:
+    """The local database's state, read in one round trip."""
+
+    running: bool
+    role: str  # "primary", "standby" or "stopped"
+    writable: bool = False
+    position: int | None = None
+    timeline: int | None = None
+    following: str | None = None
+    standbys: tuple[StandbyState, ...] = ()
+
+
+class ReplicationBackend(abc.ABC):
+    def __init__(
+        self, settings: Mapping[str, Any], *, node_name: str, host: str, data_dir: Path
+    ) -> None:
+        self.settings = dict(settings)
+        self.node_name = node_name
+        self.host = host
+        self.data_dir = Path(data_dir)
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> None:  # noqa: B027
+        """Raise :class:`~hacore.errors.ConfigError` when ``settings`` cannot work."""
+
+    @abc.abstractmethod
+    def is_initialized(self) -> bool:
+        """True when the node already holds a database (a join refuses such a node)."""
+
+    @abc.abstractmethod
+    def bootstrap(self, *, replication_password: str, allowed_hosts: Sequence[str]) -> None:
+        """Create a new primary here and start it."""
+
+    @abc.abstractmethod
+    def clone(
+        self, source: ReplicationSource, *, progress: ProgressCallback | None = None
+    ) -> None:
+        """Copy the active's database into a temporary directory, swap it in on success only."""
+
+    @abc.abstractmethod
+    def start(self, *, follow: ReplicationSource | None = None) -> None:
+        """Start the local server: as a standby of ``follow``, or as it was."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop the local server quickly (clients cut); idempotent."""
+
+    @abc.abstractmethod
+    def follow(self, source: ReplicationSource) -> None:
+        """Stream from ``source`` (a new leader), without a restart where the database allows."""
+
+    @abc.abstractmethod
+    def promote(self, *, timeout: float) -> None:
+        """Make the local standby a primary and wait until it accepts writes."""
+
+    @abc.abstractmethod
+    def fence(self) -> None:
+        """Refuse new writes at once and cut client sessions."""
+
+    @abc.abstractmethod
+    def rewind(self, source: ReplicationSource) -> None:
+        """Make a former primary follow ``source``; re-clone when a rewind is impossible."""
+
+    @abc.abstractmethod
+    def status(self) -> ReplicationStatus:
+        """Role, position, timeline and per-standby lag."""
+
+    @abc.abstractmethod
+    def record_fencing_token(self, token: int) -> None:
+        """Store the leadership's fencing token in the database, at promotion."""
+
+    @abc.abstractmethod
+    def fencing_token(self) -> int | None:
+        """The token last recorded in the database."""
+
+    @abc.abstractmethod
+    def set_synchronous(self, standbys: Sequence[str], *, strict: bool) -> None:
+        """Require one of ``standbys`` to confirm each commit (none: asynchronous, unless strict)."""
+
+    @abc.abstractmethod
+    def drop_member(self, node_name: str) -> None:
+        """Forget a removed standby: its replication slot and access entry."""

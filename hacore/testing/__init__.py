@@ -1,0 +1,1 @@
+"""Test support shipped with hacore: contract suites, harnesses, in-memory backends."""

@@ -1,0 +1,1 @@
+"""The reference backends of hacore, each a plugin registered through the "hacore" entry point group."""
