@@ -28,6 +28,11 @@ class ConsensusHarness(abc.ABC):
     def __init__(self, workdir: Path) -> None:
         self.workdir = Path(workdir)
 
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this store cannot run on this machine (a missing binary), or None."""
+        return None
+
     @abc.abstractmethod
     def start(self) -> None:
         """Start the store's servers (3 where it can) and wait until they serve."""
