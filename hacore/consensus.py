@@ -82,7 +82,7 @@ class ConsensusBackend(abc.ABC):
         self.retry_timeout = retry_timeout
 
     @classmethod
-    def validate_settings(cls, settings: Mapping[str, Any]) -> None:  # noqa: B027
+    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
         """Raise :class:`~hacore.errors.ConfigError` when ``settings`` cannot work."""
 
     # -- session ---------------------------------------------------------------------------
@@ -168,7 +168,9 @@ class ConsensusBackend(abc.ABC):
 
     def view(self) -> ClusterView:
         """One snapshot for the agent loop; backends may override it with a single read."""
-        return ClusterView(leader=self.leader(), members=self.members(), config=self.get(CONFIG_KEY))
+        return ClusterView(
+            leader=self.leader(), members=self.members(), config=self.get(CONFIG_KEY)
+        )
 
     def __enter__(self) -> ConsensusBackend:
         return self

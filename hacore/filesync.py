@@ -38,7 +38,7 @@ class FilesyncBackend(abc.ABC):
         self.directories = tuple(Path(d) for d in directories)
 
     @classmethod
-    def validate_settings(cls, settings: Mapping[str, Any]) -> None:  # noqa: B027
+    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
         """Raise :class:`~hacore.errors.ConfigError` when ``settings`` cannot work."""
 
     @abc.abstractmethod

@@ -63,7 +63,7 @@ class ReplicationBackend(abc.ABC):
         self.data_dir = Path(data_dir)
 
     @classmethod
-    def validate_settings(cls, settings: Mapping[str, Any]) -> None:  # noqa: B027
+    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
         """Raise :class:`~hacore.errors.ConfigError` when ``settings`` cannot work."""
 
     @abc.abstractmethod
@@ -75,9 +75,7 @@ class ReplicationBackend(abc.ABC):
         """Create a new primary here and start it."""
 
     @abc.abstractmethod
-    def clone(
-        self, source: ReplicationSource, *, progress: ProgressCallback | None = None
-    ) -> None:
+    def clone(self, source: ReplicationSource, *, progress: ProgressCallback | None = None) -> None:
         """Copy the active's database into a temporary directory, swap it in on success only."""
 
     @abc.abstractmethod

@@ -21,7 +21,7 @@ class ServiceBackend(abc.ABC):
         self.settings = dict(settings)
 
     @classmethod
-    def validate_settings(cls, settings: Mapping[str, Any]) -> None:  # noqa: B027
+    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
         """Raise :class:`~hacore.errors.ConfigError` when ``settings`` cannot work."""
 
     @abc.abstractmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -35,10 +36,12 @@ def wait_for(
             result = predicate()
             if result:
                 return result
-        except Exception as exc:  # noqa: BLE001 - polled predicates fail until ready
+        except Exception as exc:
             last_exc = exc
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}") from last_exc
+            raise TimeoutError(
+                f"timed out after {timeout}s waiting for {what or predicate}"
+            ) from last_exc
         time.sleep(interval)
 
 
@@ -98,10 +101,8 @@ class ServerProcess:
     def signal(self, sig: int) -> None:
         if self.alive():
             assert self.proc is not None
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def kill(self) -> None:
         """SIGKILL, as a crash would; waits for the pid to be gone."""
