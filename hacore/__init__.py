@@ -5,6 +5,7 @@ The public API is what this module re-exports; everything else may change.
 
 from __future__ import annotations
 
+from hacore.config import NodeConfig, load_config
 from hacore.consensus import ConsensusBackend, ManagedStore, Watcher
 from hacore.errors import (
     ConfigError,
@@ -20,6 +21,7 @@ from hacore.errors import (
 from hacore.filesync import FilesyncBackend, SyncState
 from hacore.health import CheckResult, HealthCheck
 from hacore.hookspecs import hookimpl, hookspec
+from hacore.options import parse_options
 from hacore.plugins import BackendRegistry, HacorePlugins, load_plugins
 from hacore.records import (
     ClusterView,
@@ -60,6 +62,7 @@ __all__ = [
     "ManagedStore",
     "ManagedStoreError",
     "Member",
+    "NodeConfig",
     "NodeRole",
     "PromotionVetoedError",
     "ReplicationBackend",
@@ -74,9 +77,12 @@ __all__ = [
     "StoreUnavailableError",
     "SyncState",
     "UnknownBackendError",
+    "WatchEvent",
     "Watcher",
     "__version__",
     "hookimpl",
     "hookspec",
+    "load_config",
     "load_plugins",
+    "parse_options",
 ]

@@ -126,7 +126,7 @@ class HacorePlugins:
         return self.pm.hook
 
     def plugin_names(self) -> list[str]:
-        return sorted(name for name, _ in self.pm.list_name_plugin() if name)
+        return sorted(name for name, plugin in self.pm.list_name_plugin() if name and plugin)
 
 
 def blocked_plugins(env: dict[str, str] | None = None) -> set[str]:

@@ -1,0 +1,549 @@
+"""A node's configuration (``node.yaml``), validated once into immutable records.
+
+Everything is checked when the file is loaded, before any server is touched: unknown keys (with
+a "did you mean"), wrong types, unusable names and the timing rule that makes self-fencing
+safe. Every problem is one :class:`~hacore.errors.ConfigError` line that names the key, says
+what is expected and shows what was given. ``docs/configuration.md`` documents every option.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import attrs
+import yaml
+
+from hacore.config_check import Section, check_name, show
+from hacore.errors import ConfigError, UnknownBackendError
+from hacore.options import deep_merge, describe_yaml_error
+
+if TYPE_CHECKING:
+    from hacore.plugins import BackendRegistry, HacorePlugins
+
+DEFAULT_API_PORT = 8008
+DEFAULT_DATA_DIR = Path("/var/lib/hacore")
+SYNC_MODES = ("off", "on", "strict")
+_PASSWORD_HASH_RE = re.compile(r"\$?[A-Za-z0-9_-]+\$.+")
+
+
+def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(copy.deepcopy(dict(value)))
+
+
+@attrs.frozen
+class ClusterSettings:
+    """Which cluster this node belongs to; ``namespace`` roots its keys in the store."""
+
+    name: str = "hacore"
+    namespace: str = "hacore"
+
+
+@attrs.frozen
+class NodeSettings:
+    """This node: its unique name, the address peers reach it at, its API port, its data."""
+
+    name: str
+    host: str
+    api_port: int = DEFAULT_API_PORT
+    data_dir: Path = DEFAULT_DATA_DIR
+
+
+@attrs.frozen
+class TimingSettings:
+    """Leader lease timing, in seconds (see DESIGN §3, safety rule 1)."""
+
+    ttl: float = 5.0
+    loop_wait: float = 1.0
+    retry_timeout: float = 1.0
+    safety_margin: float = 1.5
+
+    @property
+    def fence_after(self) -> float:
+        """Seconds without a successful renew after which the active fences itself."""
+        return self.ttl - self.safety_margin
+
+
+@attrs.frozen
+class CheckSettings:
+    #: a check's result stays valid for ``check.ttl * check_ttl_multiplier`` seconds
+    check_ttl_multiplier: float = 1
+    #: True: the first failing check makes the node unhealthy at once, without waiting for TTLs
+    check_fail_fast: bool = True
+
+
+@attrs.frozen
+class FailoverSettings:
+    """Who may take over, and how switchovers are paced."""
+
+    #: "off"; "on": only a synchronous standby (or the former active) may campaign;
+    #: "strict": also, the active refuses writes while no synchronous standby is connected
+    synchronous_mode: str = "off"
+    #: bytes; a standby further behind the last active never campaigns (None: no limit)
+    maximum_lag_on_failover: int | None = None
+    #: seconds a node waits before campaigning again after its promotion was vetoed
+    promote_backoff: float = 10.0
+    #: seconds after which an unanswered switchover request is dropped
+    switchover_timeout: float = 30.0
+    #: bytes; the active only hands over to a target at most this far behind
+    switchover_max_lag: int = 16 * 1024 * 1024
+
+
+@attrs.frozen
+class BackendSection:
+    """A family's section: the registered backend's name, and its own keys as ``settings``."""
+
+    backend: str
+    settings: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+
+
+@attrs.frozen
+class ConsensusSection(BackendSection):
+    #: True: hacore runs the store's server on this node (``cluster start`` bootstraps it,
+    #: ``cluster join`` adds a member); False: ``settings`` point at an existing store.
+    managed: bool = False
+
+
+@attrs.frozen
+class FilesyncSection(BackendSection):
+    #: directories mirrored from the active to the standbys
+    directories: tuple[Path, ...] = ()
+
+
+@attrs.frozen
+class ServicesSection(BackendSection):
+    #: started on the active only, stopped on demotion (the manager's workers, its broker)
+    active_only: tuple[str, ...] = ()
+    #: kept running on every node whatever its role (a local metrics exporter)
+    everywhere: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ApiAuth:
+    username: str
+    password_hash: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class ApiSettings:
+    #: None until ``cluster start`` creates the credentials; without it the API refuses
+    #: everything that needs authentication.
+    auth: ApiAuth | None = None
+    #: True: even ``/status`` (for load balancers) needs credentials
+    status_requires_auth: bool = False
+
+
+@attrs.frozen
+class PluginSettings:
+    #: entry point names not to load (added to ``$HACORE_BLOCK_PLUGINS``)
+    block: tuple[str, ...] = ()
+    #: free-form sections for third-party plugins, by plugin name
+    settings: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+
+
+@attrs.frozen(kw_only=True)
+class NodeConfig:
+    node: NodeSettings
+    consensus: ConsensusSection
+    cluster: ClusterSettings = ClusterSettings()
+    timing: TimingSettings = TimingSettings()
+    checks: CheckSettings = CheckSettings()
+    failover: FailoverSettings = FailoverSettings()
+    replication: BackendSection | None = None
+    filesync: FilesyncSection | None = None
+    services: ServicesSection | None = None
+    api: ApiSettings = ApiSettings()
+    plugins: PluginSettings = PluginSettings()
+
+
+_SECTION_KEYS: dict[str, tuple[str, ...]] = {
+    "cluster": ("name", "namespace"),
+    "node": ("name", "host", "api_port", "data_dir"),
+    "timing": ("ttl", "loop_wait", "retry_timeout", "safety_margin"),
+    "checks": ("check_ttl_multiplier", "check_fail_fast"),
+    "failover": (
+        "synchronous_mode",
+        "maximum_lag_on_failover",
+        "promote_backoff",
+        "switchover_timeout",
+        "switchover_max_lag",
+    ),
+    "consensus": ("backend", "managed"),
+    "replication": ("backend",),
+    "filesync": ("backend", "directories"),
+    "services": ("backend", "active_only", "everywhere"),
+    "api": ("auth", "status_requires_auth"),
+    "plugins": ("block", "settings"),
+}
+#: keys found in exactly one section, for "ttl belongs in timing" hints at top level
+_HOME_OF = {
+    key: section
+    for section, keys in _SECTION_KEYS.items()
+    for key in keys
+    if sum(key in other for other in _SECTION_KEYS.values()) == 1
+}
+
+
+# -------------------------------------------------------------------------------------------
+# Loading
+# -------------------------------------------------------------------------------------------
+
+
+def load_config(
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    registry: BackendRegistry | None = None,
+) -> NodeConfig:
+    """Read, merge ``overrides`` (from ``--options``) over, and validate a configuration.
+
+    With a ``registry`` the backend names must be registered ones, and each backend checks
+    its own settings (``validate_settings``).
+    """
+    config, context = _load(source, overrides)
+    if registry is not None:
+        _check_backends(config, registry, context)
+    return config
+
+
+def load_config_and_plugins(
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    extra: Iterable[object] = (),
+) -> tuple[NodeConfig, HacorePlugins]:
+    """The configuration and the plugins it allows (``plugins.block``), checked against them."""
+    from hacore.plugins import load_plugins
+
+    config, context = _load(source, overrides)
+    plugins = load_plugins(extra, block=config.plugins.block)
+    _check_backends(config, plugins.registry, context)
+    return config, plugins
+
+
+def validate_node_name(name: object) -> str:
+    """Check a node name given outside a file (``--node-name``)."""
+
+    def fail(message: str) -> NoReturn:
+        raise ConfigError(message)
+
+    check_name(name, "node name", fail, what="a node name")
+    return str(name)
+
+
+def _load(
+    source: str | os.PathLike[str] | Mapping[str, Any], overrides: Mapping[str, Any] | None
+) -> tuple[NodeConfig, str]:
+    raw, context = _read(source)
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    return _build(raw, context), context
+
+
+def _read(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    if isinstance(source, Mapping):
+        return copy.deepcopy(dict(source)), "config error"
+    path = Path(source)
+    context = f"config error in {path}"
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{context}: cannot read the file: {err.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{context}: not valid YAML: {describe_yaml_error(err)}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"{context}: the file must hold a mapping of sections (got {show(loaded)})"
+        )
+    return loaded, context
+
+
+def _build(raw: Mapping[str, Any], context: str) -> NodeConfig:
+    top = Section(context, "", raw, _SECTION_KEYS)
+    top.reject_unknown(_HOME_OF)
+
+    def section(name: str) -> Section:
+        return Section(context, name, raw.get(name), _SECTION_KEYS[name])
+
+    if not top.given("node"):
+        top.fail("node is required: this node's name and host")
+    node_s = section("node")
+    node_s.reject_unknown()
+    node = NodeSettings(
+        name=node_s.name("name", what="a node name"),
+        host=node_s.host("host"),
+        api_port=node_s.port("api_port", DEFAULT_API_PORT),
+        data_dir=node_s.absolute_path("data_dir", str(DEFAULT_DATA_DIR)),
+    )
+
+    cluster_s = section("cluster")
+    cluster_s.reject_unknown()
+    cluster_name = cluster_s.name("name", "hacore", what="a cluster name")
+    cluster = ClusterSettings(
+        name=cluster_name,
+        namespace=cluster_s.name("namespace", cluster_name, what="a store namespace"),
+    )
+
+    timing = _timing(section("timing"))
+
+    checks_s = section("checks")
+    checks_s.reject_unknown()
+    checks = CheckSettings(
+        check_ttl_multiplier=checks_s.number(
+            "check_ttl_multiplier", 1, what="a number > 0 (check TTLs are multiplied by it)"
+        ),
+        check_fail_fast=checks_s.boolean("check_fail_fast", True),
+    )
+
+    failover = _failover(section("failover"))
+
+    if not top.given("consensus"):
+        top.fail("consensus is required: the store that decides who is active, e.g. backend: etcd")
+    consensus_s = section("consensus")
+    consensus = ConsensusSection(
+        backend=_backend_name(consensus_s),
+        settings=consensus_s.extra(),
+        managed=consensus_s.boolean("managed", False),
+    )
+
+    replication = None
+    if top.given("replication"):
+        replication_s = section("replication")
+        replication = BackendSection(_backend_name(replication_s), replication_s.extra())
+
+    filesync = None
+    if top.given("filesync"):
+        filesync = _filesync(section("filesync"))
+
+    services = None
+    if top.given("services"):
+        services = _services(section("services"))
+
+    return NodeConfig(
+        node=node,
+        cluster=cluster,
+        timing=timing,
+        checks=checks,
+        failover=failover,
+        consensus=consensus,
+        replication=replication,
+        filesync=filesync,
+        services=services,
+        api=_api(section("api")),
+        plugins=_plugins(section("plugins")),
+    )
+
+
+def _timing(sec: Section) -> TimingSettings:
+    sec.reject_unknown()
+    seconds = "a number of seconds > 0"
+    default = TimingSettings()
+    timing = TimingSettings(
+        ttl=sec.number("ttl", default.ttl, what=seconds),
+        loop_wait=sec.number("loop_wait", default.loop_wait, what=seconds),
+        retry_timeout=sec.number("retry_timeout", default.retry_timeout, what=seconds),
+        safety_margin=sec.number("safety_margin", default.safety_margin, what=seconds),
+    )
+    needed = timing.loop_wait + 2 * timing.retry_timeout + timing.safety_margin
+    if not needed < timing.ttl:
+        sec.fail(
+            "timing is unsafe: loop_wait + 2 * retry_timeout + safety_margin must be less than "
+            f"ttl, so the active fences itself before a standby can take over "
+            f"({timing.loop_wait:g} + 2 * {timing.retry_timeout:g} + {timing.safety_margin:g} "
+            f"= {needed:g}, ttl = {timing.ttl:g}); raise timing.ttl above {needed:g} "
+            "or lower the others"
+        )
+    return timing
+
+
+def _failover(sec: Section) -> FailoverSettings:
+    sec.reject_unknown()
+    default = FailoverSettings()
+    seconds = "a number of seconds > 0"
+    return FailoverSettings(
+        synchronous_mode=sec.choice("synchronous_mode", default.synchronous_mode, SYNC_MODES),
+        maximum_lag_on_failover=sec.optional_count(
+            "maximum_lag_on_failover", what="a number of bytes >= 0, or null for no limit"
+        ),
+        promote_backoff=sec.number("promote_backoff", default.promote_backoff, what=seconds),
+        switchover_timeout=sec.number(
+            "switchover_timeout", default.switchover_timeout, what=seconds
+        ),
+        switchover_max_lag=sec.count(
+            "switchover_max_lag", default.switchover_max_lag, what="a number of bytes >= 0"
+        ),
+    )
+
+
+def _backend_name(sec: Section) -> str:
+    return sec.name(
+        "backend", what=f"the name of a registered {sec.prefix} backend (for example etcd)"
+    )
+
+
+def _filesync(sec: Section) -> FilesyncSection:
+    directories: list[Path] = []
+    for index, entry in enumerate(sec.string_list("directories", what="absolute paths")):
+        path = Path(entry)
+        where = f"filesync.directories[{index}]"
+        if not path.is_absolute():
+            sec.fail(f"{where} must be an absolute path (got {show(entry)})")
+        for other in directories:
+            if path.is_relative_to(other) or other.is_relative_to(path):
+                sec.fail(f"{where} ({path}) overlaps {other}: list each tree once")
+        directories.append(path)
+    return FilesyncSection(_backend_name(sec), sec.extra(), directories=tuple(directories))
+
+
+def _services(sec: Section) -> ServicesSection:
+    active_only = sec.string_list("active_only", what="service names")
+    everywhere = sec.string_list("everywhere", what="service names")
+    for name in active_only:
+        if name in everywhere:
+            sec.fail(f'service "{name}" is listed in both active_only and everywhere')
+    return ServicesSection(
+        _backend_name(sec), sec.extra(), active_only=active_only, everywhere=everywhere
+    )
+
+
+def _api(sec: Section) -> ApiSettings:
+    sec.reject_unknown()
+    auth = None
+    if sec.given("auth"):
+        auth_s = Section(sec.context, "api.auth", sec.raw["auth"], ("username", "password_hash"))
+        auth_s.reject_unknown()
+        username = auth_s.string("username", what="the API user name")
+        password_hash = auth_s.secret(
+            "password_hash", what='a password hash such as "pbkdf2_sha256$..."'
+        )
+        if not _PASSWORD_HASH_RE.fullmatch(password_hash):
+            auth_s.fail(
+                "api.auth.password_hash must be a password hash such as "
+                '"pbkdf2_sha256$<iterations>$<salt>$<hash>", not a plain password '
+                "(the value is not shown)"
+            )
+        auth = ApiAuth(username, password_hash)
+    requires = sec.boolean("status_requires_auth", False)
+    if requires and auth is None:
+        sec.fail("api.status_requires_auth is true but api.auth (username, password_hash) is unset")
+    return ApiSettings(auth=auth, status_requires_auth=requires)
+
+
+def _plugins(sec: Section) -> PluginSettings:
+    sec.reject_unknown()
+    settings = sec.mapping("settings")
+    for name, value in settings.items():
+        check_name(name, f"plugins.settings.{name}", sec.fail, what="a plugin name")
+        Section(sec.context, f"plugins.settings.{name}", value)
+    return PluginSettings(
+        block=sec.string_list("block", what="plugin names", names=True), settings=settings
+    )
+
+
+def _check_backends(config: NodeConfig, registry: BackendRegistry, context: str) -> None:
+    consensus = config.consensus
+    if consensus.managed:
+        if consensus.backend not in registry.names("managed_store"):
+            registry.consensus(consensus.backend)  # unknown name: that error first
+            managed = ", ".join(registry.names("managed_store")) or "none"
+            raise ConfigError(
+                f"{context}: consensus.managed: the {consensus.backend} backend cannot run its "
+                f"own servers (backends that can: {managed}); set managed: false and give the "
+                "settings of an existing store"
+            )
+        _validate(registry, "managed_store", consensus, context, "consensus")
+    else:
+        _validate(registry, "consensus", consensus, context, "consensus")
+    for family in ("replication", "filesync", "services"):
+        section = getattr(config, family)
+        if section is not None:
+            _validate(registry, family, section, context, family)
+
+
+def _validate(
+    registry: BackendRegistry, family: str, section: BackendSection, context: str, key: str
+) -> None:
+    try:
+        cls = registry.get(family, section.backend)
+    except UnknownBackendError as err:
+        raise UnknownBackendError(f"{context}: {key}.backend: {err}") from None
+    validate = getattr(cls, "validate_settings", None)
+    if validate is None:
+        return
+    try:
+        validate(section.settings)
+    except ConfigError as err:
+        raise ConfigError(f"{context}: {key} ({section.backend}): {err}") from None
+
+
+# -------------------------------------------------------------------------------------------
+# Writing back
+# -------------------------------------------------------------------------------------------
+
+
+def to_mapping(config: NodeConfig) -> dict[str, Any]:
+    """Plain data (str, numbers, lists, dicts) that :func:`load_config` reads back as ``config``."""
+
+    def backend(section: BackendSection, **own: Any) -> dict[str, Any]:
+        return {"backend": section.backend, **own, **copy.deepcopy(dict(section.settings))}
+
+    data: dict[str, Any] = {
+        "cluster": attrs.asdict(config.cluster),
+        "node": {**attrs.asdict(config.node), "data_dir": str(config.node.data_dir)},
+        "timing": attrs.asdict(config.timing),
+        "checks": attrs.asdict(config.checks),
+        "failover": attrs.asdict(config.failover),
+        "consensus": backend(config.consensus, managed=config.consensus.managed),
+    }
+    if config.replication is not None:
+        data["replication"] = backend(config.replication)
+    if config.filesync is not None:
+        dirs = [str(d) for d in config.filesync.directories]
+        data["filesync"] = backend(config.filesync, directories=dirs)
+    if config.services is not None:
+        data["services"] = backend(
+            config.services,
+            active_only=list(config.services.active_only),
+            everywhere=list(config.services.everywhere),
+        )
+    api: dict[str, Any] = {"status_requires_auth": config.api.status_requires_auth}
+    if config.api.auth is not None:
+        api["auth"] = attrs.asdict(config.api.auth)
+    data["api"] = api
+    data["plugins"] = {
+        "block": list(config.plugins.block),
+        "settings": copy.deepcopy(dict(config.plugins.settings)),
+    }
+    return data
+
+
+def dump(config: NodeConfig, path: str | os.PathLike[str] | None = None) -> str:
+    """The configuration as YAML; written to ``path`` (mode 0600, atomically) when given.
+
+    0600 because the file holds the API password hash.
+    """
+    text = yaml.safe_dump(to_mapping(config), sort_keys=False, default_flow_style=False)
+    if path is not None:
+        target = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return text
