@@ -98,7 +98,7 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         if self.alive():
             assert self.proc is not None
             with contextlib.suppress(ProcessLookupError):
@@ -106,17 +106,17 @@ class ServerProcess:
 
     def kill(self) -> None:
         """SIGKILL, as a crash would; waits for the pid to be gone."""
-        self.signal(signal.SIGKILL)
+        self.send_signal(signal.SIGKILL)
         if self.proc is not None:
             self.proc.wait(timeout=10)
         self.frozen = False
 
     def freeze(self) -> None:
-        self.signal(signal.SIGSTOP)
+        self.send_signal(signal.SIGSTOP)
         self.frozen = True
 
     def thaw(self) -> None:
-        self.signal(signal.SIGCONT)
+        self.send_signal(signal.SIGCONT)
         self.frozen = False
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
@@ -126,7 +126,7 @@ class ServerProcess:
         assert self.proc is not None
         if self.frozen:
             self.thaw()
-        self.signal(sig)
+        self.send_signal(sig)
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
