@@ -1,11 +1,26 @@
-"""The consul reference plugin (being written)."""
+"""The Consul reference plugin: a consensus backend on Consul sessions and KV locks.
+
+Only the client side: hacore does not run Consul servers (no ``managed_servers`` capability);
+point ``consensus.settings.endpoints`` at your Consul agents.
+"""
 
 from __future__ import annotations
+
+import logging
 
 from hacore.hookspecs import hookimpl
 from hacore.plugins import BackendRegistry
 
+log = logging.getLogger(__name__)
+
 
 @hookimpl
 def hacore_register_backends(registry: BackendRegistry) -> None:
-    """Nothing registered yet."""
+    """Register the Consul backend (when py-consul is installed) and its test harness."""
+    try:
+        from hacore_plugins.consul.backend import ConsulConsensus
+    except ImportError as exc:
+        log.warning("consul backend not available (%s): pip install 'hacore[consul]'", exc)
+        return
+    registry.add_consensus("consul", ConsulConsensus)
+    registry.add_test_harness("consul", "hacore.testing.consul:ConsulHarness")
