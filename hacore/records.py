@@ -37,8 +37,10 @@ class Lease:
     """Proof of leadership returned by ``campaign``.
 
     ``token`` is the fencing token: it grows with every new leadership, so a stale holder can
-    be told apart from the current one. ``handle`` is backend-private (an etcd lease id, a Consul
-    session id) and takes no part in equality.
+    be told apart from the current one. ``acquired_at`` is this node's ``time.monotonic()`` when
+    the lease was granted (never wall-clock time: it is only compared with this node's clock).
+    ``handle`` is backend-private (an etcd lease id, a Consul session id) and takes no part in
+    equality.
     """
 
     holder: str

@@ -38,6 +38,9 @@ class StandbyState:
     state: str
     lag_bytes: int | None
     sync: bool = False
+    #: The database's own word: "async", "potential", "sync" or "quorum" (PostgreSQL's
+    #: ``sync_state``); with a quorum ("ANY 1 (a, b)") no single standby is guaranteed.
+    sync_state: str = "async"
 
 
 @attrs.frozen
@@ -51,6 +54,9 @@ class ReplicationStatus:
     timeline: int | None = None
     following: str | None = None
     standbys: tuple[StandbyState, ...] = ()
+    #: The local history cannot simply follow a leader (it was a primary, or it went past the
+    #: leader's fork point): only ``rewind`` brings it back.
+    needs_rewind: bool = False
 
 
 class ReplicationBackend(abc.ABC):
@@ -80,7 +86,12 @@ class ReplicationBackend(abc.ABC):
 
     @abc.abstractmethod
     def start(self, *, follow: ReplicationSource | None = None) -> None:
-        """Start the local server: as a standby of ``follow``, or as it was."""
+        """Start the local server: as a standby of ``follow``, or as it was.
+
+        Never makes a writable primary (only ``bootstrap`` and ``promote`` do): a former
+        primary started without ``follow`` comes up read-only, so a node that restarts without
+        the lease cannot accept writes.
+        """
 
     @abc.abstractmethod
     def stop(self) -> None:
@@ -116,8 +127,15 @@ class ReplicationBackend(abc.ABC):
 
     @abc.abstractmethod
     def set_synchronous(self, standbys: Sequence[str], *, strict: bool) -> None:
-        """Require one of ``standbys`` to confirm each commit (none: asynchronous, unless strict)."""
+        """Require one of ``standbys`` to confirm each commit (none: asynchronous unless strict)."""
 
     @abc.abstractmethod
     def drop_member(self, node_name: str) -> None:
         """Forget a removed standby: its replication slot and access entry."""
+
+    def allow_member(self, node_name: str, host: str) -> None:
+        """Let member ``node_name`` at ``host`` connect (replication and clients); idempotent.
+
+        Called on every node for every member, before a joiner clones. Backends without access
+        control of their own need not implement it.
+        """

@@ -64,6 +64,14 @@ class ConsensusHarness(abc.ABC):
             retry_timeout=retry_timeout,
         )
 
+    def unreachable_settings(self) -> dict[str, Any]:
+        """Backend ``settings`` naming a store nobody answers at (e.g. a closed loopback port).
+
+        The contract suite checks that every call then raises
+        :class:`~hacore.errors.StoreUnavailableError` within ``retry_timeout`` instead of hanging.
+        """
+        raise NotImplementedError
+
     def kill_member(self, index: int = 0) -> None:
         """SIGKILL one server of the store."""
         raise NotImplementedError

@@ -1,4 +1,4 @@
-"""The postgresql reference plugin (being written)."""
+"""The postgresql reference plugin: PostgreSQL streaming replication (see docs/postgresql.md)."""
 
 from __future__ import annotations
 
@@ -8,4 +8,6 @@ from hacore.plugins import BackendRegistry
 
 @hookimpl
 def hacore_register_backends(registry: BackendRegistry) -> None:
-    """Nothing registered yet."""
+    from hacore_plugins.postgresql.backend import PostgresReplication
+
+    registry.add_replication("postgresql", PostgresReplication)

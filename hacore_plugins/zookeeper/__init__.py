@@ -1,4 +1,8 @@
-"""The zookeeper reference plugin (being written)."""
+"""The ZooKeeper reference plugin: consensus on ZooKeeper 3.6+ and managed ZooKeeper servers.
+
+Needs the ``zookeeper`` extra (kazoo). The servers must be ZooKeeper 3.6 or newer, for
+persistent recursive watches; the managed store runs ``java`` with ZooKeeper's jars.
+"""
 
 from __future__ import annotations
 
@@ -8,4 +12,9 @@ from hacore.plugins import BackendRegistry
 
 @hookimpl
 def hacore_register_backends(registry: BackendRegistry) -> None:
-    """Nothing registered yet."""
+    from hacore_plugins.zookeeper.backend import ZooKeeperConsensus
+    from hacore_plugins.zookeeper.managed import ZooKeeperManagedStore
+
+    registry.add_consensus("zookeeper", ZooKeeperConsensus)
+    registry.add_managed_store("zookeeper", ZooKeeperManagedStore)
+    registry.add_test_harness("zookeeper", "hacore.testing.zookeeper:ZooKeeperHarness")
