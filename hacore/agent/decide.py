@@ -1,0 +1,436 @@
+"""The agent's decision: one pure function from an observation to the next action.
+
+All of the agent's branching lives here, as one small helper per situation, so every rule of
+docs/agent-states.md is unit-tested without a store, a database or a clock. The helpers are
+tried in a fixed order of precedence: a lease we hold (and its self-fencing deadline) first,
+then a database that writes without one, then work in progress, then the rest. The same
+observation always gives the same decision, which is what makes the agent resumable after a
+crash.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from hacore.agent.state import (
+    Action,
+    Decision,
+    DecisionConfig,
+    LeaseStatus,
+    NodeState,
+    Observation,
+    SwitchoverRequest,
+    SyncMode,
+)
+from hacore.records import ClusterView, Leader, Lease, Member, NodeRole
+from hacore.replication import ReplicationStatus
+
+#: States in which the local database was (or was becoming) the primary.
+_PRIMARY_STATES = frozenset(
+    {NodeState.PROMOTING, NodeState.ACTIVE, NodeState.FENCED, NodeState.REJOINING}
+)
+#: Published roles whose members cannot take part in an election.
+_NOT_CANDIDATE_ROLES = frozenset({NodeRole.REMOVED, NodeRole.CLONING})
+
+Rank = tuple[int, int]
+
+
+def decide(obs: Observation, cfg: DecisionConfig) -> Decision:
+    """The next action for this node, given what it observed this loop."""
+    if obs.lease_status in (LeaseStatus.HELD, LeaseStatus.UNCERTAIN) and _lease_stands(obs):
+        return _holding(obs, cfg)
+    if _writable(obs.db):
+        return _unleased_writer(obs)
+    if obs.job is not None:
+        return _busy(obs.job)
+    view = obs.view
+    if view is None:
+        return _rest(
+            obs, f"store unreachable ({obs.store_error or 'no answer'}); never acting blind"
+        )
+    if obs.removed:
+        return _rest(obs, "this node was removed from the cluster; it never campaigns")
+    leader = view.leader
+    if not obs.initialized:
+        return _empty(obs, leader)
+    if leader is not None and leader.name == obs.node_name:
+        return _rest(
+            obs,
+            f"the leader key (token {leader.token}) belongs to an earlier session of this node "
+            "that cannot be renewed; waiting for it to expire",
+        )
+    if not _running(obs.db):
+        return _stopped(obs, leader)
+    if leader is not None:
+        return _follower(obs, leader)
+    return _election(obs, cfg, view)
+
+
+def campaign_blocker(obs: Observation, cfg: DecisionConfig) -> str | None:
+    """Why this node may not campaign regardless of the others, or None when it may.
+
+    The I/O edge publishes ``extra["candidate"] = campaign_blocker(...) is None`` in the member
+    record, so the others stop holding back for a node that will not campaign.
+    """
+    db = obs.db
+    if obs.removed:
+        return "this node was removed from the cluster"
+    if not obs.initialized:
+        return "this node has no database"
+    if not _running(db) or db.position is None:
+        return "the local database is not running"
+    if not obs.health.ok:
+        return f"failing checks: {', '.join(sorted(obs.health.failing | obs.health.expired))}"
+    if obs.veto_until is not None and obs.now < obs.veto_until:
+        return f"a promotion was vetoed; retrying in {obs.veto_until - obs.now:.1f}s"
+    if not _sync_eligible(obs, cfg, obs.node_name):
+        return "synchronous mode: this node is neither a synchronous standby nor the former active"
+    behind = _lag(obs, db.position)
+    if cfg.maximum_lag_on_failover is not None and behind > cfg.maximum_lag_on_failover:
+        return f"{behind} bytes behind the last active (limit {cfg.maximum_lag_on_failover})"
+    req = _pending_switchover(obs, cfg)
+    if req is not None and req.from_node == obs.node_name:
+        return "a switchover away from this node is pending"
+    if req is not None and req.to_node not in (None, obs.node_name) and obs.view is not None:
+        target = obs.view.member(req.to_node)
+        if target is not None and target.healthy and target.role not in _NOT_CANDIDATE_ROLES:
+            return f"a switchover to {req.to_node} is pending"
+    return None
+
+
+# -- holding the lease --------------------------------------------------------------------------
+
+
+def _holding(obs: Observation, cfg: DecisionConfig) -> Decision:
+    """HELD or UNCERTAIN, and the view (if any) still names our lease as the leader."""
+    lease = _lease(obs)
+    deadline = _deadline(obs, cfg, lease)
+    if obs.now >= deadline:
+        age = obs.now - (obs.last_renewal or 0.0)
+        return Decision(
+            Action.FENCE,
+            NodeState.FENCED,
+            f"no successful lease renewal for {age:.1f}s (deadline is ttl - safety_margin); "
+            "fencing before the lease can expire elsewhere",
+        )
+    certain = obs.lease_status is LeaseStatus.HELD
+    problem = _step_down_reason(obs, cfg, lease)
+    if problem is not None:
+        after = NodeState.REMOVED if obs.removed else NodeState.FENCED
+        if certain:
+            return Decision(Action.STEP_DOWN, after, f"stepping down: {problem}", deadline=deadline)
+        return Decision(Action.FENCE, after, f"fencing ({problem}); the store cannot take a resign")
+    if not certain:
+        if _writable(obs.db):
+            return Decision(
+                Action.STAY_ACTIVE,
+                NodeState.ACTIVE,
+                f"store did not answer the renewal; staying active until the deadline in "
+                f"{deadline - obs.now:.1f}s",
+                deadline=deadline,
+            )
+        return Decision(
+            Action.NONE,
+            NodeState.PROMOTING,
+            "store did not answer the renewal; not promoting on an uncertain lease",
+            deadline=deadline,
+        )
+    handover = _switchover_as_active(obs, cfg)
+    if handover is not None and handover.action is Action.STEP_DOWN:
+        return attrs.evolve(handover, deadline=deadline)
+    if not (_writable(obs.db) and obs.db_token == lease.token):
+        return Decision(
+            Action.PROMOTE,
+            NodeState.ACTIVE,
+            f"this node holds the lease (token {lease.token}) but its database is not yet the "
+            "active's; promoting",
+            deadline=deadline,
+        )
+    if handover is not None:
+        return attrs.evolve(handover, deadline=deadline)
+    return Decision(
+        Action.STAY_ACTIVE, NodeState.ACTIVE, "lease renewed; staying active", deadline=deadline
+    )
+
+
+def _step_down_reason(obs: Observation, cfg: DecisionConfig, lease: Lease) -> str | None:
+    if obs.removed:
+        return "this node was removed from the cluster"
+    if not obs.initialized:
+        return "this node holds the lease but has no database"
+    if obs.db_token is not None and obs.db_token > lease.token:
+        return (
+            f"the database already saw a newer leadership (token {obs.db_token} > "
+            f"{lease.token}); this lease is stale"
+        )
+    failing = obs.health.failing | obs.health.expired if cfg.check_fail_fast else obs.health.expired
+    if failing:
+        return f"health checks failing: {', '.join(sorted(failing))}"
+    return None
+
+
+def _switchover_as_active(obs: Observation, cfg: DecisionConfig) -> Decision | None:
+    req = obs.switchover
+    if req is None:
+        return None
+    if req.from_node != obs.node_name:
+        why = f"the switchover request away from {req.from_node} is done or stale; clearing it"
+        return _stay(why, clear=True)
+    if obs.now - req.seen_at >= cfg.switchover_timeout:
+        return _stay(
+            f"the switchover request expired after {cfg.switchover_timeout:g}s", clear=True
+        )
+    if req.to_node == obs.node_name:
+        return _stay("the switchover target is already the active; clearing it", clear=True)
+    members = obs.view.members if obs.view is not None else ()
+    if req.to_node is not None:
+        named = next((m for m in members if m.name == req.to_node), None)
+        problem = _handover_problem(obs, cfg, named)
+        if problem is not None:
+            return _stay(f"switchover to {req.to_node} waits: {problem}")
+        target = req.to_node
+    else:
+        fit = [m for m in members if m.name != obs.node_name and not _handover_problem(obs, cfg, m)]
+        if not fit:
+            return _stay("switchover waits: no standby is healthy and caught up")
+        # max() keeps the first of equals: sorting by name makes ties go to the smallest name.
+        target = max(sorted(fit, key=lambda m: m.name), key=_rank_of_member).name
+    return Decision(
+        Action.STEP_DOWN,
+        NodeState.FENCED,
+        f"planned switchover to {target}: stepping down",
+        target=target,
+    )
+
+
+def _handover_problem(obs: Observation, cfg: DecisionConfig, m: Member | None) -> str | None:
+    """Why ``m`` cannot take over from this active right now, or None."""
+    if m is None:
+        return "it is not a member"
+    if m.role in _NOT_CANDIDATE_ROLES:
+        return f"it is {m.role.value}"
+    if not m.healthy or m.extra.get("candidate", True) is False:
+        return "it is not healthy or not a candidate"
+    if not _sync_eligible(obs, cfg, m.name):
+        return "it is not a synchronous standby"
+    ours = obs.db.position
+    if m.position is None or ours is None:
+        return "its position is unknown"
+    if m.timeline is not None and obs.db.timeline is not None and m.timeline != obs.db.timeline:
+        return f"it is on timeline {m.timeline}, not {obs.db.timeline}"
+    if ours - m.position > cfg.switchover_max_lag:
+        return f"it is {ours - m.position} bytes behind (limit {cfg.switchover_max_lag})"
+    return None
+
+
+def _stay(reason: str, *, clear: bool = False) -> Decision:
+    return Decision(Action.STAY_ACTIVE, NodeState.ACTIVE, reason, clear_switchover=clear)
+
+
+# -- not holding the lease ----------------------------------------------------------------------
+
+
+def _unleased_writer(obs: Observation) -> Decision:
+    leader = obs.view.leader if obs.view is not None else None
+    if leader is not None and leader.name != obs.node_name:
+        return Decision(
+            Action.FENCE_AND_REWIND,
+            NodeState.REJOINING,
+            f"the database is writable while {leader.name} holds the leader key: fencing, then "
+            "rewinding to follow it",
+            target=leader.name,
+        )
+    return Decision(
+        Action.FENCE,
+        NodeState.FENCED,
+        f"the database is writable but this node holds no lease it can renew "
+        f"(lease {obs.lease_status.value}): fencing",
+    )
+
+
+def _busy(job: Action) -> Decision:
+    state = NodeState.CLONING if job is Action.CLONE else NodeState.REJOINING
+    return Decision(Action.NONE, state, f"{job.value} is still running")
+
+
+def _empty(obs: Observation, leader: Leader | None) -> Decision:
+    if leader is not None and leader.name != obs.node_name:
+        return Decision(
+            Action.CLONE,
+            NodeState.CLONING,
+            f"no database yet: cloning from {leader.name}",
+            target=leader.name,
+        )
+    return _rest(obs, "no database and no leader to clone from; waiting (cluster start bootstraps)")
+
+
+def _stopped(obs: Observation, leader: Leader | None) -> Decision:
+    if leader is None:
+        return Decision(
+            Action.START_STANDBY,
+            NodeState.STANDBY,
+            "no leader: starting the database read-only so this node can report its position",
+        )
+    if obs.needs_rewind or obs.previous in _PRIMARY_STATES:
+        return _rewind(leader, "the stopped database was a primary or has diverged")
+    return Decision(
+        Action.START_STANDBY,
+        NodeState.STANDBY,
+        f"starting the database as a standby of {leader.name}",
+        target=leader.name,
+    )
+
+
+def _follower(obs: Observation, leader: Leader) -> Decision:
+    if obs.db.role == "primary" or obs.needs_rewind:
+        return _rewind(leader, "the database is a former primary or has diverged")
+    if obs.db.following != leader.name:
+        return Decision(
+            Action.FOLLOW,
+            NodeState.STANDBY,
+            f"following the new leader {leader.name} (was {obs.db.following or 'nobody'})",
+            target=leader.name,
+        )
+    return Decision(Action.NONE, NodeState.STANDBY, f"following {leader.name}")
+
+
+def _rewind(leader: Leader, why: str) -> Decision:
+    return Decision(
+        Action.REWIND,
+        NodeState.REJOINING,
+        f"{why}: rewinding to follow {leader.name}",
+        target=leader.name,
+    )
+
+
+def _rest(obs: Observation, reason: str) -> Decision:
+    """Do nothing; the state follows from what the database is."""
+    if obs.removed:
+        state = NodeState.REMOVED
+    elif not obs.initialized:
+        state = NodeState.EMPTY
+    elif (_running(obs.db) and obs.db.role == "primary") or (
+        not _running(obs.db) and obs.previous in _PRIMARY_STATES
+    ):
+        state = NodeState.FENCED
+    else:
+        state = NodeState.STANDBY
+    return Decision(Action.NONE, state, reason)
+
+
+# -- election -----------------------------------------------------------------------------------
+
+
+def _election(obs: Observation, cfg: DecisionConfig, view: ClusterView) -> Decision:
+    blocker = campaign_blocker(obs, cfg)
+    if blocker is not None:
+        return _rest(obs, f"no leader, but not campaigning: {blocker}")
+    ahead = _member_ahead(obs, cfg, view)
+    if ahead is not None:
+        return _rest(
+            obs,
+            f"no leader; {ahead.name} is at least as up to date "
+            f"(timeline {ahead.timeline}, position {ahead.position}), so it campaigns first",
+        )
+    return Decision(
+        Action.CAMPAIGN,
+        NodeState.PROMOTING,
+        f"no leader and this node is the most up-to-date eligible member "
+        f"(timeline {obs.db.timeline}, position {obs.db.position}): campaigning",
+    )
+
+
+def _member_ahead(obs: Observation, cfg: DecisionConfig, view: ClusterView) -> Member | None:
+    """A member that should campaign instead of us, or None.
+
+    Under a pending switchover the node it moves away from never campaigns, but nobody may
+    take over before reaching its position; a named target does not wait for the others.
+    """
+    ours = _rank(obs.db.timeline, obs.db.position)
+    req = _pending_switchover(obs, cfg)
+    for m in view.members:
+        if m.name == obs.node_name or m.position is None:
+            continue
+        if req is not None and m.name == req.from_node:
+            if _rank_of_member(m) > ours:
+                return m
+            continue
+        if req is not None and req.to_node == obs.node_name:
+            continue
+        if not _competes(obs, cfg, m):
+            continue
+        theirs = _rank_of_member(m)
+        if theirs > ours or (theirs == ours and m.name < obs.node_name):
+            return m
+    return None
+
+
+def _competes(obs: Observation, cfg: DecisionConfig, m: Member) -> bool:
+    """Whether ``m``'s published record says it may campaign (it applies the same rules)."""
+    if not m.healthy or m.role in _NOT_CANDIDATE_ROLES or m.extra.get("candidate", True) is False:
+        return False
+    if not _sync_eligible(obs, cfg, m.name):
+        return False
+    limit = cfg.maximum_lag_on_failover
+    return limit is None or m.position is None or _lag(obs, m.position) <= limit
+
+
+# -- small helpers ------------------------------------------------------------------------------
+
+
+def _lease(obs: Observation) -> Lease:
+    if obs.lease is None:
+        raise ValueError("a held lease must come with the lease record")
+    return obs.lease
+
+
+def _lease_stands(obs: Observation) -> bool:
+    """The view, if there is one, still names our lease as the leader (renew is done first)."""
+    if obs.view is None:
+        return True
+    leader, lease = obs.view.leader, _lease(obs)
+    return leader is not None and leader.name == obs.node_name and leader.token == lease.token
+
+
+def _deadline(obs: Observation, cfg: DecisionConfig, lease: Lease) -> float:
+    ttl = min(lease.ttl, cfg.ttl) if lease.ttl > 0 else cfg.ttl
+    return (obs.last_renewal or 0.0) + ttl - cfg.safety_margin
+
+
+def _pending_switchover(obs: Observation, cfg: DecisionConfig) -> SwitchoverRequest | None:
+    req = obs.switchover
+    if req is None or obs.now - req.seen_at >= cfg.switchover_timeout:
+        return None
+    return req
+
+
+def _sync_eligible(obs: Observation, cfg: DecisionConfig, name: str) -> bool:
+    """In synchronous mode only a recorded synchronous standby or the former active qualifies."""
+    if cfg.synchronous_mode is SyncMode.OFF:
+        return True
+    status = obs.active_status
+    return status is not None and (name == status.name or name in status.sync_standbys)
+
+
+def _lag(obs: Observation, position: int) -> int:
+    status = obs.active_status
+    if status is None or status.position is None:
+        return 0
+    return max(0, status.position - position)
+
+
+def _writable(db: ReplicationStatus) -> bool:
+    return db.running and db.role == "primary" and db.writable
+
+
+def _running(db: ReplicationStatus) -> bool:
+    return db.running and db.role != "stopped"
+
+
+def _rank(timeline: int | None, position: int | None) -> Rank:
+    """Newer timeline first (its history is the one acknowledged), then further position."""
+    return (timeline or 0, position if position is not None else -1)
+
+
+def _rank_of_member(m: Member) -> Rank:
+    return _rank(m.timeline, m.position)

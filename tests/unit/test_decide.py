@@ -1,0 +1,1097 @@
+"""The agent's decision function, rule by rule (docs/agent-states.md), plus safety properties.
+
+Every case is an observation built from a small 3-node world (a, b, c; ``a`` is normally the
+active) and the decision it must give. Times: ttl 10, safety_margin 2, so a lease renewed at
+``NOW - 8`` is exactly at its self-fencing deadline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hacore.agent import (
+    Action,
+    ActiveStatus,
+    Decision,
+    DecisionConfig,
+    HealthReport,
+    LeaseStatus,
+    NodeState,
+    Observation,
+    SwitchoverRequest,
+    SyncMode,
+    campaign_blocker,
+    decide,
+)
+from hacore.errors import ConfigError
+from hacore.records import ClusterView, Leader, Lease, Member, NodeRole
+from hacore.replication import ReplicationStatus
+
+NOW = 1000.0
+CFG = DecisionConfig(ttl=10, loop_wait=1, retry_timeout=2, safety_margin=2)
+SYNC = attrs.evolve(CFG, synchronous_mode=SyncMode.ON)
+STRICT = attrs.evolve(CFG, synchronous_mode=SyncMode.STRICT)
+FAIL_FAST = attrs.evolve(CFG, check_fail_fast=True)
+
+STANDBY_DB = ReplicationStatus(
+    running=True, role="standby", position=100, timeline=1, following="a"
+)
+PRIMARY_DB = ReplicationStatus(
+    running=True, role="primary", writable=True, position=100, timeline=1
+)
+FENCED_DB = attrs.evolve(PRIMARY_DB, writable=False)
+STOPPED_DB = ReplicationStatus(running=False, role="stopped")
+LEASE = Lease(holder="a", token=7, ttl=10, acquired_at=NOW - 100)
+
+
+def member(name: str, position: int | None = 100, **kw: Any) -> Member:
+    kw.setdefault("role", NodeRole.STANDBY)
+    kw.setdefault("healthy", True)
+    kw.setdefault("timeline", 1)
+    return Member(name=name, position=position, **kw)
+
+
+def world(*members: Member, leader: str | None = "a", token: int = 7) -> ClusterView:
+    members = members or (member("a", role=NodeRole.ACTIVE), member("b"), member("c"))
+    return ClusterView(leader=Leader(leader, token) if leader else None, members=members)
+
+
+def leaderless(*members: Member) -> ClusterView:
+    return world(*(members or (member("b"), member("c"))), leader=None)
+
+
+def standby(**kw: Any) -> Observation:
+    """Node b: a healthy standby following the active a."""
+    base: dict[str, Any] = dict(
+        now=NOW, node_name="b", view=world(), db=STANDBY_DB, initialized=True, db_token=7
+    )
+    return Observation(**(base | kw))
+
+
+def active(**kw: Any) -> Observation:
+    """Node a: the active, lease renewed a second ago, database promoted with its token."""
+    base: dict[str, Any] = dict(
+        now=NOW,
+        node_name="a",
+        view=world(),
+        db=PRIMARY_DB,
+        initialized=True,
+        lease_status=LeaseStatus.HELD,
+        lease=LEASE,
+        last_renewal=NOW - 1,
+        db_token=7,
+        previous=NodeState.ACTIVE,
+    )
+    return Observation(**(base | kw))
+
+
+def switchover(to: str | None = "b", frm: str = "a", seen_at: float = NOW - 1) -> SwitchoverRequest:
+    return SwitchoverRequest(from_node=frm, to_node=to, seen_at=seen_at)
+
+
+def case(
+    id: str,
+    obs: Observation,
+    action: Action,
+    target: str | None = None,
+    state: NodeState | None = None,
+    cfg: DecisionConfig = CFG,
+) -> Any:
+    return pytest.param(obs, cfg, action, target, state, id=id)
+
+
+def check(
+    obs: Observation,
+    cfg: DecisionConfig,
+    action: Action,
+    target: str | None,
+    state: NodeState | None,
+) -> Decision:
+    decision = decide(obs, cfg)
+    assert (decision.action, decision.target) == (action, target), decision.reason
+    if state is not None:
+        assert decision.next_state is state, decision.reason
+    assert decision.reason
+    return decision
+
+
+# -- rule 1: self-fencing deadline ---------------------------------------------------------------
+
+DEADLINE_CASES = [
+    case("held-fresh", active(), Action.STAY_ACTIVE, state=NodeState.ACTIVE),
+    case("held-just-before-deadline", active(last_renewal=NOW - 7.5), Action.STAY_ACTIVE),
+    case("held-at-deadline", active(last_renewal=NOW - 8), Action.FENCE, state=NodeState.FENCED),
+    case("held-long-past-deadline", active(last_renewal=NOW - 30), Action.FENCE),
+    case(
+        "lease-ttl-shorter-than-config",
+        active(lease=attrs.evolve(LEASE, ttl=6), last_renewal=NOW - 4),
+        Action.FENCE,
+    ),
+    case(
+        "uncertain-before-deadline-stays",
+        active(lease_status=LeaseStatus.UNCERTAIN, view=None, last_renewal=NOW - 6),
+        Action.STAY_ACTIVE,
+        state=NodeState.ACTIVE,
+    ),
+    case(
+        "uncertain-at-deadline-fences",
+        active(lease_status=LeaseStatus.UNCERTAIN, view=None, last_renewal=NOW - 8),
+        Action.FENCE,
+        state=NodeState.FENCED,
+    ),
+    case(
+        "uncertain-never-promotes",
+        active(lease_status=LeaseStatus.UNCERTAIN, view=None, db=STANDBY_DB),
+        Action.NONE,
+        state=NodeState.PROMOTING,
+    ),
+    case(
+        "lost-with-new-leader-fences-and-rewinds",
+        active(lease_status=LeaseStatus.LOST, view=world(leader="c", token=8)),
+        Action.FENCE_AND_REWIND,
+        target="c",
+        state=NodeState.REJOINING,
+    ),
+    case(
+        "lost-no-leader-yet-fences",
+        active(lease_status=LeaseStatus.LOST, view=leaderless()),
+        Action.FENCE,
+        state=NodeState.FENCED,
+    ),
+    case("lost-store-gone-fences", active(lease_status=LeaseStatus.LOST, view=None), Action.FENCE),
+    case(
+        "lost-before-promotion-follows",
+        active(lease_status=LeaseStatus.LOST, db=STANDBY_DB, view=world(leader="c", token=8)),
+        Action.FOLLOW,
+        target="c",
+        state=NodeState.STANDBY,
+    ),
+    case(
+        "lost-already-fenced-rewinds",
+        active(lease_status=LeaseStatus.LOST, db=FENCED_DB, view=world(leader="c", token=8)),
+        Action.REWIND,
+        target="c",
+    ),
+]
+
+
+@pytest.mark.parametrize(("obs", "cfg", "action", "target", "state"), DEADLINE_CASES)
+def test_self_fencing_deadline(
+    obs: Observation, cfg: DecisionConfig, action: Action, target: str | None, state: NodeState
+) -> None:
+    check(obs, cfg, action, target, state)
+
+
+def test_deadline_is_last_renewal_plus_ttl_minus_margin() -> None:
+    assert decide(active(last_renewal=NOW - 3), CFG).deadline == NOW + 5
+    uncertain = active(lease_status=LeaseStatus.UNCERTAIN, view=None, last_renewal=NOW - 3)
+    assert decide(uncertain, CFG).deadline == NOW + 5
+
+
+# -- rule 2: one writer --------------------------------------------------------------------------
+
+WRITER_CASES = [
+    case(
+        "writable-while-other-leads",
+        standby(db=PRIMARY_DB, view=world(leader="c", token=8)),
+        Action.FENCE_AND_REWIND,
+        target="c",
+    ),
+    case("writable-store-unreachable-no-lease", standby(db=PRIMARY_DB, view=None), Action.FENCE),
+    case("writable-no-leader-no-lease", standby(db=PRIMARY_DB, view=leaderless()), Action.FENCE),
+    case(
+        "held-but-store-names-other-leader",
+        active(view=world(leader="c", token=8)),
+        Action.FENCE_AND_REWIND,
+        target="c",
+    ),
+    case("held-but-leader-key-gone", active(view=leaderless()), Action.FENCE),
+    case(
+        "held-but-key-has-other-token",
+        active(view=world(leader="a", token=6)),
+        Action.FENCE,
+        state=NodeState.FENCED,
+    ),
+    case(
+        "database-saw-newer-token",
+        active(db_token=9),
+        Action.STEP_DOWN,
+        state=NodeState.FENCED,
+    ),
+    case(
+        "database-saw-newer-token-store-uncertain",
+        active(db_token=9, lease_status=LeaseStatus.UNCERTAIN, view=None),
+        Action.FENCE,
+    ),
+]
+
+
+@pytest.mark.parametrize(("obs", "cfg", "action", "target", "state"), WRITER_CASES)
+def test_one_writer(
+    obs: Observation, cfg: DecisionConfig, action: Action, target: str | None, state: NodeState
+) -> None:
+    check(obs, cfg, action, target, state)
+
+
+# -- rule 3: most up-to-date wins ----------------------------------------------------------------
+
+SYNC_B = ActiveStatus(name="a", position=100, timeline=1, sync_standbys={"b"})
+SYNC_C = ActiveStatus(name="a", position=100, timeline=1, sync_standbys={"c"})
+
+ELECTION_CASES = [
+    case(
+        "best-campaigns",
+        standby(view=leaderless(member("b", 100), member("c", 90))),
+        Action.CAMPAIGN,
+        state=NodeState.PROMOTING,
+    ),
+    case(
+        "other-ahead-holds-back",
+        standby(view=leaderless(member("b", 100), member("c", 101))),
+        Action.NONE,
+        state=NodeState.STANDBY,
+    ),
+    case(
+        "tie-smaller-name-holds-back-larger",
+        standby(node_name="c", view=leaderless(member("b", 100), member("c", 100))),
+        Action.NONE,
+    ),
+    case(
+        "tie-smaller-name-campaigns",
+        standby(view=leaderless(member("b", 100), member("c", 100))),
+        Action.CAMPAIGN,
+    ),
+    case(
+        "newer-timeline-beats-position",
+        standby(view=leaderless(member("b", 100), member("c", 50, timeline=2))),
+        Action.NONE,
+    ),
+    case(
+        "own-stale-record-ignored",
+        standby(view=leaderless(member("b", 5), member("c", 99))),
+        Action.CAMPAIGN,
+    ),
+    case(
+        "unhealthy-other-ignored",
+        standby(view=leaderless(member("b"), member("c", 200, healthy=False))),
+        Action.CAMPAIGN,
+    ),
+    case(
+        "cloning-other-ignored",
+        standby(view=leaderless(member("b"), member("c", 200, role=NodeRole.CLONING))),
+        Action.CAMPAIGN,
+    ),
+    case(
+        "removed-other-ignored",
+        standby(view=leaderless(member("b"), member("c", 200, role=NodeRole.REMOVED))),
+        Action.CAMPAIGN,
+    ),
+    case(
+        "non-candidate-other-ignored",
+        standby(view=leaderless(member("b"), member("c", 200, extra={"candidate": False}))),
+        Action.CAMPAIGN,
+    ),
+    case(
+        "other-without-position-ignored",
+        standby(view=leaderless(member("b"), member("c", None))),
+        Action.CAMPAIGN,
+    ),
+    case(
+        "failing-check-blocks",
+        standby(view=leaderless(), health=HealthReport(failing={"db"})),
+        Action.NONE,
+    ),
+    case(
+        "expired-check-blocks",
+        standby(view=leaderless(), health=HealthReport(expired={"db"})),
+        Action.NONE,
+    ),
+    case(
+        "removed-never-campaigns",
+        standby(view=leaderless(), removed=True),
+        Action.NONE,
+        state=NodeState.REMOVED,
+    ),
+    case(
+        "unknown-position-blocks",
+        standby(view=leaderless(), db=attrs.evolve(STANDBY_DB, position=None)),
+        Action.NONE,
+    ),
+    case("vetoed-waits", standby(view=leaderless(), veto_until=NOW + 0.5), Action.NONE),
+    case("veto-over-at-boundary", standby(view=leaderless(), veto_until=NOW), Action.CAMPAIGN),
+    case(
+        "lag-at-limit-campaigns",
+        standby(view=leaderless(), active_status=ActiveStatus("a", position=200)),
+        Action.CAMPAIGN,
+        cfg=attrs.evolve(CFG, maximum_lag_on_failover=100),
+    ),
+    case(
+        "lag-over-limit-blocks",
+        standby(view=leaderless(), active_status=ActiveStatus("a", position=201)),
+        Action.NONE,
+        cfg=attrs.evolve(CFG, maximum_lag_on_failover=100),
+    ),
+    case(
+        "lagging-other-is-no-competitor",
+        standby(
+            view=leaderless(member("b", 100), member("c", 50, timeline=2)),
+            active_status=ActiveStatus("a", position=120),
+        ),
+        Action.CAMPAIGN,
+        cfg=attrs.evolve(CFG, maximum_lag_on_failover=40),
+    ),
+    case(
+        "sync-standby-campaigns",
+        standby(view=leaderless(), active_status=SYNC_B),
+        Action.CAMPAIGN,
+        cfg=SYNC,
+    ),
+    case(
+        "async-standby-blocked-in-sync-mode",
+        standby(view=leaderless(), active_status=SYNC_C),
+        Action.NONE,
+        cfg=SYNC,
+    ),
+    case(
+        "strict-like-on",
+        standby(view=leaderless(), active_status=SYNC_C),
+        Action.NONE,
+        cfg=STRICT,
+    ),
+    case(
+        "sync-mode-without-record-blocks",
+        standby(view=leaderless()),
+        Action.NONE,
+        cfg=SYNC,
+    ),
+    case(
+        "former-active-campaigns-in-sync-mode",
+        standby(view=leaderless(), active_status=ActiveStatus("b", sync_standbys={"c"})),
+        Action.CAMPAIGN,
+        cfg=STRICT,
+    ),
+    case(
+        "async-other-ahead-ignored-in-sync-mode",
+        standby(view=leaderless(member("b"), member("c", 500)), active_status=SYNC_B),
+        Action.CAMPAIGN,
+        cfg=SYNC,
+    ),
+    case(
+        "fenced-former-primary-campaigns",
+        standby(node_name="a", db=FENCED_DB, view=leaderless(), previous=NodeState.FENCED),
+        Action.CAMPAIGN,
+        state=NodeState.PROMOTING,
+    ),
+    case(
+        "fenced-former-primary-behind-waits",
+        standby(node_name="a", db=FENCED_DB, view=leaderless(member("b", 101))),
+        Action.NONE,
+        state=NodeState.FENCED,
+    ),
+]
+
+
+@pytest.mark.parametrize(("obs", "cfg", "action", "target", "state"), ELECTION_CASES)
+def test_most_up_to_date_wins(
+    obs: Observation, cfg: DecisionConfig, action: Action, target: str | None, state: NodeState
+) -> None:
+    check(obs, cfg, action, target, state)
+
+
+# -- rule 4: planned switchover ------------------------------------------------------------------
+
+LAG = CFG.switchover_max_lag
+A_ACTIVE = member("a", role=NodeRole.ACTIVE)
+
+SWITCHOVER_CASES = [
+    case(
+        "target-caught-up",
+        active(switchover=switchover("b")),
+        Action.STEP_DOWN,
+        target="b",
+        state=NodeState.FENCED,
+    ),
+    case(
+        "target-behind-by-limit",
+        active(switchover=switchover("b"), view=world(A_ACTIVE, member("b", 100 - LAG))),
+        Action.STEP_DOWN,
+        target="b",
+        cfg=attrs.evolve(CFG, switchover_max_lag=LAG),
+    ),
+    case(
+        "target-behind-past-limit",
+        active(switchover=switchover("b"), view=world(A_ACTIVE, member("b", 99 - LAG))),
+        Action.STAY_ACTIVE,
+    ),
+    case(
+        "target-unhealthy",
+        active(switchover=switchover("b"), view=world(A_ACTIVE, member("b", healthy=False))),
+        Action.STAY_ACTIVE,
+    ),
+    case("target-unknown", active(switchover=switchover("z")), Action.STAY_ACTIVE),
+    case(
+        "target-removed",
+        active(
+            switchover=switchover("b"), view=world(A_ACTIVE, member("b", role=NodeRole.REMOVED))
+        ),
+        Action.STAY_ACTIVE,
+    ),
+    case(
+        "target-other-timeline",
+        active(switchover=switchover("b"), view=world(A_ACTIVE, member("b", timeline=2))),
+        Action.STAY_ACTIVE,
+    ),
+    case(
+        "target-not-candidate",
+        active(
+            switchover=switchover("b"),
+            view=world(A_ACTIVE, member("b", extra={"candidate": False})),
+        ),
+        Action.STAY_ACTIVE,
+    ),
+    case(
+        "target-not-sync",
+        active(switchover=switchover("b"), active_status=SYNC_C),
+        Action.STAY_ACTIVE,
+        cfg=SYNC,
+    ),
+    case(
+        "target-sync",
+        active(switchover=switchover("b"), active_status=SYNC_B),
+        Action.STEP_DOWN,
+        target="b",
+        cfg=SYNC,
+    ),
+    case(
+        "no-target-picks-most-advanced",
+        active(switchover=switchover(None), view=world(A_ACTIVE, member("b", 90), member("c"))),
+        Action.STEP_DOWN,
+        target="c",
+    ),
+    case(
+        "no-target-tie-picks-smaller-name",
+        active(switchover=switchover(None), view=world(A_ACTIVE, member("c"), member("b"))),
+        Action.STEP_DOWN,
+        target="b",
+    ),
+    case(
+        "no-target-nobody-fit",
+        active(switchover=switchover(None), view=world(A_ACTIVE, member("b", healthy=False))),
+        Action.STAY_ACTIVE,
+    ),
+    case(
+        "just-before-expiry",
+        active(switchover=switchover("b", seen_at=NOW - 29.5)),
+        Action.STEP_DOWN,
+        target="b",
+    ),
+    case(
+        "promotion-unfinished-still-hands-over",
+        active(switchover=switchover("b"), db_token=6),
+        Action.STEP_DOWN,
+        target="b",
+    ),
+    case(
+        "store-view-missing-waits",
+        active(switchover=switchover("b"), view=None),
+        Action.STAY_ACTIVE,
+    ),
+]
+
+
+@pytest.mark.parametrize(("obs", "cfg", "action", "target", "state"), SWITCHOVER_CASES)
+def test_switchover_at_the_active(
+    obs: Observation, cfg: DecisionConfig, action: Action, target: str | None, state: NodeState
+) -> None:
+    decision = check(obs, cfg, action, target, state)
+    assert not decision.clear_switchover
+    assert decision.deadline == NOW + 7
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        pytest.param(switchover("b", frm="c"), id="from-another-node"),
+        pytest.param(switchover("b", seen_at=NOW - 30), id="expired-at-boundary"),
+        pytest.param(switchover("a"), id="target-is-the-active"),
+    ],
+)
+def test_switchover_request_cleared(request_: SwitchoverRequest) -> None:
+    decision = decide(active(switchover=request_), CFG)
+    assert decision.action is Action.STAY_ACTIVE
+    assert decision.clear_switchover
+
+
+FENCED_A = member("a", role=NodeRole.FENCED)
+
+STANDBY_SWITCHOVER_CASES = [
+    case(
+        "non-target-holds-back",
+        standby(
+            node_name="c",
+            view=leaderless(FENCED_A, member("b", 90), member("c")),
+            switchover=switchover("b"),
+        ),
+        Action.NONE,
+    ),
+    case(
+        "non-target-holds-back-while-old-active-gone",
+        standby(
+            node_name="c",
+            view=leaderless(member("b", 90), member("c")),
+            switchover=switchover("b"),
+        ),
+        Action.NONE,
+    ),
+    case(
+        "non-target-after-expiry-campaigns",
+        standby(
+            node_name="c",
+            view=leaderless(member("b", 90), member("c")),
+            switchover=switchover("b", seen_at=NOW - 30),
+        ),
+        Action.CAMPAIGN,
+    ),
+    case(
+        "old-active-competes-again-after-expiry",
+        standby(
+            node_name="c",
+            view=leaderless(FENCED_A, member("b", 90), member("c")),
+            switchover=switchover("b", seen_at=NOW - 30),
+        ),
+        Action.NONE,
+    ),
+    case(
+        "non-target-when-target-unhealthy",
+        standby(
+            node_name="c",
+            view=leaderless(FENCED_A, member("b", healthy=False), member("c")),
+            switchover=switchover("b"),
+        ),
+        Action.CAMPAIGN,
+    ),
+    case(
+        "non-target-when-target-gone",
+        standby(node_name="c", view=leaderless(FENCED_A, member("c")), switchover=switchover("b")),
+        Action.CAMPAIGN,
+    ),
+    case(
+        "target-ignores-smaller-named-peer",
+        standby(
+            node_name="c",
+            view=leaderless(FENCED_A, member("b"), member("c")),
+            switchover=switchover("c"),
+        ),
+        Action.CAMPAIGN,
+        state=NodeState.PROMOTING,
+    ),
+    case(
+        "target-waits-for-old-active-position",
+        standby(
+            node_name="c",
+            db=attrs.evolve(STANDBY_DB, position=99),
+            view=leaderless(FENCED_A, member("c", 99)),
+            switchover=switchover("c"),
+        ),
+        Action.NONE,
+    ),
+    case(
+        "old-active-never-campaigns-while-pending",
+        standby(
+            node_name="a",
+            db=FENCED_DB,
+            view=leaderless(FENCED_A, member("b", 1)),
+            switchover=switchover("b"),
+        ),
+        Action.NONE,
+        state=NodeState.FENCED,
+    ),
+    case(
+        "untargeted-old-active-is-no-competitor",
+        standby(
+            view=leaderless(member("a", 100, role=NodeRole.FENCED), member("b"), member("c")),
+            switchover=switchover(None),
+        ),
+        Action.CAMPAIGN,
+    ),
+    case(
+        "untargeted-peer-still-ranks",
+        standby(
+            node_name="c",
+            view=leaderless(FENCED_A, member("b"), member("c")),
+            switchover=switchover(None),
+        ),
+        Action.NONE,
+    ),
+]
+
+
+@pytest.mark.parametrize(("obs", "cfg", "action", "target", "state"), STANDBY_SWITCHOVER_CASES)
+def test_switchover_at_the_standbys(
+    obs: Observation, cfg: DecisionConfig, action: Action, target: str | None, state: NodeState
+) -> None:
+    check(obs, cfg, action, target, state)
+
+
+# -- rule 5: health ------------------------------------------------------------------------------
+
+FAILING = HealthReport(failing={"services"})
+EXPIRED = HealthReport(failing={"services"}, expired={"services"})
+
+HEALTH_CASES = [
+    case("fail-fast-steps-down", active(health=FAILING), Action.STEP_DOWN, cfg=FAIL_FAST),
+    case("failing-within-ttl-tolerated", active(health=FAILING), Action.STAY_ACTIVE),
+    case("expired-steps-down", active(health=EXPIRED), Action.STEP_DOWN, state=NodeState.FENCED),
+    case(
+        "fail-fast-store-uncertain-fences",
+        active(health=FAILING, lease_status=LeaseStatus.UNCERTAIN, view=None),
+        Action.FENCE,
+        cfg=FAIL_FAST,
+    ),
+    case(
+        "failing-promotion-steps-down",
+        active(health=EXPIRED, db=STANDBY_DB),
+        Action.STEP_DOWN,
+    ),
+]
+
+
+@pytest.mark.parametrize(("obs", "cfg", "action", "target", "state"), HEALTH_CASES)
+def test_health(
+    obs: Observation, cfg: DecisionConfig, action: Action, target: str | None, state: NodeState
+) -> None:
+    check(obs, cfg, action, target, state)
+
+
+# -- rule 6: followers ---------------------------------------------------------------------------
+
+FOLLOWER_CASES = [
+    case("following-leader", standby(), Action.NONE, state=NodeState.STANDBY),
+    case(
+        "following-nobody",
+        standby(db=attrs.evolve(STANDBY_DB, following=None)),
+        Action.FOLLOW,
+        target="a",
+    ),
+    case(
+        "following-old-leader",
+        standby(view=world(leader="c", token=8)),
+        Action.FOLLOW,
+        target="c",
+        state=NodeState.STANDBY,
+    ),
+    case("diverged", standby(needs_rewind=True), Action.REWIND, target="a"),
+    case(
+        "fenced-primary-rejoins",
+        standby(db=FENCED_DB),
+        Action.REWIND,
+        target="a",
+        state=NodeState.REJOINING,
+    ),
+    case(
+        "stopped-starts-as-standby",
+        standby(db=STOPPED_DB, previous=NodeState.STANDBY),
+        Action.START_STANDBY,
+        target="a",
+        state=NodeState.STANDBY,
+    ),
+    case(
+        "stopped-former-active-rewinds",
+        standby(db=STOPPED_DB, previous=NodeState.ACTIVE),
+        Action.REWIND,
+        target="a",
+    ),
+    case(
+        "stopped-fenced-rewinds",
+        standby(db=STOPPED_DB, previous=NodeState.FENCED),
+        Action.REWIND,
+        target="a",
+    ),
+    case(
+        "stopped-diverged-rewinds",
+        standby(db=STOPPED_DB, needs_rewind=True),
+        Action.REWIND,
+        target="a",
+    ),
+    case(
+        "stopped-without-leader-starts-read-only",
+        standby(db=STOPPED_DB, view=leaderless()),
+        Action.START_STANDBY,
+        state=NodeState.STANDBY,
+    ),
+    case(
+        "stopped-store-unreachable-waits",
+        standby(db=STOPPED_DB, view=None, previous=NodeState.FENCED),
+        Action.NONE,
+        state=NodeState.FENCED,
+    ),
+    case(
+        "empty-clones",
+        standby(db=STOPPED_DB, initialized=False),
+        Action.CLONE,
+        target="a",
+        state=NodeState.CLONING,
+    ),
+    case(
+        "empty-without-leader-never-bootstraps",
+        standby(db=STOPPED_DB, initialized=False, view=leaderless()),
+        Action.NONE,
+        state=NodeState.EMPTY,
+    ),
+    case(
+        "empty-store-unreachable",
+        standby(db=STOPPED_DB, initialized=False, view=None),
+        Action.NONE,
+        state=NodeState.EMPTY,
+    ),
+    case(
+        "clone-running",
+        standby(db=STOPPED_DB, initialized=False, job=Action.CLONE),
+        Action.NONE,
+        state=NodeState.CLONING,
+    ),
+    case(
+        "rewind-running",
+        standby(db=STOPPED_DB, job=Action.REWIND),
+        Action.NONE,
+        state=NodeState.REJOINING,
+    ),
+]
+
+
+@pytest.mark.parametrize(("obs", "cfg", "action", "target", "state"), FOLLOWER_CASES)
+def test_followers(
+    obs: Observation, cfg: DecisionConfig, action: Action, target: str | None, state: NodeState
+) -> None:
+    check(obs, cfg, action, target, state)
+
+
+# -- rules 7-9: removed, resumability, blind -----------------------------------------------------
+
+MISC_CASES = [
+    case("active-removed", active(removed=True), Action.STEP_DOWN, state=NodeState.REMOVED),
+    case(
+        "active-removed-store-uncertain",
+        active(removed=True, lease_status=LeaseStatus.UNCERTAIN, view=None),
+        Action.FENCE,
+        state=NodeState.REMOVED,
+    ),
+    case("standby-removed", standby(removed=True), Action.NONE, state=NodeState.REMOVED),
+    case(
+        "removed-writable-fenced",
+        standby(removed=True, db=PRIMARY_DB, view=leaderless()),
+        Action.FENCE,
+    ),
+    case(
+        "own-old-session-holds-key",
+        standby(node_name="a", view=world(), previous=NodeState.INIT),
+        Action.NONE,
+        state=NodeState.STANDBY,
+    ),
+    case(
+        "own-old-session-writable",
+        standby(node_name="a", db=PRIMARY_DB, view=world()),
+        Action.FENCE,
+        state=NodeState.FENCED,
+    ),
+    case(
+        "own-old-session-fenced",
+        standby(node_name="a", db=FENCED_DB, view=world()),
+        Action.NONE,
+        state=NodeState.FENCED,
+    ),
+    case("held-standby-db-promotes", active(db=STANDBY_DB), Action.PROMOTE),
+    case("held-fenced-db-promotes", active(db=FENCED_DB), Action.PROMOTE),
+    case("held-stopped-db-promotes", active(db=STOPPED_DB), Action.PROMOTE),
+    case(
+        "held-token-not-recorded-promotes",
+        active(db_token=6),
+        Action.PROMOTE,
+        state=NodeState.ACTIVE,
+    ),
+    case("held-no-token-promotes", active(db_token=None), Action.PROMOTE),
+    case(
+        "held-without-data-steps-down",
+        active(db=STOPPED_DB, initialized=False),
+        Action.STEP_DOWN,
+    ),
+    case("held-store-view-missing", active(view=None), Action.STAY_ACTIVE),
+    case("standby-store-unreachable", standby(view=None), Action.NONE, state=NodeState.STANDBY),
+    case(
+        "standby-store-unreachable-no-leader-known",
+        standby(view=None, db=attrs.evolve(STANDBY_DB, following=None)),
+        Action.NONE,
+    ),
+]
+
+
+@pytest.mark.parametrize(("obs", "cfg", "action", "target", "state"), MISC_CASES)
+def test_removed_resumable_and_blind(
+    obs: Observation, cfg: DecisionConfig, action: Action, target: str | None, state: NodeState
+) -> None:
+    check(obs, cfg, action, target, state)
+
+
+def test_promote_and_campaign_carry_the_deadline_only_when_leasing() -> None:
+    assert decide(active(db=STANDBY_DB), CFG).deadline == NOW + 7
+    assert decide(standby(view=leaderless()), CFG).deadline is None
+
+
+# -- records -------------------------------------------------------------------------------------
+
+
+def test_campaign_blocker_is_what_members_publish() -> None:
+    assert campaign_blocker(standby(view=leaderless()), CFG) is None
+    assert campaign_blocker(standby(health=FAILING), CFG) == "failing checks: services"
+    assert "switchover" in (campaign_blocker(standby(switchover=switchover("c")), CFG) or "")
+
+
+@pytest.mark.parametrize(
+    ("ttl", "loop_wait", "retry_timeout", "margin"),
+    [
+        pytest.param(10, 2, 3, 2, id="budget-equals-ttl"),
+        pytest.param(10, 5, 3, 0, id="budget-over-ttl"),
+        pytest.param(10, 0, 1, 1, id="zero-loop-wait"),
+        pytest.param(10, 1, 1, -1, id="negative-margin"),
+    ],
+)
+def test_config_rejects_unsafe_timing(
+    ttl: float, loop_wait: float, retry_timeout: float, margin: float
+) -> None:
+    with pytest.raises(ConfigError):
+        DecisionConfig(
+            ttl=ttl, loop_wait=loop_wait, retry_timeout=retry_timeout, safety_margin=margin
+        )
+
+
+def test_config_accepts_budget_just_under_ttl() -> None:
+    assert DecisionConfig(ttl=10, loop_wait=1.9, retry_timeout=3, safety_margin=2).ttl == 10
+
+
+def test_decision_target_matches_action() -> None:
+    with pytest.raises(ValueError, match="needs a target"):
+        Decision(Action.FOLLOW, NodeState.STANDBY, "x")
+    with pytest.raises(ValueError, match="takes no target"):
+        Decision(Action.NONE, NodeState.STANDBY, "x", target="a")
+    assert Decision(Action.START_STANDBY, NodeState.STANDBY, "x").target is None
+
+
+def test_observation_rejects_inconsistent_input() -> None:
+    with pytest.raises(ValueError, match="needs lease"):
+        active(lease=None)
+    with pytest.raises(ValueError, match="needs lease"):
+        active(last_renewal=None)
+    with pytest.raises(ValueError, match="off the loop"):
+        standby(job=Action.FOLLOW)
+
+
+def test_every_state_publishes_a_role() -> None:
+    roles = {state: state.role for state in NodeState}
+    assert roles[NodeState.ACTIVE] is NodeRole.ACTIVE
+    assert roles[NodeState.REJOINING] is NodeRole.FENCED
+    assert roles[NodeState.REMOVED] is NodeRole.REMOVED
+
+
+# -- properties over random observations ---------------------------------------------------------
+
+NAMES = ("a", "b", "c")
+positions = st.one_of(st.none(), st.integers(0, 4))
+timelines = st.one_of(st.none(), st.integers(1, 2))
+
+
+@st.composite
+def members(draw: st.DrawFn) -> tuple[Member, ...]:
+    chosen = draw(st.lists(st.sampled_from(NAMES), unique=True, max_size=3))
+    return tuple(
+        Member(
+            name=name,
+            role=draw(st.sampled_from(NodeRole)),
+            healthy=draw(st.booleans()),
+            position=draw(positions),
+            timeline=draw(timelines),
+            extra={"candidate": draw(st.booleans())},
+        )
+        for name in chosen
+    )
+
+
+@st.composite
+def observations(draw: st.DrawFn) -> Observation:
+    name = draw(st.sampled_from(NAMES))
+    leader = draw(
+        st.one_of(st.none(), st.builds(Leader, st.sampled_from(NAMES), st.integers(5, 9)))
+    )
+    view = draw(st.one_of(st.none(), st.builds(ClusterView, st.just(leader), members())))
+    status = draw(st.sampled_from(LeaseStatus))
+    lease = Lease(holder=name, token=draw(st.integers(5, 9)), ttl=10, acquired_at=0.0)
+    role = draw(st.sampled_from(["primary", "standby", "stopped"]))
+    db = ReplicationStatus(
+        running=role != "stopped" and draw(st.booleans()),
+        role=role,
+        writable=draw(st.booleans()),
+        position=draw(positions),
+        timeline=draw(timelines),
+        following=draw(st.one_of(st.none(), st.sampled_from(NAMES))),
+    )
+    checks = st.frozensets(st.sampled_from(["db", "services"]))
+    return Observation(
+        now=NOW,
+        node_name=name,
+        view=view,
+        db=db,
+        initialized=draw(st.booleans()),
+        lease_status=status,
+        lease=lease,
+        last_renewal=NOW - draw(st.floats(0, 20)),
+        health=HealthReport(failing=draw(checks), expired=draw(checks)),
+        removed=draw(st.booleans()),
+        switchover=draw(
+            st.one_of(
+                st.none(),
+                st.builds(
+                    SwitchoverRequest,
+                    st.sampled_from(NAMES),
+                    st.one_of(st.none(), st.sampled_from(NAMES)),
+                    st.floats(NOW - 60, NOW),
+                ),
+            )
+        ),
+        db_token=draw(st.one_of(st.none(), st.integers(5, 9))),
+        veto_until=draw(st.one_of(st.none(), st.floats(NOW - 5, NOW + 5))),
+        previous=draw(st.sampled_from(NodeState)),
+        active_status=draw(
+            st.one_of(
+                st.none(),
+                st.builds(
+                    ActiveStatus,
+                    st.sampled_from(NAMES),
+                    positions,
+                    timelines,
+                    st.frozensets(st.sampled_from(NAMES)),
+                ),
+            )
+        ),
+        needs_rewind=draw(st.booleans()),
+        job=draw(st.sampled_from([None, Action.CLONE, Action.REWIND, Action.FENCE_AND_REWIND])),
+    )
+
+
+configs = st.builds(
+    DecisionConfig,
+    ttl=st.just(10.0),
+    loop_wait=st.just(1.0),
+    retry_timeout=st.just(2.0),
+    safety_margin=st.just(2.0),
+    synchronous_mode=st.sampled_from(SyncMode),
+    check_fail_fast=st.booleans(),
+    maximum_lag_on_failover=st.one_of(st.none(), st.integers(0, 4)),
+)
+
+
+def _writable(obs: Observation) -> bool:
+    return obs.db.running and obs.db.role == "primary" and obs.db.writable
+
+
+def _leasing(obs: Observation) -> bool:
+    return obs.lease_status in (LeaseStatus.HELD, LeaseStatus.UNCERTAIN)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(observations(), configs)
+def test_safety_properties(obs: Observation, cfg: DecisionConfig) -> None:
+    d = decide(obs, cfg)
+    leader = obs.view.leader if obs.view is not None else None
+    past_deadline = (obs.last_renewal or 0.0) + cfg.ttl - cfg.safety_margin <= obs.now
+
+    if d.action is Action.CAMPAIGN:
+        assert obs.view is not None and leader is None, "campaigned with a leader or blind"
+        assert not obs.removed and obs.health.ok and obs.initialized
+    if d.action is Action.PROMOTE:
+        assert obs.lease_status is LeaseStatus.HELD and not past_deadline
+        assert obs.view is None or leader == Leader(obs.node_name, obs.lease.token)
+    if d.action is Action.STAY_ACTIVE:
+        assert _leasing(obs) and not past_deadline and _writable(obs)
+    if _writable(obs) and leader is not None and leader.name != obs.node_name:
+        assert d.action in (Action.FENCE, Action.FENCE_AND_REWIND)
+    if _writable(obs):
+        assert d.action in (
+            Action.STAY_ACTIVE,
+            Action.PROMOTE,
+            Action.STEP_DOWN,
+            Action.FENCE,
+            Action.FENCE_AND_REWIND,
+        ), "a writable database was neither kept under a lease nor fenced"
+    if _leasing(obs) and past_deadline:
+        assert d.action not in (Action.STAY_ACTIVE, Action.PROMOTE, Action.CAMPAIGN)
+    if obs.removed:
+        assert d.action not in (Action.CAMPAIGN, Action.PROMOTE, Action.STAY_ACTIVE)
+    assert d.target != obs.node_name
+    assert d.next_state is not NodeState.INIT
+
+
+@st.composite
+def elections(draw: st.DrawFn) -> tuple[list[Observation], DecisionConfig]:
+    """A consistent leaderless world: every member published exactly what it observed."""
+    cfg = draw(configs)
+    names = draw(st.lists(st.sampled_from("pqrstu"), min_size=1, max_size=5, unique=True))
+    status = ActiveStatus(
+        name=draw(st.sampled_from(names)),
+        position=4,
+        sync_standbys=draw(st.frozensets(st.sampled_from(names))),
+    )
+    first: list[Observation] = []
+    for name in names:
+        db = ReplicationStatus(
+            running=True,
+            role=draw(st.sampled_from(["standby", "primary"])),
+            position=draw(st.integers(0, 4)),
+            timeline=draw(st.integers(1, 2)),
+        )
+        health = HealthReport(failing=draw(st.sampled_from([(), ("db",)])))
+        veto = draw(st.sampled_from([None, NOW + 1]))
+        first.append(
+            Observation(
+                now=NOW,
+                node_name=name,
+                view=ClusterView(leader=None),
+                db=db,
+                initialized=True,
+                health=health,
+                veto_until=veto,
+                active_status=status,
+            )
+        )
+    published = tuple(
+        Member(
+            name=o.node_name,
+            role=NodeRole.FENCED if o.db.role == "primary" else NodeRole.STANDBY,
+            healthy=o.health.ok,
+            position=o.db.position,
+            timeline=o.db.timeline,
+            extra={"candidate": campaign_blocker(o, cfg) is None},
+        )
+        for o in first
+    )
+    return [attrs.evolve(o, view=ClusterView(None, published)) for o in first], cfg
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(elections())
+def test_exactly_one_eligible_member_campaigns(
+    world_: tuple[list[Observation], DecisionConfig],
+) -> None:
+    nodes, cfg = world_
+    campaigning = [o.node_name for o in nodes if decide(o, cfg).action is Action.CAMPAIGN]
+    eligible = [o for o in nodes if campaign_blocker(o, cfg) is None]
+    assert len(campaigning) == (1 if eligible else 0), campaigning
+    if eligible:
+        best = max(
+            sorted(eligible, key=lambda o: o.node_name),
+            key=lambda o: (o.db.timeline, o.db.position),
+        )
+        assert campaigning == [best.node_name]
