@@ -1,0 +1,137 @@
+"""Long-lived helper servers that outlive the agent that started them.
+
+A managed store server (etcd, ZooKeeper) must keep running when the agent restarts, and the
+next agent must still be able to stop it. So the server is started detached, in its own
+process group (a signal meant for the agent never reaches it), with its output in a log file
+and its pid in a pid file next to its data; it is found again and stopped by that pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from hacore.errors import HacoreError
+
+
+class DetachedProcess:
+    """One server process, known by the pid in ``pid_path``.
+
+    ``executable_name`` guards against pid reuse: a pid whose command line does not run that
+    program is not ours.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        log_path: Path,
+        pid_path: Path,
+        executable_name: str,
+    ) -> None:
+        self.name = name
+        self.log_path = Path(log_path)
+        self.pid_path = Path(pid_path)
+        self.executable_name = executable_name
+        self._child: subprocess.Popen[bytes] | None = None
+
+    def start(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> int:
+        """Start ``argv`` detached; refuses when the previous one still runs."""
+        running = self.pid()
+        if running is not None:
+            raise HacoreError(f"{self.name} is already running (pid {running})")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self._child = subprocess.Popen(
+                list(argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+                close_fds=True,
+            )
+        tmp = self.pid_path.with_suffix(".tmp")
+        tmp.write_text(f"{self._child.pid}\n")
+        tmp.replace(self.pid_path)
+        return self._child.pid
+
+    def pid(self) -> int | None:
+        """The pid of the running server, or None (a stale pid file is ignored)."""
+        if self._child is not None and self._child.poll() is not None:
+            return None
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if self._alive(pid) else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def exit_code(self) -> int | None:
+        """The exit status when this process started the server and it has exited."""
+        return self._child.poll() if self._child is not None else None
+
+    def _alive(self, pid: int) -> bool:
+        if self._child is not None and self._child.pid == pid:
+            # Our own child: its command line reads empty for a moment while it execs.
+            return self._child.poll() is None
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        state = stat.rsplit(")", 1)[-1].split()[0]
+        program = os.path.basename(cmdline[0].decode(errors="replace")) if cmdline else ""
+        return state not in ("Z", "X") and program == self.executable_name
+
+    def send_signal(self, sig: int) -> None:
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        """Ask with ``sig`` (after SIGCONT, in case it was frozen), SIGKILL after ``timeout``;
+        returns once the pid is gone. Idempotent."""
+        pid = self.pid()
+        if pid is not None:
+            self.send_signal(signal.SIGCONT)
+            self.send_signal(sig)
+            if not self._wait_gone(pid, timeout):
+                self.send_signal(signal.SIGKILL)
+                if not self._wait_gone(pid, 10.0):
+                    raise HacoreError(f"{self.name} (pid {pid}) did not exit after SIGKILL")
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_path.unlink()
+
+    def _wait_gone(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._child is not None and self._child.pid == pid:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._child.wait(timeout=0.05)
+            if not self._alive(pid):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])

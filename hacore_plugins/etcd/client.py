@@ -1,0 +1,411 @@
+"""A small multi-endpoint client for etcd's v3 JSON gateway.
+
+The gateway is used instead of gRPC because the maintained gRPC clients drag in a protobuf
+stack that breaks other packages; etcd serves the same API as JSON on its client port. Keys
+and values travel base64-encoded, int64 fields come back as strings and zero-valued fields are
+left out, so every reader here supplies defaults.
+
+Every call has a deadline. An endpoint that refuses, times out or says it cannot serve right
+now (no leader, learner) is skipped for the next one, so the loss of any one member is
+survived; when no endpoint answered before the deadline the call raises
+:class:`~hacore.errors.StoreUnavailableError` and never hangs.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import httpx
+
+from hacore.errors import HacoreError, StoreUnavailableError
+
+log = logging.getLogger(__name__)
+
+#: gRPC status codes the gateway reports for "try again, maybe elsewhere".
+_RETRYABLE_CODES = frozenset({4, 14})  # DEADLINE_EXCEEDED, UNAVAILABLE
+_UNAUTHENTICATED = 16
+#: A refused connection is known at once; a silent peer costs at most this long to connect.
+_CONNECT_TIMEOUT = 0.5
+#: A single endpoint never takes less than this share of a deadline (a busy 2-core host).
+_MIN_ATTEMPT = 0.25
+_ROUND_PAUSE = 0.05
+
+
+class TryElsewhere(Exception):
+    """This endpoint cannot serve the request now."""
+
+
+class EtcdRequestError(HacoreError):
+    """etcd answered, and refused the request (bad argument, lease or member not found...)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def gateway_error(data: Mapping[str, Any]) -> tuple[int, str]:
+    """gRPC code and message of an error answer.
+
+    Unary calls answer ``{"error": text, "message": text, "code": n}``; streaming ones
+    (watch, lease keepalive) ``{"error": {"grpc_code": n, "message": text, ...}}``.
+    """
+    error = data.get("error")
+    if isinstance(error, Mapping):
+        return as_int(error.get("grpc_code", error.get("code"))), str(error.get("message", ""))
+    return as_int(data.get("code")), str(data.get("message") or error or "")
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def unb64(text: str | None) -> bytes:
+    return base64.b64decode(text) if text else b""
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The ``range_end`` that selects every key starting with ``prefix``."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return b"\0"
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+def as_int(value: Any) -> int:
+    return int(value) if value not in (None, "") else 0
+
+
+@attrs.frozen
+class KV:
+    """One key as etcd reports it, decoded."""
+
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> KV:
+        return cls(
+            key=unb64(data.get("key")),
+            value=unb64(data.get("value")),
+            create_revision=as_int(data.get("create_revision")),
+            mod_revision=as_int(data.get("mod_revision")),
+            version=as_int(data.get("version")),
+            lease=as_int(data.get("lease")),
+        )
+
+
+@attrs.frozen
+class TxnResult:
+    succeeded: bool
+    revision: int
+    responses: tuple[Mapping[str, Any], ...]
+
+    def ranges(self) -> list[list[KV]]:
+        """The key lists of the range operations, in request order."""
+        return [
+            [KV.from_json(kv) for kv in r["response_range"].get("kvs", [])]
+            for r in self.responses
+            if "response_range" in r
+        ]
+
+
+@attrs.frozen
+class EtcdMember:
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    is_learner: bool
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EtcdMember:
+        return cls(
+            id=as_int(data.get("ID")),
+            name=data.get("name", ""),
+            peer_urls=tuple(data.get("peerURLs", ())),
+            client_urls=tuple(data.get("clientURLs", ())),
+            is_learner=bool(data.get("isLearner", False)),
+        )
+
+
+@attrs.frozen
+class TlsFiles:
+    """For https endpoints: the CA that signed the servers, and this client's own certificate
+    when etcd asks for one."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def verify(self) -> ssl.SSLContext | bool:
+        if not self.ca_file:
+            return True
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+
+class EtcdClient:
+    """Requests to whichever of ``endpoints`` answers, each within ``timeout`` seconds."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        timeout: float,
+        username: str | None = None,
+        password: str | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one etcd endpoint is needed")
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.timeout = timeout
+        self._username = username
+        self._password = password
+        self._tls = tls or TlsFiles()
+        self._preferred = 0
+        self._token: str | None = None
+        self._auth_lock = threading.Lock()
+        self._http = self.new_http()
+
+    def new_http(self) -> httpx.Client:
+        return httpx.Client(verify=self._tls.verify())
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> EtcdClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport -----------------------------------------------------------------------
+
+    def deadline(self, timeout: float | None = None) -> float:
+        return time.monotonic() + (self.timeout if timeout is None else timeout)
+
+    def attempt_timeout(self, remaining: float) -> httpx.Timeout:
+        """One endpoint's share: about half the budget, so a frozen member leaves time for
+        another."""
+        share = min(remaining, max(_MIN_ATTEMPT, self.timeout / 2))
+        return httpx.Timeout(share, connect=min(share, _CONNECT_TIMEOUT))
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": self._token} if self._token else {}
+
+    def _authenticate(self, endpoint: str, timeout: httpx.Timeout, stale: str | None) -> None:
+        with self._auth_lock:
+            if self._token != stale:
+                return  # another thread already refreshed it
+            resp = self._http.post(
+                f"{endpoint}/v3/auth/authenticate",
+                json={"name": self._username, "password": self._password},
+                timeout=timeout,
+            )
+            data = resp.json()
+            if "error" in data or "token" not in data:
+                raise EtcdRequestError(
+                    f"etcd refused the credentials of user {self._username!r}: "
+                    f"{data.get('message') or data.get('error') or resp.status_code}",
+                    as_int(data.get("code")),
+                )
+            self._token = data["token"]
+
+    def post_once(
+        self, endpoint: str, path: str, body: Mapping[str, Any], timeout: httpx.Timeout
+    ) -> dict[str, Any]:
+        """One attempt on one endpoint.
+
+        Raises :class:`TryElsewhere` when another endpoint (or a later attempt) may succeed,
+        :class:`EtcdRequestError` when etcd refused the request itself.
+        """
+        try:
+            if self._username and self._token is None:
+                self._authenticate(endpoint, timeout, None)
+            token = self._token
+            resp = self._http.post(
+                endpoint + path, json=body, headers=self.auth_headers(), timeout=timeout
+            )
+            data = resp.json() if resp.content else {}
+        except (httpx.TransportError, ValueError) as err:
+            raise TryElsewhere(describe_error(err)) from err
+        if "error" not in data and resp.status_code < 400:
+            return dict(data)
+        code, message = gateway_error(data)
+        message = message or f"HTTP {resp.status_code}"
+        if code == _UNAUTHENTICATED and self._username:
+            self.forget_token(token)
+            raise TryElsewhere(message)
+        if code in _RETRYABLE_CODES or resp.status_code >= 500:
+            raise TryElsewhere(message)
+        raise EtcdRequestError(f"etcd refused {path}: {message}", code)
+
+    def request(
+        self, path: str, body: Mapping[str, Any], *, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """POST ``body`` to ``path`` on the first endpoint that answers before ``deadline``."""
+        if deadline is None:
+            deadline = self.deadline()
+        started = time.monotonic()
+        failures: dict[str, str] = {}
+        tried_in_round = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                detail = "; ".join(f"{e}: {why}" for e, why in failures.items()) or "no time left"
+                raise StoreUnavailableError(
+                    f"etcd did not answer {path} within {time.monotonic() - started:.1f}s "
+                    f"({detail})"
+                )
+            index = self._preferred
+            endpoint = self.endpoints[index]
+            try:
+                return self.post_once(endpoint, path, body, self.attempt_timeout(remaining))
+            except TryElsewhere as err:
+                failures[endpoint] = str(err)
+                log.debug("etcd %s %s: %s", endpoint, path, err)
+            # This endpoint cannot serve now: prefer the next one from now on.
+            if self._preferred == index:
+                self._preferred = (index + 1) % len(self.endpoints)
+            tried_in_round += 1
+            if tried_in_round >= len(self.endpoints):
+                tried_in_round = 0
+                time.sleep(max(0.0, min(_ROUND_PAUSE, deadline - time.monotonic())))
+
+    # -- KV ----------------------------------------------------------------------------------
+
+    def range(
+        self, key: bytes, range_end: bytes | None = None, *, deadline: float | None = None
+    ) -> list[KV]:
+        body: dict[str, Any] = {"key": b64(key)}
+        if range_end is not None:
+            body["range_end"] = b64(range_end)
+        data = self.request("/v3/kv/range", body, deadline=deadline)
+        return [KV.from_json(kv) for kv in data.get("kvs", [])]
+
+    def put(
+        self, key: bytes, value: bytes, *, lease: int = 0, deadline: float | None = None
+    ) -> int:
+        """Returns the revision of the write."""
+        body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        data = self.request("/v3/kv/put", body, deadline=deadline)
+        return as_int(data.get("header", {}).get("revision"))
+
+    def delete_range(
+        self, key: bytes, range_end: bytes | None = None, *, deadline: float | None = None
+    ) -> int:
+        """Returns how many keys were deleted."""
+        body: dict[str, Any] = {"key": b64(key)}
+        if range_end is not None:
+            body["range_end"] = b64(range_end)
+        data = self.request("/v3/kv/deleterange", body, deadline=deadline)
+        return as_int(data.get("deleted"))
+
+    def txn(
+        self,
+        compare: Sequence[Mapping[str, Any]],
+        success: Sequence[Mapping[str, Any]],
+        failure: Sequence[Mapping[str, Any]] = (),
+        *,
+        deadline: float | None = None,
+    ) -> TxnResult:
+        body = {"compare": list(compare), "success": list(success), "failure": list(failure)}
+        data = self.request("/v3/kv/txn", body, deadline=deadline)
+        return TxnResult(
+            succeeded=bool(data.get("succeeded", False)),
+            revision=as_int(data.get("header", {}).get("revision")),
+            responses=tuple(data.get("responses", ())),
+        )
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def lease_grant(self, ttl: int, *, deadline: float | None = None) -> int:
+        data = self.request("/v3/lease/grant", {"TTL": str(ttl)}, deadline=deadline)
+        if data.get("error"):  # LeaseGrantResponse has an error field of its own
+            raise EtcdRequestError(f"etcd refused a lease: {data['error']}", 0)
+        return as_int(data.get("ID"))
+
+    def lease_keepalive(self, lease: int, *, deadline: float | None = None) -> int:
+        """The TTL the lease was refreshed to; 0 when it no longer exists."""
+        data = self.request("/v3/lease/keepalive", {"ID": str(lease)}, deadline=deadline)
+        result = data.get("result", data)
+        return as_int(result.get("TTL"))
+
+    def lease_revoke(self, lease: int, *, deadline: float | None = None) -> bool:
+        """False when the lease had already gone."""
+        try:
+            self.request("/v3/lease/revoke", {"ID": str(lease)}, deadline=deadline)
+        except EtcdRequestError as err:
+            if "lease not found" in str(err):
+                return False
+            raise
+        return True
+
+    # -- cluster membership --------------------------------------------------------------
+
+    def member_list(self, *, deadline: float | None = None) -> list[EtcdMember]:
+        data = self.request("/v3/cluster/member/list", {}, deadline=deadline)
+        return [EtcdMember.from_json(m) for m in data.get("members", [])]
+
+    def member_add(
+        self, peer_urls: Sequence[str], *, learner: bool, deadline: float | None = None
+    ) -> tuple[EtcdMember, list[EtcdMember]]:
+        """The new member, and the whole membership after the change."""
+        body = {"peerURLs": list(peer_urls), "isLearner": learner}
+        data = self.request("/v3/cluster/member/add", body, deadline=deadline)
+        return (
+            EtcdMember.from_json(data.get("member", {})),
+            [EtcdMember.from_json(m) for m in data.get("members", [])],
+        )
+
+    def member_remove(self, member_id: int, *, deadline: float | None = None) -> None:
+        self.request("/v3/cluster/member/remove", {"ID": str(member_id)}, deadline=deadline)
+
+    def member_promote(self, member_id: int, *, deadline: float | None = None) -> None:
+        self.request("/v3/cluster/member/promote", {"ID": str(member_id)}, deadline=deadline)
+
+    # -- for the watcher -------------------------------------------------------------------
+
+    @property
+    def preferred(self) -> int:
+        """Index of the endpoint that answered last."""
+        return self._preferred
+
+    def ensure_token(self, endpoint: str, timeout: httpx.Timeout) -> str | None:
+        if self._username and self._token is None:
+            self._authenticate(endpoint, timeout, None)
+        return self._token
+
+    def forget_token(self, stale: str | None) -> None:
+        """Drop an auth token the server no longer accepts (the next call re-authenticates)."""
+        with self._auth_lock:
+            if self._token == stale:
+                self._token = None
+
+
+def describe_error(err: Exception) -> str:
+    if isinstance(err, (TryElsewhere, HacoreError)):
+        return str(err)
+    if isinstance(err, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(err, httpx.ConnectError):
+        return "connection refused" if "refused" in str(err).lower() else f"cannot connect ({err})"
+    if isinstance(err, ValueError):
+        return "answer was not JSON"
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__

@@ -1,0 +1,482 @@
+"""This node's own etcd server, for clusters where hacore runs the store itself.
+
+A newcomer joins as a **learner**: it receives the log without voting, so a slow or failed
+join never costs the cluster its quorum; it is promoted to voter only once etcd says it has
+caught up. Everything needed to start the server again (name, URLs, token, initial cluster)
+is kept in ``etcd.json`` in the data directory, next to the pid file and the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import shutil
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from hacore.consensus import ManagedStore
+from hacore.errors import HacoreError, ManagedStoreError, StoreUnavailableError
+from hacore.process import DetachedProcess
+from hacore.records import StoreMember
+from hacore_plugins.etcd.client import EtcdClient, EtcdMember, EtcdRequestError
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+DEFAULT_BINARY = "/usr/bin/etcd"
+STATE_FILE = "etcd.json"
+LOG_FILE = "etcd.log"
+PID_FILE = "etcd.pid"
+#: files of a failed attempt that do not make the data directory "in use"
+_LEFTOVERS = frozenset({LOG_FILE})
+
+
+def url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def etcd_argv(
+    binary: str,
+    *,
+    name: str,
+    data_dir: Path,
+    host: str,
+    client_port: int,
+    peer_port: int,
+    initial_cluster: str,
+    token: str,
+    state: str,
+    heartbeat_ms: int = 100,
+    election_ms: int = 1000,
+) -> list[str]:
+    """The command line of one etcd member (shared with the test harness)."""
+    client, peer = url(host, client_port), url(host, peer_port)
+    return [
+        binary,
+        "--name", name,
+        "--data-dir", str(data_dir),
+        "--logger=zap",
+        "--log-outputs=stderr",
+        "--listen-client-urls", client,
+        "--advertise-client-urls", client,
+        "--listen-peer-urls", peer,
+        "--initial-advertise-peer-urls", peer,
+        "--initial-cluster", initial_cluster,
+        "--initial-cluster-token", token,
+        "--initial-cluster-state", state,
+        "--heartbeat-interval", str(heartbeat_ms),
+        "--election-timeout", str(election_ms),
+        "--auto-compaction-mode", "periodic",
+        "--auto-compaction-retention", "1h",
+    ]  # fmt: skip
+
+
+def initial_cluster(members: Sequence[EtcdMember], new_id: int, new_name: str) -> str:
+    """etcd's ``--initial-cluster`` for a newcomer: every member, the newcomer by its name."""
+    return ",".join(
+        f"{new_name if m.id == new_id else m.name}={peer}" for m in members for peer in m.peer_urls
+    )
+
+
+@contextlib.contextmanager
+def _failing(what: str) -> Iterator[None]:
+    """Store errors as the managed-store error a caller of this module expects."""
+    try:
+        yield
+    except (StoreUnavailableError, EtcdRequestError) as err:
+        raise ManagedStoreError(f"{what}: {err}") from None
+
+
+def port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # As etcd itself does: connections of a previous run in TIME_WAIT do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            return err.errno == errno.EADDRINUSE
+    return False
+
+
+class EtcdManagedStore(ManagedStore):
+    """Settings: ``client_port`` (2379), ``peer_port`` (2380), ``heartbeat_interval`` and
+    ``election_timeout`` in ms (100, 1000), ``start_timeout`` in s (60), ``etcd_binary``."""
+
+    def __init__(
+        self, settings: Mapping[str, Any], *, name: str, host: str, data_dir: Path
+    ) -> None:
+        super().__init__(settings, name=name, host=host, data_dir=data_dir)
+        try:
+            self.client_port = int(self.settings.get("client_port", 2379))
+            self.peer_port = int(self.settings.get("peer_port", 2380))
+            self.heartbeat_ms = int(self.settings.get("heartbeat_interval", 100))
+            self.election_ms = int(self.settings.get("election_timeout", 1000))
+            self.start_timeout = float(self.settings.get("start_timeout", 60.0))
+        except (TypeError, ValueError) as err:
+            raise ManagedStoreError(f"invalid etcd managed store setting: {err}") from None
+        self.binary = str(self.settings.get("etcd_binary", DEFAULT_BINARY))
+        self.process = DetachedProcess(
+            f"etcd server {name}",
+            log_path=self.data_dir / LOG_FILE,
+            pid_path=self.data_dir / PID_FILE,
+            executable_name=Path(self.binary).name,
+        )
+
+    @property
+    def client_url(self) -> str:
+        return url(self.host, self.client_port)
+
+    @property
+    def peer_url(self) -> str:
+        return url(self.host, self.peer_port)
+
+    @property
+    def etcd_data(self) -> Path:
+        return self.data_dir / "data"
+
+    def identity(self) -> StoreMember:
+        return StoreMember(
+            name=self.name, peer_url=self.peer_url, client_url=self.client_url, voting=False
+        )
+
+    # -- local state ---------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.data_dir / STATE_FILE).read_text())
+        except FileNotFoundError:
+            raise ManagedStoreError(
+                f"no etcd server was set up in {self.data_dir}: start a cluster or join one first"
+            ) from None
+        except (OSError, ValueError) as err:
+            raise ManagedStoreError(f"cannot read {self.data_dir / STATE_FILE}: {err}") from None
+        return data
+
+    def _save_state(self, state: Mapping[str, Any]) -> None:
+        path = self.data_dir / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+        tmp.replace(path)
+
+    def _update_state(self, **changes: Any) -> None:
+        self._save_state({**self._state(), **changes})
+
+    def _refuse_used_data_dir(self) -> None:
+        if self.data_dir.exists():
+            used = sorted(p.name for p in self.data_dir.iterdir() if p.name not in _LEFTOVERS)
+            if used:
+                raise ManagedStoreError(
+                    f"data directory {self.data_dir} is not empty ({', '.join(used[:5])}): "
+                    "this node already has store data; remove it or pick another directory"
+                )
+        if self.process.running():
+            raise ManagedStoreError(f"an etcd server already runs from {self.data_dir}")
+
+    def _refuse_taken_ports(self) -> None:
+        for what, port in (("client", self.client_port), ("peer", self.peer_port)):
+            if port_taken(self.host, port):
+                raise ManagedStoreError(
+                    f"etcd {what} port {port} on {self.host} is already in use by another process"
+                )
+
+    def _forget_local_server(self) -> None:
+        """Undo a failed bootstrap or join: the data directory is as it was before."""
+        with contextlib.suppress(HacoreError):
+            self.process.stop(signal.SIGKILL, timeout=5)
+        shutil.rmtree(self.etcd_data, ignore_errors=True)
+        for name in (STATE_FILE, PID_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / name).unlink()
+
+    # -- the local server ----------------------------------------------------------------
+
+    def _launch(self, state: Mapping[str, Any]) -> None:
+        self.etcd_data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        argv = etcd_argv(
+            self.binary,
+            name=self.name,
+            data_dir=self.etcd_data,
+            host=self.host,
+            client_port=self.client_port,
+            peer_port=self.peer_port,
+            initial_cluster=state["initial_cluster"],
+            token=state["token"],
+            state=state["cluster_state"],
+            heartbeat_ms=self.heartbeat_ms,
+            election_ms=self.election_ms,
+        )
+        try:
+            self.process.start(argv, cwd=self.data_dir)
+        except OSError as err:
+            raise ManagedStoreError(f"cannot run {self.binary}: {err.strerror}") from None
+
+    def _died(self, doing: str) -> ManagedStoreError:
+        code = self.process.exit_code()
+        status = f" (exit status {code})" if code is not None else ""
+        return ManagedStoreError(
+            f"etcd server {self.name} exited while {doing}{status}; last lines of "
+            f"{self.process.log_path}:\n{self.process.log_tail()}"
+        )
+
+    def _until(self, doing: str, attempt: Callable[[], T | None], timeout: float) -> T:
+        """Retry ``attempt`` until it returns a value, the server dies, or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while True:
+            if not self.process.running():
+                raise self._died(doing)
+            try:
+                result = attempt()
+                if result is not None:
+                    return result
+            except ManagedStoreError:
+                raise
+            except (HacoreError, httpx.HTTPError) as err:
+                last = str(err)
+                log.debug("etcd server %s %s: %s", self.name, doing, last)
+            if time.monotonic() > deadline:
+                raise ManagedStoreError(
+                    f"etcd server {self.name} was not done {doing} after {timeout:.0f}s "
+                    f"({last}); last lines of {self.process.log_path}:\n{self.process.log_tail()}"
+                )
+            time.sleep(0.2)
+
+    def _serves(self) -> bool | None:
+        """A linearizable read on the local member: it has a leader and is a voter."""
+        with EtcdClient([self.client_url], timeout=2.0) as client:
+            client.range(b"/hacore/")
+        return True
+
+    def _client(self, endpoints: Sequence[str] = (), timeout: float = 5.0) -> EtcdClient:
+        known: list[str] = [self.client_url]
+        with contextlib.suppress(ManagedStoreError):
+            known += self._state().get("endpoints", [])
+        known += endpoints
+        return EtcdClient(list(dict.fromkeys(known)), timeout=timeout)
+
+    # -- ManagedStore --------------------------------------------------------------------
+
+    def bootstrap(self) -> StoreMember:
+        self._refuse_used_data_dir()
+        self._refuse_taken_ports()
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        state = {
+            "name": self.name,
+            "token": f"hacore-{uuid.uuid4().hex}",
+            "initial_cluster": f"{self.name}={self.peer_url}",
+            "cluster_state": "new",
+            "endpoints": [self.client_url],
+            "added": {},
+        }
+        self._save_state(state)
+        try:
+            self._launch(state)
+            self._until("starting", self._serves, self.start_timeout)
+        except BaseException:
+            self._forget_local_server()
+            raise
+        return StoreMember(name=self.name, peer_url=self.peer_url, client_url=self.client_url)
+
+    def add_member(self, member: StoreMember) -> dict[str, Any]:
+        with _failing(f"cannot add {member.name} to the store"), self._client() as client:
+            members = client.member_list()
+            new = self._existing_entry(members, member)
+            if new is None:
+                # etcd refuses changes until every voter has been connected for 5 s.
+                deadline = client.deadline(self.start_timeout)
+                try:
+                    new, members = client.member_add(
+                        [member.peer_url], learner=True, deadline=deadline
+                    )
+                except EtcdRequestError as err:
+                    if "too many learner" in str(err):
+                        raise ManagedStoreError(
+                            "another node is still joining the store (etcd accepts one learner "
+                            "at a time): retry once it has finished"
+                        ) from None
+                    raise ManagedStoreError(f"etcd refused to add {member.name}: {err}") from None
+        self._remember_endpoints(members)
+        state = self._state()
+        self._update_state(added={**state.get("added", {}), member.name: str(new.id)})
+        return {
+            "name": member.name,
+            "member_id": str(new.id),
+            "peer_url": member.peer_url,
+            "initial_cluster": initial_cluster(members, new.id, member.name),
+            "token": state["token"],
+            "endpoints": [u for m in members for u in m.client_urls],
+        }
+
+    @staticmethod
+    def _existing_entry(members: Sequence[EtcdMember], member: StoreMember) -> EtcdMember | None:
+        """The entry of a newcomer added before (a retried join), or None."""
+        for m in members:
+            if member.peer_url in m.peer_urls:
+                if m.name in ("", member.name) and m.is_learner:
+                    return m
+                raise ManagedStoreError(
+                    f"peer URL {member.peer_url} already belongs to store member "
+                    f"{m.name or '(not started)'}; remove it first"
+                )
+            if m.name == member.name:
+                raise ManagedStoreError(
+                    f"the store already has a member named {member.name} at "
+                    f"{', '.join(m.peer_urls)}; remove it first"
+                )
+        return None
+
+    def join(self, spec: Mapping[str, Any]) -> StoreMember:
+        try:
+            member_id = int(spec["member_id"])
+            endpoints = [str(e) for e in spec["endpoints"]]
+            state: dict[str, Any] = {
+                "name": self.name,
+                "token": str(spec["token"]),
+                "initial_cluster": str(spec["initial_cluster"]),
+                "cluster_state": "existing",
+                "endpoints": endpoints,
+                "added": {},
+            }
+        except (KeyError, TypeError, ValueError) as err:
+            raise ManagedStoreError(f"the etcd join material is incomplete ({err})") from None
+        if spec.get("name") != self.name or spec.get("peer_url") != self.peer_url:
+            raise ManagedStoreError(
+                f"the etcd join material is for {spec.get('name')} at {spec.get('peer_url')}, "
+                f"not for this node ({self.name} at {self.peer_url})"
+            )
+        self._refuse_used_data_dir()
+        self._refuse_taken_ports()
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._save_state(state)
+        try:
+            self._launch(state)
+            with self._client(endpoints) as client:
+                self._until(
+                    "catching up", lambda: self._promote(client, member_id), self.start_timeout
+                )
+            self._until("becoming a voter", self._serves, self.start_timeout)
+        except BaseException:
+            self._forget_local_server()
+            raise
+        return StoreMember(name=self.name, peer_url=self.peer_url, client_url=self.client_url)
+
+    @staticmethod
+    def _promote(client: EtcdClient, member_id: int) -> bool | None:
+        """True once a voter; None while etcd says the learner is still behind."""
+        try:
+            client.member_promote(member_id)
+        except EtcdRequestError as err:
+            text = str(err)
+            if "in sync" in text:
+                return None
+            if "can only promote a learner member" in text:
+                return True  # already promoted by an earlier attempt
+            if "member not found" in text:
+                raise ManagedStoreError(
+                    "this node was removed from the store while it was joining"
+                ) from None
+            raise
+        return True
+
+    def remove_member(self, name: str) -> None:
+        with _failing(f"cannot remove {name} from the store"), self._client() as client:
+            members = client.member_list()
+            added = {}
+            with contextlib.suppress(ManagedStoreError):
+                added = self._state().get("added", {})
+            target = next((m for m in members if m.name == name), None)
+            if target is None and name in added:
+                target = next((m for m in members if str(m.id) == added[name]), None)
+            if target is None:
+                return
+            if len(members) == 1:
+                raise ManagedStoreError(f"{name} is the store's only member: it cannot be removed")
+            try:
+                client.member_remove(target.id)
+            except EtcdRequestError as err:
+                if "member not found" not in str(err):
+                    raise ManagedStoreError(f"etcd refused to remove {name}: {err}") from None
+        if name == self.name:
+            # A removed member cannot serve again from its data: leave the node ready to rejoin.
+            self._forget_local_server()
+
+    def members(self) -> tuple[StoreMember, ...]:
+        with _failing("cannot list the store's members"), self._client() as client:
+            members = client.member_list()
+        self._remember_endpoints(members)
+        names = {v: k for k, v in self._added().items()}
+        return tuple(
+            sorted(
+                (
+                    StoreMember(
+                        name=m.name or names.get(str(m.id), ""),
+                        peer_url=m.peer_urls[0] if m.peer_urls else "",
+                        client_url=m.client_urls[0] if m.client_urls else "",
+                        voting=not m.is_learner,
+                        healthy=bool(m.client_urls) and _healthy(m.client_urls[0]),
+                    )
+                    for m in members
+                ),
+                key=lambda m: m.name,
+            )
+        )
+
+    def _added(self) -> dict[str, str]:
+        with contextlib.suppress(ManagedStoreError):
+            return dict(self._state().get("added", {}))
+        return {}
+
+    def _remember_endpoints(self, members: Sequence[EtcdMember]) -> None:
+        endpoints = [u for m in members for u in m.client_urls]
+        with contextlib.suppress(ManagedStoreError, OSError):
+            if endpoints and endpoints != self._state().get("endpoints"):
+                self._update_state(endpoints=endpoints)
+
+    def start(self) -> None:
+        state = self._state()
+        if not (self.etcd_data / "member").is_dir():
+            raise ManagedStoreError(
+                f"no etcd data in {self.etcd_data}: this node must join the store again"
+            )
+        if self.process.running():
+            return
+        self._refuse_taken_ports()
+        self._launch(state)
+        # Answers without a quorum too: the other members may still be down.
+        with EtcdClient([self.client_url], timeout=2.0) as client:
+            self._until("starting", client.member_list, self.start_timeout)
+
+    def stop(self) -> None:
+        try:
+            self.process.stop()
+        except HacoreError as err:
+            raise ManagedStoreError(str(err)) from None
+
+    def client_settings(self) -> dict[str, Any]:
+        if self.is_running():
+            with contextlib.suppress(HacoreError), self._client(timeout=2.0) as client:
+                self._remember_endpoints(client.member_list())
+        endpoints = [self.client_url]
+        with contextlib.suppress(ManagedStoreError):
+            endpoints += self._state().get("endpoints", [])
+        return {"endpoints": list(dict.fromkeys(endpoints))}
+
+    def is_running(self) -> bool:
+        return self.process.running()
+
+
+def _healthy(client_url: str) -> bool:
+    try:
+        resp = httpx.get(f"{client_url}/health", timeout=1.0)
+        return bool(resp.json().get("health") == "true")
+    except (httpx.HTTPError, ValueError):
+        return False
