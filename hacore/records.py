@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+from types import MappingProxyType
 from collections.abc import Mapping
 from typing import Any
 
@@ -86,7 +87,7 @@ class WatchEvent:
 
 
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return dict(value or {})
+    return MappingProxyType(dict(value or {}))
 
 
 @attrs.frozen

@@ -128,12 +128,12 @@ class MemoryStore:
         """Stop answering, as a store whose servers are all SIGSTOPped."""
         with self.cond:
             self._frozen = True
-            self._update_pause()
+            self.availability_changed()
 
     def thaw(self) -> None:
         with self.cond:
             self._frozen = False
-            self._update_pause()
+            self.availability_changed()
 
     def serving(self) -> bool:
         if self._frozen:
@@ -141,8 +141,8 @@ class MemoryStore:
         voters = [s for s in self.servers.values() if s.voting]
         return not voters or sum(s.running for s in voters) * 2 > len(voters)
 
-    def _update_pause(self) -> None:
-        """Record when service stopped; on resume, give sessions back the time they lost."""
+    def availability_changed(self) -> None:
+        """Note when service stopped; on resume, give sessions back the time they lost."""
         now = self.now()
         if not self.serving():
             if self._paused_since is None:
@@ -571,7 +571,7 @@ class MemoryManagedStore(ManagedStore):
         store = get_store(store_name)
         with store.cond:
             store.servers[self.name] = _Server(self.name, running=True, voting=True)
-            store._update_pause()
+            store.availability_changed()
         return self.identity()
 
     def add_member(self, member: StoreMember) -> dict[str, Any]:
@@ -592,7 +592,7 @@ class MemoryManagedStore(ManagedStore):
                 raise ManagedStoreError(f"{self.name}: the store was not told about this member")
             server.running = True
             server.voting = True
-            store._update_pause()
+            store.availability_changed()
         return self.identity()
 
     def remove_member(self, name: str) -> None:
@@ -603,7 +603,7 @@ class MemoryManagedStore(ManagedStore):
             if not store.serving():
                 raise ManagedStoreError(f"cannot remove {name}: the store has no quorum")
             del store.servers[name]
-            store._update_pause()
+            store.availability_changed()
 
     def members(self) -> tuple[StoreMember, ...]:
         store = self._store()
@@ -628,7 +628,7 @@ class MemoryManagedStore(ManagedStore):
                     raise ManagedStoreError(f"{self.name} was removed from the store")
                 return
             server.running = running
-            store._update_pause()
+            store.availability_changed()
 
     def start(self) -> None:
         self._set_running(True)

@@ -86,8 +86,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # The suites carry these marks; without the plugins that own them, --strict-markers
+    # would reject them.
     if not config.pluginmanager.hasplugin("xdist"):
         config.addinivalue_line("markers", "xdist_group(name): run on one pytest-xdist worker")
+    if not config.pluginmanager.hasplugin("timeout"):
+        config.addinivalue_line("markers", "timeout(seconds): hard limit (needs pytest-timeout)")
     raw = config.getoption("hacore_backend", None)
     if raw is not None:
         config.stash[_selected_key] = _parse_selection(raw, _registry().names("test_harness"))
