@@ -482,6 +482,8 @@ def _validate(
         return
     try:
         validate(section.settings)
+        if isinstance(section, ServicesSection):
+            cls.validate_services(section.settings, (*section.active_only, *section.everywhere))
     except ConfigError as err:
         raise ConfigError(f"{context}: {key} ({section.backend}): {err}") from None
 
