@@ -1,13 +1,25 @@
-"""The postgresql reference plugin: PostgreSQL streaming replication (see docs/postgresql.md)."""
+"""The postgresql reference plugin: PostgreSQL 15+ streaming replication.
+
+Needs the ``postgresql`` extra (psycopg) and the PostgreSQL server binaries; see
+docs/postgresql.md.
+"""
 
 from __future__ import annotations
+
+import logging
 
 from hacore.hookspecs import hookimpl
 from hacore.plugins import BackendRegistry
 
+log = logging.getLogger(__name__)
+
 
 @hookimpl
 def hacore_register_backends(registry: BackendRegistry) -> None:
-    from hacore_plugins.postgresql.backend import PostgresReplication
-
+    """Register the replication backend (when psycopg is installed)."""
+    try:
+        from hacore_plugins.postgresql.backend import PostgresReplication
+    except ImportError as exc:
+        log.warning("postgresql backend not available (%s): pip install 'hacore[postgresql]'", exc)
+        return
     registry.add_replication("postgresql", PostgresReplication)

@@ -1,0 +1,156 @@
+"""Copying the leader's data: ``pg_basebackup`` into a temporary directory, then a swap.
+
+The node's current data stays where it is, untouched, until the copy is complete; only then
+are two renames done (old aside, new in) and the old data removed. A clone that fails, is
+cut off, or is interrupted by its caller leaves the old data as it was and no temporary
+directory behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from hacore.errors import ReplicationError
+from hacore.replication import ProgressCallback, ReplicationSource
+from hacore_plugins.postgresql.commands import PgTools
+from hacore_plugins.postgresql.layout import Layout
+from hacore_plugins.postgresql.sql import explain
+
+log = logging.getLogger(__name__)
+
+#: ``12345/67890 kB (18%), 0/1 tablespace ...``: pg_basebackup's progress line when its
+#: output is not a terminal (one line per update, at most once a second).
+_PROGRESS = re.compile(r"^\s*(\d+)/(\d+) kB \(")
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def basebackup(
+    tools: PgTools,
+    layout: Layout,
+    source: ReplicationSource,
+    *,
+    conninfo: str,
+    max_rate: str | None,
+    progress: ProgressCallback | None,
+) -> None:
+    """Copy ``source`` into ``layout.clone_tmp``; on any failure remove it and raise."""
+    target = layout.clone_tmp
+    remove_tree(target)
+    args = ["-D", str(target), "-X", "stream", "-c", "fast", "-P", "-v", "-w"]
+    # No -S: a temporary slot guards the copy and the node's own slot, made just before,
+    # keeps the WAL after it; -S would fail while an old standby of this node holds the slot.
+    args += ["-d", conninfo]
+    if max_rate:
+        args += ["-r", max_rate]
+    proc = tools.spawn("pg_basebackup", args)
+    messages: collections.deque[str] = collections.deque(maxlen=40)
+    done = total = 0
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            match = _PROGRESS.match(line)
+            if match is None:
+                messages.append(line.rstrip())
+                log.debug("pg_basebackup: %s", line.rstrip())
+                continue
+            # The total is an estimate that may grow; keep both numbers monotonic.
+            done = max(done, int(match.group(1)) * 1024)
+            total = max(total, int(match.group(2)) * 1024, done)
+            if progress is not None:
+                progress(done, total)
+        code = proc.wait()
+    except BaseException:
+        _terminate(proc)
+        remove_tree(target)
+        raise
+    if code != 0:
+        remove_tree(target)
+        raise ReplicationError(f"clone failed: {explain(chr(10).join(messages), source)}")
+    if progress is not None and total:
+        progress(total, total)
+
+
+def _terminate(proc: subprocess.Popen[str]) -> None:
+    """Stop the tool and every process it forked (its own process group)."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + wait
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait)
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _group_alive(proc.pid):
+            break
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def swap_in(layout: Layout, new: Path) -> None:
+    """Make ``new`` the data directory; the old one is removed only after the renames."""
+    remove_tree(layout.aside)
+    if layout.pgdata.exists():
+        os.rename(layout.pgdata, layout.aside)
+    os.rename(new, layout.pgdata)
+    _fsync_dir(layout.home)
+    remove_tree(layout.aside)
+
+
+def recover_swap(layout: Layout) -> None:
+    """Undo a swap cut between its two renames (the agent died): put the old data back."""
+    if not layout.pgdata.exists() and layout.aside.exists():
+        log.warning("restoring %s: a swap was interrupted", layout.pgdata)
+        os.rename(layout.aside, layout.pgdata)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rewind(tools: PgTools, layout: Layout, *, conninfo: str, dry_run: bool) -> str:
+    """Run pg_rewind; its output on success, ReplicationError (with its words) if not."""
+    args = ["-D", str(layout.pgdata), "--source-server", conninfo]
+    if dry_run:
+        args.append("--dry-run")
+    result = tools.run("pg_rewind", args)
+    output = (result.stdout + result.stderr).strip()
+    if result.returncode != 0:
+        raise ReplicationError(f"pg_rewind failed: {_last_lines(output)}")
+    return output
+
+
+def _last_lines(text: str, count: int = 3) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " / ".join(lines[-count:]) or "no output"

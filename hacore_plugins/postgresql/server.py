@@ -1,0 +1,151 @@
+"""Starting and stopping the postmaster, always by the pid in its own ``postmaster.pid``.
+
+Stopping does not use ``pg_ctl stop``: a postmaster killed with SIGKILL leaves a pid file
+whose process is gone or a zombie (on a machine whose init does not reap), and ``pg_ctl``
+would wait on it for its whole timeout. Here a dead or zombie pid counts as stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from hacore.errors import ReplicationError
+from hacore_plugins.postgresql.commands import PgTools
+from hacore_plugins.postgresql.layout import Layout
+
+log = logging.getLogger(__name__)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The state follows the command name, which is in parentheses and may hold spaces.
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields and int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def pid_file_fields(layout: Layout) -> list[str]:
+    try:
+        return layout.pid_file.read_text().splitlines()
+    except OSError:
+        return []
+
+
+def postmaster_pid(layout: Layout) -> int | None:
+    """The pid of the running postmaster, None when none runs."""
+    fields = pid_file_fields(layout)
+    if not fields or not fields[0].strip().isdigit():
+        return None
+    pid = int(fields[0])
+    return pid if process_alive(pid) else None
+
+
+def postmaster_state(layout: Layout) -> str | None:
+    """``starting``, ``ready``, ``standby`` or ``stopping`` from the pid file, None if stopped."""
+    fields = pid_file_fields(layout)
+    if postmaster_pid(layout) is None:
+        return None
+    return fields[7].strip() if len(fields) > 7 else "starting"
+
+
+def log_tail(layout: Layout, lines: int = 12, limit: int = 16384) -> str:
+    try:
+        with open(layout.log_file, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - limit))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return "(no server log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(server log is empty)"
+
+
+def start(tools: PgTools, layout: Layout, *, timeout: float, what: str) -> int:
+    """Start the postmaster and wait until it accepts connections; returns its pid."""
+    pid = postmaster_pid(layout)
+    if pid is not None:
+        return pid
+    if layout.pid_file.exists():
+        # Left by a postmaster that died; its pid may be a zombie the server would trust.
+        layout.pid_file.unlink()
+    result = tools.run(
+        "pg_ctl",
+        [
+            "start",
+            "-D",
+            str(layout.pgdata),
+            "-l",
+            str(layout.log_file),
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "-s",
+        ],
+        timeout=timeout + 30,
+    )
+    pid = postmaster_pid(layout)
+    if result.returncode == 0 and pid is not None:
+        return pid
+    if pid is not None:
+        state = postmaster_state(layout)
+        raise ReplicationError(
+            f"PostgreSQL for {what} is still {state} after {timeout:.0f}s (left running); "
+            f"server log:\n{log_tail(layout)}"
+        )
+    raise ReplicationError(
+        f"PostgreSQL for {what} failed to start; server log:\n{log_tail(layout)}"
+    )
+
+
+def stop(layout: Layout, *, timeout: float) -> bool:
+    """Fast shutdown (clients cut), then immediate, then SIGKILL; True if one was running."""
+    pid = postmaster_pid(layout)
+    if pid is None:
+        return False
+    for sig, wait in (
+        (signal.SIGINT, timeout),
+        (signal.SIGQUIT, 10.0),
+        (signal.SIGKILL, 10.0),
+    ):
+        if sig == signal.SIGKILL:
+            for child in children_of(pid):
+                _signal(child, sig)
+        _signal(pid, sig)
+        if _wait_gone(layout, pid, wait):
+            return True
+        log.warning("postmaster %d did not stop within %.0fs after %s", pid, wait, sig.name)
+    raise ReplicationError(f"PostgreSQL (pid {pid}) did not stop even after SIGKILL")
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _wait_gone(layout: Layout, pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # The postmaster removes its pid file last, after every backend has exited.
+        if not process_alive(pid) or not layout.pid_file.exists():
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,0 +1,308 @@
+"""The ``replication`` settings of the postgresql backend, checked before anything runs.
+
+Everything is validated once, here, so later steps never meet a half-valid value: a typo in
+a setting name, a PostgreSQL parameter the plugin must own itself, or binaries that are too
+old are all reported as one clear :class:`~hacore.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from hacore.errors import ConfigError
+
+SYNC_MODES = ("off", "on", "strict")
+MIN_MAJOR = 15
+TOOLS = ("initdb", "pg_ctl", "postgres", "pg_basebackup", "pg_rewind")
+SUPERUSER = "postgres"
+
+KNOWN = frozenset(
+    {
+        "port",
+        "bin_dir",
+        "superuser_password",
+        "replication_user",
+        "database",
+        "parameters",
+        "synchronous",
+        "os_user",
+        "listen_addresses",
+        "locale",
+        "clone_max_rate",
+        "start_timeout",
+        "stop_timeout",
+    }
+)
+
+#: Parameters the plugin sets per node or per role. A clone or rewind copies the source's
+#: configuration, so none of these may come from a file that travels with the data.
+MANAGED_PARAMETERS = frozenset(
+    {
+        "port",
+        "listen_addresses",
+        "unix_socket_directories",
+        "hba_file",
+        "ident_file",
+        "config_file",
+        "data_directory",
+        "external_pid_file",
+        "cluster_name",
+        "primary_conninfo",
+        "primary_slot_name",
+        "synchronous_standby_names",
+        "include",
+        "include_if_exists",
+        "include_dir",
+    }
+)
+
+#: What replication needs; ``parameters`` may override the sizes, not turn the features off.
+DEFAULT_PARAMETERS: Mapping[str, str] = {
+    "wal_level": "replica",
+    "hot_standby": "on",
+    "wal_log_hints": "on",
+    "max_wal_senders": "10",
+    "max_replication_slots": "10",
+    "wal_keep_size": "256MB",
+    "recovery_target_timeline": "latest",
+    "password_encryption": "scram-sha-256",
+}
+
+_IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_PARAM = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?")
+_RATE = re.compile(r"[1-9][0-9]*[kM]?")
+_VERSION = re.compile(r"\(PostgreSQL\) (\d+)")
+_REQUIRED_ON = {"hot_standby": "standbys must answer read-only queries"}
+_OFF = {"off", "false", "no", "0"}
+
+
+@attrs.frozen
+class PgSettings:
+    bin_dir: Path
+    major: int
+    os_user: str
+    port: int = 5432
+    superuser_password: str | None = attrs.field(default=None, repr=False)
+    replication_user: str = "replicator"
+    database: str = "postgres"
+    parameters: Mapping[str, str] = attrs.field(factory=dict)
+    synchronous: str = "off"
+    listen_addresses: str | None = None
+    locale: str = "C.UTF-8"
+    clone_max_rate: str | None = None
+    start_timeout: float = 120.0
+    stop_timeout: float = 60.0
+
+    @property
+    def strict(self) -> bool:
+        return self.synchronous == "strict"
+
+    def server_parameters(self) -> dict[str, str]:
+        """The cluster-wide parameters in force: the plugin's defaults, then the user's."""
+        return {**DEFAULT_PARAMETERS, **self.parameters}
+
+
+def parse_settings(raw: Mapping[str, Any]) -> PgSettings:
+    unknown = sorted(set(raw) - KNOWN)
+    if unknown:
+        raise ConfigError(
+            f"unknown postgresql setting(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN))}"
+        )
+    bin_dir = _bin_dir(raw.get("bin_dir"))
+    return PgSettings(
+        bin_dir=bin_dir,
+        major=server_major(bin_dir),
+        os_user=_os_user(raw.get("os_user")),
+        port=_port(raw.get("port", 5432)),
+        superuser_password=_optional_text(raw, "superuser_password"),
+        replication_user=_identifier(raw, "replication_user", "replicator"),
+        database=_identifier(raw, "database", "postgres"),
+        parameters=_parameters(raw.get("parameters")),
+        synchronous=_sync_mode(raw.get("synchronous", "off")),
+        listen_addresses=_optional_text(raw, "listen_addresses"),
+        locale=_optional_text(raw, "locale") or "C.UTF-8",
+        clone_max_rate=_rate(raw.get("clone_max_rate")),
+        start_timeout=_seconds(raw, "start_timeout", 120.0),
+        stop_timeout=_seconds(raw, "stop_timeout", 60.0),
+    )
+
+
+def default_bin_dir() -> Path | None:
+    """The newest installed PostgreSQL: Debian's, then RHEL's layout, then ``pg_ctl`` on PATH."""
+    candidates = [
+        *Path("/usr/lib/postgresql").glob("*/bin"),
+        *Path("/usr").glob("pgsql-*/bin"),
+    ]
+    found = [d for d in candidates if (d / "pg_ctl").is_file()]
+    if found:
+        return max(found, key=lambda d: _numeric_version(d.parent.name.removeprefix("pgsql-")))
+    on_path = shutil.which("pg_ctl")
+    return Path(on_path).resolve().parent if on_path else None
+
+
+@lru_cache(maxsize=8)
+def server_major(bin_dir: Path) -> int:
+    try:
+        out = subprocess.run(
+            [str(bin_dir / "pg_ctl"), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        raise ConfigError(f"cannot run {bin_dir / 'pg_ctl'}: {err}") from None
+    match = _VERSION.search(out)
+    if not match:
+        raise ConfigError(f"cannot tell the PostgreSQL version from {out.strip()!r}")
+    major = int(match.group(1))
+    if major < MIN_MAJOR:
+        raise ConfigError(
+            f"PostgreSQL {major} in {bin_dir} is too old: the postgresql backend needs "
+            f"{MIN_MAJOR} or newer (pg_checkpoint role, reloadable primary_conninfo)"
+        )
+    return major
+
+
+def _numeric_version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)) or (0,)
+
+
+def _bin_dir(raw: object) -> Path:
+    if raw is None or raw == "":
+        found = default_bin_dir()
+        if found is None:
+            raise ConfigError(
+                "no PostgreSQL binaries found (looked in /usr/lib/postgresql/*/bin, "
+                "/usr/pgsql-*/bin and PATH): install PostgreSQL or set 'bin_dir'"
+            )
+        raw = found
+    if not isinstance(raw, str | os.PathLike):
+        raise ConfigError(f"postgresql setting 'bin_dir' must be a path (got {raw!r})")
+    path = Path(raw)
+    missing = [tool for tool in TOOLS if not (path / tool).is_file()]
+    if missing:
+        raise ConfigError(
+            f"postgresql 'bin_dir' {path} lacks {', '.join(missing)}: "
+            "give the directory holding pg_ctl, initdb, pg_basebackup and pg_rewind"
+        )
+    return path
+
+
+def _os_user(raw: object) -> str:
+    current = pwd.getpwuid(os.geteuid()).pw_name
+    if raw is None or raw == "":
+        if os.geteuid() != 0:
+            return current
+        raw = "postgres"
+    if not isinstance(raw, str):
+        raise ConfigError(f"postgresql setting 'os_user' must be a user name (got {raw!r})")
+    try:
+        pwd.getpwnam(raw)
+    except KeyError:
+        raise ConfigError(f"postgresql 'os_user' {raw!r} is not a user on this machine") from None
+    if raw == "root":
+        raise ConfigError("postgresql 'os_user' cannot be root: PostgreSQL refuses to run as root")
+    if os.geteuid() != 0 and raw != current:
+        raise ConfigError(
+            f"postgresql 'os_user' is {raw!r} but hacore runs as {current!r}: only root can run "
+            "the server as another user"
+        )
+    return raw
+
+
+def _port(raw: object) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:
+        raise ConfigError(f"postgresql setting 'port' must be a TCP port 1-65535 (got {raw!r})")
+    return raw
+
+
+def _optional_text(raw: Mapping[str, Any], name: str) -> str | None:
+    value = raw.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"postgresql setting {name!r} must be a string")
+    return value
+
+
+def _identifier(raw: Mapping[str, Any], name: str, default: str) -> str:
+    value = raw.get(name, default)
+    if not isinstance(value, str) or not _IDENT.fullmatch(value):
+        raise ConfigError(
+            f"postgresql setting {name!r} must be a lower-case SQL name of letters, digits and "
+            f"'_' (got {value!r})"
+        )
+    return value
+
+
+def _sync_mode(raw: object) -> str:
+    # YAML 1.1 reads a bare on/off as a boolean.
+    if raw is True:
+        return "on"
+    if raw is False:
+        return "off"
+    if raw not in SYNC_MODES:
+        raise ConfigError(
+            f"postgresql setting 'synchronous' must be one of {', '.join(SYNC_MODES)} (got {raw!r})"
+        )
+    return str(raw)
+
+
+def _rate(raw: object) -> str | None:
+    if raw is None or raw == "":
+        return None
+    text = str(raw)
+    if isinstance(raw, bool) or not _RATE.fullmatch(text):
+        raise ConfigError(
+            f"postgresql setting 'clone_max_rate' must be kB per second, or end in k or M "
+            f"such as '50M' (got {raw!r})"
+        )
+    return text
+
+
+def _seconds(raw: Mapping[str, Any], name: str, default: float) -> float:
+    value = raw.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"postgresql setting {name!r} must be a positive number of seconds")
+    return float(value)
+
+
+def _parameters(raw: object) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            "postgresql setting 'parameters' must be a mapping of postgresql.conf names to values"
+        )
+    result: dict[str, str] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not _PARAM.fullmatch(key):
+            raise ConfigError(f"postgresql parameter name {key!r} is not a valid setting name")
+        if key in MANAGED_PARAMETERS:
+            raise ConfigError(
+                f"postgresql parameter {key!r} is set by hacore per node; "
+                "use the backend's own settings instead"
+            )
+        if isinstance(value, bool):
+            text = "on" if value else "off"
+        elif isinstance(value, int | float | str):
+            text = str(value)
+        else:
+            raise ConfigError(f"postgresql parameter {key!r} must be a string, number or boolean")
+        if key in _REQUIRED_ON and text.lower() in _OFF:
+            raise ConfigError(f"postgresql parameter {key!r} must stay on: {_REQUIRED_ON[key]}")
+        if key == "wal_level" and text not in ("replica", "logical"):
+            raise ConfigError("postgresql parameter 'wal_level' must be replica or logical")
+        result[key] = text
+    return result
