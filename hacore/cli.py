@@ -42,6 +42,9 @@ def cli(verbose: int) -> None:
     """
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(name)s %(message)s")
+    if verbose < 2:
+        # kazoo logs every refused connection attempt; hacore reports the outcome itself
+        logging.getLogger("kazoo").setLevel(logging.ERROR)
 
 
 @cli.group()
@@ -68,6 +71,58 @@ def plugins_list(as_json: bool) -> None:
         table.add_row(family, ", ".join(names) or "-")
     console.print(table)
     console.print("plugins: " + ", ".join(loaded.plugin_names()))
+
+
+@cli.group()
+def config() -> None:
+    """Check node configuration files."""
+
+
+@config.command("check")
+@click.option(
+    "-c",
+    "--config",
+    "path",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="The node configuration (YAML).",
+)
+@click.option("--options", "options", multiple=True, help="Overrides, as for cluster start.")
+@click.option(
+    "--connect/--no-connect",
+    default=True,
+    show_default=True,
+    help="Also reach the consensus store (skipped for a managed store not started yet).",
+)
+def config_check(path: str, options: tuple[str, ...], connect: bool) -> None:
+    """Validate a node configuration and, with --connect, reach its consensus store.
+
+    Prints one line per problem and exits with status 2 on the first one: an unknown key, a
+    timing that breaks loop_wait + 2 * retry_timeout + safety_margin < ttl, an unknown
+    backend name, or a store that does not answer within retry_timeout.
+    """
+    from hacore.config import load_config_and_plugins
+    from hacore.options import parse_options
+
+    overrides = parse_options(list(options)) if options else None
+    node_config, loaded = load_config_and_plugins(path, overrides=overrides)
+    click.echo(f"{path}: configuration valid (node {node_config.node.name})")
+    if not connect or node_config.consensus.managed:
+        return
+    section = node_config.consensus
+    backend = loaded.registry.consensus(section.backend)(
+        section.settings,
+        namespace=node_config.cluster.namespace,
+        node_name=node_config.node.name,
+        ttl=node_config.timing.ttl,
+        retry_timeout=node_config.timing.retry_timeout,
+    )
+    try:
+        leader = backend.leader()
+    finally:
+        backend.close()
+    who = f"leader {leader.name}" if leader else "no leader yet"
+    click.echo(f"{section.backend} store reachable ({who})")
 
 
 @cli.command()

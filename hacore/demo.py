@@ -71,13 +71,26 @@ def _workdir(path: str | None) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _answers(client_url: str) -> bool:
+    host, _, port = client_url.rpartition("//")[2].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def _members_table(store: ManagedStore, title: str) -> Table:
     table = Table(title=title)
-    for column in ("member", "peer URL", "client URL", "voting"):
+    for column in ("member", "peer URL", "client URL", "voting", "server"):
         table.add_column(column)
     for member in store.members():
         table.add_row(
-            member.name, member.peer_url, member.client_url, "yes" if member.voting else "learner"
+            member.name,
+            member.peer_url,
+            member.client_url,
+            "yes" if member.voting else "learner",
+            "[green]up[/green]" if _answers(member.client_url) else "[red]down[/red]",
         )
     return table
 
@@ -170,6 +183,8 @@ def run_store_demo(*, backend: str, workdir: str | None, ttl: float, console: Co
         )
         survivors = [s for s in stores if s.name != leader]
         console.print(_members_table(survivors[0], f"{backend} members after the crash"))
+        observer.put("demo/after-crash", b"written with 2 of 3 members")
+        console.print("[green]✓[/green] the store still accepts writes with 2 of its 3 members")
         console.print("cleaning up: stopping contenders and store servers")
 
 
