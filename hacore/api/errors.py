@@ -1,0 +1,85 @@
+"""Errors that cross the REST API, each tied to the HTTP status it travels as.
+
+The agent raises them (or the general :mod:`hacore.errors` classes, mapped by
+:func:`status_for`); the server sends ``{"error": str(err)}`` with the status, and the client
+raises the same class again with the server's message, so the CLI shows the one line the agent
+wrote.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from hacore.errors import ConfigError, HacoreError, StoreUnavailableError
+
+
+class ApiError(HacoreError):
+    """A request the agent refused; ``status`` is the HTTP status it is sent with."""
+
+    status: ClassVar[int] = 500
+
+
+class BadRequestError(ApiError):
+    """The request itself is wrong: malformed JSON, a missing or mistyped field."""
+
+    status = 400
+
+
+class AuthenticationError(ApiError):
+    """Credentials are missing or wrong (never says which part was wrong)."""
+
+    status = 401
+
+
+class NotFoundError(ApiError):
+    """No such node (or endpoint)."""
+
+    status = 404
+
+
+class ConflictError(ApiError):
+    """The cluster's state forbids it: a duplicate node name, a node that is not empty,
+    removing the active, a hacore version mismatch."""
+
+    status = 409
+
+
+class UnavailableError(ApiError):
+    """This agent cannot do it now; another node (the active) or a later retry may."""
+
+    status = 503
+
+
+class NotActiveError(UnavailableError):
+    """Only the active node does this (join tickets, removals, switchovers)."""
+
+
+class ApiUnreachableError(HacoreError):
+    """The client got no HTTP answer at all: connection refused, timeout, TLS failure."""
+
+
+#: what the client raises for a status it receives
+ERROR_FOR_STATUS: dict[int, type[ApiError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    404: NotFoundError,
+    409: ConflictError,
+    503: UnavailableError,
+}
+
+
+def status_for(err: HacoreError) -> int:
+    """The HTTP status for an error the agent raised on purpose."""
+    if isinstance(err, ApiError):
+        return err.status
+    if isinstance(err, ConfigError):
+        return 400
+    if isinstance(err, StoreUnavailableError):
+        return 503
+    return 500
+
+
+def error_for_status(status: int, message: str) -> ApiError:
+    """The exception a client raises for an error answer."""
+    cls = ERROR_FOR_STATUS.get(status, ApiError)
+    return cls(message)
