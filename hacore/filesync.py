@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import abc
+import re
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
+
+from hacore.errors import ConfigError, FilesyncError
 
 
 @attrs.frozen
@@ -19,6 +23,25 @@ class SyncState:
     need_bytes: int = 0
     last_change: float | None = None
     detail: str = ""
+
+
+def directory_keys(directories: Sequence[Path], prefix: str = "hacore-") -> dict[str, Path]:
+    """A name per directory, made from its last path component.
+
+    Every node lists the same directories, so the names agree across nodes without being
+    exchanged; they name Syncthing folders, rsync modules and the like.
+    """
+    keys: dict[str, Path] = {}
+    for directory in directories:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(directory).name).strip("-.") or "root"
+        key = f"{prefix}{base}"
+        if key in keys:
+            raise ConfigError(
+                f"filesync directories {keys[key]} and {directory} end in the same name; "
+                "the name identifies a directory across nodes, so it must be unique"
+            )
+        keys[key] = Path(directory)
+    return keys
 
 
 class FilesyncBackend(abc.ABC):
@@ -68,3 +91,28 @@ class FilesyncBackend(abc.ABC):
     @abc.abstractmethod
     def state(self) -> SyncState:
         """Sync completion of this node's copy."""
+
+    def scan(self) -> None:
+        """Make the engine notice local changes now instead of at its next scan.
+
+        Called on the active before a planned switchover, after its writers stopped. The
+        default does nothing, for engines that need no scan.
+        """
+
+    def wait_in_sync(self, timeout: float, *, interval: float = 0.2) -> SyncState:
+        """Wait until :meth:`state` says in sync; :class:`FilesyncError` after ``timeout``.
+
+        A planned switchover calls it on the mirror that takes over, so no file the active
+        wrote is lost. Backends may give a more precise message on timeout.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.state()
+            if state.in_sync:
+                return state
+            if time.monotonic() >= deadline:
+                raise FilesyncError(
+                    f"files not in sync after {timeout:g}s: {state.need_bytes} bytes missing"
+                    + (f" ({state.detail})" if state.detail else "")
+                )
+            time.sleep(interval)

@@ -1,0 +1,350 @@
+"""File sync by periodic rsync pulls from the active's rsync daemon.
+
+The mirrors pull (``rsync -a --delete``) from the source every ``interval`` seconds and on
+demand; the source only serves. A mirror's copy is as old as its last pull: unlike
+Syncthing, nothing is pushed when the active writes, and the source cannot tell how far its
+mirrors are, so "in sync" is only known on a mirror (a dry run shows nothing to change).
+Each file arrives whole (rsync renames it into place), but a pull is not atomic across
+files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from hacore.errors import FilesyncError
+from hacore.filesync import FilesyncBackend, SyncState, directory_keys
+from hacore.process import DetachedProcess
+from hacore_plugins.rsync.daemon import USER, config_text, port_taken, write_private
+from hacore_plugins.rsync.settings import RsyncSettings
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "rsyncd.conf"
+SECRETS_FILE = "rsyncd.secrets"
+PASSWORD_FILE = "password"
+LOG_FILE = "rsyncd.log"
+PID_FILE = "rsyncd.pid"
+
+#: an itemized change (``>f.st...... name``, ``cd+++++++++ dir/``) or a deletion
+_CHANGE = re.compile(r"^(?:[<>ch.][fdLDS]\S* |\*deleting )")
+_STAT = re.compile(r"^(Total file size|Total transferred file size): ([\d,]+) bytes", re.M)
+
+
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@attrs.frozen
+class Pending:
+    """What a dry run says a pull would change in one directory."""
+
+    changes: int
+    need_bytes: int
+    total_bytes: int
+
+
+class RsyncFilesync(FilesyncBackend):
+    """Settings (all optional): ``port`` (8873, the daemon's, on ``host``), ``interval``
+    (30 s between pulls), ``password`` (the same on every node; without it anyone who can
+    reach the port reads the files), ``io_timeout`` (60 s), ``start_timeout`` (10 s),
+    ``binary``."""
+
+    def __init__(
+        self,
+        settings: Mapping[str, Any],
+        *,
+        node_name: str,
+        host: str,
+        data_dir: Path,
+        directories: Sequence[Path],
+    ) -> None:
+        super().__init__(
+            settings, node_name=node_name, host=host, data_dir=data_dir, directories=directories
+        )
+        self.config = RsyncSettings.parse(self.settings)
+        self.modules = directory_keys(self.directories)
+        self.home = self.data_dir / "rsync"
+        self.daemon = DetachedProcess(
+            f"rsync daemon of {node_name}",
+            log_path=self.home / LOG_FILE,
+            pid_path=self.home / PID_FILE,
+            executable_name=Path(self.config.binary).name,
+        )
+        self._lock = threading.Lock()
+        self._pull_lock = threading.Lock()
+        self._peers: dict[str, str] = {}
+        self._source: str | None = None
+        self._is_source = False
+        self._last_pull: float | None = None
+        self._last_error: str | None = None
+        self._kick = threading.Event()
+        self._kicked_at = 0.0
+        self._pull_started: float | None = None
+        self._stopping = threading.Event()
+        self._timer: threading.Thread | None = None
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
+        RsyncSettings.parse(settings)
+
+    # -- the daemon and the timer ----------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"rsync://{host_port(self.host, self.config.port)}"
+
+    def identity(self) -> dict[str, Any]:
+        return {"rsync_url": self.url}
+
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        if not self.daemon.running():
+            if port_taken(self.host, self.config.port):
+                raise FilesyncError(
+                    f"rsync port {self.config.port} on {self.host} is already in use "
+                    "by another process"
+                )
+            self._write_config()
+            argv = [self.config.binary, "--daemon", "--no-detach"]
+            argv.append(f"--config={self.home / CONFIG_FILE}")
+            try:
+                self.daemon.start(argv)
+            except OSError as err:
+                raise FilesyncError(f"cannot start {self.config.binary}: {err}") from None
+            self._wait_listening()
+        if self._timer is None:
+            self._stopping.clear()
+            self._timer = threading.Thread(target=self._pull_forever, name="rsync-puller")
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _write_config(self) -> None:
+        secrets: Path | None = None
+        if self.config.password is not None:
+            secrets = self.home / SECRETS_FILE
+            write_private(secrets, f"{USER}:{self.config.password}\n")
+            write_private(self.home / PASSWORD_FILE, f"{self.config.password}\n")
+        text = config_text(
+            host=self.host,
+            port=self.config.port,
+            modules=self.modules,
+            log_file=self.home / LOG_FILE,
+            secrets_file=secrets,
+        )
+        write_private(self.home / CONFIG_FILE, text)
+
+    def _wait_listening(self) -> None:
+        deadline = time.monotonic() + self.config.start_timeout
+        while True:
+            try:
+                with socket.create_connection((self.host, self.config.port), timeout=0.5):
+                    return
+            except OSError:
+                pass
+            if not self.daemon.running():
+                raise FilesyncError(
+                    f"rsync daemon of {self.node_name} exited at start: "
+                    + (self.daemon.log_tail(3).replace("\n", " | ") or "no output")
+                )
+            if time.monotonic() > deadline:
+                raise FilesyncError(
+                    f"rsync daemon of {self.node_name} is not listening on "
+                    f"{host_port(self.host, self.config.port)} after {self.config.start_timeout:g}s"
+                )
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        timer, self._timer = self._timer, None
+        self._stopping.set()
+        self._kick.set()
+        if timer is not None:
+            timer.join(timeout=self.config.io_timeout + 10)
+        self.daemon.stop(signal.SIGTERM, timeout=10)
+
+    def _pull_forever(self) -> None:
+        while not self._stopping.is_set():
+            kicked = self._kick.wait(self.config.interval)
+            self._kick.clear()
+            if self._stopping.is_set():
+                return
+            if self._source is None or self._is_source:
+                continue
+            # A pull that started after the kick (a sync_now) already did what it asked for.
+            since = self._kicked_at if kicked else time.monotonic()
+            try:
+                self._pull(fresh_since=since)
+            except FilesyncError as err:
+                log.warning("rsync: pull on %s failed: %s", self.node_name, err)
+
+    # -- peers and roles -----------------------------------------------------------------
+
+    def set_peers(self, peers: Mapping[str, Mapping[str, Any]]) -> None:
+        parsed: dict[str, str] = {}
+        for name, ident in peers.items():
+            url = ident.get("rsync_url")
+            parts = urlsplit(url) if isinstance(url, str) else None
+            if parts is None or parts.scheme != "rsync" or not parts.hostname:
+                raise FilesyncError(f"peer {name!r} has no rsync identity (rsync_url): {ident!r}")
+            if name != self.node_name:
+                parsed[name] = str(url).rstrip("/")
+        with self._lock:
+            self._peers = parsed
+
+    def become_source(self) -> None:
+        with self._lock:
+            self._is_source, self._source = True, None
+        # A pull that is running finishes; none starts after this.
+        with self._pull_lock:
+            pass
+
+    def become_mirror(self, source: str) -> None:
+        if source == self.node_name:
+            raise FilesyncError(f"{self.node_name} cannot mirror itself; use become_source")
+        with self._lock:
+            if source not in self._peers:
+                raise FilesyncError(
+                    f"cannot mirror {source}: it is not among this node's rsync peers "
+                    f"({', '.join(sorted(self._peers)) or 'none'})"
+                )
+            self._is_source, self._source = False, source
+            self._last_error = None
+        self._kicked_at = time.monotonic()
+        self._kick.set()
+
+    # -- pulling ---------------------------------------------------------------------------
+
+    def _rsync(self, module: str, directory: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        with self._lock:
+            source = self._source
+            url = self._peers.get(source or "")
+        if source is None or url is None:
+            raise FilesyncError(f"{self.node_name} mirrors no source: nothing to pull from")
+        parts = urlsplit(url)
+        user = f"{USER}@" if self.config.password is not None else ""
+        remote = f"rsync://{user}{parts.netloc}/{module}/"
+        argv = [self.config.binary, "-a", "--delete", *extra]
+        argv += [f"--timeout={self.config.io_timeout}", f"--contimeout={self.config.io_timeout}"]
+        if self.config.password is not None:
+            argv.append(f"--password-file={self.home / PASSWORD_FILE}")
+        argv += [remote, f"{directory}/"]
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, text=True, timeout=self.config.io_timeout * 4
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise FilesyncError(f"rsync from {source} could not run: {err}") from None
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines()
+            reason = lines[0] if lines else f"exit status {done.returncode}"
+            raise FilesyncError(f"rsync of {module} from {source} ({url}) failed: {reason}")
+        return done
+
+    def sync_now(self) -> None:
+        """Pull every directory from the source now; raises :class:`FilesyncError`."""
+        self._pull()
+
+    def _pull(self, fresh_since: float | None = None) -> None:
+        """Pull, unless a pull started at or after ``fresh_since`` (monotonic)."""
+        with self._pull_lock:
+            started = self._pull_started
+            if fresh_since is not None and started is not None and started >= fresh_since:
+                return
+            if self._is_source:
+                raise FilesyncError(f"{self.node_name} is the source: it serves, it never pulls")
+            self._pull_started = time.monotonic()
+            try:
+                for module, directory in self.modules.items():
+                    directory.mkdir(parents=True, exist_ok=True)
+                    self._rsync(module, directory)
+            except FilesyncError as err:
+                self._last_error = str(err)
+                raise
+            self._last_pull, self._last_error = time.time(), None
+
+    def pending(self) -> dict[str, Pending]:
+        """What a pull would change now, per directory (a dry run against the source)."""
+        found: dict[str, Pending] = {}
+        for module, directory in self.modules.items():
+            if not directory.is_dir():
+                directory.mkdir(parents=True, exist_ok=True)
+            out = self._rsync(module, directory, "--dry-run", "--itemize-changes", "--stats")
+            stats = {k: int(v.replace(",", "")) for k, v in _STAT.findall(out.stdout)}
+            changes = sum(1 for line in out.stdout.splitlines() if _CHANGE.match(line))
+            found[module] = Pending(
+                changes=changes,
+                need_bytes=stats.get("Total transferred file size", 0),
+                total_bytes=stats.get("Total file size", 0),
+            )
+        return found
+
+    # -- state -----------------------------------------------------------------------------
+
+    def state(self) -> SyncState:
+        if self._is_source:
+            return SyncState(
+                in_sync=True,
+                detail=f"source: serves {len(self.modules)} directories at {self.url}",
+            )
+        if self._source is None:
+            return SyncState(in_sync=False, completion=0.0, detail="no role yet")
+        last = self._last_pull
+        try:
+            pending = self.pending()
+        except FilesyncError as err:
+            return SyncState(in_sync=False, completion=0.0, last_change=last, detail=str(err))
+        need = sum(p.need_bytes for p in pending.values())
+        total = sum(p.total_bytes for p in pending.values())
+        changes = {m: p.changes for m, p in pending.items() if p.changes}
+        if self._last_error is not None:
+            return SyncState(
+                in_sync=False,
+                completion=_completion(need, total),
+                need_bytes=need,
+                last_change=last,
+                detail=f"last pull failed: {self._last_error}",
+            )
+        if not changes:
+            return SyncState(in_sync=True, last_change=last, detail=f"in sync with {self._source}")
+        return SyncState(
+            in_sync=False,
+            completion=_completion(need, total),
+            need_bytes=need,
+            last_change=last,
+            detail="; ".join(
+                f"{module}: {count} item(s) differ from {self._source}"
+                for module, count in changes.items()
+            ),
+        )
+
+    def wait_in_sync(self, timeout: float, *, interval: float = 0.2) -> SyncState:
+        """On a mirror, pull until a dry run shows nothing left; the source is always so."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self._is_source and self._source is not None:
+                # a failed pull is what state() then reports
+                with contextlib.suppress(FilesyncError):
+                    self.sync_now()
+            state = self.state()
+            if state.in_sync:
+                return state
+            if time.monotonic() >= deadline:
+                raise FilesyncError(f"files not in sync after {timeout:g}s: {state.detail}")
+            time.sleep(interval)
+
+
+def _completion(need: int, total: int) -> float:
+    return 100.0 if total <= 0 else max(0.0, 100.0 * (1 - need / total))

@@ -1,0 +1,547 @@
+"""File sync through Syncthing: send-only folders on the active, receive-only on standbys.
+
+Each directory is one Syncthing folder, shared with every peer. The active's folders are
+*send only* (nothing a standby does reaches it), the standbys' are *receive only* (they
+never announce their own changes). A role change flips the folder type, then settles the
+state explicitly instead of trusting the folder to re-evaluate itself (Syncthing issue 6864:
+after a type change, items a receive-only folder had changed locally stayed flagged and the
+folder reported "up to date"):
+
+- becoming the source: make the folders send only, scan, then *override*: this node's files
+  become the newest version everywhere, whatever a peer announced before;
+- becoming a mirror: make the folders receive only, scan, then *revert*: whatever only this
+  node has (files the old active wrote and never sent) goes, the source's version comes.
+
+Syncthing is always (re)started with receive-only folders, so a node that comes back after
+a crash announces nothing until it is told its role. An
+:class:`~hacore_plugins.syncthing.enforcer.Enforcer` thread keeps the roles true afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import signal
+import threading
+import time
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from hacore.errors import FilesyncError, HacoreError
+from hacore.filesync import FilesyncBackend, SyncState, directory_keys
+from hacore.process import DetachedProcess
+from hacore_plugins.syncthing import home as st_home
+from hacore_plugins.syncthing.api import SyncthingApi, timestamp
+from hacore_plugins.syncthing.enforcer import Enforcer
+from hacore_plugins.syncthing.folders import (
+    RECEIVEONLY,
+    SENDONLY,
+    FolderPolicy,
+    Peer,
+    desired_config,
+)
+from hacore_plugins.syncthing.settings import SyncthingSettings
+
+log = logging.getLogger(__name__)
+
+LOG_FILE = "syncthing.log"
+PID_FILE = "syncthing.pid"
+MARKER = ".stfolder"
+#: Syncthing environment: no hashing benchmark at start (1.4 s -> 0.5 s), no default folder
+#: seconds one scan may take (it hashes every changed file)
+SCAN_TIMEOUT = 600.0
+ENV = {"STHASHING": "standard", "STNODEFAULTFOLDER": "1", "STNOUPGRADE": "1"}
+
+
+class Role(enum.Enum):
+    NONE = "none"
+    SOURCE = "source"
+    MIRROR = "mirror"
+
+
+@attrs.frozen
+class Gap:
+    """One reason the copy is not in sync: a folder, the peer concerned, what is missing."""
+
+    folder: str
+    peer: str
+    need_bytes: int
+    completion: float
+    reason: str
+
+    def describe(self) -> str:
+        return f"folder {self.folder}: {self.peer} {self.reason}"
+
+
+class SyncthingFilesync(FilesyncBackend):
+    """Settings (all optional): ``api_port`` (alias ``gui_port``, 8384; loopback only),
+    ``listen_port`` (22000, on ``host``), ``home`` (``<data_dir>/syncthing``), ``binary``,
+    ``rescan_interval`` (300 s), ``watcher_delay`` (1 s), ``enforce_interval`` (2 s),
+    ``start_timeout`` (30 s), ``request_timeout`` (10 s), ``max_send_kbps`` and
+    ``max_recv_kbps`` (0: unlimited). ``api_url`` + ``api_key`` use a Syncthing someone
+    else runs instead."""
+
+    def __init__(
+        self,
+        settings: Mapping[str, Any],
+        *,
+        node_name: str,
+        host: str,
+        data_dir: Path,
+        directories: Sequence[Path],
+    ) -> None:
+        super().__init__(
+            settings, node_name=node_name, host=host, data_dir=data_dir, directories=directories
+        )
+        self.config = SyncthingSettings.parse(self.settings)
+        self.folders = directory_keys(self.directories)
+        self.home = self.config.home or self.data_dir / "syncthing"
+        self.process = DetachedProcess(
+            f"syncthing of {node_name}",
+            log_path=self.home / LOG_FILE,
+            pid_path=self.home / PID_FILE,
+            executable_name=Path(self.config.binary).name,
+        )
+        self.policy = FolderPolicy(self.config.watcher_delay, self.config.rescan_interval)
+        self._lock = threading.RLock()
+        self._api: SyncthingApi | None = None
+        self._enforcer: Enforcer | None = None
+        self._device_id: str | None = None
+        self._peers: dict[str, Peer] = {}
+        self._role = Role.NONE
+        self._source: str | None = None
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
+        SyncthingSettings.parse(settings)
+
+    # -- the instance --------------------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        if self.config.api_url is not None:
+            return self.config.api_url
+        return f"http://{st_home.host_port('127.0.0.1', self.config.api_port)}"
+
+    def identity(self) -> dict[str, Any]:
+        device_id = self._device_id
+        if device_id is None and self.config.managed and (self.home / st_home.CONFIG).exists():
+            device_id = st_home.device_id(self.config.binary, self.home)
+        if device_id is None:
+            raise FilesyncError(f"Syncthing of {self.node_name} has no device ID yet: start it")
+        address = f"tcp://{st_home.host_port(self.host, self.config.listen_port)}"
+        return {"device_id": device_id, "address": address}
+
+    def start(self) -> None:
+        with self._lock:
+            if self._api is not None:
+                return
+            # Folders start receive only; become_source or become_mirror gives the role.
+            self._role, self._source = Role.NONE, None
+            started = False
+            if not self.config.managed:
+                assert self.config.api_key is not None
+                key = self.config.api_key
+            elif self.process.running():
+                key = st_home.api_key(self.home)
+            else:
+                key, started = self._start_managed(), True
+            api = SyncthingApi(self.api_url, key, timeout=self.config.request_timeout)
+            try:
+                self._wait_for_api(api)
+                self._device_id = api.my_id()
+                self._api = api
+                self._apply()
+            except BaseException:
+                self._api = None
+                api.close()
+                if started:
+                    with contextlib.suppress(HacoreError):
+                        self.process.stop(signal.SIGKILL, timeout=5)
+                raise
+            enforcer_api = SyncthingApi(self.api_url, key, timeout=self.config.request_timeout)
+            self._enforcer = Enforcer(enforcer_api, self._enforce, self.config.enforce_interval)
+            self._enforcer.start()
+
+    def _start_managed(self) -> str:
+        """Set up the home directory (keys once, config.xml every time), start Syncthing."""
+        for what, host, port in (
+            ("API", "127.0.0.1", self.config.api_port),
+            ("listen", self.host, self.config.listen_port),
+        ):
+            if st_home.port_taken(host, port):
+                raise FilesyncError(
+                    f"Syncthing {what} port {port} on {host} is already in use by another process"
+                )
+        st_home.generate(self.config.binary, self.home)
+        own_id = st_home.device_id(self.config.binary, self.home)
+        key = st_home.harden(
+            self.home,
+            node_name=self.node_name,
+            own_id=own_id,
+            host=self.host,
+            api_port=self.config.api_port,
+            listen_port=self.config.listen_port,
+            max_send_kbps=self.config.max_send_kbps,
+            max_recv_kbps=self.config.max_recv_kbps,
+            receive_only=self.folders,
+        )
+        argv = [self.config.binary, "serve", "--no-browser", "--no-upgrade"]
+        argv += ["--home", str(self.home), "--logflags=3"]
+        try:
+            self.process.start(argv, env=ENV)
+        except OSError as err:
+            raise FilesyncError(f"cannot start {self.config.binary}: {err}") from None
+        return key
+
+    def _wait_for_api(self, api: SyncthingApi) -> None:
+        deadline = time.monotonic() + self.config.start_timeout
+        while not api.ping():
+            if self.config.managed and not self.process.running():
+                raise FilesyncError(
+                    f"Syncthing of {self.node_name} exited at start: "
+                    + (st_home.log_problem(self.process.log_path) or "it logged nothing")
+                )
+            if time.monotonic() > deadline:
+                tail = st_home.log_problem(self.process.log_path) if self.config.managed else ""
+                raise FilesyncError(
+                    f"Syncthing API at {api.base_url} did not answer within "
+                    f"{self.config.start_timeout:g}s"
+                    + (f"; its log ends with: {tail}" if tail else "")
+                )
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        enforcer, self._enforcer = self._enforcer, None
+        if enforcer is not None:
+            enforcer.request_stop()
+        with self._lock:
+            api, self._api = self._api, None
+            if api is not None:
+                api.close()
+            if self.config.managed:
+                # SIGTERM to the group reaches the monitor and the Syncthing it runs.
+                self.process.stop(signal.SIGTERM, timeout=15)
+        if enforcer is not None:
+            enforcer.stop()
+
+    def _require_api(self) -> SyncthingApi:
+        if self._api is None:
+            raise FilesyncError(f"Syncthing of {self.node_name} is not started")
+        return self._api
+
+    # -- configuration -------------------------------------------------------------------
+
+    def set_peers(self, peers: Mapping[str, Mapping[str, Any]]) -> None:
+        parsed: dict[str, Peer] = {}
+        for name, ident in peers.items():
+            device_id, address = ident.get("device_id"), ident.get("address")
+            if not isinstance(device_id, str) or not isinstance(address, str):
+                raise FilesyncError(
+                    f"peer {name!r} has no Syncthing identity (device_id and address): {ident!r}"
+                )
+            if name != self.node_name and device_id != self._device_id:
+                parsed[name] = Peer(name, device_id, address)
+        with self._lock:
+            self._peers = parsed
+            if self._api is not None:
+                self._apply()
+
+    def _apply(self) -> None:
+        """Make Syncthing's devices and folders match the peers and directories."""
+        api = self._require_api()
+        assert self._device_id is not None
+        for path in self.folders.values():
+            path.mkdir(parents=True, exist_ok=True)
+            (path / MARKER).mkdir(exist_ok=True)
+        current = api.config()
+        wanted = desired_config(
+            current,
+            own_id=self._device_id,
+            peers=self._peers,
+            folders=self.folders,
+            new_folder_type=SENDONLY if self._role is Role.SOURCE else RECEIVEONLY,
+            policy=self.policy,
+            managed=self.config.managed,
+        )
+        if wanted != current:
+            api.put_config(wanted)
+
+    def _folder_types(self, api: SyncthingApi) -> dict[str, str]:
+        return {
+            str(f["id"]): str(f.get("type"))
+            for f in api.config().get("folders", [])
+            if f.get("id") in self.folders
+        }
+
+    def _set_type(self, api: SyncthingApi, folder: str, kind: str) -> None:
+        api.patch_folder(folder, {"type": kind})
+
+    def _wait_running(self, api: SyncthingApi, folder: str) -> None:
+        """A folder restarts after a config change; scans and reverts want it running."""
+        deadline = time.monotonic() + self.config.start_timeout
+        while True:
+            try:
+                state = api.folder_status(folder).get("state")
+            except FilesyncError:
+                state = None
+            if state and state != "error":
+                return
+            if time.monotonic() > deadline:
+                detail = self._folder_error(api, folder)
+                raise FilesyncError(
+                    f"Syncthing folder {folder} is {state or 'not answering'}"
+                    + (f": {detail}" if detail else "")
+                )
+            time.sleep(0.05)
+
+    def _scan(self, api: SyncthingApi, folder: str) -> None:
+        """Scan now and wait for it; a folder restarting after a type change refuses for a
+        moment, and a large tree takes long to scan."""
+        deadline = time.monotonic() + self.config.start_timeout
+        while True:
+            try:
+                api.scan(folder, timeout=max(self.config.request_timeout, SCAN_TIMEOUT))
+                return
+            except FilesyncError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def _folder_error(self, api: SyncthingApi, folder: str) -> str:
+        with contextlib.suppress(FilesyncError, KeyError, TypeError):
+            return str(api.folder_status(folder).get("error") or "")
+        return ""
+
+    # -- roles ---------------------------------------------------------------------------
+
+    def become_source(self) -> None:
+        with self._lock:
+            api = self._require_api()
+            types = self._folder_types(api)
+            for folder in self.folders:
+                if types.get(folder) != SENDONLY:
+                    self._set_type(api, folder, SENDONLY)
+            self._role, self._source = Role.SOURCE, self.node_name
+            for folder in self.folders:
+                self._wait_running(api, folder)
+                self._scan(api, folder)
+                api.override(folder)
+        log.info("syncthing: %s is the source of %s", self.node_name, ", ".join(self.folders))
+
+    def become_mirror(self, source: str) -> None:
+        if source == self.node_name:
+            raise FilesyncError(f"{self.node_name} cannot mirror itself; use become_source")
+        with self._lock:
+            if source not in self._peers:
+                raise FilesyncError(
+                    f"cannot mirror {source}: it is not among this node's Syncthing peers "
+                    f"({', '.join(sorted(self._peers)) or 'none'})"
+                )
+            api = self._require_api()
+            types = self._folder_types(api)
+            for folder in self.folders:
+                if types.get(folder) != RECEIVEONLY:
+                    self._set_type(api, folder, RECEIVEONLY)
+            self._role, self._source = Role.MIRROR, source
+            for folder in self.folders:
+                self._wait_running(api, folder)
+                self._scan(api, folder)
+                if api.folder_status(folder).get("receiveOnlyTotalItems", 0):
+                    api.revert(folder)
+        log.info("syncthing: %s mirrors %s", self.node_name, source)
+
+    def _enforce(self, api: SyncthingApi) -> None:
+        """Revert a mirror's local changes; override what peers announced on the source."""
+        if not self._lock.acquire(timeout=1):
+            return
+        try:
+            role = self._role
+            if role is Role.NONE:
+                return
+            for folder in self.folders:
+                status = api.folder_status(folder)
+                if status.get("state") != "idle":
+                    continue
+                if role is Role.MIRROR and status.get("receiveOnlyTotalItems", 0):
+                    log.info(
+                        "syncthing: reverting %s local change(s) in %s on mirror %s",
+                        status["receiveOnlyTotalItems"],
+                        folder,
+                        self.node_name,
+                    )
+                    api.revert(folder)
+                elif role is Role.SOURCE and status.get("needTotalItems", 0):
+                    log.warning(
+                        "syncthing: a peer announced %s newer item(s) in %s; the source %s "
+                        "overrides them",
+                        status["needTotalItems"],
+                        folder,
+                        self.node_name,
+                    )
+                    api.override(folder)
+        finally:
+            self._lock.release()
+
+    def scan(self) -> None:
+        """Index local changes now, so peers hear of them without waiting for the watcher."""
+        api = self._require_api()
+        for folder in self.folders:
+            self._scan(api, folder)
+
+    def connected_peers(self) -> list[str]:
+        """The peers Syncthing has a connection with now, by node name."""
+        connections = self._require_api().connections()
+        return sorted(
+            p.name
+            for p in self._peers.values()
+            if connections.get(p.device_id, {}).get("connected")
+        )
+
+    # -- state ---------------------------------------------------------------------------
+
+    def gaps(self, peers: Collection[str] | None = None) -> list[Gap]:
+        """Every reason this node's copies differ from the source's; empty when in sync.
+
+        On the source, ``peers`` limits the mirrors looked at (default: every peer).
+        """
+        api = self._require_api()
+        role, source = self._role, self._source
+        if role is Role.NONE:
+            return [Gap(f, "this node", 0, 0.0, "has no role yet") for f in self.folders]
+        connections = api.connections()
+        gaps: list[Gap] = []
+        for folder in self.folders:
+            status = api.folder_status(folder)
+            if status.get("state") == "error" or status.get("error"):
+                gaps.append(Gap(folder, "this node", 0, 0.0, f"error: {status.get('error')}"))
+            if role is Role.SOURCE:
+                gaps += self._source_gaps(api, folder, status, connections, peers)
+            else:
+                gaps += self._mirror_gaps(api, folder, status, connections, source)
+        return gaps
+
+    def _source_gaps(
+        self,
+        api: SyncthingApi,
+        folder: str,
+        status: Mapping[str, Any],
+        connections: Mapping[str, Any],
+        only: Collection[str] | None,
+    ) -> list[Gap]:
+        gaps: list[Gap] = []
+        if status.get("needTotalItems", 0):
+            gaps.append(
+                Gap(folder, "this node", 0, 100.0, "has newer versions announced by a peer")
+            )
+        for peer in sorted(self._peers.values(), key=lambda p: p.name):
+            if only is not None and peer.name not in only:
+                continue
+            done = api.completion(folder, peer.device_id)
+            need = int(done.get("needBytes", 0))
+            completion = float(done.get("completion", 0.0))
+            items = int(done.get("needItems", 0)) + int(done.get("needDeletes", 0))
+            if not connections.get(peer.device_id, {}).get("connected"):
+                gaps.append(Gap(folder, peer.name, need, completion, "is not connected"))
+            elif need or items or completion < 100:
+                gaps.append(
+                    Gap(
+                        folder,
+                        peer.name,
+                        need,
+                        completion,
+                        f"misses {need} bytes in {items} item(s) ({completion:.1f}% done)",
+                    )
+                )
+        return gaps
+
+    def _mirror_gaps(
+        self,
+        api: SyncthingApi,
+        folder: str,
+        status: Mapping[str, Any],
+        connections: Mapping[str, Any],
+        source: str | None,
+    ) -> list[Gap]:
+        gaps: list[Gap] = []
+        done = api.completion(folder)
+        need = int(done.get("needBytes", status.get("needBytes", 0)))
+        completion = float(done.get("completion", 0.0))
+        items = int(status.get("needTotalItems", 0))
+        peer = self._peers.get(source or "")
+        if peer is None or not connections.get(peer.device_id, {}).get("connected"):
+            gaps.append(Gap(folder, "this node", 0, completion, f"is not connected to {source}"))
+        if need or items or completion < 100:
+            gaps.append(
+                Gap(
+                    folder,
+                    "this node",
+                    need,
+                    completion,
+                    f"misses {need} bytes in {items} item(s) ({completion:.1f}% done)",
+                )
+            )
+        changed = int(status.get("receiveOnlyTotalItems", 0))
+        if changed:
+            gaps.append(
+                Gap(folder, "this node", 0, completion, f"has {changed} local change(s) to revert")
+            )
+        return gaps
+
+    def _last_change(self, api: SyncthingApi) -> float | None:
+        """Mirror: when the last file arrived; source: when its folders were last scanned."""
+        stats = api.folder_stats()
+        times = []
+        for folder in self.folders:
+            entry = stats.get(folder) or {}
+            if self._role is Role.SOURCE:
+                times.append(timestamp(entry.get("lastScan")))
+            else:
+                times.append(timestamp((entry.get("lastFile") or {}).get("at")))
+        known = [t for t in times if t is not None]
+        return max(known) if known else None
+
+    def state(self, *, peers: Collection[str] | None = None) -> SyncState:
+        """In sync: on a mirror, it has the source's every file and nothing else; on the
+        source, every mirror (or those in ``peers``) is connected and has every file."""
+        try:
+            api = self._require_api()
+            gaps = self.gaps(peers)
+            last_change = self._last_change(api)
+        except FilesyncError as err:
+            return SyncState(in_sync=False, completion=0.0, detail=str(err))
+        if not gaps:
+            if self._role is Role.SOURCE:
+                names = sorted(self._peers if peers is None else set(peers) & set(self._peers))
+                what = ", ".join(names) or "no mirrors"
+            else:
+                what = str(self._source)
+            return SyncState(in_sync=True, last_change=last_change, detail=f"in sync with {what}")
+        return SyncState(
+            in_sync=False,
+            completion=min(g.completion for g in gaps),
+            need_bytes=sum(g.need_bytes for g in gaps),
+            last_change=last_change,
+            detail="; ".join(g.describe() for g in gaps[:3])
+            + (f"; and {len(gaps) - 3} more" if len(gaps) > 3 else ""),
+        )
+
+    def wait_in_sync(
+        self, timeout: float, *, interval: float = 0.2, peers: Collection[str] | None = None
+    ) -> SyncState:
+        """On the source, scan first so that every write made so far is counted; ``peers``
+        waits for those mirrors only (the target of a switchover, not a node that is down)."""
+        if self._role is Role.SOURCE:
+            self.scan()
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.state(peers=peers)
+            if state.in_sync:
+                return state
+            if time.monotonic() >= deadline:
+                raise FilesyncError(f"files not in sync after {timeout:g}s: {state.detail}")
+            time.sleep(interval)

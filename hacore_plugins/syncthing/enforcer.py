@@ -1,0 +1,59 @@
+"""Keeps "the source's files win" true between role changes.
+
+Syncthing alone does not: a receive-only folder keeps local changes (it only stops sending
+them), and a send-only folder merely *reports* that a peer announced a newer version. So a
+thread watches the event stream and, whenever a folder goes idle, reverts local changes on
+a mirror and overrides the cluster from the source.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from hacore.errors import FilesyncError
+from hacore_plugins.syncthing.api import SyncthingApi
+
+log = logging.getLogger(__name__)
+
+#: events after which a folder may hold something to revert or override
+EVENTS = ("StateChanged", "LocalChangeDetected", "RemoteIndexUpdated")
+
+
+class Enforcer(threading.Thread):
+    """Calls ``enforce(api)`` after relevant events, and every ``interval`` seconds anyway."""
+
+    def __init__(
+        self, api: SyncthingApi, enforce: Callable[[SyncthingApi], None], interval: float
+    ) -> None:
+        super().__init__(name="syncthing-enforcer", daemon=True)
+        self.api = api
+        self.enforce = enforce
+        self.interval = interval
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        since = 0
+        while not self._stopping.is_set():
+            try:
+                events = self.api.events(since, EVENTS, timeout=self.interval)
+                if events:
+                    since = int(events[-1]["id"])
+                if not self._stopping.is_set():
+                    self.enforce(self.api)
+            except FilesyncError as err:
+                log.debug("syncthing enforcer: %s", err)
+                self._stopping.wait(self.interval)
+            except Exception:
+                log.exception("syncthing enforcer failed; retrying")
+                self._stopping.wait(self.interval)
+        self.api.close()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def stop(self) -> None:
+        """Returns within ``interval`` (the long poll's length) plus a request timeout."""
+        self._stopping.set()
+        self.join(timeout=self.interval + 15)

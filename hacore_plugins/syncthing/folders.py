@@ -1,0 +1,132 @@
+"""The Syncthing configuration hacore wants: its peers as devices, its directories as folders.
+
+Computed from the instance's current configuration, so a change is one ``PUT /rest/config``
+and anything hacore does not own (other folders of an instance someone else runs) is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+#: the folder type of each role; a node without a role yet sends nothing
+SENDONLY = "sendonly"
+RECEIVEONLY = "receiveonly"
+
+
+@attrs.frozen
+class Peer:
+    name: str
+    device_id: str
+    address: str
+
+
+@attrs.frozen
+class FolderPolicy:
+    watcher_delay: int
+    rescan_interval: int
+
+
+def _folder_device(device_id: str) -> dict[str, Any]:
+    return {"deviceID": device_id, "introducedBy": "", "encryptionPassword": ""}
+
+
+def desired_config(
+    current: Mapping[str, Any],
+    *,
+    own_id: str,
+    peers: Mapping[str, Peer],
+    folders: Mapping[str, Path],
+    new_folder_type: str,
+    policy: FolderPolicy,
+    managed: bool,
+    folder_prefix: str = "hacore-",
+) -> dict[str, Any]:
+    """``current`` with hacore's devices and folders as they should be.
+
+    Devices no longer among the peers are removed (in an instance someone else runs, only
+    those hacore shared its folders with). A folder keeps its type: roles change it, not
+    membership; a new folder starts as ``new_folder_type``.
+    """
+    config = copy.deepcopy(dict(current))
+    defaults = config.get("defaults") or {}
+    peer_ids = {peer.device_id: peer for peer in peers.values()}
+    ours = {
+        entry["deviceID"]
+        for folder in config.get("folders", [])
+        if folder.get("id") in folders
+        for entry in folder.get("devices", [])
+    }
+
+    devices: list[dict[str, Any]] = []
+    for device in config.get("devices", []):
+        device_id = device.get("deviceID")
+        if device_id == own_id:
+            devices.append(device)
+        elif device_id in peer_ids:
+            devices.append(_device(device, peer_ids.pop(device_id)))
+        elif not managed and device_id not in ours:
+            devices.append(device)
+    for peer in peer_ids.values():
+        devices.append(_device(copy.deepcopy(defaults.get("device") or {}), peer))
+    config["devices"] = devices
+
+    sharing = [_folder_device(own_id)] + [
+        _folder_device(p.device_id) for p in sorted(peers.values(), key=lambda p: p.device_id)
+    ]
+    by_id = {f.get("id"): f for f in config.get("folders", [])}
+    kept = [
+        f
+        for f in config.get("folders", [])
+        if not str(f.get("id", "")).startswith(folder_prefix) or f.get("id") in folders
+    ]
+    result: list[dict[str, Any]] = []
+    for folder in kept:
+        if folder.get("id") in folders:
+            folder = _folder(folder, folder["id"], folders[folder["id"]], sharing, policy)
+        result.append(folder)
+    for folder_id, path in folders.items():
+        if folder_id not in by_id:
+            base = copy.deepcopy(defaults.get("folder") or {})
+            base["type"] = new_folder_type
+            result.append(_folder(base, folder_id, path, sharing, policy))
+    config["folders"] = result
+    return config
+
+
+def _device(base: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
+    device = dict(base)
+    device.update(
+        deviceID=peer.device_id,
+        name=peer.name,
+        addresses=[peer.address],
+        autoAcceptFolders=False,
+        introducer=False,
+        paused=False,
+    )
+    return device
+
+
+def _folder(
+    base: Mapping[str, Any],
+    folder_id: str,
+    path: Path,
+    sharing: list[dict[str, Any]],
+    policy: FolderPolicy,
+) -> dict[str, Any]:
+    folder = dict(base)
+    folder.update(
+        id=folder_id,
+        label=folder_id,
+        path=str(path),
+        devices=copy.deepcopy(sharing),
+        fsWatcherEnabled=True,
+        fsWatcherDelayS=policy.watcher_delay,
+        rescanIntervalS=policy.rescan_interval,
+        paused=False,
+    )
+    return folder

@@ -1,0 +1,168 @@
+"""The home directory of the Syncthing instance hacore runs: keys, config.xml, database.
+
+Syncthing reaches out to the internet (discovery, relays, NAT traversal, usage reports,
+upgrades) from the moment it starts, so those are switched off in config.xml *before* the
+first start, never through the API afterwards.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import socket
+import subprocess
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from pathlib import Path
+
+from hacore.errors import FilesyncError
+
+CONFIG = "config.xml"
+
+#: options/<name> -> value, for a cluster-internal instance that dials its peers directly
+OPTIONS = {
+    "globalAnnounceEnabled": "false",
+    "localAnnounceEnabled": "false",
+    "relaysEnabled": "false",
+    "natEnabled": "false",
+    "startBrowser": "false",
+    "urAccepted": "-1",
+    "urSeen": "3",
+    "autoUpgradeIntervalH": "0",
+    "crashReportingEnabled": "false",
+    # the least Syncthing accepts (it raises 1 to 5); the default 60 delays reconnections
+    "reconnectionIntervalS": "5",
+    "overwriteRemoteDeviceNamesOnConnect": "false",
+}
+
+
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def port_taken(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        # connections of a previous run in TIME_WAIT do not count, as for Syncthing itself
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            return err.errno == errno.EADDRINUSE
+    return False
+
+
+def log_problem(log_path: Path) -> str:
+    """The last warning in Syncthing's log (the reason it failed), else its last line."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        for marker in ("FATAL:", "WARNING:"):
+            if marker in line:
+                return line.split(marker, 1)[1].strip()
+    return lines[-1].strip() if lines else ""
+
+
+def generate(binary: str, home: Path) -> None:
+    """Create the device key and certificate and a default config.xml, once."""
+    if (home / CONFIG).exists():
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    argv = [binary, "generate", "--home", str(home), "--no-default-folder", "--skip-port-probing"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise FilesyncError(f"cannot run {binary} generate: {err}") from None
+    if done.returncode != 0 or not (home / CONFIG).exists():
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise FilesyncError(f"{binary} generate failed in {home}: {last[0]}")
+
+
+def _child(parent: ET.Element, tag: str) -> ET.Element:
+    found = parent.find(tag)
+    return found if found is not None else ET.SubElement(parent, tag)
+
+
+def api_key(home: Path) -> str:
+    """The API key in config.xml, for an instance that already runs."""
+    try:
+        found = ET.parse(home / CONFIG).getroot().findtext("gui/apikey")
+    except (OSError, ET.ParseError) as err:
+        raise FilesyncError(f"cannot read Syncthing config {home / CONFIG}: {err}") from None
+    if not found:
+        raise FilesyncError(f"Syncthing config {home / CONFIG} has no API key")
+    return found
+
+
+def device_id(binary: str, home: Path) -> str:
+    """This node's device ID, derived from its certificate by Syncthing itself."""
+    argv = [binary, "serve", "--device-id", "--home", str(home)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise FilesyncError(f"cannot run {binary} to read the device ID: {err}") from None
+    found = done.stdout.strip()
+    if done.returncode != 0 or not found:
+        raise FilesyncError(f"cannot read the Syncthing device ID in {home}: {done.stderr.strip()}")
+    return found
+
+
+def harden(
+    home: Path,
+    *,
+    node_name: str,
+    own_id: str,
+    host: str,
+    api_port: int,
+    listen_port: int,
+    max_send_kbps: int = 0,
+    max_recv_kbps: int = 0,
+    receive_only: Iterable[str] = (),
+) -> str:
+    """Rewrite config.xml for hacore (idempotent); returns the API key.
+
+    The API listens on loopback only: the agent on the same node is its only client. The
+    key made at the first run is kept, so a restarted agent finds the same instance. The
+    ``receive_only`` folders start so: until the agent says which node is the source, this
+    one sends nothing it changed.
+    """
+    path = home / CONFIG
+    try:
+        tree = ET.parse(path)
+    except (OSError, ET.ParseError) as err:
+        raise FilesyncError(f"cannot read Syncthing config {path}: {err}") from None
+    root = tree.getroot()
+    gui = _child(root, "gui")
+    gui.set("enabled", "true")
+    gui.set("tls", "false")
+    _child(gui, "address").text = host_port("127.0.0.1", api_port)
+    apikey = _child(gui, "apikey")
+    if not apikey.text or len(apikey.text) < 32:
+        apikey.text = secrets.token_urlsafe(32)
+    options = _child(root, "options")
+    for element in options.findall("listenAddress"):
+        options.remove(element)
+    ET.SubElement(options, "listenAddress").text = f"tcp://{host_port(host, listen_port)}"
+    for name, value in OPTIONS.items():
+        _child(options, name).text = value
+    _child(options, "maxSendKbps").text = str(max_send_kbps)
+    _child(options, "maxRecvKbps").text = str(max_recv_kbps)
+    # Without this, the limits above do not apply between hosts of one LAN.
+    limited = bool(max_send_kbps or max_recv_kbps)
+    _child(options, "limitBandwidthInLan").text = "true" if limited else "false"
+    quiet = set(receive_only)
+    for folder in root.findall("folder"):
+        if folder.get("id") in quiet:
+            folder.set("type", "receiveonly")
+    for device in root.findall("device"):
+        if device.get("id") == own_id:
+            device.set("name", node_name)
+    tmp = path.with_suffix(".tmp")
+    tree.write(tmp, encoding="unicode")
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return str(apikey.text)

@@ -1,0 +1,482 @@
+"""The Syncthing filesync plugin on three real Syncthing instances (loopback, temp dirs).
+
+Node ``a`` starts as the source, ``b`` and ``c`` mirror it; ``c`` receives at a limited rate,
+so a 50 MB transfer to it lasts long enough to be seen in progress. Tests that change roles
+or peers put them back in the ``roles`` fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+from hacore.errors import ConfigError, FilesyncError
+from hacore.filesync import SyncState
+from hacore.plugins import load_plugins
+from hacore.testing.procs import free_port, wait_for
+from hacore_plugins import syncthing as syncthing_plugin
+from hacore_plugins.syncthing import SyncthingFilesync
+from hacore_plugins.syncthing import home as st_home
+from hacore_plugins.syncthing.api import SyncthingApi
+from hacore_plugins.syncthing.folders import FolderPolicy, Peer, desired_config
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("syncthing") is None, reason="no syncthing binary on PATH"
+)
+
+#: c receives at ~24 MB/s: a 50 MB file takes ~2 s to reach it
+THROTTLED_KBPS = 24_000
+BIG = 50 * 1024 * 1024
+
+
+@attrs.define
+class Node:
+    name: str
+    backend: SyncthingFilesync
+    files: Path
+
+    def path(self, name: str) -> Path:
+        return self.files / name
+
+
+@attrs.define
+class Cluster:
+    nodes: dict[str, Node]
+    source: str = "a"
+
+    def __getitem__(self, name: str) -> Node:
+        return self.nodes[name]
+
+    def identities(self, *names: str) -> dict[str, dict[str, object]]:
+        return {n: self.nodes[n].backend.identity() for n in names or self.nodes}
+
+    def set_all_peers(self) -> None:
+        for node in self.nodes.values():
+            node.backend.set_peers(self.identities())
+
+    def make_source(self, name: str) -> None:
+        self.nodes[name].backend.become_source()
+        for other in self.nodes.values():
+            if other.name != name:
+                other.backend.become_mirror(name)
+        self.source = name
+
+
+def make_node(base: Path, name: str, **settings: object) -> Node:
+    files = base / name / "files"
+    backend = SyncthingFilesync(
+        {"api_port": free_port(), "listen_port": free_port(), **settings},
+        node_name=name,
+        host="127.0.0.1",
+        data_dir=base / name / "data",
+        directories=[files],
+    )
+    return Node(name, backend, files)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    base = tmp_path_factory.mktemp("syncthing")
+    nodes = {
+        "a": make_node(base, "a"),
+        "b": make_node(base, "b"),
+        "c": make_node(base, "c", max_recv_kbps=THROTTLED_KBPS),
+    }
+    started: list[Node] = []
+    try:
+        threads = [threading.Thread(target=n.backend.start) for n in nodes.values()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        started = [n for n in nodes.values() if n.backend.process.running()]
+        assert len(started) == 3, "a Syncthing instance did not start"
+        cluster = Cluster(nodes)
+        cluster.set_all_peers()
+        cluster.make_source("a")
+        yield cluster
+    finally:
+        for node in nodes.values():
+            node.backend.stop()
+
+
+@pytest.fixture
+def roles(cluster: Cluster) -> Iterator[Cluster]:
+    """a is the source, b and c mirror it, everyone is a peer and in sync."""
+    cluster.set_all_peers()
+    if cluster.source != "a":
+        cluster.make_source("a")
+    cluster["a"].backend.wait_in_sync(60)
+    yield cluster
+    cluster.set_all_peers()
+    if cluster.source != "a":
+        cluster.make_source("a")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}.txt"
+
+
+def wait_content(path: Path, content: str, timeout: float = 30.0) -> None:
+    wait_for(
+        lambda: path.exists() and path.read_text() == content,
+        timeout,
+        what=f"{path} to hold {content!r}",
+    )
+
+
+def wait_gone(path: Path, timeout: float = 30.0) -> None:
+    wait_for(lambda: not path.exists(), timeout, what=f"{path} to disappear")
+
+
+# -- settings and registration (no process) --------------------------------------------------
+
+
+def test_registered_as_a_filesync_backend() -> None:
+    plugins = load_plugins([syncthing_plugin], entry_points=False)
+    assert plugins.registry.filesync("syncthing") is SyncthingFilesync
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"port": 1}, "unknown syncthing setting"),
+        ({"api_url": "http://127.0.0.1:8384"}, "together"),
+        ({"api_url": "ftp://x", "api_key": "k"}, "must be a URL"),
+        ({"listen_port": 70000}, "TCP port"),
+        ({"api_port": 9000, "listen_port": 9000}, "both 9000"),
+        ({"api_port": 1, "gui_port": 2}, "another name"),
+        ({"home": "relative/dir"}, "absolute"),
+    ],
+)
+def test_bad_settings_are_refused(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SyncthingFilesync.validate_settings(settings)
+
+
+def test_directories_with_the_same_name_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="same name"):
+        SyncthingFilesync(
+            {},
+            node_name="n",
+            host="127.0.0.1",
+            data_dir=tmp_path,
+            directories=[tmp_path / "x" / "files", tmp_path / "y" / "files"],
+        )
+
+
+def _config(folders: list[dict[str, object]], devices: list[str]) -> dict[str, object]:
+    return {
+        "devices": [{"deviceID": d, "name": d} for d in devices],
+        "folders": folders,
+        "defaults": {"folder": {"type": "sendreceive", "maxConflicts": 10}, "device": {}},
+    }
+
+
+def _shared(*devices: str) -> list[dict[str, str]]:
+    return [{"deviceID": d} for d in devices]
+
+
+@pytest.mark.parametrize("managed", [True, False])
+def test_desired_config_touches_only_what_hacore_owns(managed: bool) -> None:
+    current = _config(
+        [
+            {"id": "photos", "type": "sendreceive", "devices": _shared("ME", "FOREIGN")},
+            {"id": "hacore-files", "type": "sendonly", "devices": _shared("ME", "GONE")},
+            {"id": "hacore-dropped", "type": "sendonly", "devices": _shared("ME")},
+        ],
+        ["ME", "FOREIGN", "GONE", "B"],
+    )
+    wanted = desired_config(
+        current,
+        own_id="ME",
+        peers={"b": Peer("b", "B", "tcp://10.0.0.2:22000")},
+        folders={"hacore-files": Path("/srv/files"), "hacore-new": Path("/srv/new")},
+        new_folder_type="receiveonly",
+        policy=FolderPolicy(watcher_delay=1, rescan_interval=300),
+        managed=managed,
+    )
+    devices = {d["deviceID"]: d for d in wanted["devices"]}
+    # GONE shared a hacore folder and is no peer any more; FOREIGN is someone else's peer
+    assert set(devices) == ({"ME", "B"} if managed else {"ME", "B", "FOREIGN"})
+    assert devices["B"]["addresses"] == ["tcp://10.0.0.2:22000"]
+    assert devices["B"]["name"] == "b"
+    assert devices["B"]["autoAcceptFolders"] is False
+    folders = {f["id"]: f for f in wanted["folders"]}
+    assert set(folders) == {"photos", "hacore-files", "hacore-new"}
+    assert folders["photos"] == {
+        "id": "photos",
+        "type": "sendreceive",
+        "devices": _shared("ME", "FOREIGN"),
+    }
+    assert folders["hacore-files"]["type"] == "sendonly"  # roles change types, not peers
+    assert folders["hacore-new"]["type"] == "receiveonly"
+    assert folders["hacore-new"]["maxConflicts"] == 10  # built on Syncthing's defaults
+    for folder_id in ("hacore-files", "hacore-new"):
+        assert [d["deviceID"] for d in folders[folder_id]["devices"]] == ["ME", "B"]
+        assert folders[folder_id]["fsWatcherDelayS"] == 1
+        assert folders[folder_id]["rescanIntervalS"] == 300
+
+
+def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        node = make_node(tmp_path, "x", api_port=port)
+        try:
+            with pytest.raises(
+                FilesyncError, match=f"API port {port} on 127.0.0.1 is already in use"
+            ):
+                node.backend.start()
+            assert not node.backend.process.running()
+        finally:
+            node.backend.stop()
+
+
+# -- one engine -------------------------------------------------------------------------------
+
+
+def test_identity_and_hardened_config(cluster: Cluster) -> None:
+    backend = cluster["a"].backend
+    identity = backend.identity()
+    assert identity["address"] == f"tcp://127.0.0.1:{backend.config.listen_port}"
+    assert len(str(identity["device_id"]).split("-")) == 8
+    api = SyncthingApi(backend.api_url, st_home.api_key(backend.home), timeout=10)
+    try:
+        config = api.config()
+    finally:
+        api.close()
+    options = config["options"]
+    assert not options["globalAnnounceEnabled"]
+    assert not options["localAnnounceEnabled"]
+    assert not options["relaysEnabled"]
+    assert not options["natEnabled"]
+    assert options["urAccepted"] == -1
+    assert options["autoUpgradeIntervalH"] == 0
+    assert options["reconnectionIntervalS"] == 5
+    assert config["gui"]["address"] == f"127.0.0.1:{backend.config.api_port}"
+    (folder,) = [f for f in config["folders"] if f["id"] == "hacore-files"]
+    assert folder["type"] == "sendonly"
+    assert folder["fsWatcherDelayS"] == 1
+    assert {d["deviceID"] for d in folder["devices"]} == {
+        str(cluster[n].backend.identity()["device_id"]) for n in "abc"
+    }
+    for device in config["devices"]:
+        if device["deviceID"] != identity["device_id"]:
+            assert device["addresses"][0].startswith("tcp://127.0.0.1:")
+            assert not device["autoAcceptFolders"]
+
+
+# -- the source's files reach the mirrors ---------------------------------------------------
+
+
+def test_file_written_on_the_source_reaches_every_mirror(roles: Cluster) -> None:
+    name = unique("scan")
+    roles["a"].path(name).write_text("from a")
+    roles["a"].backend.scan()
+    for mirror in "bc":
+        wait_content(roles[mirror].path(name), "from a")
+    roles["a"].path(name).unlink()
+    roles["a"].backend.scan()
+    for mirror in "bc":
+        wait_gone(roles[mirror].path(name))
+
+
+def test_the_watcher_propagates_without_an_explicit_scan(roles: Cluster) -> None:
+    name = unique("watched")
+    roles["a"].path(name).write_text("noticed by the watcher")
+    for mirror in "bc":
+        wait_content(roles[mirror].path(name), "noticed by the watcher", timeout=90)
+
+
+def test_a_write_on_a_mirror_does_not_leak_back_and_is_reverted(roles: Cluster) -> None:
+    kept = unique("kept")
+    roles["a"].path(kept).write_text("the source's version")
+    roles["a"].backend.scan()
+    wait_content(roles["b"].path(kept), "the source's version")
+    stray = unique("stray")
+    roles["b"].path(stray).write_text("written on a standby")
+    roles["b"].path(kept).write_text("changed on a standby")
+    wait_gone(roles["b"].path(stray))
+    wait_content(roles["b"].path(kept), "the source's version")
+    roles["b"].backend.wait_in_sync(30)
+    roles["a"].backend.wait_in_sync(30)
+    for other in "ac":
+        assert not roles[other].path(stray).exists()
+        assert roles[other].path(kept).read_text() == "the source's version"
+
+
+# -- role changes ---------------------------------------------------------------------------
+
+
+def test_after_a_flip_the_new_source_reaches_the_old_one(roles: Cluster) -> None:
+    roles.make_source("b")
+    name = unique("flipped")
+    roles["b"].path(name).write_text("from the new source")
+    roles["b"].backend.scan()
+    for mirror in "ac":
+        wait_content(roles[mirror].path(name), "from the new source")
+    stray = unique("old-source-write")
+    roles["a"].path(stray).write_text("the old source is a mirror now")
+    wait_gone(roles["a"].path(stray))
+    roles["b"].backend.wait_in_sync(30)
+    assert not roles["b"].path(stray).exists()
+    assert not roles["c"].path(stray).exists()
+
+
+def test_failover_discards_what_the_dead_source_never_sent(roles: Cluster) -> None:
+    shared = unique("shared")
+    roles["a"].path(shared).write_text("v1")
+    roles["a"].backend.wait_in_sync(30)
+    a = roles["a"]
+    a.backend.stop()
+    try:
+        assert not a.backend.process.running()
+        # written by the old active after its last sync (it died before it could send them)
+        lost = unique("lost")
+        a.path(lost).write_text("never sent")
+        a.path(shared).write_text("v2, never sent")
+        roles["b"].backend.become_source()
+        roles["c"].backend.become_mirror("b")
+        roles.source = "b"
+        after = unique("after-failover")
+        roles["b"].path(after).write_text("written by the new active")
+        roles["b"].backend.scan()
+        wait_content(roles["c"].path(after), "written by the new active")
+        assert roles["b"].path(shared).read_text() == "v1"
+    finally:
+        a.backend.start()
+    # Back, but not told its role yet: it announces nothing it wrote while it was down.
+    wait_for(lambda: a.backend.connected_peers() == ["b", "c"], 30, what="a to reconnect")
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert not roles["b"].path(lost).exists()
+        assert not roles["c"].path(lost).exists()
+        time.sleep(0.05)
+    a.backend.become_mirror("b")
+    wait_content(a.path(after), "written by the new active")
+    wait_gone(a.path(lost))
+    wait_content(a.path(shared), "v1")
+    roles["b"].backend.wait_in_sync(30)
+    for node in "bc":
+        assert not roles[node].path(lost).exists()
+        assert roles[node].path(shared).read_text() == "v1"
+
+
+def test_a_lagging_mirror_that_takes_over_makes_its_copy_the_truth(roles: Cluster) -> None:
+    a, c = roles["a"], roles["c"]
+    big = unique("half-sent")
+    a.path(big).write_bytes(os.urandom(BIG))
+    a.backend.scan()
+    try:
+        # c (slow) has heard of the file and is fetching it when the source dies.
+        wait_for(lambda: c.backend.state().need_bytes > 0, 30, what="c to start fetching")
+        a.backend.stop()
+        c.backend.become_source()
+        roles["b"].backend.become_mirror("c")
+        roles.source = "c"
+        assert not c.path(big).exists()
+        # What c never got is gone everywhere, so every copy is c's again.
+        c.backend.wait_in_sync(60, peers=["b"])
+        assert not roles["b"].path(big).exists()
+    finally:
+        a.backend.start()
+    a.backend.become_mirror("c")
+    wait_gone(a.path(big))
+    c.backend.wait_in_sync(60)
+
+
+def test_a_restarted_source_keeps_what_it_wrote_while_down(roles: Cluster) -> None:
+    a = roles["a"]
+    a.backend.stop()
+    name = unique("while-down")
+    try:
+        a.path(name).write_text("written while Syncthing was down")
+    finally:
+        a.backend.start()
+    assert not a.backend.state().in_sync  # no role yet
+    a.backend.become_source()
+    for mirror in "bc":
+        wait_content(roles[mirror].path(name), "written while Syncthing was down")
+
+
+# -- state and waiting ---------------------------------------------------------------------
+
+
+def test_state_is_not_in_sync_while_a_large_file_transfers(roles: Cluster) -> None:
+    big = roles["a"].path(unique("big"))
+    big.write_bytes(os.urandom(BIG))
+    try:
+        roles["a"].backend.scan()
+        # The source counts what c lacks from the moment the scan indexed the file.
+        source_state = roles["a"].backend.state()
+        assert not source_state.in_sync
+        assert source_state.need_bytes >= BIG
+        assert source_state.completion < 100
+        assert "hacore-files" in source_state.detail
+        # c receives slowly: its own view shows the transfer in progress.
+        seen: list[SyncState] = []
+
+        def c_needs() -> bool:
+            seen.append(roles["c"].backend.state())
+            return seen[-1].need_bytes > 0
+
+        wait_for(c_needs, 20, what="c to report what it still needs")
+        assert not seen[-1].in_sync
+        assert seen[-1].completion < 100
+        assert roles["a"].backend.wait_in_sync(120).in_sync
+        assert roles["c"].backend.state().in_sync
+        assert roles["c"].path(big.name).stat().st_size == BIG
+        assert roles["b"].path(big.name).stat().st_size == BIG
+    finally:
+        big.unlink()
+        roles["a"].backend.scan()
+
+
+def test_wait_in_sync_says_which_folder_and_how_much_is_missing(roles: Cluster) -> None:
+    big = roles["a"].path(unique("big"))
+    big.write_bytes(os.urandom(BIG))
+    try:
+        started = time.monotonic()
+        with pytest.raises(FilesyncError) as caught:
+            roles["a"].backend.wait_in_sync(0.5)
+        assert time.monotonic() - started < 30
+        message = str(caught.value)
+        assert "not in sync after 0.5s" in message
+        assert "folder hacore-files" in message
+        assert "c misses" in message
+        missing = int(message.split("c misses ")[1].split(" bytes")[0])
+        assert 0 < missing <= BIG
+    finally:
+        big.unlink()
+        roles["a"].backend.scan()
+
+
+def test_a_removed_peer_no_longer_receives_files(roles: Cluster) -> None:
+    without_c = roles.identities("a", "b")
+    roles["a"].backend.set_peers(without_c)
+    roles["b"].backend.set_peers(without_c)
+    name = unique("after-removal")
+    roles["a"].path(name).write_text("not for c")
+    roles["a"].backend.scan()
+    wait_content(roles["b"].path(name), "not for c")
+    # The source's view no longer counts c: in sync although c lacks the file.
+    assert roles["a"].backend.wait_in_sync(30).in_sync
+    assert roles["a"].backend.state().detail == "in sync with b"
+    c_state = wait_for(lambda: not roles["c"].backend.state().in_sync, 30, what="c out of sync")
+    assert c_state
+    assert "not connected to a" in roles["c"].backend.state().detail
+    time.sleep(2)
+    assert not roles["c"].path(name).exists()
+    roles.set_all_peers()
+    wait_content(roles["c"].path(name), "not for c")
