@@ -1,0 +1,294 @@
+"""The built-in health checks, and the runner that turns every check into a HealthReport.
+
+Built-in checks look at what the loop already read this iteration (:class:`LoopFacts`), so
+they add no store round trip and at most one TCP connect. Plugin checks (the
+``hacore_health_checks`` hook) run next to them. The runner runs all checks at once in worker
+threads and waits at most ``timeout`` for them: a check that hangs is reported as failing
+instead of starving the lease renewal.
+
+A check's result is valid for ``check.ttl * check_ttl_multiplier`` seconds; one that has not
+passed within that time is *expired*. *Failing* means its last run failed. ``decide`` makes a
+standby with either ineligible, and makes the active step down on an expired check (or on a
+failing one with ``check_fail_fast``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import socket
+from collections.abc import Sequence
+
+import attrs
+
+from hacore.agent.state import HealthReport
+from hacore.errors import ConfigError
+from hacore.health import CheckResult, HealthCheck
+from hacore.records import ClusterView
+from hacore.replication import ReplicationStatus
+from hacore.services import ServiceBackend
+
+log = logging.getLogger(__name__)
+
+_STOPPED = ReplicationStatus(running=False, role="stopped")
+
+
+@attrs.define
+class LoopFacts:
+    """This loop's readings, filled in by the loop before the checks run."""
+
+    node_name: str
+    db: ReplicationStatus = _STOPPED
+    initialized: bool = False
+    #: The leader key's holder, None when there is none or the store did not answer.
+    leader: str | None = None
+    #: The node was active when this loop began (active-only checks run only then).
+    active: bool = False
+    #: When the store last answered (monotonic), None if never.
+    store_ok_at: float | None = None
+    loop_at: float = 0.0
+    previous_loop_at: float | None = None
+
+    def update(
+        self,
+        loop_at: float,
+        db: ReplicationStatus,
+        initialized: bool,
+        view: ClusterView | None,
+        store_ok_at: float | None,
+    ) -> None:
+        self.previous_loop_at, self.loop_at = self.loop_at or None, loop_at
+        self.db, self.initialized, self.store_ok_at = db, initialized, store_ok_at
+        self.leader = view.leader.name if view is not None and view.leader else None
+
+
+class _FactCheck(HealthCheck):
+    def __init__(self, facts: LoopFacts, ttl: float) -> None:
+        self.facts = facts
+        self.ttl = ttl
+
+
+class DatabaseListening(_FactCheck):
+    """The database accepts TCP connections where the other nodes reach it."""
+
+    name = "database_listening"
+
+    def __init__(self, facts: LoopFacts, ttl: float, address: tuple[str, int] | None) -> None:
+        super().__init__(facts, ttl)
+        self.address = address
+
+    def run(self) -> CheckResult:
+        if not self.facts.initialized:
+            return CheckResult(False, "no database on this node yet")
+        if not self.facts.db.running:
+            return CheckResult(False, "the database is not running")
+        if self.address is None:
+            return CheckResult(True, "running")
+        host, port = self.address
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return CheckResult(True, f"listening on {host}:{port}")
+        except OSError as err:
+            return CheckResult(False, f"nothing accepts connections on {host}:{port}: {err}")
+
+
+class DatabaseAnswers(_FactCheck):
+    """The database answered this loop's status query (the ``select 1`` of this agent)."""
+
+    name = "database_queries"
+
+    def run(self) -> CheckResult:
+        db = self.facts.db
+        if not db.running:
+            return CheckResult(False, "the database is not running")
+        if db.position is None:
+            return CheckResult(False, "the database did not answer the status query")
+        return CheckResult(True, f"{db.role} at position {db.position}")
+
+
+class ReplicationRole(_FactCheck):
+    """The active's database is writable; a standby streams from the current leader."""
+
+    name = "replication"
+
+    def run(self) -> CheckResult:
+        facts, db = self.facts, self.facts.db
+        if facts.active:
+            if db.writable:
+                return CheckResult(True, "the active's database is writable")
+            return CheckResult(False, f"the active's database is not writable ({db.role})")
+        leader = facts.leader
+        if leader is None or leader == facts.node_name:
+            return CheckResult(True, "no other leader to follow")
+        if db.following == leader:
+            return CheckResult(True, f"streaming from {leader}")
+        return CheckResult(
+            False, f"not streaming from the leader {leader} (following {db.following or 'nobody'})"
+        )
+
+
+class ActiveServices(_FactCheck):
+    """Every active-only service runs (checked on the active only)."""
+
+    name = "active_services"
+    active_only = True
+
+    def __init__(
+        self, facts: LoopFacts, ttl: float, services: ServiceBackend, names: Sequence[str]
+    ) -> None:
+        super().__init__(facts, ttl)
+        self.services = services
+        self.names = tuple(names)
+
+    def run(self) -> CheckResult:
+        stopped = []
+        for name in self.names:
+            status = self.services.status(name)
+            if not status.running:
+                stopped.append(f"{name} ({status.detail})" if status.detail else name)
+        if stopped:
+            return CheckResult(False, f"not running: {', '.join(stopped)}")
+        return CheckResult(True, f"running: {', '.join(self.names)}")
+
+
+class StoreReachable(_FactCheck):
+    """The consensus store answered within one ``ttl``.
+
+    A shorter outage is not a failure: the self-fencing deadline already handles it, and a
+    failing check would make a ``check_fail_fast`` active step down on every store hiccup.
+    """
+
+    name = "store"
+
+    def run(self) -> CheckResult:
+        seen = self.facts.store_ok_at
+        if seen is None:
+            return CheckResult(False, "the store has not answered yet")
+        age = self.facts.loop_at - seen
+        if age > self.ttl:
+            return CheckResult(False, f"the store has not answered for {age:.1f}s")
+        return CheckResult(True, f"answered {age:.1f}s ago")
+
+
+class LoopHeartbeat(_FactCheck):
+    """The previous loop iteration began less than ``ttl`` ago: the loop is not starved."""
+
+    name = "loop"
+
+    def run(self) -> CheckResult:
+        previous = self.facts.previous_loop_at
+        if previous is None:
+            return CheckResult(True, "first loop")
+        gap = self.facts.loop_at - previous
+        if gap > self.ttl:
+            return CheckResult(False, f"{gap:.1f}s between two loops")
+        return CheckResult(True, f"{gap:.1f}s since the previous loop")
+
+
+def builtin_checks(
+    facts: LoopFacts,
+    *,
+    ttl: float,
+    address: tuple[str, int] | None,
+    services: ServiceBackend | None,
+    active_only_services: Sequence[str],
+) -> list[HealthCheck]:
+    checks: list[HealthCheck] = [
+        DatabaseListening(facts, ttl, address),
+        DatabaseAnswers(facts, ttl),
+        ReplicationRole(facts, ttl),
+        StoreReachable(facts, ttl),
+        LoopHeartbeat(facts, ttl),
+    ]
+    if services is not None and active_only_services:
+        checks.append(ActiveServices(facts, ttl, services, active_only_services))
+    return checks
+
+
+@attrs.define
+class _Track:
+    check: HealthCheck
+    #: When the check became eligible to run (agent start, or promotion for active-only ones).
+    since: float | None = None
+    passed_at: float | None = None
+    last: CheckResult | None = None
+    running: cf.Future[CheckResult] | None = None
+
+
+class CheckRunner:
+    """Runs the checks each loop; thread-safe only for one caller (the loop)."""
+
+    def __init__(self, checks: Sequence[HealthCheck], *, multiplier: float, timeout: float):
+        names = [c.name for c in checks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates or not all(names):
+            raise ConfigError(
+                f"health check names must be unique and non-empty (duplicates: "
+                f"{', '.join(duplicates) or 'none'})"
+            )
+        self._tracks = {c.name: _Track(c) for c in checks}
+        self.multiplier = multiplier
+        self.timeout = timeout
+        self._pool: cf.ThreadPoolExecutor | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._tracks)
+
+    def run(self, *, active: bool, now: float) -> tuple[HealthReport, dict[str, CheckResult]]:
+        """Run every check that applies; the report and each check's result."""
+        if self._pool is None:
+            workers = max(1, min(8, len(self._tracks)))
+            self._pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="hacore-check")
+        due: dict[str, cf.Future[CheckResult]] = {}
+        for name, track in self._tracks.items():
+            if track.check.active_only and not active:
+                track.since = track.passed_at = track.last = None
+                continue
+            if track.since is None:
+                track.since = now
+            if track.running is None:
+                track.running = self._pool.submit(_run_one, track.check)
+            due[name] = track.running
+        cf.wait(due.values(), timeout=self.timeout)
+        results: dict[str, CheckResult] = {}
+        failing: list[str] = []
+        expired: list[str] = []
+        for name, future in due.items():
+            track = self._tracks[name]
+            if future.done():
+                track.running = None
+                result = future.result()
+                if result.ok:
+                    track.passed_at = now
+            else:
+                result = CheckResult(False, f"no answer within {self.timeout:g}s (still running)")
+            track.last = result
+            results[name] = result
+            if not result.ok:
+                failing.append(name)
+            valid_for = track.check.ttl * self.multiplier
+            if now - (track.passed_at if track.passed_at is not None else track.since or now) > (
+                valid_for
+            ):
+                expired.append(name)
+        return HealthReport(failing=failing, expired=expired), results
+
+    def close(self) -> None:
+        """Stop the worker threads (a check still running is left to finish)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        for track in self._tracks.values():
+            track.running = None
+
+
+def _run_one(check: HealthCheck) -> CheckResult:
+    try:
+        result = check.run()
+    except Exception as err:  # a plugin's bug must not take the agent down
+        log.debug("health check %s raised", check.name, exc_info=True)
+        return CheckResult(False, f"{type(err).__name__}: {err}")
+    if not isinstance(result, CheckResult):
+        return CheckResult(False, f"returned {type(result).__name__}, not a CheckResult")
+    return result

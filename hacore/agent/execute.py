@@ -1,0 +1,410 @@
+"""Carrying out a :class:`~hacore.agent.state.Decision` through the backends, in a fixed order.
+
+The order of the steps is the safety argument, so it is spelled out here once:
+
+- PROMOTE: start the database if stopped → ``before_promote`` (a veto or a raise: fence a
+  writable database, resign, back off ``promote_backoff``) → status key naming this node with
+  no synchronous standby → database promote → record the lease's fencing token → file sync
+  source → active-only services → ``after_promote`` → a history entry.
+- STEP_DOWN (planned, lease held): ``before_demote`` → stop active-only services → file scan →
+  wait for the target to have everything → fence the database → publish the final position →
+  resign → ``after_demote``. Writers stop before the database so their last writes reach
+  the target; the database is fenced before the lease goes, so two writers never overlap.
+- FENCE (the lease may be gone): the database first, at once; then ``before_demote``,
+  services, files, ``after_demote``.
+
+Every step is idempotent, so an agent killed between two steps gets the same decision again
+after a restart and finishes the job. Steps that only serve the node (files, services, hooks)
+are logged when they fail and never stop a transition; a database step that fails aborts the
+action, and the next loop decides again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import attrs
+
+from hacore import __version__
+from hacore.agent import keys
+from hacore.agent.companions import Companions
+from hacore.agent.hooks import HookCaller, NodeLog
+from hacore.agent.jobs import Jobs
+from hacore.agent.observe import StoreReading
+from hacore.agent.state import (
+    Action,
+    ActiveStatus,
+    Decision,
+    DecisionConfig,
+    LeaseStatus,
+    NodeState,
+    Observation,
+)
+from hacore.agent.syncrep import StatusWriter, StoreCall, SyncStandbys
+from hacore.config import NodeConfig
+from hacore.consensus import ConsensusBackend, ManagedStore
+from hacore.errors import HacoreError
+from hacore.filesync import FilesyncBackend
+from hacore.records import ClusterView, Lease, Member, NodeRole
+from hacore.replication import ReplicationBackend, ReplicationSource
+from hacore.services import ServiceBackend
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+@attrs.frozen
+class ReplicationCredentials:
+    """How standbys log in to the active's database (created by ``cluster start``)."""
+
+    user: str
+    password: str = attrs.field(repr=False)
+
+
+@attrs.define
+class LeaseState:
+    """This node's leadership, shared by the loop and the executor."""
+
+    lease: Lease | None = None
+    #: When the last successful renew (or the winning campaign) was sent.
+    last_renewal: float | None = None
+    veto_until: float | None = None
+    #: The database may accept writes under this lease: store calls must then end before
+    #: the self-fencing deadline. False once the database is fenced.
+    may_write: bool = False
+
+    def deadline(self, cfg: DecisionConfig) -> float | None:
+        if self.lease is None or self.last_renewal is None:
+            return None
+        ttl = min(self.lease.ttl, cfg.ttl) if self.lease.ttl > 0 else cfg.ttl
+        return self.last_renewal + ttl - cfg.safety_margin
+
+    def drop(self) -> None:
+        self.lease = self.last_renewal = None
+        self.may_write = False
+
+
+@attrs.frozen
+class Outcome:
+    """What an action left behind: the node's state, and whether to observe again at once."""
+
+    state: NodeState
+    observe_again: bool = False
+    #: Lease held, database writable with our token, active-only services up.
+    is_active: bool = False
+    #: A step that failed without changing the node's state (logged by the loop).
+    error: str = ""
+
+
+@attrs.frozen
+class Backends:
+    consensus: ConsensusBackend
+    replication: ReplicationBackend
+    filesync: FilesyncBackend | None = None
+    services: ServiceBackend | None = None
+    #: This node's own store server, when hacore runs the store (``consensus.managed``).
+    managed_store: ManagedStore | None = None
+
+
+class Executor:
+    def __init__(
+        self,
+        config: NodeConfig,
+        dcfg: DecisionConfig,
+        backends: Backends,
+        *,
+        hooks: HookCaller,
+        jobs: Jobs,
+        lease: LeaseState,
+        sync: SyncStandbys,
+        store_call: StoreCall,
+        credentials: Callable[[], ReplicationCredentials | None],
+        member: Callable[[NodeRole, Observation], Member],
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.dcfg = dcfg
+        self.b = backends
+        self.hooks = hooks
+        self.jobs = jobs
+        self.lease = lease
+        self.sync = sync
+        self.store_call = store_call
+        self.credentials = credentials
+        self.member = member
+        self.clock = clock
+        self.name = config.node.name
+        self.log = NodeLog(log, self.name)
+        services = config.services
+        self.extras = Companions(
+            self.name,
+            backends.filesync,
+            backends.services,
+            active_only=services.active_only if services else (),
+            everywhere=services.everywhere if services else (),
+            log=self.log,
+        )
+        #: The lease token whose promotion the ``before_promote`` hooks already allowed.
+        self._approved: int | None = None
+
+    def run(self, decision: Decision, obs: Observation, reading: StoreReading) -> Outcome:
+        action = decision.action
+        if action is Action.NONE:
+            return Outcome(decision.next_state)
+        if action is Action.STAY_ACTIVE:
+            return self._stay_active(decision, obs, reading)
+        if action is Action.CAMPAIGN:
+            return self._campaign(decision)
+        if action is Action.PROMOTE:
+            return self._promote(obs, reading)
+        if action is Action.STEP_DOWN:
+            return self._step_down(decision, obs)
+        if action in (Action.FENCE, Action.FENCE_AND_REWIND):
+            self._fence(decision, obs)
+            if action is Action.FENCE_AND_REWIND:
+                self._submit(Action.REWIND, decision, obs)
+            return Outcome(decision.next_state)
+        if action in (Action.REWIND, Action.CLONE):
+            self._submit(action, decision, obs)
+            return Outcome(decision.next_state)
+        source = self._source(obs.view, decision.target) if decision.target else None
+        if action is Action.FOLLOW:
+            assert source is not None
+            self.b.replication.follow(source)
+        elif action is Action.START_STANDBY:
+            self.b.replication.start(follow=source)
+        return Outcome(decision.next_state)
+
+    # -- leadership ----------------------------------------------------------------------
+
+    def _campaign(self, decision: Decision) -> Outcome:
+        sent = self.clock()
+        lease = self.b.consensus.campaign()
+        if lease is None:
+            self.log.info("campaign lost: another node took the leader key first")
+            return Outcome(NodeState.STANDBY)
+        self.lease.lease, self.lease.last_renewal, self.lease.may_write = lease, sent, True
+        self.log.info("won the election: leader key held with fencing token %d", lease.token)
+        return Outcome(decision.next_state, observe_again=True)
+
+    def _promote(self, obs: Observation, reading: StoreReading) -> Outcome:
+        lease = self.lease.lease
+        if lease is None:
+            raise HacoreError("PROMOTE without a lease")
+        view = obs.view or ClusterView(leader=None)
+        if not obs.db.running:
+            self.b.replication.start()
+        if self._approved != lease.token:
+            veto = self.hooks.veto(view)
+            if veto is not None:
+                return self._give_up(f"promotion vetoed ({veto})", obs, lease)
+            self._approved = lease.token
+            deadline = self.lease.deadline(self.dcfg)
+            if deadline is not None and self.clock() + 2 * self.dcfg.retry_timeout > deadline:
+                self.log.info("before_promote took long: renewing the lease before promoting")
+                return Outcome(NodeState.PROMOTING, observe_again=True)
+        self.lease.may_write = True
+        try:
+            self._promote_database(obs, reading, lease)
+        except HacoreError as err:
+            if _writable(self.b.replication):
+                raise  # keep the lease: the next loop finishes the promotion
+            return self._give_up(f"promotion failed ({err})", obs, lease)
+        self.extras.files_from(self.name)
+        services_ok = self.extras.start_active()
+        self.hooks.call("hacore_after_promote", view=view)
+        status = self.b.replication.status()
+        entry = keys.HistoryEntry(self.name, lease.token, status.timeline, status.position)
+        try:
+            self.store_call(
+                lambda: self.b.consensus.put(keys.history_key(lease.token), entry.encode())
+            )
+        except HacoreError as err:
+            self.log.warning("could not record this promotion in the history: %s", err)
+        self.log.info(
+            "promoted: active with fencing token %d (timeline %s, hacore %s)",
+            lease.token,
+            status.timeline,
+            __version__,
+        )
+        return Outcome(NodeState.ACTIVE, is_active=services_ok and status.writable)
+
+    def _promote_database(self, obs: Observation, reading: StoreReading, lease: Lease) -> None:
+        """Status key (no synchronous standby yet), promote, then record the fencing token."""
+        self.sync.reset()
+        writer = StatusWriter(self.b.consensus, self.store_call, reading.status_version)
+        if not writer.write(ActiveStatus(self.name, obs.db.position, obs.db.timeline)):
+            raise HacoreError("the status key changed while promoting")
+        if not obs.db.writable:
+            deadline = self.lease.deadline(self.dcfg) or self.clock() + self.dcfg.ttl
+            self.b.replication.promote(timeout=max(1.0, deadline - self.clock()))
+        if obs.db_token != lease.token:
+            self.b.replication.record_fencing_token(lease.token)
+
+    def _give_up(self, why: str, obs: Observation, lease: Lease) -> Outcome:
+        """Resign, fence a writable database, and stay out of elections for a while."""
+        backoff = self.dcfg.promote_backoff
+        self.log.warning("%s: resigning, no campaign for %gs", why, backoff)
+        if obs.db.role == "primary" or _writable(self.b.replication):
+            self.b.replication.fence()
+        self.lease.veto_until = self.clock() + backoff
+        self._resign(lease)
+        return Outcome(NodeState.FENCED if obs.db.role == "primary" else NodeState.STANDBY)
+
+    def _resign(self, lease: Lease) -> None:
+        self.lease.may_write = False
+        try:
+            self.store_call(lambda: self.b.consensus.resign(lease))
+        except HacoreError as err:
+            self.log.warning("could not resign (the lease expires by itself): %s", err)
+        self.lease.drop()
+
+    def _stay_active(self, decision: Decision, obs: Observation, reading: StoreReading) -> Outcome:
+        lease = self.lease.lease
+        services_ok = self.extras.ensure_active()
+        token_ok = lease is not None and obs.db_token == lease.token
+        outcome = Outcome(NodeState.ACTIVE, is_active=obs.db.writable and token_ok and services_ok)
+        if obs.lease_status is not LeaseStatus.HELD:
+            return outcome
+        try:
+            self._keep_status(decision, obs, reading)
+        except HacoreError as err:
+            # Still the active: the next loop writes the status key again.
+            return attrs.evolve(outcome, error=f"status key not updated: {err}")
+        return outcome
+
+    def _keep_status(self, decision: Decision, obs: Observation, reading: StoreReading) -> None:
+        """The synchronous standby, the status key, and a finished switchover request."""
+        writer = StatusWriter(self.b.consensus, self.store_call, reading.status_version)
+        db, status = obs.db, obs.active_status
+        key_sync = status.sync_standbys if status and status.name == self.name else frozenset()
+        members = {m.name for m in obs.view.members} if obs.view else set()
+        preferred = obs.switchover.to_node if obs.switchover else None
+
+        def write_key(sync: frozenset[str]) -> bool:
+            return writer.write(ActiveStatus(self.name, db.position, db.timeline, sync))
+
+        write_key(self.sync.step(db, key_sync, members - reading.removed, preferred, write_key))
+        if decision.clear_switchover:
+            version = reading.switchover_version
+            if self.store_call(
+                lambda: self.b.consensus.delete(keys.SWITCHOVER_KEY, expect_version=version)
+            ):
+                self.log.info("switchover request cleared")
+
+    # -- giving up the active role ---------------------------------------------------------
+
+    def _step_down(self, decision: Decision, obs: Observation) -> Outcome:
+        lease = self.lease.lease
+        view = obs.view or ClusterView(leader=None)
+        reason = decision.reason
+        self.hooks.call("hacore_before_demote", view=view, reason=reason)
+        self.extras.stop_active()
+        self.extras.scan_files()
+        if decision.target is not None:
+            self._wait_caught_up(decision.target)
+        final = self.b.replication.status()
+        self.b.replication.fence()
+        self.lease.may_write = False
+        if decision.target is not None:
+            self.extras.files_from(decision.target)
+        member = self.member(NodeRole.FENCED, attrs.evolve(obs, db=final))
+        try:
+            self.store_call(lambda: self.b.consensus.publish_member(member))
+        except HacoreError as err:
+            self.log.warning("could not publish the final position: %s", err)
+        if lease is not None:
+            self._resign(lease)
+        self.hooks.call("hacore_after_demote", view=view, reason=reason)
+        self.log.info("stepped down at position %s: %s", final.position, reason)
+        return Outcome(decision.next_state, observe_again=True)
+
+    def _wait_caught_up(self, target: str) -> None:
+        """Up to ``retry_timeout`` (and never past the deadline) for ``target`` to replay all."""
+        limit = self.clock() + self.dcfg.retry_timeout
+        deadline = self.lease.deadline(self.dcfg)
+        if deadline is not None:
+            limit = min(limit, deadline - self.dcfg.retry_timeout)
+        while True:
+            status = self.b.replication.status()
+            lag = next((s.lag_bytes for s in status.standbys if s.name == target), None)
+            if lag == 0:
+                return
+            if self.clock() >= limit:
+                self.log.warning("handing over to %s while it is %s bytes behind", target, lag)
+                return
+            time.sleep(0.05)
+
+    def _fence(self, decision: Decision, obs: Observation) -> None:
+        primary = obs.db.running and obs.db.role == "primary"
+        if primary:
+            self.b.replication.fence()
+        self.lease.may_write = False
+        was_active = primary or obs.previous in (NodeState.ACTIVE, NodeState.PROMOTING)
+        view = obs.view or ClusterView(leader=None)
+        if was_active:
+            self.hooks.call("hacore_before_demote", view=view, reason=decision.reason)
+        self.extras.stop_active()
+        if view.leader is not None and view.leader.name != self.name:
+            self.extras.files_from(view.leader.name)
+        if was_active:
+            self.hooks.call("hacore_after_demote", view=view, reason=decision.reason)
+            self.log.warning("fenced: %s", decision.reason)
+
+    def shutdown(self, view: ClusterView) -> None:
+        """A clean stop: an active demotes (database fenced first) and resigns at once."""
+        lease = self.lease.lease
+        if lease is None:
+            return
+        reason = "the agent is shutting down"
+        self.hooks.call("hacore_before_demote", view=view, reason=reason)
+        self.extras.stop_active()
+        try:
+            if _writable(self.b.replication) or self.b.replication.status().role == "primary":
+                self.b.replication.fence()
+        except HacoreError as err:
+            self.log.error("could not fence the database at shutdown: %s", err)
+        self._resign(lease)
+        self.hooks.call("hacore_after_demote", view=view, reason=reason)
+
+    # -- following -------------------------------------------------------------------------
+
+    def _submit(self, action: Action, decision: Decision, obs: Observation) -> None:
+        assert decision.target is not None
+        source = self._source(obs.view, decision.target)
+        replication = self.b.replication
+
+        def clone() -> None:
+            replication.clone(source)
+            replication.start(follow=source)
+
+        def rewind() -> None:
+            replication.rewind(source)
+
+        work = clone if action is Action.CLONE else rewind
+        self.jobs.submit(action, f"{action.value} from {source.node_name}", work)
+
+    def _source(self, view: ClusterView | None, name: str) -> ReplicationSource:
+        member = view.member(name) if view is not None else None
+        if member is None:
+            raise HacoreError(f"{name} has published no member record: its database is unknown")
+        where = member.extra.get("replication")
+        if not isinstance(where, dict) or not isinstance(where.get("port"), int):
+            raise HacoreError(f"{name}'s member record does not say where its database listens")
+        creds = self.credentials()
+        if creds is None:
+            raise HacoreError(
+                "this node has no replication credentials yet (cluster join provides them)"
+            )
+        host = str(where.get("host") or member.host)
+        return ReplicationSource(name, host, where["port"], creds.user, creds.password)
+
+
+def _writable(replication: ReplicationBackend) -> bool:
+    try:
+        return replication.status().writable
+    except HacoreError:
+        return False

@@ -1,0 +1,202 @@
+"""The agent's keys in the consensus store, and how their values are encoded.
+
+Every value is a small JSON object, so an operator can read the store with the store's own
+tools (``etcdctl get --prefix /hacore/``). Decoders refuse a value they cannot read with
+:class:`~hacore.errors.HacoreError`; the loop logs it and treats the key as absent rather than
+acting on a guess.
+
+| key | written by | bound to a session | value |
+|---|---|---|---|
+| ``leader`` | the campaign | yes | the holder's name |
+| ``members/<name>`` | each node, every loop | yes | :class:`~hacore.records.Member` |
+| ``config`` | ``cluster start`` | no | the cluster record |
+| ``status`` | the active, every loop (compare-and-set) | no | :class:`ActiveStatus` |
+| ``switchover`` | ``cluster switchover`` | no | :class:`StoredSwitchover` |
+| ``removed/<name>`` | ``nodes remove`` | no | :class:`Removal` |
+| ``history/<token>`` | a node after its promotion | no | :class:`HistoryEntry` |
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import attrs
+
+from hacore.agent.state import ActiveStatus
+from hacore.consensus import CONFIG_KEY, LEADER_KEY, MEMBERS_PREFIX
+from hacore.errors import HacoreError
+
+__all__ = [
+    "CONFIG_KEY",
+    "HISTORY_PREFIX",
+    "LEADER_KEY",
+    "MEMBERS_PREFIX",
+    "REMOVED_PREFIX",
+    "STATUS_KEY",
+    "SWITCHOVER_KEY",
+    "HistoryEntry",
+    "Removal",
+    "StoredSwitchover",
+    "decode_status",
+    "encode_status",
+    "history_key",
+    "removed_key",
+    "removed_names",
+]
+
+STATUS_KEY = "status"
+SWITCHOVER_KEY = "switchover"
+REMOVED_PREFIX = "removed/"
+HISTORY_PREFIX = "history/"
+
+
+def removed_key(name: str) -> str:
+    return REMOVED_PREFIX + name
+
+
+def history_key(token: int) -> str:
+    """Zero-padded, so the store's key order is the order of leaderships."""
+    return f"{HISTORY_PREFIX}{token:020d}"
+
+
+def _load(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise HacoreError(f"the {what} key does not hold JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise HacoreError(f"the {what} key does not hold a JSON object")
+    return data
+
+
+def _dump(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True).encode()
+
+
+def _optional_int(data: dict[str, Any], name: str, what: str) -> int | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HacoreError(f"the {what} key's {name!r} must be an integer (got {value!r})")
+    return value
+
+
+def _text(data: dict[str, Any], name: str, what: str, *, optional: bool = False) -> str | None:
+    value = data.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        raise HacoreError(f"the {what} key's {name!r} must be a non-empty string")
+    return value
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+def encode_status(status: ActiveStatus) -> bytes:
+    return _dump(
+        {
+            "name": status.name,
+            "position": status.position,
+            "timeline": status.timeline,
+            "sync_standbys": sorted(status.sync_standbys),
+        }
+    )
+
+
+def decode_status(raw: bytes) -> ActiveStatus:
+    data = _load(raw, STATUS_KEY)
+    names = data.get("sync_standbys", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise HacoreError("the status key's 'sync_standbys' must be a list of node names")
+    name = _text(data, "name", STATUS_KEY)
+    assert name is not None
+    return ActiveStatus(
+        name=name,
+        position=_optional_int(data, "position", STATUS_KEY),
+        timeline=_optional_int(data, "timeline", STATUS_KEY),
+        sync_standbys=frozenset(names),
+    )
+
+
+# -- switchover ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class StoredSwitchover:
+    """A switchover request as stored; ``requested_at`` is wall-clock time, for people only
+    (the agents time requests with their own monotonic clocks)."""
+
+    from_node: str
+    to_node: str | None = None
+    requested_at: float = attrs.field(factory=time.time)
+
+    def encode(self) -> bytes:
+        return _dump({"from": self.from_node, "to": self.to_node, "at": self.requested_at})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> StoredSwitchover:
+        data = _load(raw, SWITCHOVER_KEY)
+        from_node = _text(data, "from", SWITCHOVER_KEY)
+        assert from_node is not None
+        at = data.get("at", 0.0)
+        return cls(
+            from_node=from_node,
+            to_node=_text(data, "to", SWITCHOVER_KEY, optional=True),
+            requested_at=float(at) if isinstance(at, int | float) else 0.0,
+        )
+
+
+# -- removed nodes ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Removal:
+    """Why ``removed/<name>`` exists: who removed the node and when (wall clock)."""
+
+    by: str
+    removed_at: float = attrs.field(factory=time.time)
+
+    def encode(self) -> bytes:
+        return _dump({"by": self.by, "at": self.removed_at})
+
+
+def removed_names(keys: tuple[str, ...]) -> frozenset[str]:
+    """Node names from the keys under ``removed/`` (the value does not matter)."""
+    return frozenset(k[len(REMOVED_PREFIX) :] for k in keys if k.startswith(REMOVED_PREFIX))
+
+
+# -- history ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class HistoryEntry:
+    """One leadership: who became active, with which fencing token, from which position."""
+
+    node: str
+    token: int
+    timeline: int | None = None
+    position: int | None = None
+    promoted_at: float = attrs.field(factory=time.time)
+
+    def encode(self) -> bytes:
+        return _dump(attrs.asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> HistoryEntry:
+        data = _load(raw, HISTORY_PREFIX.rstrip("/"))
+        node = _text(data, "node", "history")
+        token = _optional_int(data, "token", "history")
+        if node is None or token is None:
+            raise HacoreError("a history entry needs 'node' and 'token'")
+        at = data.get("promoted_at", 0.0)
+        return cls(
+            node=node,
+            token=token,
+            timeline=_optional_int(data, "timeline", "history"),
+            position=_optional_int(data, "position", "history"),
+            promoted_at=float(at) if isinstance(at, int | float) else 0.0,
+        )

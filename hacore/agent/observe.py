@@ -1,0 +1,234 @@
+"""Building the loop's :class:`~hacore.agent.state.Observation`: renew first, then read.
+
+Two rules from docs/agent-states.md shape this module:
+
+- the lease is renewed *before* the view is read, and ``last_renewal`` is when the renew was
+  *sent* (the store may have refreshed the lease any time after that);
+- while the node may write (it holds a lease and has not fenced), no store call may run past
+  the self-fencing deadline: a call is not even started unless ``retry_timeout`` (the longest
+  any call takes) still fits before it. The decision then fences on time.
+
+The first store call that fails ends the reading: the store is down, and every further call
+would only spend another ``retry_timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import attrs
+
+from hacore.agent import keys
+from hacore.agent.state import (
+    Action,
+    ActiveStatus,
+    HealthReport,
+    LeaseStatus,
+    NodeState,
+    Observation,
+    SwitchoverRequest,
+)
+from hacore.consensus import ConsensusBackend
+from hacore.errors import HacoreError, StoreUnavailableError
+from hacore.records import ClusterView, KeyValue, Lease
+from hacore.replication import ReplicationBackend, ReplicationStatus
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+STOPPED = ReplicationStatus(running=False, role="stopped")
+_T = TypeVar("_T")
+
+
+class _Skipped(Exception):
+    """A store call that would run past the self-fencing deadline."""
+
+
+@attrs.frozen
+class StoreReading:
+    """What the store said this loop; ``view`` is None when it did not (fully) answer."""
+
+    lease_status: LeaseStatus
+    lease: Lease | None
+    last_renewal: float | None
+    view: ClusterView | None = None
+    store_error: str = ""
+    active_status: ActiveStatus | None = None
+    #: The status key's version for compare-and-set (0: the key does not exist).
+    status_version: int = 0
+    switchover: keys.StoredSwitchover | None = None
+    switchover_version: int = 0
+    removed: frozenset[str] = frozenset()
+    #: When the store last answered a call this loop (None: it did not).
+    answered_at: float | None = None
+
+
+def read_store(
+    consensus: ConsensusBackend,
+    *,
+    lease: Lease | None,
+    last_renewal: float | None,
+    gate: float | None,
+    retry_timeout: float,
+    clock: Clock = time.monotonic,
+) -> StoreReading:
+    """Renew (or keep the session alive), then read the view and the agent's keys.
+
+    ``gate`` is the self-fencing deadline while the node may write, else None.
+    """
+
+    def call(fn: Callable[[], object]) -> object:
+        if gate is not None and clock() + retry_timeout > gate:
+            raise _Skipped
+        return fn()
+
+    status = LeaseStatus.NONE if lease is None else LeaseStatus.UNCERTAIN
+    answered: float | None = None
+    try:
+        if lease is not None:
+            sent = clock()
+            held = call(lambda: consensus.renew(lease))
+            answered = clock()
+            if held:
+                status, last_renewal = LeaseStatus.HELD, sent
+            else:
+                status = LeaseStatus.LOST
+        else:
+            call(consensus.keepalive)
+            answered = clock()
+        view = call(consensus.view)
+        status_kv = call(lambda: consensus.get(keys.STATUS_KEY))
+        switch_kv = call(lambda: consensus.get(keys.SWITCHOVER_KEY))
+        removed_kvs = call(lambda: consensus.get_prefix(keys.REMOVED_PREFIX))
+        answered = clock()
+    except _Skipped:
+        return StoreReading(
+            status,
+            lease,
+            last_renewal,
+            store_error="not asked: the self-fencing deadline is closer than retry_timeout",
+            answered_at=answered,
+        )
+    except (StoreUnavailableError, HacoreError) as err:
+        return StoreReading(status, lease, last_renewal, store_error=str(err), answered_at=answered)
+    assert isinstance(view, ClusterView)
+    active_status, status_version = _decoded(status_kv, keys.decode_status)
+    switchover, switch_version = _decoded(switch_kv, keys.StoredSwitchover.decode)
+    assert isinstance(removed_kvs, tuple)
+    return StoreReading(
+        status,
+        lease,
+        last_renewal,
+        view=view,
+        active_status=active_status,
+        status_version=status_version,
+        switchover=switchover,
+        switchover_version=switch_version,
+        removed=keys.removed_names(tuple(kv.key for kv in removed_kvs)),
+        answered_at=answered,
+    )
+
+
+def _decoded(kv: object, decode: Callable[[bytes], _T]) -> tuple[_T | None, int]:
+    if kv is None:
+        return None, 0
+    assert isinstance(kv, KeyValue)
+    try:
+        return decode(kv.value), kv.version
+    except HacoreError as err:
+        log.warning("ignoring the %s key: %s", kv.key, err)
+        return None, kv.version
+
+
+class SwitchoverClock:
+    """When this node first saw each switchover request (by the key's version).
+
+    Requests carry another node's wall clock, which cannot be compared with ours; what
+    ``decide`` times is how long *this* agent has known about the request.
+    """
+
+    def __init__(self) -> None:
+        self._version = 0
+        self._seen_at = 0.0
+
+    def request(self, reading: StoreReading, now: float) -> SwitchoverRequest | None:
+        stored = reading.switchover
+        if stored is None:
+            if reading.view is not None:
+                self._version = 0
+            return None
+        if reading.switchover_version != self._version:
+            self._version, self._seen_at = reading.switchover_version, now
+        return SwitchoverRequest(stored.from_node, stored.to_node, self._seen_at)
+
+
+@attrs.frozen
+class DbReading:
+    status: ReplicationStatus
+    initialized: bool
+    token: int | None
+
+
+def read_database(replication: ReplicationBackend) -> DbReading:
+    """The local database's status, whether it holds data, and its fencing token.
+
+    A backend that raises is read as a stopped database: ``decide`` then never treats the
+    node as writable or as a candidate on a reading it did not get.
+    """
+    try:
+        initialized = replication.is_initialized()
+    except HacoreError as err:
+        log.warning("cannot tell whether this node holds a database: %s", err)
+        initialized = True
+    try:
+        status = replication.status()
+    except HacoreError as err:
+        log.warning("cannot read the local database's status: %s", err)
+        status = STOPPED
+    token = None
+    if status.running and status.position is not None:
+        try:
+            token = replication.fencing_token()
+        except Exception as err:  # e.g. a database hacore did not set up
+            log.debug("no fencing token in the local database: %s", err)
+    return DbReading(status, initialized, token)
+
+
+def observation(
+    name: str,
+    now: float,
+    reading: StoreReading,
+    db: DbReading,
+    *,
+    health: HealthReport,
+    switchover: SwitchoverRequest | None,
+    veto_until: float | None,
+    last_renewal: float | None,
+    previous: NodeState,
+    job: Action | None,
+) -> Observation:
+    """Everything ``decide`` gets; a lease that does not stand is not passed on."""
+    holds = reading.lease_status in (LeaseStatus.HELD, LeaseStatus.UNCERTAIN)
+    return Observation(
+        now=now,
+        node_name=name,
+        view=reading.view,
+        db=db.status,
+        initialized=db.initialized,
+        store_error=reading.store_error,
+        lease_status=reading.lease_status,
+        lease=reading.lease if holds else None,
+        last_renewal=last_renewal if holds else None,
+        health=health,
+        removed=name in reading.removed,
+        switchover=switchover,
+        db_token=db.token,
+        veto_until=veto_until,
+        previous=previous,
+        active_status=reading.active_status,
+        needs_rewind=db.status.needs_rewind,
+        job=job,
+    )

@@ -1,0 +1,428 @@
+"""The agent: one loop per node that observes, decides and acts.
+
+Each iteration (docs/agent.md): renew the lease (or keep the session alive), read the view and
+the agent's keys, read the local database, run the health checks, build the Observation, call
+:func:`~hacore.agent.decide.decide`, carry the decision out, publish the member record, update
+the cached snapshot, then wait for the leader key to change, ``loop_wait``, or the
+self-fencing deadline, whichever comes first.
+
+Nothing here keeps state that matters across a crash: everything is read again from the store
+and the database, which is why a killed agent restarted at any point converges.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from hacore import __version__
+from hacore.agent import keys, operations
+from hacore.agent.checks import CheckRunner, LoopFacts, builtin_checks
+from hacore.agent.decide import campaign_blocker, decide
+from hacore.agent.execute import (
+    Backends,
+    Executor,
+    LeaseState,
+    Outcome,
+    ReplicationCredentials,
+)
+from hacore.agent.hooks import HookCaller, NodeLog
+from hacore.agent.jobs import Jobs
+from hacore.agent.observe import (
+    StoreReading,
+    SwitchoverClock,
+    observation,
+    read_database,
+    read_store,
+)
+from hacore.agent.state import Action, Decision, LeaseStatus, NodeState, Observation
+from hacore.agent.support import (
+    LeaderWatch,
+    Membership,
+    build_backends,
+    cluster_json,
+    decision_config,
+    known_members,
+    member_record,
+    plugin_checks,
+    replication_address,
+)
+from hacore.agent.syncrep import SyncStandbys
+from hacore.api.facade import NodeSnapshot
+from hacore.config import NodeConfig
+from hacore.errors import HacoreError, StoreUnavailableError
+from hacore.health import CheckResult
+from hacore.plugins import HacorePlugins
+from hacore.records import ClusterView, Member, NodeRole
+
+log = logging.getLogger("hacore.agent")
+
+_EMPTY_VIEW = ClusterView(leader=None)
+__all__ = ["Agent", "Backends", "ReplicationCredentials"]
+
+
+class Agent:
+    """One node's agent. Thread-safe for the API: ``snapshot()`` and ``cluster()`` only read
+    what the loop last published; the operations talk to the store directly."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        plugins: HacorePlugins,
+        *,
+        backends: Backends | None = None,
+        credentials: ReplicationCredentials | None = None,
+        api_url: str | None = None,
+    ) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.name = config.node.name
+        config.node.data_dir.mkdir(parents=True, exist_ok=True)
+        self.dcfg = decision_config(config)
+        self.backends = backends or build_backends(config, plugins)
+        self.api_url = api_url or f"http://{config.node.host}:{config.node.api_port}"
+        self._credentials = credentials
+        self.hooks = HookCaller(plugins, config)
+        self.log = NodeLog(log, self.name)
+        self.lease = LeaseState()
+        self.jobs = Jobs(self.name, on_done=self.wake)
+        self.state = NodeState.INIT
+        self._address = replication_address(self.backends.replication, config.node.host)
+        self._facts = LoopFacts(self.name)
+        checks = builtin_checks(
+            self._facts,
+            ttl=self.dcfg.ttl,
+            address=self._address,
+            services=self.backends.services,
+            active_only_services=config.services.active_only if config.services else (),
+        )
+        self._checks = CheckRunner(
+            checks + plugin_checks(self.hooks),
+            multiplier=config.checks.check_ttl_multiplier,
+            timeout=config.timing.retry_timeout,
+        )
+        self._results: dict[str, CheckResult] = {}
+        self.executor = Executor(
+            config,
+            self.dcfg,
+            self.backends,
+            hooks=self.hooks,
+            jobs=self.jobs,
+            lease=self.lease,
+            sync=SyncStandbys(self.backends.replication, self.dcfg.synchronous_mode),
+            store_call=self._store_call,
+            credentials=lambda: self._credentials,
+            member=self._member,
+        )
+        self._switch_clock = SwitchoverClock()
+        self._membership = Membership(self.name, self.backends, self.hooks)
+        self._known: dict[str, Member] = {}
+        self._last_decision: tuple[object, ...] | None = None
+        self._last_error = ""
+        self._reading: StoreReading | None = None
+        self._store_ok_at: float | None = None
+        self._snapshot = NodeSnapshot(
+            self.name, __version__, NodeState.INIT, loop_wait=self.dcfg.loop_wait, ttl=self.dcfg.ttl
+        )
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._resign_on_stop = True
+        self._thread: threading.Thread | None = None
+        self._watch = LeaderWatch(self.backends.consensus, self.wake)
+        #: Set when the loop died of an unexpected error (the agent must be restarted).
+        self.died: BaseException | None = None
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def consensus(self) -> Any:
+        return self.backends.consensus
+
+    @property
+    def replication(self) -> Any:
+        return self.backends.replication
+
+    def set_credentials(self, credentials: ReplicationCredentials) -> None:
+        self._credentials = credentials
+
+    def start(self) -> Agent:
+        """Run the loop in a background thread. An agent runs once: its session ends when it
+        stops, so a restart is a new :class:`Agent`."""
+        if self._thread is not None:
+            if self._thread.is_alive():
+                return self
+            raise HacoreError(f"the agent of {self.name} already ran; make a new one to restart")
+        self._thread = threading.Thread(
+            target=self._thread_main, name=f"hacore-agent-{self.name}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, resign: bool = True, timeout: float = 120.0) -> None:
+        """Stop the loop. ``resign``: demote cleanly and release the lease so another node
+        takes over at once; False leaves everything as a crash would (the lease expires)."""
+        self._resign_on_stop = resign
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        if resign:
+            self.jobs.join(timeout)
+
+    def run_forever(self) -> None:
+        """Run the loop in this thread until :meth:`stop`."""
+        self._startup()
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                wait = self._iterate()
+                if wait > 0:
+                    self._wake.wait(wait)
+        finally:
+            self._watch.stop()
+            if self._stop.is_set() and self._resign_on_stop:
+                self._shutdown()
+            self._checks.close()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def snapshot(self) -> NodeSnapshot:
+        """The loop's last snapshot; never "active" past the self-fencing deadline, even when
+        the loop is stuck."""
+        snap = self._snapshot
+        if snap.is_active:
+            deadline = self.lease.deadline(self.dcfg)
+            if deadline is None or time.monotonic() >= deadline:
+                return attrs.evolve(snap, is_active=False)
+        return snap
+
+    def cluster(self) -> dict[str, Any]:
+        return cluster_json(self.config, self._snapshot, self._reading)
+
+    def request_switchover(self, to: str | None = None) -> keys.StoredSwitchover:
+        """Ask the active to hand over (to ``to``, or the best standby); raises the API's
+        errors when it cannot work."""
+        request = operations.request_switchover(
+            self.backends.consensus, to, timeout=self.dcfg.switchover_timeout
+        )
+        self.log.info("switchover requested: %s -> %s", request.from_node, to or "the best standby")
+        self.wake()
+        return request
+
+    def record_bootstrap(self) -> None:
+        """For ``cluster start``, after bootstrapping the database and before :meth:`start`:
+        name this node as the last active in the status key. In synchronous mode nobody may
+        campaign without it."""
+        operations.record_bootstrap(self.backends.consensus, self.backends.replication)
+
+    def mark_removed(self, name: str) -> None:
+        """Write ``removed/<name>``: that node steps down and never campaigns again."""
+        operations.mark_removed(self.backends.consensus, name, by=self.name)
+        self.log.info("node %s marked removed", name)
+
+    def clear_removed(self, name: str) -> None:
+        """Let a removed node (re)join: delete ``removed/<name>``."""
+        self.backends.consensus.delete(keys.removed_key(name))
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        try:
+            self.run_forever()
+        except BaseException as err:
+            self.died = err
+            self.log.critical("the agent loop died: %s: %s", type(err).__name__, err)
+
+    def _startup(self) -> None:
+        store, extras = self.backends.managed_store, self.executor.extras
+        if store is not None and store.data_dir.is_dir() and not store.is_running():
+            extras.safely("starting this node's store server", store.start)
+        extras.start_everywhere()
+        extras.stop_active()  # a node that is not active yet runs no active-only service
+        extras.start_files()
+        self._watch.start()
+        self.log.info("agent started (hacore %s)", __version__)
+
+    def _iterate(self) -> float:
+        try:
+            return self._iterate_once()
+        except HacoreError as err:
+            self._note_error(f"loop iteration failed: {err}")
+        except Exception:
+            self.log.exception("loop iteration failed")
+        return self.dcfg.loop_wait
+
+    def _iterate_once(self) -> float:
+        clock = time.monotonic
+        started = clock()
+        reading = read_store(
+            self.backends.consensus,
+            lease=self.lease.lease,
+            last_renewal=self.lease.last_renewal,
+            gate=self._gate(),
+            retry_timeout=self.dcfg.retry_timeout,
+        )
+        if reading.lease_status is LeaseStatus.LOST:
+            self.log.warning("leadership lost: the store no longer holds this node's leader key")
+            self.lease.drop()
+        elif reading.lease_status is LeaseStatus.HELD:
+            self.lease.last_renewal = reading.last_renewal
+        if reading.answered_at is not None:
+            self._store_ok_at = reading.answered_at
+        if reading.view is not None:
+            self._reading = reading
+        db = read_database(self.backends.replication)
+        view = reading.view
+        self._facts.update(started, db.status, db.initialized, view, self._store_ok_at)
+        self._facts.active = self.state is NodeState.ACTIVE
+        health, self._results = self._checks.run(active=self._facts.active, now=clock())
+        obs = observation(
+            self.name,
+            clock(),
+            reading,
+            db,
+            health=health,
+            switchover=self._switch_clock.request(reading, started),
+            veto_until=self.lease.veto_until,
+            last_renewal=self.lease.last_renewal,
+            previous=self.state,
+            job=self.jobs.running(),
+        )
+        decision = decide(obs, self.dcfg)
+        self._log_decision(decision)
+        if view is not None:
+            self._membership.update(view, reading.removed, initialized=db.initialized)
+        if decision.action not in (Action.STAY_ACTIVE, Action.PROMOTE, Action.NONE):
+            # Load balancers must stop sending traffic before the database is fenced.
+            self._snapshot = attrs.evolve(self._snapshot, is_active=False)
+        outcome = self._execute(decision, obs, reading)
+        old_role, self.state = self.state.role, outcome.state
+        if old_role is not self.state.role:
+            self.hooks.call(
+                "hacore_role_changed", view=view or _EMPTY_VIEW, old=old_role, new=self.state.role
+            )
+        self._publish(obs)
+        leader = self._facts.leader
+        if leader not in (None, self.name) and self.state is not NodeState.PROMOTING:
+            self.executor.extras.files_from(leader)
+        self._snapshot = self._build_snapshot(obs, decision, outcome)
+        return 0.0 if outcome.observe_again else self._wait_time(decision)
+
+    def _execute(self, decision: Decision, obs: Observation, reading: StoreReading) -> Outcome:
+        try:
+            outcome = self.executor.run(decision, obs, reading)
+        except Exception as err:
+            what = f"{decision.action.value} failed: {err}"
+            if not isinstance(err, HacoreError):
+                self.log.exception("%s", what)
+            self._note_error(what)
+            if decision.action is Action.PROMOTE and self.lease.lease is not None:
+                return Outcome(NodeState.PROMOTING)
+            if decision.action is Action.STAY_ACTIVE or obs.previous is NodeState.INIT:
+                return Outcome(decision.next_state)
+            return Outcome(obs.previous)
+        if outcome.error:
+            self._note_error(f"{decision.action.value}: {outcome.error}")
+        else:
+            self._last_error = ""
+        return outcome
+
+    def _gate(self) -> float | None:
+        """The deadline store calls must end by, while the database may write."""
+        return self.lease.deadline(self.dcfg) if self.lease.may_write else None
+
+    def _store_call(self, call: Callable[[], object]) -> object:
+        gate = self._gate()
+        if gate is not None and time.monotonic() + self.dcfg.retry_timeout > gate:
+            raise StoreUnavailableError("not sent: the self-fencing deadline is too close")
+        return call()
+
+    def _wait_time(self, decision: Decision) -> float:
+        wait = self.dcfg.loop_wait
+        now = time.monotonic()
+        for deadline in (decision.deadline, self._gate()):
+            if deadline is not None and deadline > now:
+                wait = min(wait, deadline - now)
+        return wait
+
+    def _member(self, role: NodeRole, obs: Observation) -> Member:
+        return member_record(
+            self.config,
+            role,
+            obs,
+            candidate=campaign_blocker(obs, self.dcfg) is None,
+            api_url=self.api_url,
+            address=self._address,
+            files=self._membership.files_identity(),
+            checks=self._results,
+        )
+
+    def _publish(self, obs: Observation) -> None:
+        member = self._member(self.state.role, obs)
+        try:
+            self._store_call(lambda: self.backends.consensus.publish_member(member))
+        except HacoreError as err:
+            self.log.debug("member record not published: %s", err)
+
+    def _build_snapshot(self, obs: Observation, decision: Decision, out: Outcome) -> NodeSnapshot:
+        leader = self._snapshot.leader if obs.view is None else self._facts.leader
+        if obs.view is not None:
+            self._known = known_members(self._known, obs.view, obs.removed, self.name)
+        lease = self.lease.lease
+        return NodeSnapshot(
+            node_name=self.name,
+            version=__version__,
+            state=self.state,
+            is_active=out.is_active and lease is not None,
+            standby_streaming=self.state is NodeState.STANDBY
+            and leader is not None
+            and obs.db.following == leader,
+            healthy=obs.health.ok,
+            checks=self._results,
+            replication=obs.db,
+            lease_token=lease.token if lease else None,
+            leader=leader,
+            members=tuple(self._known[n] for n in sorted(self._known)),
+            store_ok=obs.view is not None,
+            last_loop_at=time.monotonic(),
+            loop_wait=self.dcfg.loop_wait,
+            ttl=self.dcfg.ttl,
+            reason=self._last_error or decision.reason,
+        )
+
+    def _log_decision(self, decision: Decision) -> None:
+        key = (decision.action, decision.next_state, decision.target)
+        if key != self._last_decision:
+            self.log.info(
+                "%s -> %s: %s",
+                decision.action.value,
+                decision.next_state.value,
+                decision.reason,
+            )
+            self._last_decision = key
+        else:
+            self.log.debug("%s: %s", decision.action.value, decision.reason)
+
+    def _note_error(self, message: str) -> None:
+        """Warn once per distinct error, then only at debug level while it repeats."""
+        if message != self._last_error:
+            self.log.warning("%s", message)
+        else:
+            self.log.debug("%s", message)
+        self._last_error = message
+
+    def _shutdown(self) -> None:
+        """Clean stop: an active demotes and resigns at once; every node ends its session."""
+        view = self._reading.view if self._reading and self._reading.view else _EMPTY_VIEW
+        self.executor.shutdown(view)
+        try:
+            self.backends.consensus.close()
+        except HacoreError as err:
+            self.log.warning("could not end the store session: %s", err)
+        self.log.info("agent stopped")

@@ -1,0 +1,308 @@
+"""What the agent loop needs around it: its backends, the leader watch, the member set.
+
+Kept apart from :mod:`hacore.agent.runtime` so the loop itself reads as the sequence of steps
+it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from hacore import __version__
+from hacore.agent import keys
+from hacore.agent.execute import Backends
+from hacore.agent.hooks import HookCaller, NodeLog
+from hacore.agent.observe import StoreReading
+from hacore.agent.state import DecisionConfig, Observation, SyncMode
+from hacore.api.facade import NodeSnapshot, member_json
+from hacore.config import NodeConfig
+from hacore.consensus import ConsensusBackend, Watcher
+from hacore.errors import ConfigError
+from hacore.health import CheckResult, HealthCheck
+from hacore.plugins import HacorePlugins
+from hacore.records import ClusterView, Member, NodeRole
+from hacore.replication import ReplicationBackend
+
+log = logging.getLogger(__name__)
+
+#: Where each backend keeps its data under ``node.data_dir``.
+REPLICATION_DIR = "replication"
+FILESYNC_DIR = "filesync"
+STORE_DIR = "store"
+
+
+def decision_config(config: NodeConfig) -> DecisionConfig:
+    timing, failover = config.timing, config.failover
+    return DecisionConfig(
+        ttl=timing.ttl,
+        loop_wait=timing.loop_wait,
+        retry_timeout=timing.retry_timeout,
+        safety_margin=timing.safety_margin,
+        synchronous_mode=SyncMode(failover.synchronous_mode),
+        check_fail_fast=config.checks.check_fail_fast,
+        maximum_lag_on_failover=failover.maximum_lag_on_failover,
+        promote_backoff=failover.promote_backoff,
+        switchover_timeout=failover.switchover_timeout,
+        switchover_max_lag=failover.switchover_max_lag,
+    )
+
+
+def build_backends(config: NodeConfig, plugins: HacorePlugins) -> Backends:
+    """Each family's backend, picked by name from the configuration."""
+    registry, node, timing = plugins.registry, config.node, config.timing
+    if config.replication is None:
+        raise ConfigError("the agent needs a replication section (for example backend: postgresql)")
+    section = config.consensus
+    settings: dict[str, Any] = dict(section.settings)
+    managed = None
+    if section.managed:
+        managed = registry.managed_store(section.backend)(
+            settings, name=node.name, host=node.host, data_dir=node.data_dir / STORE_DIR
+        )
+        settings = managed.client_settings()
+    consensus = registry.consensus(section.backend)(
+        settings,
+        namespace=config.cluster.namespace,
+        node_name=node.name,
+        ttl=timing.ttl,
+        retry_timeout=timing.retry_timeout,
+    )
+    replication = registry.replication(config.replication.backend)(
+        config.replication.settings,
+        node_name=node.name,
+        host=node.host,
+        data_dir=node.data_dir / REPLICATION_DIR,
+    )
+    filesync = None
+    if config.filesync is not None:
+        filesync = registry.filesync(config.filesync.backend)(
+            config.filesync.settings,
+            node_name=node.name,
+            host=node.host,
+            data_dir=node.data_dir / FILESYNC_DIR,
+            directories=config.filesync.directories,
+        )
+    services = None
+    if config.services is not None:
+        services = registry.services(config.services.backend)(config.services.settings)
+    return Backends(consensus, replication, filesync, services, managed)
+
+
+def replication_address(replication: ReplicationBackend, host: str) -> tuple[str, int] | None:
+    """Where the other nodes reach this node's database (published in the member record).
+
+    A backend may define ``address() -> (host, port)``; otherwise its ``port`` setting is used.
+    """
+    address = getattr(replication, "address", None)
+    if callable(address):
+        found = address()
+        return (str(found[0]), int(found[1])) if found else None
+    port = replication.settings.get("port")
+    return (host, port) if isinstance(port, int) and not isinstance(port, bool) else None
+
+
+class LeaderWatch:
+    """A thread that wakes the loop as soon as the leader key changes.
+
+    It survives a store outage: a watch that fails is made again once the store answers.
+    """
+
+    def __init__(self, consensus: ConsensusBackend, wake: Callable[[], None]) -> None:
+        self._consensus = consensus
+        self._wake = wake
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="hacore-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5.0)
+
+    def _run(self) -> None:
+        watcher: Watcher | None = None
+        while not self._stop.is_set():
+            if watcher is None:
+                try:
+                    watcher = self._consensus.watch(keys.LEADER_KEY)
+                except Exception as err:
+                    log.debug("leader watch not in force: %s", err)
+                    self._stop.wait(1.0)
+                    continue
+            began = time.monotonic()
+            try:
+                event = watcher.get(1.0)
+            except Exception as err:
+                log.debug("leader watch failed: %s", err)
+                event = None
+            if event is not None:
+                self._wake()
+            elif time.monotonic() - began < 0.5:
+                # A closed or broken watch answers at once: make a new one, without spinning.
+                with contextlib.suppress(Exception):
+                    watcher.close()
+                watcher = None
+                self._stop.wait(0.5)
+        if watcher is not None:
+            with contextlib.suppress(Exception):
+                watcher.close()
+
+
+class Membership:
+    """Tracks the member set between loops: the membership hook, database access, file peers."""
+
+    def __init__(self, name: str, backends: Backends, hooks: HookCaller) -> None:
+        self.name = name
+        self.log = NodeLog(log, name)
+        self.backends = backends
+        self.hooks = hooks
+        self._seen: dict[str, Member] | None = None
+        self._allowed: dict[str, str] = {}
+        self._peers: dict[str, Any] | None = None
+        self._identity: dict[str, Any] | None = None
+
+    def files_identity(self) -> dict[str, Any] | None:
+        fs = self.backends.filesync
+        if fs is not None and self._identity is None:
+            try:
+                self._identity = fs.identity()
+            except Exception as err:
+                self.log.debug("file sync identity not available yet: %s", err)
+        return self._identity
+
+    def update(self, view: ClusterView, removed: Iterable[str], *, initialized: bool) -> None:
+        """Report changes to the plugins; once there is a database, let every member in."""
+        current = {m.name: m for m in view.members}
+        previous = self._seen if self._seen is not None else {}
+        added = tuple(m for n, m in current.items() if n not in previous)
+        gone = tuple(m for n, m in previous.items() if n not in current)
+        self._seen = current
+        if added or gone:
+            self.log.info(
+                "members changed: +%s -%s",
+                ",".join(m.name for m in added) or "none",
+                ",".join(m.name for m in gone) or "none",
+            )
+            self.hooks.call("hacore_membership_changed", view=view, added=added, removed=gone)
+        dropped = set(removed)
+        for member in view.members if initialized else ():
+            if member.name == self.name or member.name in dropped or not member.host:
+                continue
+            if self._allowed.get(member.name) != member.host:
+                try:
+                    self.backends.replication.allow_member(member.name, member.host)
+                except Exception as err:
+                    self.log.warning("could not let %s reach this database: %s", member.name, err)
+                    continue
+                self._allowed[member.name] = member.host
+        fs = self.backends.filesync
+        peers = {
+            m.name: m.extra["filesync"]
+            for m in view.members
+            if m.name != self.name and m.name not in dropped and "filesync" in m.extra
+        }
+        if fs is not None and peers != self._peers:
+            try:
+                fs.set_peers(peers)
+                self._peers = peers
+            except Exception as err:
+                self.log.warning("could not update the file sync peers: %s", err)
+
+
+def known_members(
+    known: dict[str, Member], view: ClusterView, removed: bool, me: str
+) -> dict[str, Member]:
+    """Every node seen so far: live records as they are, vanished ones as unknown/unhealthy."""
+    result = {m.name: m for m in view.members}
+    for name, member in known.items():
+        if name not in result:
+            result[name] = attrs.evolve(member, role=NodeRole.UNKNOWN, healthy=False)
+    if removed:
+        result.pop(me, None)
+    return result
+
+
+def cluster_json(
+    config: NodeConfig, snap: NodeSnapshot, reading: StoreReading | None
+) -> dict[str, Any]:
+    """``GET /cluster``, from what the loop last read (no store round trip)."""
+    data: dict[str, Any] = {
+        "cluster": config.cluster.name,
+        "namespace": config.cluster.namespace,
+        "leader": snap.leader,
+        "store_ok": snap.store_ok,
+        "members": [member_json(m, snap) for m in snap.members],
+        "status": None,
+        "switchover": None,
+        "removed": [],
+    }
+    if reading is not None:
+        removed = set(reading.removed)
+        data["members"] = [m for m in data["members"] if m["name"] not in removed]
+        data["removed"] = sorted(removed)
+        status = reading.active_status
+        if status is not None:
+            data["status"] = {
+                "name": status.name,
+                "position": status.position,
+                "timeline": status.timeline,
+                "sync_standbys": sorted(status.sync_standbys),
+            }
+        request = reading.switchover
+        if request is not None:
+            data["switchover"] = {"from": request.from_node, "to": request.to_node}
+    return data
+
+
+def member_record(
+    config: NodeConfig,
+    role: NodeRole,
+    obs: Observation,
+    *,
+    candidate: bool,
+    api_url: str,
+    address: tuple[str, int] | None,
+    files: dict[str, Any] | None,
+    checks: Mapping[str, CheckResult],
+) -> Member:
+    """This node's record in the store; ``extra`` says whether it campaigns and where others
+    reach its database and files."""
+    extra: dict[str, Any] = {"candidate": candidate}
+    if address is not None:
+        extra["replication"] = {"host": address[0], "port": address[1]}
+    if files is not None:
+        extra["filesync"] = files
+    return Member(
+        name=config.node.name,
+        api_url=api_url,
+        host=config.node.host,
+        role=role,
+        healthy=obs.health.ok,
+        position=obs.db.position,
+        timeline=obs.db.timeline,
+        version=__version__,
+        checks={n: {"ok": r.ok, "detail": r.detail} for n, r in checks.items()},
+        extra=extra,
+    )
+
+
+def plugin_checks(hooks: HookCaller) -> list[HealthCheck]:
+    """The checks every plugin adds (``hacore_health_checks``)."""
+    found: list[HealthCheck] = []
+    for plugin, checks in hooks.call("hacore_health_checks"):
+        if not isinstance(checks, list) or not all(isinstance(c, HealthCheck) for c in checks):
+            hooks.log.error("%s's hacore_health_checks did not return a list of checks", plugin)
+            continue
+        found.extend(checks)
+    return found
