@@ -6,15 +6,23 @@ persistent recursive watches; the managed store runs ``java`` with ZooKeeper's j
 
 from __future__ import annotations
 
+import logging
+
 from hacore.hookspecs import hookimpl
 from hacore.plugins import BackendRegistry
+
+log = logging.getLogger(__name__)
 
 
 @hookimpl
 def hacore_register_backends(registry: BackendRegistry) -> None:
-    from hacore_plugins.zookeeper.backend import ZooKeeperConsensus
-    from hacore_plugins.zookeeper.managed import ZooKeeperManagedStore
-
+    """Register the backend, the managed store and the test harness (when kazoo is installed)."""
+    try:
+        from hacore_plugins.zookeeper.backend import ZooKeeperConsensus
+        from hacore_plugins.zookeeper.managed import ZooKeeperManagedStore
+    except ImportError as exc:
+        log.warning("zookeeper backend not available (%s): pip install 'hacore[zookeeper]'", exc)
+        return
     registry.add_consensus("zookeeper", ZooKeeperConsensus)
     registry.add_managed_store("zookeeper", ZooKeeperManagedStore)
     registry.add_test_harness("zookeeper", "hacore.testing.zookeeper:ZooKeeperHarness")

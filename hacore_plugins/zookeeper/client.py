@@ -1,0 +1,90 @@
+"""A kazoo client that also speaks ZooKeeper 3.6 persistent recursive watches.
+
+kazoo 2.11 only has one-shot watches, which lose every change made between an event and the
+next read. ZooKeeper 3.6+ can keep a watch on a whole subtree and report every change in the
+order it was applied (``addWatch``, opcode 106); this module adds that request and routes its
+events, in the connection thread, to one callback. It also records the session timeout the
+servers granted, which kazoo does not keep.
+
+ZooKeeper keeps watches per connection: after kazoo reconnects (to any server) the watch is
+gone and must be added again by the owner of the callback.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.protocol.connection import ConnectionHandler
+from kazoo.protocol.serialization import Watch, int_struct, write_string
+
+PERSISTENT_RECURSIVE = 1
+
+#: ``(event type, path)`` with kazoo's numeric event types: 1 created, 2 deleted, 3 changed.
+EventCallback = Callable[[int, str], None]
+
+
+class AddWatch(namedtuple("AddWatch", "path mode on_added")):
+    """``addWatch`` request; ``on_added`` runs in the connection thread before the reply is
+    handed back, so no event that follows the reply can be missed by it."""
+
+    type = 106
+
+    def serialize(self) -> bytes:
+        return bytes(write_string(self.path) + int_struct.pack(self.mode))
+
+    @classmethod
+    def deserialize(cls, buffer: bytes, offset: int) -> bool:
+        return True
+
+
+class _Connection(ConnectionHandler):  # type: ignore[misc]
+    client: PersistentWatchClient
+
+    def _connect(self, host: str, hostip: str, port: int) -> tuple[float, float]:
+        read_timeout, connect_timeout = super()._connect(host, hostip, port)
+        # kazoo derives its read timeout as 2/3 of the negotiated session timeout (ms).
+        self.client.negotiated_timeout = round(read_timeout * 1.5) / 1000.0
+        return read_timeout, connect_timeout
+
+    def _read_watch_event(self, buffer: bytes, offset: int) -> None:
+        watch, _ = Watch.deserialize(buffer, offset)
+        callback = self.client.persistent_callback
+        if callback is not None and watch.path is not None:
+            callback(watch.type, watch.path)
+        super()._read_watch_event(buffer, offset)
+
+    def _read_response(self, header: Any, buffer: bytes, offset: int) -> Any:
+        pending = self.client._pending
+        request = pending[0][0] if pending else None
+        if isinstance(request, AddWatch) and not header.err and request.on_added is not None:
+            request.on_added()
+        return super()._read_response(header, buffer, offset)
+
+
+class PersistentWatchClient(KazooClient):  # type: ignore[misc]
+    """KazooClient plus :meth:`add_recursive_watch_async` and :attr:`negotiated_timeout`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._connection = _Connection(self, self._conn_retry.copy(), logger=self.logger)
+        #: seconds granted by the server at the last (re)connection, None before the first
+        self.negotiated_timeout: float | None = None
+        #: receives every event of every persistent recursive watch of this client
+        self.persistent_callback: EventCallback | None = None
+
+    @property
+    def session_id(self) -> int | None:
+        """The current session id, or None while there is none."""
+        sid = self._session_id
+        return int(sid) if sid else None
+
+    def add_recursive_watch_async(
+        self, path: str, on_added: Callable[[], None] | None = None
+    ) -> Any:
+        """Watch ``path`` and everything under it until the connection drops."""
+        result = self.handler.async_result()
+        self._call(AddWatch(path, PERSISTENT_RECURSIVE, on_added), result)
+        return result

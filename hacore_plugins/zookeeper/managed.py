@@ -1,0 +1,569 @@
+"""This node's own ZooKeeper server, grown and shrunk by dynamic reconfiguration.
+
+Settings::
+
+    managed_store:
+      client_port: 2181
+      peer_port: 2888
+      election_port: 3888
+      server_id: 1           # optional; bootstrap uses 1, join takes the id add_member assigns
+      tick_time_ms: 250      # optional; sessions of 2 ticks to 60 s are granted
+      jvm_options: [-Xmx256m, -XX:+UseSerialGC]   # optional
+
+A :class:`~hacore.records.StoreMember`'s ``peer_url`` is ``host:peer_port:election_port`` and
+its ``client_url`` ``host:client_port``.
+
+Files in ``data_dir``: ``zoo.cfg`` (regenerated before each start), ``zoo.cfg.dynamic*``
+(the ensemble; ZooKeeper writes a new one after every reconfig), ``data/`` (snapshots, logs,
+``myid``), ``zookeeper.log``, ``zookeeper.pid`` and ``hacore-zookeeper.json`` (0600: this
+server's name, id and the ensemble's superuser password).
+
+Reconfiguration needs the ZooKeeper superuser. ``bootstrap`` makes a random password; the
+server knows only its digest; ``add_member`` hands the password to the newcomer in its join
+spec (which therefore travels only over the authenticated agent API). Server ids are unique
+and never reused (a removed server still running must not pass for a new one): the znode
+``/hacore-zookeeper/servers`` holds ``{"names": {name: id}, "next_id": n}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+from kazoo.client import KazooClient
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionLoss,
+    KazooException,
+    NewConfigNoQuorumError,
+    NodeExistsError,
+    NoNodeError,
+    ReconfigInProcessError,
+    SessionExpiredError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.retry import KazooRetry
+from kazoo.security import make_acl, make_digest_acl_credential
+
+from hacore.consensus import ManagedStore
+from hacore.errors import ConfigError, ManagedStoreError
+from hacore.process import DetachedProcess
+from hacore.records import StoreMember
+from hacore_plugins.zookeeper import server as zk
+
+NAMES_PATH = "/hacore-zookeeper/servers"
+STATE_FILE = "hacore-zookeeper.json"
+SUPERUSER = "super"
+#: JVM start and ensemble changes on a busy machine
+START_TIMEOUT = 120.0
+OPERATION_TIMEOUT = 60.0
+_PORT_KEYS = ("client_port", "peer_port", "election_port")
+_KNOWN_KEYS = (*_PORT_KEYS, "server_id", "jvm_options", "tick_time_ms")
+_TRANSIENT = (
+    ConnectionLoss,
+    SessionExpiredError,
+    KazooTimeoutError,
+    NewConfigNoQuorumError,
+    ReconfigInProcessError,
+)
+
+
+@attrs.frozen
+class ManagedSettings:
+    client_port: int
+    peer_port: int
+    election_port: int
+    server_id: int | None = None
+    jvm_options: tuple[str, ...] = zk.DEFAULT_JVM_OPTIONS
+    tick_time_ms: int = 250
+
+    @classmethod
+    def parse(cls, settings: Mapping[str, Any]) -> ManagedSettings:
+        unknown = sorted(set(settings) - set(_KNOWN_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"unknown zookeeper managed store setting(s) {', '.join(unknown)}; "
+                f"known: {', '.join(_KNOWN_KEYS)}"
+            )
+        ports = {}
+        for key in _PORT_KEYS:
+            value = settings.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+                raise ConfigError(f"zookeeper managed store setting {key} must be a port number")
+            ports[key] = value
+        if len(set(ports.values())) != len(ports):
+            raise ConfigError("zookeeper managed store ports must all differ")
+        server_id = settings.get("server_id")
+        if server_id is not None and (not isinstance(server_id, int) or server_id < 1):
+            raise ConfigError(
+                "zookeeper managed store setting server_id must be a positive integer"
+            )
+        jvm = settings.get("jvm_options", zk.DEFAULT_JVM_OPTIONS)
+        if isinstance(jvm, str) or not all(isinstance(opt, str) for opt in jvm):
+            raise ConfigError(
+                "zookeeper managed store setting jvm_options must be a list of strings"
+            )
+        tick = settings.get("tick_time_ms", 250)
+        if not isinstance(tick, int) or not 50 <= tick <= 10_000:
+            raise ConfigError("zookeeper managed store setting tick_time_ms must be 50..10000")
+        return cls(**ports, server_id=server_id, jvm_options=tuple(jvm), tick_time_ms=tick)
+
+
+@attrs.frozen
+class _State:
+    name: str
+    server_id: int
+    password: str = attrs.field(repr=False)
+
+
+class ZooKeeperManagedStore(ManagedStore):
+    def __init__(
+        self, settings: Mapping[str, Any], *, name: str, host: str, data_dir: Path
+    ) -> None:
+        super().__init__(settings, name=name, host=host, data_dir=data_dir)
+        self.config = ManagedSettings.parse(settings)
+        java = zk.java_executable() or "java"
+        self._process = DetachedProcess(
+            f"ZooKeeper server of {name}",
+            log_path=self.data_dir / "zookeeper.log",
+            pid_path=self.data_dir / "zookeeper.pid",
+            executable_name=os.path.basename(java),
+        )
+        self._launched = False
+
+    # -- identity and local files ------------------------------------------------------------
+
+    @property
+    def client_address(self) -> str:
+        return f"{self.host}:{self.config.client_port}"
+
+    def identity(self) -> StoreMember:
+        return StoreMember(
+            name=self.name,
+            peer_url=f"{self.host}:{self.config.peer_port}:{self.config.election_port}",
+            client_url=self.client_address,
+            healthy=self.is_running(),
+        )
+
+    def _entry(self, server_id: int) -> zk.ServerEntry:
+        return zk.ServerEntry(
+            server_id=server_id,
+            host=self.host,
+            peer_port=self.config.peer_port,
+            election_port=self.config.election_port,
+            client_port=self.config.client_port,
+            client_host=self.host,
+        )
+
+    def _limits(self, tick_ms: int | None = None) -> zk.ServerLimits:
+        tick = tick_ms or self.config.tick_time_ms
+        return zk.ServerLimits(tick_ms=tick, min_session_ms=2 * tick, max_session_ms=60_000)
+
+    def _state(self) -> _State | None:
+        try:
+            data = json.loads((self.data_dir / STATE_FILE).read_text())
+            return _State(data["name"], int(data["server_id"]), data["password"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ManagedStoreError(f"unreadable {self.data_dir / STATE_FILE}: {exc}") from exc
+
+    def _require_state(self) -> _State:
+        state = self._state()
+        if state is None:
+            raise ManagedStoreError(
+                f"no ZooKeeper server was bootstrapped or joined in {self.data_dir}"
+            )
+        return state
+
+    def _write_state(self, state: _State, tick_ms: int) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump({**attrs.asdict(state), "tick_time_ms": tick_ms}, out)
+        tmp.replace(path)
+
+    def _saved_tick(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return int(json.loads((self.data_dir / STATE_FILE).read_text())["tick_time_ms"])
+        return None
+
+    def _refuse_non_empty(self, action: str) -> None:
+        if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            raise ManagedStoreError(
+                f"refusing to {action}: {self.data_dir} is not empty (it holds another "
+                f"ZooKeeper server's data); empty it or choose another data_dir"
+            )
+
+    def _local_config(self) -> zk.DynamicConfig | None:
+        path = zk.newest_dynamic_file(self.data_dir)
+        return zk.DynamicConfig.parse(path.read_text()) if path else None
+
+    # -- the process -------------------------------------------------------------------------
+
+    def _launch(self, state: _State) -> None:
+        dynamic = zk.newest_dynamic_file(self.data_dir)
+        if dynamic is None:
+            raise ManagedStoreError(f"no ZooKeeper dynamic configuration in {self.data_dir}")
+        static = zk.write_static_config(
+            self.data_dir,
+            data_dir=self.data_dir / "data",
+            dynamic_file=dynamic,
+            limits=self._limits(self._saved_tick()),
+        )
+        digest = make_digest_acl_credential(SUPERUSER, state.password)
+        argv = zk.server_argv(
+            static,
+            jvm_options=self.config.jvm_options,
+            system_properties={"zookeeper.DigestAuthenticationProvider.superDigest": digest},
+        )
+        self._process.start(argv, cwd=self.data_dir)
+        self._launched = True
+
+    def _exited(self) -> bool:
+        # Right after exec /proc/<pid>/cmdline can be empty, so DetachedProcess.running()
+        # may briefly say no: the exit status of a server started here is the surer sign.
+        code = self._process.exit_code()
+        return code is not None if self._launched else not self._process.running()
+
+    def _wait_until(self, ready: Any, what: str, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if self._exited():
+                raise ManagedStoreError(
+                    f"the ZooKeeper server of {self.name} exited while {what}:\n"
+                    f"{self._process.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise ManagedStoreError(
+                    f"the ZooKeeper server of {self.name} was not {what} after {timeout:g}s:\n"
+                    f"{self._process.log_tail()}"
+                )
+            time.sleep(0.2)
+
+    def start(self) -> None:
+        state = self._require_state()
+        if self._process.running():
+            return
+        self._launch(state)
+        self._wait_until(lambda: zk.answers(self.client_address), "listening")
+
+    def stop(self) -> None:
+        self._process.stop()
+
+    def is_running(self) -> bool:
+        return self._process.running()
+
+    def client_settings(self) -> dict[str, Any]:
+        config = self._local_config()
+        hosts = config.client_addresses() if config else [self.client_address]
+        return {"hosts": hosts}
+
+    # -- forming the ensemble ----------------------------------------------------------------
+
+    def bootstrap(self) -> StoreMember:
+        self._refuse_non_empty("bootstrap a new ZooKeeper ensemble")
+        server_id = self.config.server_id or 1
+        state = _State(self.name, server_id, secrets.token_urlsafe(24))
+        try:
+            self._write_state(state, self.config.tick_time_ms)
+            zk.write_myid(self.data_dir / "data", server_id)
+            config = zk.DynamicConfig((self._entry(server_id),))
+            (self.data_dir / zk.DYNAMIC_FILE).write_text(config.render())
+            self._launch(state)
+            self._wait_until(lambda: zk.server_mode(self.client_address) == "leader", "serving")
+            with _admin([self.client_address], state.password) as admin:
+                admin.save(_Registry({self.name: server_id}, server_id + 1, None))
+        except Exception as exc:
+            self._undo("bootstrap", exc)
+        return self.identity()
+
+    def add_member(self, member: StoreMember) -> dict[str, Any]:
+        state = self._require_state()
+        entry = _entry_of(member, 0)
+        with _admin(self._admin_hosts(), state.password) as admin:
+            while True:
+                config = admin.config()
+                registry = admin.registry()
+                known = registry.names.get(member.name)
+                # Ids are never reused: a removed server still running must not pass for a new one.
+                server_id = known or max(
+                    [registry.next_id, *(s.server_id + 1 for s in config.servers)]
+                )
+                for other in config.servers:
+                    clash = other.peer_address == entry.peer_address or (
+                        other.client_address == entry.client_address
+                    )
+                    if clash and other.server_id != server_id:
+                        raise ManagedStoreError(
+                            f"{member.name} uses the addresses of ZooKeeper server "
+                            f"{other.server_id} ({other.line()})"
+                        )
+                if known is not None or admin.save(registry.with_name(member.name, server_id)):
+                    break
+        return {
+            "name": member.name,
+            "server_id": server_id,
+            "servers": [
+                server.line() for server in config.servers if server.server_id != server_id
+            ],
+            "config_version": config.version,
+            "tick_time_ms": self._saved_tick() or self.config.tick_time_ms,
+            "super_password": state.password,
+        }
+
+    def join(self, spec: Mapping[str, Any]) -> StoreMember:
+        try:
+            server_id = int(spec["server_id"])
+            servers = [zk.ServerEntry.parse(line) for line in spec["servers"]]
+            password = str(spec["super_password"])
+            tick = int(spec.get("tick_time_ms") or self.config.tick_time_ms)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManagedStoreError(f"not a ZooKeeper join spec: {exc}") from exc
+        if spec.get("name", self.name) != self.name:
+            raise ManagedStoreError(f"this join spec is for {spec['name']}, not {self.name}")
+        if not servers:
+            raise ManagedStoreError("the join spec lists no ZooKeeper server to join")
+        state = _State(self.name, server_id, password)
+        me = self._entry(server_id)
+        resuming = self._state() == state
+        if not resuming:
+            self._refuse_non_empty("join a ZooKeeper ensemble")
+        try:
+            if not resuming:
+                self._write_state(state, tick)
+                zk.write_myid(self.data_dir / "data", server_id)
+                config = zk.DynamicConfig((*servers, me))
+                (self.data_dir / zk.DYNAMIC_FILE).write_text(config.render())
+            if not self._process.running():
+                self._launch(state)
+            self._wait_until(lambda: zk.server_mode(self.client_address) is not None, "serving")
+            with _admin([s.client_address for s in servers], password) as admin:
+                admin.reconfig_until(lambda cfg: cfg.server(server_id) == me, joining=me.line())
+            with _admin([self.client_address], password) as admin:
+                # Our own server must see itself as a voter before we call the join done.
+                self._wait_until(lambda: admin.sees(me), "a voting member", OPERATION_TIMEOUT)
+        except Exception as exc:
+            if resuming:
+                raise ManagedStoreError(f"joining the ZooKeeper ensemble failed: {exc}") from exc
+            self._undo("join the ZooKeeper ensemble", exc)
+        return self.identity()
+
+    def _undo(self, action: str, exc: Exception) -> None:
+        """Leave the node as it was: no server, an empty data directory."""
+        tail = self._process.log_tail()
+        with contextlib.suppress(Exception):
+            self._process.stop()
+        if self.data_dir.exists():
+            for child in self.data_dir.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        detail = f"\n{tail}" if tail else ""
+        raise ManagedStoreError(f"could not {action}: {exc}{detail}") from exc
+
+    def remove_member(self, name: str) -> None:
+        state = self._require_state()
+        with _admin(self._admin_hosts(), state.password) as admin:
+            server_id = admin.registry().names.get(name)
+            if server_id is None:
+                return
+            config = admin.config()
+            if config.server(server_id) is not None:
+                if len(config.servers) == 1:
+                    raise ManagedStoreError(
+                        f"{name} is the only ZooKeeper server: it cannot be removed"
+                    )
+                # Removing the leader drops every connection: reconfig_until reconnects and
+                # checks whether the change went through before trying again.
+                admin.reconfig_until(
+                    lambda cfg: cfg.server(server_id) is None, leaving=str(server_id)
+                )
+            admin.forget_name(name)
+        if name == self.name:
+            self.stop()
+
+    def members(self) -> tuple[StoreMember, ...]:
+        state = self._require_state()
+        with _admin(self._admin_hosts(), state.password) as admin:
+            config = admin.config()
+            names = admin.registry().names
+        by_id = {server_id: name for name, server_id in names.items()}
+        return tuple(
+            StoreMember(
+                name=by_id.get(server.server_id, f"server.{server.server_id}"),
+                peer_url=server.peer_address,
+                client_url=server.client_address,
+                voting=server.role == "participant",
+                healthy=zk.server_mode(server.client_address, timeout=0.5) is not None,
+            )
+            for server in config.servers
+        )
+
+    def _admin_hosts(self) -> list[str]:
+        config = self._local_config()
+        hosts = config.client_addresses() if config else []
+        return hosts or [self.client_address]
+
+
+def _entry_of(member: StoreMember, server_id: int) -> zk.ServerEntry:
+    try:
+        host, peer, election = member.peer_url.rsplit(":", 2)
+        client_host, client_port = member.client_url.rsplit(":", 1)
+        return zk.ServerEntry(
+            server_id=server_id,
+            host=host,
+            peer_port=int(peer),
+            election_port=int(election),
+            client_port=int(client_port),
+            client_host=client_host,
+        )
+    except ValueError:
+        raise ManagedStoreError(
+            f"{member.name}: a ZooKeeper peer_url is host:peer_port:election_port and a "
+            f"client_url host:port, not {member.peer_url!r} / {member.client_url!r}"
+        ) from None
+
+
+@attrs.frozen
+class _Registry:
+    """Server names and ids, in the znode ``NAMES_PATH``; ``version`` is the znode's."""
+
+    names: dict[str, int]
+    next_id: int
+    version: int | None
+
+    def with_name(self, name: str, server_id: int) -> _Registry:
+        names = {**self.names, name: server_id}
+        return _Registry(names, max(self.next_id, server_id + 1), self.version)
+
+    def without(self, name: str) -> _Registry:
+        names = {k: v for k, v in self.names.items() if k != name}
+        return _Registry(names, self.next_id, self.version)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"names": self.names, "next_id": self.next_id}, sort_keys=True).encode()
+
+
+class _Admin:
+    """A superuser session for reconfiguration, every call bounded in time."""
+
+    def __init__(self, client: KazooClient, timeout: float) -> None:
+        self.client = client
+        self.timeout = timeout
+
+    def _call(self, start: Callable[[], Any]) -> Any:
+        """``start()`` an async request and wait for it; issued again after a lost connection
+        (which reconfigs cause), so only for requests that are safe to repeat."""
+        deadline = time.monotonic() + OPERATION_TIMEOUT
+        while True:
+            try:
+                return start().get(timeout=self.timeout)
+            except (ConnectionLoss, SessionExpiredError, KazooTimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def config(self) -> zk.DynamicConfig:
+        self._call(lambda: self.client.sync_async("/zookeeper/config"))
+        data, _ = self._call(lambda: self.client.get_async("/zookeeper/config"))
+        return zk.DynamicConfig.parse(data.decode())
+
+    def sees(self, entry: zk.ServerEntry) -> bool:
+        try:
+            return self.config().server(entry.server_id) == entry
+        except _TRANSIENT:
+            return False
+
+    def registry(self) -> _Registry:
+        try:
+            data, stat = self._call(lambda: self.client.get_async(NAMES_PATH))
+        except NoNodeError:
+            return _Registry({}, 1, None)
+        raw = json.loads(data or b"{}")
+        names = {str(k): int(v) for k, v in raw.get("names", {}).items()}
+        return _Registry(names, int(raw.get("next_id", 1)), stat.version)
+
+    def save(self, registry: _Registry) -> bool:
+        """Compare-and-set of the registry; False when someone else changed it first."""
+        data = registry.to_bytes()
+        acl = [make_acl("world", "anyone", read=True)]
+        # Repeating a write whose answer was lost is safe here: it then fails its version
+        # check, and every caller re-reads the registry before trying again.
+        try:
+            if registry.version is None:
+                self._call(
+                    lambda: self.client.create_async(NAMES_PATH, data, acl=acl, makepath=True)
+                )
+            else:
+                self._call(lambda: self.client.set_async(NAMES_PATH, data, registry.version))
+        except (NodeExistsError, BadVersionError):
+            return False
+        return True
+
+    def forget_name(self, name: str) -> None:
+        while True:
+            registry = self.registry()
+            if name not in registry.names or self.save(registry.without(name)):
+                return
+
+    def reconfig_until(
+        self, done: Any, *, joining: str | None = None, leaving: str | None = None
+    ) -> None:
+        deadline = time.monotonic() + OPERATION_TIMEOUT
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                if done(self.config()):
+                    return
+                self.client.reconfig_async(joining, leaving, None, -1).get(timeout=self.timeout)
+            except _TRANSIENT as exc:
+                last = exc
+                time.sleep(0.3)
+        raise ManagedStoreError(
+            f"ZooKeeper reconfig (joining={joining}, leaving={leaving}) did not take effect "
+            f"within {OPERATION_TIMEOUT:g}s: {last!r}"
+        )
+
+
+@contextlib.contextmanager
+def _admin(hosts: list[str], password: str) -> Iterator[_Admin]:
+    client = KazooClient(
+        hosts=",".join(hosts),
+        timeout=10.0,
+        auth_data=[("digest", f"{SUPERUSER}:{password}")],
+        connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=1.5, max_delay=1.0),
+        command_retry=KazooRetry(max_tries=0),
+    )
+    try:
+        client.start(timeout=OPERATION_TIMEOUT)
+    except KazooTimeoutError:
+        raise ManagedStoreError(
+            f"no ZooKeeper server of {', '.join(hosts)} answered within {OPERATION_TIMEOUT:g}s"
+        ) from None
+    try:
+        yield _Admin(client, OPERATION_TIMEOUT / 4)
+    except (KazooException, KazooTimeoutError) as exc:
+        raise ManagedStoreError(f"ZooKeeper did not carry out the change: {exc!r}") from exc
+    finally:
+        stopper = threading.Thread(target=_stop, args=(client,), daemon=True)
+        stopper.start()
+        stopper.join(5.0)
+
+
+def _stop(client: KazooClient) -> None:
+    with contextlib.suppress(Exception):
+        client.stop()
+        client.close()
