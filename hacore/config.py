@@ -76,6 +76,9 @@ class CheckSettings:
     check_ttl_multiplier: float = 1
     #: True: the first failing check makes the node unhealthy at once, without waiting for TTLs
     check_fail_fast: bool = True
+    #: seconds after a promotion during which failing active-only checks are not held against
+    #: the new active (its active-only services are still starting); 0: no grace
+    active_grace: float = 10.0
 
 
 @attrs.frozen
@@ -166,7 +169,7 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "cluster": ("name", "namespace"),
     "node": ("name", "host", "api_port", "data_dir"),
     "timing": ("ttl", "loop_wait", "retry_timeout", "safety_margin"),
-    "checks": ("check_ttl_multiplier", "check_fail_fast"),
+    "checks": ("check_ttl_multiplier", "check_fail_fast", "active_grace"),
     "failover": (
         "synchronous_mode",
         "maximum_lag_on_failover",
@@ -303,6 +306,7 @@ def _build(raw: Mapping[str, Any], context: str) -> NodeConfig:
             "check_ttl_multiplier", 1, what="a number > 0 (check TTLs are multiplied by it)"
         ),
         check_fail_fast=checks_s.boolean("check_fail_fast", True),
+        active_grace=_active_grace(checks_s),
     )
 
     failover = _failover(section("failover"))
@@ -364,6 +368,18 @@ def _timing(sec: Section) -> TimingSettings:
             "or lower the others"
         )
     return timing
+
+
+def _active_grace(sec: Section) -> float:
+    value = sec.raw.get("active_grace")
+    if value is None:
+        return CheckSettings().active_grace
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not 0 <= value < float("inf"):
+        sec.fail(
+            f"{sec.where('active_grace')} must be a number of seconds >= 0 (got {show(value)})"
+        )
+    return float(value)
 
 
 def _failover(sec: Section) -> FailoverSettings:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import enum
 import json
-from types import MappingProxyType
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import attrs

@@ -15,6 +15,8 @@ from typing import Any
 
 import attrs
 
+from hacore.errors import ReplicationError
+
 #: ``progress(done, total)`` in bytes; ``total`` is 0 when unknown.
 ProgressCallback = Callable[[int, int], None]
 
@@ -71,6 +73,21 @@ class ReplicationBackend(abc.ABC):
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> None:
         """Raise :class:`~hacore.errors.ConfigError` when ``settings`` cannot work."""
+
+    def address(self) -> tuple[str, int]:
+        """Where the other nodes reach the local database: ``(host, port)``.
+
+        Published in the member record: standbys stream from it and the agent's health check
+        connects to it. The default is the node's host and an integer ``port`` setting; a
+        backend whose port has a default or lives elsewhere overrides it.
+        """
+        port = self.settings.get("port")
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise ReplicationError(
+                f"{type(self).__name__} has no integer 'port' setting: it must implement "
+                "address() to say where the other nodes reach its database"
+            )
+        return (self.host, port)
 
     @abc.abstractmethod
     def is_initialized(self) -> bool:

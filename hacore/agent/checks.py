@@ -10,6 +10,11 @@ A check's result is valid for ``check.ttl * check_ttl_multiplier`` seconds; one 
 passed within that time is *expired*. *Failing* means its last run failed. ``decide`` makes a
 standby with either ineligible, and makes the active step down on an expired check (or on a
 failing one with ``check_fail_fast``).
+
+Active-only checks start running when the node becomes active, while the services they look at
+are still starting: for ``active_grace`` seconds after that, a failing active-only check is
+shown (with the time left) but counts neither as failing nor as expired, or
+``check_fail_fast`` would undo every promotion on its first loop.
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ class DatabaseListening(_FactCheck):
 
     name = "database_listening"
 
-    def __init__(self, facts: LoopFacts, ttl: float, address: tuple[str, int] | None) -> None:
+    def __init__(self, facts: LoopFacts, ttl: float, address: tuple[str, int]) -> None:
         super().__init__(facts, ttl)
         self.address = address
 
@@ -82,8 +87,6 @@ class DatabaseListening(_FactCheck):
             return CheckResult(False, "no database on this node yet")
         if not self.facts.db.running:
             return CheckResult(False, "the database is not running")
-        if self.address is None:
-            return CheckResult(True, "running")
         host, port = self.address
         try:
             with socket.create_connection((host, port), timeout=1.0):
@@ -189,7 +192,7 @@ def builtin_checks(
     facts: LoopFacts,
     *,
     ttl: float,
-    address: tuple[str, int] | None,
+    address: tuple[str, int],
     services: ServiceBackend | None,
     active_only_services: Sequence[str],
 ) -> list[HealthCheck]:
@@ -218,7 +221,14 @@ class _Track:
 class CheckRunner:
     """Runs the checks each loop; thread-safe only for one caller (the loop)."""
 
-    def __init__(self, checks: Sequence[HealthCheck], *, multiplier: float, timeout: float):
+    def __init__(
+        self,
+        checks: Sequence[HealthCheck],
+        *,
+        multiplier: float,
+        timeout: float,
+        active_grace: float = 0.0,
+    ) -> None:
         names = [c.name for c in checks]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates or not all(names):
@@ -229,6 +239,7 @@ class CheckRunner:
         self._tracks = {c.name: _Track(c) for c in checks}
         self.multiplier = multiplier
         self.timeout = timeout
+        self.active_grace = active_grace
         self._pool: cf.ThreadPoolExecutor | None = None
 
     @property
@@ -265,6 +276,12 @@ class CheckRunner:
                 result = CheckResult(False, f"no answer within {self.timeout:g}s (still running)")
             track.last = result
             results[name] = result
+            grace_left = self._grace_left(track, now)
+            if not result.ok and grace_left > 0:
+                results[name] = CheckResult(
+                    False, f"{result.detail} (not counted for {grace_left:.1f}s after promotion)"
+                )
+                continue
             if not result.ok:
                 failing.append(name)
             valid_for = track.check.ttl * self.multiplier
@@ -273,6 +290,12 @@ class CheckRunner:
             ):
                 expired.append(name)
         return HealthReport(failing=failing, expired=expired), results
+
+    def _grace_left(self, track: _Track, now: float) -> float:
+        """Seconds an active-only check's failures are still forgiven after the promotion."""
+        if not track.check.active_only or track.since is None:
+            return 0.0
+        return track.since + self.active_grace - now
 
     def close(self) -> None:
         """Stop the worker threads (a check still running is left to finish)."""

@@ -52,7 +52,7 @@ def decide(obs: Observation, cfg: DecisionConfig) -> Decision:
         return _rest(obs, "this node was removed from the cluster; it never campaigns")
     leader = view.leader
     if not obs.initialized:
-        return _empty(obs, leader)
+        return _empty(obs, leader, view)
     if leader is not None and leader.name == obs.node_name:
         return _rest(
             obs,
@@ -60,9 +60,9 @@ def decide(obs: Observation, cfg: DecisionConfig) -> Decision:
             "that cannot be renewed; waiting for it to expire",
         )
     if not _running(obs.db):
-        return _stopped(obs, leader)
+        return _stopped(obs, leader, view)
     if leader is not None:
-        return _follower(obs, leader)
+        return _follower(obs, leader, view)
     return _election(obs, cfg, view)
 
 
@@ -231,8 +231,17 @@ def _stay(reason: str, *, clear: bool = False) -> Decision:
 
 
 def _unleased_writer(obs: Observation) -> Decision:
-    leader = obs.view.leader if obs.view is not None else None
-    if leader is not None and leader.name != obs.node_name:
+    view = obs.view
+    leader = view.leader if view is not None else None
+    if view is not None and leader is not None and leader.name != obs.node_name:
+        waiting = _not_active_yet(view, leader)
+        if waiting is not None:
+            return Decision(
+                Action.FENCE,
+                NodeState.FENCED,
+                f"the database is writable while {leader.name} holds the leader key: fencing; "
+                f"the rewind waits until {waiting}",
+            )
         return Decision(
             Action.FENCE_AND_REWIND,
             NodeState.REJOINING,
@@ -253,8 +262,11 @@ def _busy(job: Action) -> Decision:
     return Decision(Action.NONE, state, f"{job.value} is still running")
 
 
-def _empty(obs: Observation, leader: Leader | None) -> Decision:
+def _empty(obs: Observation, leader: Leader | None, view: ClusterView) -> Decision:
     if leader is not None and leader.name != obs.node_name:
+        waiting = _not_active_yet(view, leader)
+        if waiting is not None:
+            return _rest(obs, f"no database yet: cloning waits until {waiting}")
         return Decision(
             Action.CLONE,
             NodeState.CLONING,
@@ -264,15 +276,26 @@ def _empty(obs: Observation, leader: Leader | None) -> Decision:
     return _rest(obs, "no database and no leader to clone from; waiting (cluster start bootstraps)")
 
 
-def _stopped(obs: Observation, leader: Leader | None) -> Decision:
+def _stopped(obs: Observation, leader: Leader | None, view: ClusterView) -> Decision:
     if leader is None:
         return Decision(
             Action.START_STANDBY,
             NodeState.STANDBY,
             "no leader: starting the database read-only so this node can report its position",
         )
+    waiting = _not_active_yet(view, leader)
     if obs.needs_rewind or obs.previous in _PRIMARY_STATES:
+        if waiting is not None:
+            return _rest(
+                obs, f"stopped former primary or diverged; the rewind waits until {waiting}"
+            )
         return _rewind(leader, "the stopped database was a primary or has diverged")
+    if waiting is not None:
+        return Decision(
+            Action.START_STANDBY,
+            NodeState.STANDBY,
+            f"starting the database read-only; following waits until {waiting}",
+        )
     return Decision(
         Action.START_STANDBY,
         NodeState.STANDBY,
@@ -281,10 +304,16 @@ def _stopped(obs: Observation, leader: Leader | None) -> Decision:
     )
 
 
-def _follower(obs: Observation, leader: Leader) -> Decision:
+def _follower(obs: Observation, leader: Leader, view: ClusterView) -> Decision:
     if obs.db.role == "primary" or obs.needs_rewind:
+        waiting = _not_active_yet(view, leader)
+        if waiting is not None:
+            return _rest(obs, f"a former primary or diverged; the rewind waits until {waiting}")
         return _rewind(leader, "the database is a former primary or has diverged")
     if obs.db.following != leader.name:
+        waiting = _not_active_yet(view, leader)
+        if waiting is not None:
+            return _rest(obs, f"following {leader.name} waits until {waiting}")
         return Decision(
             Action.FOLLOW,
             NodeState.STANDBY,
@@ -292,6 +321,21 @@ def _follower(obs: Observation, leader: Leader) -> Decision:
             target=leader.name,
         )
     return Decision(Action.NONE, NodeState.STANDBY, f"following {leader.name}")
+
+
+def _not_active_yet(view: ClusterView, leader: Leader) -> str | None:
+    """Why the leader cannot be copied or followed yet, or None once its record says active.
+
+    Between winning the leader key and finishing its promotion the leader's database is still
+    a standby (or not running): a clone, rewind or follow aimed at it would fail or copy a
+    history that is about to fork, so they wait for its member record to say ``active``.
+    """
+    record = view.member(leader.name)
+    if record is None:
+        return f"the leader {leader.name} publishes its member record"
+    if record.role is not NodeRole.ACTIVE:
+        return f"the leader {leader.name} is active (it is {record.role.value})"
+    return None
 
 
 def _rewind(leader: Leader, why: str) -> Decision:

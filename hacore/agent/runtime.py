@@ -50,7 +50,6 @@ from hacore.agent.support import (
     known_members,
     member_record,
     plugin_checks,
-    replication_address,
 )
 from hacore.agent.syncrep import SyncStandbys
 from hacore.api.facade import NodeSnapshot
@@ -92,7 +91,7 @@ class Agent:
         self.lease = LeaseState()
         self.jobs = Jobs(self.name, on_done=self.wake)
         self.state = NodeState.INIT
-        self._address = replication_address(self.backends.replication, config.node.host)
+        self._address = self.backends.replication.address()
         self._facts = LoopFacts(self.name)
         checks = builtin_checks(
             self._facts,
@@ -105,6 +104,7 @@ class Agent:
             checks + plugin_checks(self.hooks),
             multiplier=config.checks.check_ttl_multiplier,
             timeout=config.timing.retry_timeout,
+            active_grace=config.checks.active_grace,
         )
         self._results: dict[str, CheckResult] = {}
         self.executor = Executor(

@@ -28,7 +28,6 @@ from hacore.errors import ConfigError
 from hacore.health import CheckResult, HealthCheck
 from hacore.plugins import HacorePlugins
 from hacore.records import ClusterView, Member, NodeRole
-from hacore.replication import ReplicationBackend
 
 log = logging.getLogger(__name__)
 
@@ -93,19 +92,6 @@ def build_backends(config: NodeConfig, plugins: HacorePlugins) -> Backends:
     if config.services is not None:
         services = registry.services(config.services.backend)(config.services.settings)
     return Backends(consensus, replication, filesync, services, managed)
-
-
-def replication_address(replication: ReplicationBackend, host: str) -> tuple[str, int] | None:
-    """Where the other nodes reach this node's database (published in the member record).
-
-    A backend may define ``address() -> (host, port)``; otherwise its ``port`` setting is used.
-    """
-    address = getattr(replication, "address", None)
-    if callable(address):
-        found = address()
-        return (str(found[0]), int(found[1])) if found else None
-    port = replication.settings.get("port")
-    return (host, port) if isinstance(port, int) and not isinstance(port, bool) else None
 
 
 class LeaderWatch:

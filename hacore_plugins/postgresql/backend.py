@@ -115,6 +115,10 @@ class PostgresReplication(ReplicationBackend):
         copying.recover_swap(self.layout)
         return (self.layout.pgdata / "PG_VERSION").is_file()
 
+    def address(self) -> tuple[str, int]:
+        """The node's host and the port the server listens on (5432 when not set)."""
+        return (self.host, self.config.port)
+
     def postmaster_pid(self) -> int | None:
         """The running server's pid, None when it is stopped."""
         return server.postmaster_pid(self.layout)
@@ -237,6 +241,7 @@ class PostgresReplication(ReplicationBackend):
         self._checkpoint(source)
         conninfo = self._conninfo(source, dbname=self.config.database)
         try:
+            self._finish_crash_recovery()
             copying.rewind(self.tools, self.layout, conninfo=conninfo, dry_run=True)
             output = copying.rewind(self.tools, self.layout, conninfo=conninfo, dry_run=False)
         except ReplicationError as err:
@@ -259,6 +264,36 @@ class PostgresReplication(ReplicationBackend):
             self._prepare_data(self.layout.pgdata, standby=True)
         self._become_standby_of(source)
         self._start(what=f"a standby of {source.node_name}")
+
+    def _finish_crash_recovery(self) -> None:
+        """Leave the data of a server that was killed (not shut down) cleanly shut down.
+
+        pg_rewind accepts only cleanly shut down data. Its own remedy, a single-user crash
+        recovery, is skipped by ``--dry-run`` (which then fails with "target server must be
+        shut down cleanly") and writes an end-of-recovery checkpoint. A read-only start with
+        no upstream replays the local WAL without writing any; a fast stop then leaves the
+        data "shut down in recovery", which pg_rewind takes.
+        """
+        state = server.cluster_state(self.tools, self.layout)
+        if state in server.CLEAN_STATES:
+            return
+        log.info(
+            "%s: the data was left %r by a server that did not shut down; replaying its WAL "
+            "read-only before the rewind",
+            self.node_name,
+            state,
+        )
+        self._prepare_data(self.layout.pgdata, standby=True)
+        self._write_node_files(attrs.evolve(self._state(), upstream=None))
+        try:
+            server.start(
+                self.tools,
+                self.layout,
+                timeout=self.config.start_timeout,
+                what=f"{self.node_name} (crash recovery before a rewind)",
+            )
+        finally:
+            self._stop()
 
     # ---------------------------------------------------------------------------------------
     # Running

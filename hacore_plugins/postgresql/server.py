@@ -15,10 +15,14 @@ import time
 from pathlib import Path
 
 from hacore.errors import ReplicationError
-from hacore_plugins.postgresql.commands import PgTools
+from hacore_plugins.postgresql.commands import PgTools, tail
 from hacore_plugins.postgresql.layout import Layout
 
 log = logging.getLogger(__name__)
+
+#: The states ``pg_controldata`` reports for a data directory that was shut down cleanly; the
+#: only ones pg_rewind accepts.
+CLEAN_STATES = frozenset({"shut down", "shut down in recovery"})
 
 
 def process_alive(pid: int) -> bool:
@@ -84,9 +88,7 @@ def start(tools: PgTools, layout: Layout, *, timeout: float, what: str) -> int:
     pid = postmaster_pid(layout)
     if pid is not None:
         return pid
-    if layout.pid_file.exists():
-        # Left by a postmaster that died; its pid may be a zombie the server would trust.
-        layout.pid_file.unlink()
+    _remove_stale_locks(layout)
     result = tools.run(
         "pg_ctl",
         [
@@ -114,6 +116,37 @@ def start(tools: PgTools, layout: Layout, *, timeout: float, what: str) -> int:
     raise ReplicationError(
         f"PostgreSQL for {what} failed to start; server log:\n{log_tail(layout)}"
     )
+
+
+def _remove_stale_locks(layout: Layout) -> None:
+    """Remove the lock files of a postmaster that died (only called when none runs).
+
+    A SIGKILLed postmaster leaves ``postmaster.pid`` and the socket's ``.lock`` file behind;
+    until an init that reaps slowly collects it, its pid is a zombie that the new server's
+    ``kill(pid, 0)`` takes for a live postmaster, and it refuses to start.
+    """
+    layout.pid_file.unlink(missing_ok=True)
+    for lock in layout.run_dir.glob(".s.PGSQL.*.lock"):
+        try:
+            first = lock.read_text().split("\n", 1)[0].strip()
+        except OSError:
+            continue
+        if not first.isdigit() or not process_alive(int(first)):
+            log.info("removing %s, left by a postmaster that died", lock)
+            lock.unlink(missing_ok=True)
+
+
+def cluster_state(tools: PgTools, layout: Layout) -> str:
+    """The data directory's state in its control file (``pg_controldata``): "shut down",
+    "in production", "in archive recovery", ..."""
+    result = tools.run("pg_controldata", ["-D", str(layout.pgdata)], timeout=60)
+    if result.returncode != 0:
+        raise ReplicationError(f"pg_controldata failed: {tail(result.stdout + result.stderr)}")
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Database cluster state":
+            return value.strip()
+    raise ReplicationError("pg_controldata did not report the database cluster state")
 
 
 def stop(layout: Layout, *, timeout: float) -> bool:

@@ -23,7 +23,7 @@ from hacore.errors import ConfigError
 
 SYNC_MODES = ("off", "on", "strict")
 MIN_MAJOR = 15
-TOOLS = ("initdb", "pg_ctl", "postgres", "pg_basebackup", "pg_rewind")
+TOOLS = ("initdb", "pg_ctl", "postgres", "pg_basebackup", "pg_rewind", "pg_controldata")
 SUPERUSER = "postgres"
 
 KNOWN = frozenset(

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import secrets
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -301,6 +303,16 @@ def test_settings_are_checked_with_clear_messages() -> None:
 def test_plugin_registers_the_backend() -> None:
     registry = load_plugins().registry
     assert registry.replication("postgresql") is PostgresReplication
+
+
+def test_address_is_the_host_and_the_effective_port(pg_root: Path) -> None:
+    def backend(settings: dict[str, Any]) -> PostgresReplication:
+        return PostgresReplication(
+            settings, node_name="addr", host="127.0.0.5", data_dir=pg_root / "addr"
+        )
+
+    assert backend({}).address() == ("127.0.0.5", 5432)
+    assert backend({"port": 6543}).address() == ("127.0.0.5", 6543)
 
 
 # -------------------------------------------------------------------------------------------
@@ -754,6 +766,67 @@ def test_rewind_undoes_writes_made_after_a_missed_fence(failover: Failover) -> N
     assert has_note(b, "before-fork")
     assert b.layout.pgdata.stat().st_ino == inode, "rewound in place, not re-cloned"
     assert b.status().timeline == c.status().timeline == 3
+
+
+def test_rewind_after_a_crash_of_the_old_primary(
+    nodes: Nodes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The old primary dies by SIGKILL holding a write its standby never received; the standby
+    # is promoted and written to. pg_rewind refuses data that was not shut down cleanly, so
+    # without crash recovery first this would fall back to a re-clone.
+    a = new_cluster(nodes, "a")
+    b = new_standby(nodes, "b", a)
+    insert(a, "before-crash")
+    wait_replicated(b, "before-crash")
+    b.stop()
+    insert(a, "divergent")
+    inode = a.layout.pgdata.stat().st_ino
+    crash(a)
+    assert a.layout.pid_file.exists(), "a SIGKILLed postmaster leaves its pid file"
+    b.start()
+    b.promote(timeout=WAIT)
+    insert(b, "after-crash")
+
+    b.allow_member("a", a.host)
+    with caplog.at_level(logging.INFO, logger="hacore_plugins.postgresql"):
+        a.rewind(source_of(b))
+    wait_following(a, "b")
+    wait_replicated(a, "after-crash")
+    assert has_note(a, "before-crash")
+    assert not has_note(a, "divergent"), "the write b never had survived: no rewind happened"
+    # A re-clone swaps a new data directory in (pg_rewind removes files the source lacks, so
+    # a marker file would not tell the two apart).
+    assert a.layout.pgdata.stat().st_ino == inode, "re-cloned instead of rewound"
+    assert "cloning it again" not in caplog.text
+    assert "pg_rewind from b" in caplog.text
+    assert leftovers(a) == []
+    assert not a.status().needs_rewind
+
+
+def test_start_ignores_locks_left_by_a_zombie_postmaster(nodes: Nodes) -> None:
+    # A SIGKILLed postmaster stays a zombie until its parent reaps it; its pid still answers
+    # kill(pid, 0), so PostgreSQL would take both of its lock files for a live server's.
+    node = new_cluster(nodes, "zz")
+    port = node.config.port
+    node.stop()
+    # The server's user: kill(pid, 0) on another user's process fails, which it reads as dead.
+    zombie = subprocess.Popen(["true"], **node.user.popen_kwargs())
+    try:
+        wait_for(
+            lambda: (
+                Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+            ),
+            30,
+            what="a zombie process",
+        )
+        socket_lock = node.layout.run_dir / f".s.PGSQL.{port}.lock"
+        for lock in (node.layout.pid_file, socket_lock):
+            lock.write_text(f"{zombie.pid}\n{node.layout.pgdata}\n")
+        node.start()
+        assert node.postmaster_pid() not in (None, zombie.pid)
+        assert scalar(node, "SELECT 1") == 1
+    finally:
+        zombie.wait()
 
 
 def test_rewind_falls_back_to_a_fresh_clone(nodes: Nodes, primary: PostgresReplication) -> None:

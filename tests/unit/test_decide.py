@@ -61,6 +61,12 @@ def world(*members: Member, leader: str | None = "a", token: int = 7) -> Cluster
     return ClusterView(leader=Leader(leader, token) if leader else None, members=members)
 
 
+def led_by(leader: str, token: int = 8, role: NodeRole = NodeRole.ACTIVE) -> ClusterView:
+    """A world where ``leader`` holds the key and publishes ``role`` (active: promoted)."""
+    members = [member(n, role=role if n == leader else NodeRole.STANDBY) for n in ("a", "b", "c")]
+    return world(*members, leader=leader, token=token)
+
+
 def leaderless(*members: Member) -> ClusterView:
     return world(*(members or (member("b"), member("c"))), leader=None)
 
@@ -152,7 +158,7 @@ DEADLINE_CASES = [
     ),
     case(
         "lost-with-new-leader-fences-and-rewinds",
-        active(lease_status=LeaseStatus.LOST, view=world(leader="c", token=8)),
+        active(lease_status=LeaseStatus.LOST, view=led_by("c")),
         Action.FENCE_AND_REWIND,
         target="c",
         state=NodeState.REJOINING,
@@ -166,14 +172,14 @@ DEADLINE_CASES = [
     case("lost-store-gone-fences", active(lease_status=LeaseStatus.LOST, view=None), Action.FENCE),
     case(
         "lost-before-promotion-follows",
-        active(lease_status=LeaseStatus.LOST, db=STANDBY_DB, view=world(leader="c", token=8)),
+        active(lease_status=LeaseStatus.LOST, db=STANDBY_DB, view=led_by("c")),
         Action.FOLLOW,
         target="c",
         state=NodeState.STANDBY,
     ),
     case(
         "lost-already-fenced-rewinds",
-        active(lease_status=LeaseStatus.LOST, db=FENCED_DB, view=world(leader="c", token=8)),
+        active(lease_status=LeaseStatus.LOST, db=FENCED_DB, view=led_by("c")),
         Action.REWIND,
         target="c",
     ),
@@ -198,7 +204,7 @@ def test_deadline_is_last_renewal_plus_ttl_minus_margin() -> None:
 WRITER_CASES = [
     case(
         "writable-while-other-leads",
-        standby(db=PRIMARY_DB, view=world(leader="c", token=8)),
+        standby(db=PRIMARY_DB, view=led_by("c")),
         Action.FENCE_AND_REWIND,
         target="c",
     ),
@@ -206,7 +212,7 @@ WRITER_CASES = [
     case("writable-no-leader-no-lease", standby(db=PRIMARY_DB, view=leaderless()), Action.FENCE),
     case(
         "held-but-store-names-other-leader",
-        active(view=world(leader="c", token=8)),
+        active(view=led_by("c")),
         Action.FENCE_AND_REWIND,
         target="c",
     ),
@@ -680,7 +686,7 @@ FOLLOWER_CASES = [
     ),
     case(
         "following-old-leader",
-        standby(view=world(leader="c", token=8)),
+        standby(view=led_by("c")),
         Action.FOLLOW,
         target="c",
         state=NodeState.STANDBY,
@@ -769,6 +775,97 @@ def test_followers(
     obs: Observation, cfg: DecisionConfig, action: Action, target: str | None, state: NodeState
 ) -> None:
     check(obs, cfg, action, target, state)
+
+
+# -- a leader that has not finished its promotion is neither copied nor followed ----------------
+
+PROMOTING_LEADER = led_by("c", role=NodeRole.STARTING)
+NO_LEADER_RECORD = world(member("a"), member("b"), leader="c", token=8)
+
+NOT_ACTIVE_YET_CASES = [
+    case(
+        "empty-waits-for-promoting-leader",
+        standby(db=STOPPED_DB, initialized=False, view=PROMOTING_LEADER),
+        Action.NONE,
+        state=NodeState.EMPTY,
+    ),
+    case(
+        "empty-waits-for-leader-record",
+        standby(db=STOPPED_DB, initialized=False, view=NO_LEADER_RECORD),
+        Action.NONE,
+        state=NodeState.EMPTY,
+    ),
+    case(
+        "empty-waits-for-fenced-leader",
+        standby(db=STOPPED_DB, initialized=False, view=led_by("c", role=NodeRole.FENCED)),
+        Action.NONE,
+        state=NodeState.EMPTY,
+    ),
+    case(
+        "empty-clones-once-leader-active",
+        standby(db=STOPPED_DB, initialized=False, view=led_by("c")),
+        Action.CLONE,
+        target="c",
+        state=NodeState.CLONING,
+    ),
+    case(
+        "standby-keeps-old-upstream-until-leader-active",
+        standby(view=PROMOTING_LEADER),
+        Action.NONE,
+        state=NodeState.STANDBY,
+    ),
+    case(
+        "standby-already-following-promoting-leader",
+        standby(db=attrs.evolve(STANDBY_DB, following="c"), view=PROMOTING_LEADER),
+        Action.NONE,
+        state=NodeState.STANDBY,
+    ),
+    case(
+        "stopped-starts-read-only-until-leader-active",
+        standby(db=STOPPED_DB, view=PROMOTING_LEADER),
+        Action.START_STANDBY,
+        state=NodeState.STANDBY,
+    ),
+    case(
+        "stopped-former-active-waits-to-rewind",
+        standby(db=STOPPED_DB, previous=NodeState.ACTIVE, view=PROMOTING_LEADER),
+        Action.NONE,
+        state=NodeState.FENCED,
+    ),
+    case(
+        "fenced-primary-waits-to-rewind",
+        standby(db=FENCED_DB, view=PROMOTING_LEADER),
+        Action.NONE,
+        state=NodeState.FENCED,
+    ),
+    case(
+        "diverged-standby-waits-to-rewind",
+        standby(needs_rewind=True, view=PROMOTING_LEADER),
+        Action.NONE,
+        state=NodeState.STANDBY,
+    ),
+    case(
+        "writable-fences-at-once-rewinds-later",
+        standby(db=PRIMARY_DB, view=PROMOTING_LEADER),
+        Action.FENCE,
+        state=NodeState.FENCED,
+    ),
+    case(
+        "lost-lease-fences-at-once-rewinds-later",
+        active(lease_status=LeaseStatus.LOST, view=NO_LEADER_RECORD),
+        Action.FENCE,
+        state=NodeState.FENCED,
+    ),
+]
+
+
+@pytest.mark.parametrize(("obs", "cfg", "action", "target", "state"), NOT_ACTIVE_YET_CASES)
+def test_leader_not_active_yet(
+    obs: Observation, cfg: DecisionConfig, action: Action, target: str | None, state: NodeState
+) -> None:
+    decision = check(obs, cfg, action, target, state)
+    if action is not Action.CLONE and obs.db.following != "c":
+        assert "waits until the leader c " in decision.reason
 
 
 # -- rules 7-9: removed, resumability, blind -----------------------------------------------------
@@ -1032,6 +1129,9 @@ def test_safety_properties(obs: Observation, cfg: DecisionConfig) -> None:
         assert d.action not in (Action.CAMPAIGN, Action.PROMOTE, Action.STAY_ACTIVE)
     assert d.target != obs.node_name
     assert d.next_state is not NodeState.INIT
+    if d.target is not None and d.action is not Action.STEP_DOWN:
+        source = obs.view.member(d.target) if obs.view is not None else None
+        assert source is not None and source.role is NodeRole.ACTIVE, "copied a promoting leader"
 
 
 @st.composite

@@ -1,0 +1,149 @@
+"""The check runner's grace period for active-only checks after a promotion."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import pytest
+
+from hacore.agent import Action, DecisionConfig, LeaseStatus, NodeState, Observation, decide
+from hacore.agent.checks import CheckRunner
+from hacore.config import load_config
+from hacore.errors import ConfigError
+from hacore.health import CheckResult, HealthCheck
+from hacore.records import ClusterView, Leader, Lease, Member, NodeRole
+from hacore.replication import ReplicationStatus
+
+
+class Switch(HealthCheck):
+    """A check whose outcome the test sets, like a service that is still starting."""
+
+    def __init__(self, name: str, *, active_only: bool, ok: bool = False) -> None:
+        self.name = name
+        self.active_only = active_only
+        self.ttl = 10.0
+        self.ok = ok
+
+    def run(self) -> CheckResult:
+        return CheckResult(self.ok, "up" if self.ok else "not running yet")
+
+
+@pytest.fixture
+def services() -> Switch:
+    return Switch("active_services", active_only=True)
+
+
+@pytest.fixture
+def runner(services: Switch) -> Iterator[CheckRunner]:
+    made = CheckRunner(
+        [services, Switch("database", active_only=False, ok=True)],
+        multiplier=1,
+        timeout=5,
+        active_grace=5,
+    )
+    yield made
+    made.close()
+
+
+def test_active_only_failures_do_not_count_during_the_grace(
+    runner: CheckRunner, services: Switch
+) -> None:
+    report, results = runner.run(active=True, now=100.0)
+    assert report.ok
+    assert not results["active_services"].ok
+    assert "not counted for 5.0s after promotion" in results["active_services"].detail
+    assert runner.run(active=True, now=104.9)[0].ok
+    report, results = runner.run(active=True, now=105.1)
+    assert report.failing == {"active_services"}
+    assert results["active_services"] == CheckResult(False, "not running yet")
+
+
+def test_a_check_that_passes_in_time_never_fails(runner: CheckRunner, services: Switch) -> None:
+    assert runner.run(active=True, now=100.0)[0].ok
+    services.ok = True
+    assert runner.run(active=True, now=103.0)[0].ok
+    assert runner.run(active=True, now=112.0)[0].ok
+
+
+def test_the_grace_covers_only_active_only_checks(services: Switch) -> None:
+    database = Switch("database", active_only=False)
+    runner = CheckRunner([services, database], multiplier=1, timeout=5, active_grace=5)
+    try:
+        report, _ = runner.run(active=True, now=100.0)
+        assert report.failing == {"database"}
+    finally:
+        runner.close()
+
+
+def test_no_grace_fails_at_once(services: Switch) -> None:
+    runner = CheckRunner([services], multiplier=1, timeout=5, active_grace=0)
+    try:
+        assert runner.run(active=True, now=100.0)[0].failing == {"active_services"}
+    finally:
+        runner.close()
+
+
+def test_the_grace_starts_again_at_each_promotion(runner: CheckRunner, services: Switch) -> None:
+    runner.run(active=True, now=100.0)
+    assert not runner.run(active=True, now=106.0)[0].ok
+    report, results = runner.run(active=False, now=107.0)
+    assert "active_services" not in results and report.ok
+    assert runner.run(active=True, now=200.0)[0].ok
+    assert runner.run(active=True, now=206.0)[0].failing == {"active_services"}
+
+
+def _new_active(health: Any) -> Observation:
+    """A node on its first loop as the active: lease renewed, database promoted with its token."""
+    lease = Lease(holder="a", token=7, ttl=10, acquired_at=90.0)
+    view = ClusterView(Leader("a", 7), (Member(name="a", role=NodeRole.ACTIVE),))
+    db = ReplicationStatus(running=True, role="primary", writable=True, position=1, timeline=2)
+    return Observation(
+        now=100.0,
+        node_name="a",
+        view=view,
+        db=db,
+        initialized=True,
+        lease_status=LeaseStatus.HELD,
+        lease=lease,
+        last_renewal=99.5,
+        health=health,
+        db_token=7,
+        previous=NodeState.ACTIVE,
+    )
+
+
+def test_fail_fast_active_stays_while_its_services_start(
+    runner: CheckRunner, services: Switch
+) -> None:
+    cfg = DecisionConfig(
+        ttl=10, loop_wait=1, retry_timeout=2, safety_margin=2, check_fail_fast=True
+    )
+    first, _ = runner.run(active=True, now=100.0)
+    assert decide(_new_active(first), cfg).action is Action.STAY_ACTIVE
+    late, _ = runner.run(active=True, now=106.0)
+    decision = decide(attrs.evolve(_new_active(late), now=106.0, last_renewal=105.5), cfg)
+    assert decision.action is Action.STEP_DOWN
+    assert "active_services" in decision.reason
+
+
+def _config(**checks: Any) -> Any:
+    raw = {
+        "node": {"name": "n1", "host": "127.0.0.1"},
+        "consensus": {"backend": "memory"},
+        "checks": checks,
+    }
+    return load_config(raw)
+
+
+def test_active_grace_setting() -> None:
+    assert _config().checks.active_grace == 10.0
+    assert _config(active_grace=0).checks.active_grace == 0.0
+    assert _config(active_grace=2.5).checks.active_grace == 2.5
+    for bad, shown in ((-1, "-1"), ("soon", '"soon"'), (True, "true")):
+        with pytest.raises(ConfigError) as info:
+            _config(active_grace=bad)
+        assert str(info.value) == (
+            f"config error: checks.active_grace must be a number of seconds >= 0 (got {shown})"
+        )
