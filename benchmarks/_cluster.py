@@ -1,0 +1,243 @@
+"""What the failover benchmark needs from a 3-node cluster, whichever system runs it.
+
+Both systems run the same PostgreSQL with the same parameters and the same client role, so
+the writer and the probes treat them alike; only starting, stopping and asking for a
+switchover differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import psycopg
+
+HOST = "127.0.0.1"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+#: The same on both systems; the rest are PostgreSQL's defaults (fsync on).
+PG_PARAMETERS: Mapping[str, str] = {
+    "shared_buffers": "32MB",
+    "max_connections": "50",
+    "wal_level": "replica",
+    "hot_standby": "on",
+    "wal_log_hints": "on",
+    "max_wal_senders": "10",
+    "max_replication_slots": "10",
+    "wal_keep_size": "256MB",
+}
+#: The role the writer and the probes log in as (scram over TCP, on both systems).
+CLIENT_USER = "bench"
+CLIENT_PASSWORD = "bench-password"
+TABLE = "bench_writes"
+
+
+@attrs.frozen
+class Node:
+    name: str
+    pg_port: int
+    api_port: int
+    status_url: str
+
+
+@attrs.frozen
+class Timings:
+    """The lease timings a system runs with, as the system itself reports them."""
+
+    ttl: float
+    loop_wait: float
+    retry_timeout: float
+    synchronous: bool
+    extra: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def describe(self) -> str:
+        text = f"ttl {self.ttl:g} s, loop_wait {self.loop_wait:g} s, retry {self.retry_timeout:g} s"
+        for key, value in self.extra.items():
+            text += f", {key} {value}"
+        return text + (", synchronous" if self.synchronous else ", asynchronous")
+
+
+class BenchCluster(ABC):
+    """Three nodes with an active and two streaming standbys; every process stopped by pid."""
+
+    system: str
+    nodes: Sequence[Node]
+
+    @abstractmethod
+    def start(self) -> None:
+        """Bring the cluster up; returns once the first active serves writes."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop every process this cluster started, by pid, including frozen ones."""
+
+    @abstractmethod
+    def converged(self) -> str | None:
+        """The active's name when one node is active and both others stream from it (and, in
+        synchronous mode, one of them is synchronous); else None."""
+
+    @abstractmethod
+    def sync_standby(self) -> str | None:
+        """The synchronous standby's name, in synchronous mode."""
+
+    @abstractmethod
+    def host_death(self, name: str) -> float:
+        """SIGSTOP, then SIGKILL, the node's agent and its whole PostgreSQL process group, as a
+        host that hangs and then dies; returns ``time.monotonic()`` of the SIGSTOP."""
+
+    @abstractmethod
+    def request_switchover(self, leader: str, candidate: str) -> None:
+        """Ask for a planned switchover and return as soon as the request is accepted."""
+
+    @abstractmethod
+    def timings(self) -> Timings:
+        """The timings in force, read back from the running system."""
+
+    @abstractmethod
+    def version(self) -> str: ...
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+    def wait_converged(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                found = self.converged()
+                if found:
+                    return found
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.system}: no converged cluster after {timeout:g} s")
+
+    def dsn(self, *, connect_timeout: int = 2) -> str:
+        """Every node, in order; libpq picks the one that accepts writes."""
+        return (
+            f"host={','.join(HOST for _ in self.nodes)} "
+            f"port={','.join(str(n.pg_port) for n in self.nodes)} "
+            f"user={CLIENT_USER} password={CLIENT_PASSWORD} dbname=postgres "
+            f"target_session_attrs=read-write connect_timeout={connect_timeout}"
+        )
+
+    def connect(self, name: str) -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            host=HOST,
+            port=self.node(name).pg_port,
+            user=CLIENT_USER,
+            password=CLIENT_PASSWORD,
+            dbname="postgres",
+            autocommit=True,
+            connect_timeout=10,
+        )
+
+    def status_code(self, name: str, timeout: float = 1.0) -> int | None:
+        try:
+            return httpx.get(self.node(name).status_url, timeout=timeout).status_code
+        except httpx.HTTPError:
+            return None
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    try:
+        first = (data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
+    except OSError:
+        return None
+    return int(first) if first.strip().isdigit() else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def process_group(pid: int) -> int | None:
+    with contextlib.suppress(ProcessLookupError):
+        return os.getpgid(pid)
+    return None
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def host_death(postmaster: int | None, agent_group: int | None) -> float:
+    """SIGSTOP everything the host runs, then SIGKILL it; ``time.monotonic()`` of the first
+    SIGSTOP. Every PostgreSQL child calls setsid(), so the postmaster's process group holds
+    only the postmaster: its children are stopped one by one, after the postmaster, which
+    then can fork no more."""
+    frozen_at = time.monotonic()
+    stopped: list[int] = []
+
+    def stop(group: int | None) -> None:
+        if group is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGSTOP)
+            stopped.append(group)
+
+    if postmaster is not None:
+        stop(process_group(postmaster))
+        for child in children(postmaster):
+            stop(process_group(child))
+    stop(agent_group)
+    for group in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+    return frozen_at
+
+
+def stop_postmaster(pid: int, timeout: float = 30.0) -> None:
+    """Fast shutdown (SIGINT), SIGKILL of its group when it does not stop in time."""
+    group = process_group(pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid) and group is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+
+
+def remove_shared_memory(data_dir: Path) -> None:
+    """A SIGKILLed postmaster leaves its System V segment behind; remove it by its id."""
+    try:
+        lines = (data_dir / "postmaster.pid").read_text().splitlines()
+    except OSError:
+        return
+    if len(lines) >= 7 and len(lines[6].split()) == 2:
+        subprocess.run(["ipcrm", "-m", lines[6].split()[1]], capture_output=True, check=False)
+
+
+def prepare_workdir(path: Path) -> Path:
+    """A directory the postgres user may enter (tempfile makes 0700 root directories)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o755)
+    return path
+
+
+def chown_postgres(path: Path) -> None:
+    subprocess.run(["chown", "-R", "postgres:postgres", str(path)], check=True)

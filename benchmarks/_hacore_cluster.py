@@ -1,0 +1,344 @@
+"""hacore's side of the failover benchmark: three agents, each in a process of its own.
+
+Imported, :class:`HacoreCluster` writes each node's ``node.yaml`` and starts this file as a
+script per node. Run as a script, it is one node: the real :class:`~hacore.agent.runtime.Agent`
+with the postgresql plugin and the etcd backend, and the real REST API
+(:class:`~hacore.api.server.ApiServer`) in front of it, until SIGTERM. With ``--bootstrap`` it
+first does what ``cluster start`` does for the first node (a new primary, the status key
+naming it) and creates the benchmark's role and table.
+
+The node process runs as root (the plugin runs PostgreSQL as the ``postgres`` user itself);
+the plugin starts the postmaster in a session of its own, so a host death stops the node
+process's group and the postmaster with its children.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from _cluster import (
+    CLIENT_PASSWORD,
+    CLIENT_USER,
+    HOST,
+    PG_PARAMETERS,
+    TABLE,
+    BenchCluster,
+    Node,
+    Timings,
+    host_death,
+    postmaster_pid,
+    remove_shared_memory,
+    stop_postmaster,
+)
+
+from hacore.testing.procs import ServerProcess, free_port
+
+API_USER = "bench"
+API_PASSWORD = "bench-api-password"
+REPLICATION_PASSWORD = "bench-replication"
+
+
+def unavailable_reason() -> str | None:
+    """Why the hacore side cannot run from this tree, or None."""
+    try:
+        from hacore.agent.runtime import Agent  # noqa: F401
+        from hacore.api.server import ApiServer  # noqa: F401
+        from hacore_plugins.postgresql.settings import default_bin_dir
+    except ImportError as exc:
+        return f"the hacore agent cannot be imported yet: {exc}"
+    if default_bin_dir() is None:
+        return "no PostgreSQL binaries installed"
+    return None
+
+
+class HacoreCluster(BenchCluster):
+    def __init__(
+        self,
+        system: str,
+        workdir: Path,
+        etcd_endpoints: Sequence[str],
+        *,
+        timing: dict[str, float] | None = None,
+        synchronous: str = "on",
+    ) -> None:
+        from hacore.api.auth import hash_password
+        from hacore.config import load_config
+
+        self.system = system
+        self.workdir = workdir
+        self.synchronous = synchronous
+        namespace = f"bench-{uuid.uuid4().hex[:8]}"
+        self.nodes = [
+            Node(name, pg, api, f"http://{HOST}:{api}/status")
+            for name, pg, api in ((f"h{i}", free_port(), free_port()) for i in range(1, 4))
+        ]
+        password_hash = hash_password(API_PASSWORD)
+        self.raw: dict[str, dict[str, Any]] = {}
+        for node in self.nodes:
+            raw: dict[str, Any] = {
+                "cluster": {"name": "bench", "namespace": namespace},
+                "node": {
+                    "name": node.name,
+                    "host": HOST,
+                    "api_port": node.api_port,
+                    "data_dir": str(workdir / node.name),
+                },
+                "failover": {"synchronous_mode": synchronous},
+                "consensus": {"backend": "etcd", "endpoints": list(etcd_endpoints)},
+                "replication": {
+                    "backend": "postgresql",
+                    "port": node.pg_port,
+                    "parameters": dict(PG_PARAMETERS),
+                    "synchronous": synchronous,
+                },
+                "api": {"auth": {"username": API_USER, "password_hash": password_hash}},
+            }
+            if timing:
+                raw["timing"] = dict(timing)
+            self.raw[node.name] = raw
+        # Validated here, as the agent will: a rejected timing fails before anything starts.
+        self.config = load_config(self.raw[self.nodes[0].name])
+        self.processes: dict[str, ServerProcess] = {}
+        self.dead: set[str] = set()
+
+    def _pgdata(self, name: str) -> Path:
+        return self.workdir / name / "replication" / "pgdata"
+
+    def _api(self, name: str) -> str:
+        return f"http://{HOST}:{self.node(name).api_port}"
+
+    def _start_node(self, node: Node, *, bootstrap: bool) -> None:
+        config = self.workdir / f"{node.name}.yaml"
+        config.write_text(yaml.safe_dump(self.raw[node.name], sort_keys=False))
+        argv = [sys.executable, str(Path(__file__).resolve()), "--config", str(config)]
+        if bootstrap:
+            argv.append("--bootstrap")
+        self.processes[node.name] = ServerProcess(
+            node.name, argv, self.workdir / f"{node.name}.log", cwd=self.workdir
+        ).start()
+
+    def start(self) -> None:
+        first, *others = self.nodes
+        self._start_node(first, bootstrap=True)
+        deadline = time.monotonic() + 120
+        while self.status_code(first.name) != 200:
+            if not self.processes[first.name].alive() or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{self.system}: {first.name} did not become active:\n"
+                    f"{self.processes[first.name].log_tail()}"
+                )
+            time.sleep(0.2)
+        for node in others:
+            self._start_node(node, bootstrap=False)
+
+    def stop(self) -> None:
+        for proc in self.processes.values():
+            proc.kill()
+        for node in self.nodes:
+            pgdata = self._pgdata(node.name)
+            pid = postmaster_pid(pgdata)
+            if node.name in self.dead or pid is None:
+                remove_shared_memory(pgdata)
+                continue
+            stop_postmaster(pid)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _probe(self, name: str, path: str) -> dict[str, Any] | None:
+        try:
+            response = httpx.get(self._api(name) + path, timeout=1.0)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        body: dict[str, Any] = response.json()
+        return body
+
+    def _cluster_json(self, name: str) -> dict[str, Any]:
+        response = httpx.get(
+            self._api(name) + "/cluster", auth=(API_USER, API_PASSWORD), timeout=2.0
+        )
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    def converged(self) -> str | None:
+        live = [n.name for n in self.nodes if n.name not in self.dead]
+        actives = [name for name in live if self._probe(name, "/status") is not None]
+        if len(actives) != 1:
+            return None
+        active = actives[0]
+        for name in live:
+            if name == active:
+                continue
+            standby = self._probe(name, "/standby")
+            if standby is None or standby.get("leader") != active:
+                return None
+        if self.synchronous != "off" and self.sync_standby() is None:
+            return None
+        return active
+
+    def sync_standby(self) -> str | None:
+        if self.synchronous == "off":
+            return None
+        for node in self.nodes:
+            if node.name in self.dead or self._probe(node.name, "/status") is None:
+                continue
+            status = self._cluster_json(node.name).get("status") or {}
+            names = [n for n in status.get("sync_standbys", []) if n not in self.dead]
+            if status.get("name") == node.name and names:
+                return str(names[0])
+        return None
+
+    def timings(self) -> Timings:
+        """hacore refuses a timing it cannot honour instead of changing it, so the validated
+        configuration is what runs."""
+        timing = self.config.timing
+        return Timings(
+            ttl=timing.ttl,
+            loop_wait=timing.loop_wait,
+            retry_timeout=timing.retry_timeout,
+            synchronous=self.synchronous != "off",
+            extra={"safety_margin": f"{timing.safety_margin:g} s"},
+        )
+
+    def version(self) -> str:
+        import hacore
+
+        return f"hacore {hacore.__version__}"
+
+    # -- faults and operations ---------------------------------------------------------------
+
+    def host_death(self, name: str) -> float:
+        proc = self.processes[name]
+        self.dead.add(name)
+        frozen_at = host_death(postmaster_pid(self._pgdata(name)), proc.pid)
+        proc.kill()  # reaps it
+        return frozen_at
+
+    def request_switchover(self, leader: str, candidate: str) -> None:
+        """``POST /switchover`` answers once the request is stored; the active acts on it."""
+        response = httpx.post(
+            self._api(leader) + "/switchover",
+            json={"to": candidate},
+            auth=(API_USER, API_PASSWORD),
+            timeout=30.0,
+        )
+        if response.status_code != 200:
+            raise RuntimeError(
+                f"{self.system}: switchover {leader} -> {candidate} refused: "
+                f"{response.status_code} {response.text.strip()}"
+            )
+
+
+# -- one node, as a process -----------------------------------------------------------------
+
+
+class _Facade:
+    """The agent as the API server sees it. Only what the benchmark calls is served: the
+    probes, ``/cluster`` and ``/switchover`` (the agent's own switchover request)."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+
+    def snapshot(self) -> Any:
+        return self.agent.snapshot()
+
+    def cluster(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.agent.cluster()
+        return result
+
+    def switchover(self, to: str | None) -> dict[str, Any]:
+        request = self.agent.request_switchover(to)
+        return {"from": request.from_node, "to": request.to_node}
+
+    def start_cluster(self, options: dict[str, Any]) -> dict[str, Any]:
+        return self._not_here("cluster start")
+
+    def join_ticket(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self._not_here("cluster join")
+
+    def remove_node(self, name: str) -> dict[str, Any]:
+        return self._not_here("nodes remove")
+
+    @staticmethod
+    def _not_here(what: str) -> dict[str, Any]:
+        from hacore.api.errors import UnavailableError
+
+        raise UnavailableError(f"{what} is not served by the benchmark's node process")
+
+
+def _bootstrap(agent: Any) -> None:
+    import psycopg
+    from psycopg import sql
+
+    pg = agent.replication
+    pg.bootstrap(replication_password=REPLICATION_PASSWORD, allowed_hosts=[])
+    with psycopg.connect(
+        host=str(pg.layout.run_dir),
+        port=pg.config.port,
+        user="postgres",
+        dbname="postgres",
+        autocommit=True,
+        options="-c synchronous_commit=local",
+    ) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(CLIENT_USER), sql.Literal(CLIENT_PASSWORD)
+            )
+        )
+        conn.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY)")
+        conn.execute(f"GRANT SELECT, INSERT ON {TABLE} TO {CLIENT_USER}")
+    agent.record_bootstrap()
+
+
+def run_node(config_path: Path, bootstrap: bool) -> None:
+    from hacore.agent.execute import ReplicationCredentials
+    from hacore.agent.runtime import Agent
+    from hacore.api.server import ApiServer
+    from hacore.config import load_config
+    from hacore.plugins import load_plugins
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = load_config(yaml.safe_load(config_path.read_text()))
+    agent = Agent(
+        config,
+        load_plugins(),
+        credentials=ReplicationCredentials("replicator", REPLICATION_PASSWORD),
+    )
+    if bootstrap:
+        _bootstrap(agent)
+    server = ApiServer(_Facade(agent), config.api, host=HOST, port=config.node.api_port).start()
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    agent.start()
+    try:
+        while not stopping.wait(1.0):
+            if agent.died is not None:
+                raise SystemExit(f"the agent loop died: {agent.died!r}")
+    finally:
+        agent.stop(resign=False, timeout=30)
+        server.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="one hacore node for the failover benchmark")
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--bootstrap", action="store_true")
+    args = parser.parse_args()
+    run_node(args.config, args.bootstrap)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""The failover benchmark's report: the machine, spreads over runs, tables and ratios."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+import hacore
+
+#: (system, peer) pairs whose ratio is printed when both ran; the second pair is the
+#: comparison "at equal timings".
+RATIO_PAIRS = (
+    ("hacore", "patroni-defaults"),
+    ("hacore", "patroni-tight"),
+    ("hacore", "patroni-sync"),
+    ("hacore-tight", "patroni-tight"),
+    ("hacore-tight", "patroni-sync"),
+)
+#: (label, scenario, summary key, lower is better)
+RATIO_METRICS = (
+    ("crash: first write on the new active", "crash", "first_write_s", True),
+    ("crash: new active's status 200", "crash", "status_s", True),
+    ("switchover: write gap", "switchover", "gap_s", True),
+    ("switchover: new active's status 200", "switchover", "status_s", True),
+    ("status endpoint: requests/s", "status", "rps", False),
+    ("status endpoint: p99 latency", "status", "p99_ms", True),
+)
+
+
+def machine() -> dict[str, Any]:
+    memory = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = round(int(line.split()[1]) / 1024 / 1024, 1)
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": memory,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "hacore": hacore.__version__,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def tool_version(argv: Sequence[str]) -> str:
+    try:
+        out = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
+    except OSError:
+        return "not installed"
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0] if text else "unknown"
+
+
+def spread(samples: Iterable[float | None]) -> dict[str, Any]:
+    values = [v for v in samples if v is not None]
+    if not values:
+        return {"n": 0, "min": None, "median": None, "max": None}
+    return {
+        "n": len(values),
+        "min": round(min(values), 3),
+        "median": round(statistics.median(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def _cell(summary: dict[str, Any] | None, digits: int = 2) -> str:
+    if not summary or not summary.get("n"):
+        return "-"
+    parts = (summary["min"], summary["median"], summary["max"])
+    return " / ".join(f"{p:.{digits}f}" for p in parts)
+
+
+def _errors(result: dict[str, Any]) -> str:
+    errors = result.get("errors") or []
+    return "; ".join(errors)[:200]
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    info = report["machine"]
+    console.print(
+        f"[bold]machine[/]: {info['cores']} cores, {info['memory_gib']} GiB, {info['platform']}, "
+        f"Python {info['python']}, load average at start {info['load_average']}"
+    )
+    versions = report["versions"]
+    console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    systems: dict[str, dict[str, Any]] = report["systems"]
+    for name, result in systems.items():
+        line = f"[bold]{name}[/]: {result['description']}"
+        if result.get("load_average"):
+            line += f" (load average at its start {result['load_average']})"
+        if result.get("timings"):
+            line += f"\n    in force: {result['timings']}"
+        if result.get("skipped"):
+            line += f"\n    skipped: {result['skipped']}"
+        console.print(line)
+    _crash_table(systems, console)
+    _switchover_table(systems, console)
+    _status_table(report, systems, console)
+    _ratio_table(report.get("ratios", []), console)
+
+
+def _crash_table(systems: dict[str, dict[str, Any]], console: Console) -> None:
+    rows = {n: r["crash"] for n, r in systems.items() if r.get("crash")}
+    if not rows:
+        return
+    table = Table(title="crash: host death of the active (min / median / max, seconds)")
+    for column in ("system", "runs", "first write s", "status 200 s", "lost writes", "errors"):
+        table.add_column(column, justify="left" if column in ("system", "errors") else "right")
+    for name, crash in rows.items():
+        summary = crash["summary"]
+        lost = [str(run["lost"]) for run in crash["runs"] if "lost" in run]
+        table.add_row(
+            name,
+            str(summary["first_write_s"]["n"]),
+            _cell(summary["first_write_s"]),
+            _cell(summary["status_s"]),
+            ",".join(lost) or "-",
+            _errors(crash),
+        )
+    console.print(table)
+
+
+def _switchover_table(systems: dict[str, dict[str, Any]], console: Console) -> None:
+    rows = {n: r["switchover"] for n, r in systems.items() if r.get("switchover")}
+    if not rows:
+        return
+    table = Table(title="switchover, planned (min / median / max, seconds from the request)")
+    for column in ("system", "runs", "write gap s", "first write s", "status 200 s", "lost"):
+        table.add_column(column, justify="left" if column == "system" else "right")
+    table.add_column("errors")
+    for name, switchover in rows.items():
+        summary = switchover["summary"]
+        table.add_row(
+            name,
+            str(summary["gap_s"]["n"]),
+            _cell(summary["gap_s"]),
+            _cell(summary["first_write_s"]),
+            _cell(summary["status_s"]),
+            str(switchover.get("lost", "-")),
+            _errors(switchover),
+        )
+    console.print(table)
+
+
+def _status_table(
+    report: dict[str, Any], systems: dict[str, dict[str, Any]], console: Console
+) -> None:
+    rows = {n: r["status"] for n, r in systems.items() if r.get("status")}
+    if not rows:
+        return
+    load = report["status_load"]
+    table = Table(
+        title=f"status endpoint on the active: {load['connections']} keep-alive connections, "
+        f"{load['seconds']:g} s, {load['generator']}"
+    )
+    for column in ("system", "endpoint", "req/s", "p50 ms", "p99 ms", "max ms", "failed"):
+        table.add_column(column, justify="left" if column in ("system", "endpoint") else "right")
+    table.add_column("errors")
+    for name, status in rows.items():
+        if "rps" not in status:
+            table.add_row(name, status.get("endpoint", "-"), *["-"] * 5, _errors(status))
+            continue
+        table.add_row(
+            name,
+            status["endpoint"],
+            f"{status['rps']:.0f}",
+            f"{status['p50_ms']:.2f}",
+            f"{status['p99_ms']:.2f}",
+            f"{status['max_ms']:.1f}",
+            str(status["failed"]),
+            _errors(status),
+        )
+    console.print(table)
+
+
+def ratios(systems: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """hacore / Patroni for each metric both have, on the medians (rates: higher is better)."""
+    found = []
+    for ours, peer in RATIO_PAIRS:
+        if ours not in systems or peer not in systems:
+            continue
+        for label, scenario, key, lower_better in RATIO_METRICS:
+            mine = _median(systems[ours].get(scenario), key)
+            theirs = _median(systems[peer].get(scenario), key)
+            if mine is None or theirs is None or theirs == 0:
+                continue
+            found.append(
+                {
+                    "metric": label,
+                    "hacore": ours,
+                    "patroni": peer,
+                    "hacore_value": mine,
+                    "patroni_value": theirs,
+                    "ratio": round(mine / theirs, 3),
+                    "lower_is_better": lower_better,
+                }
+            )
+    return found
+
+
+def _median(result: dict[str, Any] | None, key: str) -> float | None:
+    if not result:
+        return None
+    if key in result:
+        value = result[key]
+        return float(value) if value is not None else None
+    summary = result.get("summary", {}).get(key)
+    return summary["median"] if summary and summary.get("n") else None
+
+
+def _ratio_table(rows: list[dict[str, Any]], console: Console) -> None:
+    if not rows:
+        console.print("ratios: none (needs a hacore system and a Patroni system with results)")
+        return
+    pairs = list(dict.fromkeys((row["hacore"], row["patroni"]) for row in rows))
+    table = Table(
+        title="ratios hacore / Patroni on the medians (times: < 1 is hacore faster; "
+        "requests/s: > 1 is hacore faster)"
+    )
+    table.add_column("metric")
+    for ours, peer in pairs:
+        table.add_column(f"{ours} /\n{peer}", justify="right")
+    for label in dict.fromkeys(row["metric"] for row in rows):
+        found = {(r["hacore"], r["patroni"]): r["ratio"] for r in rows if r["metric"] == label}
+        table.add_row(label, *(f"{found[p]:.2f}" if p in found else "-" for p in pairs))
+    console.print(table)

@@ -1,0 +1,420 @@
+"""Failover, switchover and status endpoint: hacore and Patroni side by side, in the same run.
+
+    python benchmarks/failover.py [--runs N] [--scenarios crash,switchover,status]
+                                  [--systems hacore,patroni-defaults,...] [--json]
+
+Every system runs 3 nodes of the same PostgreSQL 15 on a 3-member etcd started for it
+(``hacore.testing.etcd.EtcdHarness``), on loopback ports in a temporary directory. A writer
+process inserts one row at a time through a multi-host connection string
+(``target_session_attrs=read-write``) and logs every acknowledged insert.
+
+* crash: the active's host dies (SIGSTOP, then SIGKILL, of its agent and its whole PostgreSQL
+  process group); time from the fault to the first acknowledged write on the new active, time
+  until the new active's status endpoint answers 200, acknowledged writes missing afterwards.
+  A fresh cluster per run.
+* switchover: a planned switchover to a standby (the synchronous one in synchronous mode);
+  the largest interval between consecutive acknowledged writes around it, and the time from
+  the request to the new active's first write and status 200.
+* status: the active's status endpoint (hacore ``/status``, Patroni ``/primary``) under
+  keep-alive connections for a few seconds: requests per second, p50 and p99.
+
+A benchmark, not a test: it prints numbers and asserts nothing about them. Patroni comes from
+``benchmarks/setup_patroni.sh``; ``wrk`` (if installed) generates the status load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import _load
+import _patroni
+import attrs
+from _cluster import PG_BIN, TABLE, BenchCluster, prepare_workdir
+from _report import machine, print_report, ratios, spread, tool_version
+from _writer import Ack, Writer
+from rich.console import Console
+
+import hacore
+from hacore.testing.etcd import EtcdHarness
+
+SCENARIOS = ("crash", "switchover", "status")
+#: Writes acknowledged before a fault, so the writer is known to be steady.
+WARM_ACKS = 100
+#: Seconds of writes on either side of a switchover, and after a crash's first new write.
+STEADY = 1.0
+START_TIMEOUT = 240.0
+
+
+@attrs.frozen
+class System:
+    name: str
+    description: str
+    make: Callable[[str, Path, list[str]], BenchCluster]
+    unavailable: Callable[[], str | None]
+
+
+def _patroni_system(name: str, description: str, dcs: dict[str, Any], sync: bool) -> System:
+    def make(system: str, workdir: Path, endpoints: list[str]) -> BenchCluster:
+        return _patroni.PatroniCluster(system, workdir, endpoints, dcs=dcs, synchronous=sync)
+
+    return System(name, description, make, _patroni.unavailable_reason)
+
+
+def _hacore_system(name: str, description: str, timing: dict[str, float] | None) -> System:
+    def make(system: str, workdir: Path, endpoints: list[str]) -> BenchCluster:
+        import _hacore_cluster
+
+        return _hacore_cluster.HacoreCluster(system, workdir, endpoints, timing=timing)
+
+    def unavailable() -> str | None:
+        import _hacore_cluster
+
+        return _hacore_cluster.unavailable_reason()
+
+    return System(name, description, make, unavailable)
+
+
+def systems() -> dict[str, System]:
+    tight = _patroni.TIGHTEST
+    found = [
+        _hacore_system("hacore", "hacore at its defaults, synchronous mode on", None),
+        _hacore_system(
+            "hacore-tight",
+            "hacore at Patroni's tightest timings, synchronous mode on",
+            {**{k: float(v) for k, v in tight.items()}, "safety_margin": 1.5},
+        ),
+        _patroni_system(
+            "patroni-defaults", "Patroni at its defaults, asynchronous", _patroni.DEFAULTS, False
+        ),
+        _patroni_system(
+            "patroni-tight",
+            "Patroni at the tightest timings it accepts, asynchronous",
+            tight,
+            False,
+        ),
+        _patroni_system(
+            "patroni-sync",
+            "Patroni at the tightest timings it accepts, synchronous_mode: true",
+            tight,
+            True,
+        ),
+    ]
+    return {s.name: s for s in found}
+
+
+# -- running a cluster ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running(system: System, root: Path, label: str, keep: bool) -> Iterator[BenchCluster]:
+    """etcd and the cluster, started in a fresh directory; both stopped, whatever happens."""
+    workdir = prepare_workdir(Path(tempfile.mkdtemp(prefix=f"{label}-", dir=root)))
+    etcd = EtcdHarness(workdir / "etcd")
+    cluster: BenchCluster | None = None
+    try:
+        etcd.start()
+        endpoints = etcd.settings()["endpoints"]
+        cluster = system.make(system.name, prepare_workdir(workdir / "nodes"), endpoints)
+        cluster.start()
+        yield cluster
+    finally:
+        try:
+            if cluster is not None:
+                cluster.stop()
+        finally:
+            etcd.stop()
+            if not keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_status(
+    cluster: BenchCluster,
+    names: list[str],
+    timeout: float,
+    failed: Callable[[], BaseException | None] = lambda: None,
+) -> tuple[float, str]:
+    """When one of ``names`` first answers 200 on its status endpoint, and which; ``failed``
+    ends the wait early with its exception (a refused switchover request)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (exc := failed()) is not None:
+            raise exc
+        for name in names:
+            if cluster.status_code(name, timeout=0.5) == 200:
+                return time.monotonic(), name
+        time.sleep(0.02)
+    raise TimeoutError(f"no status 200 from {', '.join(names)} within {timeout:g} s")
+
+
+def lost_writes(cluster: BenchCluster, name: str, acks: list[Ack]) -> list[int]:
+    with cluster.connect(name) as conn:
+        rows = conn.execute(f"SELECT id FROM {TABLE} WHERE id = ANY(%s)", ([a.id for a in acks],))
+        present = {row[0] for row in rows}
+    return sorted(a.id for a in acks if a.id not in present)
+
+
+def name_of_port(cluster: BenchCluster, port: int) -> str:
+    return next(n.name for n in cluster.nodes if n.pg_port == port)
+
+
+def fault_timeout(cluster: BenchCluster) -> float:
+    timings = cluster.timings()
+    return 3 * timings.ttl + 60
+
+
+# -- scenarios ------------------------------------------------------------------------------
+
+
+def crash_run(cluster: BenchCluster, log: Callable[[str], None]) -> dict[str, Any]:
+    old = cluster.wait_converged(START_TIMEOUT)
+    sync = cluster.sync_standby()
+    timeout = fault_timeout(cluster)
+    writer = Writer(cluster.dsn(), TABLE).start()
+    try:
+        writer.wait_acks(WARM_ACKS, 60)
+        old_port = cluster.node(old).pg_port
+        survivors = [n.name for n in cluster.nodes if n.name != old]
+        fault = cluster.host_death(old)
+        status_at, status_node = wait_status(cluster, survivors, timeout)
+        first = writer.first_ack(after=fault, not_port=old_port, timeout=timeout)
+        writer.wait_acks(len(writer.acks) + int(STEADY * 50), 60)
+    finally:
+        acks = writer.stop()
+    new = name_of_port(cluster, first.port)
+    lost = lost_writes(cluster, new, acks)
+    result = {
+        "old_active": old,
+        "new_active": new,
+        "sync_standby_before": sync,
+        "first_write_s": round(first.at - fault, 3),
+        "status_s": round(status_at - fault, 3),
+        "status_node": status_node,
+        "acked": len(acks),
+        "acked_before_fault": sum(1 for a in acks if a.at <= fault),
+        "lost": len(lost),
+        "lost_ids": lost[:20],
+    }
+    log(
+        f"crash {cluster.system}: {old} died, {new} active; "
+        f"first write {result['first_write_s']} s, status 200 {result['status_s']} s, "
+        f"lost {len(lost)} of {len(acks)} acknowledged"
+    )
+    return result
+
+
+def switchover_runs(cluster: BenchCluster, runs: int, log: Callable[[str], None]) -> dict[str, Any]:
+    results: list[dict[str, Any]] = []
+    errors: list[str] = []
+    writer = Writer(cluster.dsn(), TABLE).start()
+    final = None
+    try:
+        writer.wait_acks(WARM_ACKS, 60)
+        for _ in range(runs):
+            try:
+                results.append(switchover_once(cluster, writer, log))
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                log(f"switchover {cluster.system}: failed: {errors[-1]}")
+        final = cluster.wait_converged(START_TIMEOUT)
+    finally:
+        acks = writer.stop()
+    summary = {
+        key: spread(r[key] for r in results) for key in ("gap_s", "first_write_s", "status_s")
+    }
+    lost = len(lost_writes(cluster, final, acks)) if final else None
+    return {"runs": results, "summary": summary, "lost": lost, "acked": len(acks), "errors": errors}
+
+
+def switchover_once(
+    cluster: BenchCluster, writer: Writer, log: Callable[[str], None]
+) -> dict[str, Any]:
+    old = cluster.wait_converged(START_TIMEOUT)
+    candidate = cluster.sync_standby() or next(n.name for n in cluster.nodes if n.name != old)
+    old_port = cluster.node(old).pg_port
+    writer.wait_acks(len(writer.acks) + int(STEADY * 50), 60)
+    failure: list[BaseException] = []
+    answered: list[float] = []
+
+    def ask() -> None:
+        try:
+            cluster.request_switchover(old, candidate)
+            answered.append(time.monotonic())
+        except Exception as exc:
+            failure.append(exc)
+
+    asked = time.monotonic()
+    request = threading.Thread(target=ask, daemon=True)
+    request.start()
+    status_at, _ = wait_status(
+        cluster, [candidate], 120, failed=lambda: failure[0] if failure else None
+    )
+    first = writer.first_ack(after=asked, not_port=old_port, timeout=120)
+    request.join(120)
+    if failure:
+        raise failure[0]
+    writer.wait_acks(len(writer.acks) + int(STEADY * 50), 60)
+    window = [a.at for a in list(writer.acks) if asked - STEADY <= a.at <= first.at + STEADY]
+    gap = max(b - a for a, b in itertools.pairwise(window))
+    result = {
+        "from": old,
+        "to": name_of_port(cluster, first.port),
+        "gap_s": round(gap, 3),
+        "first_write_s": round(first.at - asked, 3),
+        "status_s": round(status_at - asked, 3),
+        "api_answered_s": round(answered[0] - asked, 3) if answered else None,
+    }
+    log(
+        f"switchover {cluster.system}: {old} -> {result['to']}; write gap {result['gap_s']} s, "
+        f"first write {result['first_write_s']} s, status 200 {result['status_s']} s"
+    )
+    return result
+
+
+def status_load(cluster: BenchCluster, seconds: float, connections: int) -> dict[str, Any]:
+    active = cluster.wait_converged(START_TIMEOUT)
+    url = cluster.node(active).status_url
+    result = _load.load(url, connections=connections, seconds=seconds)
+    return {"endpoint": urlsplit(url).path, **result}
+
+
+# -- per system -------------------------------------------------------------------------------
+
+
+def run_system(
+    system: System,
+    root: Path,
+    args: argparse.Namespace,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "description": system.description,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+    reason = system.unavailable()
+    if reason:
+        result["skipped"] = reason
+        log(f"{system.name}: skipped: {reason}")
+        return result
+    if "crash" in args.scenarios:
+        runs: list[dict[str, Any]] = []
+        errors: list[str] = []
+        for index in range(args.runs):
+            try:
+                with running(system, root, f"{system.name}-crash{index}", args.keep) as cluster:
+                    result.setdefault("timings", cluster.timings().describe())
+                    result.setdefault("version", cluster.version())
+                    runs.append(crash_run(cluster, log))
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                log(f"crash {system.name}: failed: {errors[-1]}")
+        result["crash"] = {
+            "runs": runs,
+            "errors": errors,
+            "summary": {k: spread(r[k] for r in runs) for k in ("first_write_s", "status_s")},
+        }
+    if "switchover" in args.scenarios or "status" in args.scenarios:
+        try:
+            with running(system, root, f"{system.name}-planned", args.keep) as cluster:
+                result.setdefault("timings", cluster.timings().describe())
+                result.setdefault("version", cluster.version())
+                if "switchover" in args.scenarios:
+                    result["switchover"] = switchover_runs(cluster, args.runs, log)
+                if "status" in args.scenarios:
+                    try:
+                        result["status"] = status_load(cluster, args.status_seconds, 8)
+                        log(f"status {system.name}: {result['status']}")
+                    except Exception as exc:
+                        result["status"] = {"errors": [f"{type(exc).__name__}: {exc}"]}
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            log(f"{system.name}: cluster failed: {message}")
+            for scenario in ("switchover", "status"):
+                if scenario in args.scenarios and scenario not in result:
+                    result[scenario] = {"errors": [message], "summary": {}}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    known = systems()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="crashes and switchovers per system")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--systems",
+        default="hacore,hacore-tight,patroni-defaults,patroni-tight,patroni-sync",
+        help=f"any of {', '.join(known)}",
+    )
+    parser.add_argument("--status-seconds", type=float, default=10.0)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work directory (logs) and print its path"
+    )
+    args = parser.parse_args(argv)
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    names = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in args.scenarios if s not in SCENARIOS] + [
+        n for n in names if n not in known
+    ]
+    if unknown or args.runs < 1:
+        parser.error(f"unknown: {', '.join(unknown)}" if unknown else "--runs must be at least 1")
+
+    console = Console(stderr=args.json)
+    if not console.is_terminal:
+        console.width = 140
+
+    def log(line: str) -> None:
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}", highlight=False)
+
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "versions": {
+            "postgresql": tool_version([str(PG_BIN / "postgres"), "--version"]),
+            "etcd": tool_version(["etcd", "--version"]),
+            "patroni": tool_version([str(_patroni.PATRONI), "--version"]),
+            "hacore": hacore.__version__,
+        },
+        "runs": args.runs,
+        "scenarios": args.scenarios,
+        "status_load": {
+            "connections": 8,
+            "seconds": args.status_seconds,
+            "generator": _load.generator(),
+        },
+        "systems": {},
+    }
+    started = time.monotonic()
+    root = prepare_workdir(Path(tempfile.mkdtemp(prefix="hacore-failover-bench-")))
+    try:
+        for name in names:
+            log(f"{name}: running {', '.join(args.scenarios)}")
+            report["systems"][name] = run_system(known[name], root, args, log)
+    finally:
+        if args.keep:
+            log(f"work directory kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    report["ratios"] = ratios(report["systems"])
+    report["wall_s"] = round(time.monotonic() - started, 1)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report, console)
+        console.print(f"[dim]wall time {report['wall_s']} s[/]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
