@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hacore import __version__
+from hacore.cli_cluster import add_cluster_commands
 from hacore.errors import HacoreError
 from hacore.plugins import FAMILIES, load_plugins
 
@@ -150,6 +151,9 @@ def demo(backend: str, workdir: str | None, ttl: float) -> None:
     from hacore.demo import run_store_demo
 
     run_store_demo(backend=backend, workdir=workdir, ttl=ttl, console=console)
+
+
+add_cluster_commands(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

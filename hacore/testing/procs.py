@@ -137,3 +137,38 @@ class ServerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (a reaped-later child counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid``, found through /proc (they may have left its process group)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def kill_with_children(pid: int, timeout: float = 30.0) -> None:
+    """SIGKILL a server and its direct children, as a host death would, and wait for it.
+
+    A PostgreSQL postmaster's children call setsid(), so killing its process group misses
+    them; they are found by parent pid instead.
+    """
+    for proc in [pid, *child_pids(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(pid), timeout, what=f"pid {pid} to die")

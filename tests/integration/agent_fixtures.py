@@ -33,7 +33,7 @@ from hacore.config import NodeConfig, load_config
 from hacore.hookspecs import hookimpl
 from hacore.plugins import HacorePlugins, load_plugins
 from hacore.records import ClusterView, Member, NodeRole
-from hacore.testing.procs import free_port, wait_for
+from hacore.testing.procs import free_port, kill_with_children, pid_alive, wait_for
 from hacore_plugins.postgresql.backend import PostgresReplication
 
 PASSWORD = f"repl-{secrets.token_hex(8)}"
@@ -377,40 +377,16 @@ class Writer:
 # -- processes --------------------------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def kill_server(pid: int) -> None:
     """SIGKILL the postmaster and its children, as a host death would."""
-    for proc in [pid, *_children(pid)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc, signal.SIGKILL)
-    wait_for(lambda: not _alive(pid), 30, what=f"postmaster {pid} to die")
+    kill_with_children(pid)
 
 
 def stop_server(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGINT)
     try:
-        wait_for(lambda: not _alive(pid), 30, what=f"postmaster {pid} to stop")
+        wait_for(lambda: not pid_alive(pid), 30, what=f"postmaster {pid} to stop")
     except TimeoutError:
         kill_server(pid)
 

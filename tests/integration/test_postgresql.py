@@ -9,7 +9,6 @@ access rules really decide who gets in.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
@@ -30,7 +29,7 @@ import pytest
 from hacore.errors import ConfigError, ReplicationError
 from hacore.plugins import load_plugins
 from hacore.replication import ReplicationSource
-from hacore.testing.procs import free_port, wait_for
+from hacore.testing.procs import free_port, kill_with_children, pid_alive, wait_for
 from hacore_plugins.postgresql.backend import PostgresReplication
 from hacore_plugins.postgresql.layout import INCLUDE_LINE
 from hacore_plugins.postgresql.settings import default_bin_dir, parse_settings
@@ -54,44 +53,19 @@ _names = itertools.count()
 # Servers: made in one root the postgres user can enter, stopped by pid.
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
 def _postmaster(node: PostgresReplication) -> int | None:
     try:
         first = (node.layout.pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
     except OSError:
         return None
-    return int(first) if first.strip().isdigit() and _alive(int(first)) else None
-
-
-def _server_processes(pid: int) -> list[int]:
-    """The postmaster and its children (they leave its process group, so killpg misses them)."""
-    found = [pid]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
+    return int(first) if first.strip().isdigit() and pid_alive(int(first)) else None
 
 
 def crash(node: PostgresReplication) -> None:
     """SIGKILL the whole server, as a host death would."""
     pid = _postmaster(node)
     assert pid is not None, f"{node.node_name} is not running"
-    for proc in _server_processes(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc, signal.SIGKILL)
-    wait_for(lambda: not _alive(pid), 30, what=f"{node.node_name} to die")
+    kill_with_children(pid)
 
 
 def stop_by_pid(node: PostgresReplication) -> None:
@@ -100,11 +74,9 @@ def stop_by_pid(node: PostgresReplication) -> None:
         return
     os.kill(pid, signal.SIGINT)
     try:
-        wait_for(lambda: not _alive(pid), 30, what=f"{node.node_name} to stop")
+        wait_for(lambda: not pid_alive(pid), 30, what=f"{node.node_name} to stop")
     except TimeoutError:
-        for proc in _server_processes(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc, signal.SIGKILL)
+        kill_with_children(pid)
 
 
 class Nodes:

@@ -1,0 +1,789 @@
+"""``hacore agent run`` and the ``hacore cluster`` commands.
+
+Errors hacore raises on purpose are printed by :mod:`hacore.cli` as one ``error:`` line with
+exit status 2. Status 1 is reserved for "ran fine, but the answer is no" (``cluster status``
+with no active node).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from hacore.api.client import ApiClient
+from hacore.api.errors import ApiError, ApiUnreachableError, AuthenticationError, UnavailableError
+from hacore.cluster.follow import LocalApi, follow_operation, human_bytes
+from hacore.cluster.local import BOOTSTRAP_USER, local_url, read_token
+from hacore.cluster.profile import (
+    PROFILE_ENV,
+    Profile,
+    active_client,
+    load_profile,
+    members_of,
+    profile_path,
+    require_profile,
+    save_profile,
+)
+from hacore.config import NodeConfig, load_config
+from hacore.errors import HacoreError
+
+console = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONFIG_ENV = "HACORE_CONFIG"
+DEFAULT_CONFIG = "/etc/hacore/node.yaml"
+#: seconds for the local agent to accept a start or join (a join waits for the active)
+ACCEPT_TIMEOUT = 180.0
+#: seconds for the active to carry out a removal (it waits for the node to acknowledge)
+REMOVE_TIMEOUT = 120.0
+
+
+def _config_option(func: F) -> F:
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        envvar=CONFIG_ENV,
+        default=DEFAULT_CONFIG,
+        show_default=True,
+        help=f"This node's configuration (also ${CONFIG_ENV}).",
+    )(func)
+
+
+def _json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(func)
+
+
+# -------------------------------------------------------------------------------------------
+# hacore agent
+# -------------------------------------------------------------------------------------------
+
+
+@click.group()
+def agent() -> None:
+    """The per-node agent service."""
+
+
+@agent.command("run")
+@_config_option
+def agent_run(config_path: str) -> None:
+    """Run this node's agent service in the foreground until SIGTERM or SIGINT.
+
+    \b
+    Before the node belongs to a cluster the service only serves the REST API on
+    node.host:node.api_port: /status answers 503 and it waits for "hacore cluster start" or
+    "hacore cluster join", which the local CLI authenticates with the bootstrap token the
+    service writes to <data_dir>/bootstrap.token (0600). Once the node is a member it runs
+    the agent loop too, and the API takes the cluster's credentials.
+
+    \b
+    What the node is part of is kept in <data_dir>/cluster.json (0600); after a restart the
+    service resumes from it: an interrupted start continues, an interrupted join continues
+    (or rolls back to an empty node if it had not joined the store yet).
+
+    \b
+    Stopping the service stops the node's role: an active node hands over at once, then
+    its database stops. A managed store server keeps running (restarting an agent must not
+    cost the store a member); the next agent takes it over. Run it under systemd.
+
+    \b
+    Example:
+      hacore agent run -c /etc/hacore/node.yaml
+    """
+    from hacore.cluster.service import serve
+
+    root = logging.getLogger()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    serve(config_path)
+
+
+# -------------------------------------------------------------------------------------------
+# hacore cluster
+# -------------------------------------------------------------------------------------------
+
+
+@click.group()
+@click.option(
+    "--profile",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help=f"CLI profile file (default ${PROFILE_ENV}, else ~/.hacore/profile.json).",
+)
+@click.pass_context
+def cluster(ctx: click.Context, profile: str | None) -> None:
+    """Form a cluster, add and remove nodes, see its state, switch the active over.
+
+    \b
+    "start" founds a cluster on this node, "join" adds this node to one; both write the CLI
+    profile (node list and API credentials, 0600) that the other commands use to find the
+    active node by themselves, so they keep working after a failover.
+    """
+    ctx.obj = profile_path(profile)
+
+
+def _profile_path(ctx: click.Context) -> Path:
+    path = ctx.find_object(Path)
+    return path if path is not None else profile_path()
+
+
+def _local_config(config_path: str) -> NodeConfig:
+    return load_config(config_path)
+
+
+def _bootstrap_token(config: NodeConfig, config_path: str) -> str:
+    token = read_token(config.node.data_dir)
+    if token is None:
+        raise HacoreError(
+            f"no bootstrap token in {config.node.data_dir}: the agent service is not running "
+            f"(start it: hacore agent run -c {config_path}), or this node already belongs to a "
+            "cluster"
+        )
+    return token
+
+
+def _emit(as_json: bool, data: Any, text: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        text()
+
+
+def _echo_progress(as_json: bool) -> Callable[[str], None] | None:
+    return None if as_json else click.echo
+
+
+@cluster.command("start")
+@_config_option
+@click.option("--node-name", help="This node's name in the cluster (default: node.name).")
+@click.option("--host-ip", help="The address other nodes reach this node at (default: node.host).")
+@click.option(
+    "--options",
+    "options",
+    multiple=True,
+    help="Configuration overrides: YAML file(s), a JSON object, or k1=v1;k2=v2 (repeatable).",
+)
+@click.option("--username", default="admin", show_default=True, help="The API user to create.")
+@click.option(
+    "--password",
+    envvar="HACORE_PASSWORD",
+    default=None,
+    help="The API password to set (also $HACORE_PASSWORD); generated when not given.",
+)
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait.")
+@_json_option
+@click.pass_context
+def cluster_start(
+    ctx: click.Context,
+    config_path: str,
+    node_name: str | None,
+    host_ip: str | None,
+    options: tuple[str, ...],
+    username: str,
+    password: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Found a new cluster with this node as its first, active node.
+
+    \b
+    The node's agent service must run (hacore agent run -c FILE). It checks the node first
+    and refuses, changing nothing, when the node already holds a database, when a managed
+    store already has data here, or when an external store already holds a cluster under
+    this namespace. Then, one progress line per step:
+      1. store: bootstraps a one-member store on this node (consensus.managed: true), or
+         uses the external store;
+      2. record: writes the cluster record (name, hacore version, creation time) to it;
+      3. database: bootstraps PostgreSQL with a new, random replication password;
+      4. names this node the first active and starts the agent, which campaigns and
+         promotes; the command returns once this node's /status answers 200.
+    Each step is recorded in <data_dir>/cluster.json: run the command again after a failure
+    to resume where it stopped.
+
+    \b
+    The API credentials are created here: --username/--password, or a random password. Only
+    a hash goes to the agents; the password is written to the CLI profile (0600) and printed
+    once, at the end.
+
+    \b
+    Exit status: 0 the node is active; 2 refused or failed ("error:" line).
+
+    \b
+    Examples:
+      hacore cluster start -c /etc/hacore/node.yaml
+      hacore cluster start --node-name manager-1 --host-ip 10.0.0.1 --options timing.ttl=10
+    """
+    from hacore.options import parse_options
+
+    config = _local_config(config_path)
+    overrides = parse_options(list(options)) if options else {}
+    generated = password is None
+    password = password or secrets.token_urlsafe(18)
+    token = _bootstrap_token(config, config_path)
+    url = local_url(config)
+    local = LocalApi(url, [(BOOTSTRAP_USER, token), (username, password)], timeout=30.0)
+    path = _profile_path(ctx)
+    previous = load_profile(path)
+    # Saved first: the password must not be lost if this command dies before the end.
+    name = node_name or config.node.name
+    save_profile(path, Profile(config.cluster.name, username, password, ((name, url),)))
+    body = {
+        "node_name": node_name,
+        "host_ip": host_ip,
+        "options": overrides,
+        "username": username,
+        "password": password,
+    }
+    try:
+        answer = local.call(lambda c: c.start_cluster(body), timeout=ACCEPT_TIMEOUT)
+    except BaseException:
+        if previous is not None:
+            save_profile(path, previous)
+        else:
+            path.unlink(missing_ok=True)
+        raise
+    cluster_name = str(answer.get("cluster"))
+    save_profile(path, Profile(cluster_name, username, password, ((answer["node"], url),)))
+    echo = _echo_progress(as_json)
+    if echo:
+        verb = "resuming the start of" if answer.get("resumed") else "starting"
+        echo(f"{verb} cluster {cluster_name} on node {answer['node']} ({url})")
+    op = follow_operation(local, timeout=timeout, echo=echo)
+    data = local.call(lambda c: c.cluster())
+    profile = Profile(cluster_name, username, password).with_nodes(
+        members_of(data) or [(answer["node"], url)], active=answer["node"]
+    )
+    save_profile(path, profile)
+    result = {
+        "cluster": cluster_name,
+        "node": answer["node"],
+        "api_url": url,
+        "username": username,
+        "password": password if generated else None,
+        "profile": str(path),
+        "elapsed": op.get("elapsed"),
+    }
+
+    def text() -> None:
+        click.echo(f"{op.get('result')} (took {op.get('elapsed', 0):.1f} s)")
+        if generated:
+            click.echo(
+                f"API user {username}, password {password}\n"
+                f"(saved in the CLI profile {path}; it is not shown again)"
+            )
+        else:
+            click.echo(f"CLI profile saved in {path}")
+
+    _emit(as_json, result, text)
+
+
+@cluster.command("join")
+@click.argument("active_address")
+@_config_option
+@click.option("--node-name", required=True, help="This node's name in the cluster (unique).")
+@click.option("--host-ip", help="The address other nodes reach this node at (default: node.host).")
+@click.option(
+    "--options",
+    "options",
+    multiple=True,
+    help="Configuration overrides: YAML file(s), a JSON object, or k1=v1;k2=v2 (repeatable).",
+)
+@click.option("--username", default=None, help="The cluster's API user (default: the profile's).")
+@click.option(
+    "--password",
+    envvar="HACORE_PASSWORD",
+    default=None,
+    help="The cluster's API password (also $HACORE_PASSWORD; default: the profile's).",
+)
+@click.option("--timeout", type=float, default=900.0, show_default=True, help="Seconds to wait.")
+@_json_option
+@click.pass_context
+def cluster_join(
+    ctx: click.Context,
+    active_address: str,
+    config_path: str,
+    node_name: str,
+    host_ip: str | None,
+    options: tuple[str, ...],
+    username: str | None,
+    password: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Add this (empty) node to the cluster whose active node is at ACTIVE_ADDRESS.
+
+    \b
+    ACTIVE_ADDRESS is host, host:port or http://host:port of the active node's API (port
+    default 8008); a standby's address works too, it names the active. This node's agent
+    service must run (hacore agent run -c FILE).
+
+    \b
+    The node's agent asks the active (with the cluster's API credentials) for a join ticket.
+    The active refuses, and NOTHING changes on either node, when: this node is not empty (it
+    holds a database or store data), the name is taken (by a member, a removed node, or a
+    join in progress from elsewhere), this node runs another hacore version or other
+    backends, or the credentials are wrong. An active that cannot be reached changes nothing
+    either. Otherwise the active adds the node to its store (managed store) and lets it reach
+    its database, and this node:
+      1. joins the store (on failure it asks the active to forget it, and is empty again);
+      2. starts its agent, which copies the database from the active (progress: bytes done
+         and total) and follows it;
+      3. returns once the node is a streaming standby.
+    Each step is recorded in <data_dir>/cluster.json: an interrupted join resumes once the
+    node is in the store, and rolls back to empty before that.
+
+    \b
+    The CLI profile is updated with the cluster's nodes and the credentials.
+
+    \b
+    Exit status: 0 the node streams as a standby; 2 refused or failed ("error:" line).
+
+    \b
+    Examples:
+      hacore cluster join 10.0.0.1 --node-name manager-2 --username admin --password S3cret
+      hacore cluster join 10.0.0.1:8008 --node-name manager-3 --host-ip 10.0.0.3
+    """
+    from hacore.options import parse_options
+
+    path = _profile_path(ctx)
+    profile = load_profile(path)
+    if username is None or password is None:
+        if profile is None:
+            raise HacoreError(
+                "give the cluster's API credentials with --username and --password (or "
+                f"$HACORE_PASSWORD), or a CLI profile that holds them (none at {path})"
+            )
+        username = username or profile.username
+        password = password or profile.password
+    config = _local_config(config_path)
+    overrides = parse_options(list(options)) if options else {}
+    token = _bootstrap_token(config, config_path)
+    url = local_url(config)
+    local = LocalApi(url, [(BOOTSTRAP_USER, token), (username, password)], timeout=30.0)
+    body = {
+        "action": "join",
+        "active": active_address,
+        "node_name": node_name,
+        "host_ip": host_ip,
+        "options": overrides,
+        "username": username,
+        "password": password,
+    }
+    answer = local.call(lambda c: c.join_ticket(body), timeout=ACCEPT_TIMEOUT)
+    echo = _echo_progress(as_json)
+    if echo:
+        echo(f"joining cluster {answer['cluster']} through {answer['active']} as {node_name}")
+    op = follow_operation(local, timeout=timeout, echo=echo)
+    members = [(str(m["name"]), str(m["api_url"])) for m in answer.get("members", [])]
+    with contextlib.suppress(ApiError, ApiUnreachableError):
+        members = members_of(local.call(lambda c: c.cluster())) or members
+    own = next((u for n, u in members if n == node_name), url)
+    members = [*(m for m in members if m[0] != node_name), (node_name, own)]
+    profile = Profile(str(answer["cluster"]), username, password).with_nodes(
+        members, active=str(answer["active"])
+    )
+    save_profile(path, profile)
+    result = {
+        "cluster": answer["cluster"],
+        "node": node_name,
+        "active": answer["active"],
+        "profile": str(path),
+        "elapsed": op.get("elapsed"),
+    }
+    _emit(
+        as_json,
+        result,
+        lambda: click.echo(f"{op.get('result')} (took {op.get('elapsed', 0):.1f} s)"),
+    )
+
+
+# -------------------------------------------------------------------------------------------
+# Reading the cluster
+# -------------------------------------------------------------------------------------------
+
+
+def _reach(ctx: click.Context, *, need_active: bool) -> tuple[Profile, dict[str, Any], bool]:
+    """The cluster view from the active (or, unless ``need_active``, from any node that
+    answers); refreshes the profile's node list. The bool says whether it came from the
+    active."""
+    path = _profile_path(ctx)
+    profile = require_profile(path)
+    try:
+        with active_client(profile) as client:
+            data = client.cluster()
+        from_active = True
+    except UnavailableError as err:
+        if need_active:
+            raise UnavailableError(
+                f"{err}; is the cluster failing over? try again shortly"
+            ) from None
+        data = _any_view(profile, err)
+        from_active = False
+    members = members_of(data)
+    if from_active and members:
+        refreshed = profile.with_nodes(members, active=data.get("node"))
+        if refreshed != profile:
+            save_profile(path, refreshed)
+            profile = refreshed
+    return profile, data, from_active
+
+
+def _any_view(profile: Profile, why: Exception) -> dict[str, Any]:
+    for url in profile.urls():
+        try:
+            with ApiClient(url, profile.auth, timeout=5.0) as client:
+                return client.cluster()
+        except AuthenticationError:
+            raise
+        except (ApiError, ApiUnreachableError):
+            continue
+    raise UnavailableError(f"no node of the profile answers ({why})")
+
+
+def _state_of(member: dict[str, Any]) -> str:
+    if member.get("active"):
+        return "active"
+    role = str(member.get("role") or "unknown")
+    if role == "unknown":
+        return "offline"
+    return role
+
+
+def _checks_text(member: dict[str, Any]) -> str:
+    checks = member.get("checks") or {}
+    parts = []
+    for name in sorted(checks):
+        ok = checks[name].get("ok") if isinstance(checks[name], dict) else checks[name]
+        parts.append(f"{name} {'OK' if ok else 'FAIL'}")
+    return ", ".join(parts) or "-"
+
+
+def _lag_text(member: dict[str, Any]) -> str:
+    if member.get("active"):
+        return "-"
+    lag = member.get("lag_bytes")
+    return human_bytes(lag) if isinstance(lag, int) else "?"
+
+
+def _replication_text(member: dict[str, Any]) -> str:
+    if member.get("active"):
+        return "primary"
+    streaming = member.get("streaming")
+    if streaming is None:
+        return "?"
+    return "streaming" if streaming else "not streaming"
+
+
+def _node_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for member in data.get("members", []):
+        rows.append(
+            {
+                "name": member.get("name"),
+                "address": member.get("host"),
+                "api_url": member.get("api_url"),
+                "state": _state_of(member),
+                "healthy": member.get("healthy"),
+                "replication": _replication_text(member),
+                "lag_bytes": None if member.get("active") else member.get("lag_bytes"),
+                "checks": {
+                    n: bool(c.get("ok")) if isinstance(c, dict) else bool(c)
+                    for n, c in (member.get("checks") or {}).items()
+                },
+                "version": member.get("version"),
+            }
+        )
+    return rows
+
+
+@cluster.group("nodes")
+def nodes() -> None:
+    """List, inspect and remove the cluster's nodes."""
+
+
+@nodes.command("list")
+@_json_option
+@click.pass_context
+def nodes_list(ctx: click.Context, as_json: bool) -> None:
+    """List every node: address, state, replication, lag, and each health check.
+
+    \b
+    Asks the active node (found through the CLI profile); when no node is active (during a
+    failover) it shows the view of any node that answers and says so. STATE is active,
+    standby, offline (its agent stopped publishing), or a transitional state (starting,
+    cloning, fenced); REPLICATION is "streaming" when the standby streams from the active
+    right now; LAG is how far behind the active it is. Changes nothing.
+
+    \b
+    Exit status: 0; 2 when no node answers ("error:" line).
+
+    \b
+    Example:
+      hacore cluster nodes list
+    """
+    _, data, from_active = _reach(ctx, need_active=False)
+    rows = _node_rows(data)
+    note = None if from_active else f"no active node right now; view of {data.get('node')}"
+
+    def text() -> None:
+        table = Table(title=f"cluster {data.get('cluster')}")
+        for column in ("name", "address", "state", "replication", "lag", "checks"):
+            table.add_column(column)
+        for row, member in zip(rows, data.get("members", []), strict=True):
+            table.add_row(
+                str(row["name"]),
+                str(row["address"]),
+                row["state"],
+                row["replication"],
+                _lag_text(member),
+                _checks_text(member),
+            )
+        console.print(table)
+        if note:
+            click.echo(note)
+
+    _emit(
+        as_json,
+        {"cluster": data.get("cluster"), "leader": data.get("leader"), "nodes": rows, "note": note},
+        text,
+    )
+
+
+@nodes.command("get")
+@click.argument("name")
+@_json_option
+@click.pass_context
+def nodes_get(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Show one node in detail: addresses, state, position, lag and every check's detail.
+
+    \b
+    Asks the active node (or any node, during a failover). Changes nothing.
+
+    \b
+    Exit status: 0; 2 when the cluster has no node NAME or no node answers.
+
+    \b
+    Example:
+      hacore cluster nodes get manager-2
+    """
+    _, data, _ = _reach(ctx, need_active=False)
+    member = next((m for m in data.get("members", []) if m.get("name") == name), None)
+    if member is None:
+        names = ", ".join(str(m.get("name")) for m in data.get("members", [])) or "none"
+        raise HacoreError(f'no node named "{name}" in cluster {data.get("cluster")} ({names})')
+
+    def text() -> None:
+        click.echo(f"node:        {member['name']}")
+        click.echo(f"state:       {_state_of(member)}")
+        click.echo(f"address:     {member.get('host')}")
+        click.echo(f"api:         {member.get('api_url')}")
+        click.echo(f"healthy:     {member.get('healthy')}")
+        click.echo(f"replication: {_replication_text(member)}, lag {_lag_text(member)}")
+        click.echo(f"position:    {member.get('position')} (timeline {member.get('timeline')})")
+        click.echo(f"version:     hacore {member.get('version')}")
+        for check, result in sorted((member.get("checks") or {}).items()):
+            ok = result.get("ok") if isinstance(result, dict) else result
+            detail = result.get("detail") if isinstance(result, dict) else ""
+            click.echo(f"check {check}: {'OK' if ok else 'FAIL'}{f' ({detail})' if detail else ''}")
+
+    _emit(as_json, member, text)
+
+
+@nodes.command("remove")
+@click.argument("name")
+@_json_option
+@click.pass_context
+def nodes_remove(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Remove standby NAME from the cluster for good.
+
+    \b
+    On the active node: marks NAME removed (its agent, if alive, steps down to "removed",
+    never campaigns again, and stops its database and store server), removes its store
+    server from the store (managed store), drops its replication slot and database access,
+    and cancels a join still pending under that name. The name cannot be used again. The
+    active itself is refused: switch over first. Running it again finishes an interrupted
+    removal.
+
+    \b
+    Exit status: 0 removed; 2 refused (the active, an unknown name) or failed.
+
+    \b
+    Example:
+      hacore cluster nodes remove manager-3
+    """
+    profile = require_profile(_profile_path(ctx))
+    with active_client(profile) as found:
+        url = found.base_url
+    with ApiClient(url, profile.auth, timeout=REMOVE_TIMEOUT) as client:
+        answer = client.remove_node(name)
+    path = _profile_path(ctx)
+    save_profile(path, profile.with_nodes([n for n in profile.nodes if n[0] != name]))
+
+    def text() -> None:
+        click.echo(f"node {name} removed from cluster {profile.cluster}")
+        if not answer.get("acknowledged", True):
+            click.echo("  (it did not acknowledge in time: if it comes back it stays removed)")
+
+    _emit(as_json, answer, text)
+
+
+@cluster.command("status")
+@_json_option
+@click.pass_context
+def cluster_status(ctx: click.Context, as_json: bool) -> None:
+    """Show the cluster at a glance: which node is active, and how each node answers.
+
+    \b
+    Finds the active node through the CLI profile (skipping standbys and unreachable nodes,
+    so it works after a failover), and probes each known node's /status. Changes nothing.
+
+    \b
+    Exit status: 0 a node is active; 1 no node is active right now (the table still shows
+    what each node says); 2 no node answers at all, or an error.
+
+    \b
+    Example:
+      hacore cluster status
+    """
+    profile, data, from_active = _reach(ctx, need_active=False)
+    probes = [_probe(name, url, profile) for name, url in profile.nodes]
+    active = data.get("node") if from_active else None
+    record = data.get("record") or {}
+    result = {
+        "cluster": data.get("cluster"),
+        "namespace": data.get("namespace"),
+        "hacore_version": record.get("hacore_version"),
+        "active": active,
+        "store_ok": data.get("store_ok"),
+        "store_members": data.get("store_members"),
+        "nodes": probes,
+    }
+
+    def text() -> None:
+        click.echo(
+            f"cluster:  {result['cluster']} (namespace {result['namespace']}, "
+            f"hacore {result['hacore_version']})"
+        )
+        click.echo(f"active:   {active or 'NONE'}")
+        stores = data.get("store_members")
+        if stores:
+            voting = sum(1 for s in stores if s.get("voting"))
+            click.echo(f"store:    {len(stores)} servers ({voting} voting)")
+        table = Table()
+        for column in ("node", "api", "status", "state", "detail"):
+            table.add_column(column)
+        for probe in probes:
+            table.add_row(
+                probe["name"],
+                probe["api_url"],
+                str(probe["http_status"] or "no answer"),
+                str(probe["state"] or "-"),
+                str(probe["detail"] or ""),
+            )
+        console.print(table)
+
+    _emit(as_json, result, text)
+    if active is None:
+        ctx.exit(1)
+
+
+def _probe(name: str, url: str, profile: Profile) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "name": name,
+        "api_url": url,
+        "http_status": None,
+        "state": None,
+        "active": False,
+        "detail": "",
+    }
+    try:
+        with ApiClient(url, profile.auth, timeout=3.0) as client:
+            status = client.status()
+    except (ApiError, ApiUnreachableError) as err:
+        found["detail"] = str(err)
+        return found
+    found["http_status"] = 200 if status.get("active") else 503
+    found["state"] = status.get("state")
+    found["active"] = bool(status.get("active"))
+    if status.get("standby_streaming"):
+        found["detail"] = f"streaming from {status.get('leader')}"
+    return found
+
+
+@cluster.command("switchover")
+@click.option("--to", "to", default=None, help="The node to make active (default: the best one).")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait.")
+@_json_option
+@click.pass_context
+def cluster_switchover(ctx: click.Context, to: str | None, timeout: float, as_json: bool) -> None:
+    """Hand the active role to another node (--to NAME, or the most up-to-date standby).
+
+    \b
+    Writes a switchover request; the active stops its active-only services, waits (briefly)
+    for the target to have every write, fences its database and releases the lease; the
+    target promotes. The command waits until the new active's /status answers 200 and
+    prints how long it took. Refused when NAME is unknown or already active, or another
+    switchover is pending.
+
+    \b
+    Exit status: 0 a new node is active; 2 refused, or no new active within --timeout.
+
+    \b
+    Example:
+      hacore cluster switchover --to manager-2
+    """
+    path = _profile_path(ctx)
+    profile = require_profile(path)
+    with active_client(profile) as client:
+        old = str(client.status().get("node"))
+        began = time.monotonic()
+        client.switchover(to)
+    deadline = began + timeout
+    new: str | None = None
+    while new is None:
+        try:
+            with active_client(profile, timeout=2.0) as client:
+                name = str(client.status().get("node"))
+                if name != old and (to is None or name == to):
+                    new = name
+                    data = client.cluster()
+        except UnavailableError:
+            pass
+        if new is None:
+            if time.monotonic() > deadline:
+                raise HacoreError(
+                    f"no new active node within {timeout:g}s (the request may have been "
+                    "refused by the active: see its log, and hacore cluster status)"
+                )
+            time.sleep(0.1)
+    took = time.monotonic() - began
+    save_profile(path, profile.with_nodes(members_of(data) or profile.nodes, active=new))
+    result = {"from": old, "to": new, "seconds": round(took, 3)}
+    _emit(
+        as_json,
+        result,
+        lambda: click.echo(
+            f"switchover done: {new} is the active node (was {old}); took {took:.1f} s"
+        ),
+    )
+
+
+def add_cluster_commands(group: click.Group) -> None:
+    """Register ``agent`` and ``cluster`` on the top-level ``hacore`` group."""
+    group.add_command(agent)
+    group.add_command(cluster)
+
+
+__all__ = ["add_cluster_commands", "agent", "cluster"]

@@ -1,0 +1,213 @@
+"""The active's side of ``cluster join``: check the newcomer, then grant (or cancel) a ticket.
+
+Every check runs before anything changes, so a refused join leaves the cluster as it was. Only
+then, in order: the pending-join key (create-only, so one name cannot be granted twice), the
+store member (managed store), the database access for the newcomer's address. If a later step
+fails the earlier ones are undone before the error is answered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Any
+
+from hacore.agent import keys
+from hacore.agent.runtime import Agent
+from hacore.api.errors import (
+    BadRequestError,
+    ConflictError,
+    NotActiveError,
+    UnavailableError,
+)
+from hacore.cluster.pending import PendingJoin, pending_joins, pending_key
+from hacore.cluster.record import reported_version
+from hacore.cluster.state import ClusterState
+from hacore.cluster.ticket import JoinRequest, Ticket, ticket_parts
+from hacore.config import validate_node_name
+from hacore.errors import ConfigError, HacoreError
+
+log = logging.getLogger(__name__)
+_granting = threading.Lock()
+
+
+def require_active(agent: Agent | None, what: str) -> Agent:
+    if agent is None:
+        raise NotActiveError(f"this node belongs to no cluster yet: it cannot {what}")
+    snap = agent.snapshot()
+    if not snap.is_active:
+        active = f"the active node is {snap.leader}" if snap.leader else "no node is active now"
+        raise NotActiveError(
+            f"{snap.node_name} is not the active node (it is {snap.state.value}); only the "
+            f"active can {what}, and {active}"
+        )
+    return agent
+
+
+def grant_ticket(agent: Agent | None, state: ClusterState, body: dict[str, Any]) -> Ticket:
+    agent = require_active(agent, "grant a join")
+    req = JoinRequest.parse(body)
+    config = agent.config
+    try:
+        validate_node_name(req.name)
+    except ConfigError as err:
+        raise BadRequestError(f"join refused: {err}") from None
+    cluster = state.record.name
+    _check_compatible(agent, state, req)
+    with _granting:
+        retry = _check_name(agent, state, req)
+        extensions = {part.name: part.grant(config, req) for part in ticket_parts()}
+        consensus = agent.consensus
+        key = pending_key(req.name)
+        current = consensus.get(key)
+        entry = PendingJoin(req.name, req.host, granted_by=config.node.name)
+        version = current.version if current is not None else 0
+        if not consensus.put(key, entry.encode(), expect_version=version):
+            raise ConflictError(f"another join of {req.name} was granted at the same moment")
+        try:
+            spec = _add_to_store(agent, req)
+            agent.replication.allow_member(req.name, req.host)
+        except BaseException:
+            if not retry:
+                _undo(agent, req.name)
+            raise
+    log.info("join ticket granted to %s at %s for cluster %s", req.name, req.host, cluster)
+    auth = config.api.auth
+    if auth is None:  # pragma: no cover - an active always has credentials
+        raise UnavailableError("this node has no API credentials to hand over")
+    snap = agent.snapshot()
+    return Ticket(
+        record=state.record,
+        active=config.node.name,
+        consensus=spec,
+        replication_user=state.replication_user,
+        replication_password=state.replication_password,
+        api_username=auth.username,
+        api_password_hash=auth.password_hash,
+        status_requires_auth=config.api.status_requires_auth,
+        members=tuple((m.name, m.api_url) for m in snap.members if m.api_url),
+        extensions=extensions,
+    )
+
+
+def _check_compatible(agent: Agent, state: ClusterState, req: JoinRequest) -> None:
+    config = agent.config
+    mine = reported_version()
+    if req.version != mine:
+        raise ConflictError(
+            f"{req.name} runs hacore {req.version} but cluster {state.record.name} runs hacore "
+            f"{mine}: install hacore {mine} on {req.name} first"
+        )
+    if (req.consensus_backend, req.managed) != (config.consensus.backend, config.consensus.managed):
+        ours = (
+            f"{config.consensus.backend} ({'managed' if config.consensus.managed else 'external'})"
+        )
+        theirs = f"{req.consensus_backend} ({'managed' if req.managed else 'external'})"
+        raise ConflictError(
+            f"{req.name} is configured for a {theirs} store but the cluster uses {ours}: "
+            "use the same consensus section on every node"
+        )
+    ours_repl = config.replication.backend if config.replication else ""
+    if req.replication_backend != ours_repl:
+        raise ConflictError(
+            f"{req.name} uses the {req.replication_backend} replication backend but the cluster "
+            f"uses {ours_repl}"
+        )
+    if config.consensus.managed and req.store_identity is None:
+        raise BadRequestError(f"{req.name} sent no store identity for the managed store")
+    if not req.empty:
+        raise ConflictError(
+            f"{req.name} is not empty: {req.not_empty}; only an empty node can join (the join "
+            "would replace its data): use a fresh node, or remove that data first"
+        )
+
+
+def _check_name(agent: Agent, state: ClusterState, req: JoinRequest) -> bool:
+    """Refuse a name already in use; True when this is a retry of a pending join."""
+    name, cluster = req.name, state.record.name
+    consensus = agent.consensus
+    removed = keys.removed_names(tuple(kv.key for kv in consensus.get_prefix(keys.REMOVED_PREFIX)))
+    if name in removed:
+        raise ConflictError(
+            f"the name {name} belonged to a node removed from cluster {cluster}, and names are "
+            "not reused: choose another --node-name"
+        )
+    live = {m.name for m in consensus.members()} | {m.name for m in agent.snapshot().members}
+    if name in live or name == agent.config.node.name:
+        raise ConflictError(
+            f"a node named {name} is already a member of cluster {cluster}: choose another "
+            "--node-name"
+        )
+    pending = pending_joins(consensus).get(name)
+    if pending is not None:
+        if pending[0].host != req.host:
+            raise ConflictError(
+                f"a node named {name} is already joining cluster {cluster} from "
+                f"{pending[0].host}: choose another --node-name, or cancel that join with "
+                f"hacore cluster nodes remove {name}"
+            )
+        return True
+    store = agent.backends.managed_store
+    if store is not None and name in {m.name for m in store.members()}:
+        raise ConflictError(
+            f"the store already has a server named {name}: choose another --node-name"
+        )
+    return False
+
+
+def _add_to_store(agent: Agent, req: JoinRequest) -> dict[str, Any]:
+    config = agent.config
+    store = agent.backends.managed_store
+    if store is None:
+        return {
+            "backend": config.consensus.backend,
+            "managed": False,
+            "settings": dict(config.consensus.settings),
+        }
+    assert req.store_identity is not None
+    try:
+        spec = store.add_member(req.store_identity)
+    except HacoreError as err:
+        raise UnavailableError(f"cannot add {req.name} to the store now: {err}") from None
+    return {"backend": config.consensus.backend, "managed": True, "spec": spec}
+
+
+def _undo(agent: Agent, name: str) -> None:
+    """Forget a granted join: store member, database access, pending key."""
+    store = agent.backends.managed_store
+    if store is not None:
+        store.remove_member(name)
+    with contextlib.suppress(HacoreError):
+        agent.replication.drop_member(name)
+    agent.consensus.delete(pending_key(name))
+
+
+def cancel_join(agent: Agent | None, body: dict[str, Any]) -> dict[str, Any]:
+    """The joiner gave up (its store join failed): undo what the grant did."""
+    agent = require_active(agent, "cancel a join")
+    name, host = body.get("name"), body.get("host")
+    if not isinstance(name, str) or not isinstance(host, str):
+        raise BadRequestError('cancel: "name" and "host" must be strings')
+    pending = pending_joins(agent.consensus).get(name)
+    if pending is None:
+        return {"cancelled": False, "name": name}
+    if pending[0].host != host:
+        raise ConflictError(f"the pending join of {name} comes from {pending[0].host}, not {host}")
+    if name in {m.name for m in agent.consensus.members()}:
+        raise ConflictError(f"{name} already runs as a member: use hacore cluster nodes remove")
+    _undo(agent, name)
+    log.info("join of %s cancelled", name)
+    return {"cancelled": True, "name": name}
+
+
+def collect_stale_joins(agent: Agent, stale_after: float, now: float) -> list[str]:
+    """Cancel joins granted over ``stale_after`` seconds ago whose node never showed up."""
+    live = {m.name for m in agent.consensus.members()}
+    cancelled = []
+    for name, (join, _) in pending_joins(agent.consensus).items():
+        if name not in live and now - join.granted_at > stale_after:
+            log.warning("cancelling the join of %s: granted but never finished", name)
+            _undo(agent, name)
+            cancelled.append(name)
+    return cancelled

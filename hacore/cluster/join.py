@@ -1,0 +1,254 @@
+"""``cluster join`` on the joining node: ask the active for a ticket, then become a member.
+
+Nothing is written on this node before the active grants the ticket, so every refusal (a node
+that is not empty, a name in use, another hacore version, wrong credentials, an active that
+cannot be reached) leaves both nodes as they were. After the grant, each step is recorded in
+``cluster.json``:
+
+1. ticket: granted (the active added this node to its store and let it reach its database);
+2. store: this node's store server joins the managed store (or the external store is reached
+   and holds the cluster's record); on failure the active is asked to forget the join and
+   this node is made empty again;
+3. agent: the loop starts; it finds itself empty with a leader, clones the database (the
+   progress shows in ``GET /cluster``) and follows the active. The join is done once it
+   streams.
+
+An agent restarted before step 2 completed rolls the join back; from step 2 on it resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from hacore.api.client import ApiClient
+from hacore.api.errors import (
+    ApiError,
+    ApiUnreachableError,
+    AuthenticationError,
+    UnavailableError,
+)
+from hacore.cluster.errors import JoinRefusedError
+from hacore.cluster.local import api_url
+from hacore.cluster.parts import LocalParts, local_parts
+from hacore.cluster.progress import Progress
+from hacore.cluster.record import ClusterRecord, reported_version
+from hacore.cluster.state import ClusterState, Phase, Step
+from hacore.cluster.ticket import JoinRequest, Ticket, ticket_parts
+from hacore.config import NodeConfig
+from hacore.consensus import CONFIG_KEY
+from hacore.errors import HacoreError
+from hacore.options import deep_merge
+
+if TYPE_CHECKING:
+    from hacore.cluster.service import NodeService
+
+log = logging.getLogger(__name__)
+
+STEPS = (
+    ("ticket", "join ticket"),
+    ("store", "store membership"),
+    ("agent", "agent started"),
+    ("clone", "database copied"),
+    ("streaming", "streaming standby"),
+)
+#: seconds for the active to answer a ticket request (a managed store may take a while to
+#: accept a new member)
+TICKET_TIMEOUT = 120.0
+_NOTHING_CHANGED = "nothing was changed"
+
+
+def find_active(address: str, auth: tuple[str, str]) -> ApiClient:
+    """A client for the active node at ``address`` (or the active that node names)."""
+    url = api_url(address)
+    client = ApiClient(url, auth, timeout=TICKET_TIMEOUT)
+    try:
+        status = client.status()
+    except ApiUnreachableError as err:
+        client.close()
+        raise UnavailableError(f"{err}; is its agent running? {_NOTHING_CHANGED}") from None
+    except AuthenticationError:
+        client.close()
+        raise _wrong_credentials(url) from None
+    if status.get("active") is True:
+        return client
+    try:
+        other = _leader_url(client, status.get("leader"))
+    finally:
+        client.close()
+    if other is not None and other != url:
+        return find_active(other, auth)
+    what = status.get("state") or "not active"
+    raise JoinRefusedError(
+        f"{url} ({status.get('node')}) is not the active node (it is {what}): give the address "
+        f"of the cluster's active node; {_NOTHING_CHANGED}"
+    )
+
+
+def _leader_url(client: ApiClient, leader: object) -> str | None:
+    if not isinstance(leader, str):
+        return None
+    try:
+        members = client.cluster().get("members", [])
+    except (ApiError, ApiUnreachableError):
+        return None
+    for member in members:
+        if isinstance(member, dict) and member.get("name") == leader and member.get("api_url"):
+            return str(member["api_url"])
+    return None
+
+
+def _wrong_credentials(url: str) -> JoinRefusedError:
+    return JoinRefusedError(
+        f"the active node at {url} refused the API credentials: give the cluster's API user and "
+        f"password (--username/--password, or a CLI profile that holds them); {_NOTHING_CHANGED}"
+    )
+
+
+def join_request(config: NodeConfig, parts: LocalParts, api: str) -> JoinRequest:
+    not_empty = parts.not_empty()
+    return JoinRequest(
+        name=config.node.name,
+        host=config.node.host,
+        api_url=api,
+        version=reported_version(),
+        empty=not not_empty,
+        not_empty=not_empty,
+        consensus_backend=config.consensus.backend,
+        managed=config.consensus.managed,
+        replication_backend=config.replication.backend if config.replication else "",
+        store_identity=parts.store.identity() if parts.store is not None else None,
+        extensions={part.name: part.request(config) for part in ticket_parts()},
+    )
+
+
+def ask_ticket(client: ApiClient, request: JoinRequest) -> Ticket:
+    """The active's ticket; every failure is a refusal after which nothing changed here."""
+    url = client.base_url
+    try:
+        return Ticket.parse(client.join_ticket(request.to_json()))
+    except AuthenticationError:
+        raise _wrong_credentials(url) from None
+    except ApiUnreachableError as err:
+        raise UnavailableError(
+            f"lost the active node while asking to join: {err}; nothing was changed on this "
+            "node (run the join again: the active lets the same node retry)"
+        ) from None
+    except UnavailableError as err:
+        raise UnavailableError(f"{url} cannot grant a join now: {err}") from None
+    except ApiError as err:
+        raise JoinRefusedError(f"join refused by {url}: {err}") from None
+
+
+def joined_state(overrides: dict[str, Any], ticket: Ticket, active_url: str) -> ClusterState:
+    record: ClusterRecord = ticket.record
+    extra: dict[str, Any] = {
+        "cluster": {"name": record.name, "namespace": record.namespace},
+        "api": {
+            "auth": {"username": ticket.api_username, "password_hash": ticket.api_password_hash},
+            "status_requires_auth": ticket.status_requires_auth,
+        },
+    }
+    consensus = ticket.consensus
+    if not consensus.get("managed"):
+        settings = consensus.get("settings") or {}
+        extra["consensus"] = {"backend": consensus["backend"], "managed": False, **settings}
+    spec = consensus.get("spec")
+    return ClusterState(
+        phase=Phase.JOINING,
+        record=record,
+        overrides=deep_merge(overrides, extra),
+        replication_user=ticket.replication_user,
+        replication_password=ticket.replication_password,
+        done=(Step.TICKET,),
+        active_url=active_url,
+        store_spec=dict(spec) if isinstance(spec, dict) else None,
+        extensions=ticket.extensions,
+    )
+
+
+def run_join(
+    node: NodeService, parts: LocalParts, progress: Progress, client: ApiClient, ticket: Ticket
+) -> None:
+    """Steps 2-3; the service's monitor completes the join once this node streams."""
+    state = node.require_state()
+    config = node.config
+    try:
+        for part in ticket_parts():
+            part.accept(config, ticket.extensions.get(part.name, {}))
+        progress.begin("store")
+        if parts.store is not None:
+            member = parts.store.join(state.store_spec or {})
+            detail = f"{config.consensus.backend} server of this node joined at {member.client_url}"
+        agent = node.make_agent()
+        if parts.store is None:
+            found = agent.consensus.get(CONFIG_KEY)
+            record = ClusterRecord.decode(found.value) if found is not None else None
+            if record is None or record.cluster_id != state.record.cluster_id:
+                raise HacoreError(
+                    f"the store this node reaches does not hold cluster {state.record.name}"
+                )
+            detail = f"external {config.consensus.backend} store reached"
+        state = node.save(state.with_step(Step.STORE_JOINED))
+        progress.finish("store", detail)
+    except Exception as err:
+        log.error("join failed: %s", err)
+        progress.fail(f"{err}; {rollback(node, client, config)}")
+        client.close()
+        return
+    client.close()
+    progress.begin("agent")
+    node.start_agent()
+    node.save(state.with_step(Step.AGENT))
+    progress.finish("agent")
+    progress.begin("clone", f"waiting to copy the database from {ticket.active}")
+
+
+def recover_store_join(
+    node: NodeService, state: ClusterState, config: NodeConfig
+) -> ClusterState | None:
+    """After a restart in the middle of the store join: go on when this node's store server
+    had become a voting member, else leave the store and be empty again (the active cancels
+    the pending join by itself later, or when the node retries)."""
+    parts = local_parts(config, node.plugins)
+    store, name = parts.store, config.node.name
+    if store is not None and parts.store_has_data():
+        try:
+            if not store.is_running():
+                store.start()
+            me = next((m for m in store.members() if m.name == name), None)
+            if me is not None and me.voting:
+                log.warning("the agent stopped during a join, after the store join: resuming")
+                return node.save(state.with_step(Step.STORE_JOINED))
+            store.remove_member(name)
+        except HacoreError as err:
+            log.warning("could not leave the store cleanly after an interrupted join: %s", err)
+    log.warning(
+        "the agent stopped during a join, before this node joined the store: the join is "
+        "rolled back and this node is empty again (run cluster join again)"
+    )
+    parts.wipe_store()
+    node.states.remove()
+    return None
+
+
+def rollback(node: NodeService, client: ApiClient | None, config: NodeConfig) -> str:
+    """Make this node empty again and ask the active to forget the join."""
+    told = "the active was not told (it cancels the join by itself later, or on a retry)"
+    if client is not None:
+        try:
+            client.join_ticket(
+                {"action": "cancel", "name": config.node.name, "host": config.node.host}
+            )
+            told = "the active forgot the join"
+        except (HacoreError, OSError) as err:
+            told = f"the active could not be told ({err}); it cancels the join by itself later"
+    try:
+        node.reset_to_empty()
+    except (HacoreError, OSError) as err:
+        log.error("could not make this node empty again: %s", err)
+        return (
+            f"the join was abandoned but this node could not be made empty again ({err}): "
+            f"stop its agent and empty {config.node.data_dir}; {told}"
+        )
+    return f"the join was rolled back: this node is empty again and {told}"

@@ -1,0 +1,116 @@
+"""The CLI profile: which nodes make up the cluster, and the API credentials (0600).
+
+``cluster start`` and ``cluster join`` write it; every other command reads it to find the
+active node by itself (it tries each known node, skipping standbys and unreachable ones), so
+commands keep working after a failover. Each command that reaches the cluster refreshes the
+node list from the active's view. The file is ``$HACORE_PROFILE``, else
+``~/.hacore/profile.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from hacore.api.client import ApiClient, find_active
+from hacore.cluster.files import read_private, write_private
+from hacore.errors import HacoreError
+
+PROFILE_ENV = "HACORE_PROFILE"
+#: seconds each node gets to answer ``/status`` while the active is looked for
+PROBE_TIMEOUT = 5.0
+
+
+def profile_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(PROFILE_ENV)
+    if env:
+        return Path(env)
+    return Path.home() / ".hacore" / "profile.json"
+
+
+@attrs.frozen
+class Profile:
+    cluster: str
+    username: str
+    password: str = attrs.field(repr=False)
+    #: node name -> API URL; the last known active first
+    nodes: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return (self.username, self.password)
+
+    def urls(self) -> list[str]:
+        return list(dict.fromkeys(url for _, url in self.nodes))
+
+    def with_nodes(self, nodes: Iterable[tuple[str, str]], active: str | None = None) -> Profile:
+        """The node list replaced by ``nodes``, ``active`` first."""
+        listed = dict(nodes)
+        order = sorted(listed, key=lambda name: (name != active, name))
+        return attrs.evolve(self, nodes=tuple((name, listed[name]) for name in order))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "username": self.username,
+            "password": self.password,
+            "nodes": [{"name": n, "api_url": u} for n, u in self.nodes],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Profile:
+        return cls(
+            cluster=str(data["cluster"]),
+            username=str(data["username"]),
+            password=str(data["password"]),
+            nodes=tuple((str(n["name"]), str(n["api_url"])) for n in data.get("nodes", [])),
+        )
+
+
+def load_profile(path: Path) -> Profile | None:
+    text = read_private(path)
+    if text is None:
+        return None
+    try:
+        return Profile.from_json(json.loads(text))
+    except (ValueError, KeyError, TypeError) as err:
+        raise HacoreError(f"the CLI profile {path} is damaged ({err}); fix or remove it") from None
+
+
+def require_profile(path: Path) -> Profile:
+    profile = load_profile(path)
+    if profile is None:
+        raise HacoreError(
+            f"no CLI profile at {path}: run hacore cluster start or join first (they write it), "
+            f"or point {PROFILE_ENV} at one"
+        )
+    return profile
+
+
+def save_profile(path: Path, profile: Profile) -> None:
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True)
+    write_private(path, json.dumps(profile.to_json(), indent=2) + "\n")
+
+
+def active_client(profile: Profile, timeout: float = PROBE_TIMEOUT) -> ApiClient:
+    """A client for the active node among the profile's nodes."""
+    if not profile.nodes:
+        raise HacoreError("the CLI profile lists no node")
+    return find_active(profile.urls(), profile.auth, timeout=timeout)
+
+
+def members_of(cluster: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(name, API URL) of every member in a ``GET /cluster`` answer."""
+    found = []
+    for member in cluster.get("members", []):
+        if isinstance(member, Mapping) and member.get("name") and member.get("api_url"):
+            found.append((str(member["name"]), str(member["api_url"])))
+    return found

@@ -1,0 +1,75 @@
+"""``nodes remove``: unregister a standby, on the active.
+
+In order: ``removed/<name>`` (the node's agent steps down to REMOVED and never campaigns), a
+short wait for the node to acknowledge it while it can still read the store, then its store
+server (managed store), its replication slot and database access, and any pending join under
+the name. Every step is idempotent, so a removal interrupted half-way is finished by running
+it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from hacore.agent import keys
+from hacore.agent.runtime import Agent
+from hacore.api.errors import ConflictError, NotFoundError
+from hacore.cluster.grant import require_active
+from hacore.cluster.pending import pending_joins, pending_key
+from hacore.errors import HacoreError
+from hacore.records import NodeRole
+
+log = logging.getLogger(__name__)
+
+
+def remove_node(agent: Agent | None, name: str, cluster: str) -> dict[str, Any]:
+    agent = require_active(agent, "remove nodes")
+    me = agent.config.node.name
+    if name == me:
+        raise ConflictError(
+            f"{name} is the active node: switch over first (hacore cluster switchover), then "
+            "remove it from the new active"
+        )
+    consensus = agent.consensus
+    store = agent.backends.managed_store
+    removed = keys.removed_names(tuple(kv.key for kv in consensus.get_prefix(keys.REMOVED_PREFIX)))
+    live = {m.name for m in consensus.members()}
+    known = live | {m.name for m in agent.snapshot().members} | set(pending_joins(consensus))
+    store_names = {m.name for m in store.members()} if store is not None else set()
+    if name not in known | removed | store_names:
+        raise NotFoundError(f'no node named "{name}" in cluster {cluster}')
+    agent.mark_removed(name)
+    acknowledged = name not in live or _wait_acknowledged(agent, name)
+    store_removed = False
+    if store is not None and name in store_names | known:
+        store.remove_member(name)
+        store_removed = True
+    try:
+        agent.replication.drop_member(name)
+        database = "slot and access removed"
+    except HacoreError as err:
+        database = str(err)
+    consensus.delete(pending_key(name))
+    log.info("node %s removed from cluster %s", name, cluster)
+    return {
+        "removed": name,
+        "already_removed": name in removed,
+        "acknowledged": acknowledged,
+        "store_member_removed": store_removed,
+        "database": database,
+    }
+
+
+def _wait_acknowledged(agent: Agent, name: str) -> bool:
+    """Until the node publishes role REMOVED or its record vanishes (it is down)."""
+    cfg = agent.config.timing
+    deadline = time.monotonic() + cfg.ttl + 3 * cfg.loop_wait
+    while time.monotonic() < deadline:
+        member = next((m for m in agent.consensus.members() if m.name == name), None)
+        if member is None or member.role is NodeRole.REMOVED:
+            return True
+        time.sleep(0.2)
+    log.warning("%s did not acknowledge its removal in time; removing it anyway", name)
+    return False

@@ -1,0 +1,579 @@
+"""The per-node agent service (``hacore agent run -c node.yaml``).
+
+It always serves the REST API. A node that belongs to no cluster serves only that: its
+``/status`` answers 503, and it accepts ``POST /cluster/start`` and ``POST /cluster/join``
+from the local CLI, authenticated by the bootstrap token in its data directory
+(:mod:`hacore.cluster.local`). Once the node belongs to a cluster it runs the
+:class:`~hacore.agent.runtime.Agent` too, and the API takes the cluster's credentials.
+
+What the node is part of is kept in ``cluster.json`` (:mod:`hacore.cluster.state`); a
+restarted service reads it and resumes: an unfinished start continues, an unfinished join
+continues or rolls back, a member's agent starts again, a removed node stays down.
+
+Stopping the service (SIGTERM or SIGINT) stops the node's role: an active hands over at
+once (resign), then the database stops. The node's managed store server keeps running (it is
+a detached process, see :mod:`hacore.process`), so restarting an agent never costs the store
+a member; the next agent finds it by its pid file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from hacore.agent.execute import ReplicationCredentials
+from hacore.agent.runtime import Agent
+from hacore.agent.state import NodeState
+from hacore.agent.support import build_backends
+from hacore.api.auth import hash_password
+from hacore.api.errors import BadRequestError, ConflictError, UnavailableError
+from hacore.api.facade import NodeSnapshot
+from hacore.api.server import ApiServer
+from hacore.cluster import join as joining
+from hacore.cluster import start as starting
+from hacore.cluster.follow import human_bytes
+from hacore.cluster.grant import cancel_join, collect_stale_joins, grant_ticket
+from hacore.cluster.local import api_url, new_token, remove_token
+from hacore.cluster.parts import local_parts
+from hacore.cluster.pending import STALE_AFTER, pending_joins, pending_key
+from hacore.cluster.progress import Progress
+from hacore.cluster.record import ClusterRecord, reported_version
+from hacore.cluster.remove import remove_node
+from hacore.cluster.requests import JoinCommand, NodeRequest
+from hacore.cluster.state import ClusterState, Phase, StateFile, Step
+from hacore.config import ApiAuth, ApiSettings, NodeConfig, load_config, load_config_and_plugins
+from hacore.errors import ConfigError, HacoreError
+from hacore.options import deep_merge
+
+log = logging.getLogger("hacore.cluster")
+
+#: seconds between two looks at the agent (operation completion, removal, stale joins)
+MONITOR_INTERVAL = 0.5
+STALE_CHECK_INTERVAL = 30.0
+
+
+class NodeService:
+    """The service of one node; also the :class:`~hacore.api.facade.AgentFacade` its API
+    serves (every facade method is thread-safe)."""
+
+    def __init__(self, config_path: str | Path, *, extra_plugins: Iterable[object] = ()) -> None:
+        self.config_path = Path(config_path)
+        self.base, self.plugins = load_config_and_plugins(self.config_path, extra=extra_plugins)
+        self.data_dir = self.base.node.data_dir
+        self.states = StateFile(self.data_dir)
+        self.config: NodeConfig = self.base
+        self.agent: Agent | None = None
+        self.progress: Progress | None = None
+        self._state: ClusterState | None = None
+        self._lock = threading.RLock()
+        self._servers: dict[str, ApiServer] = {}
+        self._bootstrap: ApiAuth | None = None
+        self._stop = threading.Event()
+        self._next_stale_check = 0.0
+        #: why the service stopped by itself (it then exits with an error)
+        self.failure: str | None = None
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop the node."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stop.set())
+        self.open()
+        try:
+            while not self._stop.wait(MONITOR_INTERVAL):
+                self.tick()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def open(self) -> None:
+        """Read ``cluster.json``, start the API and whatever the node's phase needs."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            state = self._state = self.states.load()
+            if (
+                state is not None
+                and state.phase is Phase.JOINING
+                and not state.has(Step.STORE_JOINED)
+            ):
+                state = joining.recover_store_join(self, state, self._effective(state.overrides))
+                self._state = state
+            if state is None or state.phase in (Phase.STARTING, Phase.JOINING):
+                _, self._bootstrap = new_token(self.data_dir)
+            if state is not None:
+                self.config = self._effective(state.overrides)
+            self._listen()
+            if state is None:
+                log.info(
+                    "node %s belongs to no cluster yet: waiting for cluster start or join",
+                    self.config.node.name,
+                )
+            elif state.phase is Phase.STARTING:
+                log.info("resuming the start of cluster %s", state.record.name)
+                self._begin_start()
+            elif state.phase is Phase.JOINING:
+                log.info("resuming the join of cluster %s", state.record.name)
+                self.progress = Progress("join", joining.STEPS)
+                for step in ("ticket", "store"):
+                    self.progress.finish(step)
+                self.make_agent()
+                self.start_agent()
+                self.save(state.with_step(Step.AGENT))
+                self.progress.finish("agent")
+            elif state.phase is Phase.MEMBER:
+                self.make_agent()
+                self.start_agent()
+
+    def close(self) -> None:
+        """Stop the node: the agent (an active resigns), then the database."""
+        with self._lock:
+            agent, state = self.agent, self._state
+        if agent is not None:
+            agent.stop(resign=True, timeout=60.0)
+        if state is not None and state.phase is not Phase.REMOVED:
+            with contextlib.suppress(HacoreError):
+                local_parts(self.config, self.plugins).replication.stop()
+        if agent is not None:
+            with contextlib.suppress(Exception):
+                agent.consensus.close()
+        for server in list(self._servers.values()):
+            server.shutdown()
+        self._servers.clear()
+        log.info("agent service stopped")
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ClusterState | None:
+        return self._state
+
+    def require_state(self) -> ClusterState:
+        state = self._state
+        if state is None:
+            raise HacoreError("this node belongs to no cluster")
+        return state
+
+    def save(self, state: ClusterState) -> ClusterState:
+        with self._lock:
+            self.states.save(state)
+            self._state = state
+        return state
+
+    def _effective(self, overrides: dict[str, Any]) -> NodeConfig:
+        """node.yaml with ``overrides`` merged over it, checked against the plugins."""
+        config = load_config(self.config_path, overrides=overrides, registry=self.plugins.registry)
+        base = self.base.node
+        for key in ("api_port", "data_dir"):
+            if getattr(config.node, key) != getattr(base, key):
+                raise ConfigError(
+                    f"node.{key} cannot be changed by cluster start/join options: edit "
+                    f"{self.config_path} and restart the agent instead"
+                )
+        return config
+
+    @property
+    def api_url(self) -> str:
+        return api_url(f"{self.config.node.host}:{self.base.node.api_port}")
+
+    def _api_settings(self) -> ApiSettings:
+        state = self._state
+        if state is None or state.phase in (Phase.STARTING, Phase.JOINING):
+            return ApiSettings(auth=self._bootstrap)
+        return ApiSettings(
+            auth=self.config.api.auth, status_requires_auth=self.config.api.status_requires_auth
+        )
+
+    def _listen(self) -> None:
+        """The API on node.yaml's address and, if start/join changed it, the new one too
+        (when it is an address of this machine: behind NAT it is only advertised)."""
+        settings = self._api_settings()
+        base = self.base.node.host
+        for host in dict.fromkeys((base, self.config.node.host)):
+            server = self._servers.get(host)
+            if server is None:
+                try:
+                    server = ApiServer(self, settings, host=host, port=self.base.node.api_port)
+                except HacoreError as err:
+                    if host == base:
+                        raise
+                    log.warning("the API is not served on %s (%s); only on %s", host, err, base)
+                    continue
+                self._servers[host] = server.start()
+            server.set_settings(settings)
+
+    # -- the agent ---------------------------------------------------------------------------
+
+    def make_agent(self) -> Agent:
+        """The agent of the configuration in force (not started); its backends need the store
+        to exist, so it is made only after the node joined or bootstrapped it."""
+        from hacore.cluster.clone_progress import reporting_clones
+
+        state = self.require_state()
+        backends = build_backends(self.config, self.plugins)
+        backends = attrs.evolve(
+            backends, replication=reporting_clones(backends.replication, self._clone_progress)
+        )
+        credentials = ReplicationCredentials(state.replication_user, state.replication_password)
+        agent = Agent(
+            self.config,
+            self.plugins,
+            backends=backends,
+            credentials=credentials,
+            api_url=self.api_url,
+        )
+        with self._lock:
+            self.agent = agent
+        return agent
+
+    def start_agent(self) -> None:
+        agent = self.agent
+        if agent is None:
+            raise HacoreError("no agent to start")
+        agent.start()
+
+    def _clone_progress(self, done: int, total: int) -> None:
+        progress = self.progress
+        if progress is not None:
+            progress.clone(done, total)
+
+    def reset_to_empty(self) -> None:
+        """After a failed join: no agent, no store data, no ``cluster.json``."""
+        with self._lock:
+            agent, self.agent = self.agent, None
+            if agent is not None:
+                with contextlib.suppress(Exception):
+                    agent.consensus.close()
+            config = self.config
+            self._state = None
+            self.config = self.base
+            self._reset_files(config)
+            self._listen()
+
+    def _reset_files(self, config: NodeConfig) -> None:
+        parts = local_parts(config, self.plugins)
+        parts.wipe_store()
+        self.states.remove()
+
+    # -- the monitor -------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Finish operations, notice a removal, cancel stale joins: what the loop shows."""
+        with self._lock:
+            agent, state, progress = self.agent, self._state, self.progress
+        if agent is None or state is None:
+            return
+        if agent.died is not None:
+            # a loop that died cannot be trusted to resume: exit, the supervisor restarts us
+            self.failure = f"the agent loop died: {type(agent.died).__name__}: {agent.died}"
+            log.critical("%s; stopping the agent service", self.failure)
+            if progress is not None and progress.running:
+                progress.fail(self.failure)
+            self._stop.set()
+            return
+        snap = agent.snapshot()
+        if state.phase is Phase.STARTING and state.has(Step.AGENT) and snap.is_active:
+            if progress is not None:
+                progress.finish("active", f"fencing token {snap.lease_token}")
+            self._finish(f"{snap.node_name} is the active node of cluster {state.record.name}")
+        elif state.phase is Phase.JOINING and state.has(Step.AGENT):
+            if progress is not None and snap.state is NodeState.CLONING:
+                progress.begin("clone", f"copying the database from {snap.leader}")
+            if snap.standby_streaming and self._forget_pending(agent):
+                if progress is not None:
+                    clone = progress.to_json().get("clone")
+                    copied = f"{human_bytes(clone['total'])} from {snap.leader}" if clone else ""
+                    progress.finish("clone", copied)
+                    progress.finish("streaming", f"following {snap.leader}")
+                self._finish(
+                    f"{snap.node_name} is a standby of {snap.leader} in cluster "
+                    f"{state.record.name}, streaming"
+                )
+        elif state.phase is Phase.MEMBER:
+            if snap.state is NodeState.REMOVED:
+                self._become_removed(agent, state)
+            elif snap.is_active and time.monotonic() >= self._next_stale_check:
+                self._next_stale_check = time.monotonic() + STALE_CHECK_INTERVAL
+                try:
+                    collect_stale_joins(agent, STALE_AFTER, time.time())
+                except HacoreError as err:
+                    log.debug("stale joins not checked: %s", err)
+
+    def _forget_pending(self, agent: Agent) -> bool:
+        try:
+            agent.consensus.delete(pending_key(agent.name))
+        except HacoreError as err:
+            log.debug("pending join key not deleted yet: %s", err)
+            return False
+        return True
+
+    def _finish(self, result: str) -> None:
+        with self._lock:
+            self.save(self.require_state().with_phase(Phase.MEMBER))
+            self._listen()
+            remove_token(self.data_dir)
+            self._bootstrap = None
+            if self.progress is not None:
+                self.progress.complete(result)
+        log.info("%s", result)
+
+    def _become_removed(self, agent: Agent, state: ClusterState) -> None:
+        log.warning(
+            "this node was removed from cluster %s: stopping its agent, database and store server",
+            state.record.name,
+        )
+        agent.stop(resign=True, timeout=60.0)
+        with contextlib.suppress(HacoreError):
+            local_parts(self.config, self.plugins).stop()
+        with self._lock:
+            self.agent = None
+            self.save(state.with_phase(Phase.REMOVED))
+
+    # -- AgentFacade -------------------------------------------------------------------------
+
+    def snapshot(self) -> NodeSnapshot:
+        agent = self.agent
+        if agent is not None:
+            return agent.snapshot()
+        state = self._state
+        if state is None:
+            node_state, reason = NodeState.EMPTY, "belongs to no cluster: run cluster start or join"
+        elif state.phase is Phase.REMOVED:
+            node_state = NodeState.REMOVED
+            reason = f"removed from cluster {state.record.name}"
+        else:
+            node_state, reason = NodeState.EMPTY, f"cluster {state.phase.value} in progress"
+        timing = self.config.timing
+        return NodeSnapshot(
+            node_name=self.config.node.name,
+            version=reported_version(),
+            state=node_state,
+            last_loop_at=time.monotonic(),
+            loop_wait=timing.loop_wait,
+            ttl=timing.ttl,
+            reason=reason,
+        )
+
+    def cluster(self) -> dict[str, Any]:
+        agent, state, progress = self.agent, self._state, self.progress
+        if agent is not None:
+            data = agent.cluster()
+            snap = agent.snapshot()
+            data["reason"] = snap.reason
+            _add_streaming(data, snap)
+            data["store_members"] = _store_members(agent)
+            data["joining"] = _joining(agent)
+        else:
+            data = {
+                "cluster": state.record.name if state else None,
+                "namespace": state.record.namespace if state else None,
+                "leader": None,
+                "store_ok": False,
+                "members": [],
+                "removed": [],
+                "reason": self.snapshot().reason,
+            }
+        data["node"] = self.config.node.name
+        data["phase"] = state.phase.value if state else "unconfigured"
+        data["record"] = state.record.to_json() if state else None
+        data["operation"] = progress.to_json() if progress else None
+        return data
+
+    def start_cluster(self, options: dict[str, Any]) -> dict[str, Any]:
+        request = NodeRequest.parse(options)
+        with self._lock:
+            state = self._state
+            if state is not None and state.phase is not Phase.STARTING:
+                raise ConflictError(_belongs(state))
+            if self.progress is not None and self.progress.running:
+                raise ConflictError(f"a cluster {self.progress.operation} is already running here")
+            resumed = state is not None
+            if state is None:
+                config = self._effective(request.overrides())
+                parts = local_parts(config, self.plugins)
+                starting.check_startable(config, self.plugins, parts)
+                state = ClusterState(
+                    phase=Phase.STARTING,
+                    record=ClusterRecord.new(
+                        config.cluster.name, config.cluster.namespace, config.node.name
+                    ),
+                    overrides=request.overrides(),
+                    replication_user=_replication_user(config),
+                    replication_password=secrets.token_urlsafe(24),
+                )
+            auth = {"username": request.username, "password_hash": hash_password(request.password)}
+            state = attrs.evolve(
+                state, overrides=deep_merge(state.overrides, {"api": {"auth": auth}})
+            )
+            self.config = self._effective(state.overrides)
+            self.save(state)
+            self._listen()
+            self._begin_start()
+        log.info("cluster start of %s %s", state.record.name, "resumed" if resumed else "begun")
+        return {
+            "accepted": True,
+            "resumed": resumed,
+            "cluster": state.record.name,
+            "node": self.config.node.name,
+        }
+
+    def _begin_start(self) -> None:
+        progress = self.progress = Progress("start", starting.STEPS)
+        parts = local_parts(self.config, self.plugins)
+        self._background("start", lambda: starting.run_start(self, parts, progress), progress)
+
+    def _background(self, what: str, work: Callable[[], None], progress: Progress) -> None:
+        def run() -> None:
+            try:
+                work()
+            except Exception as err:
+                if not isinstance(err, HacoreError):
+                    log.exception("cluster %s failed", what)
+                else:
+                    log.error("cluster %s failed: %s", what, err)
+                progress.fail(str(err) or type(err).__name__)
+
+        threading.Thread(target=run, name=f"hacore-cluster-{what}", daemon=True).start()
+
+    def join_ticket(self, request: dict[str, Any]) -> dict[str, Any]:
+        action = request.get("action", "ticket")
+        if action == "join":
+            return self._join(JoinCommand.parse(request))
+        if action == "ticket":
+            state = self._state
+            if state is None or state.phase is not Phase.MEMBER:
+                raise UnavailableError(
+                    f"{self.config.node.name} is not a member of a cluster: it cannot grant joins"
+                )
+            return grant_ticket(self.agent, state, request).to_json()
+        if action == "cancel":
+            return cancel_join(self.agent, request)
+        raise BadRequestError(f'unknown join action "{action}" (join, ticket or cancel)')
+
+    def _join(self, command: JoinCommand) -> dict[str, Any]:
+        with self._lock:
+            if self._state is not None:
+                raise ConflictError(_belongs(self._state))
+            if self.progress is not None and self.progress.running:
+                raise ConflictError(f"a cluster {self.progress.operation} is already running here")
+            overrides = command.node.overrides()
+            config = self._effective(overrides)
+            parts = local_parts(config, self.plugins)
+            url = api_url(f"{config.node.host}:{self.base.node.api_port}")
+            client = joining.find_active(
+                command.active, (command.node.username, command.node.password)
+            )
+            try:
+                ticket = joining.ask_ticket(client, joining.join_request(config, parts, url))
+            except BaseException:
+                client.close()
+                raise
+            try:
+                state = joining.joined_state(overrides, ticket, client.base_url)
+                self.config = self._effective(state.overrides)
+                self.save(state)
+            except Exception as err:
+                self.config = self.base
+                raise HacoreError(f"{err}; {joining.rollback(self, client, config)}") from None
+            progress = self.progress = Progress("join", joining.STEPS)
+            progress.finish("ticket", f"granted by {ticket.active}")
+            self._background(
+                "join", lambda: joining.run_join(self, parts, progress, client, ticket), progress
+            )
+        log.info("join of cluster %s granted by %s", ticket.record.name, ticket.active)
+        return {
+            "accepted": True,
+            "cluster": ticket.record.name,
+            "active": ticket.active,
+            "node": config.node.name,
+            "members": [{"name": n, "api_url": u} for n, u in ticket.members],
+        }
+
+    def remove_node(self, name: str) -> dict[str, Any]:
+        state = self.require_member()
+        return remove_node(self.agent, name, state.record.name)
+
+    def switchover(self, to: str | None) -> dict[str, Any]:
+        self.require_member()
+        agent = self.agent
+        if agent is None:
+            raise UnavailableError("this node's agent is not running")
+        request = agent.request_switchover(to)
+        return {"from": request.from_node, "to": request.to_node}
+
+    def require_member(self) -> ClusterState:
+        state = self._state
+        if state is None or state.phase is not Phase.MEMBER:
+            raise UnavailableError(f"{self.config.node.name} is not a member of a cluster")
+        return state
+
+
+def _belongs(state: ClusterState) -> str:
+    if state.phase is Phase.MEMBER:
+        return f"this node already belongs to {state.record.describe()}"
+    if state.phase is Phase.REMOVED:
+        return (
+            f"this node was removed from cluster {state.record.name}; to reuse it, stop its "
+            "agent and empty its data directory"
+        )
+    return f"this node is already {state.phase.value} cluster {state.record.name}"
+
+
+def _replication_user(config: NodeConfig) -> str:
+    settings = config.replication.settings if config.replication else {}
+    return str(settings.get("replication_user") or "replicator")
+
+
+def _add_streaming(data: dict[str, Any], snap: NodeSnapshot) -> None:
+    """On the active: which standbys stream from its database right now, and their lag."""
+    repl = snap.replication
+    if not snap.is_active or repl is None:
+        return
+    standbys = {s.name: s for s in repl.standbys}
+    for member in data.get("members", []):
+        found = standbys.get(member.get("name"))
+        if found is not None:
+            member["streaming"] = found.state == "streaming"
+            member["lag_bytes"] = found.lag_bytes
+            member["sync_state"] = found.sync_state
+        elif member.get("name") != snap.node_name:
+            member["streaming"] = False
+
+
+def _store_members(agent: Agent) -> list[dict[str, Any]] | None:
+    store = agent.backends.managed_store
+    if store is None:
+        return None
+    try:
+        return [attrs.asdict(m) for m in store.members()]
+    except HacoreError as err:
+        log.debug("store members not listed: %s", err)
+        return None
+
+
+def _joining(agent: Agent) -> list[str] | None:
+    """Names of the joins granted and not finished (a store round trip)."""
+    try:
+        return sorted(pending_joins(agent.consensus))
+    except HacoreError as err:
+        log.debug("pending joins not listed: %s", err)
+        return None
+
+
+def serve(config_path: str | Path) -> None:
+    """``hacore agent run``: run this node's service until SIGTERM or SIGINT."""
+    service = NodeService(config_path)
+    service.run()
+    if service.failure is not None:
+        raise HacoreError(f"{service.failure}; restart the agent service")

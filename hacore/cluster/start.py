@@ -1,0 +1,158 @@
+"""``cluster start`` on the node that founds the cluster.
+
+Checked before anything is written: the database is empty; a managed store has no data yet,
+an external store answers and holds no cluster under this namespace. Then, each step recorded
+in ``cluster.json`` so a restarted agent resumes at the first one not done:
+
+1. store: bootstrap a one-member managed store (or use the external one);
+2. record: the cluster record in the store's ``config`` key (create-only);
+3. database: bootstrap the primary with the new replication password;
+4. status: name this node as the last active (so it may campaign in synchronous mode);
+5. agent: start the loop; it campaigns and promotes, and the start is done once this node's
+   ``/status`` would answer 200.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from hacore.agent import keys
+from hacore.api.errors import ConflictError, UnavailableError
+from hacore.cluster.parts import LocalParts
+from hacore.cluster.progress import Progress
+from hacore.cluster.record import ClusterRecord
+from hacore.cluster.state import Step
+from hacore.config import NodeConfig
+from hacore.consensus import CONFIG_KEY, ConsensusBackend
+from hacore.errors import HacoreError
+from hacore.plugins import HacorePlugins
+
+if TYPE_CHECKING:
+    from hacore.cluster.service import NodeService
+
+log = logging.getLogger(__name__)
+
+STEPS = (
+    ("store", "consensus store"),
+    ("record", "cluster record"),
+    ("database", "database"),
+    ("status", "first active named"),
+    ("agent", "agent started"),
+    ("active", "this node is active"),
+)
+
+
+def check_startable(config: NodeConfig, plugins: HacorePlugins, parts: LocalParts) -> None:
+    """Refuse a node that cannot found a cluster, before anything is written."""
+    if parts.replication.is_initialized():
+        raise ConflictError(
+            f"this node already holds a database in {parts.replication.data_dir}: cluster start "
+            "needs an empty node (it would not take over data of unknown origin)"
+        )
+    if parts.store is not None:
+        reason = parts.not_empty()
+        if reason:
+            raise ConflictError(f"this node is not empty: {reason}")
+        return
+    consensus = _external_store(config, plugins)
+    try:
+        found = consensus.get(CONFIG_KEY)
+    except HacoreError as err:
+        raise UnavailableError(
+            f"the {config.consensus.backend} store does not answer: {err}"
+        ) from None
+    finally:
+        with contextlib.suppress(HacoreError):
+            consensus.close()
+    if found is not None:
+        try:
+            what = ClusterRecord.decode(found.value).describe()
+        except HacoreError:
+            what = "another cluster's data"
+        raise ConflictError(
+            f"the store already holds {what} under namespace {config.cluster.namespace}: choose "
+            "another cluster.namespace, or join that cluster instead"
+        )
+
+
+def _external_store(config: NodeConfig, plugins: HacorePlugins) -> ConsensusBackend:
+    section = config.consensus
+    return plugins.registry.consensus(section.backend)(
+        section.settings,
+        namespace=config.cluster.namespace,
+        node_name=config.node.name,
+        ttl=config.timing.ttl,
+        retry_timeout=config.timing.retry_timeout,
+    )
+
+
+def run_start(node: NodeService, parts: LocalParts, progress: Progress) -> None:
+    """Steps 1-5; the service's monitor completes the operation once the node is active."""
+    state = node.require_state()
+    config = node.config
+    progress.begin("store")
+    store = parts.store
+    if store is None:
+        detail = f"external {config.consensus.backend} store"
+    elif state.has(Step.STORE):
+        if not store.is_running():
+            store.start()
+        detail = f"{config.consensus.backend} server of this node running"
+    else:
+        parts.wipe_store()  # what an interrupted bootstrap of ours left
+        member = store.bootstrap()
+        detail = f"one-member {config.consensus.backend} store at {member.client_url}"
+    state = node.save(state.with_step(Step.STORE))
+    progress.finish("store", detail)
+
+    agent = node.make_agent()
+    progress.begin("record")
+    _write_record(agent.consensus, state.record)
+    state = node.save(state.with_step(Step.RECORD))
+    progress.finish(
+        "record", f'cluster "{state.record.name}", hacore {state.record.hacore_version}'
+    )
+
+    progress.begin("database")
+    replication = agent.replication
+    if not replication.is_initialized():
+        replication.bootstrap(replication_password=state.replication_password, allowed_hosts=[])
+        detail = "new primary bootstrapped"
+    else:
+        detail = "primary already bootstrapped"
+    state = node.save(state.with_step(Step.DATABASE))
+    progress.finish("database", detail)
+
+    progress.begin("status")
+    try:
+        agent.record_bootstrap()
+    except ConflictError:
+        found = agent.consensus.get(keys.STATUS_KEY)
+        if found is None or keys.decode_status(found.value).name != config.node.name:
+            raise
+    state = node.save(state.with_step(Step.STATUS))
+    progress.finish("status", f"{config.node.name} is the first active")
+
+    progress.begin("agent")
+    node.start_agent()
+    node.save(state.with_step(Step.AGENT))
+    progress.finish("agent")
+    progress.begin("active", "waiting for the election and the promotion")
+
+
+def _write_record(consensus: ConsensusBackend, record: ClusterRecord) -> None:
+    if consensus.put(CONFIG_KEY, record.encode(), expect_version=0):
+        return
+    found = consensus.get(CONFIG_KEY)
+    if found is not None:
+        try:
+            existing = ClusterRecord.decode(found.value)
+        except HacoreError:
+            existing = None
+        if existing is not None and existing.cluster_id == record.cluster_id:
+            return  # written by an earlier attempt of this start
+        what = existing.describe() if existing else "something else"
+        raise ConflictError(f"the store's namespace {record.namespace} already holds {what}")
+    raise ConflictError("the cluster record changed while it was written; run cluster start again")

@@ -1,0 +1,277 @@
+"""Real nodes for the cluster CLI tests: one ``hacore agent run`` process per node.
+
+Each node has its own data directory (under a root the ``postgres`` user may enter), API
+port, PostgreSQL port and managed store ports, all free loopback ports. The CLI runs in this
+process (click's runner) against those services over HTTP, with its profile in the root.
+
+Every process is stopped by pid: the service by its ServerProcess; what it may leave behind
+(after a SIGKILL) by the pid files in its data directory: the postmaster and its children,
+and the detached store server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import psycopg
+import yaml
+from click.testing import CliRunner, Result
+
+from hacore.cli import cli
+from hacore.testing.procs import (
+    ServerProcess,
+    free_port,
+    kill_with_children,
+    pid_alive,
+    wait_for,
+)
+
+PG_PARAMETERS = {"shared_buffers": "16MB", "max_connections": 30, "fsync": "off"}
+TIMING = {"ttl": 6.0, "loop_wait": 1.0, "retry_timeout": 1.0, "safety_margin": 1.5}
+#: generous: a busy two-core machine runs other engineers' servers too
+WAIT = 150.0
+HACORE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "hacore")
+
+
+def make_root() -> Path:
+    # pytest's temp dirs are 0700 root: the postgres user could not enter them.
+    root = Path(tempfile.mkdtemp(prefix="hacore-cli-"))
+    root.chmod(0o755)
+    return root
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        first = path.read_text().split("\n", 1)[0].strip()
+    except OSError:
+        return None
+    return int(first) if first.isdigit() and pid_alive(int(first)) else None
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and its children (a postmaster's backends leave its group)."""
+    kill_with_children(pid)
+
+
+def tree(directory: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file under ``directory``: (size, mode, mtime_ns), to prove nothing changed."""
+    found = {}
+    for path in sorted(directory.rglob("*")):
+        stat = path.lstat()
+        found[str(path.relative_to(directory))] = (stat.st_size, stat.st_mode, stat.st_mtime_ns)
+    return found
+
+
+@attrs.define
+class Node:
+    name: str
+    root: Path
+    backend: str
+    namespace: str
+    env: dict[str, str] = attrs.field(factory=dict)
+    api_port: int = attrs.field(factory=free_port)
+    pg_port: int = attrs.field(factory=free_port)
+    store: dict[str, int] = attrs.field(factory=dict)
+    proc: ServerProcess | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.store = {"client_port": free_port(), "peer_port": free_port()}
+        if self.backend == "zookeeper":
+            self.store["election_port"] = free_port()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / f"{self.name}.yaml"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.api_port}"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "replication" / "pgdata"
+
+    def write_config(self) -> None:
+        raw = {
+            "cluster": {"name": "clitest", "namespace": self.namespace},
+            "node": {
+                "name": self.name,
+                "host": "127.0.0.1",
+                "api_port": self.api_port,
+                "data_dir": str(self.data_dir),
+            },
+            "timing": TIMING,
+            "checks": {"check_fail_fast": False},
+            "consensus": {"backend": self.backend, "managed": True, **self.store},
+            "replication": {
+                "backend": "postgresql",
+                "port": self.pg_port,
+                "parameters": PG_PARAMETERS,
+            },
+        }
+        self.config_path.write_text(yaml.safe_dump(raw))
+
+    def start(self) -> Node:
+        self.write_config()
+        self.proc = ServerProcess(
+            f"agent {self.name}",
+            [HACORE, "agent", "run", "-c", str(self.config_path)],
+            self.root / f"{self.name}.log",
+            env=self.env,
+        ).start()
+        wait_for(self.answers, WAIT, interval=0.1, what=f"the agent service of {self.name}")
+        return self
+
+    def answers(self) -> bool:
+        return self.probe() is not None
+
+    def probe(self, path: str = "/status") -> dict[str, Any] | None:
+        """The probe's JSON (200 or 503), None when the service does not answer."""
+        try:
+            resp = httpx.get(self.url + path, timeout=3.0)
+        except httpx.HTTPError:
+            return None
+        data = resp.json()
+        data["http_status"] = resp.status_code
+        return data
+
+    def cluster(self, auth: tuple[str, str]) -> dict[str, Any]:
+        resp = httpx.get(self.url + "/cluster", auth=auth, timeout=10.0)
+        resp.raise_for_status()
+        data: dict[str, Any] = resp.json()
+        return data
+
+    def postmaster(self) -> int | None:
+        return _pid_in(self.pgdata / "postmaster.pid")
+
+    def store_server(self) -> int | None:
+        for name in ("etcd.pid", "zookeeper.pid"):
+            pid = _pid_in(self.data_dir / "store" / name)
+            if pid is not None:
+                return pid
+        return None
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            host=str(self.data_dir / "replication" / "run"),
+            port=self.pg_port,
+            user="postgres",
+            dbname="postgres",
+            autocommit=True,
+            connect_timeout=10,
+        )
+
+    def slots(self) -> set[str]:
+        with self.connect() as conn:
+            return {row[0] for row in conn.execute("SELECT slot_name FROM pg_replication_slots")}
+
+    def crash(self) -> None:
+        """SIGKILL the agent service and the whole PostgreSQL server, as a host death would
+        (the detached store server is left running)."""
+        assert self.proc is not None
+        self.proc.kill()
+        pid = self.postmaster()
+        assert pid is not None, f"{self.name}'s database is not running"
+        kill_tree(pid)
+
+    def cleanup(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(signal.SIGTERM, timeout=90)
+        for pid in (self.postmaster(), self.store_server()):
+            if pid is not None:
+                kill_tree(pid)
+
+
+class CliCluster:
+    """The nodes of one test cluster, and the CLI run against them with one profile."""
+
+    def __init__(self, root: Path, backend: str) -> None:
+        self.root = root
+        self.backend = backend
+        self.namespace = f"cli-{secrets.token_hex(4)}"
+        self.profile = root / "profile.json"
+        self.nodes: dict[str, Node] = {}
+        self.outputs: dict[str, str] = {}
+
+    def add(self, name: str, env: dict[str, str] | None = None) -> Node:
+        node = Node(name, self.root, self.backend, self.namespace, env=env or {})
+        self.nodes[name] = node
+        return node.start()
+
+    def cli(self, *args: str, code: int | None = 0) -> Result:
+        result = CliRunner().invoke(
+            cli, list(args), env={"HACORE_PROFILE": str(self.profile)}, catch_exceptions=False
+        )
+        if code is not None:
+            assert result.exit_code == code, (
+                f"hacore {' '.join(args)} exited {result.exit_code}, not {code}:\n{result.output}"
+            )
+        return result
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def credentials(self) -> tuple[str, str]:
+        data = json.loads(self.profile.read_text())
+        return (data["username"], data["password"])
+
+    def view(self) -> dict[str, Any]:
+        """``nodes list --json``, by node name."""
+        listed = self.cli_json("cluster", "nodes", "list")
+        return {row["name"]: row for row in listed["nodes"]}
+
+    def active(self) -> Node:
+        status = self.cli_json("cluster", "status")
+        assert status["active"], status
+        return self.nodes[status["active"]]
+
+    def cleanup(self) -> None:
+        for node in self.nodes.values():
+            with contextlib.suppress(Exception):
+                node.cleanup()
+
+
+def formed_cluster(backend: str) -> Iterator[CliCluster]:
+    """Body of a fixture: n1 starts the cluster, n2 and n3 join it, all through the CLI."""
+    import shutil
+
+    cluster = CliCluster(make_root(), backend)
+    try:
+        first = cluster.add("n1")
+        cluster.outputs["start"] = cluster.cli(
+            "cluster", "start", "-c", str(first.config_path), "--timeout", str(WAIT)
+        ).output
+        for name in ("n2", "n3"):
+            node = cluster.add(name)
+            cluster.outputs[f"join {name}"] = cluster.cli(
+                "cluster",
+                "join",
+                first.address,
+                "-c",
+                str(node.config_path),
+                "--node-name",
+                name,
+                "--timeout",
+                str(WAIT),
+            ).output
+        yield cluster
+    finally:
+        cluster.cleanup()
+        shutil.rmtree(cluster.root, ignore_errors=True)

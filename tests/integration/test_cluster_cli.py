@@ -1,0 +1,367 @@
+"""The cluster CLI against real nodes: start, joins, refusals, removal, switchover, failover.
+
+Each node is a real ``hacore agent run`` process with its own managed store server (etcd or
+ZooKeeper) and its own PostgreSQL, on loopback ports (see ``cluster_fixtures``). The CLI
+runs in this process against those services, with one profile, as an operator on one
+machine would.
+
+The tests of one backend share a cluster and run in file order: start + two joins (the
+fixture), refusals, removal, switchover, and last the failover, which kills the active.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from cluster_fixtures import HACORE, TIMING, WAIT, CliCluster, Node, formed_cluster, tree
+
+from hacore.cluster.record import VERSION_OVERRIDE_ENV
+from hacore.testing.procs import free_port, wait_for
+from hacore_plugins.postgresql.backend import PostgresReplication
+from hacore_plugins.postgresql.config_files import slot_name
+from hacore_plugins.postgresql.settings import default_bin_dir
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(default_bin_dir() is None, reason="no PostgreSQL binaries installed"),
+]
+
+
+@pytest.fixture(scope="module", params=["etcd", "zookeeper"])
+def formed(request: pytest.FixtureRequest) -> Iterator[CliCluster]:
+    yield from formed_cluster(request.param)
+
+
+def store_members(cluster: CliCluster, node: Node) -> dict[str, bool]:
+    """The store's servers, name -> voting, as the node's agent reads them from the store."""
+    members = node.cluster(cluster.credentials())["store_members"]
+    return {m["name"]: m["voting"] for m in members}
+
+
+def mode(path: Any) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_start_and_two_joins_make_one_active_and_two_streaming_standbys(
+    formed: CliCluster,
+) -> None:
+    start = formed.outputs["start"]
+    for step in ("consensus store", "cluster record", "database", "agent started"):
+        assert f"[ok] {step}" in start
+    assert "n1 is the active node of cluster clitest" in start
+    password = formed.credentials()[1]
+    assert f"password {password}" in start, "a generated password is shown once"
+    for name in ("n2", "n3"):
+        out = formed.outputs[f"join {name}"]
+        assert "[ok] join ticket: granted by n1" in out
+        assert "[ok] store membership" in out
+        # the clone's progress, bytes done of total, ends with the full size
+        assert re.search(r"\[ok\] database copied: [\d.]+ MiB from n1", out), out
+        assert f"{name} is a standby of n1 in cluster clitest, streaming" in out
+
+    def settled() -> dict[str, Any] | None:
+        view = formed.view()
+        standbys = [view[n] for n in ("n2", "n3")]
+        if all(
+            row["replication"] == "streaming"
+            and row["lag_bytes"] is not None
+            and row["checks"]
+            and all(row["checks"].values())
+            for row in standbys
+        ):
+            return view
+        return None
+
+    view = wait_for(settled, WAIT, interval=0.5, what="both standbys streaming and healthy")
+    assert isinstance(view, dict)
+    assert sorted(view) == ["n1", "n2", "n3"]
+    assert [n for n, row in view.items() if row["state"] == "active"] == ["n1"]
+    for name in ("n2", "n3"):
+        assert view[name]["state"] == "standby"
+    detail = formed.cli("cluster", "nodes", "get", "n2").output
+    assert re.search(r"state: +standby", detail) and "replication: streaming" in detail
+    assert re.search(r"check replication: OK", detail), detail
+    assert 'no node named "n9"' in formed.cli("cluster", "nodes", "get", "n9", code=2).stderr
+
+    assert set(store_members(formed, formed.nodes["n1"]).items()) == {
+        ("n1", True),
+        ("n2", True),
+        ("n3", True),
+    }
+    n1, n2 = formed.nodes["n1"], formed.nodes["n2"]
+    assert n1.probe()["http_status"] == 200 and n2.probe()["http_status"] == 503
+    assert n2.probe("/standby")["http_status"] == 200
+    # secrets: 0600 files, the bootstrap token gone, the API closed without credentials
+    assert mode(formed.profile) == 0o600
+    for node in formed.nodes.values():
+        assert mode(node.data_dir / "cluster.json") == 0o600
+        assert not (node.data_dir / "bootstrap.token").exists()
+        assert password not in (node.data_dir / "cluster.json").read_text()
+    profile = json.loads(formed.profile.read_text())
+    assert profile["nodes"][0]["name"] == "n1"
+    assert {n["name"] for n in profile["nodes"]} == {"n1", "n2", "n3"}
+    assert httpx.get(n1.url + "/cluster", timeout=5).status_code == 401
+    assert httpx.get(n1.url + "/cluster", auth=("admin", "wrong"), timeout=5).status_code == 401
+
+
+def test_join_refusals_change_nothing(formed: CliCluster) -> None:
+    active = formed.nodes["n1"]
+    auth = formed.credentials()
+
+    def cluster_state() -> tuple[Any, ...]:
+        data = active.cluster(auth)
+        return (
+            sorted(m["name"] for m in data["members"]),
+            sorted((m["name"], m["voting"]) for m in data["store_members"]),
+            data["joining"],
+            data["removed"],
+        )
+
+    before = cluster_state()
+    assert before[2] == []
+    fresh = formed.add("fresh")
+    older = formed.add("older", env={VERSION_OVERRIDE_ENV: "0.0.1"})
+    used = formed.add("used")
+    db = PostgresReplication(
+        {"port": used.pg_port, "parameters": {"shared_buffers": "16MB"}},
+        node_name="used",
+        host="127.0.0.1",
+        data_dir=used.data_dir / "replication",
+    )
+    db.bootstrap(replication_password="x", allowed_hosts=[])
+    db.stop()
+
+    def refused(node: Node, address: str, name: str, *extra: str) -> str:
+        files = tree(node.data_dir)
+        result = formed.cli(
+            "cluster",
+            "join",
+            address,
+            "-c",
+            str(node.config_path),
+            "--node-name",
+            name,
+            *extra,
+            code=2,
+        )
+        message = result.stderr.strip()
+        assert message.startswith("error: ") and "\n" not in message, message
+        assert tree(node.data_dir) == files, f"{node.name}'s data directory changed"
+        assert not (node.data_dir / "cluster.json").exists()
+        assert node.probe()["state"] == "empty"
+        assert cluster_state() == before
+        return message
+
+    unused = f"127.0.0.1:{free_port()}"
+    assert "refused the API credentials" in refused(
+        fresh, active.address, "fresh", "--username", "admin", "--password", "wrong"
+    )
+    assert "already a member" in refused(fresh, active.address, "n2")
+    assert "cannot reach the hacore agent" in refused(fresh, unused, "fresh")
+    message = refused(older, active.address, "older")
+    assert "runs hacore 0.0.1" in message and "install hacore" in message
+    message = refused(used, active.address, "used")
+    assert "not empty" in message and "already holds a database" in message
+
+    # a standby's address leads to the active: the same refusal, from the active
+    assert "already a member" in refused(fresh, formed.nodes["n2"].address, "n3")
+    for node in (fresh, older, used):
+        node.cleanup()
+        del formed.nodes[node.name]
+
+
+def test_a_join_that_fails_in_the_store_is_rolled_back_then_retried(formed: CliCluster) -> None:
+    active = formed.active()
+    auth = formed.credentials()
+
+    def cluster_state() -> tuple[Any, ...]:
+        data = active.cluster(auth)
+        return (
+            sorted(m["name"] for m in data["members"]),
+            sorted((m["name"], m["voting"]) for m in data["store_members"]),
+            data["joining"],
+        )
+
+    before = cluster_state()
+    late = formed.add("late")
+    files = tree(late.data_dir)
+    # another program holds the port of this node's store server: its store join fails
+    with socket.create_server(("127.0.0.1", late.store["client_port"])):
+        result = formed.cli(
+            "cluster",
+            "join",
+            active.address,
+            "-c",
+            str(late.config_path),
+            "--node-name",
+            "late",
+            "--timeout",
+            str(WAIT),
+            code=2,
+        )
+    assert "[ok] join ticket: granted by" in result.stdout
+    assert (
+        "the join was rolled back: this node is empty again and the active forgot the join"
+        in result.stderr
+    )
+    assert tree(late.data_dir) == files
+    assert late.probe()["state"] == "empty"
+    assert cluster_state() == before
+
+    # nothing is left behind on either side: the same node joins under the same name
+    out = formed.cli(
+        "cluster",
+        "join",
+        active.address,
+        "-c",
+        str(late.config_path),
+        "--node-name",
+        "late",
+        "--timeout",
+        str(WAIT),
+    ).output
+    assert f"late is a standby of {active.name}" in out
+    assert "late" in store_members(formed, active)
+
+
+def test_an_interrupted_join_resumes_or_rolls_back(formed: CliCluster) -> None:
+    active = formed.active()
+    node = formed.add("cut")
+    join = ("cluster", "join", active.address, "-c", str(node.config_path), "--node-name", "cut")
+    result = formed.cli(*join, "--timeout", "0.1", code=2)
+    assert "still not done" in result.stderr, result.output
+    assert node.proc is not None
+    node.proc.kill()  # the agent service dies in the middle of the join
+    node.start()
+    state_file = node.data_dir / "cluster.json"
+
+    def outcome() -> str | None:
+        probe = node.probe()
+        if probe is None:
+            return None
+        if probe["standby_streaming"]:
+            return "resumed"
+        if probe["state"] == "empty" and not state_file.exists():
+            return "rolled back"
+        return None
+
+    found = wait_for(outcome, WAIT, interval=0.5, what="the join to resume or roll back")
+    # either way the cluster kept its store quorum and its active
+    time.sleep(2 * TIMING["ttl"])
+    assert active.probe()["http_status"] == 200
+    if found == "rolled back":
+        assert not (node.data_dir / "store").exists()
+        formed.cli(*join, "--timeout", str(WAIT))
+    assert store_members(formed, active)["cut"] is True
+    wait_for(lambda: formed.view()["cut"]["replication"] == "streaming", WAIT, what="cut streaming")
+
+
+def test_remove_refuses_the_active_and_removes_a_standby(formed: CliCluster) -> None:
+    active = formed.active()
+    result = formed.cli("cluster", "nodes", "remove", active.name, code=2)
+    assert "is the active node: switch over first" in result.stderr
+    victim = formed.nodes["late"]
+    assert slot_name(victim.name) in active.slots()
+
+    out = formed.cli("cluster", "nodes", "remove", victim.name).output
+    assert f"node {victim.name} removed from cluster clitest" in out
+    assert victim.name not in store_members(formed, active)
+    assert slot_name(victim.name) not in active.slots()
+    assert victim.name not in formed.view()
+    # its agent stepped down: removed, its database and store server stopped
+    wait_for(
+        lambda: victim.probe()["state"] == "removed" and victim.postmaster() is None,
+        WAIT,
+        what=f"{victim.name} to step down",
+    )
+    wait_for(lambda: victim.store_server() is None, WAIT, what=f"{victim.name}'s store to stop")
+    time.sleep(3)  # a removed node must not come back and make its slot again
+    assert slot_name(victim.name) not in active.slots()
+    assert (
+        'no node named "nobody"'
+        in formed.cli("cluster", "nodes", "remove", "nobody", code=2).stderr
+    )
+    victim.cleanup()
+    del formed.nodes[victim.name]
+
+    # the name of a removed node is not given out again
+    again = formed.add("again")
+    result = formed.cli(
+        "cluster",
+        "join",
+        active.address,
+        "-c",
+        str(again.config_path),
+        "--node-name",
+        victim.name,
+        code=2,
+    )
+    assert "removed from cluster clitest" in result.stderr
+    again.cleanup()
+    del formed.nodes["again"]
+
+
+def test_switchover_with_the_cli(formed: CliCluster) -> None:
+    old = formed.active()
+    target = next(n for n in formed.nodes.values() if n is not old)
+    wait_for(
+        lambda: formed.view()[target.name]["replication"] == "streaming",
+        WAIT,
+        what=f"{target.name} streaming before the switchover",
+    )
+    result = formed.cli("cluster", "switchover", "--to", target.name, "--timeout", str(WAIT))
+    match = re.search(
+        rf"{target.name} is the active node \(was {old.name}\); took ([\d.]+) s", result.output
+    )
+    assert match, result.output
+    assert target.probe()["http_status"] == 200
+    assert old.probe()["http_status"] == 503
+    profile = json.loads(formed.profile.read_text())
+    assert profile["nodes"][0]["name"] == target.name
+    # the old active comes back as a streaming standby of the new one
+    wait_for(
+        lambda: formed.view()[old.name]["replication"] == "streaming",
+        WAIT,
+        what=f"{old.name} to follow {target.name}",
+    )
+
+
+def test_the_profile_finds_the_new_active_after_the_active_dies(formed: CliCluster) -> None:
+    old = formed.active()
+    survivors = [n for n in formed.nodes.values() if n is not old]
+    old.crash()
+    # the real command, as a separate process: it must skip the dead node by itself
+    env = {"HACORE_PROFILE": str(formed.profile), "PATH": "/usr/bin:/bin"}
+
+    def new_active() -> dict[str, Any] | None:
+        proc = subprocess.run(
+            [HACORE, "cluster", "status", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        if proc.returncode != 0:
+            assert proc.returncode == 1, proc.stderr  # 1: no active (yet), 2 would be an error
+            return None
+        data: dict[str, Any] = json.loads(proc.stdout)
+        return data if data["active"] != old.name else None
+
+    status = wait_for(new_active, WAIT, interval=1.0, what="a new active after the crash")
+    assert isinstance(status, dict)
+    assert status["active"] in {n.name for n in survivors}
+    probes = {p["name"]: p for p in status["nodes"]}
+    assert probes[old.name]["http_status"] is None, "the dead node does not answer"
+    assert probes[status["active"]]["http_status"] == 200
+    view = formed.view()
+    assert view[old.name]["state"] == "offline"
+    assert view[status["active"]]["state"] == "active"
