@@ -132,25 +132,47 @@ def config_check(path: str, options: tuple[str, ...], connect: bool) -> None:
     type=click.Choice(["etcd", "zookeeper"]),
     default="etcd",
     show_default=True,
-    help="Consensus store to run.",
+    help="Consensus store each node runs (a managed store member per node).",
 )
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False),
     default=None,
-    help="Where the demo keeps its data (default: a temporary directory, removed after).",
+    help="Where the demo keeps its data and logs (default: a temporary directory, removed).",
 )
-@click.option("--ttl", type=float, default=3.0, show_default=True, help="Leader lease TTL.")
-def demo(backend: str, workdir: str | None, ttl: float) -> None:
-    """Run the local demo: a 3-member store and three contenders failing over.
+@click.option(
+    "--store-only",
+    is_flag=True,
+    help="Only the consensus part: a 3-member store and three contenders for the lease.",
+)
+@click.option(
+    "--ttl", type=float, default=3.0, show_default=True, help="Lease TTL of --store-only."
+)
+def demo(backend: str, workdir: str | None, store_only: bool, ttl: float) -> None:
+    """Run the local demo: a 3-node cluster that fails over in front of you.
 
-    Starts a one-member store through hacore's managed-server capability, grows it to three
-    members, lets three local contenders campaign, then crashes the leader and shows how long
-    a standby takes to take over. Everything runs on loopback ports and is cleaned up.
+    \b
+    1. starts an agent service per node (its own store member and PostgreSQL),
+    2. hacore cluster start on node1, hacore cluster join for node2 and node3,
+    3. writes rows on the active,
+    4. SIGKILLs the active's agent, database and store server (a host death),
+    5. shows the new active, how long the takeover took, and that no row was lost,
+    6. brings the old node back as a streaming standby, then cleans everything up.
+
+    Everything runs on loopback ports in one work directory; it works as root (the database
+    then runs as the postgres user) and as a normal user.
+
+    With --store-only: a managed 3-member store and three contender processes; the
+    leader's process and store server are SIGKILLed and another takes over the lease.
     """
-    from hacore.demo import run_store_demo
+    if store_only:
+        from hacore.demo import run_store_demo
 
-    run_store_demo(backend=backend, workdir=workdir, ttl=ttl, console=console)
+        run_store_demo(backend=backend, workdir=workdir, ttl=ttl, console=console)
+        return
+    from hacore.demo_cluster import run_cluster_demo
+
+    run_cluster_demo(backend=backend, workdir=workdir, console=console)
 
 
 add_cluster_commands(cli)

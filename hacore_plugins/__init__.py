@@ -1,1 +1,1 @@
-"""The reference backends of hacore, each a plugin registered through the "hacore" entry point group."""
+"""The reference backends of hacore, each a plugin registered through the "hacore" group."""
