@@ -8,6 +8,7 @@ directory; the crash is a host death (SIGKILL of the node's agent, database and 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -249,6 +250,24 @@ class _Demo:
             ).fetchall()
         return any(node.name in str(row[0]) for row in rows)
 
+    def listed_as_standby(self, node: DemoNode) -> bool:
+        """The cluster view (what `nodes list` shows) has caught up with the node's state."""
+        result = subprocess.run(
+            [*_hacore(), "cluster", "nodes", "list", "--json"],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            return False
+        rows = json.loads(result.stdout)
+        rows = rows.get("nodes", rows) if isinstance(rows, dict) else rows
+        return any(
+            row.get("name") == node.name and row.get("state") == "standby" and row.get("healthy")
+            for row in rows
+        )
+
     def form(self) -> None:
         rule = self.console.rule
         rule("[bold]1. three nodes, each with its agent service")
@@ -307,6 +326,7 @@ class _Demo:
         rule(f"[bold]6. {active.name} comes back and rejoins as a standby")
         active.start_service(self.env)
         _wait(lambda: self.standby_streams(active, successor), 180, f"{active.name} to stream")
+        _wait(lambda: self.listed_as_standby(active), 60, f"{active.name}'s record to say so")
         self.console.print(f"{active.name} streams from {successor.name} again")
         self.run("cluster", "nodes", "list")
 
