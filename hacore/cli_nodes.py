@@ -1,0 +1,400 @@
+"""``hacore cluster nodes …``, ``cluster status`` and ``cluster switchover``: reading and
+steering a formed cluster through the CLI profile, from any machine."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+from rich.table import Table
+
+from hacore.api.client import ApiClient
+from hacore.api.errors import ApiError, ApiUnreachableError, AuthenticationError, UnavailableError
+from hacore.cli_cluster import (
+    REMOVE_TIMEOUT,
+    _emit,
+    _json_option,
+    _profile_path,
+    cluster,
+    console,
+)
+from hacore.cluster.follow import human_bytes
+from hacore.cluster.profile import (
+    Profile,
+    active_client,
+    members_of,
+    require_profile,
+    save_profile,
+)
+from hacore.errors import HacoreError
+
+# -------------------------------------------------------------------------------------------
+# Reading the cluster
+# -------------------------------------------------------------------------------------------
+
+
+def _reach(ctx: click.Context, *, need_active: bool) -> tuple[Profile, dict[str, Any], bool]:
+    """The cluster view from the active (or, unless ``need_active``, from any node that
+    answers); refreshes the profile's node list. The bool says whether it came from the
+    active."""
+    path = _profile_path(ctx)
+    profile = require_profile(path)
+    try:
+        with active_client(profile) as client:
+            data = client.cluster()
+        from_active = True
+    except UnavailableError as err:
+        if need_active:
+            raise UnavailableError(
+                f"{err}; is the cluster failing over? try again shortly"
+            ) from None
+        data = _any_view(profile, err)
+        from_active = False
+    members = members_of(data)
+    if from_active and members:
+        refreshed = profile.with_nodes(members, active=data.get("node"))
+        if refreshed != profile:
+            save_profile(path, refreshed)
+            profile = refreshed
+    return profile, data, from_active
+
+
+def _any_view(profile: Profile, why: Exception) -> dict[str, Any]:
+    for url in profile.urls():
+        try:
+            with ApiClient(url, profile.auth, timeout=5.0) as client:
+                return client.cluster()
+        except AuthenticationError:
+            raise
+        except (ApiError, ApiUnreachableError):
+            continue
+    raise UnavailableError(f"no node of the profile answers ({why})")
+
+
+def _state_of(member: dict[str, Any]) -> str:
+    if member.get("active"):
+        return "active"
+    role = str(member.get("role") or "unknown")
+    if role == "unknown":
+        return "offline"
+    return role
+
+
+def _checks_text(member: dict[str, Any]) -> str:
+    checks = member.get("checks") or {}
+    parts = []
+    for name in sorted(checks):
+        ok = checks[name].get("ok") if isinstance(checks[name], dict) else checks[name]
+        parts.append(f"{name} {'OK' if ok else 'FAIL'}")
+    return ", ".join(parts) or "-"
+
+
+def _lag_text(member: dict[str, Any]) -> str:
+    if member.get("active"):
+        return "-"
+    lag = member.get("lag_bytes")
+    return human_bytes(lag) if isinstance(lag, int) else "?"
+
+
+def _replication_text(member: dict[str, Any]) -> str:
+    if member.get("active"):
+        return "primary"
+    streaming = member.get("streaming")
+    if streaming is None:
+        return "?"
+    return "streaming" if streaming else "not streaming"
+
+
+def _node_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for member in data.get("members", []):
+        rows.append(
+            {
+                "name": member.get("name"),
+                "address": member.get("host"),
+                "api_url": member.get("api_url"),
+                "state": _state_of(member),
+                "healthy": member.get("healthy"),
+                "replication": _replication_text(member),
+                "lag_bytes": None if member.get("active") else member.get("lag_bytes"),
+                "checks": {
+                    n: bool(c.get("ok")) if isinstance(c, dict) else bool(c)
+                    for n, c in (member.get("checks") or {}).items()
+                },
+                "version": member.get("version"),
+            }
+        )
+    return rows
+
+
+@cluster.group("nodes")
+def nodes() -> None:
+    """List, inspect and remove the cluster's nodes."""
+
+
+@nodes.command("list")
+@_json_option
+@click.pass_context
+def nodes_list(ctx: click.Context, as_json: bool) -> None:
+    """List every node: address, state, replication, lag, and each health check.
+
+    \b
+    Asks the active node (found through the CLI profile); when no node is active (during a
+    failover) it shows the view of any node that answers and says so. STATE is active,
+    standby, offline (its agent stopped publishing), or a transitional state (starting,
+    cloning, fenced); REPLICATION is "streaming" when the standby streams from the active
+    right now; LAG is how far behind the active it is. Changes nothing.
+
+    \b
+    Exit status: 0; 2 when no node answers ("error:" line).
+
+    \b
+    Example:
+      hacore cluster nodes list
+    """
+    _, data, from_active = _reach(ctx, need_active=False)
+    rows = _node_rows(data)
+    note = None if from_active else f"no active node right now; view of {data.get('node')}"
+
+    def text() -> None:
+        table = Table(title=f"cluster {data.get('cluster')}")
+        for column in ("name", "address", "state", "replication", "lag", "checks"):
+            table.add_column(column)
+        for row, member in zip(rows, data.get("members", []), strict=True):
+            table.add_row(
+                str(row["name"]),
+                str(row["address"]),
+                row["state"],
+                row["replication"],
+                _lag_text(member),
+                _checks_text(member),
+            )
+        console.print(table)
+        if note:
+            click.echo(note)
+
+    _emit(
+        as_json,
+        {"cluster": data.get("cluster"), "leader": data.get("leader"), "nodes": rows, "note": note},
+        text,
+    )
+
+
+@nodes.command("get")
+@click.argument("name")
+@_json_option
+@click.pass_context
+def nodes_get(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Show one node in detail: addresses, state, position, lag and every check's detail.
+
+    \b
+    Asks the active node (or any node, during a failover). Changes nothing.
+
+    \b
+    Exit status: 0; 2 when the cluster has no node NAME or no node answers.
+
+    \b
+    Example:
+      hacore cluster nodes get manager-2
+    """
+    _, data, _ = _reach(ctx, need_active=False)
+    member = next((m for m in data.get("members", []) if m.get("name") == name), None)
+    if member is None:
+        names = ", ".join(str(m.get("name")) for m in data.get("members", [])) or "none"
+        raise HacoreError(f'no node named "{name}" in cluster {data.get("cluster")} ({names})')
+
+    def text() -> None:
+        click.echo(f"node:        {member['name']}")
+        click.echo(f"state:       {_state_of(member)}")
+        click.echo(f"address:     {member.get('host')}")
+        click.echo(f"api:         {member.get('api_url')}")
+        click.echo(f"healthy:     {member.get('healthy')}")
+        click.echo(f"replication: {_replication_text(member)}, lag {_lag_text(member)}")
+        click.echo(f"position:    {member.get('position')} (timeline {member.get('timeline')})")
+        click.echo(f"version:     hacore {member.get('version')}")
+        for check, result in sorted((member.get("checks") or {}).items()):
+            ok = result.get("ok") if isinstance(result, dict) else result
+            detail = result.get("detail") if isinstance(result, dict) else ""
+            click.echo(f"check {check}: {'OK' if ok else 'FAIL'}{f' ({detail})' if detail else ''}")
+
+    _emit(as_json, member, text)
+
+
+@nodes.command("remove")
+@click.argument("name")
+@_json_option
+@click.pass_context
+def nodes_remove(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Remove standby NAME from the cluster for good.
+
+    \b
+    On the active node: marks NAME removed (its agent, if alive, steps down to "removed",
+    never campaigns again, and stops its database and store server), removes its store
+    server from the store (managed store), drops its replication slot and database access,
+    and cancels a join still pending under that name. The name cannot be used again. The
+    active itself is refused: switch over first. Running it again finishes an interrupted
+    removal.
+
+    \b
+    Exit status: 0 removed; 2 refused (the active, an unknown name) or failed.
+
+    \b
+    Example:
+      hacore cluster nodes remove manager-3
+    """
+    profile = require_profile(_profile_path(ctx))
+    with active_client(profile) as found:
+        url = found.base_url
+    with ApiClient(url, profile.auth, timeout=REMOVE_TIMEOUT) as client:
+        answer = client.remove_node(name)
+    path = _profile_path(ctx)
+    save_profile(path, profile.with_nodes([n for n in profile.nodes if n[0] != name]))
+
+    def text() -> None:
+        click.echo(f"node {name} removed from cluster {profile.cluster}")
+        if not answer.get("acknowledged", True):
+            click.echo("  (it did not acknowledge in time: if it comes back it stays removed)")
+
+    _emit(as_json, answer, text)
+
+
+@cluster.command("status")
+@_json_option
+@click.pass_context
+def cluster_status(ctx: click.Context, as_json: bool) -> None:
+    """Show the cluster at a glance: which node is active, and how each node answers.
+
+    \b
+    Finds the active node through the CLI profile (skipping standbys and unreachable nodes,
+    so it works after a failover), and probes each known node's /status. Changes nothing.
+
+    \b
+    Exit status: 0 a node is active; 1 no node is active right now (the table still shows
+    what each node says); 2 no node answers at all, or an error.
+
+    \b
+    Example:
+      hacore cluster status
+    """
+    profile, data, from_active = _reach(ctx, need_active=False)
+    probes = [_probe(name, url, profile) for name, url in profile.nodes]
+    active = data.get("node") if from_active else None
+    record = data.get("record") or {}
+    result = {
+        "cluster": data.get("cluster"),
+        "namespace": data.get("namespace"),
+        "hacore_version": record.get("hacore_version"),
+        "active": active,
+        "store_ok": data.get("store_ok"),
+        "store_members": data.get("store_members"),
+        "nodes": probes,
+    }
+
+    def text() -> None:
+        click.echo(
+            f"cluster:  {result['cluster']} (namespace {result['namespace']}, "
+            f"hacore {result['hacore_version']})"
+        )
+        click.echo(f"active:   {active or 'NONE'}")
+        stores = data.get("store_members")
+        if stores:
+            voting = sum(1 for s in stores if s.get("voting"))
+            click.echo(f"store:    {len(stores)} servers ({voting} voting)")
+        table = Table()
+        for column in ("node", "api", "status", "state", "detail"):
+            table.add_column(column)
+        for probe in probes:
+            table.add_row(
+                probe["name"],
+                probe["api_url"],
+                str(probe["http_status"] or "no answer"),
+                str(probe["state"] or "-"),
+                str(probe["detail"] or ""),
+            )
+        console.print(table)
+
+    _emit(as_json, result, text)
+    if active is None:
+        ctx.exit(1)
+
+
+def _probe(name: str, url: str, profile: Profile) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "name": name,
+        "api_url": url,
+        "http_status": None,
+        "state": None,
+        "active": False,
+        "detail": "",
+    }
+    try:
+        with ApiClient(url, profile.auth, timeout=3.0) as client:
+            status = client.status()
+    except (ApiError, ApiUnreachableError) as err:
+        found["detail"] = str(err)
+        return found
+    found["http_status"] = 200 if status.get("active") else 503
+    found["state"] = status.get("state")
+    found["active"] = bool(status.get("active"))
+    if status.get("standby_streaming"):
+        found["detail"] = f"streaming from {status.get('leader')}"
+    return found
+
+
+@cluster.command("switchover")
+@click.option("--to", "to", default=None, help="The node to make active (default: the best one).")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait.")
+@_json_option
+@click.pass_context
+def cluster_switchover(ctx: click.Context, to: str | None, timeout: float, as_json: bool) -> None:
+    """Hand the active role to another node (--to NAME, or the most up-to-date standby).
+
+    \b
+    Writes a switchover request; the active stops its active-only services, waits (briefly)
+    for the target to have every write, fences its database and releases the lease; the
+    target promotes. The command waits until the new active's /status answers 200 and
+    prints how long it took. Refused when NAME is unknown or already active, or another
+    switchover is pending.
+
+    \b
+    Exit status: 0 a new node is active; 2 refused, or no new active within --timeout.
+
+    \b
+    Example:
+      hacore cluster switchover --to manager-2
+    """
+    path = _profile_path(ctx)
+    profile = require_profile(path)
+    with active_client(profile) as client:
+        old = str(client.status().get("node"))
+        began = time.monotonic()
+        client.switchover(to)
+    deadline = began + timeout
+    new: str | None = None
+    while new is None:
+        try:
+            with active_client(profile, timeout=2.0) as client:
+                name = str(client.status().get("node"))
+                if name != old and (to is None or name == to):
+                    new = name
+                    data = client.cluster()
+        except UnavailableError:
+            pass
+        if new is None:
+            if time.monotonic() > deadline:
+                raise HacoreError(
+                    f"no new active node within {timeout:g}s (the request may have been "
+                    "refused by the active: see its log, and hacore cluster status)"
+                )
+            time.sleep(0.1)
+    took = time.monotonic() - began
+    save_profile(path, profile.with_nodes(members_of(data) or profile.nodes, active=new))
+    result = {"from": old, "to": new, "seconds": round(took, 3)}
+    _emit(
+        as_json,
+        result,
+        lambda: click.echo(
+            f"switchover done: {new} is the active node (was {old}); took {took:.1f} s"
+        ),
+    )
