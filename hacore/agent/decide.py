@@ -54,11 +54,7 @@ def decide(obs: Observation, cfg: DecisionConfig) -> Decision:
     if not obs.initialized:
         return _empty(obs, leader, view)
     if leader is not None and leader.name == obs.node_name:
-        return _rest(
-            obs,
-            f"the leader key (token {leader.token}) belongs to an earlier session of this node "
-            "that cannot be renewed; waiting for it to expire",
-        )
+        return _reclaim(leader)
     if not _running(obs.db):
         return _stopped(obs, leader, view)
     if leader is not None:
@@ -362,6 +358,24 @@ def _rest(obs: Observation, reason: str) -> Decision:
     return Decision(Action.NONE, state, reason)
 
 
+def _reclaim(leader: Leader) -> Decision:
+    """The leader key names us, but the loop holds no lease for it.
+
+    Either a campaign committed but its answer was lost (the key is bound to our live session,
+    which the keepalive keeps alive: waiting would block every node forever), or an earlier
+    agent process left it (its session is not ours and expires by itself). Only the backend
+    can tell the two apart: ``campaign()`` returns the current lease for a key of our session
+    and None for anyone else's, so asking costs one call and is safe either way.
+    """
+    return Decision(
+        Action.CAMPAIGN,
+        NodeState.PROMOTING,
+        f"the leader key (token {leader.token}) names this node but no lease is held for it: "
+        "campaigning to reclaim it if it is this session's (an earlier session's key is left "
+        "to expire)",
+    )
+
+
 # -- election -----------------------------------------------------------------------------------
 
 
@@ -370,6 +384,17 @@ def _election(obs: Observation, cfg: DecisionConfig, view: ClusterView) -> Decis
     if blocker is not None:
         return _rest(obs, f"no leader, but not campaigning: {blocker}")
     ahead = _member_ahead(obs, cfg, view)
+    req = _pending_switchover(obs, cfg)
+    if ahead is not None and req is not None and ahead.name == req.from_node:
+        # Not a rival (it never campaigns while the request is pending): its published final
+        # position is the floor that keeps its last acknowledged writes. Streaming closes the
+        # gap within milliseconds, so look again soon instead of a loop later.
+        rest = _rest(
+            obs,
+            f"switchover: {ahead.name} stepped down at timeline {ahead.timeline}, position "
+            f"{ahead.position}; campaigning once this node has received that far",
+        )
+        return attrs.evolve(rest, observe_soon=True)
     if ahead is not None:
         return _rest(
             obs,
@@ -396,7 +421,7 @@ def _member_ahead(obs: Observation, cfg: DecisionConfig, view: ClusterView) -> M
         if m.name == obs.node_name or m.position is None:
             continue
         if req is not None and m.name == req.from_node:
-            if _rank_of_member(m) > ours:
+            if _short_of_old_active(obs, req, m, ours):
                 return m
             continue
         if req is not None and req.to_node == obs.node_name:
@@ -407,6 +432,20 @@ def _member_ahead(obs: Observation, cfg: DecisionConfig, view: ClusterView) -> M
         if theirs > ours or (theirs == ours and m.name < obs.node_name):
             return m
     return None
+
+
+def _short_of_old_active(obs: Observation, req: SwitchoverRequest, old: Member, ours: Rank) -> bool:
+    """Whether this node lacks some of what the active it replaces had written.
+
+    The old active is no rival: it never campaigns while the request is pending. Its final
+    position is only a floor. For the named target the floor is the position alone: the old
+    active stepped down to it only after checking that both were on the same timeline, and a
+    standby whose stream was just cut by that step-down may report an older timeline (its last
+    restartpoint's) for a while; ranking by timeline would hold it back for nothing.
+    """
+    if req.to_node == obs.node_name:
+        return (old.position or -1) > ours[1]
+    return _rank_of_member(old) > ours
 
 
 def _competes(obs: Observation, cfg: DecisionConfig, m: Member) -> bool:

@@ -62,6 +62,8 @@ from hacore.records import ClusterView, Member, NodeRole
 log = logging.getLogger("hacore.agent")
 
 _EMPTY_VIEW = ClusterView(leader=None)
+#: Seconds between loops while a decision waits for something that takes milliseconds.
+_SOON = 0.2
 __all__ = ["Agent", "Backends", "ReplicationCredentials"]
 
 
@@ -225,6 +227,7 @@ class Agent:
         """Write ``removed/<name>``: that node steps down and never campaigns again."""
         operations.mark_removed(self.backends.consensus, name, by=self.name)
         self.log.info("node %s marked removed", name)
+        self.wake()  # what the API reports (``nodes list``) is the loop's reading: renew it now
 
     def clear_removed(self, name: str) -> None:
         """Let a removed node (re)join: delete ``removed/<name>``."""
@@ -345,6 +348,8 @@ class Agent:
 
     def _wait_time(self, decision: Decision) -> float:
         wait = self.dcfg.loop_wait
+        if decision.observe_soon:
+            wait = min(wait, _SOON)
         now = time.monotonic()
         for deadline in (decision.deadline, self._gate()):
             if deadline is not None and deadline > now:

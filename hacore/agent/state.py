@@ -273,6 +273,9 @@ class Decision:
     deadline: float | None = None
     #: The active must delete the switchover request (done, stale or expired).
     clear_switchover: bool = False
+    #: Observe again after a short pause rather than ``loop_wait``: what the node waits for
+    #: takes milliseconds (a switchover target receiving the old active's last WAL).
+    observe_soon: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.target is None and self.action in _NEEDS_TARGET:

@@ -112,6 +112,20 @@ class ConsensusContract:
         assert (again.holder, again.token) == (lease.holder, lease.token)
         assert node.renew(again) is True
 
+    def test_campaign_leaves_an_earlier_sessions_key_alone(
+        self, consensus_factory: ConsensusFactory
+    ) -> None:
+        """A restarted agent (same node name, new session) must not adopt its old session's
+        leader key: it could never renew it. The agent asks ``campaign()`` whenever the key
+        names it, so this None is what keeps that safe."""
+        earlier = consensus_factory("a")
+        lease = earlier.campaign()
+        assert lease is not None
+        restarted = consensus_factory("a")
+        assert restarted.campaign() is None
+        assert restarted.leader() == Leader(name="a", token=lease.token)
+        assert earlier.renew(lease) is True
+
     def test_fencing_token_increases_over_handovers(
         self, consensus_factory: ConsensusFactory
     ) -> None:

@@ -2,8 +2,9 @@
 
 Each node has its own data directory (under a root the ``postgres`` user may enter) and its own
 PostgreSQL port on 127.0.0.1. "Killing" an agent stops its loop without resigning (and, on the
-memory store, makes its session unusable) so its lease expires as after a SIGKILL; "killing"
-a database SIGKILLs the postmaster and every child by pid.
+memory store, makes its session unusable; on ZooKeeper, drops its connection without closing
+the session) so its lease expires as after a SIGKILL; "killing" a database SIGKILLs the
+postmaster and every child by pid.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -23,6 +25,7 @@ from typing import Any
 
 import attrs
 import psycopg
+from kazoo.client import KazooClient
 
 from hacore.agent import keys
 from hacore.agent.execute import ReplicationCredentials
@@ -35,6 +38,7 @@ from hacore.plugins import HacorePlugins, load_plugins
 from hacore.records import ClusterView, Member, NodeRole
 from hacore.testing.procs import free_port, kill_with_children, pid_alive, wait_for
 from hacore_plugins.postgresql.backend import PostgresReplication
+from hacore_plugins.zookeeper.backend import ZooKeeperConsensus
 
 PASSWORD = f"repl-{secrets.token_hex(8)}"
 CREDENTIALS = ReplicationCredentials("replicator", PASSWORD)
@@ -217,9 +221,12 @@ class AgentCluster:
         """The agent dies without a word: its session is left to expire."""
         node.down = True
         node.agent.stop(resign=False)
-        crash = getattr(node.agent.consensus, "crash", None)
+        consensus = node.agent.consensus
+        crash = getattr(consensus, "crash", None)
         if crash is not None:
             crash()
+        elif isinstance(consensus, ZooKeeperConsensus):
+            drop_zookeeper_connection(consensus)
 
     def kill_database(self, node: Node) -> None:
         pid = node.pg.postmaster_pid()
@@ -375,6 +382,19 @@ class Writer:
 
 
 # -- processes --------------------------------------------------------------------------------
+
+
+def drop_zookeeper_connection(consensus: ZooKeeperConsensus) -> None:
+    """What a SIGKILL does to a ZooKeeper client: the connection drops without a "close
+    session" request, so the servers expire the session (and its leader key) after its
+    timeout. kazoo pings on its own thread, so a stopped agent loop alone would keep it."""
+    client = consensus._client
+    assert isinstance(client, KazooClient), "the ZooKeeper backend is already closed"
+    client._stopped.set()  # the connection thread must not reconnect
+    sock = client._connection._socket
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def kill_server(pid: int) -> None:

@@ -4,7 +4,8 @@ crashes in the middle of a promotion, and self-fencing when the store stops answ
 Three agents run in this process, each with its own data directory and PostgreSQL port; the
 first node is bootstrapped as ``cluster start`` would, the other two clone themselves. The
 store is the in-memory one (fast, and it can be frozen) for most tests, and a real 3-member
-etcd for a failover. Synchronous mode is on: a failover must keep every acknowledged write.
+etcd and ZooKeeper ensemble for a kill -9 failover. Synchronous mode is on: a failover must
+keep every acknowledged write.
 
 The tests of the memory cluster share it and run in file order; each begins by waiting for
 the cluster to converge (one active, every other node streaming from it), so none depends on
@@ -38,8 +39,10 @@ from hacore.agent import keys
 from hacore.agent.state import NodeState
 from hacore.records import NodeRole
 from hacore.testing.etcd import EtcdHarness
+from hacore.testing.harness import ConsensusHarness
 from hacore.testing.memory import drop_store, get_store
 from hacore.testing.pytest_plugin import run_harness
+from hacore.testing.zookeeper import ZooKeeperHarness
 from hacore_plugins.postgresql.settings import default_bin_dir
 
 pytestmark = [
@@ -267,22 +270,33 @@ def test_active_fences_itself_when_the_store_stops_answering(cluster: AgentClust
 
 
 # -------------------------------------------------------------------------------------------
-# The failover again, on a real 3-member etcd.
+# The failover again, on a real 3-member etcd and a real 3-server ZooKeeper ensemble.
 
 
-@pytest.fixture(scope="module")
-def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentCluster]:
-    for harness in run_harness(EtcdHarness, tmp_path_factory.mktemp("agent-etcd")):
-        yield from running_cluster(make_root(), harness.settings(), backend="etcd")
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(EtcdHarness, id="etcd"),
+        pytest.param(ZooKeeperHarness, id="zookeeper"),
+    ],
+)
+def store_cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AgentCluster]:
+    harness_cls: type[ConsensusHarness] = request.param
+    name = harness_cls.backend_name
+    for harness in run_harness(harness_cls, tmp_path_factory.mktemp(f"agent-{name}")):
+        yield from running_cluster(make_root(), harness.settings(), backend=name)
 
 
-def test_failover_on_etcd(etcd_cluster: AgentCluster) -> None:
-    cluster = etcd_cluster
+def test_failover_on_a_real_store(store_cluster: AgentCluster) -> None:
+    """kill -9 of the active's agent and database: its store session expires by itself."""
+    cluster = store_cluster
     old = cluster.wait_converged()
     sync = cluster.sync_standby()
-    writer = Writer(old, f"etcd-{secrets.token_hex(3)}").start()
+    writer = Writer(old, f"{cluster.backend}-{secrets.token_hex(3)}").start()
     writer.wait_acked(20)
-    cluster.kill_agent(old)  # stops renewing: the etcd lease expires by itself
+    cluster.kill_agent(old)
     cluster.kill_database(old)
     crashed_at = time.monotonic()
     acked = writer.lost_server()

@@ -17,7 +17,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -335,9 +335,43 @@ def test_switchover_with_the_cli(formed: CliCluster) -> None:
     )
 
 
+def http_codes(cluster: CliCluster, path: str) -> dict[str, int | None]:
+    """Every node's answer to ``path``: its HTTP status, None when it does not answer."""
+    codes: dict[str, int | None] = {}
+    for name, node in cluster.nodes.items():
+        answer = node.probe(path)
+        codes[name] = None if answer is None else answer["http_status"]
+    return codes
+
+
+def wait_for_codes(
+    cluster: CliCluster, path: str, expected: Mapping[str, int | None], what: str
+) -> None:
+    """Wait until the nodes answer ``path`` as expected; never two 200s on ``/status``."""
+    seen: list[dict[str, int | None]] = []
+
+    def matches() -> bool:
+        seen.append(http_codes(cluster, path))
+        return seen[-1] == expected
+
+    try:
+        wait_for(matches, WAIT, interval=0.5, what=what)
+    except TimeoutError:
+        pytest.fail(f"timed out waiting for {what}; last answers: {seen[-1:]}")
+    if path == "/status":
+        doubled = [codes for codes in seen if sum(c == 200 for c in codes.values()) > 1]
+        assert not doubled, f"two nodes answered /status 200 at once: {doubled[0]}"
+
+
 def test_the_profile_finds_the_new_active_after_the_active_dies(formed: CliCluster) -> None:
     old = formed.active()
     survivors = [n for n in formed.nodes.values() if n is not old]
+    # Before: the active alone answers /status 200; the standbys say 503 there, 200 on /standby.
+    before = {name: 200 if name == old.name else 503 for name in formed.nodes}
+    wait_for_codes(formed, "/status", before, f"only {old.name} to answer /status 200")
+    streaming = {n.name: 200 for n in survivors} | {old.name: 503}
+    wait_for_codes(formed, "/standby", streaming, "the standbys to answer /standby 200")
+    assert http_codes(formed, "/status") == before
     old.crash()
     # the real command, as a separate process: it must skip the dead node by itself
     env = {"HACORE_PROFILE": str(formed.profile), "PATH": "/usr/bin:/bin"}
@@ -365,3 +399,6 @@ def test_the_profile_finds_the_new_active_after_the_active_dies(formed: CliClust
     view = formed.view()
     assert view[old.name]["state"] == "offline"
     assert view[status["active"]]["state"] == "active"
+    # After: the new active 200, the other survivor 503, the dead node no answer at all.
+    after = {n.name: 200 if n.name == status["active"] else 503 for n in survivors}
+    wait_for_codes(formed, "/status", after | {old.name: None}, "the /status answers after")

@@ -607,6 +607,27 @@ STANDBY_SWITCHOVER_CASES = [
         Action.NONE,
     ),
     case(
+        # The step-down cut the target's stream: it reports its last restartpoint's timeline.
+        "target-takes-over-at-the-old-actives-position-whatever-timeline-it-reports",
+        standby(
+            node_name="c",
+            db=attrs.evolve(STANDBY_DB, timeline=1, following=None),
+            view=leaderless(member("a", 100, role=NodeRole.FENCED, timeline=2), member("c")),
+            switchover=switchover("c"),
+        ),
+        Action.CAMPAIGN,
+        state=NodeState.PROMOTING,
+    ),
+    case(
+        "untargeted-standby-still-ranks-the-old-actives-timeline",
+        standby(
+            db=attrs.evolve(STANDBY_DB, timeline=1, following=None),
+            view=leaderless(member("a", 100, role=NodeRole.FENCED, timeline=2), member("b")),
+            switchover=switchover(None),
+        ),
+        Action.NONE,
+    ),
+    case(
         "old-active-never-campaigns-while-pending",
         standby(
             node_name="a",
@@ -642,6 +663,23 @@ def test_switchover_at_the_standbys(
     obs: Observation, cfg: DecisionConfig, action: Action, target: str | None, state: NodeState
 ) -> None:
     check(obs, cfg, action, target, state)
+
+
+def test_the_target_short_of_the_old_active_looks_again_soon() -> None:
+    """The gap is WAL still streaming: a loop_wait later would only delay the switchover."""
+    short = standby(
+        node_name="c",
+        db=attrs.evolve(STANDBY_DB, position=99),
+        view=leaderless(FENCED_A, member("c", 99)),
+        switchover=switchover("c"),
+    )
+    decision = decide(short, CFG)
+    assert (decision.action, decision.observe_soon) == (Action.NONE, True), decision.reason
+    caught_up = attrs.evolve(short, db=STANDBY_DB)
+    assert decide(caught_up, CFG).action is Action.CAMPAIGN
+    # A real rival ranking higher is waited for a loop, as ever.
+    rival = standby(node_name="c", view=leaderless(member("b", 200), member("c")))
+    assert not decide(rival, CFG).observe_soon
 
 
 # -- rule 5: health ------------------------------------------------------------------------------
@@ -885,22 +923,61 @@ MISC_CASES = [
         Action.FENCE,
     ),
     case(
-        "own-old-session-holds-key",
+        "own-key-without-lease-asks-the-store",
         standby(node_name="a", view=world(), previous=NodeState.INIT),
-        Action.NONE,
-        state=NodeState.STANDBY,
+        Action.CAMPAIGN,
+        state=NodeState.PROMOTING,
     ),
     case(
-        "own-old-session-writable",
+        "own-key-writable-fences-first",
         standby(node_name="a", db=PRIMARY_DB, view=world()),
         Action.FENCE,
         state=NodeState.FENCED,
     ),
     case(
-        "own-old-session-fenced",
-        standby(node_name="a", db=FENCED_DB, view=world()),
+        "own-key-fenced-asks-the-store",
+        standby(node_name="a", db=FENCED_DB, view=world(), previous=NodeState.FENCED),
+        Action.CAMPAIGN,
+        state=NodeState.PROMOTING,
+    ),
+    case(
+        "own-key-stopped-asks-the-store",
+        standby(node_name="a", db=STOPPED_DB, view=world()),
+        Action.CAMPAIGN,
+    ),
+    case(
+        # Our live session would keep the key forever: reclaim it, then step down (rule 2).
+        "own-key-failing-checks-asks-the-store",
+        standby(node_name="a", view=world(), health=HealthReport(expired={"services"})),
+        Action.CAMPAIGN,
+    ),
+    case(
+        "own-key-after-lost-renewal-asks-the-store",
+        active(lease_status=LeaseStatus.LOST, db=FENCED_DB),
+        Action.CAMPAIGN,
+    ),
+    case(
+        "own-key-with-another-lease-asks-the-store",
+        active(lease=attrs.evolve(LEASE, token=6), db=FENCED_DB),
+        Action.CAMPAIGN,
+    ),
+    case(
+        "own-key-store-unreachable-waits",
+        standby(node_name="a", db=FENCED_DB, view=None),
         Action.NONE,
         state=NodeState.FENCED,
+    ),
+    case(
+        "own-key-removed-never-campaigns",
+        standby(node_name="a", view=world(), removed=True),
+        Action.NONE,
+        state=NodeState.REMOVED,
+    ),
+    case(
+        "own-key-while-rewinding-waits",
+        standby(node_name="a", view=world(), job=Action.REWIND),
+        Action.NONE,
+        state=NodeState.REJOINING,
     ),
     case("held-standby-db-promotes", active(db=STANDBY_DB), Action.PROMOTE),
     case("held-fenced-db-promotes", active(db=FENCED_DB), Action.PROMOTE),
@@ -932,6 +1009,18 @@ def test_removed_resumable_and_blind(
     obs: Observation, cfg: DecisionConfig, action: Action, target: str | None, state: NodeState
 ) -> None:
     check(obs, cfg, action, target, state)
+
+
+def test_a_reclaimed_key_of_this_session_is_promoted_at_once() -> None:
+    """The campaign's answer was lost; the retry returns the same lease, and the next
+    decision finishes the promotion (here: lifting the fence of our own old primary)."""
+    lost_answer = standby(node_name="a", db=FENCED_DB, view=world(), previous=NodeState.FENCED)
+    assert decide(lost_answer, CFG).action is Action.CAMPAIGN
+    reclaimed = attrs.evolve(
+        lost_answer, lease_status=LeaseStatus.HELD, lease=LEASE, last_renewal=NOW
+    )
+    decision = decide(reclaimed, CFG)
+    assert (decision.action, decision.next_state) == (Action.PROMOTE, NodeState.ACTIVE)
 
 
 def test_promote_and_campaign_carry_the_deadline_only_when_leasing() -> None:
@@ -1106,8 +1195,12 @@ def test_safety_properties(obs: Observation, cfg: DecisionConfig) -> None:
     past_deadline = (obs.last_renewal or 0.0) + cfg.ttl - cfg.safety_margin <= obs.now
 
     if d.action is Action.CAMPAIGN:
-        assert obs.view is not None and leader is None, "campaigned with a leader or blind"
-        assert not obs.removed and obs.health.ok and obs.initialized
+        assert obs.view is not None, "campaigned blind"
+        assert not obs.removed and obs.initialized and not _writable(obs)
+        if leader is not None:
+            assert leader.name == obs.node_name, "campaigned against another node's key"
+        else:
+            assert obs.health.ok
     if d.action is Action.PROMOTE:
         assert obs.lease_status is LeaseStatus.HELD and not past_deadline
         assert obs.view is None or leader == Leader(obs.node_name, obs.lease.token)
