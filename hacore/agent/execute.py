@@ -5,13 +5,20 @@ The order of the steps is the safety argument, so it is spelled out here once:
 - PROMOTE: start the database if stopped → ``before_promote`` (a veto or a raise: fence a
   writable database, resign, back off ``promote_backoff``) → status key naming this node with
   no synchronous standby → database promote → record the lease's fencing token → file sync
-  source → active-only services → ``after_promote`` → a history entry.
-- STEP_DOWN (planned, lease held): ``before_demote`` → stop active-only services → file scan →
-  wait for the target to have everything → fence the database → publish the final position →
-  resign → ``after_demote``. Writers stop before the database so their last writes reach
-  the target; the database is fenced before the lease goes, so two writers never overlap.
+  source → renew → active-only services → ``after_promote`` → a history entry.
+- STEP_DOWN (planned, lease held): to a target, only once the target holds every file (until
+  then the node stays active and says what is missing) → ``before_demote`` → stop active-only
+  services → renew the lease → file scan → wait until ``ttl / 2`` after the decision
+  (renewing) for the target to have every file (not in time: call it off) → wait for it to
+  have every database change → mirror the target's files → fence the database → publish the
+  final position → resign → ``after_demote``. Writers stop before the database so their last
+  writes reach the target; the database is fenced before the lease goes, so two writers
+  never overlap.
 - FENCE (the lease may be gone): the database first, at once; then ``before_demote``,
   services, files, ``after_demote``.
+
+A file sync flip gets a bounded part of the time left before the self-fencing deadline, then
+goes on in the background: files never make a node fence late, nor starve the next renewal.
 
 Every step is idempotent, so an agent killed between two steps gets the same decision again
 after a restart and finishes the job. Steps that only serve the node (files, services, hooks)
@@ -22,6 +29,7 @@ action, and the next loop decides again.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -161,7 +169,7 @@ class Executor:
         if action is Action.PROMOTE:
             return self._promote(obs, reading)
         if action is Action.STEP_DOWN:
-            return self._step_down(decision, obs)
+            return self._step_down(decision, obs, reading)
         if action in (Action.FENCE, Action.FENCE_AND_REWIND):
             self._fence(decision, obs)
             if action is Action.FENCE_AND_REWIND:
@@ -213,7 +221,11 @@ class Executor:
             if _writable(self.b.replication):
                 raise  # keep the lease: the next loop finishes the promotion
             return self._give_up(f"promotion failed ({err})", obs, lease)
-        self.extras.files_from(self.name)
+        retry = self.dcfg.retry_timeout
+        self.extras.files_from(self.name, within=min(retry, self._time_left(3 * retry)))
+        # Starting the services may take seconds: renew first, so they cannot starve the lease
+        # (a lost lease is the next loop's business: it fences, services included).
+        self._renew(lease, "before starting the services")
         services_ok = self.extras.start_active()
         self.hooks.call("hacore_after_promote", view=view)
         status = self.b.replication.status()
@@ -264,6 +276,8 @@ class Executor:
 
     def _stay_active(self, decision: Decision, obs: Observation, reading: StoreReading) -> Outcome:
         lease = self.lease.lease
+        # A flip that failed or overran at the promotion is retried here, in the background.
+        self.extras.files_from(self.name, within=0.0)
         services_ok = self.extras.ensure_active()
         token_ok = lease is not None and obs.db_token == lease.token
         outcome = Outcome(NodeState.ACTIVE, is_active=obs.db.writable and token_ok and services_ok)
@@ -297,20 +311,34 @@ class Executor:
 
     # -- giving up the active role ---------------------------------------------------------
 
-    def _step_down(self, decision: Decision, obs: Observation) -> Outcome:
+    def _step_down(self, decision: Decision, obs: Observation, reading: StoreReading) -> Outcome:
         lease = self.lease.lease
         view = obs.view or ClusterView(leader=None)
-        reason = decision.reason
+        reason, target = decision.reason, decision.target
+        if target is not None:
+            gap = self.extras.files_gap(target)
+            if gap is not None:
+                # Nothing changed yet: keep serving while the target catches up; the request
+                # expires after switchover_timeout if it never does.
+                outcome = self._stay_active(decision, obs, reading)
+                return attrs.evolve(
+                    outcome, error=f"switchover to {target} waits for its files: {gap}"
+                )
         self.hooks.call("hacore_before_demote", view=view, reason=reason)
         self.extras.stop_active()
-        self.extras.scan_files()
-        if decision.target is not None:
-            self._wait_caught_up(decision.target)
+        if target is not None:
+            # The writers stopped: renew, so the waits below get a full budget. Without a
+            # renewal the database goes first: the step-down goes on without the file wait.
+            if lease is not None and self._renew(lease, "while stepping down"):
+                self.extras.scan_files()
+                missing = self._wait_files(lease, target, until=obs.now + self.dcfg.ttl / 2)
+                if missing is not None:
+                    return self._call_off(decision, obs, reading, missing)
+            self._wait_caught_up(target)
+            self.extras.files_from(target, within=self._time_left(2 * self.dcfg.retry_timeout))
         final = self.b.replication.status()
         self.b.replication.fence()
         self.lease.may_write = False
-        if decision.target is not None:
-            self.extras.files_from(decision.target)
         member = self.member(NodeRole.FENCED, attrs.evolve(obs, db=final))
         try:
             self.store_call(lambda: self.b.consensus.publish_member(member))
@@ -318,9 +346,69 @@ class Executor:
             self.log.warning("could not publish the final position: %s", err)
         if lease is not None:
             self._resign(lease)
+        if target is None:
+            self.extras.release_files()
         self.hooks.call("hacore_after_demote", view=view, reason=reason)
         self.log.info("stepped down at position %s: %s", final.position, reason)
         return Outcome(decision.next_state, observe_again=True)
+
+    def _call_off(
+        self, decision: Decision, obs: Observation, reading: StoreReading, why: str
+    ) -> Outcome:
+        """Undo a step-down that could not finish in time, before the database is fenced.
+
+        The wait used the budget up to the deadline, so renew first; then the services again,
+        and ``after_promote`` for the ``before_demote`` already sent. Without the renewal the
+        next loop decides (it fences if the lease is gone).
+        """
+        self.log.warning("switchover called off, staying active: %s", why)
+        error = f"switchover called off: {why}"
+        lease = self.lease.lease
+        if lease is None or not self._renew(lease, "to call the switchover off"):
+            return Outcome(NodeState.ACTIVE, observe_again=True, error=error)
+        self.extras.start_active()
+        self.hooks.call("hacore_after_promote", view=obs.view or ClusterView(leader=None))
+        outcome = self._stay_active(decision, obs, reading)
+        return attrs.evolve(outcome, error=error)
+
+    def _wait_files(self, lease: Lease, target: str, *, until: float) -> str | None:
+        """Until ``until`` for ``target`` to hold every file the stopped services wrote, the
+        lease renewed between waits; None once it does, else what it still lacks.
+
+        The loop is blocked meanwhile: its own health check (``loop``) fails once an
+        iteration takes ``ttl``, so the caller stops well before.
+        """
+        started = self.clock()
+        while True:
+            step = min(self._time_left(2 * self.dcfg.retry_timeout), until - self.clock())
+            missing = self.extras.wait_files(target, math.floor(max(0.0, step) * 10) / 10)
+            if missing is None:
+                return None
+            waited = self.clock() - started
+            if self.clock() >= until or not self._renew(lease, "while waiting for files"):
+                return f"{target} still lacks files after {waited:.1f}s ({missing})"
+
+    def _renew(self, lease: Lease, when: str) -> bool:
+        """Renew in the middle of a transition; False (logged) when the lease is not known to
+        be held any more."""
+        sent = self.clock()
+        try:
+            held = self.store_call(lambda: self.b.consensus.renew(lease))
+        except HacoreError as err:
+            self.log.warning("could not renew the lease %s: %s", when, err)
+            return False
+        if not held:
+            self.log.warning("the lease was lost %s", when)
+            return False
+        self.lease.last_renewal = sent
+        return True
+
+    def _time_left(self, keep: float) -> float:
+        """Seconds from now until ``keep`` seconds before the self-fencing deadline."""
+        deadline = self.lease.deadline(self.dcfg)
+        if deadline is None:
+            return self.dcfg.retry_timeout
+        return max(0.0, deadline - keep - self.clock())
 
     def _wait_caught_up(self, target: str) -> None:
         """Up to ``retry_timeout`` (and never past the deadline) for ``target`` to replay all."""
@@ -350,15 +438,21 @@ class Executor:
         self.extras.stop_active()
         if view.leader is not None and view.leader.name != self.name:
             self.extras.files_from(view.leader.name)
+        else:
+            self.extras.release_files()
         if was_active:
             self.hooks.call("hacore_after_demote", view=view, reason=decision.reason)
             self.log.warning("fenced: %s", decision.reason)
 
     def shutdown(self, view: ClusterView) -> None:
-        """A clean stop: an active demotes (database fenced first) and resigns at once."""
+        """A clean stop: an active demotes (database fenced first) and resigns at once; the
+        file sync engine stops with the agent (the next one starts it without a role)."""
         lease = self.lease.lease
-        if lease is None:
-            return
+        if lease is not None:
+            self._shut_down_active(view, lease)
+        self.extras.stop_files()
+
+    def _shut_down_active(self, view: ClusterView, lease: Lease) -> None:
         reason = "the agent is shutting down"
         self.hooks.call("hacore_before_demote", view=view, reason=reason)
         self.extras.stop_active()
