@@ -445,8 +445,14 @@ class SyncthingFilesync(FilesyncBackend):
             need = int(done.get("needBytes", 0))
             completion = float(done.get("completion", 0.0))
             items = int(done.get("needItems", 0)) + int(done.get("needDeletes", 0))
+            # A peer that has sent no index yet (sequence 0) reads as 100% complete: it is not.
+            silent = int(done.get("sequence", 0)) == 0 and int(done.get("globalItems", 0)) > 0
             if not connections.get(peer.device_id, {}).get("connected"):
                 gaps.append(Gap(folder, peer.name, need, completion, "is not connected"))
+            elif silent:
+                gaps.append(
+                    Gap(folder, peer.name, need, 0.0, "has not announced any file of it yet")
+                )
             elif need or items or completion < 100:
                 gaps.append(
                     Gap(
