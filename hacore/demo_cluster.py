@@ -165,17 +165,37 @@ class DemoNode:
             if pid is not None:
                 _kill_with_children(pid)
 
-    def connect(self) -> Any:
-        import psycopg
+    def sql(self, script: str) -> str:
+        """Run SQL through psql, each statement its own transaction (acknowledged one by one).
 
-        return psycopg.connect(
-            host=str(self.data_dir / "replication" / "run"),
-            port=self.pg_port,
-            user="postgres",
-            dbname="postgres",
-            autocommit=True,
-            connect_timeout=10,
+        psql rather than a driver: the core imports no database client.
+        """
+        result = subprocess.run(
+            [
+                shutil.which("psql") or "psql",
+                "-h",
+                str(self.data_dir / "replication" / "run"),
+                "-p",
+                str(self.pg_port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+            ],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
+        if result.returncode != 0:
+            raise HacoreError(f"psql on {self.name} failed: {result.stderr.strip()}")
+        return result.stdout.strip()
 
 
 def _hacore() -> list[str]:
@@ -236,19 +256,16 @@ class _Demo:
         return next((node for node in among if node.status() == 200), None)
 
     def count_rows(self, node: DemoNode) -> int:
-        with node.connect() as conn:
-            row = conn.execute("SELECT count(*) FROM demo_orders").fetchone()
-            return int(row[0])
+        return int(node.sql("SELECT count(*) FROM demo_orders;"))
 
     def standby_streams(self, node: DemoNode, active: DemoNode) -> bool:
         """The standby's own agent says so (/standby), and the active sees it stream."""
         if node.status("/standby") != 200:
             return False
-        with active.connect() as conn:
-            rows = conn.execute(
-                "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'"
-            ).fetchall()
-        return any(node.name in str(row[0]) for row in rows)
+        rows = active.sql(
+            "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming';"
+        ).splitlines()
+        return any(node.name in row for row in rows)
 
     def listed_as_standby(self, node: DemoNode) -> bool:
         """The cluster view (what `nodes list` shows) has caught up with the node's state."""
@@ -298,10 +315,12 @@ class _Demo:
         rule = self.console.rule
         active = _wait(lambda: self.active(self.nodes), 60, "an active node")
         rule(f"[bold]4. write {ROWS} rows on the active, {active.name}")
-        with active.connect() as conn:
-            conn.execute("CREATE TABLE demo_orders (id serial PRIMARY KEY, item text)")
-            for i in range(ROWS):
-                conn.execute("INSERT INTO demo_orders (item) VALUES (%s)", (f"order {i}",))
+        active.sql(
+            "CREATE TABLE demo_orders (id serial PRIMARY KEY, item text);\n"
+            + "".join(
+                f"INSERT INTO demo_orders (item) VALUES ('order {i}');\n" for i in range(ROWS)
+            )
+        )
         self.console.print(f"{self.count_rows(active)} rows on {active.name}")
 
         rule(f"[bold]5. crash {active.name}: SIGKILL its agent, PostgreSQL and store server")
@@ -320,8 +339,7 @@ class _Demo:
         self.console.print(f"{rows} of {ROWS} rows on {successor.name}: nothing lost")
         if rows != ROWS:
             raise HacoreError(f"{ROWS - rows} acknowledged rows are missing after the failover")
-        with successor.connect() as conn:
-            conn.execute("INSERT INTO demo_orders (item) VALUES ('written after the failover')")
+        successor.sql("INSERT INTO demo_orders (item) VALUES ('written after the failover');")
 
         rule(f"[bold]6. {active.name} comes back and rejoins as a standby")
         active.start_service(self.env)
