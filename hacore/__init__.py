@@ -32,6 +32,7 @@ from hacore.records import (
     Member,
     NodeRole,
     StoreMember,
+    TlsFiles,
     WatchEvent,
 )
 from hacore.replication import (
@@ -76,6 +77,7 @@ __all__ = [
     "StoreMember",
     "StoreUnavailableError",
     "SyncState",
+    "TlsFiles",
     "UnknownBackendError",
     "WatchEvent",
     "Watcher",

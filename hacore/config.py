@@ -143,6 +143,19 @@ class ApiSettings:
 
 
 @attrs.frozen
+class TlsSettings:
+    """Node-to-node TLS with the cluster's internal CA (DESIGN §5).
+
+    On by default: ``cluster start`` creates the CA, ``cluster join`` hands it over, and the
+    agent API, the managed store and database replication then use it. Off only for a lab on a
+    network where nobody can listen or pretend to be a node; every node of a cluster must
+    agree, which the join checks.
+    """
+
+    enabled: bool = True
+
+
+@attrs.frozen
 class PluginSettings:
     #: entry point names not to load (added to ``$HACORE_BLOCK_PLUGINS``)
     block: tuple[str, ...] = ()
@@ -162,6 +175,7 @@ class NodeConfig:
     filesync: FilesyncSection | None = None
     services: ServicesSection | None = None
     api: ApiSettings = ApiSettings()
+    tls: TlsSettings = TlsSettings()
     plugins: PluginSettings = PluginSettings()
 
 
@@ -182,6 +196,7 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "filesync": ("backend", "directories"),
     "services": ("backend", "active_only", "everywhere"),
     "api": ("auth", "status_requires_auth"),
+    "tls": ("enabled",),
     "plugins": ("block", "settings"),
 }
 #: keys found in exactly one section, for "ttl belongs in timing" hints at top level
@@ -344,6 +359,7 @@ def _build(raw: Mapping[str, Any], context: str) -> NodeConfig:
         filesync=filesync,
         services=services,
         api=_api(section("api")),
+        tls=_tls(section("tls")),
         plugins=_plugins(section("plugins")),
     )
 
@@ -455,6 +471,11 @@ def _api(sec: Section) -> ApiSettings:
     return ApiSettings(auth=auth, status_requires_auth=requires)
 
 
+def _tls(sec: Section) -> TlsSettings:
+    sec.reject_unknown()
+    return TlsSettings(enabled=sec.boolean("enabled", True))
+
+
 def _plugins(sec: Section) -> PluginSettings:
     sec.reject_unknown()
     settings = sec.mapping("settings")
@@ -538,6 +559,7 @@ def to_mapping(config: NodeConfig) -> dict[str, Any]:
     if config.api.auth is not None:
         api["auth"] = attrs.asdict(config.api.auth)
     data["api"] = api
+    data["tls"] = attrs.asdict(config.tls)
     data["plugins"] = {
         "block": list(config.plugins.block),
         "settings": copy.deepcopy(dict(config.plugins.settings)),

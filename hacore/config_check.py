@@ -84,9 +84,11 @@ class Section:
             if key in self.known:
                 continue
             place = f"in {self.prefix}" if self.prefix else "at top level"
-            hint = did_you_mean(key, self.known)
-            if not hint and elsewhere and key in elsewhere:
+            hint = ""
+            if elsewhere and key in elsewhere:
                 hint = f'; "{key}" belongs in the {elsewhere[key]} section'
+            if not hint:
+                hint = did_you_mean(key, self.known)
             if not hint:
                 hint = f" (known keys: {', '.join(sorted(self.known))})"
             self.fail(f'unknown key "{key}" {place}{hint}')

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -118,6 +119,23 @@ class Member:
         data["role"] = NodeRole(data.get("role", NodeRole.UNKNOWN.value))
         known = {f.name for f in attrs.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@attrs.frozen
+class TlsFiles:
+    """Where a node's TLS material lies, as backends that speak TLS are given it.
+
+    The node certificate serves both ways (server and client), so one record configures a
+    store server, its clients and a database's replication connections. ``cluster start`` and
+    ``cluster join`` create the files; backends only read them.
+    """
+
+    #: the cluster CA's certificate: the only trust anchor for node-to-node traffic
+    ca_file: Path
+    #: this node's certificate, signed by the CA, naming every address it is reached by
+    cert_file: Path
+    #: its private key (mode 0600)
+    key_file: Path
 
 
 @attrs.frozen

@@ -7,6 +7,7 @@ it runs.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import threading
 import time
@@ -27,7 +28,7 @@ from hacore.consensus import ConsensusBackend, Watcher
 from hacore.errors import ConfigError
 from hacore.health import CheckResult, HealthCheck
 from hacore.plugins import HacorePlugins
-from hacore.records import ClusterView, Member, NodeRole
+from hacore.records import ClusterView, Member, NodeRole, TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,32 @@ def decision_config(config: NodeConfig) -> DecisionConfig:
     )
 
 
-def build_backends(config: NodeConfig, plugins: HacorePlugins) -> Backends:
-    """Each family's backend, picked by name from the configuration."""
+def tls_arguments(factory: Callable[..., Any], tls: TlsFiles | None, what: str) -> dict[str, Any]:
+    """``{"tls": tls}`` for a backend factory, or nothing when the node runs without TLS.
+
+    Factories that speak TLS take a ``tls`` keyword (see docs/plugin-authors.md); one that
+    does not cannot be part of a cluster that uses TLS, which is said here rather than as a
+    ``TypeError`` from deep inside the factory.
+    """
+    if tls is None:
+        return {}
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return {"tls": tls}
+    if any(p.name == "tls" or p.kind is p.VAR_KEYWORD for p in params):
+        return {"tls": tls}
+    raise ConfigError(
+        f"the {what} backend does not support TLS (its factory takes no tls argument): "
+        "use a backend that does, or set tls.enabled: false on every node"
+    )
+
+
+def build_backends(
+    config: NodeConfig, plugins: HacorePlugins, tls: TlsFiles | None = None
+) -> Backends:
+    """Each family's backend, picked by name from the configuration; ``tls`` is handed to
+    the store server, the store client and the database (node-to-node traffic)."""
     registry, node, timing = plugins.registry, config.node, config.timing
     if config.replication is None:
         raise ConfigError("the agent needs a replication section (for example backend: postgresql)")
@@ -62,19 +87,28 @@ def build_backends(config: NodeConfig, plugins: HacorePlugins) -> Backends:
     settings: dict[str, Any] = dict(section.settings)
     managed = None
     if section.managed:
-        managed = registry.managed_store(section.backend)(
-            settings, name=node.name, host=node.host, data_dir=node.data_dir / STORE_DIR
+        factory = registry.managed_store(section.backend)
+        managed = factory(
+            settings,
+            name=node.name,
+            host=node.host,
+            data_dir=node.data_dir / STORE_DIR,
+            **tls_arguments(factory, tls, f"{section.backend} store server"),
         )
         settings = managed.client_settings()
-    consensus = registry.consensus(section.backend)(
+    client = registry.consensus(section.backend)
+    consensus = client(
         settings,
+        **tls_arguments(client, tls, f"{section.backend} consensus"),
         namespace=config.cluster.namespace,
         node_name=node.name,
         ttl=timing.ttl,
         retry_timeout=timing.retry_timeout,
     )
-    replication = registry.replication(config.replication.backend)(
+    database = registry.replication(config.replication.backend)
+    replication = database(
         config.replication.settings,
+        **tls_arguments(database, tls, f"{config.replication.backend} replication"),
         node_name=node.name,
         host=node.host,
         data_dir=node.data_dir / REPLICATION_DIR,

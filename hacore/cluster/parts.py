@@ -13,11 +13,12 @@ from pathlib import Path
 
 import attrs
 
-from hacore.agent.support import REPLICATION_DIR, STORE_DIR
+from hacore.agent.support import REPLICATION_DIR, STORE_DIR, tls_arguments
 from hacore.config import NodeConfig
 from hacore.consensus import ManagedStore
 from hacore.errors import ConfigError, HacoreError
 from hacore.plugins import HacorePlugins
+from hacore.records import TlsFiles
 from hacore.replication import ReplicationBackend
 
 
@@ -57,7 +58,9 @@ class LocalParts:
                     stop()
 
 
-def local_parts(config: NodeConfig, plugins: HacorePlugins) -> LocalParts:
+def local_parts(
+    config: NodeConfig, plugins: HacorePlugins, tls: TlsFiles | None = None
+) -> LocalParts:
     """The node's replication backend and managed store, as the agent will build them."""
     if config.replication is None:
         raise ConfigError(
@@ -65,16 +68,20 @@ def local_parts(config: NodeConfig, plugins: HacorePlugins) -> LocalParts:
             "(replication: {backend: postgresql, ...})"
         )
     registry, node = plugins.registry, config.node
-    replication = registry.replication(config.replication.backend)(
+    database = registry.replication(config.replication.backend)
+    replication = database(
         config.replication.settings,
+        **tls_arguments(database, tls, f"{config.replication.backend} replication"),
         node_name=node.name,
         host=node.host,
         data_dir=node.data_dir / REPLICATION_DIR,
     )
     store = None
     if config.consensus.managed:
-        store = registry.managed_store(config.consensus.backend)(
+        factory = registry.managed_store(config.consensus.backend)
+        store = factory(
             config.consensus.settings,
+            **tls_arguments(factory, tls, f"{config.consensus.backend} store server"),
             name=node.name,
             host=node.host,
             data_dir=node.data_dir / STORE_DIR,
