@@ -136,6 +136,7 @@ class Executor:
         self.config = config
         self.dcfg = dcfg
         self.b = backends
+        self._stale_key_logged: int | None = None
         self.hooks = hooks
         self.jobs = jobs
         self.lease = lease
@@ -188,11 +189,31 @@ class Executor:
 
     # -- leadership ----------------------------------------------------------------------
 
+    def _log_lost_campaign(self) -> None:
+        """Say who holds the key; an earlier session's key of this very node is said once,
+        since the loop asks for it again every loop until it expires."""
+        try:
+            holder = self.b.consensus.leader()
+        except HacoreError:
+            holder = None
+        if holder is None:
+            self.log.info("campaign lost: another node took the leader key first")
+        elif holder.name != self.config.node.name:
+            self.log.info("campaign lost: %s took the leader key first", holder.name)
+        elif holder.token != self._stale_key_logged:
+            self._stale_key_logged = holder.token
+            self.log.info(
+                "the leader key (token %d) is an earlier agent session's of this node: it is "
+                "left to expire (within ttl %ss), then this node campaigns",
+                holder.token,
+                self.config.timing.ttl,
+            )
+
     def _campaign(self, decision: Decision) -> Outcome:
         sent = self.clock()
         lease = self.b.consensus.campaign()
         if lease is None:
-            self.log.info("campaign lost: another node took the leader key first")
+            self._log_lost_campaign()
             return Outcome(NodeState.STANDBY)
         self.lease.lease, self.lease.last_renewal, self.lease.may_write = lease, sent, True
         self.log.info("won the election: leader key held with fencing token %d", lease.token)
