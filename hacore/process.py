@@ -112,9 +112,26 @@ class DetachedProcess:
             self.send_signal(signal.SIGCONT)
             self.send_signal(sig)
             if not self._wait_gone(pid, timeout):
+                # A child that made its own process group (Syncthing's monitor does) would
+                # outlive a signal to ours: kill the whole tree by pid.
+                for child in descendants(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child, signal.SIGKILL)
                 self.send_signal(signal.SIGKILL)
                 if not self._wait_gone(pid, 10.0):
                     raise HacoreError(f"{self.name} (pid {pid}) did not exit after SIGKILL")
+        self._forget(pid)
+
+    def _forget(self, stopped: int | None) -> None:
+        """Remove the pid file unless it names a newer server than the one just stopped."""
+        try:
+            recorded = int(self.pid_path.read_text().strip())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            recorded = None
+        if recorded is not None and recorded != stopped and self._alive(recorded):
+            return
         with contextlib.suppress(FileNotFoundError):
             self.pid_path.unlink()
 
@@ -135,3 +152,24 @@ class DetachedProcess:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, children first, read from /proc (Linux)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[-1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    queue = list(parents.get(pid, []))
+    while queue:
+        child = queue.pop(0)
+        found.append(child)
+        queue.extend(parents.get(child, []))
+    return found
