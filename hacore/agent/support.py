@@ -79,7 +79,7 @@ def build_backends(
     config: NodeConfig, plugins: HacorePlugins, tls: TlsFiles | None = None
 ) -> Backends:
     """Each family's backend, picked by name from the configuration; ``tls`` is handed to
-    the store server, the store client and the database (node-to-node traffic)."""
+    the database and, when hacore runs the store, to its server and its client."""
     registry, node, timing = plugins.registry, config.node, config.timing
     if config.replication is None:
         raise ConfigError("the agent needs a replication section (for example backend: postgresql)")
@@ -97,9 +97,10 @@ def build_backends(
         )
         settings = managed.client_settings()
     client = registry.consensus(section.backend)
+    # An external store has its own CA: its TLS is in its settings, not the cluster's CA.
     consensus = client(
         settings,
-        **tls_arguments(client, tls, f"{section.backend} consensus"),
+        **tls_arguments(client, tls if managed is not None else None, f"{section.backend} client"),
         namespace=config.cluster.namespace,
         node_name=node.name,
         ttl=timing.ttl,
