@@ -50,10 +50,11 @@ from hacore.consensus import (
     Watcher,
 )
 from hacore.errors import ConfigError, HacoreError, StoreUnavailableError
-from hacore.records import ClusterView, KeyValue, Leader, Lease, Member
+from hacore.records import ClusterView, KeyValue, Leader, Lease, Member, TlsFiles
 from hacore_plugins.zookeeper.client import PersistentWatchClient
 from hacore_plugins.zookeeper.keys import key_of, node_name
 from hacore_plugins.zookeeper.settings import ZooKeeperSettings, parse_settings
+from hacore_plugins.zookeeper.tls import kazoo_options
 from hacore_plugins.zookeeper.watch import Snapshot, WatchHub, ZooKeeperWatcher
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class ZooKeeperConsensus(ConsensusBackend):
         node_name: str,
         ttl: float,
         retry_timeout: float,
+        tls: TlsFiles | None = None,
     ) -> None:
         super().__init__(
             settings,
@@ -102,7 +104,8 @@ class ZooKeeperConsensus(ConsensusBackend):
         )
         if not namespace or "/" in namespace or namespace in (".", ".."):
             raise ConfigError(f"namespace {namespace!r} must be a non-empty name without '/'")
-        self._cfg: ZooKeeperSettings = parse_settings(settings)
+        self.tls = tls
+        self._cfg: ZooKeeperSettings = parse_settings(settings, tls)
         self._root = f"{ROOT}/{namespace}"
         self._acl = (
             [make_digest_acl(self._cfg.user, self._cfg.password, all=True)]
@@ -130,6 +133,7 @@ class ZooKeeperConsensus(ConsensusBackend):
         auth = [("digest", f"{self._cfg.user}:{self._cfg.password}")] if self._acl else None
         step = min(0.5, max(self.ttl / 8, 0.05))
         client = PersistentWatchClient(
+            **kazoo_options(self._cfg.tls),
             hosts=self._cfg.connect_string,
             timeout=self.ttl,
             auth_data=auth,

@@ -8,6 +8,10 @@ servers granted, which kazoo does not keep.
 
 ZooKeeper keeps watches per connection: after kazoo reconnects (to any server) the watch is
 gone and must be added again by the owner of the callback.
+
+Over TLS, kazoo waits for the raw socket to become readable before reading the next
+response; responses already decrypted into the TLS layer's buffer would wait for the next
+packet (a ping, up to a third of the session timeout later). The connection here drains them.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.protocol.connection import ConnectionHandler
+from kazoo.protocol.connection import CLOSE_RESPONSE, ConnectionHandler
 from kazoo.protocol.serialization import Watch, int_struct, write_string
 
 PERSISTENT_RECURSIVE = 1
@@ -48,6 +52,13 @@ class _Connection(ConnectionHandler):  # type: ignore[misc]
         # kazoo derives its read timeout as 2/3 of the negotiated session timeout (ms).
         self.client.negotiated_timeout = round(read_timeout * 1.5) / 1000.0
         return read_timeout, connect_timeout
+
+    def _read_socket(self, read_timeout: float) -> Any:
+        response = super()._read_socket(read_timeout)
+        pending = getattr(self._socket, "pending", None)
+        while response != CLOSE_RESPONSE and pending is not None and pending() > 0:
+            response = super()._read_socket(read_timeout)
+        return response
 
     def _read_watch_event(self, buffer: bytes, offset: int) -> None:
         watch, _ = Watch.deserialize(buffer, offset)

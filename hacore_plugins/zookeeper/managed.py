@@ -13,6 +13,13 @@ Settings::
 A :class:`~hacore.records.StoreMember`'s ``peer_url`` is ``host:peer_port:election_port`` and
 its ``client_url`` ``host:client_port``.
 
+With ``tls`` (the node's :class:`~hacore.records.TlsFiles`) quorum and election traffic use
+TLS, and ``client_port`` is the server's ``secureClientPort``: there is no plain client port,
+clients must show a certificate from the CA, and the Python side trusts that CA alone. A
+secure client port is static configuration, absent from the ``server.N`` lines that dynamic
+reconfiguration spreads, so the servers' client addresses are kept in the registry znode
+(below) and cached in ``hacore-zookeeper-clients.json`` for :meth:`client_settings`.
+
 Files in ``data_dir``: ``zoo.cfg`` (regenerated before each start), ``zoo.cfg.dynamic*``
 (the ensemble; ZooKeeper writes a new one after every reconfig), ``data/`` (snapshots, logs,
 ``myid``), ``zookeeper.log``, ``zookeeper.pid`` and ``hacore-zookeeper.json`` (0600: this
@@ -22,7 +29,8 @@ Reconfiguration needs the ZooKeeper superuser. ``bootstrap`` makes a random pass
 server knows only its digest; ``add_member`` hands the password to the newcomer in its join
 spec (which therefore travels only over the authenticated agent API). Server ids are unique
 and never reused (a removed server still running must not pass for a new one): the znode
-``/hacore-zookeeper/servers`` holds ``{"names": {name: id}, "next_id": n}``.
+``/hacore-zookeeper/servers`` holds ``{"names": {name: id}, "next_id": n}`` and, with TLS,
+``"clients": {id: "host:port"}``.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import json
 import os
 import secrets
 import shutil
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -57,11 +66,15 @@ from kazoo.security import make_acl, make_digest_acl_credential
 from hacore.consensus import ManagedStore
 from hacore.errors import ConfigError, ManagedStoreError
 from hacore.process import DetachedProcess
-from hacore.records import StoreMember
+from hacore.records import StoreMember, TlsFiles
 from hacore_plugins.zookeeper import server as zk
+from hacore_plugins.zookeeper.client import PersistentWatchClient
+from hacore_plugins.zookeeper.tls import ClientTls, kazoo_options, write_server_pem
 
 NAMES_PATH = "/hacore-zookeeper/servers"
 STATE_FILE = "hacore-zookeeper.json"
+CLIENTS_FILE = "hacore-zookeeper-clients.json"
+TLS_DIR = "tls"
 SUPERUSER = "super"
 #: JVM start and ensemble changes on a busy machine
 START_TIMEOUT = 120.0
@@ -127,10 +140,19 @@ class _State:
 
 class ZooKeeperManagedStore(ManagedStore):
     def __init__(
-        self, settings: Mapping[str, Any], *, name: str, host: str, data_dir: Path
+        self,
+        settings: Mapping[str, Any],
+        *,
+        name: str,
+        host: str,
+        data_dir: Path,
+        tls: TlsFiles | None = None,
     ) -> None:
         super().__init__(settings, name=name, host=host, data_dir=data_dir)
         self.config = ManagedSettings.parse(settings)
+        self.tls = tls
+        self._client_tls = ClientTls.from_node(tls) if tls is not None else None
+        self._ssl_context: ssl.SSLContext | None = None
         java = zk.java_executable() or "java"
         self._process = DetachedProcess(
             f"ZooKeeper server of {name}",
@@ -155,14 +177,59 @@ class ZooKeeperManagedStore(ManagedStore):
         )
 
     def _entry(self, server_id: int) -> zk.ServerEntry:
+        secure = self.tls is not None
         return zk.ServerEntry(
             server_id=server_id,
             host=self.host,
             peer_port=self.config.peer_port,
             election_port=self.config.election_port,
-            client_port=self.config.client_port,
-            client_host=self.host,
+            client_port=0 if secure else self.config.client_port,
+            client_host="" if secure else self.host,
         )
+
+    def _context(self) -> ssl.SSLContext | None:
+        """The client context for four-letter words over TLS, None without TLS."""
+        if self._client_tls is None:
+            return None
+        if self._ssl_context is None:
+            self._ssl_context = self._client_tls.context()
+        return self._ssl_context
+
+    def _mode(self, address: str, timeout: float = 1.0) -> str | None:
+        return zk.server_mode(address, timeout, self._context())
+
+    def _admin(self, hosts: list[str], password: str) -> contextlib.AbstractContextManager[_Admin]:
+        return _admin(hosts, password, self._client_tls)
+
+    def _cached_clients(self) -> dict[int, str]:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            data = json.loads((self.data_dir / CLIENTS_FILE).read_text())
+            return {int(k): str(v) for k, v in data.items()}
+        return {}
+
+    def _cache_clients(self, clients: Mapping[int, str]) -> None:
+        """Remember the servers' secure client addresses (TLS only: else the dynamic file
+        has them), the newest knowledge winning; servers long gone are dropped."""
+        if self.tls is None:
+            return
+        config = self._local_config()
+        current = {s.server_id for s in config.servers} if config else set()
+        merged = {**self._cached_clients(), **clients}
+        kept = {k: v for k, v in merged.items() if k in clients or k in current}
+        path = self.data_dir / CLIENTS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({str(k): v for k, v in sorted(kept.items())}))
+        tmp.replace(path)
+
+    def _client_hosts(self) -> list[str]:
+        """The client address of every server in the local view of the ensemble."""
+        config = self._local_config()
+        if self.tls is None:
+            return config.client_addresses() if config else []
+        clients = self._cached_clients()
+        servers = config.servers if config else ()
+        hosts = [clients[s.server_id] for s in servers if s.server_id in clients]
+        return hosts if self.client_address in hosts else [*hosts, self.client_address]
 
     def _limits(self, tick_ms: int | None = None) -> zk.ServerLimits:
         tick = tick_ms or self.config.tick_time_ms
@@ -216,17 +283,27 @@ class ZooKeeperManagedStore(ManagedStore):
         dynamic = zk.newest_dynamic_file(self.data_dir)
         if dynamic is None:
             raise ManagedStoreError(f"no ZooKeeper dynamic configuration in {self.data_dir}")
+        server_tls = None
+        if self.tls is not None:
+            server_tls = zk.ServerTls(
+                key_store=write_server_pem(self.tls, self.data_dir / TLS_DIR),
+                trust_store=Path(self.tls.ca_file),
+                client_host=self.host,
+                client_port=self.config.client_port,
+            )
         static = zk.write_static_config(
             self.data_dir,
             data_dir=self.data_dir / "data",
             dynamic_file=dynamic,
             limits=self._limits(self._saved_tick()),
+            tls=server_tls,
         )
         digest = make_digest_acl_credential(SUPERUSER, state.password)
         argv = zk.server_argv(
             static,
             jvm_options=self.config.jvm_options,
             system_properties={"zookeeper.DigestAuthenticationProvider.superDigest": digest},
+            tls=server_tls is not None,
         )
         self._process.start(argv, cwd=self.data_dir)
         self._launched = True
@@ -257,7 +334,8 @@ class ZooKeeperManagedStore(ManagedStore):
         if self._process.running():
             return
         self._launch(state)
-        self._wait_until(lambda: zk.answers(self.client_address), "listening")
+        context = self._context()
+        self._wait_until(lambda: zk.answers(self.client_address, context=context), "listening")
 
     def stop(self) -> None:
         self._process.stop()
@@ -266,9 +344,10 @@ class ZooKeeperManagedStore(ManagedStore):
         return self._process.running()
 
     def client_settings(self) -> dict[str, Any]:
-        config = self._local_config()
-        hosts = config.client_addresses() if config else [self.client_address]
-        return {"hosts": hosts}
+        hosts = self._client_hosts() or [self.client_address]
+        if self._client_tls is None:
+            return {"hosts": hosts}
+        return {"hosts": hosts, **self._client_tls.settings()}
 
     # -- forming the ensemble ----------------------------------------------------------------
 
@@ -281,10 +360,12 @@ class ZooKeeperManagedStore(ManagedStore):
             zk.write_myid(self.data_dir / "data", server_id)
             config = zk.DynamicConfig((self._entry(server_id),))
             (self.data_dir / zk.DYNAMIC_FILE).write_text(config.render())
+            self._cache_clients({server_id: self.client_address})
             self._launch(state)
-            self._wait_until(lambda: zk.server_mode(self.client_address) == "leader", "serving")
-            with _admin([self.client_address], state.password) as admin:
-                admin.save(_Registry({self.name: server_id}, server_id + 1, None))
+            self._wait_until(lambda: self._mode(self.client_address) == "leader", "serving")
+            clients = {server_id: self.client_address} if self.tls is not None else {}
+            with self._admin([self.client_address], state.password) as admin:
+                admin.save(_Registry({self.name: server_id}, server_id + 1, None, clients))
         except Exception as exc:
             self._undo("bootstrap", exc)
         return self.identity()
@@ -292,7 +373,8 @@ class ZooKeeperManagedStore(ManagedStore):
     def add_member(self, member: StoreMember) -> dict[str, Any]:
         state = self._require_state()
         entry = _entry_of(member, 0)
-        with _admin(self._admin_hosts(), state.password) as admin:
+        secure = self.tls is not None
+        with self._admin(self._admin_hosts(), state.password) as admin:
             while True:
                 config = admin.config()
                 registry = admin.registry()
@@ -302,16 +384,31 @@ class ZooKeeperManagedStore(ManagedStore):
                     [registry.next_id, *(s.server_id + 1 for s in config.servers)]
                 )
                 for other in config.servers:
+                    other_client = (
+                        registry.clients.get(other.server_id) if secure else other.client_address
+                    )
                     clash = other.peer_address == entry.peer_address or (
-                        other.client_address == entry.client_address
+                        other_client == entry.client_address
                     )
                     if clash and other.server_id != server_id:
                         raise ManagedStoreError(
                             f"{member.name} uses the addresses of ZooKeeper server "
                             f"{other.server_id} ({other.line()})"
                         )
-                if known is not None or admin.save(registry.with_name(member.name, server_id)):
+                client = entry.client_address if secure else None
+                if known is not None or admin.save(
+                    registry.with_name(member.name, server_id, client)
+                ):
                     break
+        tls_keys: dict[str, Any] = {}
+        if secure:
+            clients = {**registry.clients, server_id: entry.client_address}
+            current = {s.server_id for s in config.servers} | {server_id}
+            tls_keys = {
+                "tls": True,
+                "clients": {str(k): v for k, v in clients.items() if k in current},
+            }
+            self._cache_clients({k: v for k, v in clients.items() if k in current})
         return {
             "name": member.name,
             "server_id": server_id,
@@ -321,6 +418,7 @@ class ZooKeeperManagedStore(ManagedStore):
             "config_version": config.version,
             "tick_time_ms": self._saved_tick() or self.config.tick_time_ms,
             "super_password": state.password,
+            **tls_keys,
         }
 
     def join(self, spec: Mapping[str, Any]) -> StoreMember:
@@ -329,12 +427,25 @@ class ZooKeeperManagedStore(ManagedStore):
             servers = [zk.ServerEntry.parse(line) for line in spec["servers"]]
             password = str(spec["super_password"])
             tick = int(spec.get("tick_time_ms") or self.config.tick_time_ms)
+            clients = {int(k): str(v) for k, v in dict(spec.get("clients") or {}).items()}
         except (KeyError, TypeError, ValueError) as exc:
             raise ManagedStoreError(f"not a ZooKeeper join spec: {exc}") from exc
         if spec.get("name", self.name) != self.name:
             raise ManagedStoreError(f"this join spec is for {spec['name']}, not {self.name}")
         if not servers:
             raise ManagedStoreError("the join spec lists no ZooKeeper server to join")
+        if bool(spec.get("tls")) != (self.tls is not None):
+            mine, theirs = ("with", "without") if self.tls is not None else ("without", "with")
+            raise ManagedStoreError(
+                f"this node runs ZooKeeper {mine} TLS but the ensemble runs {theirs}: "
+                "every server must agree (tls.enabled)"
+            )
+        if self.tls is not None:
+            hosts = [clients[s.server_id] for s in servers if s.server_id in clients]
+            if not hosts:
+                raise ManagedStoreError("the join spec names no ZooKeeper client address")
+        else:
+            hosts = [s.client_address for s in servers]
         state = _State(self.name, server_id, password)
         me = self._entry(server_id)
         resuming = self._state() == state
@@ -346,12 +457,17 @@ class ZooKeeperManagedStore(ManagedStore):
                 zk.write_myid(self.data_dir / "data", server_id)
                 config = zk.DynamicConfig((*servers, me))
                 (self.data_dir / zk.DYNAMIC_FILE).write_text(config.render())
+                self._cache_clients({**clients, server_id: self.client_address})
             if not self._process.running():
                 self._launch(state)
-            self._wait_until(lambda: zk.server_mode(self.client_address) is not None, "serving")
-            with _admin([s.client_address for s in servers], password) as admin:
-                admin.reconfig_until(lambda cfg: cfg.server(server_id) == me, joining=me.line())
-            with _admin([self.client_address], password) as admin:
+            self._wait_until(lambda: self._mode(self.client_address) is not None, "serving")
+            with self._admin(hosts, password) as admin:
+                admin.reconfig_until(
+                    lambda cfg: cfg.server(server_id) == me,
+                    joining=me.line(),
+                    whole=self.tls is not None,
+                )
+            with self._admin([self.client_address], password) as admin:
                 # Our own server must see itself as a voter before we call the join done.
                 self._wait_until(lambda: admin.sees(me), "a voting member", OPERATION_TIMEOUT)
         except Exception as exc:
@@ -376,7 +492,7 @@ class ZooKeeperManagedStore(ManagedStore):
 
     def remove_member(self, name: str) -> None:
         state = self._require_state()
-        with _admin(self._admin_hosts(), state.password) as admin:
+        with self._admin(self._admin_hosts(), state.password) as admin:
             server_id = admin.registry().names.get(name)
             if server_id is None:
                 return
@@ -397,25 +513,29 @@ class ZooKeeperManagedStore(ManagedStore):
 
     def members(self) -> tuple[StoreMember, ...]:
         state = self._require_state()
-        with _admin(self._admin_hosts(), state.password) as admin:
+        with self._admin(self._admin_hosts(), state.password) as admin:
             config = admin.config()
-            names = admin.registry().names
-        by_id = {server_id: name for name, server_id in names.items()}
+            registry = admin.registry()
+        by_id = {server_id: name for name, server_id in registry.names.items()}
+        if self.tls is not None:
+            self._cache_clients(registry.clients)
+            clients = {s.server_id: registry.clients.get(s.server_id, "") for s in config.servers}
+        else:
+            clients = {s.server_id: s.client_address for s in config.servers}
         return tuple(
             StoreMember(
                 name=by_id.get(server.server_id, f"server.{server.server_id}"),
                 peer_url=server.peer_address,
-                client_url=server.client_address,
+                client_url=clients[server.server_id],
                 voting=server.role == "participant",
-                healthy=zk.server_mode(server.client_address, timeout=0.5) is not None,
+                healthy=bool(clients[server.server_id])
+                and self._mode(clients[server.server_id], timeout=0.5) is not None,
             )
             for server in config.servers
         )
 
     def _admin_hosts(self) -> list[str]:
-        config = self._local_config()
-        hosts = config.client_addresses() if config else []
-        return hosts or [self.client_address]
+        return self._client_hosts() or [self.client_address]
 
 
 def _entry_of(member: StoreMember, server_id: int) -> zk.ServerEntry:
@@ -444,17 +564,25 @@ class _Registry:
     names: dict[str, int]
     next_id: int
     version: int | None
+    #: secure client address per server id (TLS only)
+    clients: dict[int, str] = attrs.field(factory=dict)
 
-    def with_name(self, name: str, server_id: int) -> _Registry:
+    def with_name(self, name: str, server_id: int, client: str | None = None) -> _Registry:
         names = {**self.names, name: server_id}
-        return _Registry(names, max(self.next_id, server_id + 1), self.version)
+        clients = {**self.clients, server_id: client} if client else self.clients
+        return _Registry(names, max(self.next_id, server_id + 1), self.version, clients)
 
     def without(self, name: str) -> _Registry:
         names = {k: v for k, v in self.names.items() if k != name}
-        return _Registry(names, self.next_id, self.version)
+        gone = self.names.get(name)
+        clients = {k: v for k, v in self.clients.items() if k != gone}
+        return _Registry(names, self.next_id, self.version, clients)
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"names": self.names, "next_id": self.next_id}, sort_keys=True).encode()
+        data: dict[str, Any] = {"names": self.names, "next_id": self.next_id}
+        if self.clients:
+            data["clients"] = {str(k): v for k, v in self.clients.items()}
+        return json.dumps(data, sort_keys=True).encode()
 
 
 class _Admin:
@@ -494,7 +622,8 @@ class _Admin:
             return _Registry({}, 1, None)
         raw = json.loads(data or b"{}")
         names = {str(k): int(v) for k, v in raw.get("names", {}).items()}
-        return _Registry(names, int(raw.get("next_id", 1)), stat.version)
+        clients = {int(k): str(v) for k, v in raw.get("clients", {}).items()}
+        return _Registry(names, int(raw.get("next_id", 1)), stat.version, clients)
 
     def save(self, registry: _Registry) -> bool:
         """Compare-and-set of the registry; False when someone else changed it first."""
@@ -520,16 +649,34 @@ class _Admin:
                 return
 
     def reconfig_until(
-        self, done: Any, *, joining: str | None = None, leaving: str | None = None
+        self,
+        done: Any,
+        *,
+        joining: str | None = None,
+        leaving: str | None = None,
+        whole: bool = False,
     ) -> None:
+        """Reconfigure until ``done(config)``. ``whole``: send the complete new server list
+        (checked against the version read) instead of an incremental change, which ZooKeeper
+        refuses for a joining server without a plain client port."""
         deadline = time.monotonic() + OPERATION_TIMEOUT
         last: Exception | None = None
         while time.monotonic() < deadline:
             try:
-                if done(self.config()):
+                config = self.config()
+                if done(config):
                     return
-                self.client.reconfig_async(joining, leaving, None, -1).get(timeout=self.timeout)
-            except _TRANSIENT as exc:
+                if whole and joining is not None:
+                    joiner = zk.ServerEntry.parse(joining).server_id
+                    others = [s.line() for s in config.servers if s.server_id != joiner]
+                    version = int(config.version, 16) if config.version else -1
+                    request = self.client.reconfig_async(
+                        None, None, ",".join([*others, joining]), version
+                    )
+                else:
+                    request = self.client.reconfig_async(joining, leaving, None, -1)
+                request.get(timeout=self.timeout)
+            except (*_TRANSIENT, BadVersionError) as exc:
                 last = exc
                 time.sleep(0.3)
         raise ManagedStoreError(
@@ -539,8 +686,9 @@ class _Admin:
 
 
 @contextlib.contextmanager
-def _admin(hosts: list[str], password: str) -> Iterator[_Admin]:
-    client = KazooClient(
+def _admin(hosts: list[str], password: str, tls: ClientTls | None) -> Iterator[_Admin]:
+    client = PersistentWatchClient(
+        **kazoo_options(tls),
         hosts=",".join(hosts),
         timeout=10.0,
         auth_data=[("digest", f"{SUPERUSER}:{password}")],

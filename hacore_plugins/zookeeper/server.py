@@ -4,6 +4,9 @@ Shared by the managed store (production) and the test harness, so both run the s
 same way. ZooKeeper rewrites its static configuration file and writes a new dynamic file
 (``<dynamic>.<version>``) after every reconfig; the static file is therefore regenerated from
 settings before each start, pointing at the newest dynamic file.
+
+With TLS (:class:`ServerTls`) the server listens for clients only on its ``secureClientPort``,
+which is static configuration: its ``server.N`` lines carry no client address at all.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -20,6 +24,8 @@ import attrs
 MAIN_CLASS = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 #: zookeeper.jar names its other dependencies in its manifest; only the logging binding is extra.
 DEFAULT_CLASSPATH = ("/usr/share/java/zookeeper.jar", "/usr/share/java/slf4j-simple.jar")
+#: the Netty server TLS needs: its codec jar is missing from zookeeper.jar's manifest on Debian
+TLS_CLASSPATH = ("/usr/share/java/netty-codec.jar",)
 CLASSPATH_ENV = "HACORE_ZOOKEEPER_CLASSPATH"
 DEFAULT_JVM_OPTIONS = ("-Xmx256m", "-XX:+UseSerialGC")
 DYNAMIC_FILE = "zoo.cfg.dynamic"
@@ -27,13 +33,13 @@ STATIC_FILE = "zoo.cfg"
 
 _SERVER_LINE = re.compile(
     r"^server\.(?P<id>\d+)=(?P<host>[^:;]+):(?P<peer>\d+):(?P<election>\d+)"
-    r"(?::(?P<role>participant|observer))?;(?:(?P<chost>[^:;]+):)?(?P<cport>\d+)$"
+    r"(?::(?P<role>participant|observer))?(?:;(?:(?P<chost>[^:;]+):)?(?P<cport>\d+))?$"
 )
 
 
 @attrs.frozen
 class ServerEntry:
-    """One ``server.N=`` line of a dynamic configuration."""
+    """One ``server.N=`` line of a dynamic configuration; ``client_port`` 0: no plain port."""
 
     server_id: int
     host: str
@@ -53,11 +59,10 @@ class ServerEntry:
         return f"{self.host}:{self.peer_port}:{self.election_port}"
 
     def line(self) -> str:
-        client = f"{self.client_host or self.host}:{self.client_port}"
-        return (
-            f"server.{self.server_id}={self.host}:{self.peer_port}:{self.election_port}"
-            f":{self.role};{client}"
-        )
+        server = f"server.{self.server_id}={self.host}:{self.peer_port}:{self.election_port}"
+        if not self.client_port:
+            return f"{server}:{self.role}"
+        return f"{server}:{self.role};{self.client_host or self.host}:{self.client_port}"
 
     @classmethod
     def parse(cls, line: str) -> ServerEntry:
@@ -69,7 +74,7 @@ class ServerEntry:
             host=match["host"],
             peer_port=int(match["peer"]),
             election_port=int(match["election"]),
-            client_port=int(match["cport"]),
+            client_port=int(match["cport"] or 0),
             role=match["role"] or "participant",
             client_host=match["chost"] or "",
         )
@@ -101,7 +106,38 @@ class DynamicConfig:
         return next((s for s in self.servers if s.server_id == server_id), None)
 
     def client_addresses(self) -> list[str]:
-        return [server.client_address for server in self.servers]
+        """The plain client addresses (none for servers serving TLS clients only)."""
+        return [server.client_address for server in self.servers if server.client_port]
+
+
+@attrs.frozen
+class ServerTls:
+    """TLS for quorum and clients: ``key_store`` holds key and certificate (PEM), the
+    ``trust_store`` the CA; clients connect to ``client_host:client_port`` only, with a
+    certificate from that CA."""
+
+    key_store: Path
+    trust_store: Path
+    client_host: str
+    client_port: int
+
+    def config_lines(self) -> list[str]:
+        stores = []
+        for prefix in ("ssl", "ssl.quorum"):
+            stores += [
+                f"{prefix}.keyStore.location={self.key_store}",
+                f"{prefix}.keyStore.type=PEM",
+                f"{prefix}.trustStore.location={self.trust_store}",
+                f"{prefix}.trustStore.type=PEM",
+                f"{prefix}.clientAuth=need",
+            ]
+        return [
+            "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
+            f"secureClientPort={self.client_port}",
+            f"secureClientPortAddress={self.client_host}",
+            "sslQuorum=true",
+            *stores,
+        ]
 
 
 @attrs.frozen
@@ -138,6 +174,7 @@ def write_static_config(
     skip_acl: bool = False,
     four_letter_words: Iterable[str] = ("srvr", "ruok"),
     max_client_connections: int = 60,
+    tls: ServerTls | None = None,
 ) -> Path:
     """(Re)write ``zoo.cfg``: the settings that never change at runtime."""
     lines = [
@@ -157,6 +194,8 @@ def write_static_config(
     ]
     if skip_acl:
         lines.append("skipACL=yes")
+    if tls is not None:
+        lines += tls.config_lines()
     path = conf_dir / STATIC_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(f"{line}\n" for line in lines))
@@ -169,8 +208,9 @@ def write_myid(data_dir: Path, server_id: int) -> None:
     (data_dir / "myid").write_text(f"{server_id}\n")
 
 
-def classpath() -> str:
-    return os.environ.get(CLASSPATH_ENV) or ":".join(DEFAULT_CLASSPATH)
+def classpath(tls: bool = False) -> str:
+    extra = tuple(jar for jar in TLS_CLASSPATH if Path(jar).exists()) if tls else ()
+    return os.environ.get(CLASSPATH_ENV) or ":".join((*DEFAULT_CLASSPATH, *extra))
 
 
 def java_executable() -> str | None:
@@ -195,6 +235,7 @@ def server_argv(
     *,
     jvm_options: Sequence[str] = DEFAULT_JVM_OPTIONS,
     system_properties: dict[str, str] | None = None,
+    tls: bool = False,
 ) -> list[str]:
     java = java_executable() or "java"
     props = {
@@ -208,16 +249,26 @@ def server_argv(
         *jvm_options,
         *(f"-D{key}={value}" for key, value in props.items()),
         "-cp",
-        classpath(),
+        classpath(tls),
         MAIN_CLASS,
         str(static_config),
     ]
 
 
-def four_letter_word(address: str, word: str, timeout: float = 1.0) -> str:
-    """Send a four-letter admin command (``srvr``, ``ruok``) and return the answer."""
+def four_letter_word(
+    address: str, word: str, timeout: float = 1.0, context: ssl.SSLContext | None = None
+) -> str:
+    """Send a four-letter admin command (``srvr``, ``ruok``) and return the answer; over TLS
+    when a ``context`` is given (the secure client port answers them too)."""
     host, _, port = address.rpartition(":")
-    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    if context is not None:
+        try:
+            sock = context.wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+    with sock:
         sock.settimeout(timeout)
         sock.sendall(word.encode())
         chunks: list[bytes] = []
@@ -226,10 +277,12 @@ def four_letter_word(address: str, word: str, timeout: float = 1.0) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
-def server_mode(address: str, timeout: float = 1.0) -> str | None:
+def server_mode(
+    address: str, timeout: float = 1.0, context: ssl.SSLContext | None = None
+) -> str | None:
     """``leader``, ``follower`` or ``observer`` while the server serves clients, else None."""
     try:
-        answer = four_letter_word(address, "srvr", timeout)
+        answer = four_letter_word(address, "srvr", timeout, context)
     except OSError:
         return None
     for line in answer.splitlines():
@@ -238,9 +291,9 @@ def server_mode(address: str, timeout: float = 1.0) -> str | None:
     return None
 
 
-def answers(address: str, timeout: float = 1.0) -> bool:
+def answers(address: str, timeout: float = 1.0, context: ssl.SSLContext | None = None) -> bool:
     """True when the JVM is up and listening, even without a quorum."""
     try:
-        return four_letter_word(address, "ruok", timeout).startswith("imok")
+        return four_letter_word(address, "ruok", timeout, context).startswith("imok")
     except OSError:
         return False

@@ -7,8 +7,17 @@
       settings:
         hosts: ["10.0.0.1:2181", "10.0.0.2:2181", "10.0.0.3:2181"]
         auth: {user: hacore, password: s3cret}     # optional digest credentials
+        ca_file: /etc/zookeeper/ca.pem            # optional: TLS, trusting this CA alone
+        cert_file: /etc/zookeeper/client.pem      # optional client certificate and key
+        key_file: /etc/zookeeper/client.key
+        use_tls: false                            # optional: force TLS on or off
 
 With ``auth`` every znode hacore creates is readable and writable by that user only.
+
+TLS files in the settings are for servers hacore does not run (an external ensemble with its
+own CA). Without them, a node running with TLS reaches the store with its own certificate and
+the cluster CA, as it does its managed servers; ``use_tls: false`` keeps such a node's
+connections to an external, plain-text ensemble plain.
 """
 
 from __future__ import annotations
@@ -19,8 +28,11 @@ from typing import Any
 import attrs
 
 from hacore.errors import ConfigError
+from hacore.records import TlsFiles
+from hacore_plugins.zookeeper.tls import ClientTls
 
-KNOWN_KEYS = ("hosts", "auth")
+TLS_KEYS = ("ca_file", "cert_file", "key_file")
+KNOWN_KEYS = ("hosts", "auth", *TLS_KEYS, "use_tls")
 
 
 @attrs.frozen
@@ -28,13 +40,19 @@ class ZooKeeperSettings:
     hosts: tuple[str, ...]
     user: str | None = None
     password: str | None = attrs.field(default=None, repr=False)
+    #: None: plain-text connections
+    tls: ClientTls | None = None
 
     @property
     def connect_string(self) -> str:
         return ",".join(self.hosts)
 
 
-def parse_settings(settings: Mapping[str, Any]) -> ZooKeeperSettings:
+def parse_settings(
+    settings: Mapping[str, Any], node_tls: TlsFiles | None = None
+) -> ZooKeeperSettings:
+    """``node_tls`` (the node's certificate and the cluster CA) applies unless the settings
+    name a CA of their own or say ``use_tls: false``."""
     unknown = sorted(set(settings) - set(KNOWN_KEYS))
     if unknown:
         raise ConfigError(
@@ -57,7 +75,30 @@ def parse_settings(settings: Mapping[str, Any]) -> ZooKeeperSettings:
             raise ConfigError('zookeeper setting "auth.user" must be a non-empty name without ":"')
         if not isinstance(password, str) or not password:
             raise ConfigError('zookeeper setting "auth.password" must be a non-empty string')
-    return ZooKeeperSettings(tuple(hosts), user, password)
+    return ZooKeeperSettings(tuple(hosts), user, password, _tls(settings, node_tls))
+
+
+def _tls(settings: Mapping[str, Any], node_tls: TlsFiles | None) -> ClientTls | None:
+    files: dict[str, str | None] = {}
+    for key in TLS_KEYS:
+        value = settings.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"zookeeper setting {key} must be a file path")
+        files[key] = value
+    if (files["cert_file"] is None) != (files["key_file"] is None):
+        raise ConfigError("zookeeper settings cert_file and key_file go together")
+    use = settings.get("use_tls")
+    if use is not None and not isinstance(use, bool):
+        raise ConfigError("zookeeper setting use_tls must be true or false")
+    if use is False:
+        if any(files.values()):
+            raise ConfigError("zookeeper settings name TLS files but use_tls is false")
+        return None
+    if any(files.values()):
+        return ClientTls(**files)
+    if node_tls is not None:
+        return ClientTls.from_node(node_tls)
+    return ClientTls() if use else None
 
 
 def _check_host(host: object) -> None:
