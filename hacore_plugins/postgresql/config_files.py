@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from psycopg.conninfo import make_conninfo
 
 from hacore_plugins.postgresql.layout import INCLUDE_LINE, Layout
 from hacore_plugins.postgresql.settings import MANAGED_PARAMETERS, SUPERUSER, PgSettings
 from hacore_plugins.postgresql.state import NodeState, Upstream
+from hacore_plugins.postgresql.tls_files import HBA_CLIENT_CERT, server_parameters, tool_options
 
 HEADER = "# Managed by hacore: regenerated from its settings; edits here are overwritten.\n"
 UNUSED_HBA = (
@@ -43,7 +45,10 @@ def slot_name(node_name: str) -> str:
     return f"hacore_{clean}"[:63]
 
 
-def primary_conninfo(layout: Layout, upstream: Upstream, application_name: str) -> str:
+def primary_conninfo(
+    layout: Layout, upstream: Upstream, application_name: str, *, tls: bool = False
+) -> str:
+    secure: dict[str, Any] = tool_options(layout) if tls else {}
     return make_conninfo(
         host=upstream.host,
         port=upstream.port,
@@ -54,6 +59,7 @@ def primary_conninfo(layout: Layout, upstream: Upstream, application_name: str) 
         keepalives_idle=10,
         keepalives_interval=5,
         keepalives_count=3,
+        **secure,
     )
 
 
@@ -64,6 +70,7 @@ def render_node_conf(
     node_name: str,
     host: str,
     state: NodeState,
+    tls: bool = False,
 ) -> str:
     lines = [HEADER, "# Cluster-wide parameters (the same on every node).\n"]
     lines += [f"{key} = {quote(value)}\n" for key, value in settings.server_parameters().items()]
@@ -77,11 +84,14 @@ def render_node_conf(
         "cluster_name": node_name,
     }
     lines += [f"{key} = {quote(value)}\n" for key, value in identity.items()]
+    if tls:
+        lines.append("\n# This node's TLS material (the server user's copies).\n")
+        lines += [f"{k} = {quote(v)}\n" for k, v in server_parameters(layout).items()]
     lines.append("\n# This node's role.\n")
     conninfo = ""
     slot = ""
     if state.upstream is not None:
-        conninfo = primary_conninfo(layout, state.upstream, node_name)
+        conninfo = primary_conninfo(layout, state.upstream, node_name, tls=tls)
         slot = slot_name(node_name)
     role = {
         "primary_conninfo": conninfo,
@@ -117,16 +127,19 @@ def _cidr(host: str) -> str:
     return f"{address}/{address.max_prefixlen}"
 
 
-def render_hba(settings: PgSettings, hosts: Iterable[str]) -> str:
+def render_hba(settings: PgSettings, hosts: Iterable[str], *, tls: bool = False) -> str:
+    """Local rows, then each member host's rows: plain ``host`` rows without TLS, ``hostssl``
+    rows that also want a client certificate from the cluster CA with it."""
     rows = [
         ("local", "all", SUPERUSER, "", "peer map=hacore"),
         ("local", "all", "all", "", "scram-sha-256"),
     ]
+    kind, method = (
+        ("hostssl", f"scram-sha-256 {HBA_CLIENT_CERT}") if tls else ("host", "scram-sha-256")
+    )
     for host in hosts:
-        rows.append(
-            ("host", "replication", settings.replication_user, _cidr(host), "scram-sha-256")
-        )
-        rows.append(("host", "all", "all", _cidr(host), "scram-sha-256"))
+        rows.append((kind, "replication", settings.replication_user, _cidr(host), method))
+        rows.append((kind, "all", "all", _cidr(host), method))
     body = "".join(f"{a:<6} {b:<12} {c:<16} {d:<40} {e}\n" for a, b, c, d, e in rows)
     return HEADER + body
 
@@ -181,12 +194,13 @@ def with_include(main_conf: str) -> str:
     return "\n".join([*kept, "", INCLUDE_LINE]) + "\n"
 
 
-def without_managed(auto_conf: str) -> str:
-    """``postgresql.auto.conf`` minus the parameters hacore owns."""
+def without_managed(auto_conf: str, also: Iterable[str] = ()) -> str:
+    """``postgresql.auto.conf`` minus the parameters hacore owns (and those in ``also``)."""
+    owned = MANAGED_PARAMETERS | frozenset(also)
     kept = []
     for line in auto_conf.splitlines():
         key = line.split("=", 1)[0].strip().lower()
-        if "=" in line and not line.lstrip().startswith("#") and key in MANAGED_PARAMETERS:
+        if "=" in line and not line.lstrip().startswith("#") and key in owned:
             continue
         kept.append(line)
     return "\n".join(kept) + "\n"

@@ -1,8 +1,9 @@
 """Where one node's PostgreSQL files live, all under the backend's own ``data_dir``.
 
 ``pgdata/`` is the data directory that clones and rewinds replace; everything that belongs to
-this node rather than to the cluster (port, socket, upstream, access rules, passwords) lives
-beside it in ``node/``, so no copy of another node's files can bring its identity along.
+this node rather than to the cluster (port, socket, upstream, access rules, passwords, TLS
+key) lives beside it in ``node/``, so no copy of another node's files can bring its identity
+along.
 """
 
 from __future__ import annotations
@@ -57,6 +58,23 @@ class Layout:
     @property
     def state(self) -> Path:
         return self.node_dir / "state.json"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The server user's own copies of the node's TLS files (0700)."""
+        return self.node_dir / "tls"
+
+    @property
+    def tls_ca(self) -> Path:
+        return self.tls_dir / "ca.crt"
+
+    @property
+    def tls_cert(self) -> Path:
+        return self.tls_dir / "node.crt"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.tls_dir / "node.key"
 
     @property
     def run_dir(self) -> Path:

@@ -15,9 +15,11 @@ import psycopg
 from psycopg import sql
 
 from hacore.errors import ReplicationError
+from hacore.records import TlsFiles
 from hacore.replication import ReplicationSource
 from hacore_plugins.postgresql.layout import Layout
 from hacore_plugins.postgresql.settings import SUPERUSER, PgSettings
+from hacore_plugins.postgresql.tls_files import hacore_options
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -80,7 +82,10 @@ def connect_local(
         ) from None
 
 
-def connect_source(source: ReplicationSource, dbname: str, *, timeout: int = 10) -> Conn:
+def connect_source(
+    source: ReplicationSource, dbname: str, *, timeout: int = 10, tls: TlsFiles | None = None
+) -> Conn:
+    secure: dict[str, Any] = hacore_options(tls) if tls is not None else {}
     try:
         return psycopg.connect(
             host=source.host,
@@ -91,6 +96,7 @@ def connect_source(source: ReplicationSource, dbname: str, *, timeout: int = 10)
             connect_timeout=timeout,
             autocommit=True,
             application_name="hacore",
+            **secure,
         )
     except psycopg.Error as err:
         raise ReplicationError(explain(str(err), source)) from None
@@ -114,6 +120,15 @@ def explain(text: str, source: ReplicationSource) -> str:
     where = describe(source)
     if "password authentication failed" in text:
         return f"{where} refused the password of user {source.user!r}: the password is wrong"
+    if "requires a valid client certificate" in text:
+        return f"{where} wants a client certificate from the cluster CA: this node sent none"
+    if "unknown ca" in text or "bad certificate" in text or "certificate unknown" in text:
+        return f"{where} refused this node's certificate: it was not signed by the cluster CA"
+    if "certificate verify failed" in text or "does not match host name" in text:
+        return (
+            f"{where} is not who it claims: its certificate is not from the cluster CA or does "
+            f"not name {source.host} ({last_error_line(text)})"
+        )
     if "no pg_hba.conf entry" in text:
         return (
             f"{where} does not let this host connect as {source.user!r} (pg_hba.conf): "

@@ -1,0 +1,108 @@
+"""What the primary does for the cluster: fencing tokens, synchronous standbys, members' access."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import attrs
+import psycopg
+
+from hacore.errors import ReplicationError
+from hacore_plugins.postgresql.config_files import NO_STANDBY, quorum, slot_name
+from hacore_plugins.postgresql.node import NODE_NAME, PgNode, check_hosts, one
+from hacore_plugins.postgresql.sql import drop_slot
+
+log = logging.getLogger(__name__)
+
+
+class PrimaryDuties(PgNode):
+    def fencing_token(self) -> int | None:
+        with self._local() as conn:
+            row = conn.execute("SELECT token FROM hacore.leadership WHERE id = 1").fetchone()
+        return int(row[0]) if row else None
+
+    def record_fencing_token(self, token: int) -> None:
+        with self._local() as conn:
+            try:
+                with conn.transaction():
+                    row = conn.execute(
+                        "INSERT INTO hacore.leadership AS l (id, token, node) VALUES (1, %s, %s)"
+                        " ON CONFLICT (id) DO UPDATE"
+                        " SET token = EXCLUDED.token, node = EXCLUDED.node, recorded_at = now()"
+                        " WHERE l.token <= EXCLUDED.token RETURNING token",
+                        (token, self.node_name),
+                    ).fetchone()
+            except psycopg.errors.ReadOnlySqlTransaction:
+                raise ReplicationError(
+                    f"cannot record fencing token {token}: {self.node_name} is not writable"
+                ) from None
+            if row is None:
+                current = conn.execute(
+                    "SELECT token, node FROM hacore.leadership WHERE id = 1"
+                ).fetchone()
+                assert current is not None
+                raise ReplicationError(
+                    f"refusing fencing token {token}: the database already holds token "
+                    f"{current[0]} from {current[1]}, a newer leadership"
+                )
+
+    def set_synchronous(self, standbys: Sequence[str], *, strict: bool) -> None:
+        """Quorum commit over the given standbys that stream now (all of them if strict).
+
+        Non-strict mode never names a standby that does not stream, or every commit would
+        hang; with none streaming it is asynchronous. Strict mode (the argument or the node's
+        ``synchronous: strict``) names the given standbys whether they stream or not, and with
+        none given a name no standby has: commits wait until a later call names one.
+        """
+        strict = strict or self.config.strict
+        bad = [name for name in standbys if not NODE_NAME.fullmatch(name)]
+        if bad:
+            raise ReplicationError(f"not node names: {', '.join(map(repr, bad))}")
+        with self._local() as conn:
+            if one(conn, "SELECT pg_is_in_recovery()"):
+                raise ReplicationError(f"{self.node_name} is not a primary")
+            streaming = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'"
+                )
+            }
+        names = list(dict.fromkeys(standbys))
+        if strict:
+            value = quorum(names) if names else NO_STANDBY
+        else:
+            live = [name for name in names if name in streaming]
+            value = quorum(live) if live else ""
+        state = attrs.evolve(self._state(), sync_names=value)
+        self._save(state)
+        self._write_node_files(state)
+        self._reload_and_confirm("synchronous_standby_names", value)
+        with self._local() as conn:
+            # Waiting commits are released on a standby's next reply, which comes with new WAL
+            # or only every wal_receiver_status_interval (10 s): a tiny WAL record brings it now.
+            conn.execute("SELECT pg_logical_emit_message(false, 'hacore', 'sync')")
+        log.info("%s: synchronous_standby_names = %r", self.node_name, value)
+
+    def allow_member(self, node_name: str, host: str) -> None:
+        check_hosts([host])
+        state = self._state()
+        new = state.with_member(node_name, host)
+        if new != state:
+            self._save(new)
+            self._write_node_files(new)
+            self._reload()
+
+    def drop_member(self, node_name: str) -> None:
+        new = self._state().without_member(node_name)
+        self._save(new)
+        self._write_node_files(new)
+        self._reload()
+        if self.postmaster_pid() is None:
+            raise ReplicationError(
+                f"access of {node_name} removed, but its replication slot stays until "
+                f"{self.node_name}'s server runs (then drop it again)"
+            )
+        with self._local() as conn:
+            dropped = drop_slot(conn, slot_name(node_name))
+        log.info("%s: removed member %s (slot dropped: %s)", self.node_name, node_name, dropped)
