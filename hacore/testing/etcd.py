@@ -3,6 +3,9 @@
 Each start uses fresh ports and a fresh ``--initial-cluster-token``, so a member left over
 from an earlier run can never join this cluster. Heartbeat and election timeout are etcd's
 defaults (100 ms / 1 s): shorter ones make a busy 2-core machine hold spurious elections.
+
+:class:`EtcdTlsHarness` is the same cluster on a fresh internal CA, with mutual TLS on the
+client and the peer ports, as a node running with ``tls.enabled`` sets its store up.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from hacore.consensus import ManagedStore
+from hacore.pki import create_ca, issue_node_certificate
+from hacore.records import TlsFiles
 from hacore.testing.harness import ConsensusHarness
 from hacore.testing.procs import ServerProcess, free_port, wait_for
-from hacore_plugins.etcd.client import EtcdClient
+from hacore_plugins.etcd.client import ClientTls, EtcdClient
 from hacore_plugins.etcd.managed import DEFAULT_BINARY, EtcdManagedStore, etcd_argv, url
 
 MEMBERS = 3
@@ -35,6 +40,25 @@ class EtcdHarness(ConsensusHarness):
         self.servers: list[ServerProcess] = []
         self.client_ports: list[int] = []
         self.managed: list[ManagedStore] = []
+        self.tls: TlsFiles | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def client_tls(self) -> ClientTls | None:
+        return ClientTls.from_node(self.tls) if self.tls else None
+
+    def tls_settings(self) -> dict[str, str]:
+        """The consensus settings naming this harness's TLS files (none without TLS)."""
+        if self.tls is None:
+            return {}
+        return {
+            "ca_file": str(self.tls.ca_file),
+            "cert_file": str(self.tls.cert_file),
+            "key_file": str(self.tls.key_file),
+        }
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -46,7 +70,9 @@ class EtcdHarness(ConsensusHarness):
         self.client_ports = [free_port() for _ in range(MEMBERS)]
         peer_ports = [free_port() for _ in range(MEMBERS)]
         token = f"hacore-test-{uuid.uuid4().hex}"
-        cluster = ",".join(f"etcd{i}={url(HOST, peer_ports[i])}" for i in range(MEMBERS))
+        cluster = ",".join(
+            f"etcd{i}={url(HOST, peer_ports[i], self.scheme)}" for i in range(MEMBERS)
+        )
         self.servers = []
         for i in range(MEMBERS):
             home = self.workdir / f"etcd{i}"
@@ -64,6 +90,7 @@ class EtcdHarness(ConsensusHarness):
                 state="new",
                 heartbeat_ms=HEARTBEAT_MS,
                 election_ms=ELECTION_MS,
+                tls=self.tls,
             )
             self.servers.append(ServerProcess(f"etcd{i}", argv, home / "etcd.log", cwd=home))
         for server in self.servers:
@@ -77,7 +104,7 @@ class EtcdHarness(ConsensusHarness):
         def serves() -> bool:
             if not server.alive():
                 raise RuntimeError(f"{server.name} exited:\n{server.log_tail()}")
-            with EtcdClient([self.endpoint(index)], timeout=2.0) as client:
+            with EtcdClient([self.endpoint(index)], timeout=2.0, tls=self.client_tls) as client:
                 client.range(b"/hacore/")  # linearizable: needs an elected leader
             return True
 
@@ -87,7 +114,7 @@ class EtcdHarness(ConsensusHarness):
             raise TimeoutError(f"{exc}\n{server.log_tail()}") from exc
 
     def endpoint(self, index: int) -> str:
-        return url(HOST, self.client_ports[index])
+        return url(HOST, self.client_ports[index], self.scheme)
 
     def stop(self) -> None:
         for store in self.managed:
@@ -97,11 +124,12 @@ class EtcdHarness(ConsensusHarness):
             server.stop()
 
     def settings(self) -> dict[str, Any]:
-        return {"endpoints": [self.endpoint(i) for i in range(MEMBERS)]}
+        return {"endpoints": [self.endpoint(i) for i in range(MEMBERS)], **self.tls_settings()}
 
     def unreachable_settings(self) -> dict[str, Any]:
         """Closed loopback ports: every connection is refused."""
-        return {"endpoints": [url(HOST, free_port()), url(HOST, free_port())]}
+        ports = (free_port(), free_port())
+        return {"endpoints": [url(HOST, p, self.scheme) for p in ports], **self.tls_settings()}
 
     def kill_member(self, index: int = 0) -> None:
         self.servers[index].kill()
@@ -132,6 +160,18 @@ class EtcdHarness(ConsensusHarness):
             name=name,
             host=HOST,
             data_dir=data_dir,
+            tls=self.tls,
         )
         self.managed.append(store)
         return store
+
+
+class EtcdTlsHarness(EtcdHarness):
+    """Every member, managed store and backend on one node certificate for 127.0.0.1."""
+
+    def start(self) -> None:
+        pki = self.workdir / "pki"
+        ca = create_ca("etcd-harness", pki)
+        node = issue_node_certificate(ca, "etcd-harness", [HOST, "localhost"], pki)
+        self.tls = TlsFiles(ca_file=node.ca_file, cert_file=node.cert_file, key_file=node.key_file)
+        super().start()

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from hacore.consensus import CONFIG_KEY, LEADER_KEY, MEMBERS_PREFIX, ConsensusBackend
 from hacore.errors import HacoreError
-from hacore.records import ClusterView, KeyValue, Leader, Lease, Member
+from hacore.records import ClusterView, KeyValue, Leader, Lease, Member, TlsFiles
 from hacore_plugins.etcd.client import KV, EtcdClient, EtcdRequestError, b64, prefix_end
 from hacore_plugins.etcd.settings import EtcdSettings
 from hacore_plugins.etcd.watch import EtcdWatcher
@@ -41,11 +41,13 @@ class EtcdConsensus(ConsensusBackend):
         node_name: str,
         ttl: float,
         retry_timeout: float,
+        tls: TlsFiles | None = None,
     ) -> None:
         super().__init__(
             settings, namespace=namespace, node_name=node_name, ttl=ttl, retry_timeout=retry_timeout
         )
-        parsed = EtcdSettings.parse(settings)
+        self.tls = tls
+        parsed = EtcdSettings.parse(settings, node_tls=tls)
         self._client = EtcdClient(
             parsed.endpoints,
             timeout=retry_timeout,

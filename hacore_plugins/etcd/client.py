@@ -24,7 +24,8 @@ from typing import Any
 import attrs
 import httpx
 
-from hacore.errors import HacoreError, StoreUnavailableError
+from hacore.errors import ConfigError, HacoreError, StoreUnavailableError
+from hacore.records import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -140,20 +141,31 @@ class EtcdMember:
 
 
 @attrs.frozen
-class TlsFiles:
+class ClientTls:
     """For https endpoints: the CA that signed the servers, and this client's own certificate
-    when etcd asks for one."""
+    when etcd asks for one (``--client-cert-auth``). Without a CA the system's trust store is
+    used, as for any public https site."""
 
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
 
+    @classmethod
+    def from_node(cls, tls: TlsFiles) -> ClientTls:
+        """The node's own material: trust the cluster CA, show the node certificate."""
+        return cls(str(tls.ca_file), str(tls.cert_file), str(tls.key_file))
+
     def verify(self) -> ssl.SSLContext | bool:
         if not self.ca_file:
             return True
-        ctx = ssl.create_default_context(cafile=self.ca_file)
-        if self.cert_file:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            if self.cert_file:
+                ctx.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as err:
+            files = ", ".join(f for f in (self.ca_file, self.cert_file, self.key_file) if f)
+            raise ConfigError(f"cannot use the etcd TLS files {files}: {err}") from None
         return ctx
 
 
@@ -167,7 +179,7 @@ class EtcdClient:
         timeout: float,
         username: str | None = None,
         password: str | None = None,
-        tls: TlsFiles | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
@@ -175,14 +187,16 @@ class EtcdClient:
         self.timeout = timeout
         self._username = username
         self._password = password
-        self._tls = tls or TlsFiles()
+        verify = (tls or ClientTls()).verify()
+        # One context for the client and its watchers: building one reads the CA bundle.
+        self._ssl = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context()
         self._preferred = 0
         self._token: str | None = None
         self._auth_lock = threading.Lock()
         self._http = self.new_http()
 
     def new_http(self) -> httpx.Client:
-        return httpx.Client(verify=self._tls.verify())
+        return httpx.Client(verify=self._ssl)
 
     def close(self) -> None:
         self._http.close()

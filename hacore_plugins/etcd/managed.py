@@ -4,6 +4,10 @@ A newcomer joins as a **learner**: it receives the log without voting, so a slow
 join never costs the cluster its quorum; it is promoted to voter only once etcd says it has
 caught up. Everything needed to start the server again (name, URLs, token, initial cluster)
 is kept in ``etcd.json`` in the data directory, next to the pid file and the log.
+
+With the node's TLS material the server speaks https only, on both ports, and demands a
+certificate from the cluster CA of every client and peer; it cannot switch in place between
+TLS and plain text, since the peer URLs it advertises are part of the cluster's membership.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import shutil
 import signal
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,8 +31,8 @@ import httpx
 from hacore.consensus import ManagedStore
 from hacore.errors import HacoreError, ManagedStoreError, StoreUnavailableError
 from hacore.process import DetachedProcess
-from hacore.records import StoreMember
-from hacore_plugins.etcd.client import EtcdClient, EtcdMember, EtcdRequestError
+from hacore.records import StoreMember, TlsFiles
+from hacore_plugins.etcd.client import ClientTls, EtcdClient, EtcdMember, EtcdRequestError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -40,8 +45,19 @@ PID_FILE = "etcd.pid"
 _LEFTOVERS = frozenset({LOG_FILE})
 
 
-def url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def url(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def tls_argv(tls: TlsFiles) -> list[str]:
+    """Mutual TLS on the client and the peer port, trusting the cluster CA alone."""
+    files = {"cert-file": tls.cert_file, "key-file": tls.key_file, "trusted-ca-file": tls.ca_file}
+    return [
+        "--client-cert-auth",
+        "--peer-client-cert-auth",
+        *[f"--{flag}={path}" for flag, path in files.items()],
+        *[f"--peer-{flag}={path}" for flag, path in files.items()],
+    ]
 
 
 def etcd_argv(
@@ -57,9 +73,11 @@ def etcd_argv(
     state: str,
     heartbeat_ms: int = 100,
     election_ms: int = 1000,
+    tls: TlsFiles | None = None,
 ) -> list[str]:
     """The command line of one etcd member (shared with the test harness)."""
-    client, peer = url(host, client_port), url(host, peer_port)
+    scheme = "https" if tls else "http"
+    client, peer = url(host, client_port, scheme), url(host, peer_port, scheme)
     return [
         binary,
         "--name", name,
@@ -77,6 +95,7 @@ def etcd_argv(
         "--election-timeout", str(election_ms),
         "--auto-compaction-mode", "periodic",
         "--auto-compaction-retention", "1h",
+        *(tls_argv(tls) if tls else []),
     ]  # fmt: skip
 
 
@@ -109,12 +128,25 @@ def port_taken(host: str, port: int) -> bool:
 
 class EtcdManagedStore(ManagedStore):
     """Settings: ``client_port`` (2379), ``peer_port`` (2380), ``heartbeat_interval`` and
-    ``election_timeout`` in ms (100, 1000), ``start_timeout`` in s (60), ``etcd_binary``."""
+    ``election_timeout`` in ms (100, 1000), ``start_timeout`` in s (60), ``etcd_binary``.
+
+    ``tls``: the node's certificate, key and cluster CA; the server then uses https for
+    client and peer traffic and requires client certificates signed by that CA.
+    """
 
     def __init__(
-        self, settings: Mapping[str, Any], *, name: str, host: str, data_dir: Path
+        self,
+        settings: Mapping[str, Any],
+        *,
+        name: str,
+        host: str,
+        data_dir: Path,
+        tls: TlsFiles | None = None,
     ) -> None:
         super().__init__(settings, name=name, host=host, data_dir=data_dir)
+        self.tls = tls
+        self.scheme = "https" if tls else "http"
+        self.client_tls = ClientTls.from_node(tls) if tls else None
         try:
             self.client_port = int(self.settings.get("client_port", 2379))
             self.peer_port = int(self.settings.get("peer_port", 2380))
@@ -133,11 +165,11 @@ class EtcdManagedStore(ManagedStore):
 
     @property
     def client_url(self) -> str:
-        return url(self.host, self.client_port)
+        return url(self.host, self.client_port, self.scheme)
 
     @property
     def peer_url(self) -> str:
-        return url(self.host, self.peer_port)
+        return url(self.host, self.peer_port, self.scheme)
 
     @property
     def etcd_data(self) -> Path:
@@ -166,6 +198,16 @@ class EtcdManagedStore(ManagedStore):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
         tmp.replace(path)
+
+    def _same_transport(self, state: Mapping[str, Any]) -> None:
+        """Refuse to run a server set up with TLS without it, or the other way round."""
+        was_tls = bool(state.get("tls", False))
+        if was_tls != (self.tls is not None):
+            then, now = ("with", "without") if was_tls else ("without", "with")
+            raise ManagedStoreError(
+                f"the etcd server in {self.data_dir} was set up {then} TLS and this node now "
+                f"runs {now} it: set tls.enabled back, or remove the node and join it again"
+            )
 
     def _update_state(self, **changes: Any) -> None:
         self._save_state({**self._state(), **changes})
@@ -200,6 +242,10 @@ class EtcdManagedStore(ManagedStore):
     # -- the local server ----------------------------------------------------------------
 
     def _launch(self, state: Mapping[str, Any]) -> None:
+        if self.tls is not None:
+            for path in (self.tls.ca_file, self.tls.cert_file, self.tls.key_file):
+                if not Path(path).is_file():
+                    raise ManagedStoreError(f"etcd server {self.name}: no TLS file {path}")
         self.etcd_data.mkdir(mode=0o700, parents=True, exist_ok=True)
         argv = etcd_argv(
             self.binary,
@@ -213,6 +259,7 @@ class EtcdManagedStore(ManagedStore):
             state=state["cluster_state"],
             heartbeat_ms=self.heartbeat_ms,
             election_ms=self.election_ms,
+            tls=self.tls,
         )
         try:
             self.process.start(argv, cwd=self.data_dir)
@@ -252,7 +299,7 @@ class EtcdManagedStore(ManagedStore):
 
     def _serves(self) -> bool | None:
         """A linearizable read on the local member: it has a leader and is a voter."""
-        with EtcdClient([self.client_url], timeout=2.0) as client:
+        with EtcdClient([self.client_url], timeout=2.0, tls=self.client_tls) as client:
             client.range(b"/hacore/")
         return True
 
@@ -261,7 +308,7 @@ class EtcdManagedStore(ManagedStore):
         with contextlib.suppress(ManagedStoreError):
             known += self._state().get("endpoints", [])
         known += endpoints
-        return EtcdClient(list(dict.fromkeys(known)), timeout=timeout)
+        return EtcdClient(list(dict.fromkeys(known)), timeout=timeout, tls=self.client_tls)
 
     # -- ManagedStore --------------------------------------------------------------------
 
@@ -276,6 +323,7 @@ class EtcdManagedStore(ManagedStore):
             "cluster_state": "new",
             "endpoints": [self.client_url],
             "added": {},
+            "tls": self.tls is not None,
         }
         self._save_state(state)
         try:
@@ -345,9 +393,11 @@ class EtcdManagedStore(ManagedStore):
                 "cluster_state": "existing",
                 "endpoints": endpoints,
                 "added": {},
+                "tls": self.tls is not None,
             }
         except (KeyError, TypeError, ValueError) as err:
             raise ManagedStoreError(f"the etcd join material is incomplete ({err})") from None
+        self._same_scheme(str(spec.get("peer_url", "")))
         if spec.get("name") != self.name or spec.get("peer_url") != self.peer_url:
             raise ManagedStoreError(
                 f"the etcd join material is for {spec.get('name')} at {spec.get('peer_url')}, "
@@ -368,6 +418,15 @@ class EtcdManagedStore(ManagedStore):
             self._forget_local_server()
             raise
         return StoreMember(name=self.name, peer_url=self.peer_url, client_url=self.client_url)
+
+    def _same_scheme(self, peer_url: str) -> None:
+        scheme = peer_url.partition("://")[0]
+        if scheme in ("http", "https") and scheme != self.scheme:
+            store, node = ("with", "without") if scheme == "https" else ("without", "with")
+            raise ManagedStoreError(
+                f"the store runs {store} TLS and this node {node} it: every node of a cluster "
+                "needs the same tls.enabled"
+            )
 
     @staticmethod
     def _promote(client: EtcdClient, member_id: int) -> bool | None:
@@ -414,6 +473,7 @@ class EtcdManagedStore(ManagedStore):
             members = client.member_list()
         self._remember_endpoints(members)
         names = {v: k for k, v in self._added().items()}
+        verify = self.client_tls.verify() if self.client_tls else True
         return tuple(
             sorted(
                 (
@@ -422,7 +482,7 @@ class EtcdManagedStore(ManagedStore):
                         peer_url=m.peer_urls[0] if m.peer_urls else "",
                         client_url=m.client_urls[0] if m.client_urls else "",
                         voting=not m.is_learner,
-                        healthy=bool(m.client_urls) and _healthy(m.client_urls[0]),
+                        healthy=bool(m.client_urls) and _healthy(m.client_urls[0], verify),
                     )
                     for m in members
                 ),
@@ -443,6 +503,7 @@ class EtcdManagedStore(ManagedStore):
 
     def start(self) -> None:
         state = self._state()
+        self._same_transport(state)
         if not (self.etcd_data / "member").is_dir():
             raise ManagedStoreError(
                 f"no etcd data in {self.etcd_data}: this node must join the store again"
@@ -452,7 +513,7 @@ class EtcdManagedStore(ManagedStore):
         self._refuse_taken_ports()
         self._launch(state)
         # Answers without a quorum too: the other members may still be down.
-        with EtcdClient([self.client_url], timeout=2.0) as client:
+        with EtcdClient([self.client_url], timeout=2.0, tls=self.client_tls) as client:
             self._until("starting", client.member_list, self.start_timeout)
 
     def stop(self) -> None:
@@ -462,21 +523,28 @@ class EtcdManagedStore(ManagedStore):
             raise ManagedStoreError(str(err)) from None
 
     def client_settings(self) -> dict[str, Any]:
+        """The endpoints of every member; with TLS also the node's files, so the settings
+        reach the store on their own, with or without the node's ``tls`` given beside them."""
         if self.is_running():
             with contextlib.suppress(HacoreError), self._client(timeout=2.0) as client:
                 self._remember_endpoints(client.member_list())
         endpoints = [self.client_url]
         with contextlib.suppress(ManagedStoreError):
             endpoints += self._state().get("endpoints", [])
-        return {"endpoints": list(dict.fromkeys(endpoints))}
+        settings: dict[str, Any] = {"endpoints": list(dict.fromkeys(endpoints))}
+        if self.tls is not None:
+            settings["ca_file"] = str(self.tls.ca_file)
+            settings["cert_file"] = str(self.tls.cert_file)
+            settings["key_file"] = str(self.tls.key_file)
+        return settings
 
     def is_running(self) -> bool:
         return self.process.running()
 
 
-def _healthy(client_url: str) -> bool:
+def _healthy(client_url: str, verify: ssl.SSLContext | bool) -> bool:
     try:
-        resp = httpx.get(f"{client_url}/health", timeout=1.0)
+        resp = httpx.get(f"{client_url}/health", timeout=1.0, verify=verify)
         return bool(resp.json().get("health") == "true")
     except (httpx.HTTPError, ValueError):
         return False

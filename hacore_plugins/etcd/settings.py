@@ -1,4 +1,9 @@
-"""The ``consensus`` settings of the etcd backend, checked before any connection is tried."""
+"""The ``consensus`` settings of the etcd backend, checked before any connection is tried.
+
+TLS files named in the settings win: an external etcd may have a CA of its own. When they are
+absent, a node running with TLS reaches the store with its own certificate and the cluster
+CA, as it reaches its managed etcd.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,12 @@ from urllib.parse import urlsplit
 import attrs
 
 from hacore.errors import ConfigError
-from hacore_plugins.etcd.client import TlsFiles
+from hacore.records import TlsFiles
+from hacore_plugins.etcd.client import ClientTls
 
-KNOWN = frozenset({"endpoints", "username", "password", "ca_file", "cert_file", "key_file"})
+#: TLS file settings, and the names Patroni's ``etcd3`` section gives them
+TLS_KEYS = {"ca_file": "cacert", "cert_file": "cert", "key_file": "key"}
+KNOWN = frozenset({"endpoints", "username", "password", *TLS_KEYS, *TLS_KEYS.values()})
 
 
 def _endpoint(raw: object) -> str:
@@ -45,10 +53,12 @@ class EtcdSettings:
     endpoints: tuple[str, ...]
     username: str | None = None
     password: str | None = attrs.field(default=None, repr=False)
-    tls: TlsFiles = attrs.field(factory=TlsFiles)
+    tls: ClientTls = attrs.field(factory=ClientTls)
 
     @classmethod
-    def parse(cls, settings: Mapping[str, Any]) -> EtcdSettings:
+    def parse(cls, settings: Mapping[str, Any], node_tls: TlsFiles | None = None) -> EtcdSettings:
+        """``node_tls`` (the node's certificate and cluster CA) applies unless the settings
+        name a CA of their own."""
         unknown = sorted(set(settings) - KNOWN)
         if unknown:
             raise ConfigError(
@@ -68,14 +78,24 @@ class EtcdSettings:
         password = _optional_str(settings, "password")
         if (username is None) != (password is None):
             raise ConfigError("etcd 'username' and 'password' must be given together")
-        files = {
-            name: _optional_str(settings, name) for name in ("ca_file", "cert_file", "key_file")
-        }
-        for name, path in files.items():
-            if path is not None and not os.path.isfile(path):
-                raise ConfigError(f"etcd setting {name!r}: no such file {path}")
-        if (files["key_file"] is not None) and files["cert_file"] is None:
-            raise ConfigError("etcd 'key_file' needs 'cert_file'")
+        files = _tls_files(settings)
         if files["ca_file"] is None and files["cert_file"] is not None:
             raise ConfigError("etcd 'cert_file' needs 'ca_file' (the CA that signed the servers)")
-        return cls(endpoints, username, password, TlsFiles(**files))
+        if files["ca_file"] is None and node_tls is not None:
+            return cls(endpoints, username, password, ClientTls.from_node(node_tls))
+        return cls(endpoints, username, password, ClientTls(**files))
+
+
+def _tls_files(settings: Mapping[str, Any]) -> dict[str, str | None]:
+    files: dict[str, str | None] = {}
+    for name, alias in TLS_KEYS.items():
+        path, other = _optional_str(settings, name), _optional_str(settings, alias)
+        if path is not None and other is not None and path != other:
+            raise ConfigError(f"etcd settings {name!r} and {alias!r} name different files")
+        key, path = (name, path) if path is not None else (alias, other)
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"etcd setting {key!r}: no such file {path}")
+        files[name] = path
+    if files["key_file"] is not None and files["cert_file"] is None:
+        raise ConfigError("etcd 'key_file' needs 'cert_file'")
+    return files
