@@ -1,9 +1,13 @@
-"""The main demo: a local 3-node cluster that fails over in front of the user.
+"""The main demo: a local 3-node cluster running the sample manager, failing over in front of
+the user.
 
 Everything a user would type is run as a real ``hacore`` command in a subprocess and shown
 with a ``$`` prompt, so the demo is also a walk-through of the CLI. Each node is its own
-agent service, managed store member and PostgreSQL server on loopback ports in one work
-directory; the crash is a host death (SIGKILL of the node's agent, database and store server).
+agent service, managed store member, PostgreSQL server and Syncthing on loopback ports in one
+work directory; the active also runs the sample manager (``examples/sample-manager``): its
+REST API and its workflow worker. The demo uses the manager as its users would — uploads a
+resource, starts workflows — then kills the active host (SIGKILL of everything the node
+runs) and shows what survived: files, services, workflows and database rows.
 """
 
 from __future__ import annotations
@@ -11,205 +15,36 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import attrs
-import httpx
-import yaml
 from rich.console import Console
 
+from hacore.demo_manager import (
+    STEPS,
+    ManagerApi,
+    Workflow,
+    check_failed,
+    check_installed,
+    check_resumed,
+    services_only_on,
+    services_table,
+    steps_text,
+    wait_file,
+)
+from hacore.demo_nodes import DemoNode, hacore_command, join_trust_arguments, wait
 from hacore.errors import HacoreError
 
-HOST = "127.0.0.1"
 NAMES = ("node1", "node2", "node3")
 ROWS = 100
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _pid_in(path: Path) -> int | None:
-    try:
-        first = path.read_text().split("\n", 1)[0].strip()
-    except OSError:
-        return None
-    if not first.isdigit():
-        return None
-    try:
-        os.kill(int(first), 0)
-    except (ProcessLookupError, PermissionError):
-        return None
-    return int(first)
-
-
-def _kill_with_children(pid: int) -> None:
-    """A host death: PostgreSQL's backends leave the postmaster's group, so find them by ppid."""
-    victims = [pid]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                victims.append(int(entry.name))
-    for victim in victims:
-        with suppress(ProcessLookupError):
-            os.kill(victim, signal.SIGKILL)
-
-
-@attrs.define
-class DemoNode:
-    name: str
-    root: Path
-    backend: str
-    api_port: int = attrs.field(factory=_free_port)
-    pg_port: int = attrs.field(factory=_free_port)
-    store: dict[str, int] = attrs.field(factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def data_dir(self) -> Path:
-        return self.root / self.name
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / f"{self.name}.yaml"
-
-    @property
-    def address(self) -> str:
-        return f"{HOST}:{self.api_port}"
-
-    def write_config(self) -> None:
-        self.store = {"client_port": _free_port(), "peer_port": _free_port()}
-        if self.backend == "zookeeper":
-            self.store["election_port"] = _free_port()
-        raw = {
-            "cluster": {"name": "demo", "namespace": "demo"},
-            "node": {
-                "name": self.name,
-                "host": HOST,
-                "api_port": self.api_port,
-                "data_dir": str(self.data_dir),
-            },
-            "consensus": {"backend": self.backend, "managed": True, **self.store},
-            "replication": {
-                "backend": "postgresql",
-                "port": self.pg_port,
-                "parameters": {"shared_buffers": "16MB", "max_connections": 30},
-            },
-        }
-        self.config_path.write_text(yaml.safe_dump(raw))
-
-    def start_service(self, env: dict[str, str]) -> None:
-        log = open(self.root / f"{self.name}.log", "ab")  # noqa: SIM115 - handed to the child
-        try:
-            self.proc = subprocess.Popen(
-                [*_hacore(), "agent", "run", "-c", str(self.config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-        _wait(lambda: self.status() is not None, 60, f"{self.name}'s agent service to answer")
-
-    def status(self, probe: str = "/status") -> int | None:
-        try:
-            return httpx.get(f"http://{self.address}{probe}", timeout=2.0).status_code
-        except httpx.HTTPError:
-            return None
-
-    def postmaster(self) -> int | None:
-        return _pid_in(self.data_dir / "replication" / "pgdata" / "postmaster.pid")
-
-    def store_server(self) -> int | None:
-        for name in ("etcd.pid", "zookeeper.pid"):
-            pid = _pid_in(self.data_dir / "store" / name)
-            if pid is not None:
-                return pid
-        return None
-
-    def crash(self) -> None:
-        """SIGKILL everything this node runs, as if its host died."""
-        if self.proc is not None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        for pid in (self.postmaster(), self.store_server()):
-            if pid is not None:
-                _kill_with_children(pid)
-
-    def cleanup(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        for pid in (self.postmaster(), self.store_server()):
-            if pid is not None:
-                _kill_with_children(pid)
-
-    def sql(self, script: str) -> str:
-        """Run SQL through psql, each statement its own transaction (acknowledged one by one).
-
-        psql rather than a driver: the core imports no database client.
-        """
-        result = subprocess.run(
-            [
-                shutil.which("psql") or "psql",
-                "-h",
-                str(self.data_dir / "replication" / "run"),
-                "-p",
-                str(self.pg_port),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-            ],
-            input=script,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if result.returncode != 0:
-            raise HacoreError(f"psql on {self.name} failed: {result.stderr.strip()}")
-        return result.stdout.strip()
-
-
-def _hacore() -> list[str]:
-    return [sys.executable, "-m", "hacore.cli"]
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise HacoreError(f"the demo gave up waiting for {what} after {timeout:.0f}s")
+BLUEPRINT = b"tosca_definitions_version: demo\nnode_templates: {app: {type: web_server}}\n"
+AFTER = b"uploaded to the new active after the failover\n"
+#: the step both workflows must have reached when the active host dies
+CRASH_AT_STEP = 3
 
 
 @contextmanager
@@ -239,11 +74,21 @@ class _Demo:
             "HACORE_PROFILE": str(root / "profile.json"),
             "COLUMNS": str(console.width),
         }
+        self.step = 0
+        self.started = time.monotonic()
+
+    def rule(self, title: str) -> None:
+        self.step += 1
+        elapsed = time.monotonic() - self.started
+        self.console.rule(f"[bold]{self.step}. {title}[/bold] [dim](at {elapsed:.0f}s)")
+
+    def say(self, text: str) -> None:
+        self.console.print(text, highlight=False)
 
     def run(self, *args: str, check: bool = True) -> str:
         self.console.print(f"[bold cyan]$ hacore {' '.join(args)}[/bold cyan]")
         result = subprocess.run(
-            [*_hacore(), *args], capture_output=True, text=True, env=self.env, timeout=600
+            [*hacore_command(), *args], capture_output=True, text=True, env=self.env, timeout=600
         )
         output = (result.stdout + result.stderr).rstrip()
         if output:
@@ -252,8 +97,22 @@ class _Demo:
             raise HacoreError(f"`hacore {' '.join(args)}` failed (exit {result.returncode})")
         return result.stdout
 
+    # -- looking at the cluster ----------------------------------------------------------------
+
     def active(self, among: list[DemoNode]) -> DemoNode | None:
         return next((node for node in among if node.status() == 200), None)
+
+    def roles(self) -> dict[str, str]:
+        found = {}
+        for node in self.nodes:
+            code = node.status()
+            if code == 200:
+                found[node.name] = "active"
+            elif code is None:
+                found[node.name] = "down"
+            else:
+                found[node.name] = "standby" if node.status("/standby") == 200 else "not ready"
+        return found
 
     def count_rows(self, node: DemoNode) -> int:
         return int(node.sql("SELECT count(*) FROM demo_orders;"))
@@ -270,7 +129,7 @@ class _Demo:
     def listed_as_standby(self, node: DemoNode) -> bool:
         """The cluster view (what `nodes list` shows) has caught up with the node's state."""
         result = subprocess.run(
-            [*_hacore(), "cluster", "nodes", "list", "--json"],
+            [*hacore_command(), "cluster", "nodes", "list", "--json"],
             capture_output=True,
             text=True,
             env=self.env,
@@ -285,20 +144,42 @@ class _Demo:
             for row in rows
         )
 
+    def show_services(self, active: DemoNode) -> None:
+        """Wait until the API and the worker run on the active only, then show where."""
+        wait(lambda: services_only_on(self.nodes, active), 90, f"the services on {active.name}")
+        self.console.print(services_table(self.nodes, self.roles()))
+        self.say(f"api and worker run on {active.name} only")
+
+    def show_file(
+        self, name: str, data: bytes, on: list[DemoNode], since: float, event: str
+    ) -> None:
+        for node in on:
+            wait_file(node, name, data, 90)
+            took = time.monotonic() - since
+            self.say(
+                f"{name} is on {node.name}'s disk {took:.1f}s after {event}, identical: "
+                f"{node.resources / name}"
+            )
+
+    # -- the story -----------------------------------------------------------------------------
+
     def form(self) -> None:
-        rule = self.console.rule
-        rule("[bold]1. three nodes, each with its agent service")
+        self.rule("three nodes, each with its agent service")
         for node in self.nodes:
             node.write_config()
-            node.start_service(self.env)
-            self.console.print(
+            node.spawn_service(self.env)
+        for node in self.nodes:
+            node.wait_service()
+            self.say(
                 f"{node.name}: agent API {node.address}, PostgreSQL port {node.pg_port}, "
-                f"config {node.config_path}"
+                f"Syncthing API port {node.sync_ports[0]}, sample manager API "
+                f"{node.manager_url} (while active), config {node.config_path}"
             )
         first, *others = self.nodes
-        rule("[bold]2. found the cluster on node1")
+        self.rule("found the cluster on node1")
         self.run("cluster", "start", "-c", str(first.config_path))
-        rule("[bold]3. node2 and node3 join (store member, clone of the database)")
+        self.rule("node2 and node3 join (store member, clone of the database, file mirror)")
+        trust = join_trust_arguments(first)
         for node in others:
             self.run(
                 "cluster",
@@ -308,60 +189,166 @@ class _Demo:
                 str(node.config_path),
                 "--node-name",
                 node.name,
+                *trust,
             )
         self.run("cluster", "nodes", "list")
 
-    def failover(self) -> None:
-        rule = self.console.rule
-        active = _wait(lambda: self.active(self.nodes), 60, "an active node")
-        rule(f"[bold]4. write {ROWS} rows on the active, {active.name}")
+    def use_the_manager(self) -> tuple[DemoNode, list[Workflow]]:
+        active = wait(lambda: self.active(self.nodes), 60, "an active node")
+        standbys = [node for node in self.nodes if node is not active]
+        api = ManagerApi(active)
+        self.rule(f"the sample manager runs on the active, {active.name}")
+        self.show_services(active)
+
+        self.rule(f"files: upload a resource to the manager on {active.name}")
+        self.say(f"PUT {api.url}/resources/blueprint.yaml")
+        uploaded = time.monotonic()
+        api.put_resource("blueprint.yaml", BLUEPRINT)
+        self.show_file("blueprint.yaml", BLUEPRINT, standbys, uploaded, "the upload")
+
+        self.rule(f"database: write {ROWS} rows on {active.name}")
         active.sql(
             "CREATE TABLE demo_orders (id serial PRIMARY KEY, item text);\n"
             + "".join(
                 f"INSERT INTO demo_orders (item) VALUES ('order {i}');\n" for i in range(ROWS)
             )
         )
-        self.console.print(f"{self.count_rows(active)} rows on {active.name}")
+        self.say(
+            f"{self.count_rows(active)} rows on {active.name}; with failover.synchronous_mode "
+            "on, a commit returns once a synchronous standby has it too"
+        )
 
-        rule(f"[bold]5. crash {active.name}: SIGKILL its agent, PostgreSQL and store server")
+        self.rule(f"workflows: start two {STEPS}-step workflows on {active.name}")
+        started = [
+            api.start_workflow("install-app", resumable=True),
+            api.start_workflow("nightly-backup", resumable=False),
+        ]
+        for workflow in started:
+            self.say(
+                f"POST {api.url}/workflows -> workflow {workflow.id} {workflow.name} "
+                f"({workflow.kind})"
+            )
+
+        def reached() -> list[Workflow] | None:
+            now = [api.workflow(w.id) for w in started]
+            if all(w is not None and w.current_step >= CRASH_AT_STEP for w in now):
+                return [w for w in now if w is not None]
+            return None
+
+        running = wait(reached, 60, f"both workflows to reach step {CRASH_AT_STEP}")
+        for workflow in running:
+            self.say(
+                f"workflow {workflow.id} {workflow.name}: {workflow.state} on {active.name}, "
+                f"{workflow.current_step} of {STEPS} steps done so far"
+            )
+        return active, started
+
+    def failover(self, active: DemoNode, started: list[Workflow]) -> None:
         survivors = [node for node in self.nodes if node is not active]
+        self.rule(f"{active.name}'s host dies mid-workflow")
         crashed_at = time.monotonic()
-        active.crash()
-        successor = _wait(lambda: self.active(survivors), 120, "a standby to take over")
+        killed = active.crash()
+        self.say("SIGKILL: " + ", ".join(f"{what} (pid {pid})" for what, pid in killed.items()))
+        successor = wait(lambda: self.active(survivors), 120, "a standby to take over")
         took = time.monotonic() - crashed_at
         self.console.print(
             f"[bold green]{successor.name} is active[/bold green]: its /status answered 200 "
             f"{took:.1f}s after the crash (the lease TTL is 5s; when the crashed node's store "
-            "server led the store, the store elects a new leader first)"
+            "server led the store, the store elects a new leader first)",
+            highlight=False,
         )
         self.run("cluster", "nodes", "list")
         rows = self.count_rows(successor)
-        self.console.print(f"{rows} of {ROWS} rows on {successor.name}: nothing lost")
+        self.say(f"{rows} of {ROWS} rows on {successor.name}: nothing lost")
         if rows != ROWS:
             raise HacoreError(f"{ROWS - rows} acknowledged rows are missing after the failover")
         successor.sql("INSERT INTO demo_orders (item) VALUES ('written after the failover');")
+        self.after_the_failover(active, successor, started)
+        self.rejoin(active, successor)
 
-        rule(f"[bold]6. {active.name} comes back and rejoins as a standby")
+    def after_the_failover(
+        self, old: DemoNode, successor: DemoNode, started: list[Workflow]
+    ) -> None:
+        self.rule(f"services: the sample manager moved to {successor.name}")
+        self.show_services(successor)
+        self.say(f"its API is now {successor.manager_url} (a load balancer follows /status)")
+
+        self.rule("workflows: what the crash interrupted")
+        self.show_workflows(ManagerApi(successor), started, old.name, successor.name)
+
+        self.rule(f"files: upload a resource to the manager on {successor.name}")
+        api = ManagerApi(successor)
+        self.say(f"PUT {api.url}/resources/after-failover.txt")
+        uploaded = time.monotonic()
+        api.put_resource("after-failover.txt", AFTER)
+        standby = [node for node in self.nodes if node not in (old, successor)]
+        self.show_file("after-failover.txt", AFTER, standby, uploaded, "the upload")
+
+    def rejoin(self, active: DemoNode, successor: DemoNode) -> None:
+        self.rule(f"{active.name} comes back and rejoins as a standby")
+        back = time.monotonic()
         active.start_service(self.env)
-        _wait(lambda: self.standby_streams(active, successor), 180, f"{active.name} to stream")
-        _wait(lambda: self.listed_as_standby(active), 60, f"{active.name}'s record to say so")
-        self.console.print(f"{active.name} streams from {successor.name} again")
+        wait(lambda: self.standby_streams(active, successor), 180, f"{active.name} to stream")
+        wait(lambda: self.listed_as_standby(active), 60, f"{active.name}'s record to say so")
+        self.say(f"{active.name} streams from {successor.name} again")
+        self.show_file("after-failover.txt", AFTER, [active], back, "its agent started")
+        self.show_services(successor)
         self.run("cluster", "nodes", "list")
 
+    def show_workflows(self, api: ManagerApi, started: list[Workflow], old: str, new: str) -> None:
+        resumable, fragile = started
+
+        def settled() -> tuple[Workflow, Workflow] | None:
+            done, failed = api.workflow(resumable.id), api.workflow(fragile.id)
+            if done is None or failed is None:
+                return None
+            return (
+                (done, failed) if done.state == "succeeded" and failed.state == "failed" else None
+            )
+
+        done, failed = wait(settled, 120, "the workflows to settle on the new active")
+        check_resumed(done, old, new)
+        check_failed(failed, old)
+        last_old = done.runs()[0][1][-1]
+        self.console.print(
+            f"[bold green]workflow {done.id} {done.name} ({done.kind}): succeeded on {new}"
+            f"[/bold green] - {new}'s worker carried on at step {last_old + 1}; each step "
+            f"ran once",
+            highlight=False,
+        )
+        for line in steps_text(done):
+            self.say(line)
+        self.console.print(
+            f"[bold yellow]workflow {failed.id} {failed.name} ({failed.kind}): failed: "
+            f"{failed.error}[/bold yellow]",
+            highlight=False,
+        )
+        for line in steps_text(failed):
+            self.say(line)
+
     def cleanup(self) -> None:
-        self.console.rule("[bold]7. clean up")
+        self.rule("clean up")
+        for node in self.nodes:  # all at once: each agent takes seconds to stop what it runs
+            node.stop_service()
         for node in self.nodes:
             node.cleanup()
-        self.console.print(f"stopped every agent, database and store server in {self.root}")
+        self.say(
+            f"stopped every agent, database, store server, Syncthing and service in {self.root}"
+        )
 
 
 def run_cluster_demo(*, backend: str, workdir: str | None, console: Console) -> None:
+    check_installed()
     with _workdir(workdir) as root:
-        console.rule(f"[bold]hacore demo[/bold] — 3 nodes, {backend} store, in {root}")
+        console.rule(
+            f"[bold]hacore demo[/bold] - 3 nodes running the sample manager, {backend} store, "
+            f"in {root}"
+        )
         demo = _Demo(root, backend, console)
         try:
             demo.form()
-            demo.failover()
+            active, started = demo.use_the_manager()
+            demo.failover(active, started)
         except BaseException:
             console.print(f"[red]the demo failed; node logs are in {root}/*.log[/red]")
             if workdir is None:

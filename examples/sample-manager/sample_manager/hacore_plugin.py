@@ -20,6 +20,11 @@ Settings, in ``node.yaml``::
 ``dsn`` defaults to the local PostgreSQL that hacore's postgresql backend runs: its socket
 directory, ``replication.port``, ``replication.database``, user ``postgres`` (hacore's agent
 runs as root, which that server lets in as ``postgres`` over the socket).
+
+The plugin acts only on a node whose ``node.yaml`` has a ``sample_manager`` section (``{}``
+takes every default). hacore loads every installed plugin into every agent of the
+environment, and an agent that does not run the manager must not get its health check
+(which would step that node down) or its recovery.
 """
 
 from __future__ import annotations
@@ -158,8 +163,15 @@ def _error_of(err: urllib.error.HTTPError) -> str:
     return body.strip() or str(err.reason)
 
 
+def configured(config: NodeConfig) -> bool:
+    """Whether this node runs the manager: its ``node.yaml`` has our settings section."""
+    return PLUGIN_NAME in config.plugins.settings
+
+
 @hookimpl
 def hacore_health_checks(config: NodeConfig) -> list[HealthCheck]:
+    if not configured(config):
+        return []
     settings = ManagerSettings.from_config(config)
     return [ApiAnswersCheck(settings.api_url, settings.check_timeout, settings.startup_grace)]
 
@@ -173,6 +185,8 @@ def hacore_after_promote(config: NodeConfig, view: ClusterView) -> None:
     may be attached yet right after a promotion; a recovery lost in another failover is
     simply done again by the next active).
     """
+    if not configured(config):
+        return
     settings = ManagerSettings.from_config(config)
     timeout = config.timing.retry_timeout
     try:
