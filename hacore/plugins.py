@@ -157,7 +157,9 @@ def load_plugins(
                 f"a hacore plugin failed to import ({err}); block it with {BLOCK_ENV}=NAME"
             ) from err
     for plugin in extra:
-        pm.register(plugin)
+        # an extra that is also installed (an entry point) is already in: once is enough
+        if not pm.is_registered(plugin):
+            pm.register(plugin)
     registry = BackendRegistry()
     for name, plugin in pm.list_name_plugin():
         impl = getattr(plugin, "hacore_register_backends", None)
