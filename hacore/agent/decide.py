@@ -37,12 +37,20 @@ Rank = tuple[int, int]
 
 def decide(obs: Observation, cfg: DecisionConfig) -> Decision:
     """The next action for this node, given what it observed this loop."""
-    if obs.lease_status in (LeaseStatus.HELD, LeaseStatus.UNCERTAIN) and _lease_stands(obs):
+    if _leasing(obs) and _lease_stands(obs):
         return _holding(obs, cfg)
     if _writable(obs.db):
         return _unleased_writer(obs)
     if obs.job is not None:
         return _busy(obs.job)
+    if _leasing(obs) and obs.now >= _deadline(obs, cfg, _lease(obs)):
+        # The store no longer names our lease and our own clock says it may have expired:
+        # nothing may be built on it, not even a campaign; the next renewal settles it.
+        return _rest(
+            obs,
+            "the lease this node held is past its self-fencing deadline and the store no "
+            "longer names it: not campaigning until the next renewal",
+        )
     view = obs.view
     if view is None:
         return _rest(
@@ -459,6 +467,10 @@ def _competes(obs: Observation, cfg: DecisionConfig, m: Member) -> bool:
 
 
 # -- small helpers ------------------------------------------------------------------------------
+
+
+def _leasing(obs: Observation) -> bool:
+    return obs.lease_status in (LeaseStatus.HELD, LeaseStatus.UNCERTAIN)
 
 
 def _lease(obs: Observation) -> Lease:

@@ -1288,3 +1288,24 @@ def test_exactly_one_eligible_member_campaigns(
             key=lambda o: (o.db.timeline, o.db.position),
         )
         assert campaigning == [best.node_name]
+
+
+def test_no_campaign_on_a_lease_past_its_deadline_that_the_store_no_longer_names() -> None:
+    # Found by test_safety_properties: the key vanished while our renewal is already older
+    # than the self-fencing deadline; campaigning would act on a lease that may have expired.
+    cfg = DecisionConfig(ttl=10.0, loop_wait=1.0, retry_timeout=2.0, safety_margin=2.0)
+    obs = Observation(
+        now=1000.0,
+        node_name="a",
+        view=ClusterView(None, ()),
+        db=ReplicationStatus(running=True, role="primary", writable=False, position=0),
+        initialized=True,
+        lease_status=LeaseStatus.HELD,
+        lease=Lease(holder="a", token=5, ttl=10, acquired_at=0.0),
+        last_renewal=992.0,
+    )
+    d = decide(obs, cfg)
+    assert d.action is Action.NONE
+    assert "deadline" in d.reason
+    fresh = decide(attrs.evolve(obs, last_renewal=999.0), cfg)
+    assert fresh.action is Action.CAMPAIGN
