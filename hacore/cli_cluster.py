@@ -29,6 +29,7 @@ from hacore.cluster.profile import (
     profile_path,
     save_profile,
 )
+from hacore.cluster.tls import ca_cert_file, ca_certificate_pem
 from hacore.config import NodeConfig, load_config
 from hacore.errors import HacoreError
 
@@ -228,7 +229,12 @@ def cluster_start(
     password = password or secrets.token_urlsafe(18)
     token = _bootstrap_token(config, config_path)
     url = local_url(config)
-    local = LocalApi(url, [(BOOTSTRAP_USER, token), (username, password)], timeout=30.0)
+    local = LocalApi(
+        url,
+        [(BOOTSTRAP_USER, token), (username, password)],
+        timeout=30.0,
+        ca_file=ca_cert_file(config.node.data_dir),
+    )
     path = _profile_path(ctx)
     previous = load_profile(path)
     # Saved first: the password must not be lost if this command dies before the end.
@@ -257,22 +263,31 @@ def cluster_start(
         echo(f"{verb} cluster {cluster_name} on node {answer['node']} ({url})")
     op = follow_operation(local, timeout=timeout, echo=echo)
     data = local.call(lambda c: c.cluster())
-    profile = Profile(cluster_name, username, password).with_nodes(
-        members_of(data) or [(answer["node"], url)], active=answer["node"]
+    ca_pem = ca_certificate_pem(config.node.data_dir)
+    fingerprint = data.get("ca_fingerprint")
+    profile = Profile(cluster_name, username, password, ca_certificate=ca_pem).with_nodes(
+        members_of(data) or [(answer["node"], local.url)], active=answer["node"]
     )
     save_profile(path, profile)
     result = {
         "cluster": cluster_name,
         "node": answer["node"],
-        "api_url": url,
+        "api_url": local.url,
         "username": username,
         "password": password if generated else None,
         "profile": str(path),
         "elapsed": op.get("elapsed"),
+        "ca_fingerprint": fingerprint,
     }
 
     def text() -> None:
         click.echo(f"{op.get('result')} (took {op.get('elapsed', 0):.1f} s)")
+        if fingerprint:
+            click.echo(
+                f"cluster CA fingerprint (SHA-256): {fingerprint}\n"
+                "nodes that join need it: hacore cluster join ADDRESS --ca-fingerprint "
+                f"{fingerprint} ... (hacore cluster ca prints it again on any member)"
+            )
         if generated:
             click.echo(
                 f"API user {username}, password {password}\n"
@@ -302,6 +317,18 @@ def cluster_start(
     default=None,
     help="The cluster's API password (also $HACORE_PASSWORD; default: the profile's).",
 )
+@click.option(
+    "--ca-fingerprint",
+    default=None,
+    help="SHA-256 fingerprint of the cluster CA (cluster start printed it; hacore cluster ca "
+    "prints it on any member). Default: the CA in the CLI profile.",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="The cluster CA's certificate (PEM), instead of --ca-fingerprint.",
+)
 @click.option("--timeout", type=float, default=900.0, show_default=True, help="Seconds to wait.")
 @_json_option
 @click.pass_context
@@ -314,6 +341,8 @@ def cluster_join(
     options: tuple[str, ...],
     username: str | None,
     password: str | None,
+    ca_fingerprint: str | None,
+    ca_file: str | None,
     timeout: float,
     as_json: bool,
 ) -> None:
@@ -340,20 +369,36 @@ def cluster_join(
     node is in the store, and rolls back to empty before that.
 
     \b
-    The CLI profile is updated with the cluster's nodes and the credentials.
+    TLS (tls.enabled, the default): before sending any credential, this node's agent
+    fetches the CA certificate the active presents and accepts it only if it matches
+    --ca-fingerprint (or --ca-file, or the CA in the CLI profile); from then on it talks
+    to the active only over TLS pinned to that CA, hostname checked. A mismatch, a missing
+    fingerprint, or a node whose tls.enabled differs is refused and changes nothing. The
+    CA certificate and key then come inside the join ticket, and this node signs its own
+    certificate with them (<data_dir>/pki/, keys 0600).
+
+    \b
+    The CLI profile is updated with the cluster's nodes, the credentials and the CA
+    certificate.
 
     \b
     Exit status: 0 the node streams as a standby; 2 refused or failed ("error:" line).
 
     \b
     Examples:
-      hacore cluster join 10.0.0.1 --node-name manager-2 --username admin --password S3cret
+      hacore cluster join 10.0.0.1 --node-name manager-2 --username admin --password S3cret \\
+          --ca-fingerprint 3F:A2:...:9C
       hacore cluster join 10.0.0.1:8008 --node-name manager-3 --host-ip 10.0.0.3
     """
     from hacore.options import parse_options
 
+    if ca_fingerprint and ca_file:
+        raise click.UsageError("give --ca-fingerprint or --ca-file, not both")
     path = _profile_path(ctx)
     profile = load_profile(path)
+    ca_certificate = _read_ca_file(ca_file) if ca_file else None
+    if not ca_fingerprint and ca_certificate is None and profile is not None:
+        ca_certificate = profile.ca_certificate
     if username is None or password is None:
         if profile is None:
             raise HacoreError(
@@ -366,7 +411,12 @@ def cluster_join(
     overrides = parse_options(list(options)) if options else {}
     token = _bootstrap_token(config, config_path)
     url = local_url(config)
-    local = LocalApi(url, [(BOOTSTRAP_USER, token), (username, password)], timeout=30.0)
+    local = LocalApi(
+        url,
+        [(BOOTSTRAP_USER, token), (username, password)],
+        timeout=30.0,
+        ca_file=ca_cert_file(config.node.data_dir),
+    )
     body = {
         "action": "join",
         "active": active_address,
@@ -375,6 +425,8 @@ def cluster_join(
         "options": overrides,
         "username": username,
         "password": password,
+        "ca_fingerprint": ca_fingerprint,
+        "ca_certificate": ca_certificate,
     }
     answer = local.call(lambda c: c.join_ticket(body), timeout=ACCEPT_TIMEOUT)
     echo = _echo_progress(as_json)
@@ -384,9 +436,10 @@ def cluster_join(
     members = [(str(m["name"]), str(m["api_url"])) for m in answer.get("members", [])]
     with contextlib.suppress(ApiError, ApiUnreachableError):
         members = members_of(local.call(lambda c: c.cluster())) or members
-    own = next((u for n, u in members if n == node_name), url)
+    own = next((u for n, u in members if n == node_name), local.url)
     members = [*(m for m in members if m[0] != node_name), (node_name, own)]
-    profile = Profile(str(answer["cluster"]), username, password).with_nodes(
+    ca_pem = ca_certificate_pem(config.node.data_dir)
+    profile = Profile(str(answer["cluster"]), username, password, ca_certificate=ca_pem).with_nodes(
         members, active=str(answer["active"])
     )
     save_profile(path, profile)
@@ -396,11 +449,55 @@ def cluster_join(
         "active": answer["active"],
         "profile": str(path),
         "elapsed": op.get("elapsed"),
+        "ca_fingerprint": answer.get("ca_fingerprint"),
     }
     _emit(
         as_json,
         result,
         lambda: click.echo(f"{op.get('result')} (took {op.get('elapsed', 0):.1f} s)"),
+    )
+
+
+def _read_ca_file(path: str) -> str:
+    from hacore import pki
+
+    cert = pki.load_ca_certificate(Path(path))
+    return pki.pem.cert_pem(cert).decode("ascii")
+
+
+@cluster.command("ca")
+@_config_option
+@_json_option
+def cluster_ca(config_path: str, as_json: bool) -> None:
+    """Print the cluster CA's fingerprint and certificate, from this member's data directory.
+
+    \b
+    A node that joins needs the fingerprint (--ca-fingerprint) or the certificate in a file
+    (--ca-file). Clients that trust this certificate (it is public) reach whichever node is
+    active over HTTPS, with no per-node certificate. Changes nothing.
+
+    \b
+    Exit status: 0; 2 when this node has no cluster CA (not a member, or TLS is off).
+
+    \b
+    Examples:
+      hacore cluster ca -c /etc/hacore/node.yaml
+      hacore cluster ca --json | jq -r .ca_certificate > ca.crt
+    """
+    from hacore import pki
+
+    config = _local_config(config_path)
+    path = ca_cert_file(config.node.data_dir)
+    pem = ca_certificate_pem(config.node.data_dir)
+    if pem is None:
+        raise HacoreError(
+            f"no cluster CA at {path}: this node is not a member of a cluster that runs with TLS"
+        )
+    fingerprint = pki.fingerprint(pki.load_ca_certificate(path))
+    _emit(
+        as_json,
+        {"fingerprint": fingerprint, "ca_certificate": pem, "path": str(path)},
+        lambda: click.echo(f"SHA-256 fingerprint: {fingerprint}\n{pem.rstrip()}"),
     )
 
 

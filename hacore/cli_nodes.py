@@ -9,7 +9,6 @@ from typing import Any
 import click
 from rich.table import Table
 
-from hacore.api.client import ApiClient
 from hacore.api.errors import ApiError, ApiUnreachableError, AuthenticationError, UnavailableError
 from hacore.cli_cluster import (
     REMOVE_TIMEOUT,
@@ -63,7 +62,7 @@ def _reach(ctx: click.Context, *, need_active: bool) -> tuple[Profile, dict[str,
 def _any_view(profile: Profile, why: Exception) -> dict[str, Any]:
     for url in profile.urls():
         try:
-            with ApiClient(url, profile.auth, timeout=5.0) as client:
+            with profile.client(url, timeout=5.0) as client:
                 return client.cluster()
         except AuthenticationError:
             raise
@@ -246,7 +245,7 @@ def nodes_remove(ctx: click.Context, name: str, as_json: bool) -> None:
     profile = require_profile(_profile_path(ctx))
     with active_client(profile) as found:
         url = found.base_url
-    with ApiClient(url, profile.auth, timeout=REMOVE_TIMEOUT) as client:
+    with profile.client(url, timeout=REMOVE_TIMEOUT) as client:
         answer = client.remove_node(name)
     path = _profile_path(ctx)
     save_profile(path, profile.with_nodes([n for n in profile.nodes if n[0] != name]))
@@ -329,7 +328,7 @@ def _probe(name: str, url: str, profile: Profile) -> dict[str, Any]:
         "detail": "",
     }
     try:
-        with ApiClient(url, profile.auth, timeout=3.0) as client:
+        with profile.client(url, timeout=3.0) as client:
             status = client.status()
     except (ApiError, ApiUnreachableError) as err:
         found["detail"] = str(err)

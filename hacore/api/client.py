@@ -78,6 +78,10 @@ class ApiClient:
     def cluster(self) -> dict[str, Any]:
         return self._json(self._request("GET", "/cluster"))
 
+    def cluster_ca(self) -> dict[str, Any]:
+        """The cluster CA this node presents (public: needs no credentials)."""
+        return self._json(self._request("GET", "/cluster/ca"))
+
     def nodes(self) -> list[dict[str, Any]]:
         nodes = self._json(self._request("GET", "/nodes")).get("nodes")
         if not isinstance(nodes, list):

@@ -31,6 +31,12 @@ class AuthenticationError(ApiError):
     status = 401
 
 
+class HttpsRequiredError(ApiError):
+    """A request in plain HTTP to an agent that serves its API over HTTPS."""
+
+    status = 403
+
+
 class NotFoundError(ApiError):
     """No such node (or endpoint)."""
 
@@ -62,6 +68,7 @@ class ApiUnreachableError(HacoreError):
 ERROR_FOR_STATUS: dict[int, type[ApiError]] = {
     400: BadRequestError,
     401: AuthenticationError,
+    403: HttpsRequiredError,
     404: NotFoundError,
     409: ConflictError,
     503: UnavailableError,

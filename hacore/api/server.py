@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import enum
 import functools
 import json
 import logging
@@ -33,6 +34,7 @@ from hacore.api.auth import Authenticator
 from hacore.api.errors import (
     AuthenticationError,
     BadRequestError,
+    HttpsRequiredError,
     NotFoundError,
     status_for,
 )
@@ -61,6 +63,21 @@ PROBES: dict[str, Callable[[NodeSnapshot, float], bool]] = {
     "/readiness": lambda snap, now: snap.ready,
 }
 _PROBE_METHODS = ("GET", "HEAD", "OPTIONS")
+#: the first byte of a TLS handshake record: how a TLS client is told from a plain one
+_TLS_HANDSHAKE = 0x16
+
+
+class PlainHttp(enum.Enum):
+    """What a server that speaks TLS does with a plain-HTTP connection on the same port."""
+
+    #: nothing: the connection is treated as TLS, and its handshake fails
+    NONE = "none"
+    #: only the load-balancer probes that need no credentials; anything else gets a 403
+    #: naming the HTTPS URL (so no credential or cluster data ever crosses in clear text)
+    PROBES = "probes"
+    #: everything, as without TLS: a node that is still being started or joined, whose local
+    #: CLI may not have switched to HTTPS yet
+    ALL = "all"
 
 
 @attrs.frozen
@@ -70,6 +87,8 @@ class Request:
     #: names in lower case
     headers: Mapping[str, str]
     body: bytes = b""
+    #: came over TLS (or from a server without TLS, where the question does not arise)
+    secure: bool = True
 
 
 @attrs.frozen
@@ -97,6 +116,8 @@ class _Route:
     methods: Mapping[str, Handler]
     #: needs credentials only when ``status_requires_auth`` (probes and metrics)
     probe: bool = False
+    #: never needs credentials (public material: the CA certificate)
+    public: bool = False
 
 
 class ApiApp:
@@ -105,12 +126,14 @@ class ApiApp:
     def __init__(self, facade: AgentFacade, settings: ApiSettings) -> None:
         self.facade = facade
         self.set_settings(settings)
+        self._plain: tuple[PlainHttp, str] = (PlainHttp.ALL, "")
         self._collector = SnapshotCollector(facade.snapshot)
         probe = {method: self._probe for method in _PROBE_METHODS}
         self._routes = [
             *(_Route(re.compile(re.escape(path)), probe, probe=True) for path in PROBES),
             _Route(re.compile("/metrics"), {"GET": self._metrics}, probe=True),
             _Route(re.compile("/cluster"), {"GET": self._cluster}),
+            _Route(re.compile("/cluster/ca"), {"GET": self._cluster_ca}, public=True),
             _Route(re.compile("/cluster/start"), {"POST": self._start}),
             _Route(re.compile("/cluster/join"), {"POST": self._join}),
             _Route(re.compile("/nodes"), {"GET": self._nodes}),
@@ -125,6 +148,10 @@ class ApiApp:
         authenticator = Authenticator(settings.auth)
         self._auth_state = (settings, authenticator)
 
+    def set_plain(self, plain: PlainHttp, https_url: str) -> None:
+        """What requests that did not come over TLS may do (see :class:`PlainHttp`)."""
+        self._plain = (plain, https_url)
+
     def respond(self, req: Request) -> Response:
         path = req.path.rstrip("/") or "/"
         for route in self._routes:
@@ -133,6 +160,10 @@ class ApiApp:
                 break
         else:
             return error_response(404, f"no such endpoint: {req.method} {path}")
+        if not req.secure:
+            refused = self._plain_refusal(route, path)
+            if refused is not None:
+                return refused
         handler = route.methods.get(req.method)
         if handler is None and req.method == "HEAD":
             # the transport sends GET's headers and drops the body
@@ -146,12 +177,27 @@ class ApiApp:
             )
         return self._guarded(route, req, handler, match.groupdict())
 
+    def _plain_refusal(self, route: _Route, path: str) -> Response | None:
+        plain, https_url = self._plain
+        if plain is PlainHttp.ALL:
+            return None
+        settings, _ = self._auth_state
+        if route.probe and path in PROBES and not settings.status_requires_auth:
+            return None
+        err = HttpsRequiredError(
+            f"this agent serves its API over HTTPS only: use {https_url}{path} (plain HTTP "
+            "answers only the load-balancer probes that need no credentials)"
+        )
+        return error_response(err.status, str(err))
+
     def _guarded(
         self, route: _Route, req: Request, handler: Handler, params: dict[str, str]
     ) -> Response:
         settings, authenticator = self._auth_state
         try:
-            if not route.probe or settings.status_requires_auth:
+            if route.public:
+                pass
+            elif not route.probe or settings.status_requires_auth:
                 self._authenticate(authenticator, req)
             return handler(req, params)
         except HacoreError as err:
@@ -198,6 +244,13 @@ class ApiApp:
 
     def _cluster(self, req: Request, params: dict[str, str]) -> Response:
         return json_response(200, self.facade.cluster())
+
+    def _cluster_ca(self, req: Request, params: dict[str, str]) -> Response:
+        source = getattr(self.facade, "cluster_ca", None)
+        found = source() if source is not None else None
+        if found is None:
+            raise NotFoundError(f"{self.facade.snapshot().node_name} has no cluster CA")
+        return json_response(200, found)
 
     def _nodes(self, req: Request, params: dict[str, str]) -> Response:
         snap = self.facade.snapshot()
@@ -352,7 +405,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return
-        req = Request(self.command, urlsplit(self.path).path, self.request_headers, body)
+        secure = self.server.tls[0] is None or isinstance(self.connection, ssl.SSLSocket)
+        req = Request(self.command, urlsplit(self.path).path, self.request_headers, body, secure)
         self._send(self.server.app.respond(req))
 
     def _read_body(self) -> bytes | None:
@@ -414,11 +468,13 @@ class _HttpServer(ThreadingHTTPServer):
         address: tuple[str, int],
         app: ApiApp,
         ssl_context: ssl.SSLContext | None,
+        plain: PlainHttp,
         idle_timeout: float,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.app = app
-        self.ssl_context = ssl_context
+        #: swapped whole (one assignment) when a node gets its TLS material
+        self.tls: tuple[ssl.SSLContext | None, PlainHttp] = (ssl_context, plain)
         self.idle_timeout = idle_timeout
         self.closing = False
         self._connections: set[socket.socket] = set()
@@ -433,26 +489,43 @@ class _HttpServer(ThreadingHTTPServer):
         self.server_port = int(port)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        conn = cast(socket.socket, request)
-        if self.ssl_context is not None:
-            conn.settimeout(self.idle_timeout)
-            try:
-                conn = self.ssl_context.wrap_socket(conn, server_side=True)
-            except (OSError, ssl.SSLError) as err:
-                logger.debug("TLS handshake with %s failed: %s", client_address[0], err)
-                return
+        raw = cast(socket.socket, request)
+        raw.settimeout(self.idle_timeout)
         with self._lock:
             if self.closing:
-                conn.close()
+                raw.close()
                 return
-            self._connections.add(conn)
+            # the raw socket: shutting it down also ends a TLS connection over it
+            self._connections.add(raw)
         try:
-            _Handler(conn, client_address, self)
+            conn = self._secure(raw, client_address[0])
+            if conn is not None:
+                _Handler(conn, client_address, self)
+                if conn is not raw:
+                    conn.close()
         finally:
             with self._lock:
-                self._connections.discard(conn)
-            if conn is not request:
-                conn.close()
+                self._connections.discard(raw)
+
+    def _secure(self, conn: socket.socket, peer: str) -> socket.socket | None:
+        """``conn`` as the handler should see it (wrapped in TLS when the client speaks it);
+        None when it closed, stayed silent or failed its handshake."""
+        context, plain = self.tls
+        if context is None or plain is not PlainHttp.NONE:
+            first = _first_byte(conn)
+            if first is None:
+                return None
+            if first != _TLS_HANDSHAKE:
+                return conn
+            if context is None:
+                # a TLS client of a plain server: closed at once, so it fails fast
+                logger.debug("TLS handshake from %s to a plain-HTTP API", peer)
+                return None
+        try:
+            return context.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError) as err:
+            logger.debug("TLS handshake with %s failed: %s", peer, err)
+            return None
 
     def close_connections(self) -> None:
         with self._lock:
@@ -464,6 +537,15 @@ class _HttpServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         logger.debug("connection from %s failed", client_address[0], exc_info=True)
+
+
+def _first_byte(conn: socket.socket) -> int | None:
+    """The connection's first byte, left in the buffer; None when it closed or stayed silent."""
+    try:
+        data = conn.recv(1, socket.MSG_PEEK)
+    except OSError:
+        return None
+    return data[0] if data else None
 
 
 class ApiServer:
@@ -481,18 +563,21 @@ class ApiServer:
         host: str = "127.0.0.1",
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
+        plain: PlainHttp = PlainHttp.NONE,
         idle_timeout: float = 60.0,
     ) -> None:
         self.app = ApiApp(facade, settings)
         self.host = host
         self.tls = ssl_context is not None
         try:
-            self._httpd = _HttpServer((host, port), self.app, ssl_context, idle_timeout)
+            self._httpd = _HttpServer((host, port), self.app, ssl_context, plain, idle_timeout)
         except OSError as err:
             raise HacoreError(
                 f"the REST API cannot listen on {host}:{port}: {err.strerror or err}"
             ) from None
         self._thread: threading.Thread | None = None
+        if self.tls:
+            self.app.set_plain(plain, self.url)
 
     @property
     def port(self) -> int:
@@ -505,6 +590,13 @@ class ApiServer:
 
     def set_settings(self, settings: ApiSettings) -> None:
         self.app.set_settings(settings)
+
+    def set_tls(self, ssl_context: ssl.SSLContext | None, plain: PlainHttp) -> None:
+        """Serve TLS from now on (new connections), and ``plain`` to plain-HTTP ones; None
+        goes back to plain HTTP for everything."""
+        self.tls = ssl_context is not None
+        self.app.set_plain(plain if self.tls else PlainHttp.ALL, self.url)
+        self._httpd.tls = (ssl_context, plain)
 
     def start(self) -> ApiServer:
         if self._thread is None:
@@ -534,4 +626,4 @@ class ApiServer:
         self.shutdown()
 
 
-__all__ = ["ApiApp", "ApiServer", "Request", "Response"]
+__all__ = ["ApiApp", "ApiServer", "PlainHttp", "Request", "Response"]

@@ -8,11 +8,15 @@ step and the clone's progress.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-from hacore.api.client import ApiClient
+from hacore import pki
+from hacore.api.client import ApiClient, Verify
 from hacore.api.errors import ApiUnreachableError, AuthenticationError, UnavailableError
 from hacore.errors import HacoreError
 
@@ -24,20 +28,51 @@ CLONE_EVERY = 2.0
 
 
 class LocalApi:
-    """This node's agent API, with the credentials to try in order."""
+    """This node's agent API, with the credentials to try in order.
 
-    def __init__(self, url: str, candidates: list[tuple[str, str]], timeout: float) -> None:
-        self.url = url
+    Plain HTTP while the node has no cluster CA (``ca_file``, in its data directory), HTTPS
+    verified against it while it has one. A start or join creates the file while the CLI
+    polls, a join that is rolled back removes it; the agent serves both until the operation
+    is over.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        candidates: list[tuple[str, str]],
+        timeout: float,
+        ca_file: Path | None = None,
+    ) -> None:
+        self.plain_url = url
         self._candidates = candidates
         self._timeout = timeout
         self._index = 0
+        self._ca_file = ca_file
+        self._context: ssl.SSLContext | None = None
+
+    @property
+    def url(self) -> str:
+        return self._target()[0]
+
+    def _target(self) -> tuple[str, Verify]:
+        if self._ca_file is None or not self._ca_file.exists():
+            self._context = None  # none yet, or a failed join removed it
+        elif self._context is None:
+            self._context = pki.ssl_client_context(pki.load_ca_certificate(self._ca_file))
+        if self._context is None:
+            return self.plain_url, False
+        return f"https://{urlsplit(self.plain_url).netloc}", self._context
 
     def call(self, request: Callable[[ApiClient], T], timeout: float | None = None) -> T:
         last: AuthenticationError | None = None
+        url, verify = self._target()
         for offset in range(len(self._candidates)):
             index = (self._index + offset) % len(self._candidates)
             with ApiClient(
-                self.url, self._candidates[index], self._timeout if timeout is None else timeout
+                url,
+                self._candidates[index],
+                self._timeout if timeout is None else timeout,
+                verify=verify,
             ) as client:
                 try:
                     result = request(client)

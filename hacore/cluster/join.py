@@ -19,13 +19,19 @@ An agent restarted before step 2 completed rolls the join back; from step 2 on i
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from hacore.api.client import ApiClient
+from cryptography import x509
+
+from hacore import pki
+from hacore.api.client import ApiClient, Verify
 from hacore.api.errors import (
     ApiError,
     ApiUnreachableError,
     AuthenticationError,
+    HttpsRequiredError,
     UnavailableError,
 )
 from hacore.cluster.errors import JoinRefusedError
@@ -33,12 +39,15 @@ from hacore.cluster.local import api_url
 from hacore.cluster.parts import LocalParts, local_parts
 from hacore.cluster.progress import Progress
 from hacore.cluster.record import ClusterRecord, reported_version
+from hacore.cluster.requests import JoinCommand
 from hacore.cluster.state import ClusterState, Phase, Step
 from hacore.cluster.ticket import JoinRequest, Ticket, ticket_parts
+from hacore.cluster.tls import CA_PART, remove_material, tls_files
 from hacore.config import NodeConfig
 from hacore.consensus import CONFIG_KEY
 from hacore.errors import HacoreError
 from hacore.options import deep_merge
+from hacore.pki.pem import parse_certificate
 
 if TYPE_CHECKING:
     from hacore.cluster.service import NodeService
@@ -47,6 +56,7 @@ log = logging.getLogger(__name__)
 
 STEPS = (
     ("ticket", "join ticket"),
+    ("ca", "cluster CA"),
     ("store", "store membership"),
     ("agent", "agent started"),
     ("clone", "database copied"),
@@ -56,12 +66,101 @@ STEPS = (
 #: accept a new member)
 TICKET_TIMEOUT = 120.0
 _NOTHING_CHANGED = "nothing was changed"
+#: seconds for the unauthenticated look at whether a node speaks TLS, and at its CA
+PROBE_TIMEOUT = 10.0
+_WHERE_FINGERPRINT = "cluster start printed it, and hacore cluster ca prints it on any member"
 
 
-def find_active(address: str, auth: tuple[str, str]) -> ApiClient:
+def with_scheme(address: str, tls: bool) -> str:
+    """``address`` (host, host:port or a URL) as the API URL this node must use."""
+    parts = urlsplit(api_url(address))
+    return f"{'https' if tls else 'http'}://{parts.netloc}"
+
+
+def _unverified() -> ssl.SSLContext:
+    # only ever used to fetch the public CA certificate, checked against its fingerprint
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def presented_ca(url: str) -> dict[str, Any] | None:
+    """What the node at ``url`` presents as its cluster CA, over TLS without verification
+    and without credentials; None when it does not speak TLS (or does not answer)."""
+    with ApiClient(with_scheme(url, True), None, PROBE_TIMEOUT, _unverified()) as client:
+        try:
+            return client.cluster_ca()
+        except (ApiUnreachableError, ApiError):
+            return None
+
+
+def trusted_ca(command: JoinCommand, tls: bool) -> x509.Certificate | None:
+    """The CA this joiner pins its connections to (None: the cluster runs without TLS).
+
+    Checked before any credential is sent: the node must speak TLS exactly when this one
+    does, and present the CA whose fingerprint (or certificate) the operator gave.
+    """
+    https = with_scheme(command.active, True)
+    presented = presented_ca(https)
+    if not tls:
+        if presented is not None:
+            raise JoinRefusedError(
+                f"{https} serves its API over TLS (its cluster runs with tls.enabled: true) but "
+                f"this node has tls.enabled: false: every node of a cluster must agree; "
+                f"{_NOTHING_CHANGED}"
+            )
+        return None
+    if presented is None:
+        _require_answer(with_scheme(command.active, False))
+        raise JoinRefusedError(
+            f"{with_scheme(command.active, False)} does not serve its API over TLS: either it "
+            "is not a cluster member yet, or its cluster runs with tls.enabled: false while "
+            f"this node has tls.enabled: true (every node must agree); {_NOTHING_CHANGED}"
+        )
+    expected = command.ca_fingerprint
+    if command.ca_certificate is not None:
+        try:
+            given = parse_certificate(
+                command.ca_certificate.encode("ascii", errors="replace"), "the given CA file"
+            )
+        except pki.TlsMaterialError as err:
+            raise JoinRefusedError(f"{err}; {_NOTHING_CHANGED}") from None
+        expected = pki.fingerprint(given)
+    if expected is None:
+        raise JoinRefusedError(
+            f"{https} serves its API over TLS: give its cluster CA with --ca-fingerprint FP "
+            f"({_WHERE_FINGERPRINT}) or --ca-file ca.crt; {_NOTHING_CHANGED}"
+        )
+    try:
+        return pki.trust_ca_certificate(str(presented.get("ca_certificate") or ""), expected)
+    except pki.TlsMaterialError as err:
+        raise JoinRefusedError(
+            f"{https} is not trusted: {err} ({_WHERE_FINGERPRINT}); {_NOTHING_CHANGED}"
+        ) from None
+
+
+def _require_answer(url: str) -> None:
+    """Raise the "unreachable" refusal when nothing answers at ``url`` at all."""
+    with ApiClient(url, None, PROBE_TIMEOUT) as client:
+        try:
+            client.status()
+        except ApiUnreachableError as err:
+            raise UnavailableError(f"{err}; is its agent running? {_NOTHING_CHANGED}") from None
+        except ApiError:
+            pass
+
+
+def pinned(ca: x509.Certificate | None) -> Verify:
+    """How the joiner's client checks the active: against ``ca`` alone, hostname included."""
+    return pki.ssl_client_context(ca) if ca is not None else False
+
+
+def find_active(address: str, auth: tuple[str, str], verify: Verify = False) -> ApiClient:
     """A client for the active node at ``address`` (or the active that node names)."""
-    url = api_url(address)
-    client = ApiClient(url, auth, timeout=TICKET_TIMEOUT)
+    url = address.rstrip("/")
+    client = ApiClient(url, auth, timeout=TICKET_TIMEOUT, verify=verify)
     try:
         status = client.status()
     except ApiUnreachableError as err:
@@ -77,7 +176,7 @@ def find_active(address: str, auth: tuple[str, str]) -> ApiClient:
     finally:
         client.close()
     if other is not None and other != url:
-        return find_active(other, auth)
+        return find_active(other, auth, verify)
     what = status.get("state") or "not active"
     raise JoinRefusedError(
         f"{url} ({status.get('node')}) is not the active node (it is {what}): give the address "
@@ -136,8 +235,32 @@ def ask_ticket(client: ApiClient, request: JoinRequest) -> Ticket:
         ) from None
     except UnavailableError as err:
         raise UnavailableError(f"{url} cannot grant a join now: {err}") from None
+    except HttpsRequiredError:
+        raise JoinRefusedError(
+            f"{url} serves its API over TLS only but this node has tls.enabled: false: every "
+            f"node of a cluster must agree; {_NOTHING_CHANGED}"
+        ) from None
     except ApiError as err:
         raise JoinRefusedError(f"join refused by {url}: {err}") from None
+
+
+def check_ticket_ca(ticket: Ticket, ca: x509.Certificate | None) -> None:
+    """The CA in the ticket must be the one the joiner pinned: the same node presented both."""
+    if ca is None:
+        return
+    part = ticket.extensions.get(CA_PART)
+    bundle = part.get("bundle") if isinstance(part, dict) else None
+    try:
+        if not isinstance(bundle, dict):
+            raise pki.TlsMaterialError("the join ticket carries no cluster CA")
+        granted = pki.ca_from_join(bundle)
+    except pki.TlsMaterialError as err:
+        raise JoinRefusedError(f"the join ticket's CA is unusable: {err}") from None
+    if granted.certificate != ca:
+        raise JoinRefusedError(
+            f"the join ticket carries CA {granted.fingerprint}, not the pinned "
+            f"{pki.fingerprint(ca)}"
+        )
 
 
 def joined_state(overrides: dict[str, Any], ticket: Ticket, active_url: str) -> ClusterState:
@@ -163,7 +286,8 @@ def joined_state(overrides: dict[str, Any], ticket: Ticket, active_url: str) -> 
         done=(Step.TICKET,),
         active_url=active_url,
         store_spec=dict(spec) if isinstance(spec, dict) else None,
-        extensions=ticket.extensions,
+        # the CA key stays out of cluster.json: it is in pki/ca once accepted
+        extensions={k: v for k, v in ticket.extensions.items() if k != CA_PART},
     )
 
 
@@ -174,8 +298,11 @@ def run_join(
     state = node.require_state()
     config = node.config
     try:
+        progress.begin("ca")
         for part in ticket_parts():
             part.accept(config, ticket.extensions.get(part.name, {}))
+        progress.finish("ca", node.secure())
+        parts = node.parts()
         progress.begin("store")
         if parts.store is not None:
             member = parts.store.join(state.store_spec or {})
@@ -210,7 +337,7 @@ def recover_store_join(
     """After a restart in the middle of the store join: go on when this node's store server
     had become a voting member, else leave the store and be empty again (the active cancels
     the pending join by itself later, or when the node retries)."""
-    parts = local_parts(config, node.plugins)
+    parts = local_parts(config, node.plugins, tls_files(config))
     store, name = parts.store, config.node.name
     if store is not None and parts.store_has_data():
         try:
@@ -228,6 +355,7 @@ def recover_store_join(
         "rolled back and this node is empty again (run cluster join again)"
     )
     parts.wipe_store()
+    remove_material(config.node.data_dir)
     node.states.remove()
     return None
 

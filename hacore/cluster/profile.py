@@ -4,7 +4,8 @@
 active node by itself (it tries each known node, skipping standbys and unreachable ones), so
 commands keep working after a failover. Each command that reaches the cluster refreshes the
 node list from the active's view. The file is ``$HACORE_PROFILE``, else
-``~/.hacore/profile.json``.
+``~/.hacore/profile.json``. It also keeps the cluster CA's certificate, so the CLI verifies
+every node (whichever is active) without any per-node certificate.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 import attrs
 
-from hacore.api.client import ApiClient, find_active
+from hacore import pki
+from hacore.api.client import ApiClient, Verify, find_active
 from hacore.cluster.files import read_private, write_private
 from hacore.errors import HacoreError
 
@@ -42,10 +44,25 @@ class Profile:
     password: str = attrs.field(repr=False)
     #: node name -> API URL; the last known active first
     nodes: tuple[tuple[str, str], ...] = ()
+    #: the cluster CA's certificate (PEM): HTTPS URLs are verified against it alone
+    ca_certificate: str | None = None
 
     @property
     def auth(self) -> tuple[str, str]:
         return (self.username, self.password)
+
+    def verify(self) -> Verify:
+        """How clients check the nodes: the cluster CA with hostname checks; without one (a
+        profile written before TLS, or a cluster without it) the system's trust store."""
+        if self.ca_certificate is None:
+            return True
+        cert = pki.pem.parse_certificate(
+            self.ca_certificate.encode("ascii", errors="replace"), "the CLI profile's CA"
+        )
+        return pki.ssl_client_context(cert)
+
+    def client(self, url: str, timeout: float) -> ApiClient:
+        return ApiClient(url, self.auth, timeout=timeout, verify=self.verify())
 
     def urls(self) -> list[str]:
         return list(dict.fromkeys(url for _, url in self.nodes))
@@ -62,6 +79,7 @@ class Profile:
             "username": self.username,
             "password": self.password,
             "nodes": [{"name": n, "api_url": u} for n, u in self.nodes],
+            "ca_certificate": self.ca_certificate,
         }
 
     @classmethod
@@ -71,7 +89,12 @@ class Profile:
             username=str(data["username"]),
             password=str(data["password"]),
             nodes=tuple((str(n["name"]), str(n["api_url"])) for n in data.get("nodes", [])),
+            ca_certificate=_optional_text(data.get("ca_certificate")),
         )
+
+
+def _optional_text(value: object) -> str | None:
+    return str(value) if value else None
 
 
 def load_profile(path: Path) -> Profile | None:
@@ -104,7 +127,7 @@ def active_client(profile: Profile, timeout: float = PROBE_TIMEOUT) -> ApiClient
     """A client for the active node among the profile's nodes."""
     if not profile.nodes:
         raise HacoreError("the CLI profile lists no node")
-    return find_active(profile.urls(), profile.auth, timeout=timeout)
+    return find_active(profile.urls(), profile.auth, timeout=timeout, verify=profile.verify())
 
 
 def members_of(cluster: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -71,10 +71,15 @@ class JoinCommand:
 
     node: NodeRequest
     active: str
+    #: how the joiner recognises the cluster's CA (TLS): its fingerprint, or the certificate
+    ca_fingerprint: str | None = None
+    ca_certificate: str | None = None
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> JoinCommand:
         return cls(
             NodeRequest.parse(body),
             _required_text(body, "active", "the active node's address (host[:port])"),
+            ca_fingerprint=_optional_text(body, "ca_fingerprint"),
+            ca_certificate=_optional_text(body, "ca_certificate"),
         )

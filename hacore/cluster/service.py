@@ -30,6 +30,7 @@ from typing import Any
 
 import attrs
 
+from hacore import pki
 from hacore.agent.execute import ReplicationCredentials
 from hacore.agent.runtime import Agent
 from hacore.agent.state import NodeState
@@ -37,13 +38,14 @@ from hacore.agent.support import build_backends
 from hacore.api.auth import hash_password
 from hacore.api.errors import BadRequestError, ConflictError, UnavailableError
 from hacore.api.facade import NodeSnapshot
-from hacore.api.server import ApiServer
+from hacore.api.server import ApiServer, PlainHttp
 from hacore.cluster import join as joining
 from hacore.cluster import start as starting
+from hacore.cluster import tls as node_tls
 from hacore.cluster.follow import human_bytes
 from hacore.cluster.grant import cancel_join, collect_stale_joins, grant_ticket
-from hacore.cluster.local import api_url, new_token, remove_token
-from hacore.cluster.parts import local_parts
+from hacore.cluster.local import new_token, remove_token
+from hacore.cluster.parts import LocalParts, local_parts
 from hacore.cluster.pending import STALE_AFTER, pending_joins, pending_key
 from hacore.cluster.progress import Progress
 from hacore.cluster.record import ClusterRecord, reported_version
@@ -114,6 +116,8 @@ class NodeService:
                 _, self._bootstrap = new_token(self.data_dir)
             if state is not None:
                 self.config = self._effective(state.overrides)
+            if state is not None and state.phase is Phase.MEMBER and self.config.tls.enabled:
+                node_tls.ensure_node_material(self.config, self.tls_hosts())
             self._listen()
             if state is None:
                 log.info(
@@ -126,7 +130,7 @@ class NodeService:
             elif state.phase is Phase.JOINING:
                 log.info("resuming the join of cluster %s", state.record.name)
                 self.progress = Progress("join", joining.STEPS)
-                for step in ("ticket", "store"):
+                for step in ("ticket", "ca", "store"):
                     self.progress.finish(step)
                 self.make_agent()
                 self.start_agent()
@@ -144,7 +148,7 @@ class NodeService:
             agent.stop(resign=True, timeout=60.0)
         if state is not None and state.phase is not Phase.REMOVED:
             with contextlib.suppress(HacoreError):
-                local_parts(self.config, self.plugins).replication.stop()
+                self.parts().replication.stop()
         if agent is not None:
             with contextlib.suppress(Exception):
                 agent.consensus.close()
@@ -185,7 +189,42 @@ class NodeService:
 
     @property
     def api_url(self) -> str:
-        return api_url(f"{self.config.node.host}:{self.base.node.api_port}")
+        address = f"{self.config.node.host}:{self.base.node.api_port}"
+        return joining.with_scheme(address, self.config.tls.enabled)
+
+    # -- TLS ---------------------------------------------------------------------------------
+
+    def parts(self) -> LocalParts:
+        """The node's database and store server in the configuration in force."""
+        return local_parts(self.config, self.plugins, node_tls.tls_files(self.config))
+
+    def tls_hosts(self) -> tuple[str, ...]:
+        """What the node certificate names: the advertised address, the one node.yaml
+        listens on (the local CLI uses it), loopback."""
+        return node_tls.node_hosts(self.config, (self.base.node.host,))
+
+    def secure(self) -> str:
+        """Once the node has the cluster CA: its certificate covers every address it is
+        reached at, and the API serves TLS. What the progress shows."""
+        if not self.config.tls.enabled:
+            return "none: tls.enabled is false"
+        node = node_tls.ensure_node_material(self.config, self.tls_hosts())
+        with self._lock:
+            self._listen()
+        return f"fingerprint {pki.fingerprint(pki.load_ca_certificate(node.ca_file))}"
+
+    def cluster_ca(self) -> dict[str, Any] | None:
+        """``GET /cluster/ca``: the CA certificate this node trusts (public material)."""
+        pem = node_tls.ca_certificate_pem(self.data_dir) if self.config.tls.enabled else None
+        if pem is None:
+            return None
+        cert = pki.load_ca_certificate(node_tls.ca_cert_file(self.data_dir))
+        state = self._state
+        return {
+            "cluster": state.record.name if state else None,
+            "fingerprint": pki.fingerprint(cert),
+            "ca_certificate": pem,
+        }
 
     def _api_settings(self) -> ApiSettings:
         state = self._state
@@ -197,8 +236,16 @@ class NodeService:
 
     def _listen(self) -> None:
         """The API on node.yaml's address and, if start/join changed it, the new one too
-        (when it is an address of this machine: behind NAT it is only advertised)."""
+        (when it is an address of this machine: behind NAT it is only advertised).
+
+        With TLS material the API serves HTTPS; plain HTTP on the same port serves everything
+        while a start or join runs (the local CLI switches once it sees the CA file), and
+        only the load-balancer probes once the node is a member (docs/security.md)."""
         settings = self._api_settings()
+        state = self._state
+        context = node_tls.server_context(self.data_dir) if self.config.tls.enabled else None
+        bootstrap = state is None or state.phase in (Phase.STARTING, Phase.JOINING)
+        plain = PlainHttp.ALL if bootstrap else PlainHttp.PROBES
         base = self.base.node.host
         for host in dict.fromkeys((base, self.config.node.host)):
             server = self._servers.get(host)
@@ -212,6 +259,7 @@ class NodeService:
                     continue
                 self._servers[host] = server.start()
             server.set_settings(settings)
+            server.set_tls(context, plain)
 
     # -- the agent ---------------------------------------------------------------------------
 
@@ -221,7 +269,7 @@ class NodeService:
         from hacore.cluster.clone_progress import reporting_clones
 
         state = self.require_state()
-        backends = build_backends(self.config, self.plugins)
+        backends = build_backends(self.config, self.plugins, node_tls.tls_files(self.config))
         backends = attrs.evolve(
             backends, replication=reporting_clones(backends.replication, self._clone_progress)
         )
@@ -262,8 +310,9 @@ class NodeService:
             self._listen()
 
     def _reset_files(self, config: NodeConfig) -> None:
-        parts = local_parts(config, self.plugins)
+        parts = local_parts(config, self.plugins, node_tls.tls_files(config))
         parts.wipe_store()
+        node_tls.remove_material(self.data_dir)
         self.states.remove()
 
     # -- the monitor -------------------------------------------------------------------------
@@ -335,7 +384,7 @@ class NodeService:
         )
         agent.stop(resign=True, timeout=60.0)
         with contextlib.suppress(HacoreError):
-            local_parts(self.config, self.plugins).stop()
+            self.parts().stop()
         with self._lock:
             self.agent = None
             self.save(state.with_phase(Phase.REMOVED))
@@ -386,6 +435,8 @@ class NodeService:
             }
         data["node"] = self.config.node.name
         data["phase"] = state.phase.value if state else "unconfigured"
+        ca = self.cluster_ca()
+        data["ca_fingerprint"] = ca["fingerprint"] if ca else None
         data["record"] = state.record.to_json() if state else None
         data["operation"] = progress.to_json() if progress else None
         return data
@@ -401,8 +452,10 @@ class NodeService:
             resumed = state is not None
             if state is None:
                 config = self._effective(request.overrides())
-                parts = local_parts(config, self.plugins)
+                parts = local_parts(config, self.plugins, node_tls.tls_files(config))
                 starting.check_startable(config, self.plugins, parts)
+                # material of unknown origin (no cluster.json claims it): a new start, a new CA
+                node_tls.remove_material(self.data_dir)
                 state = ClusterState(
                     phase=Phase.STARTING,
                     record=ClusterRecord.new(
@@ -430,8 +483,7 @@ class NodeService:
 
     def _begin_start(self) -> None:
         progress = self.progress = Progress("start", starting.STEPS)
-        parts = local_parts(self.config, self.plugins)
-        self._background("start", lambda: starting.run_start(self, parts, progress), progress)
+        self._background("start", lambda: starting.run_start(self, progress), progress)
 
     def _background(self, what: str, work: Callable[[], None], progress: Progress) -> None:
         def run() -> None:
@@ -469,10 +521,14 @@ class NodeService:
                 raise ConflictError(f"a cluster {self.progress.operation} is already running here")
             overrides = command.node.overrides()
             config = self._effective(overrides)
-            parts = local_parts(config, self.plugins)
-            url = api_url(f"{config.node.host}:{self.base.node.api_port}")
+            tls = config.tls.enabled
+            parts = local_parts(config, self.plugins, node_tls.tls_files(config))
+            url = joining.with_scheme(f"{config.node.host}:{self.base.node.api_port}", tls)
+            ca = joining.trusted_ca(command, tls)
             client = joining.find_active(
-                command.active, (command.node.username, command.node.password)
+                joining.with_scheme(command.active, tls),
+                (command.node.username, command.node.password),
+                joining.pinned(ca),
             )
             try:
                 ticket = joining.ask_ticket(client, joining.join_request(config, parts, url))
@@ -480,6 +536,7 @@ class NodeService:
                 client.close()
                 raise
             try:
+                joining.check_ticket_ca(ticket, ca)
                 state = joining.joined_state(overrides, ticket, client.base_url)
                 self.config = self._effective(state.overrides)
                 self.save(state)
@@ -498,6 +555,7 @@ class NodeService:
             "active": ticket.active,
             "node": config.node.name,
             "members": [{"name": n, "api_url": u} for n, u in ticket.members],
+            "ca_fingerprint": pki.fingerprint(ca) if ca is not None else None,
         }
 
     def remove_node(self, name: str) -> dict[str, Any]:

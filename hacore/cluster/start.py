@@ -4,6 +4,8 @@ Checked before anything is written: the database is empty; a managed store has n
 an external store answers and holds no cluster under this namespace. Then, each step recorded
 in ``cluster.json`` so a restarted agent resumes at the first one not done:
 
+0. ca: the cluster's CA and this node's certificate (TLS); the API then serves HTTPS (kept
+   by a resumed start, so no step needs recording);
 1. store: bootstrap a one-member managed store (or use the external one);
 2. record: the cluster record in the store's ``config`` key (create-only);
 3. database: bootstrap the primary with the new replication password;
@@ -24,6 +26,7 @@ from hacore.cluster.parts import LocalParts
 from hacore.cluster.progress import Progress
 from hacore.cluster.record import ClusterRecord
 from hacore.cluster.state import Step
+from hacore.cluster.tls import create_cluster_ca
 from hacore.config import NodeConfig
 from hacore.consensus import CONFIG_KEY, ConsensusBackend
 from hacore.errors import HacoreError
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STEPS = (
+    ("ca", "cluster CA"),
     ("store", "consensus store"),
     ("record", "cluster record"),
     ("database", "database"),
@@ -88,10 +92,15 @@ def _external_store(config: NodeConfig, plugins: HacorePlugins) -> ConsensusBack
     )
 
 
-def run_start(node: NodeService, parts: LocalParts, progress: Progress) -> None:
-    """Steps 1-5; the service's monitor completes the operation once the node is active."""
+def run_start(node: NodeService, progress: Progress) -> None:
+    """Steps 0-5; the service's monitor completes the operation once the node is active."""
     state = node.require_state()
     config = node.config
+    progress.begin("ca")
+    if config.tls.enabled:
+        create_cluster_ca(config, node.tls_hosts())
+    progress.finish("ca", node.secure())
+    parts = node.parts()
     progress.begin("store")
     store = parts.store
     if store is None:

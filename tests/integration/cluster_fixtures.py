@@ -2,7 +2,9 @@
 
 Each node has its own data directory (under a root the ``postgres`` user may enter), API
 port, PostgreSQL port and managed store ports, all free loopback ports. The CLI runs in this
-process (click's runner) against those services over HTTP, with its profile in the root.
+process (click's runner) against those services, with its profile in the root. Nodes run with
+TLS (the default): the tests probe them in plain HTTP as a load balancer does, and read the
+cluster view over HTTPS, trusting the cluster CA alone.
 
 Every process is stopped by pid: the service by its ServerProcess; what it may leave behind
 (after a SIGKILL) by the pid files in its data directory: the postmaster and its children,
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
 import signal
+import ssl
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +30,7 @@ import psycopg
 import yaml
 from click.testing import CliRunner, Result
 
+from hacore import pki
 from hacore.cli import cli
 from hacore.testing.procs import (
     ServerProcess,
@@ -78,6 +83,8 @@ class Node:
     backend: str
     namespace: str
     env: dict[str, str] = attrs.field(factory=dict)
+    #: more top-level sections of node.yaml (``tls: {enabled: false}``...)
+    extra: dict[str, Any] = attrs.field(factory=dict)
     api_port: int = attrs.field(factory=free_port)
     pg_port: int = attrs.field(factory=free_port)
     store: dict[str, int] = attrs.field(factory=dict)
@@ -98,7 +105,20 @@ class Node:
 
     @property
     def url(self) -> str:
+        """The API over HTTPS (a member with TLS); :meth:`ca_context` verifies it."""
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def plain_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.data_dir / "pki" / "node" / "ca.crt"
+
+    def ca_context(self) -> ssl.SSLContext:
+        """A client context that trusts only the CA this node holds, hostname checked."""
+        return pki.ssl_client_context(pki.load_ca_certificate(self.ca_file))
 
     @property
     def address(self) -> str:
@@ -125,6 +145,7 @@ class Node:
                 "port": self.pg_port,
                 "parameters": PG_PARAMETERS,
             },
+            **self.extra,
         }
         self.config_path.write_text(yaml.safe_dump(raw))
 
@@ -143,9 +164,10 @@ class Node:
         return self.probe() is not None
 
     def probe(self, path: str = "/status") -> dict[str, Any] | None:
-        """The probe's JSON (200 or 503), None when the service does not answer."""
+        """The probe's JSON (200 or 503) in plain HTTP, as a load balancer asks; None when the
+        service does not answer."""
         try:
-            resp = httpx.get(self.url + path, timeout=3.0)
+            resp = httpx.get(self.plain_url + path, timeout=3.0)
         except httpx.HTTPError:
             return None
         data = resp.json()
@@ -153,7 +175,7 @@ class Node:
         return data
 
     def cluster(self, auth: tuple[str, str]) -> dict[str, Any]:
-        resp = httpx.get(self.url + "/cluster", auth=auth, timeout=10.0)
+        resp = httpx.get(self.url + "/cluster", auth=auth, timeout=10.0, verify=self.ca_context())
         resp.raise_for_status()
         data: dict[str, Any] = resp.json()
         return data
@@ -209,16 +231,19 @@ class CliCluster:
         self.profile = root / "profile.json"
         self.nodes: dict[str, Node] = {}
         self.outputs: dict[str, str] = {}
+        #: what cluster start printed for joiners
+        self.ca_fingerprint = ""
 
-    def add(self, name: str, env: dict[str, str] | None = None) -> Node:
-        node = Node(name, self.root, self.backend, self.namespace, env=env or {})
+    def add(
+        self, name: str, env: dict[str, str] | None = None, extra: dict[str, Any] | None = None
+    ) -> Node:
+        node = Node(name, self.root, self.backend, self.namespace, env=env or {}, extra=extra or {})
         self.nodes[name] = node
         return node.start()
 
-    def cli(self, *args: str, code: int | None = 0) -> Result:
-        result = CliRunner().invoke(
-            cli, list(args), env={"HACORE_PROFILE": str(self.profile)}, catch_exceptions=False
-        )
+    def cli(self, *args: str, code: int | None = 0, env: dict[str, str] | None = None) -> Result:
+        env = {"HACORE_PROFILE": str(self.profile), **(env or {})}
+        result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
         if code is not None:
             assert result.exit_code == code, (
                 f"hacore {' '.join(args)} exited {result.exit_code}, not {code}:\n{result.output}"
@@ -248,16 +273,26 @@ class CliCluster:
                 node.cleanup()
 
 
-def formed_cluster(backend: str) -> Iterator[CliCluster]:
-    """Body of a fixture: n1 starts the cluster, n2 and n3 join it, all through the CLI."""
+def formed_cluster(backend: str, *, start_json: bool = False) -> Iterator[CliCluster]:
+    """Body of a fixture: n1 starts the cluster, n2 and n3 join it, all through the CLI.
+
+    ``start_json``: ``cluster start --json``, whose answer is kept in ``outputs["start"]``
+    too; else the human output, from which the CA fingerprint is read as an operator would.
+    """
     import shutil
 
     cluster = CliCluster(make_root(), backend)
     try:
         first = cluster.add("n1")
-        cluster.outputs["start"] = cluster.cli(
-            "cluster", "start", "-c", str(first.config_path), "--timeout", str(WAIT)
-        ).output
+        start = ["cluster", "start", "-c", str(first.config_path), "--timeout", str(WAIT)]
+        out = cluster.cli(*start, *(["--json"] if start_json else []))
+        cluster.outputs["start"] = out.output
+        if start_json:
+            cluster.ca_fingerprint = json.loads(out.stdout)["ca_fingerprint"]
+        else:
+            found = re.search(r"cluster CA fingerprint \(SHA-256\): ([0-9A-F:]+)", out.output)
+            assert found, out.output
+            cluster.ca_fingerprint = found.group(1)
         for name in ("n2", "n3"):
             node = cluster.add(name)
             cluster.outputs[f"join {name}"] = cluster.cli(
@@ -268,6 +303,8 @@ def formed_cluster(backend: str) -> Iterator[CliCluster]:
                 str(node.config_path),
                 "--node-name",
                 name,
+                "--ca-fingerprint",
+                cluster.ca_fingerprint,
                 "--timeout",
                 str(WAIT),
             ).output

@@ -109,8 +109,10 @@ def test_start_and_two_joins_make_one_active_and_two_streaming_standbys(
     profile = json.loads(formed.profile.read_text())
     assert profile["nodes"][0]["name"] == "n1"
     assert {n["name"] for n in profile["nodes"]} == {"n1", "n2", "n3"}
-    assert httpx.get(n1.url + "/cluster", timeout=5).status_code == 401
-    assert httpx.get(n1.url + "/cluster", auth=("admin", "wrong"), timeout=5).status_code == 401
+    tls = n1.ca_context()
+    assert httpx.get(n1.url + "/cluster", timeout=5, verify=tls).status_code == 401
+    wrong = ("admin", "wrong")
+    assert httpx.get(n1.url + "/cluster", auth=wrong, timeout=5, verify=tls).status_code == 401
 
 
 def test_join_refusals_change_nothing(formed: CliCluster) -> None:

@@ -943,13 +943,24 @@ def test_docs_hold_both_haproxy_variants() -> None:
     assert f'hdr Authorization "{expected}"' in configs[1]
 
 
+def _cluster_pki(tmp_path: Path) -> tuple[Any, Any]:
+    """A hacore cluster CA and one node certificate for 127.0.0.1, as agents have them."""
+    from hacore import pki
+
+    ca = pki.create_ca("haproxy", tmp_path / "ca")
+    return ca, pki.issue_node_certificate(ca, "n", ["127.0.0.1"], tmp_path / "node")
+
+
 @needs_haproxy
 @pytest.mark.parametrize("index", [0, 1])
 def test_documented_haproxy_config_is_valid(tmp_path: Path, index: int) -> None:
     import subprocess
 
+    ca, _ = _cluster_pki(tmp_path)
+    config = _doc_configs()[index]
+    assert "check-ssl verify required ca-file /etc/hacore/ca.crt" in config
     path = tmp_path / "haproxy.cfg"
-    path.write_text(_doc_configs()[index])
+    path.write_text(config.replace("/etc/hacore/ca.crt", str(ca.cert_file)))
     result = subprocess.run(
         [str(HAPROXY), "-c", "-f", str(path)], capture_output=True, text=True, timeout=60
     )
@@ -958,19 +969,32 @@ def test_documented_haproxy_config_is_valid(tmp_path: Path, index: int) -> None:
 
 @needs_haproxy
 def test_haproxy_sends_traffic_to_the_active_only(tmp_path: Path) -> None:
-    """The documented authenticated check, run by a real HAProxy against two agents whose roles
-    are then swapped. Traffic is routed to the agents' own API ports, so each answer names the
-    node that got it."""
+    """The documented authenticated check over TLS, run by a real HAProxy against two agents
+    whose roles are then swapped. Traffic (TLS, passed through) is routed to the agents' own
+    API ports, so each answer names the node that got it."""
+    from hacore import pki
+    from hacore.api.server import PlainHttp
+
     settings = ApiSettings(
         auth=ApiAuth("admin", hash_password("the-api-password", iterations=1000)),
         status_requires_auth=True,
     )
-    one = _start(active_snapshot("n1"), settings)
-    two = _start(standby_snapshot("n2", leader="n1"), settings)
+    ca, cert = _cluster_pki(tmp_path)
+    tls: dict[str, Any] = {
+        "ssl_context": pki.ssl_server_context(cert, ca, require_client_cert=False),
+        "plain": PlainHttp.PROBES,
+    }
+    one = _start(active_snapshot("n1"), settings, **tls)
+    two = _start(standby_snapshot("n2", leader="n1"), settings, **tls)
     front = free_port()
     config = _doc_configs()[1]
     config = config.replace("bind :443", f"bind 127.0.0.1:{front}")
-    config = re.sub(r"default-server .*", "default-server inter 200ms rise 2 fall 2", config)
+    config = re.sub(
+        r"default-server .*",
+        "default-server inter 200ms rise 2 fall 2 check-ssl verify required "
+        f"ca-file {ca.cert_file}",
+        config,
+    )
     config = re.sub(r"\n    server node3 .*", "", config)
     for name, node in (("node1", one), ("node2", two)):
         config = re.sub(
@@ -981,8 +1005,12 @@ def test_haproxy_sends_traffic_to_the_active_only(tmp_path: Path) -> None:
         "haproxy", [str(HAPROXY), "-db", "-f", str(tmp_path / "haproxy.cfg")], tmp_path / "log"
     ).start()
 
+    client_tls = pki.ssl_client_context(ca)
+
     def routed_to() -> str:
-        resp = httpx.get(f"http://127.0.0.1:{front}/status", auth=AUTH, timeout=5)
+        resp = httpx.get(
+            f"https://127.0.0.1:{front}/status", auth=AUTH, timeout=5, verify=client_tls
+        )
         return str(resp.json()["node"])
 
     def only(name: str) -> bool:
