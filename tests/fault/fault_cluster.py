@@ -1,0 +1,360 @@
+"""A real 3-node cluster whose nodes are network namespaces, for the fault tests.
+
+Each node is a ``hacore agent run -c node.yaml`` process started inside its host's namespace
+(``ip netns exec``); the agent starts the node's PostgreSQL and managed etcd member, which
+inherit the namespace, so cutting the host's network cuts all three. Every host has its own
+port space, so the nodes use the usual ports (API 8008, PostgreSQL 5432, etcd 2379/2380) on
+their own private address, as on real machines. The cluster is formed with the real CLI
+(``cluster start``, ``cluster join``) from the root namespace, which reaches every host through
+the bridge.
+
+The checker's clients reach each database through its Unix socket: a socket file is not in
+any network namespace, so they play the manager's own services, which run on the node and
+write locally whatever the network does. (Over TCP only the members' own addresses may log in:
+see docs/postgresql.md, access rules.)
+
+``tls: {enabled: false}``: these tests are about the network, and stay independent of the
+TLS work in progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import psycopg
+import yaml
+from click.testing import CliRunner, Result
+
+from hacore.cli import cli
+from hacore.testing import checker
+from hacore.testing.netns import Host, Network
+from hacore.testing.procs import ServerProcess, kill_with_children, pid_alive, wait_for
+
+TIMING = {"ttl": 6.0, "loop_wait": 1.0, "retry_timeout": 1.0, "safety_margin": 1.5}
+PG_PARAMETERS = {"shared_buffers": "16MB", "max_connections": 30, "fsync": "off"}
+API_PORT, PG_PORT, CLIENT_PORT, PEER_PORT = 8008, 5432, 2379, 2380
+#: generous: a busy two-core machine runs other engineers' servers too
+WAIT = 150.0
+#: one line per scenario, printed at the end of the run (conftest's terminal summary)
+VERDICTS: list[str] = []
+HACORE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "hacore")
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        first = path.read_text().split("\n", 1)[0].strip()
+    except OSError:
+        return None
+    return int(first) if first.isdigit() and pid_alive(int(first)) else None
+
+
+@attrs.define
+class FaultNode:
+    name: str
+    host: Host
+    root: Path
+    namespace: str
+    proc: ServerProcess | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / f"{self.name}.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / f"{self.name}.log"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host.address}:{API_PORT}"
+
+    @property
+    def socket_dir(self) -> str:
+        return str(self.data_dir / "replication" / "run")
+
+    @property
+    def conninfo(self) -> str:
+        """Straight to this node's database through its Unix socket, as the superuser."""
+        return f"host={self.socket_dir} port={PG_PORT} user=postgres dbname=postgres"
+
+    def write_config(self) -> None:
+        raw = {
+            "cluster": {"name": "faulttest", "namespace": self.namespace},
+            "node": {
+                "name": self.name,
+                "host": self.host.address,
+                "api_port": API_PORT,
+                "data_dir": str(self.data_dir),
+            },
+            "timing": TIMING,
+            "checks": {"check_fail_fast": False},
+            "failover": {"synchronous_mode": "on"},
+            "consensus": {
+                "backend": "etcd",
+                "managed": True,
+                "client_port": CLIENT_PORT,
+                "peer_port": PEER_PORT,
+            },
+            "replication": {"backend": "postgresql", "port": PG_PORT, "parameters": PG_PARAMETERS},
+            "tls": {"enabled": False},
+        }
+        self.config_path.write_text(yaml.safe_dump(raw))
+
+    def launch(self) -> FaultNode:
+        """Start the agent service inside the host's namespace (not waiting for it)."""
+        self.write_config()
+        self.proc = ServerProcess(
+            f"agent {self.name}",
+            self.host.argv([HACORE, "agent", "run", "-c", str(self.config_path)]),
+            self.log_path,
+        ).start()
+        return self
+
+    def wait_up(self) -> None:
+        wait_for(
+            lambda: self.code() is not None, WAIT, interval=0.2, what=f"{self.name}'s agent API"
+        )
+
+    def code(self, path: str = "/status", timeout: float = 1.0) -> int | None:
+        """The probe's HTTP status, None when the agent does not answer (down or cut off)."""
+        try:
+            return httpx.get(f"http://{self.address}{path}", timeout=timeout).status_code
+        except httpx.HTTPError:
+            return None
+
+    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
+            return conn.execute(query, params).fetchall()
+
+    def replication(self) -> dict[str, tuple[str, str]]:
+        """On a primary: standby name -> (state, sync_state)."""
+        rows = self.sql("SELECT application_name, state, sync_state FROM pg_stat_replication")
+        return {name: (state, sync) for name, state, sync in rows}
+
+    def postmaster(self) -> int | None:
+        return _pid_in(self.data_dir / "replication" / "pgdata" / "postmaster.pid")
+
+    def store_server(self) -> int | None:
+        return _pid_in(self.data_dir / "store" / "etcd.pid")
+
+    def cleanup(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(signal.SIGTERM, timeout=60)
+        for pid in (self.postmaster(), self.store_server()):
+            if pid is not None:
+                with contextlib.suppress(Exception):
+                    kill_with_children(pid)
+
+
+class FaultCluster:
+    """Three nodes n1..n3 on the hosts of ``net``, and the CLI run against them."""
+
+    def __init__(self, net: Network) -> None:
+        self.net = net
+        self.root = Path(tempfile.mkdtemp(prefix="hacore-fault-"))
+        # pytest's temp dirs are 0700 root: the postgres user could not enter them.
+        self.root.chmod(0o755)
+        self.profile = self.root / "profile.json"
+        namespace = f"fault-{secrets.token_hex(4)}"
+        self.nodes = {
+            f"n{i + 1}": FaultNode(f"n{i + 1}", host, self.root, namespace)
+            for i, host in enumerate(net.hosts)
+        }
+
+    # -- forming and tearing down -------------------------------------------------------------
+
+    def form(self) -> FaultCluster:
+        first, *others = self.nodes.values()
+        for node in self.nodes.values():
+            node.launch()
+        for node in self.nodes.values():
+            node.wait_up()
+        self.cli("cluster", "start", "-c", str(first.config_path), "--timeout", str(WAIT))
+        for node in others:
+            self.cli(
+                "cluster", "join", first.address, "-c", str(node.config_path),
+                "--node-name", node.name, "--timeout", str(WAIT),
+            )  # fmt: skip
+        return self
+
+    def cleanup(self, keep_logs: Path | None = None) -> None:
+        # all at once: an active stopped alone would hand over to a standby about to stop
+        for node in self.nodes.values():
+            if node.proc is not None:
+                node.proc.send_signal(signal.SIGTERM)
+        for node in self.nodes.values():
+            with contextlib.suppress(Exception):
+                node.cleanup()
+        if keep_logs is not None:
+            keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in self.root.glob("*.log"):
+                shutil.copy(log, keep_logs / log.name)
+            for name in self.nodes:
+                for log, kind in (
+                    (self.root / name / "store" / "etcd.log", "etcd"),
+                    (self.root / name / "replication" / "log" / "postgresql.log", "postgresql"),
+                ):
+                    if log.exists():
+                        shutil.copy(log, keep_logs / f"{name}-{kind}.log")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def cli(self, *args: str) -> Result:
+        result = CliRunner().invoke(
+            cli, list(args), env={"HACORE_PROFILE": str(self.profile)}, catch_exceptions=False
+        )
+        assert result.exit_code == 0, (
+            f"hacore {' '.join(args)} exited {result.exit_code}:\n{result.output}"
+        )
+        return result
+
+    # -- observing ----------------------------------------------------------------------------
+
+    def codes(self, path: str) -> dict[str, int | None]:
+        return {name: node.code(path) for name, node in self.nodes.items()}
+
+    def codes_active(self) -> str:
+        """The one node answering /status 200 (AssertionError if not exactly one)."""
+        active = [name for name, code in self.codes("/status").items() if code == 200]
+        assert len(active) == 1, f"/status 200 on {active or 'no node'}"
+        return active[0]
+
+    def healthy(self) -> tuple[str, str] | None:
+        """(active, synchronous standby) when the cluster is whole: one node answers /status
+        200, the two others /standby 200, and the active's database streams to both, one of
+        them synchronous."""
+        status = self.codes("/status")
+        active = [name for name, code in status.items() if code == 200]
+        if len(active) != 1:
+            return None
+        node = self.nodes[active[0]]
+        others = [name for name in self.nodes if name != node.name]
+        if any(self.nodes[name].code("/standby") != 200 for name in others):
+            return None
+        streams = node.replication()
+        if any(streams.get(name, ("", ""))[0] != "streaming" for name in others):
+            return None
+        sync = [name for name, (_, state) in streams.items() if state in ("sync", "quorum")]
+        return (node.name, sync[0]) if len(sync) == 1 else None
+
+    def wait_healthy(self, timeout: float = WAIT, steady: float = 2.0) -> tuple[str, str]:
+        """Wait until :meth:`healthy` gives the same answer for ``steady`` seconds: right
+        after a change the active may still be choosing its synchronous standby."""
+        first: list[Any] = [None, 0.0]
+
+        def stable() -> tuple[str, str] | None:
+            now = self.healthy()
+            if now is None or now != first[0]:
+                first[:] = [now, time.monotonic()]
+                return None
+            return now if time.monotonic() - first[1] >= steady else None
+
+        found = wait_for(stable, timeout, interval=0.5, what="one active, two standbys")
+        assert isinstance(found, tuple)
+        return found
+
+    def log_tails(self, lines: int = 40) -> str:
+        parts = []
+        for node in self.nodes.values():
+            if node.proc is not None:
+                parts.append(f"--- {node.name}\n{node.proc.log_tail(lines)}")
+        return "\n".join(parts)
+
+    # -- the checker ------------------------------------------------------------------------
+
+    def writer_conninfo(self) -> str:
+        nodes = list(self.nodes.values())
+        hosts = ",".join(node.socket_dir for node in nodes)
+        ports = ",".join(str(PG_PORT) for _ in nodes)
+        return f"host={hosts} port={ports} user=postgres dbname=postgres"
+
+    @contextlib.contextmanager
+    def witnesses(self, run: str) -> Iterator[Witnesses]:
+        """A writer and a poller running for the block (stopped even when it fails)."""
+        name, sync = self.wait_healthy()
+        active = self.nodes[name]
+        checker.prepare(active.conninfo)
+        writer = checker.Writer(
+            self.writer_conninfo(),
+            {node.socket_dir: name for name, node in self.nodes.items()},
+            run=run,
+        ).start()
+        poller = checker.Poller({name: n.conninfo for name, n in self.nodes.items()}).start()
+        try:
+            yield Witnesses(writer, poller, active, self.nodes[sync])
+        finally:
+            writer.stop()
+            poller.stop()
+
+
+@attrs.define
+class Witnesses:
+    writer: checker.Writer
+    poller: checker.Poller
+    active: FaultNode
+    #: the active's synchronous standby when the witnesses started
+    sync: FaultNode
+
+    def acks_on(self, node: str, after: float = 0.0) -> int:
+        return sum(1 for a in self.writer.acks() if a.node == node and a.at > after)
+
+    def wait_acks(self, node: str, count: int, after: float = 0.0, timeout: float = WAIT) -> None:
+        wait_for(
+            lambda: self.acks_on(node, after) >= count,
+            timeout,
+            interval=0.1,
+            what=f"{count} writes acknowledged by {node}",
+        )
+
+    def state(self, node: str) -> str | None:
+        sample = self.poller.latest(node)
+        return None if sample is None else sample.state
+
+    def acking_other_than(self, node: str, after: float) -> str | None:
+        """A node other than ``node`` seen acknowledging a probe write since ``after``."""
+        for name, rows in self.poller.samples().items():
+            if name != node and any(s.state == checker.ACKS and s.start > after for s in rows):
+                return name
+        return None
+
+    def wait_not_writable(self, node: str, after: float, timeout: float = WAIT) -> float:
+        """When ``node`` was first seen not taking writes after ``after``."""
+
+        def seen() -> float | None:
+            rows = self.poller.samples()[node]
+            return next((s.end for s in rows if s.start > after and not s.writable), None)
+
+        found = wait_for(seen, timeout, interval=0.1, what=f"{node} to stop taking writes")
+        assert isinstance(found, float)
+        return found
+
+
+def ids_everywhere(cluster: FaultCluster, run: str, ids: set[int]) -> dict[str, int]:
+    """How many of ``ids`` each node holds (standbys once they replayed)."""
+    return {
+        name: len(checker.present_ids(node.conninfo, run, ids))
+        for name, node in cluster.nodes.items()
+    }
+
+
+def settle(seconds: float) -> None:
+    """Let the witnesses record a stretch of normal operation."""
+    time.sleep(seconds)
+
+
+def dump(verdict: checker.Verdict) -> str:
+    return json.dumps(attrs.asdict(verdict), default=str)
