@@ -93,6 +93,8 @@ def etcd_argv(
         "--initial-cluster-state", state,
         "--heartbeat-interval", str(heartbeat_ms),
         "--election-timeout", str(election_ms),
+        # a member cut off from the leader must not raise the term and depose it on return
+        "--pre-vote=true",
         "--auto-compaction-mode", "periodic",
         "--auto-compaction-retention", "1h",
         *(tls_argv(tls) if tls else []),

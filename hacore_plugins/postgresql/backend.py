@@ -63,6 +63,11 @@ _DIVERGED = (
 )
 
 
+#: seconds a call made on the agent's loop (start, follow) waits for the leader's database;
+#: libpq's minimum is 2
+ON_LOOP_CONNECT_TIMEOUT = 3
+
+
 class PostgresReplication(PrimaryDuties, SourceAccess):
     """The backend registered as ``postgresql``; ``tls=None`` runs plain, as before TLS."""
 
@@ -254,7 +259,7 @@ class PostgresReplication(PrimaryDuties, SourceAccess):
         if follow is not None:
             self._refuse_if_was_primary(state, follow)
             try:
-                self._ensure_source_slot(follow)
+                self._ensure_source_slot(follow, timeout=ON_LOOP_CONNECT_TIMEOUT)
             except ReplicationError as err:
                 # The standby retries by itself; the next follow() creates the slot.
                 log.warning("%s: starting without a slot on the leader: %s", self.node_name, err)
@@ -275,7 +280,12 @@ class PostgresReplication(PrimaryDuties, SourceAccess):
             raise ReplicationError(f"{self.node_name} has no database: clone it first")
         state = self._state()
         self._refuse_if_was_primary(state, source)
-        self._ensure_source_slot(source)
+        try:
+            self._ensure_source_slot(source, timeout=ON_LOOP_CONNECT_TIMEOUT)
+        except ReplicationError as err:
+            # follow() runs on the agent's loop: an unreachable leader must not hold it for
+            # long; the standby connects by itself and a later follow() makes the slot.
+            log.warning("%s: following without a slot on the leader: %s", self.node_name, err)
         self._remember_password(source)
         new = self._pointed_at(state, source)
         changed = new.upstream != state.upstream or not self.layout.standby_signal.exists()

@@ -11,7 +11,7 @@ import psycopg
 from hacore.errors import ReplicationError
 from hacore_plugins.postgresql.config_files import NO_STANDBY, quorum, slot_name
 from hacore_plugins.postgresql.node import NODE_NAME, PgNode, check_hosts, one
-from hacore_plugins.postgresql.sql import drop_slot
+from hacore_plugins.postgresql.sql import STANDBY_STATE, drop_slot
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ class PrimaryDuties(PgNode):
             streaming = {
                 r[0]
                 for r in conn.execute(
-                    "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'"
+                    f"SELECT r.application_name FROM pg_stat_replication r "
+                    f"WHERE {STANDBY_STATE} = 'streaming'"
                 )
             }
         names = list(dict.fromkeys(standbys))

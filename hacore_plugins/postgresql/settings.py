@@ -76,6 +76,8 @@ DEFAULT_PARAMETERS: Mapping[str, str] = {
     "wal_keep_size": "256MB",
     "recovery_target_timeline": "latest",
     "password_encryption": "scram-sha-256",
+    # a standby's silence is noticed within seconds (sql.STANDBY_SILENCE_S)
+    "wal_receiver_status_interval": "1s",
 }
 
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")

@@ -100,9 +100,11 @@ class SourceAccess(PgNode):
     def _connect_source(self, source: ReplicationSource, *, timeout: int = 10) -> Conn:
         return connect_source(source, self.config.database, timeout=timeout, tls=self.tls)
 
-    def _ensure_source_slot(self, source: ReplicationSource, *, fresh: bool = False) -> bool:
+    def _ensure_source_slot(
+        self, source: ReplicationSource, *, fresh: bool = False, timeout: int = 10
+    ) -> bool:
         """Create this node's slot on ``source``; also proves the credentials work."""
-        with self._connect_source(source) as conn:
+        with self._connect_source(source, timeout=timeout) as conn:
             try:
                 return ensure_slot(conn, slot_name(self.node_name), fresh=fresh)
             except psycopg.Error as err:

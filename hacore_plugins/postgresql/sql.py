@@ -39,6 +39,18 @@ CREATE TABLE IF NOT EXISTS hacore.leadership (
     recorded_at timestamptz NOT NULL DEFAULT now()
 )"""
 
+#: A standby that has not replied for this long is not counted as streaming, though its
+#: walsender still says so (until wal_sender_timeout, 60 s): one cut off silently must not
+#: stay the synchronous standby and hold every commit. Standbys reply every second
+#: (``wal_receiver_status_interval`` in the plugin's defaults).
+STANDBY_SILENCE_S = 4
+
+#: ``pg_stat_replication r``'s state, with a silent standby's shown as "silent".
+STANDBY_STATE = (
+    "CASE WHEN r.state = 'streaming' AND r.reply_time < now() - "
+    f"interval '{STANDBY_SILENCE_S} seconds' THEN 'silent' ELSE r.state END"
+)
+
 #: Everything ``status`` reports, in one statement (one round trip).
 STATUS = """
 SELECT pg_is_in_recovery(),
@@ -51,13 +63,13 @@ SELECT pg_is_in_recovery(),
        (SELECT timeline_id FROM pg_control_checkpoint()),
        w.received_tli, w.sender_host, w.sender_port, w.status,
        (SELECT coalesce(json_agg(json_build_object(
-                   'name', r.application_name, 'state', r.state, 'sync_state', r.sync_state,
+                   'name', r.application_name, 'state', {state}, 'sync_state', r.sync_state,
                    'lag', (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
                                 ELSE pg_current_wal_lsn() END) - r.replay_lsn)
                    ORDER BY r.application_name), '[]'::json)
           FROM pg_stat_replication r)
   FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver w ON true
-"""
+""".replace("{state}", STANDBY_STATE)
 
 
 def connect_local(

@@ -127,16 +127,6 @@ HOLD = STALL_BOUND + 2.0
 @pytest.mark.parametrize(
     "ports", [pytest.param((), id="all-traffic"), pytest.param((PG_PORT,), id="database-only")]
 )
-# Only the availability bound is expected to fail (WritesStalled); a safety failure is a
-# failure. Not strict: whether the stall shows depends on which etcd member leads.
-@pytest.mark.xfail(
-    raises=WritesStalled,
-    strict=False,
-    reason="known: a standby cut off silently stays the synchronous standby until "
-    "PostgreSQL's wal_sender_timeout (60 s) unless its store session expires, so commits "
-    "wait; the heal may also depose the etcd leader (etcd runs without --pre-vote) and make "
-    "the active fence itself for a few seconds",
-)
 def test_cutting_the_active_from_its_synchronous_standby_keeps_one_writer(
     cluster: FaultCluster, ports: tuple[int, ...]
 ) -> None:
