@@ -59,7 +59,7 @@ class Pending:
 
 class RsyncFilesync(FilesyncBackend):
     """Settings (all optional): ``port`` (8873, the daemon's, on ``host``), ``interval``
-    (30 s between pulls), ``password`` (the same on every node; without it anyone who can
+    (2 s between pulls), ``password`` (the same on every node; without it anyone who can
     reach the port reads the files), ``io_timeout`` (60 s), ``start_timeout`` (10 s),
     ``binary``."""
 
@@ -112,6 +112,9 @@ class RsyncFilesync(FilesyncBackend):
 
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        # the daemon serves the directories as modules: one missing fails every pull
+        for directory in self.modules.values():
+            directory.mkdir(parents=True, exist_ok=True)
         if not self.daemon.running():
             if port_taken(self.host, self.config.port):
                 raise FilesyncError(

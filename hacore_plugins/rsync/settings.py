@@ -32,7 +32,7 @@ class RsyncSettings:
 
     binary: str = DEFAULT_BINARY
     port: int = 8873
-    interval: float = 30.0
+    interval: float = 2.0
     password: str | None = attrs.field(default=None, repr=False)
     io_timeout: int = 60
     start_timeout: float = 10.0
@@ -55,7 +55,7 @@ class RsyncSettings:
         return cls(
             binary=str(settings.get("binary", DEFAULT_BINARY)),
             port=int(port),
-            interval=_number(settings, "interval", 30.0, low=0.1),
+            interval=_number(settings, "interval", 2.0, low=0.1),
             password=password,
             io_timeout=int(_number(settings, "io_timeout", 60, low=1)),
             start_timeout=_number(settings, "start_timeout", 10.0, low=1),

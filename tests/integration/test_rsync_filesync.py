@@ -258,3 +258,28 @@ def test_an_unreachable_source_is_reported(roles: dict[str, Node]) -> None:
     finally:
         a.backend.start()
     assert b.backend.wait_in_sync(30).in_sync
+
+
+def test_a_source_whose_directory_does_not_exist_yet_serves_it_empty(tmp_path: Path) -> None:
+    """A fresh active may have no resources directory yet: its daemon must still serve the
+    module (rsync's "chdir failed" made every mirror's pull fail), and files written later
+    reach the mirror."""
+    src = make_node(tmp_path, "src")
+    dst = make_node(tmp_path, "dst")
+    shutil.rmtree(src.files)
+    try:
+        for node in (src, dst):
+            node.backend.start()
+        identities = {n.name: n.backend.identity() for n in (src, dst)}
+        for node in (src, dst):
+            node.backend.set_peers(identities)
+        src.backend.become_source()
+        dst.backend.become_mirror("src")
+        assert src.files.is_dir()
+        dst.backend.sync_now()
+        (src.files / "late.txt").write_text("written after the start\n")
+        dst.backend.sync_now()
+        assert (dst.files / "late.txt").read_text() == "written after the start\n"
+    finally:
+        for node in (src, dst):
+            node.backend.stop()
