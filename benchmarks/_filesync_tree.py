@@ -18,7 +18,7 @@ from hacore.testing.procs import ServerProcess, free_port, wait_for
 
 CHUNK = 4 * 1024 * 1024
 #: what an engine keeps in a synced directory besides the files (Syncthing's folder marker)
-ENGINE_FILES = frozenset({".stfolder"})
+ENGINE_FILES = frozenset({".stfolder", ".hacore-source"})
 
 
 @attrs.frozen

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 LOG_FILE = "syncthing.log"
 PID_FILE = "syncthing.pid"
 MARKER = ".stfolder"
+#: written by the source into each folder (:meth:`SyncthingFilesync._mark_source`)
+SOURCE_FILE = ".hacore-source"
 #: Syncthing environment: no hashing benchmark at start (1.4 s -> 0.5 s), no default folder
 #: seconds one scan may take (it hashes every changed file)
 SCAN_TIMEOUT = 600.0
@@ -327,11 +329,28 @@ class SyncthingFilesync(FilesyncBackend):
                 if types.get(folder) != SENDONLY:
                     self._set_type(api, folder, SENDONLY)
             self._role, self._source = Role.SOURCE, self.node_name
-            for folder in self.folders:
+            for folder, path in self.folders.items():
+                self._mark_source(path)
                 self._wait_running(api, folder)
                 self._scan(api, folder)
                 api.override(folder)
         log.info("syncthing: %s is the source of %s", self.node_name, ", ".join(self.folders))
+
+    def _mark_source(self, path: Path) -> None:
+        """Name this node in a file of the folder, so the source's index is never empty.
+
+        A mirror tells "the source's index has not arrived" from "the source has nothing" by
+        the source's sequence it knows: 0 until an index came. Syncthing does not index its
+        own ``.stfolder`` marker, so an empty folder would look like one never announced.
+        """
+        marker = path / SOURCE_FILE
+        text = f"{self.node_name}\n"
+        with contextlib.suppress(OSError):
+            if marker.read_text() == text:
+                return
+        tmp = path / f".{SOURCE_FILE}.tmp"
+        tmp.write_text(text)
+        tmp.replace(marker)
 
     def become_mirror(self, source: str) -> None:
         if source == self.node_name:
@@ -481,6 +500,9 @@ class SyncthingFilesync(FilesyncBackend):
         peer = self._peers.get(source or "")
         if peer is None or not connections.get(peer.device_id, {}).get("connected"):
             gaps.append(Gap(folder, "this node", 0, completion, f"is not connected to {source}"))
+        elif int(api.completion(folder, peer.device_id).get("sequence", 0)) == 0:
+            # Nothing announced yet reads as "nothing needed": not in sync (see _mark_source).
+            gaps.append(Gap(folder, "this node", 0, 0.0, f"has not received {source}'s index yet"))
         if need or items or completion < 100:
             gaps.append(
                 Gap(

@@ -480,3 +480,45 @@ def test_a_removed_peer_no_longer_receives_files(roles: Cluster) -> None:
     assert not roles["c"].path(name).exists()
     roles.set_all_peers()
     wait_content(roles["c"].path(name), "not for c")
+
+
+def test_a_new_mirror_is_not_in_sync_before_the_source_index_arrived(
+    roles: Cluster, tmp_path: Path
+) -> None:
+    """A joining mirror that is connected but has no index from the source yet knows of no
+    file, so it "needs" nothing: it must not say it is in sync (the join waits on it)."""
+    a = roles["a"]
+    name = unique("before-join")
+    a.path(name).write_text("held back")
+    a.backend.scan()
+    d = make_node(tmp_path, "d")
+    api = SyncthingApi(a.backend.api_url, st_home.api_key(a.backend.home), timeout=10)
+
+    def pause(paused: bool) -> None:
+        config = api.config()
+        for folder in config["folders"]:
+            if folder["id"] in a.backend.folders:
+                folder["paused"] = paused
+        api.put_config(config)
+
+    d.backend.start()
+    try:
+        peers = {**roles.identities(), "d": d.backend.identity()}
+        a.backend.set_peers(peers)
+        d.backend.set_peers(peers)
+        pause(True)  # a shares no index of its folder while paused
+        d.backend.become_mirror("a")
+        wait_for(
+            lambda: "not connected" not in d.backend.state().detail, 60, what="d connected to a"
+        )
+        time.sleep(2)  # time enough for an index, were one sent
+        state = d.backend.state()
+        assert not state.in_sync, state.detail
+        assert "has not received a's index yet" in state.detail
+        assert not d.path(name).exists()
+        pause(False)
+        assert d.backend.wait_in_sync(60).in_sync
+        assert d.path(name).read_text() == "held back"
+    finally:
+        pause(False)
+        d.backend.stop()
