@@ -96,6 +96,26 @@ def _lag_text(member: dict[str, Any]) -> str:
     return human_bytes(lag) if isinstance(lag, int) else "?"
 
 
+def _files_of(member: dict[str, Any]) -> dict[str, Any] | None:
+    files = (member.get("extra") or {}).get("files")
+    return files if isinstance(files, dict) else None
+
+
+def _files_text(member: dict[str, Any]) -> str:
+    """The file sync column: the active is the source; a standby in sync, or how far along."""
+    files = _files_of(member)
+    if files is None:
+        return "-"
+    if member.get("active"):
+        return "source"
+    if files.get("in_sync"):
+        return "in sync"
+    need = files.get("need_bytes")
+    completion = files.get("completion")
+    done = f"{completion:.0f}%" if isinstance(completion, (int, float)) else "?"
+    return f"{done}, {human_bytes(need)} to fetch" if isinstance(need, int) else done
+
+
 def _replication_text(member: dict[str, Any]) -> str:
     if member.get("active"):
         return "primary"
@@ -117,6 +137,7 @@ def _node_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "healthy": member.get("healthy"),
                 "replication": _replication_text(member),
                 "lag_bytes": None if member.get("active") else member.get("lag_bytes"),
+                "files": _files_of(member),
                 "checks": {
                     n: bool(c.get("ok")) if isinstance(c, dict) else bool(c)
                     for n, c in (member.get("checks") or {}).items()
@@ -143,7 +164,9 @@ def nodes_list(ctx: click.Context, as_json: bool) -> None:
     failover) it shows the view of any node that answers and says so. STATE is active,
     standby, offline (its agent stopped publishing), or a transitional state (starting,
     cloning, fenced); REPLICATION is "streaming" when the standby streams from the active
-    right now; LAG is how far behind the active it is. Changes nothing.
+    right now; LAG is how far behind the active it is; FILES is "source" on the active, "in
+    sync" on a standby holding the active's files, else how much it has and still fetches
+    ("-" without file sync). Changes nothing.
 
     \b
     Exit status: 0; 2 when no node answers ("error:" line).
@@ -158,7 +181,7 @@ def nodes_list(ctx: click.Context, as_json: bool) -> None:
 
     def text() -> None:
         table = Table(title=f"cluster {data.get('cluster')}")
-        for column in ("name", "address", "state", "replication", "lag", "checks"):
+        for column in ("name", "address", "state", "replication", "lag", "files", "checks"):
             table.add_column(column)
         for row, member in zip(rows, data.get("members", []), strict=True):
             table.add_row(
@@ -167,6 +190,7 @@ def nodes_list(ctx: click.Context, as_json: bool) -> None:
                 row["state"],
                 row["replication"],
                 _lag_text(member),
+                _files_text(member),
                 _checks_text(member),
             )
         console.print(table)

@@ -27,7 +27,8 @@ from collections.abc import Sequence
 import attrs
 
 from hacore.agent.state import HealthReport
-from hacore.errors import ConfigError
+from hacore.errors import ConfigError, HacoreError
+from hacore.filesync import FilesyncBackend, SyncState
 from hacore.health import CheckResult, HealthCheck
 from hacore.records import ClusterView
 from hacore.replication import ReplicationStatus
@@ -154,6 +155,45 @@ class ActiveServices(_FactCheck):
         return CheckResult(True, f"running: {', '.join(self.names)}")
 
 
+class FilesInSync(_FactCheck):
+    """A standby holds the active's files (the file sync's own view of it).
+
+    Failing until the standby's first complete copy since the agent started: a node that
+    joined is not a healthy standby, nor a candidate, before it has the manager's files.
+    Afterwards a lag (a file just written on the active is on its way) is only reported:
+    failing it would make every standby ineligible during each burst of writes.
+    """
+
+    name = "files"
+
+    def __init__(self, facts: LoopFacts, ttl: float, filesync: FilesyncBackend) -> None:
+        super().__init__(facts, ttl)
+        self.filesync = filesync
+        #: the last state read, published in the member record for ``nodes list``
+        self.last: SyncState | None = None
+        self._copied = False
+
+    def run(self) -> CheckResult:
+        facts = self.facts
+        if not facts.active and (facts.leader is None or facts.leader == facts.node_name):
+            return CheckResult(True, "no active node to copy files from")
+        try:
+            state = self.last = self.filesync.state()
+        except HacoreError as err:
+            return CheckResult(self._copied or facts.active, f"file sync state unknown: {err}")
+        if facts.active:
+            return CheckResult(True, f"the source of the files; {state.detail}")
+        if state.in_sync:
+            self._copied = True
+            return CheckResult(True, state.detail or "in sync")
+        progress = f"{state.completion:.0f}% here, {state.need_bytes} bytes to fetch"
+        if not self._copied:
+            return CheckResult(
+                False, f"first copy of the files not complete ({progress}): {state.detail}"
+            )
+        return CheckResult(True, f"catching up ({progress}): {state.detail}")
+
+
 class StoreReachable(_FactCheck):
     """The consensus store answered within one ``ttl``.
 
@@ -195,6 +235,7 @@ def builtin_checks(
     address: tuple[str, int],
     services: ServiceBackend | None,
     active_only_services: Sequence[str],
+    filesync: FilesyncBackend | None = None,
 ) -> list[HealthCheck]:
     checks: list[HealthCheck] = [
         DatabaseListening(facts, ttl, address),
@@ -205,6 +246,8 @@ def builtin_checks(
     ]
     if services is not None and active_only_services:
         checks.append(ActiveServices(facts, ttl, services, active_only_services))
+    if filesync is not None:
+        checks.append(FilesInSync(facts, ttl, filesync))
     return checks
 
 

@@ -22,7 +22,7 @@ import attrs
 
 from hacore import __version__
 from hacore.agent import keys, operations
-from hacore.agent.checks import CheckRunner, LoopFacts, builtin_checks
+from hacore.agent.checks import CheckRunner, FilesInSync, LoopFacts, builtin_checks
 from hacore.agent.decide import campaign_blocker, decide
 from hacore.agent.execute import (
     Backends,
@@ -101,7 +101,9 @@ class Agent:
             address=self._address,
             services=self.backends.services,
             active_only_services=config.services.active_only if config.services else (),
+            filesync=self.backends.filesync,
         )
+        self._files_check = next((c for c in checks if isinstance(c, FilesInSync)), None)
         self._checks = CheckRunner(
             checks + plugin_checks(self.hooks),
             multiplier=config.checks.check_ttl_multiplier,
@@ -366,6 +368,7 @@ class Agent:
             address=self._address,
             files=self._membership.files_identity(),
             checks=self._results,
+            files_state=self._files_check.last if self._files_check else None,
         )
 
     def _publish(self, obs: Observation) -> None:

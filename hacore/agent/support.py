@@ -26,6 +26,7 @@ from hacore.api.facade import NodeSnapshot, member_json
 from hacore.config import NodeConfig
 from hacore.consensus import ConsensusBackend, Watcher
 from hacore.errors import ConfigError
+from hacore.filesync import SyncState
 from hacore.health import CheckResult, HealthCheck
 from hacore.plugins import HacorePlugins
 from hacore.records import ClusterView, Member, NodeRole, TlsFiles
@@ -296,6 +297,7 @@ def member_record(
     address: tuple[str, int] | None,
     files: dict[str, Any] | None,
     checks: Mapping[str, CheckResult],
+    files_state: SyncState | None = None,
 ) -> Member:
     """This node's record in the store; ``extra`` says whether it campaigns and where others
     reach its database and files."""
@@ -304,6 +306,14 @@ def member_record(
         extra["replication"] = {"host": address[0], "port": address[1]}
     if files is not None:
         extra["filesync"] = files
+    if files_state is not None:
+        extra["files"] = {
+            "in_sync": files_state.in_sync,
+            "completion": files_state.completion,
+            "need_bytes": files_state.need_bytes,
+            "last_change": files_state.last_change,
+            "detail": files_state.detail,
+        }
     return Member(
         name=config.node.name,
         api_url=api_url,

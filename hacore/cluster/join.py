@@ -61,6 +61,7 @@ STEPS = (
     ("agent", "agent started"),
     ("clone", "database copied"),
     ("streaming", "streaming standby"),
+    ("files", "files copied"),
 )
 #: seconds for the active to answer a ticket request (a managed store may take a while to
 #: accept a new member)

@@ -339,12 +339,20 @@ class NodeService:
         elif state.phase is Phase.JOINING and state.has(Step.AGENT):
             if progress is not None and snap.state is NodeState.CLONING:
                 progress.begin("clone", f"copying the database from {snap.leader}")
-            if snap.standby_streaming and self._forget_pending(agent):
+            # A standby holds the manager's files too before the join is done (the "files"
+            # check fails until its first complete copy).
+            files = snap.checks.get("files")
+            files_ok = files.ok if files is not None else agent.backends.filesync is None
+            if snap.standby_streaming and not files_ok and progress is not None:
+                progress.finish("streaming", f"following {snap.leader}")
+                progress.begin("files", files.detail if files else "waiting for the file sync")
+            if snap.standby_streaming and files_ok and self._forget_pending(agent):
                 if progress is not None:
                     clone = progress.to_json().get("clone")
                     copied = f"{human_bytes(clone['total'])} from {snap.leader}" if clone else ""
                     progress.finish("clone", copied)
                     progress.finish("streaming", f"following {snap.leader}")
+                    progress.finish("files", files.detail if files else "no file sync configured")
                 self._finish(
                     f"{snap.node_name} is a standby of {snap.leader} in cluster "
                     f"{state.record.name}, streaming"

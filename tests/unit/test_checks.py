@@ -9,9 +9,10 @@ import attrs
 import pytest
 
 from hacore.agent import Action, DecisionConfig, LeaseStatus, NodeState, Observation, decide
-from hacore.agent.checks import CheckRunner
+from hacore.agent.checks import CheckRunner, FilesInSync, LoopFacts
 from hacore.config import load_config
-from hacore.errors import ConfigError
+from hacore.errors import ConfigError, FilesyncError
+from hacore.filesync import SyncState
 from hacore.health import CheckResult, HealthCheck
 from hacore.records import ClusterView, Leader, Lease, Member, NodeRole
 from hacore.replication import ReplicationStatus
@@ -147,3 +148,45 @@ def test_active_grace_setting() -> None:
         assert str(info.value) == (
             f"config error: checks.active_grace must be a number of seconds >= 0 (got {shown})"
         )
+
+
+class _Files:
+    """Only what the files check reads of a filesync backend: its state."""
+
+    def __init__(self) -> None:
+        self.state_now = SyncState(False, 40.0, 600, None, "misses 600 bytes in 2 item(s)")
+        self.error: str | None = None
+
+    def state(self) -> SyncState:
+        if self.error is not None:
+            raise FilesyncError(self.error)
+        return self.state_now
+
+
+def test_files_check_fails_a_standby_until_its_first_complete_copy() -> None:
+    facts = LoopFacts("b", leader="a")
+    files = _Files()
+    check = FilesInSync(facts, 10.0, files)  # type: ignore[arg-type]
+    first = check.run()
+    assert not first.ok and "first copy" in first.detail and "40%" in first.detail
+    files.error = "Syncthing does not answer"
+    assert not check.run().ok, "no copy yet: an unknown state is not a copy"
+    files.error = None
+    files.state_now = SyncState(True, 100.0, 0, 1.0, "in sync with a")
+    assert check.run() == CheckResult(True, "in sync with a")
+    assert check.last == files.state_now
+    # after the first copy a lag, or an unknown state, is reported but not a failure
+    files.state_now = SyncState(False, 90.0, 100, 2.0, "misses 100 bytes in 1 item(s)")
+    lag = check.run()
+    assert lag.ok and "catching up" in lag.detail
+    files.error = "Syncthing does not answer"
+    assert check.run().ok
+
+
+def test_files_check_passes_on_the_active_and_without_a_leader() -> None:
+    files = _Files()
+    alone = FilesInSync(LoopFacts("a", leader=None), 10.0, files)  # type: ignore[arg-type]
+    assert alone.run().ok
+    active = FilesInSync(LoopFacts("a", leader="a", active=True), 10.0, files)  # type: ignore[arg-type]
+    result = active.run()
+    assert result.ok and result.detail.startswith("the source of the files")
