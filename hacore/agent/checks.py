@@ -165,6 +165,10 @@ class FilesInSync(_FactCheck):
     """
 
     name = "files"
+    #: seconds to wait for the file sync's answer; a slower one (a frozen Syncthing) is
+    #: "unknown", which must not fail a standby that has its copy: the runner would
+    #: report the whole check as hanging
+    answer_within = 0.5
 
     def __init__(self, facts: LoopFacts, ttl: float, filesync: FilesyncBackend) -> None:
         super().__init__(facts, ttl)
@@ -172,15 +176,37 @@ class FilesInSync(_FactCheck):
         #: the last state read, published in the member record for ``nodes list``
         self.last: SyncState | None = None
         self._copied = False
+        self._reader = cf.ThreadPoolExecutor(1, thread_name_prefix="hacore-files-check")
+        self._reading: cf.Future[SyncState] | None = None
+
+    def _read(self) -> SyncState | None:
+        """The file sync's state, or None when it does not answer in time (the question
+        stays asked: the next run takes its answer instead of asking again)."""
+        if self._reading is None:
+            self._reading = self._reader.submit(self.filesync.state)
+        try:
+            state = self._reading.result(timeout=self.answer_within)
+        except cf.TimeoutError:
+            return None
+        finally:
+            if self._reading.done():
+                self._reading = None
+        return state
 
     def run(self) -> CheckResult:
         facts = self.facts
         if not facts.active and (facts.leader is None or facts.leader == facts.node_name):
             return CheckResult(True, "no active node to copy files from")
         try:
-            state = self.last = self.filesync.state()
+            state = self._read()
         except HacoreError as err:
             return CheckResult(self._copied or facts.active, f"file sync state unknown: {err}")
+        if state is None:
+            return CheckResult(
+                self._copied or facts.active,
+                f"file sync state unknown: no answer within {self.answer_within:g}s",
+            )
+        self.last = state
         if facts.active:
             return CheckResult(True, f"the source of the files; {state.detail}")
         if state.in_sync:

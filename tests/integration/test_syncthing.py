@@ -505,8 +505,10 @@ def test_a_new_mirror_is_not_in_sync_before_the_source_index_arrived(
     try:
         peers = {**roles.identities(), "d": d.backend.identity()}
         a.backend.set_peers(peers)
+        # a shares no index of a paused folder; d accepts a only once it knows it (next
+        # line), so no index can have slipped through before the pause
+        pause(True)
         d.backend.set_peers(peers)
-        pause(True)  # a shares no index of its folder while paused
         d.backend.become_mirror("a")
         wait_for(
             lambda: "not connected" not in d.backend.state().detail, 60, what="d connected to a"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -190,3 +192,31 @@ def test_files_check_passes_on_the_active_and_without_a_leader() -> None:
     active = FilesInSync(LoopFacts("a", leader="a", active=True), 10.0, files)  # type: ignore[arg-type]
     result = active.run()
     assert result.ok and result.detail.startswith("the source of the files")
+
+
+def test_files_check_does_not_hang_on_a_file_sync_that_does_not_answer() -> None:
+    gate = threading.Event()
+    files = _Files()
+
+    def frozen() -> SyncState:
+        gate.wait(30)
+        return SyncState(True, 100.0, 0, 3.0, "in sync with a")
+
+    check = FilesInSync(LoopFacts("b", leader="a"), 10.0, files)  # type: ignore[arg-type]
+    files.state_now = SyncState(True, 100.0, 0, 1.0, "in sync with a")
+    assert check.run().ok
+    files.state = frozen  # type: ignore[method-assign]
+    began = time.monotonic()
+    result = check.run()
+    assert time.monotonic() - began < 2 * FilesInSync.answer_within + 1
+    assert result.ok and "no answer" in result.detail, "a copy was made: unknown is not a failure"
+    gate.set()
+    # the answer that came late is taken by the next run
+    deadline = time.monotonic() + 10
+    while check.last is None or check.last.last_change != 3.0:
+        assert time.monotonic() < deadline
+        check.run()
+    fresh = FilesInSync(LoopFacts("c", leader="a"), 10.0, files)  # type: ignore[arg-type]
+    gate.clear()
+    assert not fresh.run().ok, "no copy yet: no answer is not a copy"
+    gate.set()
