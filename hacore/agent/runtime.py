@@ -381,7 +381,8 @@ class Agent:
     def _build_snapshot(self, obs: Observation, decision: Decision, out: Outcome) -> NodeSnapshot:
         leader = self._snapshot.leader if obs.view is None else self._facts.leader
         if obs.view is not None:
-            self._known = known_members(self._known, obs.view, obs.removed, self.name)
+            gone = self._reading.removed if self._reading is not None else ()
+            self._known = known_members(self._known, obs.view, obs.removed, self.name, gone)
         lease = self.lease.lease
         return NodeSnapshot(
             node_name=self.name,

@@ -243,15 +243,20 @@ class Membership:
 
 
 def known_members(
-    known: dict[str, Member], view: ClusterView, removed: bool, me: str
+    known: dict[str, Member],
+    view: ClusterView,
+    removed: bool,
+    me: str,
+    removed_names: Iterable[str] = (),
 ) -> dict[str, Member]:
-    """Every node seen so far: live records as they are, vanished ones as unknown/unhealthy."""
+    """Every node seen so far: live records as they are, vanished ones as unknown/unhealthy;
+    a node removed from the cluster is no member any more (``/nodes`` listed it as unknown)."""
     result = {m.name: m for m in view.members}
     for name, member in known.items():
         if name not in result:
             result[name] = attrs.evolve(member, role=NodeRole.UNKNOWN, healthy=False)
-    if removed:
-        result.pop(me, None)
+    for name in (*removed_names, *((me,) if removed else ())):
+        result.pop(name, None)
     return result
 
 
