@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import socket
+import threading
 from collections.abc import Sequence
 
 import attrs
@@ -176,14 +177,26 @@ class FilesInSync(_FactCheck):
         #: the last state read, published in the member record for ``nodes list``
         self.last: SyncState | None = None
         self._copied = False
-        self._reader = cf.ThreadPoolExecutor(1, thread_name_prefix="hacore-files-check")
         self._reading: cf.Future[SyncState] | None = None
+
+    def _ask(self) -> cf.Future[SyncState]:
+        # a daemon thread per question: nothing to shut down when the agent goes away
+        future: cf.Future[SyncState] = cf.Future()
+
+        def ask() -> None:
+            try:
+                future.set_result(self.filesync.state())
+            except BaseException as err:
+                future.set_exception(err)
+
+        threading.Thread(target=ask, name="hacore-files-check", daemon=True).start()
+        return future
 
     def _read(self) -> SyncState | None:
         """The file sync's state, or None when it does not answer in time (the question
         stays asked: the next run takes its answer instead of asking again)."""
         if self._reading is None:
-            self._reading = self._reader.submit(self.filesync.state)
+            self._reading = self._ask()
         try:
             state = self._reading.result(timeout=self.answer_within)
         except cf.TimeoutError:
