@@ -28,6 +28,7 @@ import httpx
 import yaml
 
 from hacore.errors import HacoreError
+from hacore.process import process_table, read_proc
 
 HOST = "127.0.0.1"
 #: the database the sample manager keeps its workflows in (created by ``cluster start``)
@@ -58,18 +59,9 @@ def wait(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
     raise HacoreError(f"the demo gave up waiting for {what} after {timeout:.0f}s")
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name: state, ppid, pgrp, session, ..."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text.rpartition(")")[2].split()
-
-
 def alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
+    entry = read_proc(pid)
+    return entry is not None and entry.alive
 
 
 def _pid_in(path: Path) -> int | None:
@@ -93,11 +85,7 @@ def kill_tree(pid: int) -> None:
     """SIGKILL ``pid`` and what belongs to it: its children (PostgreSQL's backends leave the
     postmaster's group), its process group and its session (Syncthing's monitor runs the real
     Syncthing in a group of its own)."""
-    victims = {pid}
-    for entry in Path("/proc").iterdir():
-        fields = _stat(int(entry.name)) if entry.name.isdigit() else None
-        if fields is not None and pid in (int(fields[1]), int(fields[2]), int(fields[3])):
-            victims.add(int(entry.name))
+    victims = {pid} | {e.pid for e in process_table() if pid in (e.ppid, e.pgid, e.sid)}
     for victim in victims:
         with suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)

@@ -16,6 +16,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import attrs
+
 from hacore.errors import HacoreError
 
 
@@ -154,18 +156,43 @@ class DetachedProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+@attrs.frozen
+class ProcEntry:
+    """One process as /proc/PID/stat shows it (Linux): enough to find a server's tree."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    state: str
+
+    @property
+    def alive(self) -> bool:
+        return self.state not in ("Z", "X")
+
+
+def read_proc(pid: int) -> ProcEntry | None:
+    """``pid``'s entry, None when there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name, in parentheses, may hold spaces: the fields follow the last ")"
+    fields = text.rpartition(")")[2].split()
+    return ProcEntry(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0])
+
+
+def process_table() -> list[ProcEntry]:
+    """Every process on the machine, read once."""
+    entries = (read_proc(int(e.name)) for e in Path("/proc").iterdir() if e.name.isdigit())
+    return [entry for entry in entries if entry is not None]
+
+
 def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid``, children first, read from /proc (Linux)."""
+    """Every live descendant of ``pid``, children first."""
     parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[-1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
+    for entry in process_table():
+        parents.setdefault(entry.ppid, []).append(entry.pid)
     found: list[int] = []
     queue = list(parents.get(pid, []))
     while queue:

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from hacore.process import process_table
+
 _reserved: set[int] = set()
 
 
@@ -150,16 +152,7 @@ def pid_alive(pid: int) -> bool:
 
 def child_pids(pid: int) -> list[int]:
     """Direct children of ``pid``, found through /proc (they may have left its process group)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
+    return [entry.pid for entry in process_table() if entry.ppid == pid]
 
 
 def kill_with_children(pid: int, timeout: float = 30.0) -> None:

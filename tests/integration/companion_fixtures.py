@@ -44,6 +44,7 @@ from hacore.agent.runtime import Agent
 from hacore.agent.support import FILESYNC_DIR, build_backends
 from hacore.config import NodeConfig, load_config, to_mapping
 from hacore.plugins import HacorePlugins, load_plugins
+from hacore.process import process_table
 from hacore.services import ServiceBackend
 from hacore.testing.procs import ServerProcess, free_port
 from hacore_plugins.services.process import ProcessServices
@@ -479,16 +480,7 @@ def wait_gone(path: Path, timeout: float = WAIT) -> None:
 def session_pids(sid: int) -> list[int]:
     """Every live process of session ``sid``: Syncthing's monitor starts the real Syncthing
     in a process group of its own, so signalling the monitor's group misses it."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
-                found.append(int(entry.name))
-    return found
+    return [entry.pid for entry in process_table() if entry.sid == sid and entry.alive]
 
 
 def signal_syncthing(files: SyncthingFilesync, sig: int) -> None:
