@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -140,10 +141,15 @@ class PgTools:
         os.chmod(path, mode)
 
     def write_file(self, path: Path, text: str, mode: int = 0o600) -> None:
-        """Replace ``path`` atomically, so the server never reads half a file."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        """Replace ``path`` atomically, so the server never reads half a file.
+
+        The temporary file's name is unique: the loop and an off-loop job (a clone) may write
+        the same file at once, and a shared name let them interleave into a damaged file.
+        """
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        tmp = Path(name)
         try:
+            os.fchmod(fd, mode)
             with os.fdopen(fd, "w") as handle:
                 handle.write(text)
                 handle.flush()
