@@ -62,14 +62,18 @@ def plugins_list(as_json: bool) -> None:
     """
     loaded = load_plugins()
     backends = {family: loaded.registry.names(family) for family in FAMILIES}
+    missing = {family: loaded.registry.missing(family) for family in FAMILIES}
     if as_json:
-        click.echo(json.dumps({"plugins": loaded.plugin_names(), "backends": backends}, indent=2))
+        out = {"plugins": loaded.plugin_names(), "backends": backends, "not_installed": missing}
+        click.echo(json.dumps(out, indent=2))
         return
     table = Table(title="hacore backends")
     table.add_column("family")
     table.add_column("backends")
+    table.add_column("not installed")
     for family, names in backends.items():
-        table.add_row(family, ", ".join(names) or "-")
+        absent = ", ".join(f"{name} ({why})" for name, why in missing[family].items())
+        table.add_row(family, ", ".join(names) or "-", absent or "-")
     console.print(table)
     console.print("plugins: " + ", ".join(loaded.plugin_names()))
 

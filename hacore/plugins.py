@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "hacore"
 #: Comma-separated plugin names (entry point names) that are not loaded.
 BLOCK_ENV = "HACORE_BLOCK_PLUGINS"
+#: Comma-separated modules loaded as plugins besides the entry points, named by their dotted
+#: path: how a plugin that is not installed (the test-only memory store) reaches an agent.
+PLUGINS_ENV = "HACORE_PLUGINS"
 
 FAMILIES: dict[str, type[Any] | None] = {
     "consensus": ConsensusBackend,
@@ -44,6 +47,7 @@ class BackendRegistry:
 
     def __init__(self) -> None:
         self._backends: dict[str, dict[str, Any]] = {family: {} for family in FAMILIES}
+        self._missing: dict[str, dict[str, str]] = {family: {} for family in FAMILIES}
         self._owner: dict[tuple[str, str], str] = {}
         self._current_plugin = "?"
 
@@ -58,6 +62,21 @@ class BackendRegistry:
             raise ValueError(f"{family} backend {name!r} is already registered by {owner}")
         self._backends[family][name] = backend
         self._owner[(family, name)] = self._current_plugin
+
+    def add_missing(self, family: str, name: str, reason: str) -> None:
+        """A backend this plugin provides but cannot load here (its client library is not
+        installed): selecting it says ``reason`` instead of "unknown backend"."""
+        if family not in FAMILIES:
+            raise ValueError(f"unknown backend family {family!r}; known: {', '.join(FAMILIES)}")
+        self._missing[family][name] = reason
+
+    def missing(self, family: str) -> dict[str, str]:
+        """Backends that are known but not installed, with the reason."""
+        return {
+            name: why
+            for name, why in sorted(self._missing[family].items())
+            if name not in self._backends[family]
+        }
 
     def add_consensus(self, name: str, cls: type[ConsensusBackend]) -> None:
         self.add("consensus", name, cls)
@@ -84,6 +103,11 @@ class BackendRegistry:
         try:
             backend = self._backends[family][name]
         except KeyError:
+            why = self._missing[family].get(name)
+            if why is not None:
+                raise UnknownBackendError(
+                    f"{family} backend {name!r} is not installed here: {why}"
+                ) from None
             known = ", ".join(self.names(family)) or "none"
             raise UnknownBackendError(
                 f"unknown {family} backend {name!r}; registered {family} backends: {known}"
@@ -134,6 +158,24 @@ def blocked_plugins(env: dict[str, str] | None = None) -> set[str]:
     return {name.strip() for name in raw.split(",") if name.strip()}
 
 
+def env_plugins(env: dict[str, str] | None = None) -> list[str]:
+    raw = (env if env is not None else os.environ).get(PLUGINS_ENV, "")
+    return list(dict.fromkeys(name.strip() for name in raw.split(",") if name.strip()))
+
+
+def _load_env_plugins(pm: pluggy.PluginManager) -> None:
+    for module_name in env_plugins():
+        if pm.is_blocked(module_name) or pm.has_plugin(module_name):
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ConfigError(
+                f"{PLUGINS_ENV} names {module_name!r}, which does not import ({err})"
+            ) from err
+        pm.register(module, name=module_name)
+
+
 def load_plugins(
     extra: Iterable[object] = (),
     *,
@@ -142,7 +184,8 @@ def load_plugins(
 ) -> HacorePlugins:
     """Build the plugin manager: entry-point plugins (minus blocked ones), then ``extra``.
 
-    ``block`` adds to the names in ``$HACORE_BLOCK_PLUGINS``.
+    ``entry_points`` covers what the environment installs: the entry points and the modules
+    named in ``$HACORE_PLUGINS``. ``block`` adds to the names in ``$HACORE_BLOCK_PLUGINS``.
     """
     pm = pluggy.PluginManager("hacore")
     pm.add_hookspecs(hookspecs)
@@ -156,6 +199,7 @@ def load_plugins(
             raise ConfigError(
                 f"a hacore plugin failed to import ({err}); block it with {BLOCK_ENV}=NAME"
             ) from err
+        _load_env_plugins(pm)
     for plugin in extra:
         # an extra that is also installed (an entry point) is already in: once is enough
         if not pm.is_registered(plugin):

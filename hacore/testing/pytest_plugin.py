@@ -8,6 +8,11 @@ Options
     registered by an installed plugin (``registry.add_test_harness``). An unknown name is a
     usage error that lists the registered ones.
 
+The test-only memory store
+    ``hacore.testing.memory`` is no entry point (users never see it among the backends): this
+    plugin adds it to ``$HACORE_PLUGINS`` at start, so the test process and every agent it
+    starts register the ``memory`` consensus backend, managed store and test harness.
+
 Fixtures
     ``consensus_harness`` (session): the started :class:`~hacore.testing.harness.ConsensusHarness`
     of one backend, parametrized over the selected backends (test ids ``[etcd]``,
@@ -53,6 +58,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,7 +67,7 @@ from typing import Any
 import pytest
 
 from hacore.consensus import ConsensusBackend, ManagedStore
-from hacore.plugins import BackendRegistry, load_plugins
+from hacore.plugins import PLUGINS_ENV, BackendRegistry, env_plugins, load_plugins
 from hacore.testing.harness import ConsensusHarness
 
 log = logging.getLogger(__name__)
@@ -85,7 +91,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+MEMORY_PLUGIN = "hacore.testing.memory"
+
+
+def enable_memory_backend() -> None:
+    """Make the memory backend loadable here and in the processes started from here."""
+    names = env_plugins()
+    if MEMORY_PLUGIN not in names:
+        os.environ[PLUGINS_ENV] = ",".join([*names, MEMORY_PLUGIN])
+        _registry.cache_clear()
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    enable_memory_backend()
     # The suites carry these marks; without the plugins that own them, --strict-markers
     # would reject them.
     if not config.pluginmanager.hasplugin("xdist"):

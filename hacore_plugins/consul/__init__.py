@@ -20,7 +20,10 @@ def hacore_register_backends(registry: BackendRegistry) -> None:
     try:
         from hacore_plugins.consul.backend import ConsulConsensus
     except ImportError as exc:
-        log.warning("consul backend not available (%s): pip install 'hacore[consul]'", exc)
+        log.debug("consul backend not available: %s", exc)
+        why = f"{exc.name or exc} is missing: pip install 'hacore[consul]'"
+        for family in ("consensus", "test_harness"):
+            registry.add_missing(family, "consul", why)
         return
     registry.add_consensus("consul", ConsulConsensus)
     registry.add_test_harness("consul", "hacore.testing.consul:ConsulHarness")

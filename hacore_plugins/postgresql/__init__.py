@@ -20,6 +20,9 @@ def hacore_register_backends(registry: BackendRegistry) -> None:
     try:
         from hacore_plugins.postgresql.backend import PostgresReplication
     except ImportError as exc:
-        log.warning("postgresql backend not available (%s): pip install 'hacore[postgresql]'", exc)
+        log.debug("postgresql backend not available: %s", exc)
+        why = f"{exc.name or exc} is missing: pip install 'hacore[postgresql]'"
+        for family in ('replication',):
+            registry.add_missing(family, "postgresql", why)
         return
     registry.add_replication("postgresql", PostgresReplication)

@@ -21,7 +21,10 @@ def hacore_register_backends(registry: BackendRegistry) -> None:
         from hacore_plugins.zookeeper.backend import ZooKeeperConsensus
         from hacore_plugins.zookeeper.managed import ZooKeeperManagedStore
     except ImportError as exc:
-        log.warning("zookeeper backend not available (%s): pip install 'hacore[zookeeper]'", exc)
+        log.debug("zookeeper backend not available: %s", exc)
+        why = f"{exc.name or exc} is missing: pip install 'hacore[zookeeper]'"
+        for family in ("consensus", "managed_store", "test_harness"):
+            registry.add_missing(family, "zookeeper", why)
         return
     registry.add_consensus("zookeeper", ZooKeeperConsensus)
     registry.add_managed_store("zookeeper", ZooKeeperManagedStore)

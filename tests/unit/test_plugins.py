@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from hacore.errors import UnknownBackendError
+from hacore.errors import ConfigError, UnknownBackendError
 from hacore.hookspecs import hookimpl
-from hacore.plugins import BackendRegistry, load_plugins
+from hacore.plugins import PLUGINS_ENV, BackendRegistry, load_plugins
 from hacore.records import ClusterView, NodeRole
 from hacore.testing.memory import MemoryConsensus, MemoryHarness
+from hacore.testing.pytest_plugin import MEMORY_PLUGIN
 
 
 class FirstPlugin:
@@ -43,11 +44,27 @@ class RoleWatcher:
         self.calls.append((old, new))
 
 
-def test_builtin_memory_backend_is_registered_through_its_entry_point() -> None:
+def test_memory_backend_is_no_entry_point_but_loads_through_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(PLUGINS_ENV, raising=False)
     plugins = load_plugins()
-    assert "memory" in plugins.plugin_names()
+    assert MEMORY_PLUGIN not in plugins.plugin_names()
+    assert "memory" not in plugins.registry.names("consensus")
+    assert "memory" not in plugins.registry.names("test_harness")
+    monkeypatch.setenv(PLUGINS_ENV, f" {MEMORY_PLUGIN} ,{MEMORY_PLUGIN}")
+    plugins = load_plugins()
+    assert MEMORY_PLUGIN in plugins.plugin_names()
     assert plugins.registry.consensus("memory") is MemoryConsensus
     assert plugins.registry.get("test_harness", "memory") is MemoryHarness
+
+
+def test_a_plugin_module_that_does_not_import_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(PLUGINS_ENV, "hacore_no_such_module_anywhere")
+    with pytest.raises(ConfigError, match="HACORE_PLUGINS names 'hacore_no_such_module_anywhere'"):
+        load_plugins()
 
 
 def test_unknown_backend_name_lists_the_registered_ones() -> None:
@@ -81,19 +98,19 @@ def test_registration_checks_family_and_base_class() -> None:
 
 
 def test_block_env_blocks_an_entry_point_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HACORE_BLOCK_PLUGINS", " memory , somethingelse")
+    monkeypatch.setenv("HACORE_BLOCK_PLUGINS", f" {MEMORY_PLUGIN} , somethingelse")
     plugins = load_plugins()
-    assert plugins.pm.is_blocked("memory")
-    assert plugins.pm.get_plugin("memory") is None
+    assert plugins.pm.is_blocked(MEMORY_PLUGIN)
+    assert plugins.pm.get_plugin(MEMORY_PLUGIN) is None
     assert "memory" not in plugins.registry.names("consensus")
     with pytest.raises(UnknownBackendError):
         plugins.registry.consensus("memory")
 
 
 def test_plugin_names_omits_blocked_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HACORE_BLOCK_PLUGINS", "memory,somethingelse")
+    monkeypatch.setenv("HACORE_BLOCK_PLUGINS", f"{MEMORY_PLUGIN},somethingelse")
     names = load_plugins().plugin_names()
-    assert "memory" not in names
+    assert MEMORY_PLUGIN not in names
     assert "somethingelse" not in names
 
 

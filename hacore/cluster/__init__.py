@@ -1,0 +1,1 @@
+"""Forming and changing the cluster: start, join, remove, and the CLI profile that finds it."""
