@@ -1,7 +1,8 @@
 """The ``hacore`` command line.
 
 Errors hacore raises on purpose (:class:`~hacore.errors.HacoreError`) are printed as one line
-prefixed with ``error:`` and exit with status 2; anything else is a bug and keeps its traceback.
+prefixed with ``error:`` (a configuration error, one line per problem) and exit with status 2;
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from rich.table import Table
 
 from hacore import __version__
 from hacore.cli_cluster import add_cluster_commands
-from hacore.errors import HacoreError
+from hacore.errors import ConfigError, HacoreError
 from hacore.plugins import FAMILIES, load_plugins
 
 console = Console()
@@ -28,7 +29,10 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except HacoreError as err:
-            click.echo(f"error: {err}", err=True)
+            # A configuration error holds one problem per line; others may carry a log tail.
+            lines = str(err).splitlines() if isinstance(err, ConfigError) else [str(err)]
+            for line in lines:
+                click.echo(f"error: {line}", err=True)
             ctx.exit(2)
 
 
@@ -102,9 +106,12 @@ def config() -> None:
 def config_check(path: str, options: tuple[str, ...], connect: bool) -> None:
     """Validate a node configuration and, with --connect, reach its consensus store.
 
-    Prints one line per problem and exits with status 2 on the first one: an unknown key, a
-    timing that breaks loop_wait + 2 * retry_timeout + safety_margin < ttl, an unknown
-    backend name, or a store that does not answer within retry_timeout.
+    Prints one line per problem, each naming the file and the key, and exits with status 2
+    when there is any: an unknown key (with the nearest known one), a value of the wrong type
+    or out of range (ports 1-65535), settings that contradict each other (synchronous
+    replication against failover.synchronous_mode), a timing that breaks loop_wait + 2 *
+    retry_timeout + safety_margin < ttl, an unknown backend name, or a store that does not
+    answer within retry_timeout.
     """
     from hacore.config import load_config_and_plugins
     from hacore.options import parse_options

@@ -12,7 +12,8 @@ import copy
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import attrs
 import yaml
 
-from hacore.config_check import Section, check_name, show
+from hacore.config_check import SECTION_KEYS, Problems, Section, check_name, show
 from hacore.errors import ConfigError, UnknownBackendError
 from hacore.options import deep_merge, describe_yaml_error
 
@@ -179,33 +180,16 @@ class NodeConfig:
     plugins: PluginSettings = PluginSettings()
 
 
-_SECTION_KEYS: dict[str, tuple[str, ...]] = {
-    "cluster": ("name", "namespace"),
-    "node": ("name", "host", "api_port", "data_dir"),
-    "timing": ("ttl", "loop_wait", "retry_timeout", "safety_margin"),
-    "checks": ("check_ttl_multiplier", "check_fail_fast", "active_grace"),
-    "failover": (
-        "synchronous_mode",
-        "maximum_lag_on_failover",
-        "promote_backoff",
-        "switchover_timeout",
-        "switchover_max_lag",
-    ),
-    "consensus": ("backend", "managed"),
-    "replication": ("backend",),
-    "filesync": ("backend", "directories"),
-    "services": ("backend", "active_only", "everywhere"),
-    "api": ("auth", "status_requires_auth"),
-    "tls": ("enabled",),
-    "plugins": ("block", "settings"),
-}
 #: keys found in exactly one section, for "ttl belongs in timing" hints at top level
 _HOME_OF = {
     key: section
-    for section, keys in _SECTION_KEYS.items()
+    for section, keys in SECTION_KEYS.items()
     for key in keys
-    if sum(key in other for other in _SECTION_KEYS.values()) == 1
+    if sum(key in other for other in SECTION_KEYS.values()) == 1
 }
+
+#: the registry to check backends against, given the plugins the configuration allows
+RegistryFor = Callable[[PluginSettings], "BackendRegistry"]
 
 
 # -------------------------------------------------------------------------------------------
@@ -222,12 +206,11 @@ def load_config(
     """Read, merge ``overrides`` (from ``--options``) over, and validate a configuration.
 
     With a ``registry`` the backend names must be registered ones, and each backend checks
-    its own settings (``validate_settings``).
+    its own settings (``validate_settings``). Every problem found is reported, one line
+    each, in a single :class:`ConfigError`.
     """
-    config, context = _load(source, overrides)
-    if registry is not None:
-        _check_backends(config, registry, context)
-    return config
+    raw, context = _load(source, overrides)
+    return _build(raw, context, None if registry is None else lambda _plugins: registry)
 
 
 def load_config_and_plugins(
@@ -239,10 +222,15 @@ def load_config_and_plugins(
     """The configuration and the plugins it allows (``plugins.block``), checked against them."""
     from hacore.plugins import load_plugins
 
-    config, context = _load(source, overrides)
-    plugins = load_plugins(extra, block=config.plugins.block)
-    _check_backends(config, plugins.registry, context)
-    return config, plugins
+    loaded: list[HacorePlugins] = []
+
+    def registry(plugins: PluginSettings) -> BackendRegistry:
+        loaded.append(load_plugins(extra, block=plugins.block))
+        return loaded[-1].registry
+
+    raw, context = _load(source, overrides)
+    config = _build(raw, context, registry)
+    return config, loaded[-1]
 
 
 def validate_node_name(name: object) -> str:
@@ -257,11 +245,11 @@ def validate_node_name(name: object) -> str:
 
 def _load(
     source: str | os.PathLike[str] | Mapping[str, Any], overrides: Mapping[str, Any] | None
-) -> tuple[NodeConfig, str]:
+) -> tuple[dict[str, Any], str]:
     raw, context = _read(source)
     if overrides:
         raw = deep_merge(raw, overrides)
-    return _build(raw, context), context
+    return raw, context
 
 
 def _read(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
@@ -286,68 +274,64 @@ def _read(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[dict[str,
     return loaded, context
 
 
-def _build(raw: Mapping[str, Any], context: str) -> NodeConfig:
-    top = Section(context, "", raw, _SECTION_KEYS)
+def _build(raw: Mapping[str, Any], context: str, registry_for: RegistryFor | None) -> NodeConfig:
+    """Read every section, whatever went wrong in the others, then raise all problems.
+
+    A section with a problem still yields a record (defaults where values were bad), so the
+    rest can be read; only backend sections read without a problem go to their backend.
+    """
+    problems = Problems()
+
+    def section(name: str, required: str = "") -> Section:
+        keys = SECTION_KEYS[name]
+        return Section(context, name, raw.get(name), keys, problems=problems, required=required)
+
+    top = Section(context, "", raw, SECTION_KEYS, problems=problems)
     top.reject_unknown(_HOME_OF)
-
-    def section(name: str) -> Section:
-        return Section(context, name, raw.get(name), _SECTION_KEYS[name])
-
-    if not top.given("node"):
-        top.fail("node is required: this node's name and host")
-    node_s = section("node")
-    node_s.reject_unknown()
-    node = NodeSettings(
-        name=node_s.name("name", what="a node name"),
-        host=node_s.host("host"),
-        api_port=node_s.port("api_port", DEFAULT_API_PORT),
-        data_dir=node_s.absolute_path("data_dir", str(DEFAULT_DATA_DIR)),
-    )
-
-    cluster_s = section("cluster")
-    cluster_s.reject_unknown()
-    cluster_name = cluster_s.name("name", "hacore", what="a cluster name")
-    cluster = ClusterSettings(
-        name=cluster_name,
-        namespace=cluster_s.name("namespace", cluster_name, what="a store namespace"),
-    )
-
+    node = _node(section("node", "this node's name and host"))
+    cluster = _cluster(section("cluster"))
     timing = _timing(section("timing"))
+    checks = _checks(section("checks"))
+    failover_s = section("failover")
+    failover = _failover(failover_s)
 
-    checks_s = section("checks")
-    checks_s.reject_unknown()
-    checks = CheckSettings(
-        check_ttl_multiplier=checks_s.number(
-            "check_ttl_multiplier", 1, what="a number > 0 (check TTLs are multiplied by it)"
-        ),
-        check_fail_fast=checks_s.boolean("check_fail_fast", True),
-        active_grace=_active_grace(checks_s),
-    )
-
-    failover = _failover(section("failover"))
-
-    if not top.given("consensus"):
-        top.fail("consensus is required: the store that decides who is active, e.g. backend: etcd")
-    consensus_s = section("consensus")
+    backends: dict[str, BackendSection] = {}
+    consensus_s = section("consensus", "the store that decides who is active, e.g. backend: etcd")
     consensus = ConsensusSection(
         backend=_backend_name(consensus_s),
         settings=consensus_s.extra(),
         managed=consensus_s.boolean("managed", False),
     )
-
-    replication = None
+    if consensus_s.clean:
+        backends["consensus"] = consensus
+    replication = filesync = services = None
     if top.given("replication"):
         replication_s = section("replication")
         replication = BackendSection(_backend_name(replication_s), replication_s.extra())
-
-    filesync = None
+        if replication_s.clean:
+            backends["replication"] = replication
     if top.given("filesync"):
-        filesync = _filesync(section("filesync"))
-
-    services = None
+        filesync_s = section("filesync")
+        filesync = _filesync(filesync_s)
+        if filesync_s.clean:
+            backends["filesync"] = filesync
     if top.given("services"):
-        services = _services(section("services"))
+        services_s = section("services")
+        services = _services(services_s)
+        if services_s.clean:
+            backends["services"] = services
 
+    api = _api(section("api"))
+    tls = _tls(section("tls"))
+    plugins_s = section("plugins")
+    plugins = _plugins(plugins_s)
+    if registry_for is not None and plugins_s.clean:
+        registry = registry_for(plugins)
+        for key, backend in backends.items():
+            _check_backend(
+                registry, key, backend, failover if failover_s.clean else None, problems, context
+            )
+    problems.raise_if_any()
     return NodeConfig(
         node=node,
         cluster=cluster,
@@ -358,9 +342,27 @@ def _build(raw: Mapping[str, Any], context: str) -> NodeConfig:
         replication=replication,
         filesync=filesync,
         services=services,
-        api=_api(section("api")),
-        tls=_tls(section("tls")),
-        plugins=_plugins(section("plugins")),
+        api=api,
+        tls=tls,
+        plugins=plugins,
+    )
+
+
+def _node(sec: Section) -> NodeSettings:
+    sec.reject_unknown()
+    return NodeSettings(
+        name=sec.name("name", what="a node name"),
+        host=sec.host("host"),
+        api_port=sec.port("api_port", DEFAULT_API_PORT),
+        data_dir=sec.absolute_path("data_dir", str(DEFAULT_DATA_DIR)),
+    )
+
+
+def _cluster(sec: Section) -> ClusterSettings:
+    sec.reject_unknown()
+    name = sec.name("name", "hacore", what="a cluster name")
+    return ClusterSettings(
+        name=name, namespace=sec.name("namespace", name, what="a store namespace")
     )
 
 
@@ -375,8 +377,9 @@ def _timing(sec: Section) -> TimingSettings:
         safety_margin=sec.number("safety_margin", default.safety_margin, what=seconds),
     )
     needed = timing.loop_wait + 2 * timing.retry_timeout + timing.safety_margin
-    if not needed < timing.ttl:
-        sec.fail(
+    # With a bad value read as its default, the sum would be about numbers nobody wrote.
+    if sec.clean and not needed < timing.ttl:
+        sec.problem(
             "timing is unsafe: loop_wait + 2 * retry_timeout + safety_margin must be less than "
             f"ttl, so the active fences itself before a standby can take over "
             f"({timing.loop_wait:g} + 2 * {timing.retry_timeout:g} + {timing.safety_margin:g} "
@@ -386,15 +389,28 @@ def _timing(sec: Section) -> TimingSettings:
     return timing
 
 
+def _checks(sec: Section) -> CheckSettings:
+    sec.reject_unknown()
+    return CheckSettings(
+        check_ttl_multiplier=sec.number(
+            "check_ttl_multiplier", 1, what="a number > 0 (check TTLs are multiplied by it)"
+        ),
+        check_fail_fast=sec.boolean("check_fail_fast", True),
+        active_grace=_active_grace(sec),
+    )
+
+
 def _active_grace(sec: Section) -> float:
     value = sec.raw.get("active_grace")
+    default = CheckSettings().active_grace
     if value is None:
-        return CheckSettings().active_grace
+        return default
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     if not ok or not 0 <= value < float("inf"):
-        sec.fail(
+        sec.problem(
             f"{sec.where('active_grace')} must be a number of seconds >= 0 (got {show(value)})"
         )
+        return default
     return float(value)
 
 
@@ -429,10 +445,12 @@ def _filesync(sec: Section) -> FilesyncSection:
         path = Path(entry)
         where = f"filesync.directories[{index}]"
         if not path.is_absolute():
-            sec.fail(f"{where} must be an absolute path (got {show(entry)})")
-        for other in directories:
-            if path.is_relative_to(other) or other.is_relative_to(path):
-                sec.fail(f"{where} ({path}) overlaps {other}: list each tree once")
+            sec.problem(f"{where} must be an absolute path (got {show(entry)})")
+            continue
+        overlapping = [d for d in directories if path.is_relative_to(d) or d.is_relative_to(path)]
+        if overlapping:
+            sec.problem(f"{where} ({path}) overlaps {overlapping[0]}: list each tree once")
+            continue
         directories.append(path)
     return FilesyncSection(_backend_name(sec), sec.extra(), directories=tuple(directories))
 
@@ -442,7 +460,7 @@ def _services(sec: Section) -> ServicesSection:
     everywhere = sec.string_list("everywhere", what="service names")
     for name in active_only:
         if name in everywhere:
-            sec.fail(f'service "{name}" is listed in both active_only and everywhere')
+            sec.problem(f'service "{name}" is listed in both active_only and everywhere')
     return ServicesSection(
         _backend_name(sec), sec.extra(), active_only=active_only, everywhere=everywhere
     )
@@ -452,22 +470,30 @@ def _api(sec: Section) -> ApiSettings:
     sec.reject_unknown()
     auth = None
     if sec.given("auth"):
-        auth_s = Section(sec.context, "api.auth", sec.raw["auth"], ("username", "password_hash"))
+        auth_s = Section(
+            sec.context,
+            "api.auth",
+            sec.raw["auth"],
+            ("username", "password_hash"),
+            problems=sec.problems,
+        )
         auth_s.reject_unknown()
         username = auth_s.string("username", what="the API user name")
         password_hash = auth_s.secret(
             "password_hash", what='a password hash such as "pbkdf2_sha256$..."'
         )
-        if not _PASSWORD_HASH_RE.fullmatch(password_hash):
-            auth_s.fail(
+        if password_hash and not _PASSWORD_HASH_RE.fullmatch(password_hash):
+            auth_s.problem(
                 "api.auth.password_hash must be a password hash such as "
                 '"pbkdf2_sha256$<iterations>$<salt>$<hash>", not a plain password '
                 "(the value is not shown)"
             )
         auth = ApiAuth(username, password_hash)
     requires = sec.boolean("status_requires_auth", False)
-    if requires and auth is None:
-        sec.fail("api.status_requires_auth is true but api.auth (username, password_hash) is unset")
+    if requires and not sec.given("auth"):
+        sec.problem(
+            "api.status_requires_auth is true but api.auth (username, password_hash) is unset"
+        )
     return ApiSettings(auth=auth, status_requires_auth=requires)
 
 
@@ -480,49 +506,74 @@ def _plugins(sec: Section) -> PluginSettings:
     sec.reject_unknown()
     settings = sec.mapping("settings")
     for name, value in settings.items():
-        check_name(name, f"plugins.settings.{name}", sec.fail, what="a plugin name")
-        Section(sec.context, f"plugins.settings.{name}", value)
+        where = f"plugins.settings.{name}"
+        if sec.passes(partial(check_name, name, where, sec.fail, what="a plugin name")):
+            Section(sec.context, where, value, problems=sec.problems)
     return PluginSettings(
         block=sec.string_list("block", what="plugin names", names=True), settings=settings
     )
 
 
-def _check_backends(config: NodeConfig, registry: BackendRegistry, context: str) -> None:
-    consensus = config.consensus
-    if consensus.managed:
-        if consensus.backend not in registry.names("managed_store"):
-            registry.consensus(consensus.backend)  # unknown name: that error first
-            managed = ", ".join(registry.names("managed_store")) or "none"
-            raise ConfigError(
-                f"{context}: consensus.managed: the {consensus.backend} backend cannot run its "
-                f"own servers (backends that can: {managed}); set managed: false and give the "
-                "settings of an existing store"
-            )
-        _validate(registry, "managed_store", consensus, context, "consensus")
-    else:
-        _validate(registry, "consensus", consensus, context, "consensus")
-    for family in ("replication", "filesync", "services"):
-        section = getattr(config, family)
-        if section is not None:
-            _validate(registry, family, section, context, family)
-
-
-def _validate(
-    registry: BackendRegistry, family: str, section: BackendSection, context: str, key: str
+def _check_backend(
+    registry: BackendRegistry,
+    key: str,
+    section: BackendSection,
+    failover: FailoverSettings | None,
+    problems: Problems,
+    context: str,
 ) -> None:
+    """The backend's own checks of its settings, each problem prefixed with the file and key.
+
+    ``failover`` is None when that section had a problem: a backend then does not check its
+    settings against values nobody wrote.
+    """
+    family = key
     try:
-        cls = registry.get(family, section.backend)
+        if isinstance(section, ConsensusSection) and section.managed:
+            family = "managed_store"
+            if section.backend not in registry.names(family):
+                _backend_class(registry, "consensus", section, key, context)  # unknown name first
+                managed = ", ".join(registry.names(family)) or "none"
+                raise ConfigError(
+                    f"{context}: consensus.managed: the {section.backend} backend cannot run its "
+                    f"own servers (backends that can: {managed}); set managed: false and give the "
+                    "settings of an existing store"
+                )
+        cls = _backend_class(registry, family, section, key, context)
+    except ConfigError as err:
+        problems.add(err)
+        return
+    where = f"{context}: {key} ({section.backend}): "
+    validate = getattr(cls, "validate_settings", None)
+    if validate is not None:
+        try:
+            validate(section.settings)
+            if isinstance(section, ServicesSection):
+                cls.validate_services(section.settings, (*section.active_only, *section.everywhere))
+        except ConfigError as err:
+            problems.add(_prefixed(where, err))
+    # A backend whose settings must agree with the failover section (the database's
+    # synchronous mode) checks that here; settings of its own are for validate_settings.
+    validate_failover = getattr(cls, "validate_failover", None)
+    if validate_failover is not None and failover is not None:
+        try:
+            validate_failover(section.settings, failover)
+        except ConfigError as err:
+            problems.add(_prefixed(where, err))
+
+
+def _backend_class(
+    registry: BackendRegistry, family: str, section: BackendSection, key: str, context: str
+) -> Any:
+    try:
+        return registry.get(family, section.backend)
     except UnknownBackendError as err:
         raise UnknownBackendError(f"{context}: {key}.backend: {err}") from None
-    validate = getattr(cls, "validate_settings", None)
-    if validate is None:
-        return
-    try:
-        validate(section.settings)
-        if isinstance(section, ServicesSection):
-            cls.validate_services(section.settings, (*section.active_only, *section.everywhere))
-    except ConfigError as err:
-        raise ConfigError(f"{context}: {key} ({section.backend}): {err}") from None
+
+
+def _prefixed(where: str, err: ConfigError) -> ConfigError:
+    """A backend may report several problems, one line each: every line gets the prefix."""
+    return ConfigError("\n".join(where + line for line in str(err).splitlines()))
 
 
 # -------------------------------------------------------------------------------------------

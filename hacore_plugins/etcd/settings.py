@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from hacore.config_check import backend_settings
 from hacore.errors import ConfigError
 from hacore.records import TlsFiles
 from hacore_plugins.etcd.client import ClientTls
@@ -21,6 +22,65 @@ from hacore_plugins.etcd.client import ClientTls
 #: TLS file settings, and the names Patroni's ``etcd3`` section gives them
 TLS_KEYS = {"ca_file": "cacert", "cert_file": "cert", "key_file": "key"}
 KNOWN = frozenset({"endpoints", "username", "password", *TLS_KEYS, *TLS_KEYS.values()})
+
+DEFAULT_BINARY = "/usr/bin/etcd"
+#: the settings of the etcd member hacore runs (``managed: true``)
+MANAGED_KEYS = (
+    "client_port",
+    "peer_port",
+    "heartbeat_interval",
+    "election_timeout",
+    "start_timeout",
+    "etcd_binary",
+)
+#: etcd refuses to start with a longer election timeout
+MAX_ELECTION_MS = 50_000
+
+
+@attrs.frozen
+class EtcdManagedSettings:
+    """The etcd member hacore runs: its two ports, its Raft timing (ms), its program."""
+
+    client_port: int = 2379
+    peer_port: int = 2380
+    heartbeat_ms: int = 100
+    election_ms: int = 1000
+    #: seconds to wait for the member to serve
+    start_timeout: float = 60.0
+    binary: str = DEFAULT_BINARY
+
+    @classmethod
+    def parse(cls, settings: Mapping[str, Any]) -> EtcdManagedSettings:
+        """Every problem at once; the ones etcd itself would only report when it fails to start
+        (a shared port, an election timeout under 5 heartbeats) included."""
+        sec = backend_settings("consensus", settings, MANAGED_KEYS)
+        sec.reject_unknown()
+        default = cls()
+        before = len(sec.problems)
+        client_port = sec.port("client_port", default.client_port)
+        peer_port = sec.port("peer_port", default.peer_port)
+        if len(sec.problems) == before and client_port == peer_port:
+            sec.problem(
+                f"consensus.client_port and consensus.peer_port are both {client_port}: "
+                "etcd needs a port for clients and another for its peers"
+            )
+        before = len(sec.problems)
+        ms = "a number of milliseconds"
+        heartbeat = sec.integer("heartbeat_interval", default.heartbeat_ms, low=1, what=ms)
+        election = sec.integer(
+            "election_timeout", default.election_ms, low=1, high=MAX_ELECTION_MS, what=ms
+        )
+        if len(sec.problems) == before and election < 5 * heartbeat:
+            sec.problem(
+                f"consensus.election_timeout ({election} ms) must be at least 5 times "
+                f"consensus.heartbeat_interval ({heartbeat} ms): etcd refuses to start otherwise"
+            )
+        start_timeout = sec.number(
+            "start_timeout", default.start_timeout, what="a number of seconds > 0"
+        )
+        binary = sec.string("etcd_binary", default.binary, what="the path of the etcd program")
+        sec.done()
+        return cls(client_port, peer_port, heartbeat, election, start_timeout, binary)
 
 
 def _endpoint(raw: object) -> str:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -35,9 +35,12 @@ from hacore_plugins.postgresql.config_files import (
     without_managed,
 )
 from hacore_plugins.postgresql.layout import Layout
-from hacore_plugins.postgresql.settings import PgSettings, parse_settings
+from hacore_plugins.postgresql.settings import PgSettings, check_synchronous, parse_settings
 from hacore_plugins.postgresql.sql import Conn, connect_local
 from hacore_plugins.postgresql.state import NodeState, load_state
+
+if TYPE_CHECKING:
+    from hacore.config import FailoverSettings
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,10 @@ class PgNode(ReplicationBackend):
     @classmethod
     def validate_settings(cls, settings: Any) -> None:
         parse_settings(settings)
+
+    @classmethod
+    def validate_failover(cls, settings: Any, failover: FailoverSettings) -> None:
+        check_synchronous(settings, failover.synchronous_mode)
 
     def is_initialized(self) -> bool:
         copying.recover_swap(self.layout)

@@ -139,6 +139,43 @@ def parse_settings(raw: Mapping[str, Any]) -> PgSettings:
     )
 
 
+def check_synchronous(raw: Mapping[str, Any], synchronous_mode: str) -> None:
+    """``synchronous`` must say what ``failover.synchronous_mode`` says.
+
+    The agent names a synchronous standby only in ``on`` and ``strict`` mode, and only a
+    ``synchronous: strict`` database refuses commits until one is named (from bootstrap and
+    after each promotion). So strict failover over a database that is not strict acknowledges
+    writes on a new active alone, and a strict database under another mode holds commits the
+    agent expects to go through. An invalid value is left to :func:`parse_settings`.
+    """
+    given = raw.get("synchronous")
+    try:
+        mode = _sync_mode("off" if given is None else given)
+    except ConfigError:
+        return
+    if mode == synchronous_mode or (given is None and synchronous_mode != "strict"):
+        return
+    if synchronous_mode == "strict":
+        fix = (
+            "a promoted database would accept writes before any standby has them; "
+            "set replication.synchronous: strict"
+        )
+    elif mode == "strict":
+        fix = (
+            "the database would hold every commit while no standby is synchronous, which the "
+            "agent expects only in strict mode; set failover.synchronous_mode: strict too"
+        )
+    else:
+        fix = (
+            "the agent picks synchronous standbys by failover.synchronous_mode: give both one value"
+        )
+    shown = mode if given is not None else "off (not set)"
+    raise ConfigError(
+        f"replication.synchronous is {shown} but failover.synchronous_mode is "
+        f"{synchronous_mode}: {fix}"
+    )
+
+
 def default_bin_dir() -> Path | None:
     """The newest installed PostgreSQL: Debian's, then RHEL's layout, then ``pg_ctl`` on PATH."""
     candidates = [

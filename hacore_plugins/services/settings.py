@@ -11,16 +11,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hacore.config_check import did_you_mean, show
+from hacore.config_check import backend_settings, show
 from hacore.errors import ConfigError
 
 
 def reject_unknown(settings: Mapping[str, Any], known: Iterable[str], where: str) -> None:
-    known = sorted(known)
-    for key in settings:
-        if key not in known:
-            hint = did_you_mean(str(key), known) or f" (known keys: {', '.join(known)})"
-            raise ConfigError(f'unknown key "{key}" in {where}{hint}')
+    """Every unknown key, one line each; in ``services`` itself the keys hacore reads there
+    (``active_only``, ``everywhere``) count as known for the hints."""
+    sec = backend_settings(where, settings, known)
+    sec.reject_unknown()
+    sec.done()
 
 
 def seconds(settings: Mapping[str, Any], key: str, default: float, where: str) -> float:

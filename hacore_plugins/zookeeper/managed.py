@@ -64,11 +64,12 @@ from kazoo.retry import KazooRetry
 from kazoo.security import make_acl, make_digest_acl_credential
 
 from hacore.consensus import ManagedStore
-from hacore.errors import ConfigError, ManagedStoreError
+from hacore.errors import ManagedStoreError
 from hacore.process import DetachedProcess
 from hacore.records import StoreMember, TlsFiles
 from hacore_plugins.zookeeper import server as zk
 from hacore_plugins.zookeeper.client import PersistentWatchClient
+from hacore_plugins.zookeeper.settings import ManagedSettings
 from hacore_plugins.zookeeper.tls import ClientTls, kazoo_options, write_server_pem
 
 NAMES_PATH = "/hacore-zookeeper/servers"
@@ -79,8 +80,6 @@ SUPERUSER = "super"
 #: JVM start and ensemble changes on a busy machine
 START_TIMEOUT = 120.0
 OPERATION_TIMEOUT = 60.0
-_PORT_KEYS = ("client_port", "peer_port", "election_port")
-_KNOWN_KEYS = (*_PORT_KEYS, "server_id", "jvm_options", "tick_time_ms")
 _TRANSIENT = (
     ConnectionLoss,
     SessionExpiredError,
@@ -88,47 +87,6 @@ _TRANSIENT = (
     NewConfigNoQuorumError,
     ReconfigInProcessError,
 )
-
-
-@attrs.frozen
-class ManagedSettings:
-    client_port: int
-    peer_port: int
-    election_port: int
-    server_id: int | None = None
-    jvm_options: tuple[str, ...] = zk.DEFAULT_JVM_OPTIONS
-    tick_time_ms: int = 250
-
-    @classmethod
-    def parse(cls, settings: Mapping[str, Any]) -> ManagedSettings:
-        unknown = sorted(set(settings) - set(_KNOWN_KEYS))
-        if unknown:
-            raise ConfigError(
-                f"unknown zookeeper managed store setting(s) {', '.join(unknown)}; "
-                f"known: {', '.join(_KNOWN_KEYS)}"
-            )
-        ports = {}
-        for key in _PORT_KEYS:
-            value = settings.get(key)
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
-                raise ConfigError(f"zookeeper managed store setting {key} must be a port number")
-            ports[key] = value
-        if len(set(ports.values())) != len(ports):
-            raise ConfigError("zookeeper managed store ports must all differ")
-        server_id = settings.get("server_id")
-        if server_id is not None and (not isinstance(server_id, int) or server_id < 1):
-            raise ConfigError(
-                "zookeeper managed store setting server_id must be a positive integer"
-            )
-        jvm = settings.get("jvm_options", zk.DEFAULT_JVM_OPTIONS)
-        if isinstance(jvm, str) or not all(isinstance(opt, str) for opt in jvm):
-            raise ConfigError(
-                "zookeeper managed store setting jvm_options must be a list of strings"
-            )
-        tick = settings.get("tick_time_ms", 250)
-        if not isinstance(tick, int) or not 50 <= tick <= 10_000:
-            raise ConfigError("zookeeper managed store setting tick_time_ms must be 50..10000")
-        return cls(**ports, server_id=server_id, jvm_options=tuple(jvm), tick_time_ms=tick)
 
 
 @attrs.frozen
@@ -163,6 +121,10 @@ class ZooKeeperManagedStore(ManagedStore):
         self._launched = False
 
     # -- identity and local files ------------------------------------------------------------
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
+        ManagedSettings.parse(settings)
 
     @property
     def client_address(self) -> str:

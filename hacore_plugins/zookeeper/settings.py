@@ -27,12 +27,51 @@ from typing import Any
 
 import attrs
 
+from hacore.config_check import backend_settings
 from hacore.errors import ConfigError
 from hacore.records import TlsFiles
+from hacore_plugins.zookeeper import server as zk
 from hacore_plugins.zookeeper.tls import ClientTls
 
 TLS_KEYS = ("ca_file", "cert_file", "key_file")
 KNOWN_KEYS = ("hosts", "auth", *TLS_KEYS, "use_tls")
+#: the settings of the ZooKeeper server hacore runs (``managed: true``)
+MANAGED_PORTS = ("client_port", "peer_port", "election_port")
+MANAGED_KEYS = (*MANAGED_PORTS, "server_id", "jvm_options", "tick_time_ms")
+DEFAULT_TICK_MS = 250
+
+
+@attrs.frozen
+class ManagedSettings:
+    client_port: int
+    peer_port: int
+    election_port: int
+    server_id: int | None = None
+    jvm_options: tuple[str, ...] = zk.DEFAULT_JVM_OPTIONS
+    tick_time_ms: int = DEFAULT_TICK_MS
+
+    @classmethod
+    def parse(cls, settings: Mapping[str, Any]) -> ManagedSettings:
+        sec = backend_settings("consensus", settings, MANAGED_KEYS)
+        sec.reject_unknown()
+        before = len(sec.problems)
+        ports = {key: sec.port(key) for key in MANAGED_PORTS}
+        if len(sec.problems) == before and len(set(ports.values())) != len(ports):
+            sec.problem(
+                "consensus.client_port, consensus.peer_port and consensus.election_port must "
+                f"all differ (got {', '.join(map(str, ports.values()))})"
+            )
+        server_id = None
+        if sec.given("server_id"):
+            server_id = sec.integer("server_id", low=1, what="a ZooKeeper server id")
+        jvm_options: tuple[str, ...] = zk.DEFAULT_JVM_OPTIONS
+        if sec.given("jvm_options"):
+            jvm_options = sec.string_list("jvm_options", what="JVM options")
+        tick = sec.integer(
+            "tick_time_ms", DEFAULT_TICK_MS, low=50, high=10_000, what="a number of milliseconds"
+        )
+        sec.done()
+        return cls(**ports, server_id=server_id, jvm_options=jvm_options, tick_time_ms=tick)
 
 
 @attrs.frozen

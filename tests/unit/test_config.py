@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import stat
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from hacore.hookspecs import hookimpl
 from hacore.options import parse_options
 from hacore.plugins import BackendRegistry, load_plugins
 from hacore.replication import ReplicationBackend
+from hacore.testing.pytest_plugin import MEMORY_PLUGIN
 
 MINIMAL: dict[str, Any] = {
     "node": {"name": "node-1", "host": "127.0.0.1"},
@@ -689,15 +691,16 @@ class ExtraPlugin:
 
 
 def test_config_and_plugins_honour_plugins_block() -> None:
-    assert "memory" in load_plugins().plugin_names()
+    assert MEMORY_PLUGIN in load_plugins().plugin_names()
     raw = _with(
         consensus={"backend": "strict-extra", "endpoints": ["http://127.0.0.1:2379"]},
-        plugins={"block": ["memory"]},
+        plugins={"block": [MEMORY_PLUGIN]},
     )
     config, plugins = load_config_and_plugins(raw, extra=[ExtraPlugin()])
-    assert config.plugins.block == ("memory",)
-    assert plugins.pm.is_blocked("memory")
-    assert plugins.pm.get_plugin("memory") is None
+    assert config.plugins.block == (MEMORY_PLUGIN,)
+    assert plugins.pm.is_blocked(MEMORY_PLUGIN)
+    assert plugins.pm.get_plugin(MEMORY_PLUGIN) is None
+    assert "memory" not in plugins.registry.names("consensus")
     assert "strict-extra" in plugins.registry.names("consensus")
 
 
@@ -708,3 +711,225 @@ def test_config_and_plugins_validates_against_the_loaded_registry() -> None:
     assert str(info.value) == (
         "config error: consensus (strict-extra): endpoints must list at least one URL"
     )
+
+
+# -- every problem of a file, one line each -----------------------------------------------
+
+
+def _node_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def _errors(source: Mapping[str, Any] | Path, **kwargs: Any) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(source, **kwargs)
+    return str(info.value).splitlines()
+
+
+def test_every_problem_is_reported_one_line_each(tmp_path: Path) -> None:
+    path = _node_yaml(
+        tmp_path,
+        """
+        node: {name: n1, host: 127.0.0.1, api_prot: 8008}
+        timing: {ttl: ten, loop_wait: 0}
+        failover: {promote_backof: 5}
+        consensus: {backend: etcd, endpoints: ["http://127.0.0.1:2379"]}
+        services: {backend: systemd, active_only: [w, w]}
+        api: {status_requires_auth: yes}
+        """,
+    )
+    at = f"config error in {path}:"
+    assert _errors(path) == [
+        f'{at} unknown key "api_prot" in node; did you mean "api_port"?',
+        f'{at} timing.ttl must be a number of seconds > 0 (got "ten")',
+        f"{at} timing.loop_wait must be a number of seconds > 0 (got 0)",
+        f'{at} unknown key "promote_backof" in failover; did you mean "promote_backoff"?',
+        f'{at} services.active_only lists "w" twice',
+        f"{at} api.status_requires_auth is true but api.auth (username, password_hash) is unset",
+    ]
+
+
+def test_missing_sections_are_two_problems_not_more() -> None:
+    assert _errors({}) == [
+        "config error: node is required: this node's name and host",
+        "config error: consensus is required: the store that decides who is active, "
+        "e.g. backend: etcd",
+    ]
+
+
+def test_a_bad_value_does_not_bring_more_problems_along() -> None:
+    # read as the default, ttl would break the timing rule with loop_wait 2
+    assert _errors(_with(timing={"ttl": "ten", "loop_wait": 2})) == [
+        'config error: timing.ttl must be a number of seconds > 0 (got "ten")'
+    ]
+    assert _errors(_with(cluster={"name": "a/b"}, node="n1")) == [
+        'config error: node must be a mapping of keys to values (got "n1")',
+        "config error: cluster.name must be a cluster name of 1-63 letters, digits, '-', '_' or "
+        "'.', starting with a letter or digit (got \"a/b\")",
+    ]
+
+
+def test_problems_of_the_core_and_of_a_backend_together(tmp_path: Path) -> None:
+    path = _node_yaml(
+        tmp_path,
+        """
+        node: {name: n1, host: 127.0.0.1, api_prot: 1}
+        timing: {ttl: ten}
+        consensus: {backend: etcd, managed: true, client_prot: 2379, peer_port: 99999}
+        """,
+    )
+    at = f"config error in {path}:"
+    assert _errors(path, registry=load_plugins().registry) == [
+        f'{at} unknown key "api_prot" in node; did you mean "api_port"?',
+        f'{at} timing.ttl must be a number of seconds > 0 (got "ten")',
+        f'{at} consensus (etcd): unknown key "client_prot" in consensus; did you mean '
+        '"client_port"?',
+        f"{at} consensus (etcd): consensus.peer_port must be a TCP port number 1-65535 (got 99999)",
+    ]
+
+
+def test_managed_etcd_settings_are_checked(tmp_path: Path) -> None:
+    registry = load_plugins().registry
+    path = _node_yaml(
+        tmp_path,
+        """
+        node: {name: n1, host: 127.0.0.1}
+        consensus: {backend: etcd, managed: true, client_prot: 2379, peer_port: 99999}
+        """,
+    )
+    assert _errors(path, registry=registry) == [
+        f'config error in {path}: consensus (etcd): unknown key "client_prot" in consensus; '
+        'did you mean "client_port"?',
+        f"config error in {path}: consensus (etcd): consensus.peer_port must be a TCP port "
+        "number 1-65535 (got 99999)",
+    ]
+    good = _with(consensus={"backend": "etcd", "managed": True, "client_port": 2379})
+    assert load_config(good, registry=registry).consensus.settings == {"client_port": 2379}
+
+
+def test_managed_zookeeper_settings_are_checked(tmp_path: Path) -> None:
+    pytest.importorskip("kazoo")
+    registry = load_plugins().registry
+    path = _node_yaml(
+        tmp_path,
+        """
+        node: {name: n1, host: 127.0.0.1}
+        consensus:
+          backend: zookeeper
+          managed: true
+          clinet_port: 2181
+          peer_port: 2888
+          election_port: 3888
+        """,
+    )
+    # client_port, which clinet_port was meant to be, is not reported missing as well
+    assert _errors(path, registry=registry) == [
+        f'config error in {path}: consensus (zookeeper): unknown key "clinet_port" in '
+        'consensus; did you mean "client_port"?'
+    ]
+    ports = {"client_port": 2181, "peer_port": 2888, "election_port": 3888}
+    good = _with(consensus={"backend": "zookeeper", "managed": True, **ports})
+    assert load_config(good, registry=registry).consensus.settings == ports
+
+
+def test_services_hints_name_the_keys_hacore_reads_there(tmp_path: Path) -> None:
+    path = _node_yaml(
+        tmp_path,
+        """
+        node: {name: n1, host: 127.0.0.1}
+        consensus: {backend: etcd, endpoints: ["http://127.0.0.1:2379"]}
+        services: {backend: systemd, active_only: [worker], everywher: [exporter], unit: x}
+        """,
+    )
+    at = f"config error in {path}: services (systemd):"
+    assert _errors(path, registry=load_plugins().registry) == [
+        f'{at} unknown key "everywher" in services; did you mean "everywhere"?',
+        f'{at} unknown key "unit" in services (known keys: active_only, backend, everywhere, '
+        "systemctl, timeout, user)",
+    ]
+
+
+def test_unknown_managed_backend_names_the_file_and_key(
+    tmp_path: Path, registry: BackendRegistry
+) -> None:
+    path = _node_yaml(
+        tmp_path,
+        """
+        node: {name: n1, host: 127.0.0.1}
+        consensus: {backend: nope, managed: true}
+        """,
+    )
+    with pytest.raises(UnknownBackendError) as info:
+        load_config(path, registry=registry)
+    assert str(info.value) == (
+        f"config error in {path}: consensus.backend: unknown consensus backend 'nope'; "
+        "registered consensus backends: plain, strict"
+    )
+
+
+def test_strict_failover_needs_a_strict_database(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg")
+    from hacore_plugins.postgresql.backend import PostgresReplication
+
+    class Postgres(PostgresReplication):
+        @classmethod
+        def validate_settings(cls, settings: Any) -> None:
+            """The binaries and the OS user are not what this test is about."""
+
+    registry = BackendRegistry()
+    registry.add_consensus("plain", ConsensusBackend)
+    registry.add_replication("postgresql", Postgres)
+    path = _node_yaml(
+        tmp_path,
+        """
+        node: {name: n1, host: 127.0.0.1}
+        failover: {synchronous_mode: strict}
+        consensus: {backend: plain}
+        replication: {backend: postgresql, synchronous: "off"}
+        """,
+    )
+    assert _errors(path, registry=registry) == [
+        f"config error in {path}: replication (postgresql): replication.synchronous is off but "
+        "failover.synchronous_mode is strict: a promoted database would accept writes before "
+        "any standby has them; set replication.synchronous: strict"
+    ]
+    raw = yaml.safe_load(path.read_text())
+    raw["replication"]["synchronous"] = "strict"
+    assert load_config(raw, registry=registry).failover.synchronous_mode == "strict"
+
+
+def test_config_check_prints_one_line_per_problem(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hacore.cli import cli
+
+    path = _node_yaml(
+        tmp_path,
+        """
+        node: {name: n1, host: 127.0.0.1}
+        timing: {tll: 6}
+        consensus: {backend: etcd, managed: true, client_prot: 2379, peer_port: 99999}
+        """,
+    )
+    result = CliRunner().invoke(cli, ["config", "check", "--no-connect", "-c", str(path)])
+    assert result.exit_code == 2
+    lines = [line.removeprefix("error: ") for line in result.stderr.splitlines()]
+    at = f"config error in {path}:"
+    assert lines == [
+        f'{at} unknown key "tll" in timing; did you mean "ttl"?',
+        f'{at} consensus (etcd): unknown key "client_prot" in consensus; did you mean '
+        '"client_port"?',
+        f"{at} consensus (etcd): consensus.peer_port must be a TCP port number 1-65535 (got 99999)",
+    ]
+
+
+def test_an_unreadable_plugins_section_is_reported_with_the_rest() -> None:
+    raw = _with(timing={"ttl": 0}, plugins={"block": "consul"})
+    with pytest.raises(ConfigError) as info:
+        load_config_and_plugins(raw)
+    assert str(info.value).splitlines() == [
+        "config error: timing.ttl must be a number of seconds > 0 (got 0)",
+        'config error: plugins.block must be a list of plugin names (got "consul")',
+    ]

@@ -243,7 +243,12 @@ def test_the_default_runner_reports_a_missing_program_and_a_timeout() -> None:
         ({"user": "yes"}, r"services\.user must be true or false"),
         ({"timeout": 0}, r"services\.timeout must be a number of seconds > 0"),
         ({"systemctl": 3}, r"services\.systemctl must be a non-empty string"),
-        ({"unit": "x"}, r'unknown key "unit" in services \(known keys: systemctl, timeout, user\)'),
+        (
+            {"unit": "x"},
+            r'unknown key "unit" in services \(known keys: active_only, backend, everywhere, '
+            r"systemctl, timeout, user\)",
+        ),
+        ({"everywher": ["x"]}, r'unknown key "everywher" in services; did you mean "everywhere"'),
     ],
 )
 def test_settings_are_checked(settings: dict[str, object], message: str) -> None:
