@@ -33,11 +33,12 @@ from hacore.errors import HacoreError, ManagedStoreError, StoreUnavailableError
 from hacore.process import DetachedProcess
 from hacore.records import StoreMember, TlsFiles
 from hacore_plugins.etcd.client import ClientTls, EtcdClient, EtcdMember, EtcdRequestError
+from hacore_plugins.etcd.settings import DEFAULT_BINARY as DEFAULT_BINARY
+from hacore_plugins.etcd.settings import EtcdManagedSettings
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-DEFAULT_BINARY = "/usr/bin/etcd"
 STATE_FILE = "etcd.json"
 LOG_FILE = "etcd.log"
 PID_FILE = "etcd.pid"
@@ -149,21 +150,23 @@ class EtcdManagedStore(ManagedStore):
         self.tls = tls
         self.scheme = "https" if tls else "http"
         self.client_tls = ClientTls.from_node(tls) if tls else None
-        try:
-            self.client_port = int(self.settings.get("client_port", 2379))
-            self.peer_port = int(self.settings.get("peer_port", 2380))
-            self.heartbeat_ms = int(self.settings.get("heartbeat_interval", 100))
-            self.election_ms = int(self.settings.get("election_timeout", 1000))
-            self.start_timeout = float(self.settings.get("start_timeout", 60.0))
-        except (TypeError, ValueError) as err:
-            raise ManagedStoreError(f"invalid etcd managed store setting: {err}") from None
-        self.binary = str(self.settings.get("etcd_binary", DEFAULT_BINARY))
+        config = EtcdManagedSettings.parse(self.settings)
+        self.client_port = config.client_port
+        self.peer_port = config.peer_port
+        self.heartbeat_ms = config.heartbeat_ms
+        self.election_ms = config.election_ms
+        self.start_timeout = config.start_timeout
+        self.binary = config.binary
         self.process = DetachedProcess(
             f"etcd server {name}",
             log_path=self.data_dir / LOG_FILE,
             pid_path=self.data_dir / PID_FILE,
             executable_name=Path(self.binary).name,
         )
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
+        EtcdManagedSettings.parse(settings)
 
     @property
     def client_url(self) -> str:
@@ -343,17 +346,7 @@ class EtcdManagedStore(ManagedStore):
             if new is None:
                 # etcd refuses changes until every voter has been connected for 5 s.
                 deadline = client.deadline(self.start_timeout)
-                try:
-                    new, members = client.member_add(
-                        [member.peer_url], learner=True, deadline=deadline
-                    )
-                except EtcdRequestError as err:
-                    if "too many learner" in str(err):
-                        raise ManagedStoreError(
-                            "another node is still joining the store (etcd accepts one learner "
-                            "at a time): retry once it has finished"
-                        ) from None
-                    raise ManagedStoreError(f"etcd refused to add {member.name}: {err}") from None
+                new, members = self._add_learner(client, member, deadline)
         self._remember_endpoints(members)
         state = self._state()
         self._update_state(added={**state.get("added", {}), member.name: str(new.id)})
@@ -365,6 +358,44 @@ class EtcdManagedStore(ManagedStore):
             "token": state["token"],
             "endpoints": [u for m in members for u in m.client_urls],
         }
+
+    def _add_learner(
+        self, client: EtcdClient, member: StoreMember, deadline: float
+    ) -> tuple[EtcdMember, list[EtcdMember]]:
+        """MemberAdd, with the two answers that do not mean "refused".
+
+        etcd names a new member ``sha1(peer URLs, cluster, current whole second)`` and refuses
+        a removed ID forever, answering "member not found": a join rolled back and retried
+        within the same second asks for exactly that ID, and the next second gives a new one.
+        The client resends a request that timed out; when the first one was applied, the
+        resend hears "member ID already exist" (same second) or "Peer URLs already exists":
+        that entry is ours to adopt.
+        """
+        while True:
+            try:
+                return client.member_add([member.peer_url], learner=True, deadline=deadline)
+            except EtcdRequestError as err:
+                text = str(err)
+                if "too many learner" in text:
+                    raise ManagedStoreError(
+                        "another node is still joining the store (etcd accepts one learner "
+                        "at a time): retry once it has finished"
+                    ) from None
+                if "already exist" in text:
+                    members = client.member_list(deadline=max(deadline, client.deadline()))
+                    adopted = self._existing_entry(members, member)
+                    if adopted is not None:
+                        log.info("etcd had applied the add of %s already: adopted", member.name)
+                        return adopted, members
+                if "member not found" in text and time.monotonic() < deadline:
+                    log.info(
+                        "etcd refused the ID it derived for %s in this second (a member removed "
+                        "in the same second had it): asking again in the next second",
+                        member.name,
+                    )
+                    time.sleep(1.05 - time.time() % 1.0)
+                    continue
+                raise ManagedStoreError(f"etcd refused to add {member.name}: {err}") from None
 
     @staticmethod
     def _existing_entry(members: Sequence[EtcdMember], member: StoreMember) -> EtcdMember | None:
@@ -466,6 +497,9 @@ class EtcdManagedStore(ManagedStore):
             except EtcdRequestError as err:
                 if "member not found" not in str(err):
                     raise ManagedStoreError(f"etcd refused to remove {name}: {err}") from None
+        if name in added:
+            with contextlib.suppress(ManagedStoreError, OSError):
+                self._update_state(added={k: v for k, v in added.items() if k != name})
         if name == self.name:
             # A removed member cannot serve again from its data: leave the node ready to rejoin.
             self._forget_local_server()

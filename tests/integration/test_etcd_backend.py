@@ -22,7 +22,13 @@ from hacore.testing.etcd import EtcdHarness
 from hacore.testing.procs import free_port
 from hacore.testing.pytest_plugin import run_harness
 from hacore_plugins.etcd.backend import EtcdConsensus
-from hacore_plugins.etcd.client import EtcdClient, EtcdRequestError, b64, prefix_end
+from hacore_plugins.etcd.client import (
+    EtcdClient,
+    EtcdRequestError,
+    TryElsewhere,
+    b64,
+    prefix_end,
+)
 from hacore_plugins.etcd.managed import EtcdManagedStore
 
 pytestmark = pytest.mark.skipif(
@@ -386,6 +392,71 @@ def test_managed_learner_join_promote_and_remove(stores: dict[str, EtcdManagedSt
     b.remove_member("a")
     with pytest.raises(ManagedStoreError, match="only member"):
         b.remove_member("b")
+
+
+def test_managed_join_rolled_back_and_retried_in_the_same_second(
+    stores: dict[str, EtcdManagedStore],
+) -> None:
+    """etcd derives a member ID from the peer URLs and the current whole second and refuses a
+    removed ID forever: the retry must still add the learner (in the next second)."""
+    a, b = stores["a"], stores["b"]
+    a.bootstrap()
+    for _ in range(10):
+        while time.time() % 1.0 > 0.3:  # room for add, remove and re-add in one second
+            time.sleep(0.02)
+        second = int(time.time())
+        first = a.add_member(b.identity())
+        a.remove_member("b")
+        same_second = int(time.time()) == second
+        again = a.add_member(b.identity())
+        assert again["member_id"] != first["member_id"]
+        learners = [m for m in a.members() if m.peer_url == b.peer_url]
+        assert [(m.name, m.voting) for m in learners] == [("b", False)]
+        if same_second:
+            break
+        a.remove_member("b")
+    else:
+        pytest.fail("add, remove and re-add never fitted in one second: the case was not tried")
+    assert b.join(again).voting
+
+
+def test_managed_add_applied_but_answer_lost_is_adopted(
+    stores: dict[str, EtcdManagedStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client resends a MemberAdd whose answer timed out; when etcd had applied the first
+    one, the resend hears "Peer URLs already exists" and the entry must be adopted."""
+    a, b, c = stores["a"], stores["b"], stores["c"]
+    a.bootstrap()
+    real_post = EtcdClient.post_once
+    lost: list[str] = []
+
+    def post_once(self: EtcdClient, endpoint: str, path: str, body: object, timeout: object
+                  ) -> dict[str, object]:
+        answer = real_post(self, endpoint, path, body, timeout)  # type: ignore[arg-type]
+        if path == "/v3/cluster/member/add" and not lost:
+            lost.append(path)
+            raise TryElsewhere("timed out")  # applied, but the answer never arrived
+        return answer
+
+    monkeypatch.setattr(EtcdClient, "post_once", post_once)
+    spec = a.add_member(b.identity())
+    monkeypatch.undo()
+    assert lost
+    entries = [m for m in a.members() if m.peer_url == b.peer_url]
+    assert [(m.name, m.voting) for m in entries] == [("b", False)]
+    assert b.join(spec).voting
+    # no orphan learner is left to block the next join ("too many learners")
+    assert c.join(a.add_member(c.identity())).voting
+
+
+def test_managed_removed_member_is_forgotten_by_name(stores: dict[str, EtcdManagedStore]) -> None:
+    a, b = stores["a"], stores["b"]
+    a.bootstrap()
+    a.add_member(b.identity())
+    assert "b" in a._added()
+    a.remove_member("b")
+    assert "b" not in a._added()
+    assert [m.name for m in a.members()] == ["a"]
 
 
 def test_managed_restart_from_data_dir(stores: dict[str, EtcdManagedStore]) -> None:
