@@ -132,7 +132,10 @@ class DetachedProcess:
             return
         except (OSError, ValueError):
             recorded = None
-        if recorded is not None and recorded != stopped and self._alive(recorded):
+        # Keep it while that pid lives at all: a server another process has just started may
+        # still be exec-ing, its command line not yet the program's. A stale file is harmless:
+        # pid() checks the program, and start() replaces the file.
+        if recorded is not None and recorded != stopped and _exists(recorded):
             return
         with contextlib.suppress(FileNotFoundError):
             self.pid_path.unlink()
@@ -154,6 +157,14 @@ class DetachedProcess:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _exists(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 @attrs.frozen

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import time
@@ -86,3 +87,24 @@ def test_stop_keeps_the_pid_file_of_a_newer_server(tmp_path: Path) -> None:
     finally:
         newer.stop(signal.SIGKILL)
     assert not newer.pid_path.exists()
+
+
+def test_stop_keeps_the_pid_file_of_a_newer_server_still_starting(tmp_path: Path) -> None:
+    """The newer server's command line is not yet the program's (it is still exec-ing, here
+    behind a shell): its pid file is still its own, not a stale one to remove."""
+    old = _process(tmp_path)
+    old.start([sys.executable, "-c", "import time; time.sleep(600)"])
+    old_pid = old.pid()
+    assert old_pid is not None
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while old.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    newer = _process(tmp_path)
+    script = f"sleep 5; exec {shlex.quote(sys.executable)} -c 'import time; time.sleep(600)'"
+    new_pid = newer.start(["/bin/sh", "-c", script])
+    try:
+        old.stop()
+        assert old.pid_path.read_text().strip() == str(new_pid)
+    finally:
+        newer.stop(signal.SIGKILL)
