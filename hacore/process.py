@@ -135,7 +135,8 @@ class DetachedProcess:
         # Keep it while that pid lives at all: a server another process has just started may
         # still be exec-ing, its command line not yet the program's. A stale file is harmless:
         # pid() checks the program, and start() replaces the file.
-        if recorded is not None and recorded != stopped and _exists(recorded):
+        entry = read_proc(recorded) if recorded is not None and recorded != stopped else None
+        if entry is not None and entry.alive:
             return
         with contextlib.suppress(FileNotFoundError):
             self.pid_path.unlink()
@@ -157,14 +158,6 @@ class DetachedProcess:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
-
-
-def _exists(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 @attrs.frozen
