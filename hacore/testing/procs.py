@@ -30,7 +30,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 def wait_for(
     predicate: Callable[[], object], timeout: float, interval: float = 0.05, what: str = ""
 ) -> object:
-    """Poll until ``predicate`` returns a truthy value; TimeoutError after ``timeout``."""
+    """Poll until ``predicate`` returns a truthy value; TimeoutError after ``timeout``.
+
+    An exception from ``predicate`` means "not yet" (a server still starting refuses
+    connections), except an ``AssertionError``: a check inside the predicate that fails is a
+    test failure at once, never a retry.
+    """
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
     while True:
@@ -38,6 +43,8 @@ def wait_for(
             result = predicate()
             if result:
                 return result
+        except AssertionError:
+            raise
         except Exception as exc:
             last_exc = exc
         if time.monotonic() > deadline:

@@ -3,6 +3,8 @@ restores everything, and a crashed run's namespaces and links are removed by the
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -121,19 +123,47 @@ def test_total_loss_is_a_cut_until_healed(net: Network) -> None:
     assert reaches(a, b) and reaches(b, a)
 
 
-def test_delay_says_plainly_when_the_kernel_cannot(net: Network) -> None:
+def kernel_has_netem() -> bool:
+    """Asked of the kernel directly, in a scratch namespace, not through the code under test."""
+    if shutil.which("tc") is None:
+        return False
+    scratch = f"hacore-netem-probe-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", scratch], check=True, timeout=30)
     try:
-        net.delay(net.hosts[0], 50)
-    except netns.NetnsError as exc:
-        assert "netem" in str(exc) or "tc" in str(exc)
-    else:
-        # this kernel has netem: the delay must show on a connect's round trip
-        try:
-            started = time.monotonic()
-            assert reaches(net.hosts[0], net.hosts[1])
-            assert time.monotonic() - started >= 0.05
-        finally:
-            net.heal(net.hosts[0])
+        probe = ["ip", "netns", "exec", scratch, "tc", "qdisc", "add", "dev", "lo", "root",
+                 "netem", "delay", "1ms"]
+        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    finally:
+        subprocess.run(["ip", "netns", "delete", scratch], timeout=30)
+
+
+def connect_seconds(source: Host, target: Host, port: int = PORTS[0]) -> float:
+    """One TCP connect's round trip, timed inside the connecting process."""
+    script = (
+        "import socket, sys, time\n"
+        "t = time.monotonic()\n"
+        "socket.create_connection((sys.argv[1], int(sys.argv[2])), 5).close()\n"
+        "print(time.monotonic() - t)\n"
+    )
+    argv = source.argv([sys.executable, "-c", script, target.address, str(port)])
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
+    return float(out.stdout)
+
+
+def test_delay_adds_its_delay_or_says_plainly_that_the_kernel_cannot(net: Network) -> None:
+    source, target = net.hosts[0], net.hosts[1]
+    if not kernel_has_netem():
+        with pytest.raises(netns.NetnsError, match=r"no tc netem|`tc` is not installed"):
+            net.delay(source, 200)
+        assert reaches(source, target), "a refused delay leaves the host as it was"
+        return
+    before = min(connect_seconds(source, target) for _ in range(3))
+    net.delay(source, 200)
+    try:
+        assert connect_seconds(source, target) >= before + 0.15
+    finally:
+        net.heal(source)
+    assert min(connect_seconds(source, target) for _ in range(3)) < before + 0.15
 
 
 def test_a_crashed_runs_network_is_removed_by_the_next_one(fault_network: Network) -> None:

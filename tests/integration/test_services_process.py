@@ -162,45 +162,61 @@ def test_leftovers_of_a_dead_leader_are_stopped_before_a_new_start(
     assert new != pgid
 
 
-def spawn_with_pid(pid: int, argv: list[str]) -> subprocess.Popen[bytes]:
-    """Make the kernel give ``pid`` to a new process, as it does when pids wrap around.
-
-    Other processes on the machine may take the pid first; try again until it lands.
+# Runs as pid 1 of a pid namespace of its own, where nothing else takes pids: the kernel
+# gives the stopped worker's pid to the next process every time.
+RECYCLE = textwrap.dedent(
     """
-    for _ in range(200):
-        Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
-        proc = subprocess.Popen(argv, start_new_session=True)
-        if proc.pid == pid:
-            return proc
-        proc.kill()
-        proc.wait()
-    pytest.skip(f"could not get pid {pid} back from the kernel in 200 tries")
+    import json, subprocess, sys
+    from pathlib import Path
+    from hacore_plugins.services.process import ProcessServices
+    from hacore_plugins.services.proc import ProcessIdentity
+
+    services = ProcessServices(json.loads(sys.argv[1]))
+    pid_path = services.pid_path("worker")
+
+    def running_pid():
+        return ProcessIdentity.from_json(json.loads(pid_path.read_text())).pid
+
+    services.start("worker")
+    pid = running_pid()
+    pid_file = pid_path.read_text()
+    services.stop("worker")
+    # The agent crashed before removing the pid file; the kernel then gave the pid away.
+    pid_path.write_text(pid_file)
+    Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+    stranger = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+    out = {"pid": pid, "stranger": stranger.pid}
+    status = services.status("worker")
+    out["running"], out["detail"] = status.running, status.detail
+    services.stop("worker")
+    out["stranger_after_stop"] = stranger.poll() is None
+    services.start("worker")
+    out["new_pid"] = running_pid()
+    out["stranger_after_start"] = stranger.poll() is None
+    services.stop("worker")
+    stranger.kill()
+    print(json.dumps(out))
+    """
+)
 
 
 @pytest.mark.root
-@pytest.mark.skipif(os.geteuid() != 0, reason="setting the next pid needs root")
-def test_a_recycled_pid_is_not_the_service(services: ProcessServices) -> None:
-    services.start("worker")
-    pid = running_pid(services, "worker")
-    pid_file = services.pid_path("worker").read_text()
-    services.stop("worker")
-    assert gone(pid)
-    # The agent crashed before removing the pid file; the kernel then gave the pid away.
-    services.pid_path("worker").write_text(pid_file)
-    stranger = spawn_with_pid(pid, ["sleep", "1000"])
-    try:
-        status = services.status("worker")
-        assert not status.running
-        assert f"pid {pid} now belongs to another process" in status.detail
-
-        services.stop("worker")
-        assert stranger.poll() is None, "stop must not touch a stranger with the old pid"
-        services.start("worker")
-        assert running_pid(services, "worker") != pid
-        assert stranger.poll() is None
-    finally:
-        stranger.kill()
-        stranger.wait()
+@pytest.mark.skipif(os.geteuid() != 0, reason="a pid namespace and setting the next pid need root")
+def test_a_recycled_pid_is_not_the_service(tmp_path: Path, program: Path) -> None:
+    settings = settings_for(tmp_path, program)
+    result = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", RECYCLE,
+         json.dumps(settings)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["stranger"] == out["pid"], "the kernel did not give the pid away: case not tried"
+    assert not out["running"]
+    assert f"pid {out['pid']} now belongs to another process" in out["detail"]
+    assert out["stranger_after_stop"], "stop must not touch a stranger with the old pid"
+    assert out["new_pid"] != out["pid"]
+    assert out["stranger_after_start"]
 
 
 def test_a_new_agent_adopts_the_services_an_earlier_one_started(
