@@ -306,10 +306,12 @@ def _bootstrap(agent: Any) -> None:
 def run_node(config_path: Path, bootstrap: bool) -> None:
     from hacore.agent.execute import ReplicationCredentials
     from hacore.agent.runtime import Agent
+    from hacore.api.limits import raise_open_file_limit
     from hacore.api.server import ApiServer
     from hacore.config import load_config
     from hacore.plugins import load_plugins
 
+    raise_open_file_limit()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = load_config(yaml.safe_load(config_path.read_text()))
     agent = Agent(

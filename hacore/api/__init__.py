@@ -17,6 +17,7 @@ from hacore.api.errors import (
     HttpsRequiredError,
     NotActiveError,
     NotFoundError,
+    TooManyRequestsError,
     UnavailableError,
 )
 from hacore.api.facade import AgentFacade, NodeSnapshot
@@ -33,6 +34,7 @@ __all__ = [
     "NodeSnapshot",
     "NotActiveError",
     "NotFoundError",
+    "TooManyRequestsError",
     "UnavailableError",
     "find_active",
     "hash_password",

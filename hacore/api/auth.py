@@ -3,8 +3,10 @@
 Hashes use the format the configuration accepts, ``pbkdf2_sha256$<iterations>$<salt>$<hash>``
 with salt and hash in unpadded base64. A PBKDF2 check costs about a second of CPU by design, so
 :class:`Authenticator` remembers recent verdicts under a keyed digest of the header (never the
-header itself) and lets only one verification run at a time: a load balancer probing
-``/status`` with credentials pays once, and a stream of wrong passwords cannot take every core.
+header itself), lets only one verification run at a time with a short bounded queue, and
+refuses a client that keeps failing before hashing: a load balancer probing ``/status`` with
+credentials pays once, and a stream of wrong passwords can neither take every core nor hold
+requests in a queue.
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 from collections import OrderedDict
 
+from hacore.api.errors import TooManyRequestsError, UnavailableError
+from hacore.api.limits import AttemptLimiter, Throttle
 from hacore.config import ApiAuth
 from hacore.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SCHEME = "pbkdf2_sha256"
 DEFAULT_ITERATIONS = 600_000
@@ -119,42 +126,154 @@ class Authenticator:
     """Checks ``Authorization`` headers against one configured user; thread-safe.
 
     ``auth`` None (no credentials configured yet) refuses every header.
+
+    A PBKDF2 check is made to be slow, so nothing here lets a client make the agent run many:
+    verdicts are remembered under a keyed digest of the header (accepted ones apart, so a
+    stream of wrong passwords cannot push out the load balancer's) and one check runs at a
+    time. The server adds the rest: ``attempts`` refuses a client whose checks keep failing
+    before hashing (429), and at most ``max_waiting`` checks wait, each for at most
+    ``wait_timeout`` (then 503), so no request queues past a timeout. Without them (None) a
+    check waits its turn, as a caller that is not serving network clients wants.
     """
 
-    def __init__(self, auth: ApiAuth | None, *, cache_size: int = 64) -> None:
+    def __init__(
+        self,
+        auth: ApiAuth | None,
+        *,
+        cache_size: int = 64,
+        max_waiting: int | None = None,
+        wait_timeout: float | None = None,
+        attempts: AttemptLimiter | None = None,
+    ) -> None:
         if auth is not None:
             check_password_hash(auth.password_hash)
         self._auth = auth
         self._key = secrets.token_bytes(32)
-        self._cache: OrderedDict[bytes, bool] = OrderedDict()
+        #: accepted headers
+        self._cache: OrderedDict[bytes, None] = OrderedDict()
+        self._refused: OrderedDict[bytes, None] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._hashing = threading.Lock()
+        self._waiting = 0
+        self.max_waiting = max_waiting
+        self.wait_timeout = wait_timeout
+        self.attempts = attempts
+        self._logged = Throttle()
 
     @property
     def configured(self) -> bool:
         return self._auth is not None
 
-    def check(self, header: str | None) -> bool:
+    def _digest(self, header: str) -> bytes:
+        return hmac.new(self._key, header.encode("utf-8", "surrogateescape"), "sha256").digest()
+
+    def _cached(self, key: bytes) -> bool | None:
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return True
+            if key in self._refused:
+                self._refused.move_to_end(key)
+                return False
+        return None
+
+    def known(self, header: str | None) -> bool:
+        """True when checking ``header`` costs no hashing (its verdict is remembered)."""
+        if self._auth is None or not header:
+            return True
+        return self._cached(self._digest(header)) is not None
+
+    def check(self, header: str | None, client: str = "") -> bool:
+        """Whether ``header`` holds the configured credentials. Raises
+        :class:`~hacore.api.errors.TooManyRequestsError` for a client that failed too often
+        and :class:`~hacore.api.errors.UnavailableError` when too many checks already wait."""
         auth = self._auth
         if auth is None or not header:
             return False
-        key = hmac.new(self._key, header.encode("utf-8", "surrogateescape"), "sha256").digest()
-        with self._lock:
-            verdict = self._cache.get(key)
-            if verdict is not None:
-                self._cache.move_to_end(key)
-                return verdict
-        with self._hashing:
-            with self._lock:
-                verdict = self._cache.get(key)
+        key = self._digest(header)
+        verdict = self._cached(key)
+        if verdict is None:
+            verdict = self._check_once(auth, header, key, client)
+        if not verdict:
+            self._log_failure(header, client)
+        return verdict
+
+    def _check_once(self, auth: ApiAuth, header: str, key: bytes, client: str) -> bool:
+        attempts = self.attempts
+        wait = attempts.take(client) if attempts is not None else 0.0
+        if wait:
+            self._log_refusal(client, f"too many failed logins; refused for {wait:.0f} s")
+            raise TooManyRequestsError(
+                "too many failed logins from this address: try again later", retry_after=wait
+            )
+        try:
+            self._acquire(client)
+        except UnavailableError:
+            if attempts is not None:
+                attempts.give_back(client)
+            raise
+        try:
+            verdict = self._cached(key)
             if verdict is None:
                 verdict = self._verify(auth, header)
-        with self._lock:
-            self._cache[key] = verdict
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+                self._remember(key, verdict)
+        finally:
+            self._hashing.release()
+        if verdict and attempts is not None:
+            attempts.give_back(client)
         return verdict
+
+    def _acquire(self, client: str) -> None:
+        """The one hashing slot, or :class:`UnavailableError` when the queue is full or the
+        wait too long."""
+        with self._lock:
+            full = self.max_waiting is not None and self._waiting >= self.max_waiting
+            if not full:
+                self._waiting += 1
+        retry = self.wait_timeout or 1.0
+        if full:
+            self._log_refusal(client, "too many password checks waiting")
+            raise UnavailableError(
+                "too many password checks are waiting: try again shortly", retry_after=retry
+            )
+        try:
+            timeout = -1 if self.wait_timeout is None else self.wait_timeout
+            if not self._hashing.acquire(timeout=timeout):
+                self._log_refusal(client, "the password check waited too long")
+                raise UnavailableError(
+                    "the password check waited too long: try again shortly", retry_after=retry
+                )
+        finally:
+            with self._lock:
+                self._waiting -= 1
+
+    def _remember(self, key: bytes, verdict: bool) -> None:
+        cache = self._cache if verdict else self._refused
+        with self._lock:
+            cache[key] = None
+            while len(cache) > self._cache_size:
+                cache.popitem(last=False)
+
+    def _log_failure(self, header: str, client: str) -> None:
+        held = self._logged.allow(f"failed {client}")
+        if held is None:
+            return
+        credentials = parse_basic(header)
+        who = f"as user {credentials[0][:64]!r}" if credentials else "with malformed credentials"
+        more = f" ({held} more since the last report)" if held else ""
+        log.warning("failed API login from %s %s%s", client or "an unknown address", who, more)
+
+    def _log_refusal(self, client: str, why: str) -> None:
+        held = self._logged.allow(f"refused {client}")
+        if held is not None:
+            more = f" ({held} more since the last report)" if held else ""
+            log.warning(
+                "API login from %s refused before checking: %s%s",
+                client or "an unknown address",
+                why,
+                more,
+            )
 
     @staticmethod
     def _verify(auth: ApiAuth, header: str) -> bool:

@@ -17,6 +17,13 @@ class ApiError(HacoreError):
     """A request the agent refused; ``status`` is the HTTP status it is sent with."""
 
     status: ClassVar[int] = 500
+    #: seconds after which the same request may succeed, sent as ``Retry-After``
+    retry_after: float | None = None
+
+    def __init__(self, *args: object, retry_after: float | None = None) -> None:
+        super().__init__(*args)
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class BadRequestError(ApiError):
@@ -50,6 +57,12 @@ class ConflictError(ApiError):
     status = 409
 
 
+class TooManyRequestsError(ApiError):
+    """This client failed to log in too often; it may try again after ``retry_after``."""
+
+    status = 429
+
+
 class UnavailableError(ApiError):
     """This agent cannot do it now; another node (the active) or a later retry may."""
 
@@ -71,6 +84,7 @@ ERROR_FOR_STATUS: dict[int, type[ApiError]] = {
     403: HttpsRequiredError,
     404: NotFoundError,
     409: ConflictError,
+    429: TooManyRequestsError,
     503: UnavailableError,
 }
 

@@ -1,9 +1,11 @@
 """The agent's REST API: probes for load balancers, the cluster operations the CLI calls, metrics.
 
-Built on the standard library's threading HTTP server with HTTP/1.1 keep-alive, a deep listen
-queue (a burst of health checks never waits for a retransmitted SYN, as it does with a backlog
-of 5) and one buffered write per response. Probes are answered from the loop's cached
-:class:`~hacore.api.facade.NodeSnapshot`, so their latency does not depend on the store.
+HTTP/1.1 with keep-alive, served so that no client can make the API cost the agent more than
+a bounded share of its descriptors and interpreter (DESIGN rule 8): one thread owns every
+socket in a selector and answers the probes from the loop's cached
+:class:`~hacore.api.facade.NodeSnapshot`, a few worker threads run what may block, each client
+address has a connection cap enforced at accept, and each request one deadline for its TLS
+handshake, headers and body (see :class:`_Transport`).
 
 Routing lives in :class:`ApiApp`, which turns a :class:`Request` into a :class:`Response`
 without touching sockets; :class:`ApiServer` binds it to a port.
@@ -11,20 +13,24 @@ without touching sockets; :class:`ApiServer` binds it to a port.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import email.utils
 import enum
+import errno
 import functools
+import http
 import json
 import logging
+import math
+import queue
 import re
+import selectors
 import socket
-import socketserver
 import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -39,6 +45,7 @@ from hacore.api.errors import (
     status_for,
 )
 from hacore.api.facade import AgentFacade, NodeSnapshot, member_json, probe_json
+from hacore.api.limits import AttemptLimiter, Throttle, connection_budget
 from hacore.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hacore.api.metrics import SnapshotCollector, render
 from hacore.config import ApiSettings
@@ -52,6 +59,10 @@ MAX_BODY = 1024 * 1024
 _MAX_HEADERS = 100
 _MAX_LINE = 8192
 REALM = 'Basic realm="hacore"'
+INTERNAL_ERROR = "internal error in the hacore agent; its log has the details"
+#: password checks that may wait for the one running (more get a 503), and for how long
+AUTH_MAX_WAITING = 4
+AUTH_WAIT_TIMEOUT = 5.0
 
 #: probe path -> the snapshot condition it answers 200 for
 PROBES: dict[str, Callable[[NodeSnapshot, float], bool]] = {
@@ -89,6 +100,8 @@ class Request:
     body: bytes = b""
     #: came over TLS (or from a server without TLS, where the question does not arise)
     secure: bool = True
+    #: the client's address (for the per-client limits and the log)
+    client: str = ""
 
 
 @attrs.frozen
@@ -125,6 +138,8 @@ class ApiApp:
 
     def __init__(self, facade: AgentFacade, settings: ApiSettings) -> None:
         self.facade = facade
+        #: outlives credential changes, so swapping them does not reset a client's failures
+        self._attempts = AttemptLimiter()
         self.set_settings(settings)
         self._plain: tuple[PlainHttp, str] = (PlainHttp.ALL, "")
         self._collector = SnapshotCollector(facade.snapshot)
@@ -145,12 +160,29 @@ class ApiApp:
 
     def set_settings(self, settings: ApiSettings) -> None:
         """Swap the credentials in place (``cluster start`` creates them while serving)."""
-        authenticator = Authenticator(settings.auth)
+        authenticator = Authenticator(
+            settings.auth,
+            max_waiting=AUTH_MAX_WAITING,
+            wait_timeout=AUTH_WAIT_TIMEOUT,
+            attempts=self._attempts,
+        )
         self._auth_state = (settings, authenticator)
 
     def set_plain(self, plain: PlainHttp, https_url: str) -> None:
         """What requests that did not come over TLS may do (see :class:`PlainHttp`)."""
         self._plain = (plain, https_url)
+
+    def immediate(self, req: Request) -> bool:
+        """True when answering ``req`` cannot block: a probe from the cached snapshot whose
+        credentials, if it needs any, cost no hashing. The transport answers those on its own
+        thread and sends the rest to its workers."""
+        path = req.path.rstrip("/") or "/"
+        if path not in PROBES:
+            return False
+        settings, authenticator = self._auth_state
+        return not settings.status_requires_auth or authenticator.known(
+            req.headers.get("authorization")
+        )
 
     def respond(self, req: Request) -> Response:
         path = req.path.rstrip("/") or "/"
@@ -205,17 +237,18 @@ class ApiApp:
             if status == 500:
                 logger.warning("%s %s failed: %s", req.method, req.path, err)
             extra = {"WWW-Authenticate": REALM} if status == 401 else {}
+            retry = getattr(err, "retry_after", None)
+            if retry is not None:
+                extra["Retry-After"] = str(max(1, math.ceil(retry)))
             return error_response(status, str(err) or type(err).__name__, **extra)
         except Exception:
             logger.exception("%s %s failed", req.method, req.path)
-            return error_response(
-                500, "internal error in the hacore agent; its log has the details"
-            )
+            return error_response(500, INTERNAL_ERROR)
 
     @staticmethod
     def _authenticate(authenticator: Authenticator, req: Request) -> None:
         header = req.headers.get("authorization")
-        if authenticator.check(header):
+        if authenticator.check(header, req.client):
             return
         if not authenticator.configured:
             raise AuthenticationError(
@@ -310,158 +343,219 @@ def _json_object(req: Request) -> dict[str, Any]:
 # Transport
 # ---------------------------------------------------------------------------------------------
 
+#: seconds a client has for a whole request (TLS handshake, headers and body), counted from its
+#: connection, or on a kept-alive one from the request's first byte: a client that trickles
+#: bytes (slowloris) is closed then, however often it sends
+REQUEST_TIMEOUT = 10.0
+#: seconds a kept-alive connection may wait for its next request
+IDLE_TIMEOUT = 60.0
+#: threads for the requests that may block: operations, the store-backed views, password checks
+WORKERS = 8
+#: requests waiting for a worker; past that they are answered 503 at once
+QUEUE = 64
+#: connections one client address may hold open; more are closed as soon as they are accepted
+PER_CLIENT = 64
+LISTEN_BACKLOG = 512
+_READ_SIZE = 65536
+#: the largest request head (request line and headers) that can be valid
+_MAX_HEAD = (_MAX_LINE + 2) * (_MAX_HEADERS + 1)
+_SWEEP_INTERVAL = 0.25
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+
 
 @functools.lru_cache(maxsize=2)
 def _http_date(second: int) -> str:
     return email.utils.formatdate(second, usegmt=True)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """HTTP/1.1 with keep-alive. Request lines and headers are parsed here rather than by
-    ``http.client.parse_headers``, whose e-mail parser costs more than the rest of a probe."""
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
-    protocol_version = "HTTP/1.1"
-    server_version = "hacore"
-    disable_nagle_algorithm = True
-    # buffered: headers and body leave in one send, flushed after each request
-    wbufsize = 64 * 1024
-    server: _HttpServer
-    raw_requestline: bytes
+
+class _Refused(Exception):
+    """A request the transport answers itself, then closes the connection."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@attrs.frozen
+class _Head:
+    method: str
+    target: str
+    version: str
     #: names in lower case
-    request_headers: dict[str, str]
+    headers: dict[str, str]
+    #: bytes of the head, its blank line included
+    size: int
+    body_length: int
+    close: bool
+    expect_continue: bool
 
-    def setup(self) -> None:
-        super().setup()
-        # an idle keep-alive connection holds a thread: let it go after a while
-        self.connection.settimeout(self.server.idle_timeout)
 
-    def parse_request(self) -> bool:
-        self.command = None  # type: ignore[assignment]
-        self.close_connection = True
-        # error answers below get a status line (the default version, 0.9, gets none)
-        self.request_version = "HTTP/1.0"
-        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-        words = self.requestline.split()
-        if not words:
-            return False
-        if len(words) != 3 or not words[2].startswith("HTTP/"):
-            self.send_error(400, f"malformed request line {self.requestline[:80]!r}")
-            return False
-        command, path, version = words
-        if version not in ("HTTP/1.1", "HTTP/1.0"):
-            self.send_error(505, f"HTTP version {version[5:]!r} is not supported (use 1.1)")
-            return False
-        headers = self._read_headers()
-        if headers is None:
-            return False
-        self.command, self.path, self.request_version = command, path, version
-        self.request_headers = headers
-        tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-        self.close_connection = version == "HTTP/1.0" or "close" in tokens
-        if version == "HTTP/1.1" and headers.get("expect", "").lower() == "100-continue":
-            return self.handle_expect_100()
-        return True
+def _head_end(buf: bytearray, start: int) -> tuple[int, int] | None:
+    """Where the head's last line ends and where its blank line ends."""
+    crlf, lf = buf.find(b"\n\r\n", start), buf.find(b"\n\n", start)
+    found = [hit for hit in ((crlf, crlf + 3), (lf, lf + 2)) if hit[0] >= 0]
+    return min(found) if found else None
 
-    def _read_headers(self) -> dict[str, str] | None:
-        headers: dict[str, str] = {}
-        for _ in range(_MAX_HEADERS):
-            raw = self.rfile.readline(_MAX_LINE + 1)
-            if len(raw) > _MAX_LINE:
-                self.send_error(431, "a request header line is too long")
-                return None
-            if raw in (b"\r\n", b"\n", b""):
-                return headers
-            line = raw.decode("iso-8859-1").rstrip("\r\n")
-            name, colon, value = line.partition(":")
-            # no folded lines, no space before the colon (RFC 9112 section 5)
-            if not colon or not name or name != name.strip():
-                self.send_error(400, "malformed request header line")
-                return None
-            key, value = name.lower(), value.strip()
-            # repeated headers are joined, so a repeated Content-Length is refused
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        self.send_error(431, f"more than {_MAX_HEADERS} request headers")
+
+def _parse_head(buf: bytearray, start: int = 0) -> _Head | None:
+    """The request head at the start of ``buf`` (no leading blank lines), None while it is not
+    all there; raises :class:`_Refused`. ``start``: where a new line end may be."""
+    end = _head_end(buf, start)
+    if end is None:
+        line_start = buf.rfind(b"\n") + 1
+        if len(buf) - line_start > _MAX_LINE:
+            if line_start:
+                raise _Refused(431, "a request header line is too long")
+            raise _Refused(414, "the request line is too long")
+        if len(buf) > _MAX_HEAD:
+            raise _Refused(431, f"more than {_MAX_HEADERS} request headers")
         return None
-
-    def handle_expect_100(self) -> bool:
-        super().handle_expect_100()
-        self.wfile.flush()  # the client waits for it before sending the body
-        return True
-
-    def version_string(self) -> str:
-        return self.server_version
-
-    def date_time_string(self, timestamp: float | None = None) -> str:
-        if timestamp is not None:
-            return super().date_time_string(timestamp)
-        return _http_date(int(time.time()))
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    do_HEAD = do_OPTIONS = do_POST = do_DELETE = do_PUT = do_PATCH = do_GET
-
-    def _serve(self) -> None:
-        body = self._read_body()
-        if body is None:
-            return
-        secure = self.server.tls[0] is None or isinstance(self.connection, ssl.SSLSocket)
-        req = Request(self.command, urlsplit(self.path).path, self.request_headers, body, secure)
-        self._send(self.server.app.respond(req))
-
-    def _read_body(self) -> bytes | None:
-        if "transfer-encoding" in self.request_headers:
-            self._send(error_response(411, "send the request body with a Content-Length"), True)
-            return None
-        raw = self.request_headers.get("content-length")
-        try:
-            length = int(raw) if raw is not None else 0
-        except ValueError:
-            length = -1
-        if length < 0:
-            self._send(error_response(400, "Content-Length is not a number >= 0"), True)
-            return None
-        if length > MAX_BODY:
-            self._send(error_response(413, f"request bodies are limited to {MAX_BODY} bytes"), True)
-            return None
-        body = self.rfile.read(length) if length else b""
-        if len(body) < length:
-            self.close_connection = True
-            return None
-        return body
-
-    def _send(self, resp: Response, close: bool = False) -> None:
-        self.send_response(resp.status)
-        if resp.content_type:
-            self.send_header("Content-Type", resp.content_type)
-        self.send_header("Content-Length", str(len(resp.body)))
-        for name, value in resp.headers:
-            self.send_header(name, value)
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        if self.command != "HEAD" and resp.body:
-            self.wfile.write(resp.body)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Errors raised while parsing the request line or headers, as JSON like the rest."""
-        self.close_connection = True
-        text = message or self.responses.get(code, ("error",))[0]
-        self._send(error_response(code, text), close=True)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        if access_log.isEnabledFor(logging.DEBUG):
-            access_log.debug("%s %s", self.address_string(), format % args)
-
-    def address_string(self) -> str:
-        return str(self.client_address[0])
+    last, size = end
+    lines = bytes(buf[:last]).split(b"\n")
+    requestline = lines[0].rstrip(b"\r").decode("iso-8859-1")
+    if len(lines[0]) > _MAX_LINE:
+        raise _Refused(414, "the request line is too long")
+    words = requestline.split()
+    if len(words) != 3 or not words[2].startswith("HTTP/"):
+        raise _Refused(400, f"malformed request line {requestline[:80]!r}")
+    method, target, version = words
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise _Refused(505, f"HTTP version {version[5:]!r} is not supported (use 1.1)")
+    headers: dict[str, str] = {}
+    for index, raw in enumerate(lines[1:]):
+        if len(raw) > _MAX_LINE + 1:
+            raise _Refused(431, "a request header line is too long")
+        if index >= _MAX_HEADERS:
+            raise _Refused(431, f"more than {_MAX_HEADERS} request headers")
+        line = raw.rstrip(b"\r").decode("iso-8859-1")
+        name, colon, value = line.partition(":")
+        # no folded lines, no space before the colon (RFC 9112 section 5)
+        if not colon or not name or name != name.strip():
+            raise _Refused(400, "malformed request header line")
+        key, value = name.lower(), value.strip()
+        # repeated headers are joined, so a repeated Content-Length is refused
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    if "transfer-encoding" in headers:
+        raise _Refused(411, "send the request body with a Content-Length")
+    raw_length = headers.get("content-length")
+    try:
+        length = int(raw_length) if raw_length is not None else 0
+    except ValueError:
+        length = -1
+    if length < 0:
+        raise _Refused(400, "Content-Length is not a number >= 0")
+    if length > MAX_BODY:
+        raise _Refused(413, f"request bodies are limited to {MAX_BODY} bytes")
+    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+    return _Head(
+        method=method,
+        target=target,
+        version=version,
+        headers=headers,
+        size=size,
+        body_length=length,
+        close=version == "HTTP/1.0" or "close" in tokens,
+        expect_continue=version == "HTTP/1.1"
+        and headers.get("expect", "").lower() == "100-continue",
+    )
 
 
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-    allow_reuse_address = True
+def _encode(resp: Response, *, head_only: bool, close: bool) -> bytes:
+    lines = [
+        f"HTTP/1.1 {resp.status} {_reason(resp.status)}",
+        "Server: hacore",
+        f"Date: {_http_date(int(time.time()))}",
+    ]
+    if resp.content_type:
+        lines.append(f"Content-Type: {resp.content_type}")
+    lines.append(f"Content-Length: {len(resp.body)}")
+    lines.extend(f"{name}: {value}" for name, value in resp.headers)
+    if close:
+        lines.append("Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1")
+    return head if head_only or not resp.body else head + resp.body
+
+
+class _Stage(enum.Enum):
+    #: a new connection: its first byte tells TLS from plain HTTP
+    PEEK = "peek"
+    HANDSHAKE = "handshake"
+    #: reading a request (or waiting for the next one)
+    READ = "read"
+    #: a worker has its request
+    BUSY = "busy"
+    #: sending a response
+    WRITE = "write"
+
+
+class _Connection:
+    __slots__ = (
+        "buf",
+        "close_after",
+        "closed",
+        "continued",
+        "deadline",
+        "eof",
+        "fd",
+        "head",
+        "head_only",
+        "idle",
+        "io",
+        "mask",
+        "out",
+        "peer",
+        "scanned",
+        "stage",
+        "tls",
+        "want",
+    )
+
+    def __init__(self, sock: socket.socket, peer: str, deadline: float) -> None:
+        self.fd = sock.fileno()
+        #: what bytes go through: the accepted socket, or the TLS socket over it
+        self.io = sock
+        self.peer = peer
+        self.stage = _Stage.PEEK
+        self.deadline = deadline
+        #: waiting for a kept-alive connection's next request (the idle timeout applies)
+        self.idle = False
+        self.tls = False
+        self.buf = bytearray()
+        #: how far ``buf`` was searched for the end of the head
+        self.scanned = 0
+        self.head: _Head | None = None
+        self.out = bytearray()
+        self.continued = False
+        self.close_after = False
+        self.head_only = False
+        self.eof = False
+        self.closed = False
+        #: the events the selector watches for it (0: not registered)
+        self.mask = 0
+        #: what the TLS handshake waits for
+        self.want = _READ
+
+
+class _Transport:
+    """HTTP/1.1 for :class:`ApiApp`, with bounded costs whatever the clients do.
+
+    One thread owns every socket (non-blocking, in a selector): it accepts, refuses what is
+    over the limits at once, runs TLS handshakes, reads requests, answers the probes from the
+    cached snapshot and writes answers. Requests that may block (operations, the store-backed
+    views, password checks) go to ``workers`` threads through a bounded queue. So a connection
+    costs a descriptor and a few hundred bytes, not a thread; an idle or slow client costs
+    nothing until its deadline; and however many clients there are, the API never runs more
+    than ``workers + 1`` threads, which bounds how much of the interpreter it can take from
+    the agent's loop (DESIGN rule 8).
+    """
 
     def __init__(
         self,
@@ -469,90 +563,404 @@ class _HttpServer(ThreadingHTTPServer):
         app: ApiApp,
         ssl_context: ssl.SSLContext | None,
         plain: PlainHttp,
+        *,
         idle_timeout: float,
+        request_timeout: float,
+        workers: int,
+        per_client: int,
+        max_connections: int,
     ) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.app = app
         #: swapped whole (one assignment) when a node gets its TLS material
         self.tls: tuple[ssl.SSLContext | None, PlainHttp] = (ssl_context, plain)
         self.idle_timeout = idle_timeout
-        self.closing = False
-        self._connections: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind does a reverse DNS lookup of the address; skip it
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        raw = cast(socket.socket, request)
-        raw.settimeout(self.idle_timeout)
-        with self._lock:
-            if self.closing:
-                raw.close()
-                return
-            # the raw socket: shutting it down also ends a TLS connection over it
-            self._connections.add(raw)
+        self.request_timeout = request_timeout
+        self.per_client = per_client
+        self.max_connections = max_connections
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
         try:
-            conn = self._secure(raw, client_address[0])
-            if conn is not None:
-                _Handler(conn, client_address, self)
-                if conn is not raw:
-                    conn.close()
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.listener.bind(address)
+            self.listener.listen(LISTEN_BACKLOG)
+        except OSError:
+            self.listener.close()
+            raise
+        self.listener.setblocking(False)
+        self.address: tuple[str, int] = self.listener.getsockname()[:2]
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._conns: dict[int, _Connection] = {}
+        self._per_peer: dict[str, int] = {}
+        self._jobs: queue.Queue[tuple[_Connection, Request] | None] = queue.Queue(QUEUE)
+        self._done: collections.deque[tuple[_Connection, Response]] = collections.deque()
+        self._workers = [
+            threading.Thread(target=self._work, name=f"hacore-api-{index}", daemon=True)
+            for index in range(workers)
+        ]
+        self._stopping = False
+        self._accept_paused_until: float | None = None
+        self._refusals = Throttle()
+        #: connections refused at accept (tests and benchmarks read it)
+        self.refused = 0
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """The I/O thread's body, until :meth:`stop`."""
+        for worker in self._workers:
+            worker.start()
+        self._selector.register(self.listener.fileno(), _READ, None)
+        self._selector.register(self._wake_r.fileno(), _READ, self._wake_r)
+        next_sweep = time.monotonic() + _SWEEP_INTERVAL
+        try:
+            while not self._stopping:
+                for key, events in self._selector.select(_SWEEP_INTERVAL):
+                    data = key.data
+                    if data is None:
+                        self._accept()
+                    elif isinstance(data, _Connection):
+                        self._on_event(data, events)
+                    else:
+                        self._drain_wakeups()
+                self._finish_done()
+                now = time.monotonic()
+                if now >= next_sweep:
+                    next_sweep = now + _SWEEP_INTERVAL
+                    self._sweep(now)
         finally:
-            with self._lock:
-                self._connections.discard(raw)
+            self._close_all()
 
-    def _secure(self, conn: socket.socket, peer: str) -> socket.socket | None:
-        """``conn`` as the handler should see it (wrapped in TLS when the client speaks it);
-        None when it closed, stayed silent or failed its handshake."""
-        context, plain = self.tls
-        if context is None or plain is not PlainHttp.NONE:
-            first = _first_byte(conn)
-            if first is None:
-                return None
-            if first != _TLS_HANDSHAKE:
-                return conn
-            if context is None:
-                # a TLS client of a plain server: closed at once, so it fails fast
-                logger.debug("TLS handshake from %s to a plain-HTTP API", peer)
-                return None
-        try:
-            return context.wrap_socket(conn, server_side=True)
-        except (OSError, ssl.SSLError) as err:
-            logger.debug("TLS handshake with %s failed: %s", peer, err)
-            return None
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake()
 
-    def close_connections(self) -> None:
-        with self._lock:
-            self.closing = True
-            connections = list(self._connections)
-        for conn in connections:
+    def _close_all(self) -> None:
+        for conn in list(self._conns.values()):
             with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+                conn.io.shutdown(socket.SHUT_RDWR)
+            self._close(conn)
+        for _ in self._workers:
+            with contextlib.suppress(queue.Full):
+                self._jobs.put(None, timeout=1.0)
+        self.close()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        logger.debug("connection from %s failed", client_address[0], exc_info=True)
+    def close(self) -> None:
+        """Release the port and the selector (after :meth:`serve` ended, or without it)."""
+        self._selector.close()
+        for sock in (self.listener, self._wake_r, self._wake_w):
+            sock.close()
 
+    # -- accepting ---------------------------------------------------------------------------
 
-def _first_byte(conn: socket.socket) -> int | None:
-    """The connection's first byte, left in the buffer; None when it closed or stayed silent."""
-    try:
-        data = conn.recv(1, socket.MSG_PEEK)
-    except OSError:
-        return None
-    return data[0] if data else None
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                sock, address = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as err:
+                if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # the listener stays readable: stop polling it for a moment
+                    self._selector.unregister(self.listener.fileno())
+                    self._accept_paused_until = time.monotonic() + 0.1
+                    if self._refusals.allow("accept") is not None:
+                        logger.warning("the REST API cannot accept connections: %s", err)
+                return
+            peer = str(address[0])
+            held = self._per_peer.get(peer, 0)
+            if held >= self.per_client or len(self._conns) >= self.max_connections:
+                self._refuse_at_accept(sock, peer, held)
+                continue
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Connection(sock, peer, time.monotonic() + self.request_timeout)
+            self._conns[conn.fd] = conn
+            self._per_peer[peer] = held + 1
+            context, plain = self.tls
+            if context is not None and plain is PlainHttp.NONE:
+                self._start_tls(conn, context)
+            self._update(conn)
+
+    def _refuse_at_accept(self, sock: socket.socket, peer: str, held: int) -> None:
+        self.refused += 1
+        sock.close()
+        suppressed = self._refusals.allow(peer)
+        if suppressed is None:
+            return
+        why = (
+            f"it holds {held} connections (the per-client limit)"
+            if held >= self.per_client
+            else f"the API holds {len(self._conns)} connections (its limit)"
+        )
+        more = f"; {suppressed} more refused since the last report" if suppressed else ""
+        logger.warning("refused a connection from %s: %s%s", peer, why, more)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _on_event(self, conn: _Connection, events: int) -> None:
+        if conn.stage is _Stage.PEEK:
+            self._peek(conn)
+        elif conn.stage is _Stage.HANDSHAKE:
+            self._handshake(conn)
+        else:
+            if events & _WRITE and conn.out:
+                self._flush(conn)
+            if not conn.closed and conn.stage is _Stage.READ:
+                if events & _READ:
+                    self._read(conn)
+                else:
+                    self._advance(conn)
+        self._update(conn)
+
+    def _peek(self, conn: _Connection) -> None:
+        try:
+            first = conn.io.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if not first:
+            self._close(conn)
+            return
+        context, _ = self.tls
+        if first[0] != _TLS_HANDSHAKE:
+            conn.stage = _Stage.READ
+            self._read(conn)
+        elif context is None:
+            # a TLS client of a plain server: closed at once, so it fails fast
+            logger.debug("TLS handshake from %s to a plain-HTTP API", conn.peer)
+            self._close(conn)
+        else:
+            self._start_tls(conn, context)
+
+    def _start_tls(self, conn: _Connection, context: ssl.SSLContext) -> None:
+        try:
+            conn.io = context.wrap_socket(conn.io, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as err:
+            logger.debug("TLS with %s failed: %s", conn.peer, err)
+            self._close(conn)
+            return
+        conn.stage, conn.tls = _Stage.HANDSHAKE, True
+        self._handshake(conn)
+
+    def _handshake(self, conn: _Connection) -> None:
+        try:
+            cast(ssl.SSLSocket, conn.io).do_handshake()
+        except ssl.SSLWantReadError:
+            conn.want = _READ
+            return
+        except ssl.SSLWantWriteError:
+            conn.want = _WRITE
+            return
+        except (OSError, ValueError) as err:
+            logger.debug("TLS handshake with %s failed: %s", conn.peer, err)
+            self._close(conn)
+            return
+        conn.stage = _Stage.READ
+        self._read(conn)
+
+    def _read(self, conn: _Connection) -> None:
+        while len(conn.buf) <= _MAX_HEAD + MAX_BODY:
+            try:
+                data = conn.io.recv(_READ_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            except OSError:
+                self._close(conn)
+                return
+            if not data:
+                conn.eof = True
+                break
+            if conn.idle:
+                conn.idle = False
+                conn.deadline = time.monotonic() + self.request_timeout
+            conn.buf += data
+        self._advance(conn)
+
+    def _advance(self, conn: _Connection) -> None:
+        """Answer or dispatch the requests complete in the buffer, one at a time."""
+        while conn.stage is _Stage.READ and not conn.closed:
+            if conn.head is None:
+                while conn.buf.startswith((b"\r", b"\n")):
+                    del conn.buf[:1]
+                try:
+                    conn.head = _parse_head(conn.buf, max(0, conn.scanned - 3))
+                except _Refused as refused:
+                    conn.close_after = True
+                    self._reply(conn, error_response(refused.status, str(refused)))
+                    return
+                conn.scanned = len(conn.buf)
+            head = conn.head
+            if head is None or len(conn.buf) < head.size + head.body_length:
+                if conn.eof:
+                    self._close(conn)
+                elif head is not None and head.expect_continue and not conn.continued:
+                    conn.continued = True
+                    conn.out += _CONTINUE
+                    self._flush(conn)
+                return
+            end = head.size + head.body_length
+            body = bytes(conn.buf[head.size : end])
+            del conn.buf[:end]
+            conn.head, conn.scanned, conn.continued = None, 0, False
+            conn.close_after = head.close or conn.eof
+            conn.head_only = head.method == "HEAD"
+            req = Request(
+                head.method,
+                urlsplit(head.target).path,
+                head.headers,
+                body,
+                secure=conn.tls or self.tls[0] is None,
+                client=conn.peer,
+            )
+            if access_log.isEnabledFor(logging.DEBUG):
+                access_log.debug("%s %s %s %s", conn.peer, head.method, head.target, head.version)
+            if self.app.immediate(req):
+                self._reply(conn, self.app.respond(req))
+                continue
+            try:
+                self._jobs.put_nowait((conn, req))
+            except queue.Full:
+                self._reply(
+                    conn,
+                    error_response(
+                        503, "the agent's API is busy: try again shortly", **{"Retry-After": "1"}
+                    ),
+                )
+                continue
+            conn.stage = _Stage.BUSY
+
+    def _reply(self, conn: _Connection, resp: Response) -> None:
+        conn.out += _encode(resp, head_only=conn.head_only, close=conn.close_after)
+        conn.head_only = False
+        conn.stage = _Stage.WRITE
+        conn.deadline = max(conn.deadline, time.monotonic() + self.request_timeout)
+        self._flush(conn)
+
+    def _flush(self, conn: _Connection) -> None:
+        while conn.out:
+            try:
+                sent = conn.io.send(conn.out)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return
+            except OSError:
+                self._close(conn)
+                return
+            del conn.out[:sent]
+        if conn.stage is not _Stage.WRITE:
+            return
+        if conn.close_after:
+            with contextlib.suppress(OSError):
+                conn.io.shutdown(socket.SHUT_WR)
+            self._close(conn)
+            return
+        conn.stage = _Stage.READ
+        conn.idle = not conn.buf
+        timeout = self.idle_timeout if conn.idle else self.request_timeout
+        conn.deadline = time.monotonic() + timeout
+
+    def _update(self, conn: _Connection) -> None:
+        """Watch for what the connection waits for."""
+        if conn.closed:
+            return
+        stage = conn.stage
+        if stage is _Stage.HANDSHAKE:
+            mask = conn.want
+        elif stage is _Stage.WRITE:
+            mask = _WRITE
+        elif stage is _Stage.BUSY:
+            mask = 0
+        else:
+            mask = _READ | (_WRITE if conn.out else 0)
+        if mask == conn.mask:
+            return
+        if not conn.mask:
+            self._selector.register(conn.fd, mask, conn)
+        elif not mask:
+            self._selector.unregister(conn.fd)
+        else:
+            self._selector.modify(conn.fd, mask, conn)
+        conn.mask = mask
+
+    def _close(self, conn: _Connection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        if conn.mask:
+            self._selector.unregister(conn.fd)
+            conn.mask = 0
+        self._conns.pop(conn.fd, None)
+        held = self._per_peer.get(conn.peer, 1) - 1
+        if held > 0:
+            self._per_peer[conn.peer] = held
+        else:
+            self._per_peer.pop(conn.peer, None)
+        conn.io.close()
+
+    def _sweep(self, now: float) -> None:
+        paused = self._accept_paused_until
+        if paused is not None and now >= paused:
+            self._accept_paused_until = None
+            self._selector.register(self.listener.fileno(), _READ, None)
+        for conn in [c for c in self._conns.values() if c.deadline <= now]:
+            if conn.stage is not _Stage.BUSY:
+                if not conn.idle:
+                    logger.debug(
+                        "closing a connection from %s: request not complete in time", conn.peer
+                    )
+                self._close(conn)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            conn, req = job
+            try:
+                resp = self.app.respond(req)
+            except Exception:
+                logger.exception("%s %s failed", req.method, req.path)
+                resp = error_response(
+                    500, "internal error in the hacore agent; its log has the details"
+                )
+            self._done.append((conn, resp))
+            self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def _drain_wakeups(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
+
+    def _finish_done(self) -> None:
+        while self._done:
+            conn, resp = self._done.popleft()
+            if conn.closed:
+                continue
+            conn.stage = _Stage.READ
+            self._reply(conn, resp)
+            if not conn.closed and conn.stage is _Stage.READ:
+                self._advance(conn)
+            self._update(conn)
 
 
 class ApiServer:
     """The REST API on one address; :meth:`start` serves it from a background thread.
 
     It binds at construction, so a taken port fails at once and ``port`` (0 asks the kernel for
-    a free one) is known before :meth:`start`.
+    a free one) is known before :meth:`start`. The limits (see :class:`_Transport` and
+    docs/api.md) default to the module's constants; ``max_connections`` to what the process's
+    descriptor limit leaves after the agent's own needs.
     """
 
     def __init__(
@@ -564,13 +972,27 @@ class ApiServer:
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
         plain: PlainHttp = PlainHttp.NONE,
-        idle_timeout: float = 60.0,
+        idle_timeout: float = IDLE_TIMEOUT,
+        request_timeout: float = REQUEST_TIMEOUT,
+        workers: int = WORKERS,
+        per_client: int = PER_CLIENT,
+        max_connections: int | None = None,
     ) -> None:
         self.app = ApiApp(facade, settings)
         self.host = host
         self.tls = ssl_context is not None
         try:
-            self._httpd = _HttpServer((host, port), self.app, ssl_context, plain, idle_timeout)
+            self._transport = _Transport(
+                (host, port),
+                self.app,
+                ssl_context,
+                plain,
+                idle_timeout=idle_timeout,
+                request_timeout=request_timeout,
+                workers=workers,
+                per_client=per_client,
+                max_connections=max_connections or connection_budget(),
+            )
         except OSError as err:
             raise HacoreError(
                 f"the REST API cannot listen on {host}:{port}: {err.strerror or err}"
@@ -581,12 +1003,17 @@ class ApiServer:
 
     @property
     def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        return int(self._transport.address[1])
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+    @property
+    def refused(self) -> int:
+        """Connections refused at accept so far (over the per-client or the total limit)."""
+        return self._transport.refused
 
     def set_settings(self, settings: ApiSettings) -> None:
         self.app.set_settings(settings)
@@ -596,15 +1023,12 @@ class ApiServer:
         goes back to plain HTTP for everything."""
         self.tls = ssl_context is not None
         self.app.set_plain(plain if self.tls else PlainHttp.ALL, self.url)
-        self._httpd.tls = (ssl_context, plain)
+        self._transport.tls = (ssl_context, plain)
 
     def start(self) -> ApiServer:
         if self._thread is None:
             self._thread = threading.Thread(
-                target=self._httpd.serve_forever,
-                kwargs={"poll_interval": 0.25},
-                name=f"hacore-api-{self.port}",
-                daemon=True,
+                target=self._transport.serve, name=f"hacore-api-{self.port}", daemon=True
             )
             self._thread.start()
             logger.info("REST API listening on %s", self.url)
@@ -613,11 +1037,11 @@ class ApiServer:
     def shutdown(self) -> None:
         """Stop accepting, end open keep-alive connections, release the port."""
         if self._thread is not None:
-            self._httpd.shutdown()
+            self._transport.stop()
             self._thread.join()
             self._thread = None
-        self._httpd.close_connections()
-        self._httpd.server_close()
+        else:
+            self._transport.close()
 
     def __enter__(self) -> ApiServer:
         return self.start()

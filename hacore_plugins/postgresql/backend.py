@@ -18,6 +18,7 @@ the life cycle: creating data, starting, following, promoting, fencing, and the 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -86,6 +87,11 @@ class PostgresReplication(PrimaryDuties, SourceAccess):
             with self._local(timeout=3) as conn:
                 row = conn.execute(STATUS).fetchone()
         except (ReplicationError, psycopg.Error) as err:
+            if _out_of_descriptors(err):
+                # this process could not even open a socket: nothing is known of the database
+                raise ReplicationError(
+                    f"cannot connect to the local database, so its state is unknown: {err}"
+                ) from err
             log.debug("%s: status query failed: %s", self.node_name, err)
             role = "standby" if self.layout.standby_signal.exists() else "primary"
             return ReplicationStatus(running=True, role=role, needs_rewind=state.was_primary)
@@ -371,3 +377,12 @@ class PostgresReplication(PrimaryDuties, SourceAccess):
         except OSError:
             return False
         return any(message in text for message in _DIVERGED)
+
+
+_OUT_OF_DESCRIPTORS = (os.strerror(errno.EMFILE), os.strerror(errno.ENFILE))
+
+
+def _out_of_descriptors(err: Exception) -> bool:
+    """libpq reports a failed ``socket()`` only as text ("could not create socket: Too many
+    open files"), so the text is what tells it apart from a database that refused."""
+    return any(text in str(err) for text in _OUT_OF_DESCRIPTORS)

@@ -25,11 +25,21 @@ log = logging.getLogger(__name__)
 CLEAN_STATES = frozenset({"shut down", "shut down in recovery"})
 
 
+def _unreadable(path: Path, err: OSError) -> ReplicationError:
+    """A read that failed for another reason than the file being absent (out of descriptors,
+    EMFILE, above all): the answer is unknown, and must not be taken for "stopped" (DESIGN
+    rule 7); the agent reads a ReplicationError from ``status`` as an unknown database."""
+    return ReplicationError(f"cannot read {path}, so the database's state is unknown: {err}")
+
+
 def process_alive(pid: int) -> bool:
+    path = Path(f"/proc/{pid}/stat")
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        stat = path.read_text()
+    except (FileNotFoundError, ProcessLookupError):
         return False
+    except OSError as err:
+        raise _unreadable(path, err) from err
     # The state follows the command name, which is in parentheses and may hold spaces.
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
@@ -51,8 +61,10 @@ def children_of(pid: int) -> list[int]:
 def pid_file_fields(layout: Layout) -> list[str]:
     try:
         return layout.pid_file.read_text().splitlines()
-    except OSError:
+    except FileNotFoundError:
         return []
+    except OSError as err:
+        raise _unreadable(layout.pid_file, err) from err
 
 
 def postmaster_pid(layout: Layout) -> int | None:

@@ -77,6 +77,9 @@ def load_state(path: Path) -> NodeState:
         text = path.read_text()
     except FileNotFoundError:
         return NodeState()
+    except OSError as err:
+        # out of descriptors, above all: unknown, which the agent must not read as "stopped"
+        raise ReplicationError(f"cannot read {path}: {err}") from err
     try:
         return NodeState.from_mapping(json.loads(text))
     except (ValueError, TypeError) as err:

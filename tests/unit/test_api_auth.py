@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import re
 import threading
 import time
@@ -19,6 +20,8 @@ from hacore.api.auth import (
     parse_basic,
     verify_password,
 )
+from hacore.api.errors import TooManyRequestsError, UnavailableError
+from hacore.api.limits import AttemptLimiter
 from hacore.config import ApiAuth, load_config
 from hacore.errors import ConfigError
 
@@ -219,3 +222,65 @@ def test_no_secret_in_reprs() -> None:
     stored = hash_password("pw", iterations=FAST)
     assert stored not in repr(ApiAuth("admin", stored))
     assert re.search(r"password_hash", repr(ApiAuth("admin", stored))) is None
+
+
+# ---- limits: rate per client, a bounded queue, and a log of failures ----
+
+
+def test_a_client_that_keeps_failing_is_refused_before_hashing() -> None:
+    attempts = AttemptLimiter(burst=3, rate=0.5)
+    auth = Authenticator(ApiAuth("admin", hash_password("pw", iterations=FAST)), attempts=attempts)
+    for index in range(3):
+        assert not auth.check(basic_header("admin", f"wrong-{index}"), "10.0.0.7")
+    with pytest.raises(TooManyRequestsError) as info:
+        auth.check(basic_header("admin", "pw"), "10.0.0.7")
+    assert info.value.status == 429
+    assert info.value.retry_after is not None and 0 < info.value.retry_after <= 2
+    # other clients are not held back, and a success gives its try back
+    for _ in range(5):
+        assert auth.check(basic_header("admin", "pw"), "10.0.0.8")
+    # a remembered verdict costs no hashing, so it is answered whatever the count
+    assert not auth.check(basic_header("admin", "wrong-0"), "10.0.0.7")
+    # one try every 1 / rate seconds
+    time.sleep(2.1)
+    assert auth.check(basic_header("admin", "pw"), "10.0.0.7")
+
+
+def test_the_queue_of_password_checks_is_bounded_in_length_and_time() -> None:
+    # slow enough that the checks overlap
+    stored = hash_password("pw", iterations=600_000)
+    auth = Authenticator(ApiAuth("admin", stored), max_waiting=1, wait_timeout=0.2)
+    outcomes: list[tuple[str, float]] = []
+
+    def check(password: str) -> None:
+        began = time.monotonic()
+        try:
+            outcome = str(auth.check(basic_header("admin", password)))
+        except UnavailableError as err:
+            assert err.status == 503 and err.retry_after
+            outcome = "503"
+        outcomes.append((outcome, time.monotonic() - began))
+
+    threads = [threading.Thread(target=check, args=(f"p{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    # one hashed; the others waited at most 0.2 s, or were turned away at once
+    assert sorted(o for o, _ in outcomes) == ["503", "503", "503", "False"], outcomes
+    assert all(elapsed < 1.0 for o, elapsed in outcomes if o == "503"), outcomes
+
+
+def test_failed_logins_are_logged_with_address_and_user_never_the_secret(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    auth = Authenticator(ApiAuth("admin", hash_password("pw", iterations=FAST)))
+    header = basic_header("mallory", "s3cret-guess")
+    with caplog.at_level(logging.WARNING, logger="hacore.api.auth"):
+        assert not auth.check(header, "10.0.0.9")
+        assert not auth.check(header, "10.0.0.9")  # repeated at once: counted, not written
+        assert auth.check(basic_header("admin", "pw"), "10.0.0.9")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["failed API login from 10.0.0.9 as user 'mallory'"]
+    text = caplog.text
+    assert "s3cret-guess" not in text and header.split()[1] not in text
