@@ -82,18 +82,20 @@ class ManagerApi:
 
     def healthy(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200
+            return httpx.get(f"{self.url}/health", timeout=2.0, trust_env=False).status_code == 200
         except httpx.HTTPError:
             return False
 
     def put_resource(self, name: str, data: bytes) -> None:
-        answer = httpx.put(f"{self.url}/resources/{name}", content=data, timeout=10.0)
+        answer = httpx.put(
+            f"{self.url}/resources/{name}", content=data, timeout=10.0, trust_env=False
+        )
         if answer.status_code not in (200, 201):
             raise HacoreError(f"PUT /resources/{name} on {self.node.name}: {answer.text.strip()}")
 
     def start_workflow(self, name: str, resumable: bool) -> Workflow:
         body = {"name": name, "steps": STEPS, "resumable": resumable}
-        answer = httpx.post(f"{self.url}/workflows", json=body, timeout=10.0)
+        answer = httpx.post(f"{self.url}/workflows", json=body, timeout=10.0, trust_env=False)
         if answer.status_code != 201:
             raise HacoreError(f"POST /workflows on {self.node.name}: {answer.text.strip()}")
         return Workflow.from_json(read_json(answer))
@@ -101,7 +103,8 @@ class ManagerApi:
     def workflow(self, workflow_id: int) -> Workflow | None:
         """The workflow with its steps; None while the API does not answer."""
         try:
-            answer = httpx.get(f"{self.url}/workflows/{workflow_id}", timeout=5.0)
+            url = f"{self.url}/workflows/{workflow_id}"
+            answer = httpx.get(url, timeout=5.0, trust_env=False)
         except httpx.HTTPError:
             return None
         return Workflow.from_json(read_json(answer)) if answer.status_code == 200 else None

@@ -80,7 +80,8 @@ def build_backends(
     config: NodeConfig, plugins: HacorePlugins, tls: TlsFiles | None = None
 ) -> Backends:
     """Each family's backend, picked by name from the configuration; ``tls`` is handed to
-    the database and, when hacore runs the store, to its server and its client."""
+    the database, to a file sync engine that takes it, and, when hacore runs the store, to its
+    server and its client."""
     registry, node, timing = plugins.registry, config.node, config.timing
     if config.replication is None:
         raise ConfigError("the agent needs a replication section (for example backend: postgresql)")
@@ -117,8 +118,12 @@ def build_backends(
     )
     filesync = None
     if config.filesync is not None:
-        filesync = registry.filesync(config.filesync.backend)(
+        engine = registry.filesync(config.filesync.backend)
+        # offered, not required: an engine may authenticate its peers itself (Syncthing)
+        offered = tls if "tls" in inspect.signature(engine).parameters else None
+        filesync = engine(
             config.filesync.settings,
+            **tls_arguments(engine, offered, f"{config.filesync.backend} file sync"),
             node_name=node.name,
             host=node.host,
             data_dir=node.data_dir / FILESYNC_DIR,

@@ -54,6 +54,8 @@ class ApiClient:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
             # plain HTTP needs no CA bundle; loading one costs ~0.1 s per client
             verify=_ssl_verify(verify) if self.base_url.startswith("https:") else False,
+            # node-to-node and local calls: HTTP_PROXY must not see the credentials
+            trust_env=False,
         )
 
     def close(self) -> None:

@@ -196,7 +196,7 @@ class EtcdClient:
         self._http = self.new_http()
 
     def new_http(self) -> httpx.Client:
-        return httpx.Client(verify=self._ssl)
+        return httpx.Client(verify=self._ssl, trust_env=False)
 
     def close(self) -> None:
         self._http.close()

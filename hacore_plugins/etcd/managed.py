@@ -580,7 +580,7 @@ class EtcdManagedStore(ManagedStore):
 
 def _healthy(client_url: str, verify: ssl.SSLContext | bool) -> bool:
     try:
-        resp = httpx.get(f"{client_url}/health", timeout=1.0, verify=verify)
+        resp = httpx.get(f"{client_url}/health", timeout=1.0, verify=verify, trust_env=False)
         return bool(resp.json().get("health") == "true")
     except (httpx.HTTPError, ValueError):
         return False

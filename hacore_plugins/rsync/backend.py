@@ -1,18 +1,27 @@
 """File sync by periodic rsync pulls from the active's rsync daemon.
 
-The mirrors pull (``rsync -a --delete``) from the source every ``interval`` seconds and on
-demand; the source only serves. A mirror's copy is as old as its last pull: unlike
-Syncthing, nothing is pushed when the active writes, and the source cannot tell how far its
-mirrors are, so "in sync" is only known on a mirror (a dry run shows nothing to change).
-Each file arrives whole (rsync renames it into place), but a pull is not atomic across
-files.
+The mirrors pull from the source every ``interval`` seconds and on demand; the source only
+serves. A mirror's copy is as old as its last pull: unlike Syncthing, nothing is pushed when
+the active writes, and the source cannot tell how far its mirrors are, so "in sync" is only
+known on a mirror (a dry run shows nothing to change). Each file arrives whole (rsync renames
+it into place), but a pull is not atomic across files.
+
+With the cluster's TLS material the mirror reaches the daemon through ``openssl s_client``
+(rsync's ``RSYNC_CONNECT_PROG``): only a server whose certificate the cluster CA signed for
+the source's address is believed, and the mirror shows its own node certificate, without
+which the source's stunnel lets nobody in. The pull keeps no owner, group, device, special
+file, set-id bit or symlink that leads out of the tree: a source (or someone posing as one)
+cannot plant them on a mirror, which pulls as root.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
+import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -28,7 +37,15 @@ import attrs
 from hacore.errors import FilesyncError
 from hacore.filesync import FilesyncBackend, SyncState, directory_keys
 from hacore.process import DetachedProcess
-from hacore_plugins.rsync.daemon import USER, config_text, port_taken, write_private
+from hacore.records import TlsFiles
+from hacore_plugins.rsync.daemon import (
+    USER,
+    config_text,
+    port_taken,
+    stunnel_text,
+    write_private,
+)
+from hacore_plugins.rsync.secret import HOME, ensure_secret, prepare_home
 from hacore_plugins.rsync.settings import RsyncSettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +55,24 @@ SECRETS_FILE = "rsyncd.secrets"
 PASSWORD_FILE = "password"
 LOG_FILE = "rsyncd.log"
 PID_FILE = "rsyncd.pid"
+STUNNEL_CONFIG = "stunnel.conf"
+STUNNEL_LOG = "stunnel.log"
+STUNNEL_PID = "stunnel.pid"
+#: what a mirror keeps of the source's metadata: times and permissions without set-id bits;
+#: no owner, group, device or special file, no symlink that points out of the tree
+PULL_OPTIONS = (
+    "-rlpt",
+    "--chmod=ug-s",
+    "--delete",
+    "--no-owner",
+    "--no-group",
+    "--no-devices",
+    "--no-specials",
+    "--safe-links",
+)
+#: what openssl prints that explains nothing
+_NOISE = ("Can't use SSL_get_servername", "depth=", "verify return:")
+_ALERT = re.compile(r"(?:tlsv1\d?|sslv3|tlsv13) alert [a-z ]+")
 
 #: an itemized change (``>f.st...... name``, ``cd+++++++++ dir/``) or a deletion
 _CHANGE = re.compile(r"^(?:[<>ch.][fdLDS]\S* |\*deleting )")
@@ -59,9 +94,10 @@ class Pending:
 
 class RsyncFilesync(FilesyncBackend):
     """Settings (all optional): ``port`` (8873, the daemon's, on ``host``), ``interval``
-    (2 s between pulls), ``password`` (the same on every node; without it anyone who can
-    reach the port reads the files), ``io_timeout`` (60 s), ``start_timeout`` (10 s),
-    ``binary``."""
+    (2 s between pulls), ``password`` (replaces the cluster's generated secret; the same on
+    every node), ``io_timeout`` (60 s), ``start_timeout`` (10 s), ``binary``,
+    ``stunnel_binary``, ``openssl_binary``. ``tls`` (the node's material) makes the
+    transport TLS with the cluster CA at both ends."""
 
     def __init__(
         self,
@@ -71,19 +107,29 @@ class RsyncFilesync(FilesyncBackend):
         host: str,
         data_dir: Path,
         directories: Sequence[Path],
+        tls: TlsFiles | None = None,
     ) -> None:
         super().__init__(
             settings, node_name=node_name, host=host, data_dir=data_dir, directories=directories
         )
         self.config = RsyncSettings.parse(self.settings)
         self.modules = directory_keys(self.directories)
-        self.home = self.data_dir / "rsync"
-        self.daemon = DetachedProcess(
+        self.tls = tls
+        self.home = self.data_dir / HOME
+        plain = DetachedProcess(
             f"rsync daemon of {node_name}",
             log_path=self.home / LOG_FILE,
             pid_path=self.home / PID_FILE,
             executable_name=Path(self.config.binary).name,
         )
+        wrapped = DetachedProcess(
+            f"rsync TLS server (stunnel) of {node_name}",
+            log_path=self.home / STUNNEL_LOG,
+            pid_path=self.home / STUNNEL_PID,
+            executable_name=Path(self.config.stunnel_binary).name,
+        )
+        #: the server this node runs, and the one it ran before TLS was switched on or off
+        self.daemon, self._former = (wrapped, plain) if tls is not None else (plain, wrapped)
         self._lock = threading.Lock()
         self._pull_lock = threading.Lock()
         self._peers: dict[str, str] = {}
@@ -111,23 +157,43 @@ class RsyncFilesync(FilesyncBackend):
         return {"rsync_url": self.url}
 
     def start(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
+        prepare_home(self.home)
         # the daemon serves the directories as modules: one missing fails every pull
         for directory in self.modules.values():
             directory.mkdir(parents=True, exist_ok=True)
-        if not self.daemon.running():
+        if self._former.running():
+            self._former.stop(signal.SIGTERM, timeout=10)
+        if self.tls is None:
+            log.warning(
+                "rsync: %s runs without TLS (tls.enabled: false): the files cross the network "
+                "in clear text; only the secret keeps non-members out",
+                self.node_name,
+            )
+        else:
+            self._check_tls_material()
+        self._write_config()
+        pid = self.daemon.pid()
+        if pid is not None:
+            if self.tls is not None:
+                # stunnel reads the node certificate again (re-issued for a new address);
+                # to its pid alone, not the group, where the transfers of the moment run
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGHUP)
+        else:
             if port_taken(self.host, self.config.port):
                 raise FilesyncError(
                     f"rsync port {self.config.port} on {self.host} is already in use "
                     "by another process"
                 )
-            self._write_config()
-            argv = [self.config.binary, "--daemon", "--no-detach"]
-            argv.append(f"--config={self.home / CONFIG_FILE}")
+            if self.tls is not None:
+                argv = [self.config.stunnel_binary, str(self.home / STUNNEL_CONFIG)]
+            else:
+                argv = [self.config.binary, "--daemon", "--no-detach"]
+                argv.append(f"--config={self.home / CONFIG_FILE}")
             try:
                 self.daemon.start(argv)
             except OSError as err:
-                raise FilesyncError(f"cannot start {self.config.binary}: {err}") from None
+                raise FilesyncError(f"cannot start {argv[0]}: {err}") from None
             self._wait_listening()
         if self._timer is None:
             self._stopping.clear()
@@ -135,20 +201,43 @@ class RsyncFilesync(FilesyncBackend):
             self._timer.daemon = True
             self._timer.start()
 
+    def _check_tls_material(self) -> None:
+        assert self.tls is not None
+        for path in (self.tls.ca_file, self.tls.cert_file, self.tls.key_file):
+            if not Path(path).is_file():
+                raise FilesyncError(f"rsync over TLS: {path} does not exist (no node material yet)")
+        for program in (self.config.stunnel_binary, self.config.openssl_binary):
+            if not os.access(program, os.X_OK):
+                raise FilesyncError(
+                    f"rsync over TLS needs {program} (Debian packages stunnel4 and openssl)"
+                )
+
     def _write_config(self) -> None:
-        secrets: Path | None = None
-        if self.config.password is not None:
-            secrets = self.home / SECRETS_FILE
-            write_private(secrets, f"{USER}:{self.config.password}\n")
-            write_private(self.home / PASSWORD_FILE, f"{self.config.password}\n")
+        secret = self.config.password or ensure_secret(self.home)
+        secrets = self.home / SECRETS_FILE
+        write_private(secrets, f"{USER}:{secret}\n")
+        write_private(self.home / PASSWORD_FILE, f"{secret}\n")
+        tls = self.tls
         text = config_text(
-            host=self.host,
-            port=self.config.port,
+            host=self.host if tls is None else None,
+            port=self.config.port if tls is None else None,
             modules=self.modules,
             log_file=self.home / LOG_FILE,
             secrets_file=secrets,
         )
         write_private(self.home / CONFIG_FILE, text)
+        if tls is not None:
+            stunnel = stunnel_text(
+                host=self.host,
+                port=self.config.port,
+                rsync=self.config.binary,
+                rsyncd_conf=self.home / CONFIG_FILE,
+                log_file=self.home / STUNNEL_LOG,
+                cert_file=tls.cert_file,
+                key_file=tls.key_file,
+                ca_file=tls.ca_file,
+            )
+            write_private(self.home / STUNNEL_CONFIG, stunnel)
 
     def _wait_listening(self) -> None:
         deadline = time.monotonic() + self.config.start_timeout
@@ -160,12 +249,12 @@ class RsyncFilesync(FilesyncBackend):
                 pass
             if not self.daemon.running():
                 raise FilesyncError(
-                    f"rsync daemon of {self.node_name} exited at start: "
+                    f"{self.daemon.name} exited at start: "
                     + (self.daemon.log_tail(3).replace("\n", " | ") or "no output")
                 )
             if time.monotonic() > deadline:
                 raise FilesyncError(
-                    f"rsync daemon of {self.node_name} is not listening on "
+                    f"{self.daemon.name} is not listening on "
                     f"{host_port(self.host, self.config.port)} after {self.config.start_timeout:g}s"
                 )
             time.sleep(0.05)
@@ -237,24 +326,58 @@ class RsyncFilesync(FilesyncBackend):
         if source is None or url is None:
             raise FilesyncError(f"{self.node_name} mirrors no source: nothing to pull from")
         parts = urlsplit(url)
-        user = f"{USER}@" if self.config.password is not None else ""
-        remote = f"rsync://{user}{parts.netloc}/{module}/"
-        argv = [self.config.binary, "-a", "--delete", *extra]
+        remote = f"rsync://{USER}@{parts.netloc}/{module}/"
+        argv = [self.config.binary, *PULL_OPTIONS, *extra]
         argv += [f"--timeout={self.config.io_timeout}", f"--contimeout={self.config.io_timeout}"]
-        if self.config.password is not None:
-            argv.append(f"--password-file={self.home / PASSWORD_FILE}")
+        argv.append(f"--password-file={self.home / PASSWORD_FILE}")
         argv += [remote, f"{directory}/"]
+        # rsync obeys RSYNC_PROXY, RSYNC_CONNECT_PROG, RSYNC_PASSWORD...: only ours count
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RSYNC_")}
+        if self.tls is not None:
+            assert parts.hostname is not None
+            env["RSYNC_CONNECT_PROG"] = self.connect_command(parts.hostname, parts.port or 873)
         try:
             done = subprocess.run(
-                argv, capture_output=True, text=True, timeout=self.config.io_timeout * 4
+                argv, capture_output=True, text=True, env=env, timeout=self.config.io_timeout * 4
             )
         except (OSError, subprocess.TimeoutExpired) as err:
             raise FilesyncError(f"rsync from {source} could not run: {err}") from None
         if done.returncode != 0:
-            lines = done.stderr.strip().splitlines()
-            reason = lines[0] if lines else f"exit status {done.returncode}"
+            reason = _failure(done.stderr, done.returncode)
             raise FilesyncError(f"rsync of {module} from {source} ({url}) failed: {reason}")
         return done
+
+    def connect_command(self, host: str, port: int) -> str:
+        """The ``RSYNC_CONNECT_PROG`` that reaches ``host`` over TLS: only the cluster CA
+        is trusted (not the system's store), the certificate must name ``host``, and this
+        node's certificate goes along as the client's."""
+        assert self.tls is not None
+        try:
+            ipaddress.ip_address(host)
+            names = ["-verify_ip", host]
+        except ValueError:
+            names = ["-verify_hostname", host, "-servername", host]
+        argv = [
+            self.config.openssl_binary,
+            "s_client",
+            "-connect",
+            host_port(host, port),
+            "-CAfile",
+            str(self.tls.ca_file),
+            "-no-CApath",
+            "-no-CAstore",
+            "-cert",
+            str(self.tls.cert_file),
+            "-key",
+            str(self.tls.key_file),
+            "-verify_return_error",
+            "-x509_strict",
+            *names,
+            "-quiet",
+            "-verify_quiet",
+        ]
+        # rsync expands %H in it; the shell runs it
+        return shlex.join(argv).replace("%", "%%")
 
     def sync_now(self) -> None:
         """Pull every directory from the source now; raises :class:`FilesyncError`."""
@@ -347,6 +470,23 @@ class RsyncFilesync(FilesyncBackend):
             if time.monotonic() >= deadline:
                 raise FilesyncError(f"files not in sync after {timeout:g}s: {state.detail}")
             time.sleep(interval)
+
+
+def _failure(stderr: str, returncode: int) -> str:
+    """The line that says why a pull failed, out of what rsync and openssl printed."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(_NOISE)]
+    for line in lines:
+        if line.startswith("@ERROR"):
+            return line
+    for line in lines:
+        if line.startswith("verify error"):
+            return f"TLS: the server's certificate is not trusted ({line})"
+    for line in lines:
+        alert = _ALERT.search(line)
+        if alert:
+            return f"TLS: the server refused this node ({alert.group(0)})"
+    return lines[0] if lines else f"exit status {returncode}"
 
 
 def _completion(need: int, total: int) -> float:

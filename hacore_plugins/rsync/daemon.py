@@ -1,20 +1,31 @@
-"""Each node's ``rsync --daemon``: one read-only module per mirrored directory.
+"""Each node's rsync server: one read-only module per mirrored directory.
 
-Read-only, so a mirror pulling from the wrong node can never write to it; with a password,
-only cluster members can read.
+Read-only, so a mirror pulling from the wrong node can never write to it; every module wants
+the cluster's secret. With the cluster's TLS material the daemon has no socket of its own:
+stunnel accepts TLS (a client certificate from the cluster CA is required) and runs one
+``rsync --server --daemon`` per connection, so nothing on the node speaks rsync in clear text.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
 
+from hacore.errors import FilesyncError
+from hacore.pki.errors import TlsMaterialError
+from hacore.pki.files import write_atomic
+
 #: the user name mirrors authenticate as
 USER = "hacore"
+
+#: stunnel splits ``execArgs`` on blanks and both configuration formats end a value at a
+#: line break, so a path with either could add settings of its own choosing
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\s]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def port_taken(host: str, port: int) -> bool:
@@ -29,41 +40,101 @@ def port_taken(host: str, port: int) -> bool:
 
 
 def write_private(path: Path, text: str) -> None:
-    """rsync refuses secrets files others can read; create them 0600 from the start."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    tmp.replace(path)
+    """rsync refuses secrets files others can read; created 0600 from the start."""
+    try:
+        write_atomic(path, text.encode(), 0o600)
+    except TlsMaterialError as err:
+        raise FilesyncError(str(err)) from None
+
+
+def checked(value: object, what: str, *, blanks: bool = True) -> str:
+    """``value`` as text for a generated configuration line; refused when it holds a control
+    character (or, with ``blanks=False``, white space), which would let it add lines."""
+    text = str(value)
+    if (_UNSAFE if not blanks else _CONTROL).search(text):
+        kind = "control characters" if blanks else "white space or control characters"
+        raise FilesyncError(f"rsync: {what} {text!r} holds {kind}; refusing to configure it")
+    return text
 
 
 def config_text(
     *,
-    host: str,
-    port: int,
+    host: str | None,
+    port: int | None,
     modules: Mapping[str, Path],
     log_file: Path,
-    secrets_file: Path | None,
+    secrets_file: Path,
 ) -> str:
-    lines = [
-        "# written by hacore; rewritten at every start",
-        f"address = {host}",
-        f"port = {port}",
-        f"log file = {log_file}",
-        "use chroot = no",
+    """rsyncd.conf; without ``host``/``port`` for a daemon that stunnel starts per connection.
+
+    As root, each module is a chroot, so a symlink in a served directory never leads the
+    daemon out of it; munged symlinks in addition, as the rsync manual asks of a daemon
+    that may not chroot.
+    """
+    root = os.getuid() == 0
+    lines = ["# written by hacore; rewritten at every start"]
+    if host is not None and port is not None:
+        lines += [f"address = {checked(host, 'address')}", f"port = {port}"]
+    lines += [
+        f"log file = {checked(log_file, 'log file path')}",
+        f"use chroot = {'yes' if root else 'no'}",
         # keep the daemon's own user: it must read every file of the directories it serves
         f"uid = {os.getuid()}",
         f"gid = {os.getgid()}",
         "reverse lookup = no",
-        # a mirror copies symlinks as they are; munging only guards writable modules
-        "munge symlinks = no",
+        "munge symlinks = yes",
         "",
     ]
     for name, path in modules.items():
-        lines += [f"[{name}]", f"    path = {path}", "    read only = yes", "    list = no"]
-        if secrets_file is not None:
-            lines += [f"    auth users = {USER}", f"    secrets file = {secrets_file}"]
-        lines.append("")
+        lines += [
+            f"[{checked(name, 'module name', blanks=False)}]",
+            f"    path = {checked(path, 'directory')}",
+            "    read only = yes",
+            "    list = no",
+            f"    auth users = {USER}",
+            f"    secrets file = {checked(secrets_file, 'secrets file path')}",
+            "    strict modes = yes",
+            "",
+        ]
     return "\n".join(lines)
+
+
+def stunnel_text(
+    *,
+    host: str,
+    port: int,
+    rsync: str,
+    rsyncd_conf: Path,
+    log_file: Path,
+    cert_file: Path,
+    key_file: Path,
+    ca_file: Path,
+) -> str:
+    """stunnel's configuration: TLS 1.2+, the node certificate, clients only with a
+    certificate the cluster CA signed; each connection runs its own rsync daemon."""
+    for value, what in ((rsync, "rsync binary"), (rsyncd_conf, "rsync home")):
+        checked(value, what, blanks=False)
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return "\n".join(
+        [
+            "# written by hacore; rewritten at every start",
+            "foreground = yes",
+            "pid =",
+            "syslog = no",
+            f"output = {checked(log_file, 'log file path')}",
+            "debug = warning",
+            "",
+            "[rsync]",
+            f"accept = {checked(listen, 'address')}",
+            f"exec = {rsync}",
+            f"execArgs = rsync --server --daemon --config={rsyncd_conf} .",
+            f"cert = {checked(cert_file, 'certificate path')}",
+            f"key = {checked(key_file, 'key path')}",
+            f"CAfile = {checked(ca_file, 'CA path')}",
+            "verifyChain = yes",
+            "requireCert = yes",
+            "sslVersionMin = TLSv1.2",
+            "TIMEOUTclose = 0",
+            "",
+        ]
+    )

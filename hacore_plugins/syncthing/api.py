@@ -29,13 +29,30 @@ def timestamp(raw: object) -> float | None:
     return None if parsed.year <= _ZERO_YEAR + 1 else parsed.timestamp()
 
 
+UNIX = "unix://"
+
+
 class SyncthingApi:
-    """One Syncthing instance's REST API, authenticated by its API key."""
+    """One Syncthing instance's REST API, authenticated by its API key.
+
+    ``base_url`` is ``unix:///path/to/socket`` or an ``http(s)://`` URL. The environment's
+    proxies never apply (``trust_env=False``): a proxy in ``HTTP_PROXY`` would otherwise
+    receive the API key, even for a loopback address.
+    """
 
     def __init__(self, base_url: str, api_key: str, *, timeout: float) -> None:
         self.base_url = base_url.rstrip("/")
+        transport = None
+        url = self.base_url
+        if url.startswith(UNIX):
+            transport = httpx.HTTPTransport(uds=url[len(UNIX) :])
+            url = "http://localhost"
         self._client = httpx.Client(
-            base_url=self.base_url, headers={"X-API-Key": api_key}, timeout=timeout
+            base_url=url,
+            headers={"X-API-Key": api_key},
+            timeout=timeout,
+            transport=transport,
+            trust_env=False,
         )
 
     def close(self) -> None:

@@ -80,12 +80,12 @@ class Gap:
 
 
 class SyncthingFilesync(FilesyncBackend):
-    """Settings (all optional): ``api_port`` (alias ``gui_port``, 8384; loopback only),
-    ``listen_port`` (22000, on ``host``), ``home`` (``<data_dir>/syncthing``), ``binary``,
-    ``rescan_interval`` (300 s), ``watcher_delay`` (1 s), ``enforce_interval`` (2 s),
-    ``start_timeout`` (30 s), ``request_timeout`` (10 s), ``max_send_kbps`` and
-    ``max_recv_kbps`` (0: unlimited). ``api_url`` + ``api_key`` use a Syncthing someone
-    else runs instead."""
+    """Settings (all optional): ``listen_port`` (22000, on ``host``), ``home``
+    (``<data_dir>/syncthing``), ``binary``, ``rescan_interval`` (300 s), ``watcher_delay``
+    (1 s), ``enforce_interval`` (2 s), ``start_timeout`` (30 s), ``request_timeout`` (10 s),
+    ``max_send_kbps`` and ``max_recv_kbps`` (0: unlimited). ``api_url`` + ``api_key`` use a
+    Syncthing someone else runs instead. The instance hacore runs answers its API on
+    ``<home>/api.sock`` only; ``api_port``/``gui_port`` are accepted and ignored."""
 
     def __init__(
         self,
@@ -127,7 +127,7 @@ class SyncthingFilesync(FilesyncBackend):
     def api_url(self) -> str:
         if self.config.api_url is not None:
             return self.config.api_url
-        return f"http://{st_home.host_port('127.0.0.1', self.config.api_port)}"
+        return f"unix://{st_home.socket_path(self.home)}"
 
     def identity(self) -> dict[str, Any]:
         device_id = self._device_id
@@ -148,9 +148,12 @@ class SyncthingFilesync(FilesyncBackend):
             if not self.config.managed:
                 assert self.config.api_key is not None
                 key = self.config.api_key
-            elif self.process.running():
+            elif self.process.running() and st_home.socket_path(self.home).is_socket():
                 key = st_home.api_key(self.home)
             else:
+                if self.process.running():
+                    # an older hacore's, its API on a TCP port: make it answer on the socket
+                    self.process.stop(signal.SIGTERM, timeout=15)
                 key, started = self._start_managed(), True
             api = SyncthingApi(self.api_url, key, timeout=self.config.request_timeout)
             try:
@@ -171,14 +174,17 @@ class SyncthingFilesync(FilesyncBackend):
 
     def _start_managed(self) -> str:
         """Set up the home directory (keys once, config.xml every time), start Syncthing."""
-        for what, host, port in (
-            ("API", "127.0.0.1", self.config.api_port),
-            ("listen", self.host, self.config.listen_port),
-        ):
-            if st_home.port_taken(host, port):
-                raise FilesyncError(
-                    f"Syncthing {what} port {port} on {host} is already in use by another process"
-                )
+        if st_home.port_taken(self.host, self.config.listen_port):
+            raise FilesyncError(
+                f"Syncthing listen port {self.config.listen_port} on {self.host} is already in "
+                "use by another process"
+            )
+        if {"api_port", "gui_port"} & set(self.settings):
+            log.warning(
+                "syncthing: api_port/gui_port are ignored: the API of %s listens on %s only",
+                self.node_name,
+                self.api_url,
+            )
         st_home.generate(self.config.binary, self.home)
         own_id = st_home.device_id(self.config.binary, self.home)
         key = st_home.harden(
@@ -186,7 +192,7 @@ class SyncthingFilesync(FilesyncBackend):
             node_name=self.node_name,
             own_id=own_id,
             host=self.host,
-            api_port=self.config.api_port,
+            api_socket=st_home.socket_path(self.home),
             listen_port=self.config.listen_port,
             max_send_kbps=self.config.max_send_kbps,
             max_recv_kbps=self.config.max_recv_kbps,

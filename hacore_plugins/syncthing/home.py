@@ -17,8 +17,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hacore.errors import FilesyncError
+from hacore.pki.errors import TlsMaterialError
+from hacore.pki.files import private_dir, write_atomic
 
 CONFIG = "config.xml"
+#: the REST API's Unix socket, in the home directory (0700): no other user reaches it
+API_SOCKET = "api.sock"
+#: what a Unix socket path may hold (``sun_path`` is 108 bytes with its terminating NUL)
+MAX_SOCKET_PATH = 107
 
 #: options/<name> -> value, for a cluster-internal instance that dials its peers directly
 OPTIONS = {
@@ -66,12 +72,29 @@ def log_problem(log_path: Path) -> str:
     return lines[-1].strip() if lines else ""
 
 
+def make_private(home: Path) -> None:
+    """The home holds the keys, the API key and the API's socket: its owner's alone."""
+    try:
+        private_dir(home)
+    except TlsMaterialError as err:
+        raise FilesyncError(str(err)) from None
+
+
+def socket_path(home: Path) -> Path:
+    path = home / API_SOCKET
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise FilesyncError(
+            f"the Syncthing API socket {path} is longer than {MAX_SOCKET_PATH} bytes, the most "
+            "a Unix socket path may be: set a shorter syncthing 'home'"
+        )
+    return path
+
+
 def generate(binary: str, home: Path) -> None:
     """Create the device key and certificate and a default config.xml, once."""
+    make_private(home)
     if (home / CONFIG).exists():
         return
-    home.mkdir(parents=True, exist_ok=True)
-    os.chmod(home, 0o700)
     argv = [binary, "generate", "--home", str(home), "--no-default-folder", "--skip-port-probing"]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
@@ -117,7 +140,7 @@ def harden(
     node_name: str,
     own_id: str,
     host: str,
-    api_port: int,
+    api_socket: Path,
     listen_port: int,
     max_send_kbps: int = 0,
     max_recv_kbps: int = 0,
@@ -125,8 +148,10 @@ def harden(
 ) -> str:
     """Rewrite config.xml for hacore (idempotent); returns the API key.
 
-    The API listens on loopback only: the agent on the same node is its only client. The
-    key made at the first run is kept, so a restarted agent finds the same instance. The
+    The API listens on a Unix socket (0600, in the 0700 home): the agent on the same node is
+    its only client. On a loopback port, any local user could load the GUI, which hands out
+    a CSRF token that opens the whole REST API when no GUI user is set. The key made at the
+    first run is kept, so a restarted agent finds the same instance. The
     ``receive_only`` folders start so: until the agent says which node is the source, this
     one sends nothing it changed.
     """
@@ -139,7 +164,10 @@ def harden(
     gui = _child(root, "gui")
     gui.set("enabled", "true")
     gui.set("tls", "false")
-    _child(gui, "address").text = host_port("127.0.0.1", api_port)
+    # Syncthing takes an absolute path as a Unix socket address (a unix:// URL only from
+    # the STGUIADDRESS environment variable)
+    _child(gui, "address").text = str(api_socket)
+    _child(gui, "unixSocketPermissions").text = "0600"
     apikey = _child(gui, "apikey")
     if not apikey.text or len(apikey.text) < 32:
         apikey.text = secrets.token_urlsafe(32)
@@ -161,8 +189,8 @@ def harden(
     for device in root.findall("device"):
         if device.get("id") == own_id:
             device.set("name", node_name)
-    tmp = path.with_suffix(".tmp")
-    tree.write(tmp, encoding="unicode")
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
+    try:
+        write_atomic(path, ET.tostring(root, encoding="unicode").encode(), 0o600)
+    except TlsMaterialError as err:
+        raise FilesyncError(str(err)) from None
     return str(apikey.text)

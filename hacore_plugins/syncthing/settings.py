@@ -56,7 +56,8 @@ def _port(settings: Mapping[str, Any], name: str, default: int) -> int:
 @attrs.frozen
 class SyncthingSettings:
     """``api_url`` + ``api_key`` attach to a Syncthing someone else runs; without them hacore
-    runs its own instance from ``home``."""
+    runs its own instance from ``home``, its API on a Unix socket there. ``api_port`` (alias
+    ``gui_port``) is still read, so older node.yaml files load, but no longer used."""
 
     binary: str = DEFAULT_BINARY
     home: Path | None = None
@@ -96,9 +97,12 @@ class SyncthingSettings:
             raise ConfigError("syncthing 'api_url' and 'api_key' must be given together")
         if api_url is not None:
             parts = urlsplit(str(api_url))
-            if parts.scheme not in ("http", "https") or not parts.hostname:
+            web = parts.scheme in ("http", "https") and bool(parts.hostname)
+            socket = parts.scheme == "unix" and not parts.netloc and parts.path.startswith("/")
+            if not (web or socket):
                 raise ConfigError(
-                    f"syncthing api_url {api_url!r} must be a URL such as http://127.0.0.1:8384"
+                    f"syncthing api_url {api_url!r} must be a URL such as "
+                    "unix:///run/syncthing/api.sock or http://127.0.0.1:8384"
                 )
             if "home" in settings or "binary" in settings:
                 raise ConfigError(

@@ -8,8 +8,11 @@ or peers put them back in the ``roles`` fixture.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
+import stat
+import subprocess
 import threading
 import time
 import uuid
@@ -22,6 +25,7 @@ import pytest
 from hacore.errors import ConfigError, FilesyncError
 from hacore.filesync import SyncState
 from hacore.plugins import load_plugins
+from hacore.process import descendants
 from hacore.testing.procs import free_port, wait_for
 from hacore_plugins import syncthing as syncthing_plugin
 from hacore_plugins.syncthing import SyncthingFilesync
@@ -74,7 +78,7 @@ class Cluster:
 def make_node(base: Path, name: str, **settings: object) -> Node:
     files = base / name / "files"
     backend = SyncthingFilesync(
-        {"api_port": free_port(), "listen_port": free_port(), **settings},
+        {"listen_port": free_port(), **settings},
         node_name=name,
         host="127.0.0.1",
         data_dir=base / name / "data",
@@ -152,6 +156,7 @@ def test_registered_as_a_filesync_backend() -> None:
         ({"port": 1}, "unknown syncthing setting"),
         ({"api_url": "http://127.0.0.1:8384"}, "together"),
         ({"api_url": "ftp://x", "api_key": "k"}, "must be a URL"),
+        ({"api_url": "unix://relative.sock", "api_key": "k"}, "must be a URL"),
         ({"listen_port": 70000}, "TCP port"),
         ({"api_port": 9000, "listen_port": 9000}, "both 9000"),
         ({"api_port": 1, "gui_port": 2}, "another name"),
@@ -232,10 +237,10 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        node = make_node(tmp_path, "x", api_port=port)
+        node = make_node(tmp_path, "x", listen_port=port)
         try:
             with pytest.raises(
-                FilesyncError, match=f"API port {port} on 127.0.0.1 is already in use"
+                FilesyncError, match=f"listen port {port} on 127.0.0.1 is already in use"
             ):
                 node.backend.start()
             assert not node.backend.process.running()
@@ -264,7 +269,7 @@ def test_identity_and_hardened_config(cluster: Cluster) -> None:
     assert options["urAccepted"] == -1
     assert options["autoUpgradeIntervalH"] == 0
     assert options["reconnectionIntervalS"] == 5
-    assert config["gui"]["address"] == f"127.0.0.1:{backend.config.api_port}"
+    assert config["gui"]["address"] == str(backend.home / "api.sock")
     (folder,) = [f for f in config["folders"] if f["id"] == "hacore-files"]
     assert folder["type"] == "sendonly"
     assert folder["fsWatcherDelayS"] == 1
@@ -524,3 +529,129 @@ def test_a_new_mirror_is_not_in_sync_before_the_source_index_arrived(
     finally:
         pause(False)
         d.backend.stop()
+
+
+# -- who reaches the REST API ------------------------------------------------------------------
+
+#: run as another local user: reach the API at argv[1] the way a browser would (``/`` hands
+#: out a CSRF token when no GUI user is set), then read the config with that token
+OTHER_USER_PROBE = r"""
+import re, socket, sys
+url = sys.argv[1]
+
+def ask(path, headers=""):
+    if url.startswith("unix://"):
+        conn = socket.socket(socket.AF_UNIX)
+        conn.settimeout(10)
+        conn.connect(url[len("unix://"):])
+    else:
+        host, port = url.split("//", 1)[1].rsplit(":", 1)
+        conn = socket.create_connection((host, int(port)), timeout=10)
+    conn.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n{headers}\r\n".encode())
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    return data.decode(errors="replace")
+
+try:
+    page = ask("/")
+except OSError as err:
+    print("refused:", type(err).__name__, err)
+    sys.exit(3)
+found = re.search(r"Set-Cookie: (CSRF-Token-\w+)=(\w+)", page)
+if found:
+    config = ask("/rest/system/config", f"X-{found[1]}: {found[2]}\r\n")
+    print("config" if "apikey" in config.lower() else "no config", config[:200])
+print("reached", page[:200])
+"""
+
+
+def test_another_local_user_cannot_reach_the_api(cluster: Cluster) -> None:
+    if os.getuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip("needs root and runuser to act as another user")
+    try:
+        other = pwd.getpwnam("postgres").pw_name
+    except KeyError:
+        pytest.skip("no postgres user to act as another local user")
+    backend = cluster["a"].backend
+    assert SyncthingApi(backend.api_url, st_home.api_key(backend.home), timeout=10).ping()
+    done = subprocess.run(
+        ["runuser", "-u", other, "--", "/usr/bin/python3", "-c", OTHER_USER_PROBE, backend.api_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "refused: PermissionError" in done.stdout
+    home = backend.home
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert stat.S_IMODE((home / st_home.CONFIG).stat().st_mode) == 0o600
+    assert stat.S_IMODE((home / st_home.API_SOCKET).stat().st_mode) == 0o600
+    # and nothing of it listens on TCP but the sync protocol
+    pids = {str(backend.process.pid())} | {
+        str(pid) for pid in descendants(backend.process.pid() or 0)
+    }
+    listening = subprocess.run(
+        ["ss", "-Hltnp"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout.splitlines()
+    ports = {
+        line.split()[3].rsplit(":", 1)[1]
+        for line in listening
+        if any(f"pid={pid}," in line for pid in pids)
+    }
+    assert ports == {str(backend.config.listen_port)}
+
+
+def test_the_config_file_is_never_readable_by_others(tmp_path: Path) -> None:
+    """config.xml holds the API key: written 0600 from the start, whatever the umask."""
+    node = make_node(tmp_path, "umask")
+    home = node.backend.home
+    st_home.generate(node.backend.config.binary, home)
+    seen: list[int] = []
+    real = st_home.write_atomic
+
+    def spy(path: Path, data: bytes, mode: int, *args: object, **kwargs: object) -> Path:
+        seen.append(mode)
+        return real(path, data, mode)
+
+    old = os.umask(0)
+    try:
+        (home / st_home.CONFIG).chmod(0o644)
+        st_home.write_atomic = spy  # type: ignore[assignment]
+        st_home.harden(
+            home,
+            node_name="umask",
+            own_id=st_home.device_id(node.backend.config.binary, home),
+            host="127.0.0.1",
+            api_socket=st_home.socket_path(home),
+            listen_port=free_port(),
+        )
+    finally:
+        st_home.write_atomic = real  # type: ignore[assignment]
+        os.umask(old)
+    assert seen == [0o600]
+    assert stat.S_IMODE((home / st_home.CONFIG).stat().st_mode) == 0o600
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+
+
+def test_proxies_in_the_environment_do_not_divert_the_api(
+    roles: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httpx sends loopback requests to HTTP_PROXY too: the API key must not go there."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, dead)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    backend = roles["a"].backend
+    api = SyncthingApi(backend.api_url, st_home.api_key(backend.home), timeout=10)
+    try:
+        assert api.ping()
+        assert api.my_id() == backend.identity()["device_id"]
+    finally:
+        api.close()
+    name = unique("proxied")
+    roles["a"].path(name).write_text("not through a proxy")
+    roles["a"].backend.scan()
+    wait_content(roles["b"].path(name), "not through a proxy")

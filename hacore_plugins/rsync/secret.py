@@ -1,0 +1,125 @@
+"""The cluster's rsync secret: made by the founding node, handed to joiners in the join ticket.
+
+Every module of every node's daemon wants it, so a host that can reach the port but is no
+member reads nothing. It lives in ``<data_dir>/filesync/rsync/secret`` (0600, in a 0700
+directory); a ``password`` setting, when given, takes its place on every node.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hacore.api.errors import UnavailableError
+from hacore.cluster.ticket import JoinRequest, register_ticket_part
+from hacore.config import NodeConfig
+from hacore.errors import FilesyncError, HacoreError
+from hacore.pki.errors import TlsMaterialError
+from hacore.pki.files import private_dir, write_atomic
+
+log = logging.getLogger(__name__)
+
+BACKEND = "rsync"
+HOME = "rsync"
+SECRET_FILE = "secret"
+#: the ticket part's name
+PART = "rsync"
+
+
+def home_of(node_data_dir: Path) -> Path:
+    """The plugin's directory for a node, as the agent lays the backends out."""
+    from hacore.agent.support import FILESYNC_DIR  # the agent imports plugins: not at load
+
+    return Path(node_data_dir) / FILESYNC_DIR / HOME
+
+
+def prepare_home(home: Path) -> Path:
+    """``home``, created if missing and closed to every other user (it holds the secret)."""
+    try:
+        return private_dir(home)
+    except TlsMaterialError as err:
+        raise FilesyncError(str(err)) from None
+
+
+def read_secret(home: Path) -> str | None:
+    try:
+        text = (home / SECRET_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise FilesyncError(f"cannot read the rsync secret {home / SECRET_FILE}: {err}") from None
+    return text or None
+
+
+def store_secret(home: Path, secret: str) -> None:
+    if not secret or any(c in secret for c in "\r\n\0"):
+        raise FilesyncError("the rsync secret must be one non-empty line")
+    prepare_home(home)
+    try:
+        write_atomic(home / SECRET_FILE, f"{secret}\n".encode(), 0o600)
+    except TlsMaterialError as err:
+        raise FilesyncError(str(err)) from None
+
+
+def ensure_secret(home: Path) -> str:
+    """The secret in ``home``; the founding node makes it at its first start."""
+    found = read_secret(home)
+    if found is not None:
+        return found
+    made = secrets.token_urlsafe(32)
+    store_secret(home, made)
+    log.info("rsync: made this cluster's rsync secret")
+    return made
+
+
+def _uses_rsync(config: NodeConfig) -> bool:
+    return config.filesync is not None and config.filesync.backend == BACKEND
+
+
+class RsyncSecretPart:
+    """The join ticket's ``rsync`` part: the cluster's rsync secret, for a joiner that
+    mirrors files with rsync. It travels only inside the ticket (an authenticated answer, over
+    TLS pinned to the cluster CA when the cluster runs with TLS)."""
+
+    name = PART
+
+    def request(self, config: NodeConfig) -> dict[str, Any]:
+        return {"wanted": _uses_rsync(config)}
+
+    def grant(self, config: NodeConfig, request: JoinRequest) -> dict[str, Any]:
+        asked = request.extensions.get(PART)
+        if not (isinstance(asked, Mapping) and asked.get("wanted") is True):
+            return {}
+        if not _uses_rsync(config):
+            return {}
+        assert config.filesync is not None
+        configured = config.filesync.settings.get("password")
+        secret = str(configured) if configured else None
+        if secret is None:
+            try:
+                secret = read_secret(home_of(config.node.data_dir))
+            except FilesyncError as err:
+                raise UnavailableError(f"cannot hand over the rsync secret: {err}") from None
+        if secret is None:
+            raise UnavailableError(
+                "this node has no rsync secret yet (its file sync never started): "
+                "retry once the active's agent runs"
+            )
+        return {"secret": secret}
+
+    def accept(self, config: NodeConfig, granted: Mapping[str, Any]) -> None:
+        if not _uses_rsync(config):
+            return
+        secret = granted.get("secret")
+        if not isinstance(secret, str) or not secret:
+            raise HacoreError(
+                "the join ticket carries no rsync secret: the active does not run the rsync "
+                "file sync (every node must use the same filesync backend) or runs an older hacore"
+            )
+        store_secret(home_of(config.node.data_dir), secret)
+
+
+register_ticket_part(RsyncSecretPart())
