@@ -242,8 +242,18 @@ class EtcdConsensus(ConsensusBackend):
         result = self._client.txn(
             [self._version_compare(raw_key, expect_version)],
             [{"request_put": {"key": raw_key, "value": b64(value)}}],
+            [{"request_range": {"key": raw_key}}],
         )
-        return result.succeeded
+        if result.succeeded:
+            return True
+        current = result.ranges()[0] if result.ranges() else []
+        if result.resent and current and current[0].value == value:
+            # Resent after a lost answer, and the key holds exactly what this call writes:
+            # the earlier attempt was applied (a put that said "changed under you" made the
+            # agent drop its synchronous standby and refuse its own cluster start).
+            log.info("etcd applied an earlier attempt of this compare-and-set on %s", key)
+            return True
+        return False
 
     def delete(self, key: str, *, expect_version: int | None = None) -> bool:
         if expect_version is None:
@@ -254,8 +264,14 @@ class EtcdConsensus(ConsensusBackend):
         result = self._client.txn(
             [self._version_compare(raw_key, expect_version)],
             [{"request_delete_range": {"key": raw_key}}],
+            [{"request_range": {"key": raw_key}}],
         )
-        return result.succeeded
+        if result.succeeded:
+            return True
+        if result.resent and not any(result.ranges()):
+            log.info("etcd applied an earlier attempt of this compare-and-delete on %s", key)
+            return True
+        return False
 
     def watch(self, prefix: str) -> EtcdWatcher:
         watcher = EtcdWatcher(self._client, self._root, prefix).start(self.retry_timeout)

@@ -111,6 +111,9 @@ class TxnResult:
     succeeded: bool
     revision: int
     responses: tuple[Mapping[str, Any], ...]
+    #: requests sent before the one answered: an earlier one may have been applied, its
+    #: answer lost (a timeout, a proxy's 5xx), so a failed compare may be this txn's own doing
+    resent: int = 0
 
     def ranges(self) -> list[list[KV]]:
         """The key lists of the range operations, in request order."""
@@ -272,10 +275,17 @@ class EtcdClient:
         self, path: str, body: Mapping[str, Any], *, deadline: float | None = None
     ) -> dict[str, Any]:
         """POST ``body`` to ``path`` on the first endpoint that answers before ``deadline``."""
+        return self.request_counted(path, body, deadline=deadline)[0]
+
+    def request_counted(
+        self, path: str, body: Mapping[str, Any], *, deadline: float | None = None
+    ) -> tuple[dict[str, Any], int]:
+        """As :meth:`request`, with how many earlier attempts may have reached etcd."""
         if deadline is None:
             deadline = self.deadline()
         started = time.monotonic()
         failures: dict[str, str] = {}
+        failures_seen: list[str] = []
         tried_in_round = 0
         while True:
             remaining = deadline - time.monotonic()
@@ -288,8 +298,10 @@ class EtcdClient:
             index = self._preferred
             endpoint = self.endpoints[index]
             try:
-                return self.post_once(endpoint, path, body, self.attempt_timeout(remaining))
+                answer = self.post_once(endpoint, path, body, self.attempt_timeout(remaining))
+                return answer, len(failures_seen)
             except TryElsewhere as err:
+                failures_seen.append(str(err))
                 failures[endpoint] = str(err)
                 log.debug("etcd %s %s: %s", endpoint, path, err)
             # This endpoint cannot serve now: prefer the next one from now on.
@@ -340,11 +352,12 @@ class EtcdClient:
         deadline: float | None = None,
     ) -> TxnResult:
         body = {"compare": list(compare), "success": list(success), "failure": list(failure)}
-        data = self.request("/v3/kv/txn", body, deadline=deadline)
+        data, resent = self.request_counted("/v3/kv/txn", body, deadline=deadline)
         return TxnResult(
             succeeded=bool(data.get("succeeded", False)),
             revision=as_int(data.get("header", {}).get("revision")),
             responses=tuple(data.get("responses", ())),
+            resent=resent,
         )
 
     # -- leases ------------------------------------------------------------------------------

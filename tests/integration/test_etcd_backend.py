@@ -181,6 +181,51 @@ def test_keys_live_under_the_namespace(etcd: EtcdHarness, backends: list[EtcdCon
     assert backend.get("config") == backend.get_prefix("")[0]
 
 
+def lose_first_answer(monkeypatch: pytest.MonkeyPatch, path: str) -> list[str]:
+    """etcd applies the first request to ``path``, and its answer never arrives."""
+    real_post = EtcdClient.post_once
+    lost: list[str] = []
+
+    def post_once(self: EtcdClient, endpoint: str, where: str, body: object, timeout: object
+                  ) -> dict[str, object]:
+        answer = real_post(self, endpoint, where, body, timeout)  # type: ignore[arg-type]
+        if where == path and not lost:
+            lost.append(where)
+            raise TryElsewhere("timed out")
+        return answer
+
+    monkeypatch.setattr(EtcdClient, "post_once", post_once)
+    return lost
+
+
+def test_a_compare_and_set_applied_before_its_answer_was_lost_succeeds(
+    etcd: EtcdHarness, backends: list[EtcdConsensus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client resends a txn whose answer it lost; the resend's compare fails because the
+    first one was applied. That is this call's own write, not someone else's."""
+    node = make(backends, [etcd.endpoint(i) for i in range(3)], retry_timeout=5.0)
+    lost = lose_first_answer(monkeypatch, "/v3/kv/txn")
+    assert node.put("status", b"mine", expect_version=0) is True
+    assert lost
+    current = node.get("status")
+    assert current is not None and current.value == b"mine"
+    lost.clear()
+    assert node.put("status", b"next", expect_version=current.version) is True
+    assert lost
+    after = node.get("status")
+    assert after is not None and after.value == b"next"
+    lost.clear()
+    assert node.delete("status", expect_version=after.version) is True
+    assert lost and node.get("status") is None
+    # without a resend, a failed compare is refused even when the value happens to match
+    monkeypatch.undo()
+    assert node.put("status", b"same", expect_version=0) is True
+    stale = node.get("status")
+    assert stale is not None
+    assert node.put("status", b"same") is True
+    assert node.put("status", b"same", expect_version=stale.version) is False
+
+
 def test_session_lease_carries_member_and_leader(
     etcd: EtcdHarness, backends: list[EtcdConsensus]
 ) -> None:
