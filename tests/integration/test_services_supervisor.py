@@ -82,7 +82,8 @@ stopwaitsecs=1
 [program:crasher]
 command=/bin/sh -c "echo boom >&2; exit 3"
 autostart=false
-startsecs=1
+; long enough that even a loaded machine sees the exit within it: FATAL, never EXITED
+startsecs=15
 startretries=0
 autorestart=false
 """
