@@ -106,6 +106,29 @@ def agent_run(config_path: str) -> None:
     serve(config_path)
 
 
+@agent.command("keeper", hidden=True)
+@_config_option
+@click.option(
+    "--agent-pid",
+    type=int,
+    required=True,
+    help="The agent that started the keeper (until its record names one).",
+)
+def agent_keeper(config_path: str, agent_pid: int) -> None:
+    """Fence this node's database when its agent misses its lease deadline.
+
+    \b
+    Started (and restarted) by "hacore agent run"; not meant to be run by hand. It outlives
+    a killed or hung agent, and exits once nothing is left to guard. See docs/fencing.md.
+    """
+    from hacore.agent.keeper import run_keeper
+
+    root = logging.getLogger()
+    if root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    run_keeper(Path(config_path), agent_pid)
+
+
 # -------------------------------------------------------------------------------------------
 # hacore cluster
 # -------------------------------------------------------------------------------------------

@@ -220,7 +220,10 @@ class DemoNode:
         scheme = "https" if trust else "http"
         try:
             return httpx.get(
-                f"{scheme}://{self.address}{probe}", timeout=2.0, verify=_verify(trust)
+                f"{scheme}://{self.address}{probe}",
+                timeout=2.0,
+                verify=_verify(trust),
+                trust_env=False,
             ).status_code
         except httpx.HTTPError:
             return None
@@ -248,6 +251,7 @@ class DemoNode:
         """What the node runs besides its agent, by what it is: the live pids."""
         found = {
             "PostgreSQL": self.postmaster(),
+            "fence keeper": _pid_in(self.data_dir / "keeper.pid"),
             f"{self.backend} member": self.store_server(),
             "Syncthing": self.syncthing(),
             **{service: self.service_pid(service) for service in SERVICES},

@@ -83,6 +83,25 @@ class LeaseState:
     #: The database may accept writes under this lease: store calls must then end before
     #: the self-fencing deadline. False once the database is fenced.
     may_write: bool = False
+    #: Told after every renewal and whenever the database may start writing, before it
+    #: does: the fence keeper's record follows the deadline (docs/fencing.md).
+    listener: Callable[[], None] | None = attrs.field(default=None, repr=False, eq=False)
+
+    def won(self, lease: Lease, sent: float) -> None:
+        self.lease, self.last_renewal, self.may_write = lease, sent, True
+        self._changed()
+
+    def renewed(self, sent: float) -> None:
+        self.last_renewal = sent
+        self._changed()
+
+    def allow_writes(self) -> None:
+        self.may_write = True
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.listener is not None:
+            self.listener()
 
     def deadline(self, cfg: DecisionConfig) -> float | None:
         if self.lease is None or self.last_renewal is None:
@@ -215,7 +234,7 @@ class Executor:
         if lease is None:
             self._log_lost_campaign()
             return Outcome(NodeState.STANDBY)
-        self.lease.lease, self.lease.last_renewal, self.lease.may_write = lease, sent, True
+        self.lease.won(lease, sent)
         self.log.info("won the election: leader key held with fencing token %d", lease.token)
         return Outcome(decision.next_state, observe_again=True)
 
@@ -235,7 +254,7 @@ class Executor:
             if deadline is not None and self.clock() + 2 * self.dcfg.retry_timeout > deadline:
                 self.log.info("before_promote took long: renewing the lease before promoting")
                 return Outcome(NodeState.PROMOTING, observe_again=True)
-        self.lease.may_write = True
+        self.lease.allow_writes()
         try:
             self._promote_database(obs, reading, lease)
         except HacoreError as err:
@@ -421,7 +440,7 @@ class Executor:
         if not held:
             self.log.warning("the lease was lost %s", when)
             return False
-        self.lease.last_renewal = sent
+        self.lease.renewed(sent)
         return True
 
     def _time_left(self, keep: float) -> float:

@@ -170,6 +170,8 @@ class DbReading:
     status: ReplicationStatus
     initialized: bool
     token: int | None
+    #: False when ``status`` is a stand-in for a reading that failed
+    status_known: bool = True
 
 
 def read_database(replication: ReplicationBackend) -> DbReading:
@@ -183,18 +185,19 @@ def read_database(replication: ReplicationBackend) -> DbReading:
     except HacoreError as err:
         log.warning("cannot tell whether this node holds a database: %s", err)
         initialized = True
+    known = True
     try:
         status = replication.status()
     except HacoreError as err:
         log.warning("cannot read the local database's status: %s", err)
-        status = STOPPED
+        status, known = STOPPED, False
     token = None
     if status.running and status.position is not None:
         try:
             token = replication.fencing_token()
         except Exception as err:  # e.g. a database hacore did not set up
             log.debug("no fencing token in the local database: %s", err)
-    return DbReading(status, initialized, token)
+    return DbReading(status, initialized, token, status_known=known)
 
 
 def observation(

@@ -13,6 +13,7 @@ and the database, which is why a killed agent restarted at any point converges.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +34,9 @@ from hacore.agent.execute import (
 )
 from hacore.agent.hooks import HookCaller, NodeLog
 from hacore.agent.jobs import Jobs
+from hacore.agent.keeper import DeadlineFeed, KeeperProcess, KeeperRunning
 from hacore.agent.observe import (
+    DbReading,
     StoreReading,
     SwitchoverClock,
     observation,
@@ -79,6 +82,7 @@ class Agent:
         backends: Backends | None = None,
         credentials: ReplicationCredentials | None = None,
         api_url: str | None = None,
+        keeper: KeeperProcess | None = None,
     ) -> None:
         self.config = config
         self.plugins = plugins
@@ -90,7 +94,13 @@ class Agent:
         self._credentials = credentials
         self.hooks = HookCaller(plugins, config)
         self.log = NodeLog(log, self.name)
-        self.lease = LeaseState()
+        #: The fence keeper (docs/fencing.md); None where no process may be started (an
+        #: agent inside a test process): the loop's own self-fencing is then all there is.
+        self.keeper = keeper
+        self._feed = (
+            DeadlineFeed(keeper.record_path, os.getpid(), self.log) if keeper is not None else None
+        )
+        self.lease = LeaseState(listener=self._lease_changed)
         self.jobs = Jobs(self.name, on_done=self.wake)
         self.state = NodeState.INIT
         self._address = self.backends.replication.address()
@@ -104,6 +114,8 @@ class Agent:
             filesync=self.backends.filesync,
         )
         self._files_check = next((c for c in checks if isinstance(c, FilesInSync)), None)
+        if keeper is not None and self._feed is not None:
+            checks.append(KeeperRunning(keeper, self._feed, self.dcfg.ttl))
         self._checks = CheckRunner(
             checks + plugin_checks(self.hooks),
             multiplier=config.checks.check_ttl_multiplier,
@@ -191,6 +203,7 @@ class Agent:
             self._watch.stop()
             if self._stop.is_set() and self._resign_on_stop:
                 self._shutdown()
+                self._retire_keeper()
             self._checks.close()
 
     def wake(self) -> None:
@@ -245,6 +258,10 @@ class Agent:
             self.log.critical("the agent loop died: %s: %s", type(err).__name__, err)
 
     def _startup(self) -> None:
+        if self.keeper is not None and self._feed is not None:
+            # Adopted first: a keeper still running for a killed predecessor sees this pid.
+            self._feed.adopt()
+            self.keeper.ensure(self.log)
         store, extras = self.backends.managed_store, self.executor.extras
         if store is not None and store.data_dir.is_dir() and not store.is_running():
             extras.safely("starting this node's store server", store.start)
@@ -276,13 +293,14 @@ class Agent:
         if reading.lease_status is LeaseStatus.LOST:
             self.log.warning("leadership lost: the store no longer holds this node's leader key")
             self.lease.drop()
-        elif reading.lease_status is LeaseStatus.HELD:
-            self.lease.last_renewal = reading.last_renewal
+        elif reading.lease_status is LeaseStatus.HELD and reading.last_renewal is not None:
+            self.lease.renewed(reading.last_renewal)
         if reading.answered_at is not None:
             self._store_ok_at = reading.answered_at
         if reading.view is not None:
             self._reading = reading
         db = read_database(self.backends.replication)
+        self._guard(db)
         view = reading.view
         self._facts.update(started, db.status, db.initialized, view, self._store_ok_at)
         self._facts.active = self.state is NodeState.ACTIVE
@@ -337,6 +355,41 @@ class Agent:
         else:
             self._last_error = ""
         return outcome
+
+    def _lease_changed(self) -> None:
+        """A renewal, a won campaign, or writes allowed: the keeper's deadline moves first."""
+        if self._feed is not None and self.lease.may_write:
+            deadline = self.lease.deadline(self.dcfg)
+            self._feed.update(may_write=True, deadline=deadline, db_role=None)
+
+    def _guard(self, db: DbReading) -> None:
+        """Release the keeper's record once the database is seen not to be a primary, and
+        keep the keeper running."""
+        if self.keeper is None or self._feed is None:
+            return
+        self._feed.update(
+            may_write=self.lease.may_write,
+            deadline=self.lease.deadline(self.dcfg),
+            db_role=db.status.role if db.status_known else None,
+        )
+        self.keeper.ensure(self.log)
+
+    def _retire_keeper(self) -> None:
+        """After a clean stop: a database seen fenced needs no keeper; otherwise it stays
+        and enforces the last deadline."""
+        if self.keeper is None or self._feed is None:
+            return
+        db = read_database(self.backends.replication)
+        role = db.status.role if db.status_known else None
+        self._feed.update(may_write=False, deadline=None, db_role=role)
+        record = self._feed.current
+        if record is not None and not record.holds:
+            try:
+                self.keeper.stop()
+            except HacoreError as err:
+                self.log.warning("could not stop the fence keeper: %s", err)
+        else:
+            self.log.warning("the database may still write: the fence keeper stays to fence it")
 
     def _gate(self) -> float | None:
         """The deadline store calls must end by, while the database may write."""

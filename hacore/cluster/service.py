@@ -32,12 +32,14 @@ import attrs
 
 from hacore import pki
 from hacore.agent.execute import ReplicationCredentials
+from hacore.agent.keeper import KeeperProcess
 from hacore.agent.runtime import Agent
 from hacore.agent.state import NodeState
 from hacore.agent.support import build_backends
 from hacore.api.auth import hash_password
 from hacore.api.errors import BadRequestError, ConflictError, UnavailableError
 from hacore.api.facade import NodeSnapshot
+from hacore.api.limits import raise_open_file_limit
 from hacore.api.server import ApiServer, PlainHttp
 from hacore.cluster import join as joining
 from hacore.cluster import start as starting
@@ -280,6 +282,7 @@ class NodeService:
             backends=backends,
             credentials=credentials,
             api_url=self.api_url,
+            keeper=KeeperProcess(self.config_path, self.data_dir),
         )
         with self._lock:
             self.agent = agent
@@ -639,6 +642,7 @@ def _joining(agent: Agent) -> list[str] | None:
 
 def serve(config_path: str | Path) -> None:
     """``hacore agent run``: run this node's service until SIGTERM or SIGINT."""
+    log.info("open file limit: %d", raise_open_file_limit())
     service = NodeService(config_path)
     service.run()
     if service.failure is not None:

@@ -34,8 +34,20 @@ def private_dir(directory: Path, owner: tuple[int, int] | None = None) -> Path:
     return directory
 
 
-def write_atomic(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> Path:
-    """Replace ``path`` with ``data`` in one rename, the new file already at ``mode``."""
+def write_atomic(
+    path: Path,
+    data: bytes,
+    mode: int,
+    owner: tuple[int, int] | None = None,
+    *,
+    durable: bool = True,
+) -> Path:
+    """Replace ``path`` with ``data`` in one rename, the new file already at ``mode``.
+
+    ``durable=False`` skips the fsyncs, for files that mean nothing after a reboot (a
+    monotonic deadline): readers on this boot still never see a half-written file, and a
+    writer on a hot path does not wait for the disk.
+    """
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -48,13 +60,15 @@ def write_atomic(path: Path, data: bytes, mode: int, owner: tuple[int, int] | No
                 os.fchown(handle.fileno(), *owner)
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise TlsMaterialError(f"cannot write {path}: {err.strerror}") from err
-    _sync_dir(path.parent)
+    if durable:
+        _sync_dir(path.parent)
     return path
 
 

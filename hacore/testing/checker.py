@@ -4,9 +4,12 @@ Two witnesses run on threads while a test breaks the cluster:
 
 - :class:`Writer` inserts sequential ids through one multi-host connection string
   (``target_session_attrs=read-write``), as an application would, and records every id whose
-  ``INSERT`` returned (an acknowledged write) and which node acknowledged it. It sets no
-  statement timeout: a cancelled synchronous commit is reported as a success by PostgreSQL
-  (with only a warning), so a timeout would count writes that no standby has.
+  ``INSERT`` returned (an acknowledged write) and which node acknowledged it. By default it
+  sets no timeout: a cancelled synchronous commit is reported as a success by PostgreSQL
+  (with only a warning), so a timeout counts writes that no standby may have. With
+  ``cancel_after`` it is that impatient application on purpose: it cancels a statement that
+  has not returned in time and counts whatever returned as acknowledged (``Ack.cancelled``
+  marks those), which is how a cluster that leaves a writable primary behind loses them.
 - :class:`Poller` asks each node's PostgreSQL, every ``interval``, whether it takes writes:
   ``pg_is_in_recovery()``, then a probe ``INSERT`` that must be acknowledged within
   ``probe_timeout`` (``acks``); one that is cancelled after that counts as ``read-write``
@@ -60,6 +63,8 @@ class Ack:
     id: int
     at: float
     node: str
+    #: the client cancelled it after ``cancel_after`` and the server still reported it done
+    cancelled: bool = False
 
 
 @attrs.frozen
@@ -104,8 +109,10 @@ class Writer(_Thread):
         run: str,
         interval: float = 0.02,
         connect_timeout: int = 2,
+        cancel_after: float | None = None,
     ) -> None:
         super().__init__(f"writer {run}")
+        self.cancel_after = cancel_after
         self.conninfo = (
             f"{conninfo} target_session_attrs=read-write connect_timeout={connect_timeout}"
         )
@@ -131,11 +138,9 @@ class Writer(_Thread):
                 node = self.nodes.get(conn.info.host, conn.info.host)
                 ident, next_id = next_id, next_id + 1
                 self.attempts += 1
-                conn.execute(
-                    f"INSERT INTO {SCHEMA}.writes (run, id) VALUES (%s, %s)", (self.run, ident)
-                )
+                cancelled = self._insert(conn, ident)
                 with self._lock:
-                    self.acked.append(Ack(ident, time.monotonic(), node))
+                    self.acked.append(Ack(ident, time.monotonic(), node, cancelled))
             except psycopg.Error as exc:
                 self.errors.append((time.monotonic(), str(exc).strip().splitlines()[0][:200]))
                 if conn is not None:
@@ -148,6 +153,29 @@ class Writer(_Thread):
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+    def _insert(self, conn: psycopg.Connection[Any], ident: int) -> bool:
+        """Insert ``ident``; True when it returned only after the client cancelled it."""
+        query = f"INSERT INTO {SCHEMA}.writes (run, id) VALUES (%s, %s)"
+        patience = self.cancel_after
+        if patience is None:
+            conn.execute(query, (self.run, ident))
+            return False
+        cancelled = threading.Event()
+
+        def cancel() -> None:
+            cancelled.set()
+            with contextlib.suppress(Exception):
+                conn.cancel_safe(timeout=patience)
+
+        timer = threading.Timer(patience, cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            conn.execute(query, (self.run, ident))
+        finally:
+            timer.cancel()
+        return cancelled.is_set()
 
 
 class Poller(_Thread):

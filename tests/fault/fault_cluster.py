@@ -26,7 +26,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,10 +152,14 @@ class FaultNode:
     def store_server(self) -> int | None:
         return _pid_in(self.data_dir / "store" / "etcd.pid")
 
+    def keeper(self) -> int | None:
+        """The node's fence keeper (docs/fencing.md), started detached by its agent."""
+        return _pid_in(self.data_dir / "keeper.pid")
+
     def cleanup(self) -> None:
         if self.proc is not None:
             self.proc.stop(signal.SIGTERM, timeout=60)
-        for pid in (self.postmaster(), self.store_server()):
+        for pid in (self.keeper(), self.postmaster(), self.store_server()):
             if pid is not None:
                 with contextlib.suppress(Exception):
                     kill_with_children(pid)
@@ -207,6 +211,7 @@ class FaultCluster:
             for name in self.nodes:
                 for log, kind in (
                     (self.root / name / "store" / "etcd.log", "etcd"),
+                    (self.root / name / "keeper.log", "keeper"),
                     (self.root / name / "replication" / "log" / "postgresql.log", "postgresql"),
                 ):
                     if log.exists():
@@ -283,21 +288,26 @@ class FaultCluster:
         return f"host={hosts} port={ports} user=postgres dbname=postgres"
 
     @contextlib.contextmanager
-    def witnesses(self, run: str) -> Iterator[Witnesses]:
-        """A writer and a poller running for the block (stopped even when it fails)."""
+    def witnesses(self, run: str, impatient: float | None = None) -> Iterator[Witnesses]:
+        """A writer and a poller running for the block (stopped even when it fails); with
+        ``impatient``, a second writer that cancels a write after that many seconds."""
         name, sync = self.wait_healthy()
         active = self.nodes[name]
         checker.prepare(active.conninfo)
-        writer = checker.Writer(
-            self.writer_conninfo(),
-            {node.socket_dir: name for name, node in self.nodes.items()},
-            run=run,
-        ).start()
+        hosts = {node.socket_dir: name for name, node in self.nodes.items()}
+        writer = checker.Writer(self.writer_conninfo(), hosts, run=run).start()
+        second = None
+        if impatient is not None:
+            second = checker.Writer(
+                self.writer_conninfo(), hosts, run=f"{run}-impatient", cancel_after=impatient
+            ).start()
         poller = checker.Poller({name: n.conninfo for name, n in self.nodes.items()}).start()
         try:
-            yield Witnesses(writer, poller, active, self.nodes[sync])
+            yield Witnesses(writer, poller, active, self.nodes[sync], second)
         finally:
             writer.stop()
+            if second is not None:
+                second.stop()
             poller.stop()
 
 
@@ -308,6 +318,8 @@ class Witnesses:
     active: FaultNode
     #: the active's synchronous standby when the witnesses started
     sync: FaultNode
+    #: the writer that cancels its writes on a client timeout, when asked for
+    impatient: checker.Writer | None = None
 
     def acks_on(self, node: str, after: float = 0.0) -> int:
         return sum(1 for a in self.writer.acks() if a.node == node and a.at > after)
@@ -341,6 +353,64 @@ class Witnesses:
         found = wait_for(seen, timeout, interval=0.1, what=f"{node} to stop taking writes")
         assert isinstance(found, float)
         return found
+
+
+def judge(
+    name: str,
+    cluster: FaultCluster,
+    w: Witnesses,
+    fault_at: float,
+    new_active: str,
+    writer: checker.Writer | None = None,
+) -> checker.Verdict:
+    """The checker's verdict on ``writer`` (the strict writer by default), recorded for the
+    run's summary."""
+    verdict = checker.judge(
+        name,
+        writer or w.writer,
+        w.poller,
+        fault_at=fault_at,
+        old_active=w.active.name,
+        new_active=new_active,
+        final_conninfo=cluster.nodes[new_active].conninfo,
+    )
+    VERDICTS.append(verdict.summary())
+    print(verdict.summary())
+    return verdict
+
+
+def explain(
+    cluster: FaultCluster, w: Witnesses, since: float, writer: checker.Writer | None = None
+) -> str:
+    writer = writer or w.writer
+    return (
+        f"timeline (seconds after the fault):\n{checker.timeline(w.poller, writer, since=since)}"
+        f"\nwriter errors: {writer.errors[-5:]}\n{cluster.log_tails(25)}"
+    )
+
+
+def assert_safe(verdict: checker.Verdict, explanation: Callable[[], str]) -> None:
+    assert not verdict.lost, (
+        f"{len(verdict.lost)} acknowledged writes missing on {verdict.new_active}: "
+        f"{list(verdict.lost)[:20]}\n{explanation()}"
+    )
+    assert not verdict.overlaps_ack, (
+        f"two nodes acknowledged writes at once: {verdict.overlaps_ack[:5]}\n{explanation()}"
+    )
+
+
+def assert_everywhere(
+    cluster: FaultCluster, w: Witnesses, writer: checker.Writer | None = None
+) -> None:
+    """Every node, the rewound or re-cloned old active included, holds every acked write."""
+    writer = writer or w.writer
+    ids = {a.id for a in writer.acks()}
+    wait_for(
+        lambda: set(ids_everywhere(cluster, writer.run, ids).values()) == {len(ids)},
+        WAIT,
+        interval=0.5,
+        what=f"all {len(ids)} acknowledged writes on every node",
+    )
 
 
 def ids_everywhere(cluster: FaultCluster, run: str, ids: set[int]) -> dict[str, int]:

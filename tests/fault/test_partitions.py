@@ -17,63 +17,26 @@ from __future__ import annotations
 import itertools
 import signal
 import time
-from collections.abc import Callable
 
 import pytest
-from fault_cluster import PG_PORT, TIMING, VERDICTS, WAIT, FaultCluster, Witnesses, ids_everywhere
+from fault_cluster import (
+    PG_PORT,
+    TIMING,
+    VERDICTS,
+    WAIT,
+    FaultCluster,
+    assert_everywhere,
+    assert_safe,
+    explain,
+    judge,
+)
 
-from hacore.testing import checker
 from hacore.testing.procs import wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.root, pytest.mark.slow]
 
 TTL = TIMING["ttl"]
 MARGIN = TIMING["safety_margin"]
-
-
-def judge(
-    name: str, cluster: FaultCluster, w: Witnesses, fault_at: float, new_active: str
-) -> checker.Verdict:
-    verdict = checker.judge(
-        name,
-        w.writer,
-        w.poller,
-        fault_at=fault_at,
-        old_active=w.active.name,
-        new_active=new_active,
-        final_conninfo=cluster.nodes[new_active].conninfo,
-    )
-    VERDICTS.append(verdict.summary())
-    print(verdict.summary())
-    return verdict
-
-
-def explain(cluster: FaultCluster, w: Witnesses, since: float) -> str:
-    return (
-        f"timeline (seconds after the fault):\n{checker.timeline(w.poller, w.writer, since=since)}"
-        f"\nwriter errors: {w.writer.errors[-5:]}\n{cluster.log_tails(25)}"
-    )
-
-
-def assert_safe(verdict: checker.Verdict, explanation: Callable[[], str]) -> None:
-    assert not verdict.lost, (
-        f"{len(verdict.lost)} acknowledged writes missing on {verdict.new_active}: "
-        f"{list(verdict.lost)[:20]}\n{explanation()}"
-    )
-    assert not verdict.overlaps_ack, (
-        f"two nodes acknowledged writes at once: {verdict.overlaps_ack[:5]}\n{explanation()}"
-    )
-
-
-def assert_everywhere(cluster: FaultCluster, w: Witnesses) -> None:
-    """Every node, the rewound or re-cloned old active included, holds every acked write."""
-    ids = {a.id for a in w.writer.acks()}
-    wait_for(
-        lambda: set(ids_everywhere(cluster, w.writer.run, ids).values()) == {len(ids)},
-        WAIT,
-        interval=0.5,
-        what=f"all {len(ids)} acknowledged writes on every node",
-    )
 
 
 def test_an_isolated_active_fences_itself_and_a_standby_takes_over(

@@ -8,13 +8,14 @@ cluster view over HTTPS, trusting the cluster CA alone.
 
 Every process is stopped by pid: the service by its ServerProcess; what it may leave behind
 (after a SIGKILL) by the pid files in its data directory: the postmaster and its children,
-and the detached store server.
+the detached store server, and the fence keeper.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import secrets
 import signal
@@ -190,6 +191,9 @@ class Node:
                 return pid
         return None
 
+    def keeper(self) -> int | None:
+        return _pid_in(self.data_dir / "keeper.pid")
+
     def connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(
             host=str(self.data_dir / "replication" / "run"),
@@ -205,10 +209,13 @@ class Node:
             return {row[0] for row in conn.execute("SELECT slot_name FROM pg_replication_slots")}
 
     def crash(self) -> None:
-        """SIGKILL the agent service and the whole PostgreSQL server, as a host death would
-        (the detached store server is left running)."""
+        """SIGKILL the agent service, its fence keeper and the whole PostgreSQL server, as
+        a host death would (the detached store server is left running)."""
         assert self.proc is not None
         self.proc.kill()
+        keeper = self.keeper()
+        if keeper is not None:
+            kill_tree(keeper)
         pid = self.postmaster()
         assert pid is not None, f"{self.name}'s database is not running"
         kill_tree(pid)
@@ -216,7 +223,7 @@ class Node:
     def cleanup(self) -> None:
         if self.proc is not None:
             self.proc.stop(signal.SIGTERM, timeout=90)
-        for pid in (self.postmaster(), self.store_server()):
+        for pid in (self.keeper(), self.postmaster(), self.store_server()):
             if pid is not None:
                 kill_tree(pid)
 
@@ -311,4 +318,7 @@ def formed_cluster(backend: str, *, start_json: bool = False) -> Iterator[CliClu
         yield cluster
     finally:
         cluster.cleanup()
-        shutil.rmtree(cluster.root, ignore_errors=True)
+        if os.environ.get("HACORE_KEEP_TEST_DIRS"):
+            print(f"kept {cluster.root}")
+        else:
+            shutil.rmtree(cluster.root, ignore_errors=True)
