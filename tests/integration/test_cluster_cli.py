@@ -115,6 +115,24 @@ def test_start_and_two_joins_make_one_active_and_two_streaming_standbys(
     assert httpx.get(n1.url + "/cluster", auth=wrong, timeout=5, verify=tls).status_code == 401
 
 
+def test_role_and_liveness_probes_on_the_formed_cluster(formed: CliCluster) -> None:
+    """What a load balancer or an orchestrator asks without credentials, on real agents."""
+    active = formed.active()
+    for name, node in formed.nodes.items():
+        answers = {path: node.probe(path) for path in ("/health", "/liveness", "/readiness")}
+        for path, answer in answers.items():
+            assert answer is not None and answer["http_status"] == 200, (name, path, answer)
+            assert answer["node"] == name and answer["leader"] == active.name, answer
+            assert answer["healthy"] is True and answer["loop_age"] is not None, answer
+        standby = node.probe("/standby")
+        status = node.probe("/status")
+        assert standby is not None and status is not None
+        if node is active:
+            assert (status["http_status"], standby["http_status"]) == (200, 503)
+        else:
+            assert (status["http_status"], standby["http_status"]) == (503, 200)
+
+
 def test_join_refusals_change_nothing(formed: CliCluster) -> None:
     active = formed.nodes["n1"]
     auth = formed.credentials()
