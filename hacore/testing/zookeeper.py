@@ -3,6 +3,13 @@
 Each server is a JVM (~70 MB, a few seconds to start on a busy machine) in its own process
 group, with its files under ``workdir/zk<i>``. The ensemble runs with ``skipACL`` and a short
 tick (250 ms, sessions of 0.5 to 60 s) so tests can use TTLs of one second.
+
+The servers write their transaction log without fsync (``zookeeper.forceSync=no``), as the
+test PostgreSQL clusters run with ``fsync=off``: a write is in the kernel before it is
+acknowledged, so it survives the SIGKILL of a server (tests kill processes, never the
+machine). With fsync, a busy disk (a full test run) stretched each write, the session a new
+backend opens included, to most of a second, past the ``retry_timeout`` of one second the
+contract suite gives every call.
 """
 
 from __future__ import annotations
@@ -20,8 +27,13 @@ from hacore_plugins.zookeeper.managed import ZooKeeperManagedStore
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 120.0
-#: quicker JVM start for short-lived test servers (less JIT work)
-TEST_JVM_OPTIONS = (*zk.DEFAULT_JVM_OPTIONS, "-XX:TieredStopAtLevel=1", "-Xss512k")
+#: quicker JVM start for short-lived test servers (less JIT work), and no fsync (see above)
+TEST_JVM_OPTIONS = (
+    *zk.DEFAULT_JVM_OPTIONS,
+    "-XX:TieredStopAtLevel=1",
+    "-Xss512k",
+    "-Dzookeeper.forceSync=no",
+)
 LIMITS = zk.ServerLimits()
 
 

@@ -4,7 +4,8 @@ kazoo 2.11 only has one-shot watches, which lose every change made between an ev
 next read. ZooKeeper 3.6+ can keep a watch on a whole subtree and report every change in the
 order it was applied (``addWatch``, opcode 106); this module adds that request and routes its
 events, in the connection thread, to one callback. It also records the session timeout the
-servers granted, which kazoo does not keep.
+servers granted, which kazoo does not keep, before kazoo announces the connection: a caller
+woken by ``connected`` reads the timeout of this connection, not None or the last one's.
 
 ZooKeeper keeps watches per connection: after kazoo reconnects (to any server) the watch is
 gone and must be added again by the owner of the callback.
@@ -22,7 +23,7 @@ from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.protocol.connection import CLOSE_RESPONSE, ConnectionHandler
-from kazoo.protocol.serialization import Watch, int_struct, write_string
+from kazoo.protocol.serialization import Connect, Watch, int_struct, write_string
 
 PERSISTENT_RECURSIVE = 1
 
@@ -47,11 +48,13 @@ class AddWatch(namedtuple("AddWatch", "path mode on_added")):
 class _Connection(ConnectionHandler):  # type: ignore[misc]
     client: PersistentWatchClient
 
-    def _connect(self, host: str, hostip: str, port: int) -> tuple[float, float]:
-        read_timeout, connect_timeout = super()._connect(host, hostip, port)
-        # kazoo derives its read timeout as 2/3 of the negotiated session timeout (ms).
-        self.client.negotiated_timeout = round(read_timeout * 1.5) / 1000.0
-        return read_timeout, connect_timeout
+    def _invoke(self, timeout: float, request: Any, xid: int | None = None) -> Any:
+        result = super()._invoke(timeout, request, xid)
+        # The answer to Connect, read before _connect sets ``connected`` and calls the
+        # listeners (0 means the session expired: _connect raises, nothing was granted).
+        if isinstance(request, Connect) and result[0].time_out > 0:
+            self.client.negotiated_timeout = result[0].time_out / 1000.0
+        return result
 
     def _read_socket(self, read_timeout: float) -> Any:
         response = super()._read_socket(read_timeout)
