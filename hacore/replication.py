@@ -50,7 +50,8 @@ class ReplicationStatus:
     """The local database's state, read in one round trip."""
 
     running: bool
-    role: str  # "primary", "standby" or "stopped"
+    #: "primary", "standby", "stopped", or "unknown" (:data:`UNKNOWN_STATUS`: not read in time)
+    role: str
     writable: bool = False
     position: int | None = None
     timeline: int | None = None
@@ -59,6 +60,20 @@ class ReplicationStatus:
     #: The local history cannot simply follow a leader (it was a primary, or it went past the
     #: leader's fork point): only ``rewind`` brings it back.
     needs_rewind: bool = False
+
+    @property
+    def known(self) -> bool:
+        """False for a status that could not be read (in time).
+
+        DESIGN rule 7: a database that does not answer is neither stopped nor running, neither
+        writable nor read-only. Code that branches on ``running``, ``role`` or ``writable``
+        must look at this first.
+        """
+        return self.role != "unknown"
+
+
+#: What the agent reads when ``status()`` raises or does not answer within ``retry_timeout``.
+UNKNOWN_STATUS = ReplicationStatus(running=False, role="unknown")
 
 
 class ReplicationBackend(abc.ABC):
@@ -132,7 +147,14 @@ class ReplicationBackend(abc.ABC):
 
     @abc.abstractmethod
     def status(self) -> ReplicationStatus:
-        """Role, position, timeline and per-standby lag."""
+        """Role, position, timeline and per-standby lag.
+
+        Raise :class:`~hacore.errors.ReplicationError` when the server runs but does not
+        answer: the state is then *unknown* (DESIGN rule 7), and a guess such as "running,
+        not writable" would make the agent act on it (finish a promotion that is not
+        half-done, rewrite the status key). The agent also gives up waiting after
+        ``retry_timeout`` and reads the status as unknown.
+        """
 
     @abc.abstractmethod
     def record_fencing_token(self, token: int) -> None:

@@ -43,6 +43,13 @@ def decide(obs: Observation, cfg: DecisionConfig) -> Decision:
         return _unleased_writer(obs)
     if obs.job is not None:
         return _busy(obs.job)
+    if not obs.db.known and obs.previous in (NodeState.ACTIVE, NodeState.PROMOTING):
+        return Decision(
+            Action.FENCE,
+            NodeState.FENCED,
+            "the database does not answer and this node holds no lease it can renew: "
+            "fencing (a database that does not answer may still write)",
+        )
     if _leasing(obs) and obs.now >= _deadline(obs, cfg, _lease(obs)):
         # The store no longer names our lease and our own clock says it may have expired:
         # nothing may be built on it, not even a campaign; the next renewal settles it.
@@ -63,6 +70,12 @@ def decide(obs: Observation, cfg: DecisionConfig) -> Decision:
         return _empty(obs, leader, view)
     if leader is not None and leader.name == obs.node_name:
         return _reclaim(leader)
+    if not obs.db.known:
+        return _rest(
+            obs,
+            "the local database did not answer: its state is unknown, so it is neither "
+            "started, followed, rewound nor a candidate on a guess",
+        )
     if not _running(obs.db):
         return _stopped(obs, leader, view)
     if leader is not None:
@@ -81,6 +94,8 @@ def campaign_blocker(obs: Observation, cfg: DecisionConfig) -> str | None:
         return "this node was removed from the cluster"
     if not obs.initialized:
         return "this node has no database"
+    if not db.known:
+        return "the local database did not answer: its state is unknown"
     if not _running(db) or db.position is None:
         return "the local database is not running"
     if not obs.health.ok:
@@ -124,6 +139,19 @@ def _holding(obs: Observation, cfg: DecisionConfig) -> Decision:
         if certain:
             return Decision(Action.STEP_DOWN, after, f"stepping down: {problem}", deadline=deadline)
         return Decision(Action.FENCE, after, f"fencing ({problem}); the store cannot take a resign")
+    if not obs.db.known:
+        # Unknown is not "not writable" (DESIGN rule 7): finishing a promotion here would
+        # promote a healthy but slow active and rewrite the status key without its
+        # synchronous standby, which then could not campaign. Nothing is touched; the failing
+        # database check makes the node step down (rule 2) on the documented check timing.
+        held = NodeState.ACTIVE if obs.previous is NodeState.ACTIVE else NodeState.PROMOTING
+        return Decision(
+            Action.NONE,
+            held,
+            "the database did not answer: its state is unknown; holding the lease without "
+            "promoting or writing the status key until it answers or its check fails",
+            deadline=deadline,
+        )
     if not certain:
         if _writable(obs.db):
             return Decision(

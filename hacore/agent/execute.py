@@ -56,7 +56,7 @@ from hacore.consensus import ConsensusBackend, ManagedStore
 from hacore.errors import HacoreError
 from hacore.filesync import FilesyncBackend
 from hacore.records import ClusterView, Lease, Member, NodeRole
-from hacore.replication import ReplicationBackend, ReplicationSource
+from hacore.replication import UNKNOWN_STATUS, ReplicationBackend, ReplicationSource
 from hacore.services import ServiceBackend
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,13 @@ class Executor:
         self._renew(lease, "before starting the services")
         services_ok = self.extras.start_active()
         self.hooks.call("hacore_after_promote", view=view)
-        status = self.b.replication.status()
+        try:
+            status = self.b.replication.status()
+        except HacoreError as err:
+            # promoted, but the database stopped answering: not active (the next loop sees
+            # it unknown and its check decides), and no guess in the history entry
+            self.log.warning("promoted, but the database does not answer: %s", err)
+            status = UNKNOWN_STATUS
         entry = keys.HistoryEntry(self.name, lease.token, status.timeline, status.position)
         try:
             self.store_call(
@@ -376,7 +382,14 @@ class Executor:
                     return self._call_off(decision, obs, reading, missing)
             self._wait_caught_up(target)
             self.extras.files_from(target, within=self._time_left(2 * self.dcfg.retry_timeout))
-        final = self.b.replication.status()
+        final = obs.db
+        if obs.db.known:
+            try:
+                final = self.b.replication.status()
+            except HacoreError as err:
+                self.log.warning("stepping down with the database's state unknown: %s", err)
+        # A hung database (the usual reason to step down with an unknown state) is not asked
+        # again, which would cost a connect timeout: it is fenced all the same, at once.
         self.b.replication.fence()
         self.lease.may_write = False
         member = self.member(NodeRole.FENCED, attrs.evolve(obs, db=final))
@@ -457,8 +470,11 @@ class Executor:
         if deadline is not None:
             limit = min(limit, deadline - self.dcfg.retry_timeout)
         while True:
-            status = self.b.replication.status()
-            lag = next((s.lag_bytes for s in status.standbys if s.name == target), None)
+            try:
+                standbys = self.b.replication.status().standbys
+            except HacoreError:
+                standbys = ()
+            lag = next((s.lag_bytes for s in standbys if s.name == target), None)
             if lag == 0:
                 return
             if self.clock() >= limit:
@@ -467,7 +483,8 @@ class Executor:
             time.sleep(0.05)
 
     def _fence(self, decision: Decision, obs: Observation) -> None:
-        primary = obs.db.running and obs.db.role == "primary"
+        # A database that did not answer may still write: it is fenced too (DESIGN rule 7).
+        primary = (obs.db.running and obs.db.role == "primary") or not obs.db.known
         if primary:
             self.b.replication.fence()
         self.lease.may_write = False
@@ -497,7 +514,11 @@ class Executor:
         self.hooks.call("hacore_before_demote", view=view, reason=reason)
         self.extras.stop_active()
         try:
-            if _writable(self.b.replication) or self.b.replication.status().role == "primary":
+            try:
+                primary = self.b.replication.status().role == "primary"
+            except HacoreError:
+                primary = True  # unknown is not "not a primary" (DESIGN rule 7)
+            if primary:
                 self.b.replication.fence()
         except HacoreError as err:
             self.log.error("could not fence the database at shutdown: %s", err)

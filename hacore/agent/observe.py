@@ -14,7 +14,9 @@ would only spend another ``retry_timeout``.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -34,12 +36,11 @@ from hacore.agent.state import (
 from hacore.consensus import ConsensusBackend
 from hacore.errors import HacoreError, StoreUnavailableError
 from hacore.records import ClusterView, KeyValue, Lease
-from hacore.replication import ReplicationBackend, ReplicationStatus
+from hacore.replication import UNKNOWN_STATUS, ReplicationBackend, ReplicationStatus
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-STOPPED = ReplicationStatus(running=False, role="stopped")
 _T = TypeVar("_T")
 
 
@@ -170,34 +171,86 @@ class DbReading:
     status: ReplicationStatus
     initialized: bool
     token: int | None
-    #: False when ``status`` is a stand-in for a reading that failed
+    #: False when the database did not answer (in time): ``status`` is then
+    #: :data:`~hacore.replication.UNKNOWN_STATUS`, never a guess (DESIGN rule 7)
     status_known: bool = True
 
 
 def read_database(replication: ReplicationBackend) -> DbReading:
     """The local database's status, whether it holds data, and its fencing token.
 
-    A backend that raises is read as a stopped database: ``decide`` then never treats the
-    node as writable or as a candidate on a reading it did not get.
+    A backend that raises gives an *unknown* status (DESIGN rule 7), never "stopped" nor
+    "not writable": ``decide`` then neither promotes, starts, follows nor campaigns on it,
+    and the active's ``database_queries`` check fails. A token read that fails on a
+    database that answered makes the whole reading unknown too: "no token" would be read as
+    a half-done promotion.
     """
     try:
         initialized = replication.is_initialized()
     except HacoreError as err:
         log.warning("cannot tell whether this node holds a database: %s", err)
         initialized = True
-    known = True
     try:
         status = replication.status()
     except HacoreError as err:
         log.warning("cannot read the local database's status: %s", err)
-        status, known = STOPPED, False
+        return DbReading(UNKNOWN_STATUS, initialized, None, status_known=False)
     token = None
     if status.running and status.position is not None:
         try:
             token = replication.fencing_token()
+        except HacoreError as err:
+            log.warning("cannot read the local database's fencing token: %s", err)
+            return DbReading(UNKNOWN_STATUS, initialized, None, status_known=False)
         except Exception as err:  # e.g. a database hacore did not set up
             log.debug("no fencing token in the local database: %s", err)
-    return DbReading(status, initialized, token, status_known=known)
+    return DbReading(status, initialized, token, status_known=status.known)
+
+
+class DatabaseReader:
+    """:func:`read_database` for the loop, waiting at most ``timeout`` (``retry_timeout``).
+
+    A frozen database accepts connections into the kernel's backlog and never answers, so
+    the reading runs on a daemon thread. One that does not answer in time is *unknown*;
+    while it still hangs, the next loops read unknown at once instead of piling up threads,
+    and a late answer is thrown away (it describes the database as it was a loop ago).
+    """
+
+    def __init__(self, replication: ReplicationBackend, *, timeout: float) -> None:
+        self.replication = replication
+        self.timeout = timeout
+        self._pending: cf.Future[DbReading] | None = None
+
+    def read(self) -> DbReading:
+        pending = self._pending
+        if pending is not None and not pending.done():
+            return self._unknown("the previous reading still waits for an answer", quiet=True)
+        future: cf.Future[DbReading] = cf.Future()
+
+        def ask() -> None:
+            try:
+                future.set_result(read_database(self.replication))
+            except BaseException as err:
+                future.set_exception(err)
+
+        self._pending = future
+        threading.Thread(target=ask, name="hacore-db-reading", daemon=True).start()
+        try:
+            reading = future.result(timeout=self.timeout)
+        except cf.TimeoutError:
+            return self._unknown(f"no answer within {self.timeout:g}s")
+        except Exception as err:
+            return self._unknown(f"{type(err).__name__}: {err}")
+        self._pending = None
+        return reading
+
+    def _unknown(self, why: str, *, quiet: bool = False) -> DbReading:
+        (log.debug if quiet else log.warning)("the local database's state is unknown: %s", why)
+        try:
+            initialized = self.replication.is_initialized()
+        except Exception:
+            initialized = True
+        return DbReading(UNKNOWN_STATUS, initialized, None, status_known=False)
 
 
 def observation(

@@ -25,6 +25,7 @@ from hacore.agent import keys
 from hacore.agent.hooks import NodeLog
 from hacore.agent.state import ActiveStatus, SyncMode
 from hacore.consensus import ConsensusBackend
+from hacore.errors import HacoreError
 from hacore.replication import ReplicationBackend, ReplicationStatus, StandbyState
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,13 @@ class SyncStandbys:
             self._db = wanted
             self._pending = None
             if desired is not None:
-                position = self.replication.status().position
+                try:
+                    position = self.replication.status().position
+                except HacoreError:
+                    # no starting point for the wait: the next loop sets it again and reads
+                    # the position then, rather than never naming the standby
+                    self._db = None
+                    raise
                 self._pending = (desired, position if position is not None else 0)
                 self.log.info(
                     "waiting for %s to confirm every commit from %s on", desired, position

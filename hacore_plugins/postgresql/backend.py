@@ -30,6 +30,7 @@ import psycopg
 
 from hacore.errors import ReplicationError
 from hacore.replication import (
+    UNKNOWN_STATUS,
     ProgressCallback,
     ReplicationSource,
     ReplicationStatus,
@@ -56,6 +57,11 @@ log = logging.getLogger(__name__)
 #: How long a fence waits for a fast shutdown before an immediate one: a fence must be quick,
 #: and an immediate shutdown only costs crash recovery at the next start.
 FENCE_FAST_WAIT = 5.0
+#: How long a fence waits for an immediate shutdown before SIGKILL of the postmaster and
+#: every backend: a fence runs while the lease is at stake, so it must end in bounded time.
+#: A server whose processes are stopped (SIGSTOP) acts on no signal but SIGKILL: it is
+#: killed at once.
+FENCE_IMMEDIATE_WAIT = 2.0
 #: Messages of a standby whose history went past its upstream's: only a rewind helps.
 _DIVERGED = (
     "is not a child of this server's history",
@@ -87,14 +93,16 @@ class PostgresReplication(PrimaryDuties, SourceAccess):
             with self._local(timeout=3) as conn:
                 row = conn.execute(STATUS).fetchone()
         except (ReplicationError, psycopg.Error) as err:
-            if _out_of_descriptors(err):
-                # this process could not even open a socket: nothing is known of the database
-                raise ReplicationError(
-                    f"cannot connect to the local database, so its state is unknown: {err}"
-                ) from err
-            log.debug("%s: status query failed: %s", self.node_name, err)
-            role = "standby" if self.layout.standby_signal.exists() else "primary"
-            return ReplicationStatus(running=True, role=role, needs_rewind=state.was_primary)
+            # A postmaster runs but did not answer (frozen, starting, overloaded, or this
+            # process is out of descriptors): its state is unknown (DESIGN rule 7). A guess
+            # such as "primary, not writable" made the agent finish a promotion that was not
+            # half-done on a healthy active and rewrite the status key without its
+            # synchronous standby (issue 9).
+            why = "cannot open a socket" if _out_of_descriptors(err) else "no answer"
+            raise ReplicationError(
+                f"the local database (postmaster {self.postmaster_pid()}) did not answer the "
+                f"status query ({why}), so its state is unknown: {first_line(err)}"
+            ) from err
         assert row is not None
         in_recovery, read_only, position, walfile, checkpoint_tli = row[:5]
         received_tli, sender_host, sender_port, receiver, standbys = row[5:]
@@ -334,10 +342,15 @@ class PostgresReplication(PrimaryDuties, SourceAccess):
         log.info("%s: promoted, timeline %s", self.node_name, status.timeline)
 
     def _wait_writable(self, deadline: float, timeout: float) -> ReplicationStatus:
-        status = self.status()
+        status = self._status_or_unknown()
         while not status.writable and time.monotonic() < deadline:
             time.sleep(0.1)
-            status = self.status()
+            status = self._status_or_unknown()
+        if not status.known:
+            raise ReplicationError(
+                f"{self.node_name} did not become writable within {timeout:.0f}s: its "
+                "database does not answer"
+            )
         if not status.writable:
             where = f"a {status.role}" if status.running else "stopped"
             if status.running and status.position is not None:
@@ -354,12 +367,28 @@ class PostgresReplication(PrimaryDuties, SourceAccess):
         A read-only setting can be overridden by any session and a terminated backend may
         still be committing; only a stopped postmaster guarantees that no write is
         acknowledged after this returns. The server comes back read-only on ``start``.
+
+        Bounded: fast shutdown, immediate shutdown, then SIGKILL of the postmaster and every
+        backend; a frozen server (SIGSTOP) is SIGKILLed at once. Sending it SIGCONT instead
+        would let its frozen backends acknowledge commits after the fence.
         """
-        if server.stop(self.layout, timeout=min(self.config.stop_timeout, FENCE_FAST_WAIT)):
+        if server.stop(
+            self.layout,
+            timeout=min(self.config.stop_timeout, FENCE_FAST_WAIT),
+            immediate_wait=FENCE_IMMEDIATE_WAIT,
+        ):
             log.warning("%s: fenced (server stopped)", self.node_name)
 
     # ---------------------------------------------------------------------------------------
     # Helpers
+
+    def _status_or_unknown(self) -> ReplicationStatus:
+        """``status()``, or :data:`UNKNOWN_STATUS` while the server does not answer (a wait
+        for a promotion tries again until its own deadline)."""
+        try:
+            return self.status()
+        except ReplicationError:
+            return UNKNOWN_STATUS
 
     def _upstream_name(self, state: NodeState, host: str, port: int | None) -> str:
         up = state.upstream

@@ -18,8 +18,18 @@ log = logging.getLogger(__name__)
 
 class PrimaryDuties(PgNode):
     def fencing_token(self) -> int | None:
-        with self._local() as conn:
-            row = conn.execute("SELECT token FROM hacore.leadership WHERE id = 1").fetchone()
+        """The recorded token; None only when none is recorded (or hacore never set the table
+        up). A database that does not answer raises: "no token" would be a guess that makes
+        the agent promote (rewriting the status key) a healthy active (DESIGN rule 7)."""
+        try:
+            with self._local(timeout=3) as conn:
+                row = conn.execute("SELECT token FROM hacore.leadership WHERE id = 1").fetchone()
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+            return None
+        except psycopg.Error as err:
+            raise ReplicationError(
+                f"cannot read the fencing token of {self.node_name}: {err}"
+            ) from None
         return int(row[0]) if row else None
 
     def record_fencing_token(self, token: int) -> None:

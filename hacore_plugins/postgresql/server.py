@@ -161,24 +161,61 @@ def cluster_state(tools: PgTools, layout: Layout) -> str:
     raise ReplicationError("pg_controldata did not report the database cluster state")
 
 
-def stop(layout: Layout, *, timeout: float) -> bool:
-    """Fast shutdown (clients cut), then immediate, then SIGKILL; True if one was running."""
+def stop(layout: Layout, *, timeout: float, immediate_wait: float = 10.0) -> bool:
+    """Fast shutdown (clients cut), then immediate, then SIGKILL; True if one was running.
+
+    A server with a stopped process (SIGSTOP, a frozen host being thawed piece by piece)
+    acts on no signal but SIGKILL, so a shutdown would only wait out its timeouts while the
+    lease runs out: the postmaster and every child are SIGKILLed at once. SIGCONT is not ours to
+    send: it would let a frozen backend acknowledge a commit after the fence.
+    """
     pid = postmaster_pid(layout)
     if pid is None:
         return False
-    for sig, wait in (
+    steps: tuple[tuple[signal.Signals, float], ...] = (
         (signal.SIGINT, timeout),
-        (signal.SIGQUIT, 10.0),
+        (signal.SIGQUIT, immediate_wait),
         (signal.SIGKILL, 10.0),
-    ):
+    )
+    if frozen_processes(pid):
+        log.warning(
+            "postmaster %d or its children are stopped (SIGSTOP): a shutdown cannot run, "
+            "killing the server's processes",
+            pid,
+        )
+        steps = ((signal.SIGKILL, 10.0),)
+    for sig, wait in steps:
         if sig == signal.SIGKILL:
-            for child in children_of(pid):
-                _signal(child, sig)
-        _signal(pid, sig)
+            _kill_server(pid)
+        else:
+            _signal(pid, sig)
         if _wait_gone(layout, pid, wait):
             return True
         log.warning("postmaster %d did not stop within %.0fs after %s", pid, wait, sig.name)
     raise ReplicationError(f"PostgreSQL (pid {pid}) did not stop even after SIGKILL")
+
+
+def _state_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def frozen_processes(pid: int) -> list[int]:
+    """The postmaster ``pid`` and those of its children that are stopped (state T or t)."""
+    return [p for p in (pid, *children_of(pid)) if _state_of(p) in ("T", "t")]
+
+
+def _kill_server(pid: int) -> None:
+    """SIGKILL the postmaster and every backend. Each child of a postmaster makes itself a
+    process group leader (``InitPostmasterChild``), so one ``killpg`` misses them: every
+    process is killed by pid, and the group each leads (an archive command's shell) too."""
+    for proc in (pid, *children_of(pid)):
+        with contextlib.suppress(OSError):
+            if os.getpgid(proc) == proc:
+                os.killpg(proc, signal.SIGKILL)
+        _signal(proc, signal.SIGKILL)
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

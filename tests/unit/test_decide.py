@@ -30,7 +30,7 @@ from hacore.agent import (
 )
 from hacore.errors import ConfigError
 from hacore.records import ClusterView, Leader, Lease, Member, NodeRole
-from hacore.replication import ReplicationStatus
+from hacore.replication import UNKNOWN_STATUS, ReplicationStatus
 
 NOW = 1000.0
 CFG = DecisionConfig(ttl=10, loop_wait=1, retry_timeout=2, safety_margin=2)
@@ -1083,6 +1083,151 @@ def test_every_state_publishes_a_role() -> None:
     assert roles[NodeState.REMOVED] is NodeRole.REMOVED
 
 
+# -- a database that does not answer (DESIGN rule 7, issue 9) -----------------------------------
+
+UNKNOWN_DB = UNKNOWN_STATUS
+SYNC_KEY = ActiveStatus("a", position=100, timeline=1, sync_standbys=frozenset({"b"}))
+
+UNKNOWN_DB_CASES = [
+    # The active's status query timed out: not "primary, not writable", so no PROMOTE (which
+    # writes the status key with no synchronous standby) and no STAY_ACTIVE (which rewrites it).
+    case("active-held-unknown-holds", active(db=UNKNOWN_DB), Action.NONE, state=NodeState.ACTIVE),
+    case(
+        "active-held-unknown-sync-holds",
+        active(db=UNKNOWN_DB, active_status=SYNC_KEY),
+        Action.NONE,
+        state=NodeState.ACTIVE,
+        cfg=SYNC,
+    ),
+    case(
+        "active-uncertain-unknown-holds",
+        active(db=UNKNOWN_DB, lease_status=LeaseStatus.UNCERTAIN),
+        Action.NONE,
+        state=NodeState.ACTIVE,
+    ),
+    case(
+        "promoting-unknown-holds",
+        active(db=UNKNOWN_DB, previous=NodeState.PROMOTING, db_token=None),
+        Action.NONE,
+        state=NodeState.PROMOTING,
+    ),
+    # The failing database check is what hands over: at once with check_fail_fast ...
+    case(
+        "active-unknown-failing-check-fail-fast",
+        active(db=UNKNOWN_DB, health=HealthReport(failing={"database_queries"})),
+        Action.STEP_DOWN,
+        state=NodeState.FENCED,
+        cfg=FAIL_FAST,
+    ),
+    # ... and once it expired without (the check TTL) ...
+    case(
+        "active-unknown-failing-not-expired",
+        active(db=UNKNOWN_DB, health=HealthReport(failing={"database_queries"})),
+        Action.NONE,
+        state=NodeState.ACTIVE,
+    ),
+    case(
+        "active-unknown-expired-check",
+        active(db=UNKNOWN_DB, health=HealthReport(expired={"database_queries"})),
+        Action.STEP_DOWN,
+        state=NodeState.FENCED,
+    ),
+    case(
+        "active-uncertain-unknown-expired-fences",
+        active(
+            db=UNKNOWN_DB,
+            lease_status=LeaseStatus.UNCERTAIN,
+            health=HealthReport(expired={"database_queries"}),
+        ),
+        Action.FENCE,
+        state=NodeState.FENCED,
+    ),
+    # ... and the deadline always wins.
+    case(
+        "active-unknown-past-deadline",
+        active(db=UNKNOWN_DB, last_renewal=NOW - 8),
+        Action.FENCE,
+        state=NodeState.FENCED,
+    ),
+    # Without a standing lease, an unknown database that was the active's may still write.
+    case(
+        "lost-lease-unknown-former-active-fences",
+        active(db=UNKNOWN_DB, lease_status=LeaseStatus.LOST, view=led_by("b")),
+        Action.FENCE,
+        state=NodeState.FENCED,
+    ),
+    case(
+        "no-store-unknown-former-active-fences",
+        active(db=UNKNOWN_DB, lease_status=LeaseStatus.NONE, lease=None, view=None),
+        Action.FENCE,
+        state=NodeState.FENCED,
+    ),
+    # A standby whose database does not answer is neither stopped (START_STANDBY) nor
+    # following someone else (FOLLOW), nor rewound, nor a candidate.
+    case("standby-unknown-rests", standby(db=UNKNOWN_DB), Action.NONE, state=NodeState.STANDBY),
+    case(
+        "standby-unknown-new-leader-rests",
+        standby(db=UNKNOWN_DB, view=led_by("c")),
+        Action.NONE,
+        state=NodeState.STANDBY,
+    ),
+    case(
+        "standby-unknown-needs-rewind-rests",
+        standby(db=UNKNOWN_DB, view=led_by("c"), needs_rewind=True),
+        Action.NONE,
+    ),
+    case(
+        "standby-unknown-no-leader-no-campaign",
+        standby(db=UNKNOWN_DB, view=leaderless(), active_status=SYNC_KEY),
+        Action.NONE,
+        cfg=SYNC,
+    ),
+]
+
+
+@pytest.mark.parametrize(("obs", "cfg", "action", "target", "state"), UNKNOWN_DB_CASES)
+def test_an_unknown_database_is_not_a_guess(
+    obs: Observation,
+    cfg: DecisionConfig,
+    action: Action,
+    target: str | None,
+    state: NodeState | None,
+) -> None:
+    check(obs, cfg, action, target, state)
+
+
+def test_the_unknown_active_keeps_its_deadline() -> None:
+    decision = decide(active(db=UNKNOWN_DB), CFG)
+    assert decision.deadline == NOW - 1 + CFG.ttl - CFG.safety_margin
+    assert "unknown" in decision.reason
+
+
+def test_campaign_blocker_names_an_unknown_database() -> None:
+    obs = standby(db=UNKNOWN_DB, view=leaderless(), active_status=SYNC_KEY)
+    assert campaign_blocker(obs, SYNC) == "the local database did not answer: its state is unknown"
+
+
+def test_the_synchronous_standby_takes_over_from_a_hung_active() -> None:
+    """Issue 9's chain, end to end through decide: the hung active writes nothing, steps down
+    once its database check fails, and the status key it left still names b, so b (and
+    only b) campaigns."""
+    hung = active(db=UNKNOWN_DB, active_status=SYNC_KEY)
+    assert decide(hung, SYNC).action is Action.NONE  # nothing written while it holds
+    failing = attrs.evolve(hung, health=HealthReport(expired={"database_queries"}))
+    assert decide(failing, SYNC).action is Action.STEP_DOWN
+    # after the resign: the old active published no position (its database was unknown)
+    # and is unhealthy; c is not a synchronous standby
+    after = leaderless(
+        member("a", position=None, role=NodeRole.FENCED, healthy=False), member("b"), member("c")
+    )
+    b = standby(view=after, active_status=SYNC_KEY, db=attrs.evolve(STANDBY_DB, following=None))
+    c = attrs.evolve(b, node_name="c")
+    assert campaign_blocker(b, SYNC) is None
+    assert decide(b, SYNC).action is Action.CAMPAIGN
+    assert decide(c, SYNC).action is Action.NONE
+    assert "neither a synchronous standby" in (campaign_blocker(c, SYNC) or "")
+
+
 # -- properties over random observations ---------------------------------------------------------
 
 NAMES = ("a", "b", "c")
@@ -1115,9 +1260,9 @@ def observations(draw: st.DrawFn) -> Observation:
     view = draw(st.one_of(st.none(), st.builds(ClusterView, st.just(leader), members())))
     status = draw(st.sampled_from(LeaseStatus))
     lease = Lease(holder=name, token=draw(st.integers(5, 9)), ttl=10, acquired_at=0.0)
-    role = draw(st.sampled_from(["primary", "standby", "stopped"]))
+    role = draw(st.sampled_from(["primary", "standby", "stopped", "unknown"]))
     db = ReplicationStatus(
-        running=role != "stopped" and draw(st.booleans()),
+        running=role not in ("stopped", "unknown") and draw(st.booleans()),
         role=role,
         writable=draw(st.booleans()),
         position=draw(positions),
@@ -1220,6 +1365,20 @@ def test_safety_properties(obs: Observation, cfg: DecisionConfig) -> None:
         assert d.action not in (Action.STAY_ACTIVE, Action.PROMOTE, Action.CAMPAIGN)
     if obs.removed:
         assert d.action not in (Action.CAMPAIGN, Action.PROMOTE, Action.STAY_ACTIVE)
+    if not obs.db.known:
+        # DESIGN rule 7: nothing is built on a database that did not answer; the actions
+        # that write the status key (PROMOTE, STAY_ACTIVE) above all.
+        assert d.action not in (
+            Action.PROMOTE,
+            Action.STAY_ACTIVE,
+            Action.START_STANDBY,
+            Action.FOLLOW,
+            Action.REWIND,
+        )
+        if d.action is Action.CAMPAIGN:
+            assert leader is not None and leader.name == obs.node_name, "campaigned blind"
+        if obs.job is None and obs.previous in (NodeState.ACTIVE, NodeState.PROMOTING):
+            assert d.action in (Action.NONE, Action.FENCE, Action.STEP_DOWN)
     assert d.target != obs.node_name
     assert d.next_state is not NodeState.INIT
     if d.target is not None and d.action is not Action.STEP_DOWN:

@@ -1,0 +1,129 @@
+"""A database that does not answer is *unknown* (DESIGN rule 7, issue 9): how the loop reads
+it, and how the health checks report it. ``decide``'s side is in test_decide.py."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from hacore.agent.checks import DatabaseAnswers, LoopFacts, ReplicationRole
+from hacore.agent.observe import DatabaseReader, read_database
+from hacore.errors import ReplicationError
+from hacore.replication import UNKNOWN_STATUS, ReplicationStatus
+from hacore_plugins.postgresql import server
+
+PRIMARY = ReplicationStatus(running=True, role="primary", writable=True, position=5, timeline=1)
+
+
+class FakeDb:
+    """Just what ``read_database`` calls; ``hang`` blocks ``status()`` until released."""
+
+    def __init__(self, status: ReplicationStatus | Exception = PRIMARY) -> None:
+        self.result = status
+        self.token: int | Exception | None = 7
+        self.hang = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def status(self) -> ReplicationStatus:
+        self.calls += 1
+        if self.hang.is_set():
+            self.release.wait(10)
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+    def fencing_token(self) -> int | None:
+        if isinstance(self.token, Exception):
+            raise self.token
+        return self.token
+
+
+def reader(db: FakeDb, timeout: float = 0.2) -> DatabaseReader:
+    fake: Any = db
+    return DatabaseReader(fake, timeout=timeout)
+
+
+def test_a_status_that_raises_is_unknown_not_stopped() -> None:
+    fake: Any = FakeDb(ReplicationError("no answer"))
+    reading = read_database(fake)
+    assert not reading.status_known and reading.status is UNKNOWN_STATUS
+    assert not reading.status.known and reading.status.role == "unknown"
+    assert reading.token is None
+
+
+def test_a_token_read_that_fails_makes_the_reading_unknown() -> None:
+    """A "no token" answer from a database that stopped answering reads as a half-done promotion."""
+    db = FakeDb()
+    db.token = ReplicationError("connection timed out")
+    fake: Any = db
+    reading = read_database(fake)
+    assert not reading.status_known and reading.status is UNKNOWN_STATUS
+
+
+def test_a_database_without_hacore_s_table_has_no_token_but_is_known() -> None:
+    db = FakeDb()
+    db.token = RuntimeError("relation hacore.leadership does not exist")
+    fake: Any = db
+    reading = read_database(fake)
+    assert reading.status_known and reading.token is None and reading.status is PRIMARY
+
+
+def test_the_loop_waits_at_most_its_timeout_for_a_hung_database() -> None:
+    db = FakeDb()
+    db.hang.set()
+    r = reader(db)
+    started = time.monotonic()
+    first = r.read()
+    assert time.monotonic() - started < 2.0
+    assert not first.status_known and first.initialized
+    # still hanging: unknown at once, and no second question piles up
+    started = time.monotonic()
+    assert not r.read().status_known
+    assert time.monotonic() - started < 0.1
+    assert db.calls == 1
+    # it answers late: that answer is stale and thrown away; the next reading asks again
+    db.hang.clear()
+    db.release.set()
+    time.sleep(0.1)
+    again = r.read()
+    assert again.status_known and again.status is PRIMARY and again.token == 7
+    assert db.calls == 2
+
+
+def test_a_reading_in_time_is_passed_on() -> None:
+    reading = reader(FakeDb()).read()
+    assert reading.status_known and reading.status is PRIMARY and reading.token == 7
+
+
+@pytest.mark.parametrize("active", [True, False])
+def test_an_unknown_database_fails_its_checks(active: bool) -> None:
+    facts = LoopFacts("a", db=UNKNOWN_STATUS, initialized=True, active=active, leader="a")
+    answers = DatabaseAnswers(facts, 5.0).run()
+    assert not answers.ok and "unknown" in answers.detail
+    role = ReplicationRole(facts, 5.0).run()
+    assert not role.ok and "unknown" in role.detail
+
+
+def test_a_stopped_process_is_seen_frozen() -> None:
+    """What ``server.stop`` looks at before choosing SIGKILL over a shutdown that cannot
+    run: a SIGSTOPped process (and its children) is listed."""
+    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert server.frozen_processes(proc.pid) == []
+        proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while not server.frozen_processes(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.frozen_processes(proc.pid) == [proc.pid]
+    finally:
+        proc.kill()
+        proc.wait()
