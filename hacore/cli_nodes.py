@@ -116,6 +116,23 @@ def _files_text(member: dict[str, Any]) -> str:
     return f"{done}, {human_bytes(need)} to fetch" if isinstance(need, int) else done
 
 
+def _servers_of(member: dict[str, Any]) -> list[dict[str, Any]]:
+    servers = (member.get("extra") or {}).get("servers")
+    return [s for s in servers if isinstance(s, dict)] if isinstance(servers, list) else []
+
+
+def _servers_text(member: dict[str, Any]) -> str:
+    """The servers column: "etcd up", or what is wrong ("etcd server down, restarting (3rd
+    try)"); "-" when the node runs none (an external store, no file sync engine)."""
+    parts = []
+    for server in _servers_of(member):
+        if server.get("up"):
+            parts.append(f"{server.get('name')} up")
+        else:
+            parts.append(str(server.get("detail") or f"{server.get('name')} DOWN"))
+    return "; ".join(parts) or "-"
+
+
 def _replication_text(member: dict[str, Any]) -> str:
     if member.get("active"):
         return "primary"
@@ -138,6 +155,7 @@ def _node_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "replication": _replication_text(member),
                 "lag_bytes": None if member.get("active") else member.get("lag_bytes"),
                 "files": _files_of(member),
+                "servers": _servers_of(member),
                 "checks": {
                     n: bool(c.get("ok")) if isinstance(c, dict) else bool(c)
                     for n, c in (member.get("checks") or {}).items()
@@ -166,7 +184,9 @@ def nodes_list(ctx: click.Context, as_json: bool) -> None:
     cloning, fenced); REPLICATION is "streaming" when the standby streams from the active
     right now; LAG is how far behind the active it is; FILES is "source" on the active, "in
     sync" on a standby holding the active's files, else how much it has and still fetches
-    ("-" without file sync). Changes nothing.
+    ("-" without file sync); SERVERS is each server the node's agent runs and supervises
+    ("etcd up", or "etcd server down, restarting (2nd try)"; "-" with an external store).
+    Changes nothing.
 
     \b
     Exit status: 0; 2 when no node answers ("error:" line).
@@ -181,7 +201,8 @@ def nodes_list(ctx: click.Context, as_json: bool) -> None:
 
     def text() -> None:
         table = Table(title=f"cluster {data.get('cluster')}")
-        for column in ("name", "address", "state", "replication", "lag", "files", "checks"):
+        columns = ("name", "address", "state", "replication", "lag", "files", "servers", "checks")
+        for column in columns:
             table.add_column(column)
         for row, member in zip(rows, data.get("members", []), strict=True):
             table.add_row(
@@ -191,6 +212,7 @@ def nodes_list(ctx: click.Context, as_json: bool) -> None:
                 row["replication"],
                 _lag_text(member),
                 _files_text(member),
+                _servers_text(member),
                 _checks_text(member),
             )
         console.print(table)
@@ -236,6 +258,7 @@ def nodes_get(ctx: click.Context, name: str, as_json: bool) -> None:
         click.echo(f"replication: {_replication_text(member)}, lag {_lag_text(member)}")
         click.echo(f"position:    {member.get('position')} (timeline {member.get('timeline')})")
         click.echo(f"version:     hacore {member.get('version')}")
+        click.echo(f"servers:     {_servers_text(member)}")
         for check, result in sorted((member.get("checks") or {}).items()):
             ok = result.get("ok") if isinstance(result, dict) else result
             detail = result.get("detail") if isinstance(result, dict) else ""

@@ -87,7 +87,7 @@ class DatabaseListening(_FactCheck):
     def run(self) -> CheckResult:
         if not self.facts.initialized:
             return CheckResult(False, "no database on this node yet")
-        if not self.facts.db.running:
+        if self.facts.db.known and not self.facts.db.running:
             return CheckResult(False, "the database is not running")
         host, port = self.address
         try:
@@ -104,6 +104,10 @@ class DatabaseAnswers(_FactCheck):
 
     def run(self) -> CheckResult:
         db = self.facts.db
+        if not db.known:
+            # A hung database is a failed check (DESIGN rule 7): this is what makes a hung
+            # active step down, after the check's TTL or at once with check_fail_fast.
+            return CheckResult(False, "the database did not answer this loop: state unknown")
         if not db.running:
             return CheckResult(False, "the database is not running")
         if db.position is None:
@@ -118,6 +122,8 @@ class ReplicationRole(_FactCheck):
 
     def run(self) -> CheckResult:
         facts, db = self.facts, self.facts.db
+        if not db.known:
+            return CheckResult(False, "the database did not answer: its role is unknown")
         if facts.active:
             if db.writable:
                 return CheckResult(True, "the active's database is writable")
@@ -364,6 +370,8 @@ class CheckRunner:
                     False, f"{result.detail} (not counted for {grace_left:.1f}s after promotion)"
                 )
                 continue
+            if not track.check.gating:
+                continue  # reported only: never a reason to step down or not to campaign
             if not result.ok:
                 failing.append(name)
             valid_for = track.check.ttl * self.multiplier

@@ -39,6 +39,7 @@ from pathlib import Path
 import attrs
 
 from hacore.agent.hooks import NodeLog
+from hacore.agent.supervise import RestartLog
 from hacore.errors import HacoreError
 from hacore.health import CheckResult, HealthCheck
 from hacore.pki.files import write_atomic
@@ -317,8 +318,8 @@ class KeeperProcess:
             executable_name=os.path.basename(sys.executable),
         )
         self.starts = 0
-        #: monotonic times of the restarts (not the first start), for a keeper that keeps dying
-        self._restarts: list[float] = []
+        #: the restarts (not the first start), for a keeper that keeps dying
+        self._restarts = RestartLog(RESTART_WINDOW)
         self._last_exit: int | None = None
         #: why the last start failed, "" when it did not
         self.error = ""
@@ -345,8 +346,7 @@ class KeeperProcess:
         if self.starts == 1:
             log.info("fence keeper running (pid %d)", pid)
             return
-        now = time.monotonic()
-        self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW] + [now]
+        self._restarts.record(time.monotonic())
         say = log.warning if exited != self._last_exit else log.debug
         self._last_exit = exited
         say(
@@ -362,12 +362,11 @@ class KeeperProcess:
         pid = self.process.pid()
         if pid is None:
             return CheckResult(False, self.error or "the fence keeper is not running")
-        now = time.monotonic()
-        recent = [t for t in self._restarts if now - t < RESTART_WINDOW]
-        if len(recent) >= RESTARTS_FAILING:
+        recent = self._restarts.recent(time.monotonic())
+        if recent >= RESTARTS_FAILING:
             return CheckResult(
                 False,
-                f"the fence keeper keeps exiting ({len(recent)} restarts in "
+                f"the fence keeper keeps exiting ({recent} restarts in "
                 f"{RESTART_WINDOW:g}s; see {self.process.log_path})",
             )
         entry = read_proc(pid)

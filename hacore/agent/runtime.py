@@ -36,6 +36,7 @@ from hacore.agent.hooks import HookCaller, NodeLog
 from hacore.agent.jobs import Jobs
 from hacore.agent.keeper import DeadlineFeed, KeeperProcess, KeeperRunning
 from hacore.agent.observe import (
+    DatabaseReader,
     DbReading,
     StoreReading,
     SwitchoverClock,
@@ -44,6 +45,7 @@ from hacore.agent.observe import (
     read_store,
 )
 from hacore.agent.state import Action, Decision, LeaseStatus, NodeState, Observation
+from hacore.agent.supervise import Supervisor, supervised_servers
 from hacore.agent.support import (
     LeaderWatch,
     Membership,
@@ -116,6 +118,13 @@ class Agent:
         self._files_check = next((c for c in checks if isinstance(c, FilesInSync)), None)
         if keeper is not None and self._feed is not None:
             checks.append(KeeperRunning(keeper, self._feed, self.dcfg.ttl))
+        #: the servers this agent runs, restarted when they die (hacore/agent/supervise.py)
+        self.supervisor = Supervisor(
+            supervised_servers(self.backends.managed_store, config.consensus.backend),
+            self.log,
+            on_change=self.wake,
+        )
+        checks += self.supervisor.checks(self.dcfg.ttl)
         self._checks = CheckRunner(
             checks + plugin_checks(self.hooks),
             multiplier=config.checks.check_ttl_multiplier,
@@ -136,6 +145,8 @@ class Agent:
             member=self._member,
         )
         self._switch_clock = SwitchoverClock()
+        #: a database that does not answer within retry_timeout is unknown (DESIGN rule 7)
+        self._db_reader = DatabaseReader(self.backends.replication, timeout=self.dcfg.retry_timeout)
         self._membership = Membership(self.name, self.backends, self.hooks)
         self._known: dict[str, Member] = {}
         self._last_decision: tuple[object, ...] | None = None
@@ -299,11 +310,14 @@ class Agent:
             self._store_ok_at = reading.answered_at
         if reading.view is not None:
             self._reading = reading
-        db = read_database(self.backends.replication)
+        db = self._db_reader.read()
         self._guard(db)
         view = reading.view
         self._facts.update(started, db.status, db.initialized, view, self._store_ok_at)
         self._facts.active = self.state is NodeState.ACTIVE
+        # A removed node's store member was stopped (or removed from the store) on purpose.
+        removed = self.state is NodeState.REMOVED or self.name in reading.removed
+        self.supervisor.tick(enabled=not removed)
         health, self._results = self._checks.run(active=self._facts.active, now=clock())
         obs = observation(
             self.name,
@@ -422,6 +436,7 @@ class Agent:
             files=self._membership.files_identity(),
             checks=self._results,
             files_state=self._files_check.last if self._files_check else None,
+            servers=self.supervisor.status(),
         )
 
     def _publish(self, obs: Observation) -> None:
@@ -456,6 +471,7 @@ class Agent:
             loop_wait=self.dcfg.loop_wait,
             ttl=self.dcfg.ttl,
             reason=self._last_error or decision.reason,
+            servers=self.supervisor.status(),
         )
 
     def _log_decision(self, decision: Decision) -> None:

@@ -11,7 +11,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -22,6 +22,7 @@ from hacore.agent.execute import Backends
 from hacore.agent.hooks import HookCaller, NodeLog
 from hacore.agent.observe import StoreReading
 from hacore.agent.state import DecisionConfig, Observation, SyncMode
+from hacore.agent.supervise import ServerStatus
 from hacore.api.facade import NodeSnapshot, member_json
 from hacore.config import NodeConfig
 from hacore.consensus import ConsensusBackend, Watcher
@@ -308,6 +309,7 @@ def member_record(
     files: dict[str, Any] | None,
     checks: Mapping[str, CheckResult],
     files_state: SyncState | None = None,
+    servers: Sequence[ServerStatus] = (),
 ) -> Member:
     """This node's record in the store; ``extra`` says whether it campaigns and where others
     reach its database and files."""
@@ -324,6 +326,9 @@ def member_record(
             "last_change": files_state.last_change,
             "detail": files_state.detail,
         }
+    supervised = [s.to_json() for s in servers if s.up is not None]
+    if supervised:
+        extra["servers"] = supervised
     return Member(
         name=config.node.name,
         api_url=api_url,

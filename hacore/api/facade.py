@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import attrs
 
 from hacore.agent.state import NodeState
+from hacore.agent.supervise import ServerStatus
 from hacore.health import CheckResult
 from hacore.records import Member
 from hacore.replication import ReplicationStatus
@@ -57,6 +58,8 @@ class NodeSnapshot:
     ttl: float = 5.0
     #: The last decision's reason, for people.
     reason: str = ""
+    #: The servers the agent runs and supervises (managed store member, file sync engine).
+    servers: tuple[ServerStatus, ...] = ()
 
     def loop_age(self, now: float) -> float | None:
         return None if self.last_loop_at is None else max(0.0, now - self.last_loop_at)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
@@ -82,6 +82,24 @@ class SnapshotCollector(Collector):
         for name, result in sorted(snap.checks.items()):
             checks.add_metric([node, name], float(result.ok))
         yield checks
+
+        up = GaugeMetricFamily(
+            "hacore_managed_server_up",
+            "1 when a server this agent runs (store member, file sync engine) is up, 0 while "
+            "it is down or being restarted.",
+            labels=["node", "server"],
+        )
+        restarts = CounterMetricFamily(
+            "hacore_managed_server_restarts",
+            "Restarts of a server this agent runs, since the agent started.",
+            labels=["node", "server"],
+        )
+        for server in snap.servers:
+            if server.up is not None:
+                up.add_metric([node, server.name], float(server.up))
+                restarts.add_metric([node, server.name], float(server.restarts))
+        yield up
+        yield restarts
 
         repl = snap.replication
         if repl is None:
