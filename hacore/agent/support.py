@@ -56,12 +56,16 @@ def decision_config(config: NodeConfig) -> DecisionConfig:
     )
 
 
-def tls_arguments(factory: Callable[..., Any], tls: TlsFiles | None, what: str) -> dict[str, Any]:
+def tls_arguments(
+    factory: Callable[..., Any], tls: TlsFiles | None, what: str, *, required: bool = True
+) -> dict[str, Any]:
     """``{"tls": tls}`` for a backend factory, or nothing when the node runs without TLS.
 
-    Factories that speak TLS take a ``tls`` keyword (see docs/plugin-authors.md); one that
-    does not cannot be part of a cluster that uses TLS, which is said here rather than as a
-    ``TypeError`` from deep inside the factory.
+    Factories that speak TLS take a ``tls`` keyword (see docs/plugin-authors.md); where TLS is
+    ``required``, one that does not cannot be part of a cluster that uses TLS, which is said
+    here rather than as a ``TypeError`` from deep inside the factory. Where it is only offered
+    (a file sync engine may authenticate its peers itself, as Syncthing does), such a factory
+    simply gets nothing.
     """
     if tls is None:
         return {}
@@ -71,6 +75,8 @@ def tls_arguments(factory: Callable[..., Any], tls: TlsFiles | None, what: str) 
         return {"tls": tls}
     if any(p.name == "tls" or p.kind is p.VAR_KEYWORD for p in params):
         return {"tls": tls}
+    if not required:
+        return {}
     raise ConfigError(
         f"the {what} backend does not support TLS (its factory takes no tls argument): "
         "use a backend that does, or set tls.enabled: false on every node"
@@ -120,11 +126,10 @@ def build_backends(
     filesync = None
     if config.filesync is not None:
         engine = registry.filesync(config.filesync.backend)
-        # offered, not required: an engine may authenticate its peers itself (Syncthing)
-        offered = tls if "tls" in inspect.signature(engine).parameters else None
+        what = f"{config.filesync.backend} file sync"
         filesync = engine(
             config.filesync.settings,
-            **tls_arguments(engine, offered, f"{config.filesync.backend} file sync"),
+            **tls_arguments(engine, tls, what, required=False),
             node_name=node.name,
             host=node.host,
             data_dir=node.data_dir / FILESYNC_DIR,
