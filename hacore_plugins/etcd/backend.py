@@ -246,7 +246,7 @@ class EtcdConsensus(ConsensusBackend):
         )
         if result.succeeded:
             return True
-        current = result.ranges()[0] if result.ranges() else []
+        current = next(iter(result.ranges()), [])
         if result.resent and current and current[0].value == value:
             # Resent after a lost answer, and the key holds exactly what this call writes:
             # the earlier attempt was applied (a put that said "changed under you" made the
