@@ -205,6 +205,48 @@ def test_no_secret_in_any_agent_log(formed: CliCluster) -> None:
             assert secret not in text, f"{what} in {log.name}"
 
 
+def test_replication_and_store_traffic_of_the_formed_cluster_use_tls(formed: CliCluster) -> None:
+    """What the cluster itself sends between members is encrypted, not only the API: each
+    standby's WAL stream (``pg_stat_ssl`` of the walsenders on the active) and every store
+    member's peer and client URLs, which a client reaches only with a CA-issued certificate."""
+    active = formed.active()
+    standbys = {n.name for n in formed.nodes.values() if n is not active}
+
+    def streams() -> list[tuple[str, bool, str | None]] | None:
+        with active.connect() as conn:
+            rows = conn.execute(
+                "SELECT r.application_name, s.ssl, s.version FROM pg_stat_replication r"
+                " JOIN pg_stat_ssl s USING (pid) WHERE r.state = 'streaming'"
+            ).fetchall()
+        return rows if {row[0] for row in rows} == standbys else None
+
+    rows = wait_for(streams, WAIT, interval=0.5, what="both standbys streaming")
+    for name, ssl_on, version in rows:
+        assert ssl_on, f"{name} streams WAL in clear text"
+        assert version in ("TLSv1.2", "TLSv1.3"), (name, version)
+
+    node_dir = active.data_dir / "pki" / "node"
+    member_context = active.ca_context()
+    member_context.load_cert_chain(node_dir / "node.crt", node_dir / "node.key")
+    url = f"https://127.0.0.1:{active.store['client_port']}/v3/cluster/member/list"
+    with httpx.Client(verify=member_context, timeout=10) as client:
+        members = client.post(url, json={}).json()["members"]
+    assert len(members) == 3, members
+    for member in members:
+        for address in member["peerURLs"] + member["clientURLs"]:
+            assert address.startswith("https://"), (member["name"], address)
+    # without a certificate of the cluster's CA, the store lets no client in
+    with pytest.raises(httpx.TransportError):
+        httpx.post(url, json={}, verify=active.ca_context(), timeout=10)
+    plain = f"http://127.0.0.1:{active.store['client_port']}/v3/cluster/member/list"
+    try:
+        answer = httpx.post(plain, json={}, timeout=10)
+    except httpx.TransportError:
+        pass
+    else:
+        assert answer.status_code >= 400 and "members" not in answer.text, answer.text
+
+
 def test_a_client_pinned_to_the_ca_reaches_the_new_active_after_a_failover(
     formed: CliCluster,
 ) -> None:
