@@ -145,7 +145,10 @@ def test_a_client_trusting_the_ca_reaches_every_node(tls_root: Path) -> None:
             client.get(f"{bad}/")
 
 
-def test_node_to_node_calls_are_mutually_authenticated(cluster: Cluster) -> None:
+def test_a_context_requiring_client_certificates_admits_only_the_cas(cluster: Cluster) -> None:
+    """The pki contexts themselves, on a minimal server: hacore's agent API asks for no client
+    certificate (its callers log in; tests/integration/test_cluster_tls.py covers it), the
+    store servers do, with the same CA (etcd below)."""
     server_context = ssl_server_context(cluster.node_b, cluster.ca, require_client_cert=True)
     with https_server("127.0.0.2", cluster.node_b, server_context) as url:
         as_node_a = ssl_client_context(cluster.ca, cluster.node_a)
