@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -289,8 +290,9 @@ class FaultCluster:
 
     @contextlib.contextmanager
     def witnesses(self, run: str, impatient: float | None = None) -> Iterator[Witnesses]:
-        """A writer and a poller running for the block (stopped even when it fails); with
-        ``impatient``, a second writer that cancels a write after that many seconds."""
+        """A writer, a database poller and a ``/status`` poller running for the block (stopped
+        even when it fails); with ``impatient``, a second writer that cancels a write after
+        that many seconds."""
         name, sync = self.wait_healthy()
         active = self.nodes[name]
         checker.prepare(active.conninfo)
@@ -302,13 +304,17 @@ class FaultCluster:
                 self.writer_conninfo(), hosts, run=f"{run}-impatient", cancel_after=impatient
             ).start()
         poller = checker.Poller({name: n.conninfo for name, n in self.nodes.items()}).start()
+        status = checker.StatusPoller(
+            {name: f"http://{n.address}" for name, n in self.nodes.items()}
+        ).start()
         try:
-            yield Witnesses(writer, poller, active, self.nodes[sync], second)
+            yield Witnesses(writer, poller, active, self.nodes[sync], second, status)
         finally:
             writer.stop()
             if second is not None:
                 second.stop()
             poller.stop()
+            status.stop()
 
 
 @attrs.define
@@ -320,6 +326,8 @@ class Witnesses:
     sync: FaultNode
     #: the writer that cancels its writes on a client timeout, when asked for
     impatient: checker.Writer | None = None
+    #: every agent's ``GET /status`` every 0.1 s, as a load balancer sees it
+    status: checker.StatusPoller | None = None
 
     def acks_on(self, node: str, after: float = 0.0) -> int:
         return sum(1 for a in self.writer.acks() if a.node == node and a.at > after)
@@ -339,7 +347,7 @@ class Witnesses:
     def acking_other_than(self, node: str, after: float) -> str | None:
         """A node other than ``node`` seen acknowledging a probe write since ``after``."""
         for name, rows in self.poller.samples().items():
-            if name != node and any(s.state == checker.ACKS and s.start > after for s in rows):
+            if name != node and any(s.state == checker.ACKS and s.at_from > after for s in rows):
                 return name
         return None
 
@@ -348,7 +356,14 @@ class Witnesses:
 
         def seen() -> float | None:
             rows = self.poller.samples()[node]
-            return next((s.end for s in rows if s.start > after and not s.writable), None)
+            return next(
+                (
+                    s.end
+                    for s in rows
+                    if s.start > after and not s.writable and s.state != checker.UNKNOWN
+                ),
+                None,
+            )
 
         found = wait_for(seen, timeout, interval=0.1, what=f"{node} to stop taking writes")
         assert isinstance(found, float)
@@ -373,10 +388,22 @@ def judge(
         old_active=w.active.name,
         new_active=new_active,
         final_conninfo=cluster.nodes[new_active].conninfo,
+        status=w.status,
     )
     VERDICTS.append(verdict.summary())
     print(verdict.summary())
+    record(verdict)
     return verdict
+
+
+#: where :func:`judge` appends each verdict as a JSON line (benchmarks/faults.py sets it)
+VERDICTS_FILE = os.environ.get("HACORE_FAULT_VERDICTS")
+
+
+def record(verdict: checker.Verdict) -> None:
+    if VERDICTS_FILE:
+        with open(VERDICTS_FILE, "a") as out:
+            out.write(dump(verdict) + "\n")
 
 
 def explain(
@@ -385,17 +412,83 @@ def explain(
     writer = writer or w.writer
     return (
         f"timeline (seconds after the fault):\n{checker.timeline(w.poller, writer, since=since)}"
+        f"\n/status:\n{status_timeline(w, since)}"
         f"\nwriter errors: {writer.errors[-5:]}\n{cluster.log_tails(25)}"
     )
 
 
+def status_timeline(w: Witnesses, since: float) -> str:
+    if w.status is None:
+        return "(not sampled)"
+    lines = []
+    for node, rows in sorted(w.status.samples().items()):
+        previous = None
+        for sample in rows:
+            if sample.start >= since and sample.state != previous:
+                lines.append((sample.start, f"{node}: /status {sample.state}"))
+            previous = sample.state
+    return "\n".join(f"{at - since:+8.3f}s  {text}" for at, text in sorted(lines))
+
+
 def assert_safe(verdict: checker.Verdict, explanation: Callable[[], str]) -> None:
+    """What every fault scenario must show: no acknowledged write lost (the writer's rows
+    and the poller's probe rows), never two nodes acknowledging at once, never two agents
+    answering ``/status`` 200 at once, and wherever the writable node changed, the old one
+    last seen writable before the new one first was (a positive handover gap)."""
     assert not verdict.lost, (
         f"{len(verdict.lost)} acknowledged writes missing on {verdict.new_active}: "
         f"{list(verdict.lost)[:20]}\n{explanation()}"
     )
+    assert not verdict.lost_probes, (
+        f"{len(verdict.lost_probes)} acknowledged probe writes missing on "
+        f"{verdict.new_active}: {list(verdict.lost_probes)[:20]}\n{explanation()}"
+    )
     assert not verdict.overlaps_ack, (
         f"two nodes acknowledged writes at once: {verdict.overlaps_ack[:5]}\n{explanation()}"
+    )
+    assert not verdict.overlaps_status, (
+        f"two agents answered /status 200 at once: {verdict.overlaps_status[:5]}\n{explanation()}"
+    )
+    assert_handover_gaps(verdict, explanation)
+
+
+def assert_handover_gaps(verdict: checker.Verdict, explanation: Callable[[], str]) -> None:
+    """Every change of the writable node after the fault has a positive gap."""
+    shared = [h for h in verdict.handovers if h.gap <= 0]
+    assert not shared, (
+        "the writable role changed hands with no gap (old last seen writable at or after "
+        f"the new one first was): {shared[:5]}\n{explanation()}"
+    )
+
+
+def assert_one_writer(verdict: checker.Verdict, explanation: Callable[[], str]) -> None:
+    """Never two nodes writable (acknowledging or not), and no probe whose moment is unknown:
+    an unanswered probe INSERT may have written at any time, so it cannot be ruled out."""
+    assert not verdict.overlaps_rw, (
+        f"two nodes were writable at once: {verdict.overlaps_rw[:5]}\n{explanation()}"
+    )
+    assert not verdict.unresolved, (
+        f"probe writes never answered (cannot prove one writer): {verdict.unresolved[:5]}\n"
+        f"{explanation()}"
+    )
+
+
+def assert_fenced_by(
+    verdict: checker.Verdict,
+    deadline_s: float,
+    allowance: float,
+    explanation: Callable[[], str],
+    *,
+    acknowledging_only: bool = False,
+) -> None:
+    """The old active's LAST writable (or, with ``acknowledging_only``, acknowledging)
+    moment is at most ``allowance`` after ``deadline_s`` (seconds after the fault: when its
+    lease can expire on the others, minus the safety margin)."""
+    last = verdict.last_acks_old_s if acknowledging_only else verdict.last_writable_old_s
+    what = "acknowledging" if acknowledging_only else "writable"
+    assert last is not None and last <= deadline_s + allowance, (
+        f"{verdict.old_active} was last seen {what} {last}s after the fault: later than its "
+        f"deadline {deadline_s:.2f}s + allowance {allowance}s\n{explanation()}"
     )
 
 

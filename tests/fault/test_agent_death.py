@@ -8,8 +8,11 @@ cancelled synchronous commit is reported committed). Before the keeper existed t
 primary stayed writable, waiting for a synchronous standby that had been promoted, and the
 impatient writer's cancelled commits were lost when it was rewound.
 
-What must hold: no acknowledged write lost (either writer); never two nodes writable; the old
-primary last seen writable at most ``ALLOWANCE`` after its deadline; a new active taking
+What must hold: no acknowledged write lost (either writer, and the poller's acknowledged
+probes); never two nodes writable, nor two agents answering ``/status`` 200, at once; a
+positive handover gap; the old primary last seen writable (its last writable sample,
+attributed to when its server wrote) at most ``ALLOWANCE`` after its deadline, and so at
+most ``ALLOWANCE`` after ``fault + ttl - safety_margin``; a new active taking
 writes within ``TAKEOVER_BOUND`` of the fault; one active within ``2 * ttl`` after the agent
 comes back; and the old node streaming as a standby.
 
@@ -32,6 +35,8 @@ from fault_cluster import (
     FaultNode,
     Witnesses,
     assert_everywhere,
+    assert_fenced_by,
+    assert_one_writer,
     assert_safe,
     explain,
     judge,
@@ -64,8 +69,9 @@ def only_one_active(cluster: FaultCluster) -> str | None:
 
 
 def last_writable(w: Witnesses, node: str, since: float) -> float | None:
-    rows = [s for s in w.poller.samples()[node] if s.writable and s.end >= since]
-    return max((s.end for s in rows), default=None)
+    """The end of the attributed interval of ``node``'s last writable sample."""
+    rows = [s for s in w.poller.samples()[node] if s.writable and s.at_to >= since]
+    return max((s.at_to for s in rows), default=None)
 
 
 def agent_fault(cluster: FaultCluster, sig: signal.Signals) -> None:
@@ -145,17 +151,17 @@ def agent_fault(cluster: FaultCluster, sig: signal.Signals) -> None:
         f"writable {'-' if last is None else f'{last - fault_at:.2f}s'}; "
         f"{len(cancelled)} cancelled commits reported done"
     )
-    assert_safe(strict, lambda: explain(cluster, w, fault_at))
+    why = lambda: explain(cluster, w, fault_at)  # noqa: E731
+    assert_safe(strict, why)
     assert_safe(cancels, lambda: explain(cluster, w, fault_at, writer=impatient))
-    assert not strict.overlaps_rw, (
-        f"two nodes were writable at once: {strict.overlaps_rw[:5]}\n"
-        + explain(cluster, w, fault_at)
-    )
+    assert_one_writer(strict, why)
     assert last is not None and last <= deadline + ALLOWANCE, (
         f"{old.name} was still writable {(last or 0) - deadline:.2f}s after its agent's "
         f"deadline (allowance {ALLOWANCE}s, ended the fault {ended_at - fault_at:.1f}s after "
-        f"it began)\n" + explain(cluster, w, fault_at)
+        f"it began)\n" + why()
     )
+    # and so before the lease can expire on the others: the deadline is not later than that
+    assert_fenced_by(strict, TTL - MARGIN, ALLOWANCE, why)
     assert strict.takeover_s is not None and strict.takeover_s <= TAKEOVER_BOUND, (
         f"no new active took writes within {TAKEOVER_BOUND}s ({strict.takeover_s}s)\n"
         + explain(cluster, w, fault_at)

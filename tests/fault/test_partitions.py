@@ -7,9 +7,13 @@ services would, and a poller asks every database ten times a second whether it t
 standbys, one of them synchronous: ``synchronous_mode: on``) and leaves it whole again, so
 the tests do not depend on their order; they share one cluster per module.
 
-What must hold (DESIGN §3): no acknowledged write is lost; two nodes never take writes at the
-same moment (the old active fences itself before its lease can expire, so a new active is
-only writable after the old one stopped); the old active comes back as a streaming standby.
+What must hold (DESIGN §3): no acknowledged write is lost (the writer's rows and the poller's
+acknowledged probe rows); two nodes never take writes at the same moment and never answer
+``/status`` 200 at the same moment; wherever the writable node changed, the old one was last
+seen writable before the new one first was (a positive handover gap); the old active fences
+itself before its lease can expire on the others: its LAST writable moment (attributed to
+when its server wrote, ``hacore.testing.checker``) is at most ``ALLOWANCE`` after
+``cut + ttl - safety_margin``; the old active comes back as a streaming standby.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from fault_cluster import (
     WAIT,
     FaultCluster,
     assert_everywhere,
+    assert_fenced_by,
+    assert_one_writer,
     assert_safe,
     explain,
     judge,
@@ -37,6 +43,11 @@ pytestmark = [pytest.mark.fault, pytest.mark.root, pytest.mark.slow]
 
 TTL = TIMING["ttl"]
 MARGIN = TIMING["safety_margin"]
+#: How long after ``fault + ttl - safety_margin`` (the latest deadline the old active's last
+#: renewal before the fault can have given it) it may still be seen writable: the agent's or
+#: its keeper's check (every 0.1 s), the fence's signal, one 0.1 s poller sample, on a busy
+#: two-core machine. Below ``safety_margin``: it stops before the lease can expire elsewhere.
+ALLOWANCE = 1.0
 
 
 def test_an_isolated_active_fences_itself_and_a_standby_takes_over(
@@ -64,16 +75,12 @@ def test_an_isolated_active_fences_itself_and_a_standby_takes_over(
         assert active == new, f"{active} is active after the heal, not {new}"
         w.wait_acks(new, 20, after=time.monotonic())
     verdict = judge("isolate active", cluster, w, fault_at, new)
-    assert_safe(verdict, lambda: explain(cluster, w, fault_at))
-    assert not verdict.overlaps_rw, (
-        f"the old active was writable while {new} was: {verdict.overlaps_rw[:5]}\n"
-        + explain(cluster, w, fault_at)
-    )
-    assert verdict.fence_s is not None and verdict.fence_s <= TTL + MARGIN, (
-        f"{old.name} fenced {verdict.fence_s}s after losing the store (ttl {TTL})\n"
-        + explain(cluster, w, fault_at)
-    )
-    assert verdict.handover_gap_s is not None and verdict.handover_gap_s > 0
+    why = lambda: explain(cluster, w, fault_at)  # noqa: E731
+    assert ALLOWANCE < MARGIN
+    assert_safe(verdict, why)
+    assert_one_writer(verdict, why)
+    assert_fenced_by(verdict, TTL - MARGIN, ALLOWANCE, why)
+    assert verdict.handover_gap_s is not None and verdict.handover_gap_s > 0, why()
     assert_everywhere(cluster, w)
 
 
@@ -115,10 +122,7 @@ def test_cutting_the_active_from_its_synchronous_standby_keeps_one_writer(
         ended_at = time.monotonic()
     verdict = judge(f"cut active-sync {ports or 'all'}", cluster, w, fault_at, active)
     assert_safe(verdict, lambda: explain(cluster, w, fault_at))
-    assert not verdict.overlaps_rw, (
-        f"two nodes were writable at once: {verdict.overlaps_rw[:5]}\n"
-        + explain(cluster, w, fault_at)
-    )
+    assert_one_writer(verdict, lambda: explain(cluster, w, fault_at))
     assert_everywhere(cluster, w)
     during = [a.at for a in w.writer.acks() if fault_at < a.at < ended_at]
     stall = max(b - a for a, b in itertools.pairwise([fault_at, *during, ended_at]))
@@ -133,7 +137,14 @@ def test_cutting_the_active_from_its_synchronous_standby_keeps_one_writer(
 def test_a_frozen_active_takes_no_write_after_it_thaws(cluster: FaultCluster) -> None:
     """Every process of the active's host is SIGSTOPped for longer than the TTL (a VM pause),
     then resumed: a standby took over meanwhile, so the old active must fence itself before
-    it acknowledges anything, and come back as a standby."""
+    it acknowledges anything, and come back as a standby.
+
+    The bound is on acknowledgements, not on writability: at the thaw every process of the
+    host resumes at once, and a backend may execute a statement it received before the freeze
+    before the agent or its keeper runs; no software on the host can prevent that (a watchdog
+    device would). Such a commit cannot be acknowledged (its synchronous standby is the new
+    active) and dies with the fence. The probe in flight at the SIGSTOP is not dropped: it
+    ends in its real outcome when the host thaws, attributed to when the server wrote."""
     with cluster.witnesses("freeze") as w:
         old = w.active
         w.wait_acks(old.name, 20)
@@ -159,10 +170,11 @@ def test_a_frozen_active_takes_no_write_after_it_thaws(cluster: FaultCluster) ->
         w.wait_acks(new, 20, after=time.monotonic())
     verdict = judge("freeze active", cluster, w, fault_at, new)
     VERDICTS.append(f"[freeze active] fenced {fenced_at - thawed_at:.2f}s after the thaw")
-    assert_safe(verdict, lambda: explain(cluster, w, fault_at))
-    # a probe sent once the host froze runs when it thaws: none may be acknowledged
-    late = [s for s in w.poller.samples()[old.name] if s.start > fault_at and s.state == "acks"]
-    assert not late, f"{old.name} acknowledged writes after it thawed: {late[:3]}\n" + explain(
-        cluster, w, fault_at
-    )
+    why = lambda: explain(cluster, w, fault_at)  # noqa: E731
+    assert_safe(verdict, why)
+    # the probe in flight at the SIGSTOP runs when the host thaws: it may not be acknowledged
+    assert_fenced_by(verdict, TTL - MARGIN, ALLOWANCE, why, acknowledging_only=True)
+    late = [s for s in w.poller.samples()[old.name] if s.late or s.at_from > thawed_at]
+    acked = [s for s in late if s.state == "acks"]
+    assert not acked, f"{old.name} acknowledged writes after it thawed: {acked[:3]}\n{why()}"
     assert_everywhere(cluster, w)
