@@ -19,6 +19,7 @@ from rich.table import Table
 from hacore import __version__
 from hacore.cli_cluster import add_cluster_commands
 from hacore.errors import ConfigError, HacoreError
+from hacore.logsetup import TEXT_FORMAT
 from hacore.plugins import FAMILIES, load_plugins
 
 console = Console()
@@ -46,7 +47,7 @@ def cli(verbose: int) -> None:
     files. When the active fails its health checks, a standby takes over by itself.
     """
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=max(level, logging.DEBUG), format=TEXT_FORMAT)
     if verbose < 2:
         # kazoo logs every refused connection attempt; hacore reports the outcome itself
         logging.getLogger("kazoo").setLevel(logging.ERROR)
@@ -119,6 +120,10 @@ def config_check(path: str, options: tuple[str, ...], connect: bool) -> None:
     overrides = parse_options(list(options)) if options else None
     node_config, loaded = load_config_and_plugins(path, overrides=overrides)
     click.echo(f"{path}: configuration valid (node {node_config.node.name})")
+    from hacore.config_check import security_warnings
+
+    for warning in security_warnings(node_config.tls.enabled):
+        click.echo(f"{path}: WARNING: {warning}", err=True)
     if not connect or node_config.consensus.managed:
         return
     section = node_config.consensus

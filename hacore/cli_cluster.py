@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import secrets
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +19,8 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from hacore.api.errors import ApiError, ApiUnreachableError
+from hacore.api.auth import JOIN_TOKEN_USER
+from hacore.api.errors import ApiError, ApiUnreachableError, AuthenticationError
 from hacore.cluster.follow import LocalApi, follow_operation
 from hacore.cluster.local import BOOTSTRAP_USER, local_url, read_token
 from hacore.cluster.profile import (
@@ -91,19 +93,45 @@ def agent_run(config_path: str) -> None:
     \b
     Stopping the service stops the node's role: an active node hands over at once, then
     its database stops. A managed store server keeps running (restarting an agent must not
-    cost the store a member); the next agent takes it over. Run it under systemd.
+    cost the store a member); the next agent takes it over. Run it under systemd
+    ("hacore agent unit" prints the unit).
+
+    \b
+    The log goes where node.yaml's logging section says (stderr by default, INFO; -v/-vv
+    override the level). SIGHUP (systemctl reload) reads node.yaml again: the logging
+    section applies at once; other changes are logged as needing a restart.
 
     \b
     Example:
       hacore agent run -c /etc/hacore/node.yaml
     """
+    from hacore.agent.reload import Reloader
     from hacore.cluster.service import serve
+    from hacore.logsetup import SETUP
 
-    root = logging.getLogger()
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    if root.level > logging.INFO:
-        root.setLevel(logging.INFO)
+    started = load_config(config_path)
+    verbose = int(click.get_current_context().find_root().params.get("verbose") or 0)
+    SETUP.apply(started.logging, verbose=verbose)
+    Reloader(config_path, started).install()
     serve(config_path)
+
+
+@agent.command("unit")
+@_config_option
+@click.option("--user", "user", default=None, help="Run the agent as this user (User=).")
+def agent_unit(config_path: str, user: str | None) -> None:
+    """Print a systemd unit for this node's agent service.
+
+    \b
+    KillMode=process: systemctl stop/restart signal the agent alone; the managed store
+    member and the fence keeper outlive it, and the agent stops its own database after
+    handing over. ExecReload sends SIGHUP. Install it (docs/agent.md):
+      hacore agent unit -c /etc/hacore/node.yaml > /etc/systemd/system/hacore-agent.service
+      systemctl daemon-reload && systemctl enable --now hacore-agent
+    """
+    from hacore.systemd_unit import agent_unit as unit_text
+
+    click.echo(unit_text(config_path, user=user), nl=False)
 
 
 @agent.command("keeper", hidden=True)
@@ -173,6 +201,27 @@ def _bootstrap_token(config: NodeConfig, config_path: str) -> str:
     return token
 
 
+PASSWORD_ENV = "HACORE_PASSWORD"
+
+
+def _warn_password_argument(ctx: click.Context) -> None:
+    """``--password`` on the command line is visible to every local user (``ps``)."""
+    source = ctx.get_parameter_source("password")
+    if source is click.core.ParameterSource.COMMANDLINE:
+        click.echo(
+            "warning: --password on the command line is visible to other local users (ps, "
+            f"/proc); set ${PASSWORD_ENV} instead, or leave it out to be prompted",
+            err=True,
+        )
+
+
+def _prompt_password(what: str) -> str | None:
+    """The password typed at a terminal, None when there is none to ask."""
+    if not sys.stdin.isatty():
+        return None
+    return str(click.prompt(what, hide_input=True))
+
+
 def _emit(as_json: bool, data: Any, text: Callable[[], None]) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -197,9 +246,10 @@ def _echo_progress(as_json: bool) -> Callable[[str], None] | None:
 @click.option("--username", default="admin", show_default=True, help="The API user to create.")
 @click.option(
     "--password",
-    envvar="HACORE_PASSWORD",
+    envvar=PASSWORD_ENV,
     default=None,
-    help="The API password to set (also $HACORE_PASSWORD); generated when not given.",
+    help=f"The API password to set; better ${PASSWORD_ENV} (an argument shows in ps). "
+    "Generated when not given.",
 )
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait.")
 @_json_option
@@ -246,6 +296,7 @@ def cluster_start(
     """
     from hacore.options import parse_options
 
+    _warn_password_argument(ctx)
     config = _local_config(config_path)
     overrides = parse_options(list(options)) if options else {}
     generated = password is None
@@ -311,6 +362,10 @@ def cluster_start(
                 "nodes that join need it: hacore cluster join ADDRESS --ca-fingerprint "
                 f"{fingerprint} ... (hacore cluster ca prints it again on any member)"
             )
+        click.echo(
+            "to add a node: hacore cluster nodes add NAME --host-ip ADDRESS prints its join "
+            "command, with a single-use token"
+        )
         if generated:
             click.echo(
                 f"API user {username}, password {password}\n"
@@ -336,9 +391,18 @@ def cluster_start(
 @click.option("--username", default=None, help="The cluster's API user (default: the profile's).")
 @click.option(
     "--password",
-    envvar="HACORE_PASSWORD",
+    envvar=PASSWORD_ENV,
     default=None,
-    help="The cluster's API password (also $HACORE_PASSWORD; default: the profile's).",
+    help=f"The cluster's API password; better ${PASSWORD_ENV} (an argument shows in ps). "
+    "Default: the profile's, else a prompt on a terminal.",
+)
+@click.option(
+    "--token",
+    "join_token",
+    envvar="HACORE_JOIN_TOKEN",
+    default=None,
+    help="A single-use join token for this node's name and address (hacore cluster nodes add "
+    "prints it), instead of the API credentials. Also $HACORE_JOIN_TOKEN.",
 )
 @click.option(
     "--ca-fingerprint",
@@ -364,6 +428,7 @@ def cluster_join(
     options: tuple[str, ...],
     username: str | None,
     password: str | None,
+    join_token: str | None,
     ca_fingerprint: str | None,
     ca_file: str | None,
     timeout: float,
@@ -377,7 +442,9 @@ def cluster_join(
     service must run (hacore agent run -c FILE).
 
     \b
-    The node's agent asks the active (with the cluster's API credentials) for a join ticket.
+    The node's agent asks the active for a join ticket, with the cluster's API admin
+    credentials or with a single-use --token (hacore cluster nodes add NAME --host-ip ADDR
+    prints it, with this command) that is valid only for this node name and address.
     The active refuses, and NOTHING changes on either node, when: this node is not empty (it
     holds a database or store data), the name is taken (by a member, a removed node, or a
     join in progress from elsewhere), this node runs another hacore version or other
@@ -409,45 +476,57 @@ def cluster_join(
 
     \b
     Examples:
-      hacore cluster join 10.0.0.1 --node-name manager-2 --username admin --password S3cret \\
-          --ca-fingerprint 3F:A2:...:9C
+      hacore cluster join 10.0.0.1 --node-name manager-2 --host-ip 10.0.0.2 \\
+          --token Xy7... --ca-fingerprint 3F:A2:...:9C
+      HACORE_PASSWORD=S3cret hacore cluster join 10.0.0.1 --node-name manager-2 \\
+          --username admin --ca-fingerprint 3F:A2:...:9C
       hacore cluster join 10.0.0.1:8008 --node-name manager-3 --host-ip 10.0.0.3
     """
     from hacore.options import parse_options
 
     if ca_fingerprint and ca_file:
         raise click.UsageError("give --ca-fingerprint or --ca-file, not both")
+    _warn_password_argument(ctx)
     path = _profile_path(ctx)
     profile = load_profile(path)
     ca_certificate = _read_ca_file(ca_file) if ca_file else None
     if not ca_fingerprint and ca_certificate is None and profile is not None:
         ca_certificate = profile.ca_certificate
-    if username is None or password is None:
-        if profile is None:
-            raise HacoreError(
-                "give the cluster's API credentials with --username and --password (or "
-                f"$HACORE_PASSWORD), or a CLI profile that holds them (none at {path})"
-            )
-        username = username or profile.username
-        password = password or profile.password
+    if join_token:
+        # the ticket is fetched with the token; the profile keeps its own credentials
+        credentials = (JOIN_TOKEN_USER, join_token)
+    else:
+        if username is None or password is None:
+            if profile is not None:
+                username = username or profile.username
+                password = password or profile.password
+            elif username is not None:
+                password = _prompt_password(f"API password of {username}")
+            if username is None or password is None:
+                raise HacoreError(
+                    "give a join token (--token, from hacore cluster nodes add on a member), or "
+                    f"the cluster's API credentials with --username and ${PASSWORD_ENV} (or "
+                    f"--password), or a CLI profile that holds them (none at {path})"
+                )
+        credentials = (username, password)
     config = _local_config(config_path)
     overrides = parse_options(list(options)) if options else {}
     token = _bootstrap_token(config, config_path)
     url = local_url(config)
-    local = LocalApi(
-        url,
-        [(BOOTSTRAP_USER, token), (username, password)],
-        timeout=30.0,
-        ca_file=ca_cert_file(config.node.data_dir),
-    )
+    candidates = [(BOOTSTRAP_USER, token)]
+    if not join_token:
+        candidates.append(credentials)
+    elif profile is not None and profile.cluster:
+        candidates.append(profile.auth)
+    local = LocalApi(url, candidates, timeout=30.0, ca_file=ca_cert_file(config.node.data_dir))
     body = {
         "action": "join",
         "active": active_address,
         "node_name": node_name,
         "host_ip": host_ip,
         "options": overrides,
-        "username": username,
-        "password": password,
+        "username": credentials[0],
+        "password": credentials[1],
         "ca_fingerprint": ca_fingerprint,
         "ca_certificate": ca_certificate,
     }
@@ -455,30 +534,52 @@ def cluster_join(
     echo = _echo_progress(as_json)
     if echo:
         echo(f"joining cluster {answer['cluster']} through {answer['active']} as {node_name}")
-    op = follow_operation(local, timeout=timeout, echo=echo)
+    try:
+        op = follow_operation(local, timeout=timeout, echo=echo)
+    except AuthenticationError:
+        if not join_token:
+            raise
+        # the agent drops the bootstrap token only once the node is a member
+        op = {"result": f"{node_name} joined cluster {answer['cluster']}", "elapsed": None}
     members = [(str(m["name"]), str(m["api_url"])) for m in answer.get("members", [])]
     with contextlib.suppress(ApiError, ApiUnreachableError):
         members = members_of(local.call(lambda c: c.cluster())) or members
     own = next((u for n, u in members if n == node_name), local.url)
     members = [*(m for m in members if m[0] != node_name), (node_name, own)]
     ca_pem = ca_certificate_pem(config.node.data_dir)
-    profile = Profile(str(answer["cluster"]), username, password, ca_certificate=ca_pem).with_nodes(
-        members, active=str(answer["active"])
-    )
-    save_profile(path, profile)
+    saved: Path | None = path
+    if not join_token:
+        user, secret = credentials
+    elif profile is not None and profile.cluster == str(answer["cluster"]):
+        user, secret = profile.auth
+    else:
+        saved = None
+    if saved is not None:
+        save_profile(
+            path,
+            Profile(str(answer["cluster"]), user, secret, ca_certificate=ca_pem).with_nodes(
+                members, active=str(answer["active"])
+            ),
+        )
     result = {
         "cluster": answer["cluster"],
         "node": node_name,
         "active": answer["active"],
-        "profile": str(path),
+        "profile": str(saved) if saved is not None else None,
         "elapsed": op.get("elapsed"),
         "ca_fingerprint": answer.get("ca_fingerprint"),
     }
-    _emit(
-        as_json,
-        result,
-        lambda: click.echo(f"{op.get('result')} (took {op.get('elapsed', 0):.1f} s)"),
-    )
+
+    def text() -> None:
+        took = f" (took {op['elapsed']:.1f} s)" if op.get("elapsed") is not None else ""
+        click.echo(f"{op.get('result')}{took}")
+        if saved is None:
+            click.echo(
+                "no CLI profile written: a join token carries no API credentials; the cluster "
+                "commands work from a machine whose profile holds them"
+            )
+
+    _emit(as_json, result, text)
 
 
 def _read_ca_file(path: str) -> str:
@@ -526,6 +627,7 @@ def cluster_ca(config_path: str, as_json: bool) -> None:
 
 def add_cluster_commands(group: click.Group) -> None:
     """Register ``agent`` and ``cluster`` on the top-level ``hacore`` group."""
+    import hacore.cli_haproxy  # adds haproxy-config
     import hacore.cli_nodes  # noqa: F401 - adds the nodes, status and switchover commands
 
     group.add_command(agent)

@@ -161,6 +161,8 @@ def _node_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                     for n, c in (member.get("checks") or {}).items()
                 },
                 "version": member.get("version"),
+                # failsafe mode, as the answering node sees itself (None elsewhere, or off)
+                "failsafe": member.get("failsafe"),
             }
         )
     return rows
@@ -216,6 +218,13 @@ def nodes_list(ctx: click.Context, as_json: bool) -> None:
                 _checks_text(member),
             )
         console.print(table)
+        for row in rows:
+            failsafe = row.get("failsafe") or {}
+            if failsafe.get("holding"):
+                click.echo(
+                    f"failsafe: the store does not answer; {row['name']} stays active on every "
+                    f"member's confirmation for {failsafe.get('deadline_in')}s more"
+                )
         if note:
             click.echo(note)
 
@@ -301,6 +310,65 @@ def nodes_remove(ctx: click.Context, name: str, as_json: bool) -> None:
         click.echo(f"node {name} removed from cluster {profile.cluster}")
         if not answer.get("acknowledged", True):
             click.echo("  (it did not acknowledge in time: if it comes back it stays removed)")
+
+    _emit(as_json, answer, text)
+
+
+@nodes.command("add")
+@click.argument("name")
+@click.option(
+    "--host-ip", required=True, help="The address the new node has (and joins from): IP or DNS."
+)
+@click.option(
+    "--ttl",
+    type=float,
+    default=900.0,
+    show_default=True,
+    help="Seconds the token stays valid.",
+)
+@_json_option
+@click.pass_context
+def nodes_add(ctx: click.Context, name: str, host_ip: str, ttl: float, as_json: bool) -> None:
+    """Let node NAME at HOST_IP join: print its join command, with a single-use token.
+
+    \b
+    The active issues a token valid for this name and address only, for --ttl seconds, and
+    for one join ticket: the new node's operator needs neither the API password nor this
+    profile. Run the printed command on the new node (its agent running). Needs the admin
+    credentials; changes nothing else.
+
+    \b
+    Exit status: 0 a token was issued; 2 refused (a bad name or address) or failed.
+
+    \b
+    Example:
+      hacore cluster nodes add manager-2 --host-ip 10.0.0.2
+    """
+    from hacore import pki
+    from hacore.pki.pem import parse_certificate
+
+    profile = require_profile(_profile_path(ctx))
+    with active_client(profile) as client:
+        answer = client.join_ticket({"action": "token", "name": name, "host": host_ip, "ttl": ttl})
+        address = client.base_url.split("://", 1)[-1]
+    fingerprint = None
+    if profile.ca_certificate:
+        cert = parse_certificate(profile.ca_certificate.encode("ascii"), "the profile's CA")
+        fingerprint = pki.fingerprint(cert)
+    command = (
+        f"hacore cluster join {address} --node-name {name} --host-ip {host_ip} "
+        f"--token {answer['token']}"
+    )
+    if fingerprint:
+        command += f" --ca-fingerprint {fingerprint}"
+    answer = {**answer, "command": command, "ca_fingerprint": fingerprint}
+
+    def text() -> None:
+        click.echo(
+            f"join token for {name} at {host_ip}, valid {answer.get('expires_in')} s, one use. "
+            "On that node run:"
+        )
+        click.echo(f"  {command}")
 
     _emit(as_json, answer, text)
 

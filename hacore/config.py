@@ -23,6 +23,7 @@ import yaml
 
 from hacore.config_check import SECTION_KEYS, Problems, Section, check_name, show
 from hacore.errors import ConfigError, UnknownBackendError
+from hacore.logsetup import LoggingSettings, read_logging
 from hacore.options import deep_merge, describe_yaml_error
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 DEFAULT_API_PORT = 8008
 DEFAULT_DATA_DIR = Path("/var/lib/hacore")
 SYNC_MODES = ("off", "on", "strict")
+FAILSAFE_MODES = ("off", "on")
 _PASSWORD_HASH_RE = re.compile(r"\$?[A-Za-z0-9_-]+\$.+")
 
 
@@ -97,6 +99,9 @@ class FailoverSettings:
     switchover_timeout: float = 30.0
     #: bytes; the active only hands over to a target at most this far behind
     switchover_max_lag: int = 16 * 1024 * 1024
+    #: "off"; "on": with the whole store unreachable, the active stays active while every
+    #: member's agent confirms it over the API (docs/fencing.md, "Failsafe mode")
+    failsafe_mode: str = "off"
 
 
 @attrs.frozen
@@ -134,6 +139,20 @@ class ApiAuth:
     password_hash: str = attrs.field(repr=False)
 
 
+#: roles of ``api.users``, least first; ``api.auth`` is the admin (docs/security.md)
+API_ROLES = ("probe", "read")
+
+
+@attrs.frozen
+class ApiUser:
+    """A less privileged API user: ``probe`` reads the probes and metrics only, ``read`` also
+    the cluster views; neither may change anything or fetch a join ticket."""
+
+    username: str
+    password_hash: str = attrs.field(repr=False)
+    role: str = "probe"
+
+
 @attrs.frozen
 class ApiSettings:
     #: None until ``cluster start`` creates the credentials; without it the API refuses
@@ -141,6 +160,8 @@ class ApiSettings:
     auth: ApiAuth | None = None
     #: True: even ``/status`` (for load balancers) needs credentials
     status_requires_auth: bool = False
+    #: the probe and read-only users (``api.auth`` is the one admin)
+    users: tuple[ApiUser, ...] = ()
 
 
 @attrs.frozen
@@ -178,6 +199,7 @@ class NodeConfig:
     api: ApiSettings = ApiSettings()
     tls: TlsSettings = TlsSettings()
     plugins: PluginSettings = PluginSettings()
+    logging: LoggingSettings = attrs.field(factory=LoggingSettings)
 
 
 #: keys found in exactly one section, for "ttl belongs in timing" hints at top level
@@ -325,6 +347,7 @@ def _build(raw: Mapping[str, Any], context: str, registry_for: RegistryFor | Non
     tls = _tls(section("tls"))
     plugins_s = section("plugins")
     plugins = _plugins(plugins_s)
+    logging_settings = read_logging(section("logging"))
     if registry_for is not None and plugins_s.clean:
         registry = registry_for(plugins)
         for key, backend in backends.items():
@@ -345,6 +368,7 @@ def _build(raw: Mapping[str, Any], context: str, registry_for: RegistryFor | Non
         api=api,
         tls=tls,
         plugins=plugins,
+        logging=logging_settings,
     )
 
 
@@ -430,6 +454,7 @@ def _failover(sec: Section) -> FailoverSettings:
         switchover_max_lag=sec.count(
             "switchover_max_lag", default.switchover_max_lag, what="a number of bytes >= 0"
         ),
+        failsafe_mode=sec.choice("failsafe_mode", default.failsafe_mode, FAILSAFE_MODES),
     )
 
 
@@ -494,7 +519,38 @@ def _api(sec: Section) -> ApiSettings:
         sec.problem(
             "api.status_requires_auth is true but api.auth (username, password_hash) is unset"
         )
-    return ApiSettings(auth=auth, status_requires_auth=requires)
+    users = _api_users(sec, auth)
+    return ApiSettings(auth=auth, status_requires_auth=requires, users=users)
+
+
+def _api_users(sec: Section, admin: ApiAuth | None) -> tuple[ApiUser, ...]:
+    raw = sec.raw.get("users")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        sec.problem("api.users must be a list of {username, password_hash, role}")
+        return ()
+    users: list[ApiUser] = []
+    for index, item in enumerate(raw):
+        where = f"api.users[{index}]"
+        user_s = Section(
+            sec.context, where, item, ("username", "password_hash", "role"), problems=sec.problems
+        )
+        user_s.reject_unknown()
+        username = user_s.string("username", what="the API user name")
+        password_hash = user_s.secret(
+            "password_hash", what='a password hash such as "pbkdf2_sha256$..."'
+        )
+        if password_hash and not _PASSWORD_HASH_RE.fullmatch(password_hash):
+            user_s.problem(
+                f"{where}.password_hash must be a password hash (the value is not shown)"
+            )
+        role = user_s.choice("role", "probe", API_ROLES)
+        taken = {u.username for u in users} | ({admin.username} if admin else set())
+        if username in taken:
+            user_s.problem(f"{where}: the user name {username!r} is already used")
+        users.append(ApiUser(username, password_hash, role))
+    return tuple(users)
 
 
 def _tls(sec: Section) -> TlsSettings:
@@ -609,11 +665,18 @@ def to_mapping(config: NodeConfig) -> dict[str, Any]:
     api: dict[str, Any] = {"status_requires_auth": config.api.status_requires_auth}
     if config.api.auth is not None:
         api["auth"] = attrs.asdict(config.api.auth)
+    if config.api.users:
+        api["users"] = [attrs.asdict(user) for user in config.api.users]
     data["api"] = api
     data["tls"] = attrs.asdict(config.tls)
     data["plugins"] = {
         "block": list(config.plugins.block),
         "settings": copy.deepcopy(dict(config.plugins.settings)),
+    }
+    log_file = config.logging.file
+    data["logging"] = {
+        **attrs.asdict(config.logging),
+        "file": None if log_file is None else str(log_file),
     }
     return data
 

@@ -42,14 +42,16 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
         "promote_backoff",
         "switchover_timeout",
         "switchover_max_lag",
+        "failsafe_mode",
     ),
     "consensus": ("backend", "managed"),
     "replication": ("backend",),
     "filesync": ("backend", "directories"),
     "services": ("backend", "active_only", "everywhere"),
-    "api": ("auth", "status_requires_auth"),
+    "api": ("auth", "status_requires_auth", "users"),
     "tls": ("enabled",),
     "plugins": ("block", "settings"),
+    "logging": ("level", "format", "file", "max_bytes", "backups"),
 }
 
 
@@ -404,6 +406,19 @@ def check_name(
             f"{where} must be {what} of 1-63 letters, digits, '-', '_' or '.', starting with a "
             f"letter or digit (got {show(value)})"
         )
+
+
+TLS_OFF_WARNING = (
+    "tls.enabled is false: the agent API (with its credentials), the store and replication "
+    "travel in clear text and nobody proves who they are, so anyone on the network can read "
+    "and write the store and take over this cluster; use it only on a lab network "
+    "(docs/security.md)"
+)
+
+
+def security_warnings(tls_enabled: bool) -> list[str]:
+    """What ``config check`` and the agent's start warn about (not errors: a lab may want it)."""
+    return [] if tls_enabled else [TLS_OFF_WARNING]
 
 
 def check_host(value: str, where: str, fail: Callable[[str], NoReturn]) -> None:

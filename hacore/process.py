@@ -20,6 +20,36 @@ import attrs
 
 from hacore.errors import HacoreError
 
+#: what a child keeps of the agent's environment: where programs are, locale, home, time zone
+KEPT_VARIABLES = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME")
+#: never handed to a child, whatever prefix it keeps
+SECRET_VARIABLES = frozenset({"HACORE_PASSWORD", "HACORE_JOIN_TOKEN"})
+
+
+def child_environment(
+    extra: Mapping[str, str] | None = None, *, keep_prefixes: Sequence[str] = ()
+) -> dict[str, str]:
+    """The environment for a server or tool the agent starts: :data:`KEPT_VARIABLES`,
+    ``LC_*``, the variables starting with ``keep_prefixes``, then ``extra``.
+
+    Not the agent's whole environment: whatever a unit file, a shell or a test put there
+    (credentials, proxies, ``ETCD_*``/``ZOO*``/``RSYNC_*`` variables that steer the servers)
+    would otherwise reach every child and show in its ``/proc/<pid>/environ``.
+    """
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if (
+            name in KEPT_VARIABLES
+            or name.startswith("LC_")
+            or any(name.startswith(prefix) for prefix in keep_prefixes)
+        )
+        and name not in SECRET_VARIABLES
+    }
+    env.setdefault("PATH", os.defpath)
+    env.update(extra or {})
+    return env
+
 
 class DetachedProcess:
     """One server process, known by the pid in ``pid_path``.
@@ -48,8 +78,12 @@ class DetachedProcess:
         *,
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
+        keep_prefixes: Sequence[str] = (),
+        umask: int = -1,
     ) -> int:
-        """Start ``argv`` detached; refuses when the previous one still runs."""
+        """Start ``argv`` detached, in :func:`child_environment` plus ``env`` (and ``umask``
+        when given: a server whose files must be its owner's only); refuses when the
+        previous one still runs."""
         running = self.pid()
         if running is not None:
             raise HacoreError(f"{self.name} is already running (pid {running})")
@@ -61,7 +95,8 @@ class DetachedProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=cwd,
-                env={**os.environ, **(env or {})},
+                env=child_environment(env, keep_prefixes=keep_prefixes),
+                umask=umask,
                 start_new_session=True,
                 close_fds=True,
             )

@@ -16,6 +16,7 @@ from hacore.agent.state import (
     Action,
     Decision,
     DecisionConfig,
+    Failsafe,
     LeaseStatus,
     NodeState,
     Observation,
@@ -31,14 +32,36 @@ _PRIMARY_STATES = frozenset(
 )
 #: Published roles whose members cannot take part in an election.
 _NOT_CANDIDATE_ROLES = frozenset({NodeRole.REMOVED, NodeRole.CLONING})
+#: The check that fails while the store does not answer (hacore/agent/checks.py): under
+#: failsafe that outage is what the members' confirmations cover, so it is no step-down reason.
+_STORE_CHECK = "store"
 
 Rank = tuple[int, int]
 
 
 def decide(obs: Observation, cfg: DecisionConfig) -> Decision:
-    """The next action for this node, given what it observed this loop."""
+    """The next action for this node, given what it observed this loop.
+
+    Rule F0 above all others: a node under a live failsafe promise never campaigns, whatever
+    rule asked for it (docs/fencing.md, "Failsafe mode").
+    """
+    decision = _decide(obs, cfg)
+    if decision.action is Action.CAMPAIGN and _promised(obs):
+        return _promised_rest(obs, decision.reason)
+    return decision
+
+
+def _decide(obs: Observation, cfg: DecisionConfig) -> Decision:
     if _leasing(obs) and _lease_stands(obs):
         return _holding(obs, cfg)
+    if _writable(obs.db) and _failsafe_reclaims(obs, cfg):
+        return Decision(
+            Action.CAMPAIGN,
+            NodeState.PROMOTING,
+            "failsafe: the store is back but the lease expired during the outage; every member "
+            "still holds its promise, so this active campaigns to take the lease back",
+            failsafe=Failsafe.HOLDING,
+        )
     if _writable(obs.db):
         return _unleased_writer(obs)
     if obs.job is not None:
@@ -92,6 +115,12 @@ def campaign_blocker(obs: Observation, cfg: DecisionConfig) -> str | None:
     db = obs.db
     if obs.removed:
         return "this node was removed from the cluster"
+    if _promised(obs):
+        assert obs.promised_until is not None
+        return (
+            f"failsafe: this node confirmed the active and promised not to campaign for "
+            f"another {obs.promised_until - obs.now:.1f}s"
+        )
     if not obs.initialized:
         return "this node has no database"
     if not db.known:
@@ -124,16 +153,18 @@ def _holding(obs: Observation, cfg: DecisionConfig) -> Decision:
     """HELD or UNCERTAIN, and the view (if any) still names our lease as the leader."""
     lease = _lease(obs)
     deadline = _deadline(obs, cfg, lease)
+    failsafe = _failsafe_holds(obs, cfg, lease)
     if obs.now >= deadline:
         age = obs.now - (obs.last_renewal or 0.0)
         return Decision(
             Action.FENCE,
             NodeState.FENCED,
-            f"no successful lease renewal for {age:.1f}s (deadline is ttl - safety_margin); "
+            f"no successful lease renewal for {age:.1f}s (deadline is ttl - safety_margin"
+            f"{', or the failsafe confirmations' if failsafe else ''}); "
             "fencing before the lease can expire elsewhere",
         )
     certain = obs.lease_status is LeaseStatus.HELD
-    problem = _step_down_reason(obs, cfg, lease)
+    problem = _step_down_reason(obs, cfg, lease, failsafe=failsafe)
     if problem is not None:
         after = NodeState.REMOVED if obs.removed else NodeState.FENCED
         if certain:
@@ -153,6 +184,15 @@ def _holding(obs: Observation, cfg: DecisionConfig) -> Decision:
             deadline=deadline,
         )
     if not certain:
+        if _writable(obs.db) and failsafe:
+            return Decision(
+                Action.STAY_ACTIVE,
+                NodeState.ACTIVE,
+                f"failsafe: the store does not answer, but every member confirmed this active; "
+                f"staying active until the deadline in {deadline - obs.now:.1f}s",
+                deadline=deadline,
+                failsafe=Failsafe.HOLDING,
+            )
         if _writable(obs.db):
             return Decision(
                 Action.STAY_ACTIVE,
@@ -185,7 +225,9 @@ def _holding(obs: Observation, cfg: DecisionConfig) -> Decision:
     )
 
 
-def _step_down_reason(obs: Observation, cfg: DecisionConfig, lease: Lease) -> str | None:
+def _step_down_reason(
+    obs: Observation, cfg: DecisionConfig, lease: Lease, *, failsafe: bool = False
+) -> str | None:
     if obs.removed:
         return "this node was removed from the cluster"
     if not obs.initialized:
@@ -196,6 +238,8 @@ def _step_down_reason(obs: Observation, cfg: DecisionConfig, lease: Lease) -> st
             f"{lease.token}); this lease is stale"
         )
     failing = obs.health.failing | obs.health.expired if cfg.check_fail_fast else obs.health.expired
+    if failsafe:
+        failing = failing - {_STORE_CHECK}
     if failing:
         return f"health checks failing: {', '.join(sorted(failing))}"
     return None
@@ -416,6 +460,8 @@ def _reclaim(leader: Leader) -> Decision:
 
 
 def _election(obs: Observation, cfg: DecisionConfig, view: ClusterView) -> Decision:
+    if _promised(obs):
+        return _promised_rest(obs, "no leader")
     blocker = campaign_blocker(obs, cfg)
     if blocker is not None:
         return _rest(obs, f"no leader, but not campaigning: {blocker}")
@@ -516,8 +562,58 @@ def _lease_stands(obs: Observation) -> bool:
 
 
 def _deadline(obs: Observation, cfg: DecisionConfig, lease: Lease) -> float:
+    """Rule 1's time; rule F1 moves it later while failsafe holds."""
     ttl = min(lease.ttl, cfg.ttl) if lease.ttl > 0 else cfg.ttl
-    return (obs.last_renewal or 0.0) + ttl - cfg.safety_margin
+    own = (obs.last_renewal or 0.0) + ttl - cfg.safety_margin
+    if _failsafe_holds(obs, cfg, lease):
+        assert obs.failsafe_expiry is not None
+        return max(own, obs.failsafe_expiry - cfg.safety_margin)
+    return own
+
+
+def _failsafe_holds(obs: Observation, cfg: DecisionConfig, lease: Lease) -> bool:
+    """Rule F1: failsafe is on, the store answered nothing this loop (renewal uncertain, no
+    view) and every member confirmed this active in a round whose earliest expiry minus
+    ``safety_margin`` lies beyond the lease's own deadline."""
+    if not cfg.failsafe_mode or obs.failsafe_expiry is None:
+        return False
+    if obs.lease_status is not LeaseStatus.UNCERTAIN or obs.view is not None:
+        return False
+    ttl = min(lease.ttl, cfg.ttl) if lease.ttl > 0 else cfg.ttl
+    own = (obs.last_renewal or 0.0) + ttl - cfg.safety_margin
+    return obs.failsafe_expiry - cfg.safety_margin > own
+
+
+def _failsafe_reclaims(obs: Observation, cfg: DecisionConfig) -> bool:
+    """Rule F2: an active that rode out a store outage on its members' confirmations finds the
+    store back without its lease (it expired while the store was frozen). Until the last
+    confirmations expire no member may campaign, so the active may campaign for the lease
+    instead of fencing and waiting for an election it would win anyway."""
+    if not cfg.failsafe_mode or obs.failsafe_expiry is None or obs.removed:
+        return False
+    if obs.now >= obs.failsafe_expiry - cfg.safety_margin or _leasing(obs):
+        return False
+    view = obs.view
+    return (
+        obs.previous is NodeState.ACTIVE
+        and obs.initialized
+        and view is not None
+        and view.leader is None
+    )
+
+
+def _promised(obs: Observation) -> bool:
+    return obs.promised_until is not None and obs.now < obs.promised_until
+
+
+def _promised_rest(obs: Observation, why: str) -> Decision:
+    assert obs.promised_until is not None
+    rest = _rest(
+        obs,
+        f"{why}, but not campaigning: failsafe: this node confirmed the active and promised "
+        f"not to campaign for another {obs.promised_until - obs.now:.1f}s",
+    )
+    return attrs.evolve(rest, failsafe=Failsafe.PROMISED)
 
 
 def _pending_switchover(obs: Observation, cfg: DecisionConfig) -> SwitchoverRequest | None:

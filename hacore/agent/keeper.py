@@ -304,6 +304,10 @@ class DeadlineFeed:
         self.current, self.error = record, ""
 
 
+#: what the keeper keeps of the agent's environment beyond the minimum (prefixes)
+KEEPER_ENV = ("HACORE_BLOCK_PLUGINS", "HACORE_PLUGINS", "HACORE_TESTING_VERSION", "PYTHON")
+
+
 class KeeperProcess:
     """The agent's handle on its node's keeper: started detached, found again by pid file."""
 
@@ -336,7 +340,8 @@ class KeeperProcess:
             return
         exited = self.process.exit_code()
         try:
-            pid = self.process.start(self.argv(), cwd=self.data_dir)
+            # hacore itself: the plugin settings it loads with, and the interpreter's
+            pid = self.process.start(self.argv(), cwd=self.data_dir, keep_prefixes=KEEPER_ENV)
         except (HacoreError, OSError) as err:
             self.error = f"cannot start the fence keeper: {err}"
             log.error("%s", self.error)

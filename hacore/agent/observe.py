@@ -265,6 +265,8 @@ def observation(
     last_renewal: float | None,
     previous: NodeState,
     job: Action | None,
+    failsafe_expiry: float | None = None,
+    promised_until: float | None = None,
 ) -> Observation:
     """Everything ``decide`` gets; a lease that does not stand is not passed on."""
     holds = reading.lease_status in (LeaseStatus.HELD, LeaseStatus.UNCERTAIN)
@@ -287,4 +289,6 @@ def observation(
         active_status=reading.active_status,
         needs_rewind=db.status.needs_rewind,
         job=job,
+        failsafe_expiry=failsafe_expiry,
+        promised_until=promised_until,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from hacore import __version__
+from hacore import __version__, pki
 from hacore.agent import keys, operations
 from hacore.agent.checks import CheckRunner, FilesInSync, LoopFacts, builtin_checks
 from hacore.agent.decide import campaign_blocker, decide
@@ -31,6 +32,18 @@ from hacore.agent.execute import (
     LeaseState,
     Outcome,
     ReplicationCredentials,
+)
+from hacore.agent.failsafe import (
+    PROMISE_FILE,
+    Answer,
+    Ask,
+    BadQuestion,
+    Confirmations,
+    Peer,
+    Promises,
+    sign,
+    signed,
+    signing_key,
 )
 from hacore.agent.hooks import HookCaller, NodeLog
 from hacore.agent.jobs import Jobs
@@ -57,7 +70,9 @@ from hacore.agent.support import (
     plugin_checks,
 )
 from hacore.agent.syncrep import SyncStandbys
+from hacore.api.errors import AuthenticationError, BadRequestError, UnavailableError
 from hacore.api.facade import NodeSnapshot
+from hacore.cluster import tls as node_tls
 from hacore.config import NodeConfig
 from hacore.errors import HacoreError, StoreUnavailableError
 from hacore.health import CheckResult
@@ -69,6 +84,9 @@ log = logging.getLogger("hacore.agent")
 _EMPTY_VIEW = ClusterView(leader=None)
 #: Seconds between loops while a decision waits for something that takes milliseconds.
 _SOON = 0.2
+#: A last renewal is started this long before it would no longer fit before the deadline
+#: (the loop may wake late on a busy machine).
+_LAST_CALL_SLACK = 0.25
 __all__ = ["Agent", "Backends", "ReplicationCredentials"]
 
 
@@ -90,7 +108,9 @@ class Agent:
         self.plugins = plugins
         self.name = config.node.name
         config.node.data_dir.mkdir(parents=True, exist_ok=True)
-        self.dcfg = decision_config(config)
+        self.dcfg = attrs.evolve(
+            decision_config(config), failsafe_mode=config.failover.failsafe_mode == "on"
+        )
         self.backends = backends or build_backends(config, plugins)
         self.api_url = api_url or f"http://{config.node.host}:{config.node.api_port}"
         self._credentials = credentials
@@ -161,6 +181,19 @@ class Agent:
         self._resign_on_stop = True
         self._thread: threading.Thread | None = None
         self._watch = LeaderWatch(self.backends.consensus, self.wake)
+        #: failsafe mode (hacore/agent/failsafe.py): the promises this node gives as a member,
+        #: and the confirmations it collects as the active
+        self.promises = Promises(
+            self.name,
+            self.dcfg.ttl,
+            enabled=self.dcfg.failsafe_mode,
+            path=config.node.data_dir / PROMISE_FILE,
+        )
+        self.confirmations = Confirmations(
+            self.name, self.dcfg.ttl, key=self._failsafe_key, verify=self._failsafe_verify
+        )
+        self._failsafe_holding = False
+        self._failsafe_said = ""
         #: Set when the loop died of an unexpected error (the agent must be restarted).
         self.died: BaseException | None = None
 
@@ -216,6 +249,7 @@ class Agent:
                 self._shutdown()
                 self._retire_keeper()
             self._checks.close()
+            self.confirmations.close()
 
     def wake(self) -> None:
         self._wake.set()
@@ -225,7 +259,7 @@ class Agent:
         the loop is stuck."""
         snap = self._snapshot
         if snap.is_active:
-            deadline = self.lease.deadline(self.dcfg)
+            deadline = self._deadline()
             if deadline is None or time.monotonic() >= deadline:
                 return attrs.evolve(snap, is_active=False)
         return snap
@@ -301,6 +335,7 @@ class Agent:
             gate=self._gate(),
             retry_timeout=self.dcfg.retry_timeout,
         )
+        self._failsafe_round(reading)
         if reading.lease_status is LeaseStatus.LOST:
             self.log.warning("leadership lost: the store no longer holds this node's leader key")
             self.lease.drop()
@@ -330,6 +365,8 @@ class Agent:
             last_renewal=self.lease.last_renewal,
             previous=self.state,
             job=self.jobs.running(),
+            failsafe_expiry=self.confirmations.expiry if self.dcfg.failsafe_mode else None,
+            promised_until=self.promises.live_until(),
         )
         decision = decide(obs, self.dcfg)
         self._log_decision(decision)
@@ -352,6 +389,17 @@ class Agent:
         return 0.0 if outcome.observe_again else self._wait_time(decision)
 
     def _execute(self, decision: Decision, obs: Observation, reading: StoreReading) -> Outcome:
+        if decision.action is Action.CAMPAIGN:
+            # No failsafe confirmation is given while the campaign runs, and no campaign
+            # runs under one given since the observation (rule F0 at the edge).
+            with self.promises.campaigning() as may:
+                if not may:
+                    self.log.info("not campaigning: a failsafe promise was given meanwhile")
+                    return Outcome(obs.previous)
+                return self._carry_out(decision, obs, reading)
+        return self._carry_out(decision, obs, reading)
+
+    def _carry_out(self, decision: Decision, obs: Observation, reading: StoreReading) -> Outcome:
         try:
             outcome = self.executor.run(decision, obs, reading)
         except Exception as err:
@@ -373,7 +421,7 @@ class Agent:
     def _lease_changed(self) -> None:
         """A renewal, a won campaign, or writes allowed: the keeper's deadline moves first."""
         if self._feed is not None and self.lease.may_write:
-            deadline = self.lease.deadline(self.dcfg)
+            deadline = self._deadline()
             self._feed.update(may_write=True, deadline=deadline, db_role=None)
 
     def _guard(self, db: DbReading) -> None:
@@ -383,7 +431,7 @@ class Agent:
             return
         self._feed.update(
             may_write=self.lease.may_write,
-            deadline=self.lease.deadline(self.dcfg),
+            deadline=self._deadline(),
             db_role=db.status.role if db.status_known else None,
         )
         self.keeper.ensure(self.log)
@@ -407,7 +455,128 @@ class Agent:
 
     def _gate(self) -> float | None:
         """The deadline store calls must end by, while the database may write."""
-        return self.lease.deadline(self.dcfg) if self.lease.may_write else None
+        return self._deadline() if self.lease.may_write else None
+
+    def _deadline(self) -> float | None:
+        """The self-fencing deadline: the lease's, or later while failsafe holds (rule F1),
+        the earliest confirmation expiry minus ``safety_margin``. What the keeper enforces."""
+        own = self.lease.deadline(self.dcfg)
+        expiry = self.confirmations.expiry
+        if own is None or expiry is None or not self._failsafe_holding:
+            return own
+        return max(own, expiry - self.dcfg.safety_margin)
+
+    # -- failsafe mode ----------------------------------------------------------------------
+
+    def _failsafe_round(self, reading: StoreReading) -> None:
+        """As the active with the store silent: ask every member to confirm, once per loop."""
+        if not self.dcfg.failsafe_mode:
+            return
+        lease = self.lease.lease
+        if reading.lease_status is LeaseStatus.HELD or (
+            lease is None and not self._failsafe_holding
+        ):
+            self.confirmations.reset()
+            self._failsafe_holding = False
+            self._failsafe_say("")
+            return
+        if lease is None or reading.view is not None or not self.lease.may_write:
+            self._failsafe_holding = False
+            return
+        deadline = self._deadline()
+        timeout = min(self.dcfg.retry_timeout, (deadline or 0.0) - time.monotonic())
+        if timeout <= 0:
+            self._failsafe_say("failsafe: no time left to ask the members before the deadline")
+            return
+        result = self.confirmations.ask(self._failsafe_peers(), lease.token, timeout)
+        self._failsafe_holding = self.confirmations.expiry is not None
+        if result.complete:
+            self._failsafe_say(
+                f"failsafe: the store does not answer; {', '.join(result.asked)} confirmed "
+                "this active"
+            )
+        else:
+            missing = "; ".join(f"{n or 'round'}: {why}" for n, why in result.missing.items())
+            self._failsafe_say(f"failsafe: not every member confirmed this active ({missing})")
+
+    def _failsafe_say(self, message: str) -> None:
+        if message and message != self._failsafe_said:
+            self.log.warning("%s", message)
+        self._failsafe_said = message
+
+    def _failsafe_peers(self) -> list[Peer]:
+        """Every member of the last view, and every member known before whose record
+        vanished: a node that is not asked could campaign once it reaches the store."""
+        view = self._reading.view if self._reading is not None else None
+        members = {m.name: m for m in self._known.values()}
+        if view is not None:
+            members.update({m.name: m for m in view.members})
+        return [
+            Peer(m.name, m.api_url or f"http://{m.host}:{self.config.node.api_port}")
+            for name, m in sorted(members.items())
+            if name != self.name
+        ]
+
+    def _failsafe_json(self) -> dict[str, Any] | None:
+        if not self.dcfg.failsafe_mode:
+            return None
+        now = time.monotonic()
+        deadline = self._deadline() if self._failsafe_holding else None
+        last = self.confirmations.last
+        return {
+            "mode": "on",
+            "holding": deadline is not None and now < deadline,
+            "deadline_in": None if deadline is None else round(deadline - now, 3),
+            "last_round": None
+            if last is None
+            else {
+                "age": round(now - last.sent_at, 3),
+                "asked": list(last.asked),
+                "missing": dict(last.missing),
+            },
+            "promise": self.promises.json(now),
+        }
+
+    def _failsafe_key(self) -> bytes | None:
+        auth = self.config.api.auth
+        return signing_key(auth.password_hash) if auth is not None else None
+
+    def _failsafe_verify(self) -> ssl.SSLContext | bool:
+        files = node_tls.tls_files(self.config)
+        if files is None or not files.ca_file.exists():
+            return False
+        return pki.ssl_client_context(pki.load_ca_certificate(files.ca_file))
+
+    def failsafe_answer(self, body: bytes, signature: str) -> tuple[bytes, str]:
+        """``POST /failsafe`` on this member: the signed answer to an active's question."""
+        key = self._failsafe_key()
+        if key is None:
+            raise UnavailableError("this agent has no API credentials to check the question with")
+        if not signed(key, body, signature):
+            raise AuthenticationError("the failsafe question is not signed with the cluster's key")
+        try:
+            ask = Ask.decode(body)
+        except BadQuestion as err:
+            raise BadRequestError(str(err)) from None
+        reading = self._reading
+        view = reading.view if reading is not None else None
+        answer: Answer = self.promises.answer(
+            ask,
+            holds_lease=lambda: self.lease.lease is not None,
+            leader=view.leader if view is not None else None,
+            read=view is not None,
+        )
+        if answer.confirmed:
+            self.log.info(
+                "failsafe: confirmed %s (token %d); not campaigning for %gs",
+                ask.asker,
+                ask.token,
+                answer.ttl,
+            )
+        else:
+            self.log.info("failsafe: not confirming %s: %s", ask.asker, answer.why)
+        out = answer.encode()
+        return out, sign(key, out)
 
     def _store_call(self, call: Callable[[], object]) -> object:
         gate = self._gate()
@@ -420,7 +589,11 @@ class Agent:
         if decision.observe_soon:
             wait = min(wait, _SOON)
         now = time.monotonic()
-        for deadline in (decision.deadline, self._gate()):
+        gate = self._gate()
+        # Also wake when a last renewal still fits before the self-fencing deadline: a loop
+        # that wakes later may only fence, though the store is back (a new raft leader).
+        last_call = None if gate is None else gate - self.dcfg.retry_timeout - _LAST_CALL_SLACK
+        for deadline in (decision.deadline, last_call, gate):
             if deadline is not None and deadline > now:
                 wait = min(wait, deadline - now)
         return wait
@@ -472,6 +645,7 @@ class Agent:
             ttl=self.dcfg.ttl,
             reason=self._last_error or decision.reason,
             servers=self.supervisor.status(),
+            failsafe=self._failsafe_json(),
         )
 
     def _log_decision(self, decision: Decision) -> None:

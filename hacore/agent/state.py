@@ -126,6 +126,18 @@ class LeaseStatus(enum.Enum):
     NONE = "none"
 
 
+class Failsafe(enum.Enum):
+    """What failsafe mode (``failover.failsafe_mode``) did to a decision; code may compare it."""
+
+    #: failsafe played no part
+    NONE = "none"
+    #: the store is unreachable, but every member confirmed this active: its deadline is the
+    #: earliest confirmation expiry minus ``safety_margin``, past the lease's
+    HOLDING = "holding"
+    #: this node confirmed an active (or just started): it may not campaign until that expires
+    PROMISED = "promised"
+
+
 class SyncMode(enum.Enum):
     """``synchronous_mode``: ``on`` and ``strict`` both restrict who may campaign; ``strict``
     also makes the active refuse writes when no synchronous standby is connected."""
@@ -158,6 +170,9 @@ class DecisionConfig:
     switchover_timeout: float = 30.0
     #: The active steps down for a switchover only if the target is at most this far behind.
     switchover_max_lag: int = 16 * 1024 * 1024
+    #: ``failover.failsafe_mode: on``: an active that every member confirmed may outlive a
+    #: whole-store outage (hacore/agent/failsafe.py)
+    failsafe_mode: bool = False
 
     def __attrs_post_init__(self) -> None:
         if min(self.ttl, self.loop_wait, self.retry_timeout) <= 0 or self.safety_margin < 0:
@@ -248,6 +263,11 @@ class Observation:
     needs_rewind: bool = False
     #: The off-loop action still running, if any.
     job: Action | None = None
+    #: Failsafe, as the active: the earliest expiry of the confirmations of the last round in
+    #: which every member confirmed (this node's clock); None when there is none.
+    failsafe_expiry: float | None = None
+    #: Failsafe, as a member: this node promised not to campaign before this time.
+    promised_until: float | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.lease_status in (LeaseStatus.HELD, LeaseStatus.UNCERTAIN) and (
@@ -276,6 +296,8 @@ class Decision:
     #: Observe again after a short pause rather than ``loop_wait``: what the node waits for
     #: takes milliseconds (a switchover target receiving the old active's last WAL).
     observe_soon: bool = False
+    #: The failsafe rule behind this decision, if any.
+    failsafe: Failsafe = Failsafe.NONE
 
     def __attrs_post_init__(self) -> None:
         if self.target is None and self.action in _NEEDS_TARGET:

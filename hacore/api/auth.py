@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import hashlib
 import hmac
 import logging
 import secrets
 import threading
 from collections import OrderedDict
+from typing import Any
 
 from hacore.api.errors import TooManyRequestsError, UnavailableError
 from hacore.api.limits import AttemptLimiter, Throttle
-from hacore.config import ApiAuth
+from hacore.config import ApiAuth, ApiUser
 from hacore.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,22 @@ DEFAULT_ITERATIONS = 600_000
 SALT_BYTES = 16
 _MAX_ITERATIONS = 100_000_000
 _FORMAT = f"{SCHEME}$<iterations>$<salt>$<hash>"
+#: the HTTP Basic user name under which a joining node presents its single-use join token
+JOIN_TOKEN_USER = "hacore-join"
+
+
+class Role(enum.IntEnum):
+    """What a credential may do, each role including the ones below it (docs/security.md):
+    the load balancer's ``probe`` reads the probes and metrics, ``read`` also the cluster
+    views, ``admin`` changes things and fetches join tickets."""
+
+    PROBE = 1
+    READ = 2
+    ADMIN = 3
+
+    @classmethod
+    def named(cls, name: str) -> Role:
+        return cls[name.upper()]
 
 
 def _b64encode(raw: bytes) -> str:
@@ -123,9 +141,10 @@ def basic_header(user: str, password: str) -> str:
 
 
 class Authenticator:
-    """Checks ``Authorization`` headers against one configured user; thread-safe.
+    """Checks ``Authorization`` headers against the configured users; thread-safe.
 
-    ``auth`` None (no credentials configured yet) refuses every header.
+    ``auth`` is the admin; ``users`` the probe and read-only ones. ``auth`` None (no
+    credentials configured yet) refuses every header.
 
     A PBKDF2 check is made to be slow, so nothing here lets a client make the agent run many:
     verdicts are remembered under a keyed digest of the header (accepted ones apart, so a
@@ -140,6 +159,7 @@ class Authenticator:
         self,
         auth: ApiAuth | None,
         *,
+        users: tuple[ApiUser, ...] = (),
         cache_size: int = 64,
         max_waiting: int | None = None,
         wait_timeout: float | None = None,
@@ -147,10 +167,16 @@ class Authenticator:
     ) -> None:
         if auth is not None:
             check_password_hash(auth.password_hash)
+        for user in users:
+            check_password_hash(user.password_hash)
         self._auth = auth
+        #: (user name, hash, role) of every user, the admin first
+        self._users: tuple[tuple[str, str, Role], ...] = (
+            ((auth.username, auth.password_hash, Role.ADMIN),) if auth is not None else ()
+        ) + tuple((u.username, u.password_hash, Role.named(u.role)) for u in users)
         self._key = secrets.token_bytes(32)
-        #: accepted headers
-        self._cache: OrderedDict[bytes, None] = OrderedDict()
+        #: accepted headers, with the role they carry
+        self._cache: OrderedDict[bytes, Role] = OrderedDict()
         self._refused: OrderedDict[bytes, None] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -168,11 +194,13 @@ class Authenticator:
     def _digest(self, header: str) -> bytes:
         return hmac.new(self._key, header.encode("utf-8", "surrogateescape"), "sha256").digest()
 
-    def _cached(self, key: bytes) -> bool | None:
+    def _cached(self, key: bytes) -> Role | bool | None:
+        """The remembered role, False when refused, None when unknown."""
         with self._lock:
-            if key in self._cache:
+            role = self._cache.get(key)
+            if role is not None:
                 self._cache.move_to_end(key)
-                return True
+                return role
             if key in self._refused:
                 self._refused.move_to_end(key)
                 return False
@@ -185,21 +213,27 @@ class Authenticator:
         return self._cached(self._digest(header)) is not None
 
     def check(self, header: str | None, client: str = "") -> bool:
-        """Whether ``header`` holds the configured credentials. Raises
-        :class:`~hacore.api.errors.TooManyRequestsError` for a client that failed too often
-        and :class:`~hacore.api.errors.UnavailableError` when too many checks already wait."""
-        auth = self._auth
-        if auth is None or not header:
-            return False
+        """Whether ``header`` holds the credentials of any configured user (see
+        :meth:`role`)."""
+        return self.role(header, client) is not None
+
+    def role(self, header: str | None, client: str = "") -> Role | None:
+        """The role of the user whose credentials ``header`` holds, None when it holds none.
+        Raises :class:`~hacore.api.errors.TooManyRequestsError` for a client that failed too
+        often and :class:`~hacore.api.errors.UnavailableError` when too many checks already
+        wait."""
+        if self._auth is None or not header:
+            return None
         key = self._digest(header)
         verdict = self._cached(key)
         if verdict is None:
-            verdict = self._check_once(auth, header, key, client)
-        if not verdict:
+            verdict = self._check_once(header, key, client)
+        if verdict is False:
             self._log_failure(header, client)
-        return verdict
+            return None
+        return Role(verdict)
 
-    def _check_once(self, auth: ApiAuth, header: str, key: bytes, client: str) -> bool:
+    def _check_once(self, header: str, key: bytes, client: str) -> Role | bool:
         attempts = self.attempts
         wait = attempts.take(client) if attempts is not None else 0.0
         if wait:
@@ -216,7 +250,7 @@ class Authenticator:
         try:
             verdict = self._cached(key)
             if verdict is None:
-                verdict = self._verify(auth, header)
+                verdict = self._verify(self._users, header)
                 self._remember(key, verdict)
         finally:
             self._hashing.release()
@@ -248,10 +282,14 @@ class Authenticator:
             with self._lock:
                 self._waiting -= 1
 
-    def _remember(self, key: bytes, verdict: bool) -> None:
-        cache = self._cache if verdict else self._refused
+    def _remember(self, key: bytes, verdict: Role | bool) -> None:
         with self._lock:
-            cache[key] = None
+            if verdict is False:
+                self._refused[key] = None
+                cache: OrderedDict[bytes, Any] = self._refused
+            else:
+                self._cache[key] = Role(verdict)
+                cache = self._cache
             while len(cache) > self._cache_size:
                 cache.popitem(last=False)
 
@@ -276,12 +314,16 @@ class Authenticator:
             )
 
     @staticmethod
-    def _verify(auth: ApiAuth, header: str) -> bool:
+    def _verify(users: tuple[tuple[str, str, Role], ...], header: str) -> Role | bool:
         credentials = parse_basic(header)
-        if credentials is None:
+        if credentials is None or not users:
             return False
         user, password = credentials
-        # both parts always checked, so the time taken does not tell which one was wrong
-        user_ok = hmac.compare_digest(user.encode(), auth.username.encode())
-        password_ok = verify_password(password, auth.password_hash)
-        return user_ok and password_ok
+        # every name compared and one hash always computed (the admin's when the name is
+        # unknown), so the time taken does not tell which part was wrong
+        found: tuple[str, Role] | None = None
+        for name, stored, role in users:
+            if hmac.compare_digest(user.encode(), name.encode()) and found is None:
+                found = (stored, role)
+        password_ok = verify_password(password, found[0] if found else users[0][1])
+        return found[1] if password_ok and found is not None else False

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
+from hacore.api.auth import JOIN_TOKEN_USER
 from hacore.api.errors import (
     ApiError,
     ApiUnreachableError,
@@ -47,6 +48,8 @@ class ApiClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.has_auth = auth is not None
+        #: the credentials are a single-use join token, not a user's
+        self.join_token = auth is not None and auth[0] == JOIN_TOKEN_USER
         self.timeout = timeout
         self._http = httpx.Client(
             base_url=self.base_url,

@@ -38,10 +38,23 @@ class AuthenticationError(ApiError):
     status = 401
 
 
-class HttpsRequiredError(ApiError):
+class ForbiddenError(ApiError):
+    """The credentials are right but their role may not do this (a probe or read-only user
+    asking for a change or a join ticket)."""
+
+    status = 403
+
+
+class HttpsRequiredError(ForbiddenError):
     """A request in plain HTTP to an agent that serves its API over HTTPS."""
 
     status = 403
+
+
+class UnsupportedMediaTypeError(ApiError):
+    """A body in another format than JSON (a browser's form post, say)."""
+
+    status = 415
 
 
 class NotFoundError(ApiError):
@@ -83,6 +96,7 @@ ERROR_FOR_STATUS: dict[int, type[ApiError]] = {
     401: AuthenticationError,
     403: HttpsRequiredError,
     404: NotFoundError,
+    415: UnsupportedMediaTypeError,
     409: ConflictError,
     429: TooManyRequestsError,
     503: UnavailableError,
@@ -103,4 +117,6 @@ def status_for(err: HacoreError) -> int:
 def error_for_status(status: int, message: str) -> ApiError:
     """The exception a client raises for an error answer."""
     cls = ERROR_FOR_STATUS.get(status, ApiError)
+    if cls is HttpsRequiredError and "HTTPS" not in message:
+        cls = ForbiddenError
     return cls(message)

@@ -28,6 +28,10 @@ def _frozen_checks(value: Mapping[str, CheckResult]) -> Mapping[str, CheckResult
     return MappingProxyType(dict(value))
 
 
+def _frozen_optional(value: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    return None if value is None else MappingProxyType(dict(value))
+
+
 @attrs.frozen
 class NodeSnapshot:
     """This node as its loop last saw it. Times are this node's ``time.monotonic()``."""
@@ -60,6 +64,9 @@ class NodeSnapshot:
     reason: str = ""
     #: The servers the agent runs and supervises (managed store member, file sync engine).
     servers: tuple[ServerStatus, ...] = ()
+    #: Failsafe mode as this node last saw it (None when ``failsafe_mode`` is off): whether
+    #: the active holds on its members' confirmations, and any promise this node gave.
+    failsafe: Mapping[str, Any] | None = attrs.field(default=None, converter=_frozen_optional)
 
     def loop_age(self, now: float) -> float | None:
         return None if self.last_loop_at is None else max(0.0, now - self.last_loop_at)
@@ -129,6 +136,7 @@ def probe_json(snap: NodeSnapshot, now: float) -> dict[str, Any]:
         "timeline": repl.timeline if repl else None,
         "loop_age": None if age is None else round(age, 3),
         "version": snap.version,
+        "failsafe": None if snap.failsafe is None else dict(snap.failsafe),
     }
 
 
@@ -154,6 +162,7 @@ def member_json(member: Member, snap: NodeSnapshot) -> dict[str, Any]:
     }
     if member.name == snap.node_name:
         data["checks"] = checks_json(snap.checks)
+        data["failsafe"] = None if snap.failsafe is None else dict(snap.failsafe)
     return data
 
 

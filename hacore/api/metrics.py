@@ -75,6 +75,18 @@ class SnapshotCollector(Collector):
         yield from gauge(
             "hacore_cluster_members", "Nodes this node knows in the cluster.", len(snap.members)
         )
+        failsafe = snap.failsafe
+        yield from gauge(
+            "hacore_failsafe_holding",
+            "1 while this active outlives a store outage on every member's failsafe "
+            "confirmation (absent with failsafe_mode off).",
+            None if failsafe is None else float(failsafe.get("holding") is True),
+        )
+        yield from gauge(
+            "hacore_failsafe_promised",
+            "1 while this node promised an active not to campaign (absent with failsafe_mode off).",
+            None if failsafe is None else float(failsafe.get("promise") is not None),
+        )
 
         checks = GaugeMetricFamily(
             "hacore_check_ok", "1 when the health check passed.", labels=["node", "check"]

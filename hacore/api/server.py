@@ -36,12 +36,16 @@ from urllib.parse import unquote, urlsplit
 
 import attrs
 
-from hacore.api.auth import Authenticator
+from hacore.agent.failsafe import PATH as FAILSAFE_PATH
+from hacore.agent.failsafe import SIGNATURE_HEADER as FAILSAFE_SIGNATURE
+from hacore.api.auth import JOIN_TOKEN_USER, Authenticator, Role, parse_basic
 from hacore.api.errors import (
     AuthenticationError,
     BadRequestError,
+    ForbiddenError,
     HttpsRequiredError,
     NotFoundError,
+    UnsupportedMediaTypeError,
     status_for,
 )
 from hacore.api.facade import AgentFacade, NodeSnapshot, member_json, probe_json
@@ -102,6 +106,10 @@ class Request:
     secure: bool = True
     #: the client's address (for the per-client limits and the log)
     client: str = ""
+    #: what the credentials may do, once checked (None: none checked, or none needed)
+    role: Role | None = None
+    #: the single-use join token presented instead of credentials (``POST /cluster/join``)
+    join_token: str | None = None
 
 
 @attrs.frozen
@@ -131,6 +139,15 @@ class _Route:
     probe: bool = False
     #: never needs credentials (public material: the CA certificate)
     public: bool = False
+    #: a join token may stand in for credentials (the ticket, and its cancellation)
+    join: bool = False
+
+    def required(self, method: str) -> Role:
+        """The least role for ``method``: probes need the probe role, reading the read-only
+        one, anything that changes something (or hands out secrets) the admin."""
+        if self.probe:
+            return Role.PROBE
+        return Role.READ if method in _PROBE_METHODS else Role.ADMIN
 
 
 class ApiApp:
@@ -150,18 +167,21 @@ class ApiApp:
             _Route(re.compile("/cluster"), {"GET": self._cluster}),
             _Route(re.compile("/cluster/ca"), {"GET": self._cluster_ca}, public=True),
             _Route(re.compile("/cluster/start"), {"POST": self._start}),
-            _Route(re.compile("/cluster/join"), {"POST": self._join}),
+            _Route(re.compile("/cluster/join"), {"POST": self._join}, join=True),
             _Route(re.compile("/nodes"), {"GET": self._nodes}),
             _Route(
                 re.compile("/nodes/(?P<name>[^/]+)"), {"GET": self._node, "DELETE": self._remove}
             ),
             _Route(re.compile("/switchover"), {"POST": self._switchover}),
+            # failsafe questions are signed with the cluster's key, checked by the agent
+            _Route(re.compile(FAILSAFE_PATH), {"POST": self._failsafe}, public=True),
         ]
 
     def set_settings(self, settings: ApiSettings) -> None:
         """Swap the credentials in place (``cluster start`` creates them while serving)."""
         authenticator = Authenticator(
             settings.auth,
+            users=settings.users,
             max_waiting=AUTH_MAX_WAITING,
             wait_timeout=AUTH_WAIT_TIMEOUT,
             attempts=self._attempts,
@@ -207,6 +227,11 @@ class ApiApp:
             return error_response(
                 405, f"{path} does not accept {req.method} (use {allow})", Allow=allow
             )
+        if req.method == "POST" and not _is_json(req.headers.get("content-type")):
+            err = UnsupportedMediaTypeError(
+                f"POST {path} takes a JSON body: send Content-Type: {JSON}"
+            )
+            return error_response(err.status, str(err))
         return self._guarded(route, req, handler, match.groupdict())
 
     def _plain_refusal(self, route: _Route, path: str) -> Response | None:
@@ -229,8 +254,17 @@ class ApiApp:
         try:
             if route.public:
                 pass
+            elif route.join and _join_token(req) is not None:
+                req = attrs.evolve(req, join_token=_join_token(req))
             elif not route.probe or settings.status_requires_auth:
-                self._authenticate(authenticator, req)
+                role = self._authenticate(authenticator, req)
+                needed = route.required(req.method)
+                if role < needed:
+                    raise ForbiddenError(
+                        f"the API user's role ({role.name.lower()}) may not {req.method} "
+                        f"{req.path}: that needs the {needed.name.lower()} role"
+                    )
+                req = attrs.evolve(req, role=role)
             return handler(req, params)
         except HacoreError as err:
             status = status_for(err)
@@ -246,10 +280,11 @@ class ApiApp:
             return error_response(500, INTERNAL_ERROR)
 
     @staticmethod
-    def _authenticate(authenticator: Authenticator, req: Request) -> None:
+    def _authenticate(authenticator: Authenticator, req: Request) -> Role:
         header = req.headers.get("authorization")
-        if authenticator.check(header, req.client):
-            return
+        role = authenticator.role(header, req.client)
+        if role is not None:
+            return role
         if not authenticator.configured:
             raise AuthenticationError(
                 "this agent has no API credentials yet (api.auth is unset), so it refuses "
@@ -268,7 +303,12 @@ class ApiApp:
         status = 200 if PROBES[path](snap, now) else 503
         if req.method != "GET":
             return Response(status, content_type="")
-        return json_response(status, probe_json(snap, now))
+        body = probe_json(snap, now)
+        if req.role is None:
+            # not for anyone on the network: the fencing token and the exact version
+            for secret in _PROBE_PRIVATE:
+                body.pop(secret, None)
+        return json_response(status, body)
 
     def _metrics(self, req: Request, params: dict[str, str]) -> Response:
         return Response(200, render(self._collector), METRICS_CONTENT_TYPE)
@@ -304,7 +344,15 @@ class ApiApp:
         return json_response(200, self.facade.start_cluster(_json_object(req)))
 
     def _join(self, req: Request, params: dict[str, str]) -> Response:
-        return json_response(200, self.facade.join_ticket(_json_object(req)))
+        body = _json_object(req)
+        body.pop("join_token", None)
+        body.pop("join_client", None)
+        if req.join_token is not None:
+            action = body.get("action", "ticket")
+            if action not in ("ticket", "cancel"):
+                raise ForbiddenError(f'a join token may ask for a ticket or cancel, not "{action}"')
+            body["join_token"], body["join_client"] = req.join_token, req.client
+        return json_response(200, self.facade.join_ticket(body))
 
     def _remove(self, req: Request, params: dict[str, str]) -> Response:
         return json_response(200, self.facade.remove_node(unquote(params["name"])))
@@ -320,6 +368,31 @@ class ApiApp:
         if to is not None and (not isinstance(to, str) or not to):
             raise BadRequestError('"to" must be a node name or null')
         return json_response(200, self.facade.switchover(to))
+
+    def _failsafe(self, req: Request, params: dict[str, str]) -> Response:
+        answer = getattr(self.facade, "failsafe", None)
+        if answer is None:
+            raise NotFoundError(f"{self.facade.snapshot().node_name} takes no failsafe questions")
+        body, signature = answer(req.body, req.headers.get(FAILSAFE_SIGNATURE, ""))
+        return Response(200, body, JSON, ((FAILSAFE_SIGNATURE, signature),))
+
+
+#: probe answer fields shown only on an authenticated probe (``status_requires_auth: true``);
+#: open probes check no credentials, so they hide them from everyone
+_PROBE_PRIVATE = ("lease_token", "version")
+
+
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == JSON
+
+
+def _join_token(req: Request) -> str | None:
+    """The join token, when the request presents one as the join user's password."""
+    credentials = parse_basic(req.headers.get("authorization"))
+    if credentials is None or credentials[0] != JOIN_TOKEN_USER or not credentials[1]:
+        return None
+    return credentials[1]
 
 
 def _json_object(req: Request) -> dict[str, Any]:

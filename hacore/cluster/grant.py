@@ -9,18 +9,25 @@ fails the earlier ones are undone before the error is answered.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
+import re
 import threading
+import time
 from typing import Any
+
+import attrs
 
 from hacore.agent import keys
 from hacore.agent.runtime import Agent
 from hacore.api.errors import (
+    AuthenticationError,
     BadRequestError,
     ConflictError,
     NotActiveError,
     UnavailableError,
 )
+from hacore.cluster import join_tokens
 from hacore.cluster.pending import PendingJoin, pending_joins, pending_key
 from hacore.cluster.record import reported_version
 from hacore.cluster.state import ClusterState
@@ -30,6 +37,35 @@ from hacore.errors import ConfigError, HacoreError
 
 log = logging.getLogger(__name__)
 _granting = threading.Lock()
+#: pg_hba address keywords: as a joiner's "host" they would open the database to anyone
+_HBA_KEYWORDS = frozenset({"all", "samehost", "samenet"})
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_join_host(host: str) -> str:
+    """``host`` when it is an IP address or a DNS name; :class:`BadRequestError` for anything
+    else, above all a ``pg_hba`` keyword or a pattern (it becomes the newcomer's database
+    access row)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if (
+        host.lower() in _HBA_KEYWORDS
+        or not name
+        or len(name) > 253
+        or not all(_DNS_LABEL.fullmatch(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
+        raise BadRequestError(
+            f"join refused: the node address {host[:80]!r} is neither an IP address nor a DNS "
+            "name (pg_hba keywords such as all, samehost or samenet, and anything with spaces, "
+            "commas or slashes, are refused): give --host-ip the address other nodes reach "
+            "it at"
+        )
+    return host
 
 
 def require_active(agent: Agent | None, what: str) -> Agent:
@@ -53,10 +89,23 @@ def grant_ticket(agent: Agent | None, state: ClusterState, body: dict[str, Any])
         validate_node_name(req.name)
     except ConfigError as err:
         raise BadRequestError(f"join refused: {err}") from None
+    check_join_host(req.host)
+    token = body.get("join_token")
+    client = str(body.get("join_client") or "")
+    if isinstance(token, str):
+        # before anything else: a caller without a valid token learns nothing more
+        join_tokens.check(agent.consensus, token, req.name, req.host, client, time.time())
     cluster = state.record.name
     _check_compatible(agent, state, req)
     with _granting:
         retry = _check_name(agent, state, req)
+        if isinstance(token, str):
+            if retry:
+                raise AuthenticationError(
+                    f"a join of {req.name} was already granted: a join token gives one ticket "
+                    "(ask an admin for a new token once that join is cancelled)"
+                )
+            join_tokens.redeem(agent.consensus, token, req.name, req.host, client, time.time())
         extensions = {part.name: part.grant(config, req) for part in ticket_parts()}
         consensus = agent.consensus
         key = pending_key(req.name)
@@ -86,6 +135,7 @@ def grant_ticket(agent: Agent | None, state: ClusterState, body: dict[str, Any])
         api_username=auth.username,
         api_password_hash=auth.password_hash,
         status_requires_auth=config.api.status_requires_auth,
+        api_users=tuple(attrs.asdict(user) for user in config.api.users),
         members=tuple((m.name, m.api_url) for m in snap.members if m.api_url),
         extensions=extensions,
     )
@@ -189,6 +239,10 @@ def cancel_join(agent: Agent | None, body: dict[str, Any]) -> dict[str, Any]:
     name, host = body.get("name"), body.get("host")
     if not isinstance(name, str) or not isinstance(host, str):
         raise BadRequestError('cancel: "name" and "host" must be strings')
+    token = body.get("join_token")
+    if isinstance(token, str):
+        client = str(body.get("join_client") or "")
+        join_tokens.check_cancel(agent.consensus, token, name, host, client, time.time())
     pending = pending_joins(agent.consensus).get(name)
     if pending is None:
         return {"cancelled": False, "name": name}
@@ -199,6 +253,33 @@ def cancel_join(agent: Agent | None, body: dict[str, Any]) -> dict[str, Any]:
     _undo(agent, name)
     log.info("join of %s cancelled", name)
     return {"cancelled": True, "name": name}
+
+
+def create_join_token(agent: Agent | None, body: dict[str, Any]) -> dict[str, Any]:
+    """A single-use token for one node name at one address (``nodes add``)."""
+    agent = require_active(agent, "hand out join tokens")
+    name, host, ttl = body.get("name"), body.get("host"), body.get("ttl")
+    if not isinstance(name, str) or not isinstance(host, str):
+        raise BadRequestError('join token: "name" and "host" must be strings')
+    try:
+        validate_node_name(name)
+    except ConfigError as err:
+        raise BadRequestError(f"join token refused: {err}") from None
+    check_join_host(host)
+    if ttl is None:
+        ttl = join_tokens.DEFAULT_TTL
+    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
+        raise BadRequestError('join token: "ttl" must be a number of seconds')
+    now = time.time()
+    with contextlib.suppress(HacoreError):
+        join_tokens.forget_expired(agent.consensus, now)
+    token, entry = join_tokens.create_token(
+        agent.consensus, name, host, agent.config.node.name, float(ttl), now
+    )
+    log.info("join token issued for %s at %s, valid %.0f s", name, host, float(ttl))
+    data = join_tokens.token_json(token, entry, now)
+    data["active"] = agent.config.node.name
+    return data
 
 
 def collect_stale_joins(agent: Agent, stale_after: float, now: float) -> list[str]:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from hacore import pki
+from hacore.api.auth import JOIN_TOKEN_USER
 from hacore.api.client import ApiClient, Verify
 from hacore.api.errors import (
     ApiError,
@@ -159,9 +160,14 @@ def pinned(ca: x509.Certificate | None) -> Verify:
 
 
 def find_active(address: str, auth: tuple[str, str], verify: Verify = False) -> ApiClient:
-    """A client for the active node at ``address`` (or the active that node names)."""
+    """A client for the active node at ``address`` (or the active that node names).
+
+    With a join token (no credentials that may read probes or views) the node at
+    ``address`` is asked for the ticket directly; one that is not active says which is."""
     url = address.rstrip("/")
     client = ApiClient(url, auth, timeout=TICKET_TIMEOUT, verify=verify)
+    if auth[0] == JOIN_TOKEN_USER:
+        return client
     try:
         status = client.status()
     except ApiUnreachableError as err:
@@ -198,7 +204,13 @@ def _leader_url(client: ApiClient, leader: object) -> str | None:
     return None
 
 
-def _wrong_credentials(url: str) -> JoinRefusedError:
+def _wrong_credentials(url: str, token: bool = False) -> JoinRefusedError:
+    if token:
+        return JoinRefusedError(
+            f"the active node at {url} refused the join token: it is unknown, expired, already "
+            "used, or issued for another node name or address (ask an admin for a new one: "
+            f"hacore cluster nodes add NAME --host-ip ADDRESS); {_NOTHING_CHANGED}"
+        )
     return JoinRefusedError(
         f"the active node at {url} refused the API credentials: give the cluster's API user and "
         f"password (--username/--password, or a CLI profile that holds them); {_NOTHING_CHANGED}"
@@ -228,7 +240,7 @@ def ask_ticket(client: ApiClient, request: JoinRequest) -> Ticket:
     try:
         return Ticket.parse(client.join_ticket(request.to_json()))
     except AuthenticationError:
-        raise _wrong_credentials(url) from None
+        raise _wrong_credentials(url, client.join_token) from None
     except ApiUnreachableError as err:
         raise UnavailableError(
             f"lost the active node while asking to join: {err}; nothing was changed on this "
@@ -273,6 +285,8 @@ def joined_state(overrides: dict[str, Any], ticket: Ticket, active_url: str) -> 
             "status_requires_auth": ticket.status_requires_auth,
         },
     }
+    if ticket.api_users:
+        extra["api"]["users"] = [dict(user) for user in ticket.api_users]
     consensus = ticket.consensus
     if not consensus.get("managed"):
         settings = consensus.get("settings") or {}

@@ -101,10 +101,22 @@ def load_profile(path: Path) -> Profile | None:
     text = read_private(path)
     if text is None:
         return None
+    _close_to_others(path)
     try:
         return Profile.from_json(json.loads(text))
     except (ValueError, KeyError, TypeError) as err:
         raise HacoreError(f"the CLI profile {path} is damaged ({err}); fix or remove it") from None
+
+
+def _close_to_others(path: Path) -> None:
+    """A profile others may read (copied by hand, an old umask) is closed again: it holds
+    the admin password."""
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            path.chmod(0o600)
+    except OSError:
+        pass
 
 
 def require_profile(path: Path) -> Profile:

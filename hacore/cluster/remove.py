@@ -5,6 +5,11 @@ short wait for the node to acknowledge it while it can still read the store, the
 server (managed store), its replication slot and database access, and any pending join under
 the name. Every step is idempotent, so a removal interrupted half-way is finished by running
 it again.
+
+The store shrinks while the leaving server still runs: the removed node keeps its store server
+up until the store no longer lists it (:func:`wait_store_forgets`), and only then stops it. A
+two-member store has no quorum with one member down, so a server stopped first would leave
+the store unable to remove it, and the active unable to renew its lease: it would fence.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from hacore.agent.runtime import Agent
 from hacore.api.errors import ConflictError, NotFoundError
 from hacore.cluster.grant import require_active
 from hacore.cluster.pending import pending_joins, pending_key
+from hacore.consensus import ManagedStore
 from hacore.errors import HacoreError
 from hacore.records import NodeRole
 
@@ -72,4 +78,25 @@ def _wait_acknowledged(agent: Agent, name: str) -> bool:
             return True
         time.sleep(0.2)
     log.warning("%s did not acknowledge its removal in time; removing it anyway", name)
+    return False
+
+
+def wait_store_forgets(store: ManagedStore, name: str, timeout: float) -> bool:
+    """On the removed node, before it stops its own store server: until the store no longer
+    lists ``name`` (the active's ``nodes remove`` shrank it) or the server exited by itself
+    (a removed etcd member does). After ``timeout`` (the active died half-way) it gives up,
+    and the caller stops the server anyway: running ``nodes remove`` again finishes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not store.is_running():
+            return True
+        try:
+            if name not in {m.name for m in store.members()}:
+                return True
+        except HacoreError as err:
+            log.debug("store members not read: %s", err)
+        time.sleep(0.5)
+    log.warning(
+        "the store still lists %s after %.0fs: stopping its store server anyway", name, timeout
+    )
     return False

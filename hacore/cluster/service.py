@@ -45,16 +45,22 @@ from hacore.cluster import join as joining
 from hacore.cluster import start as starting
 from hacore.cluster import tls as node_tls
 from hacore.cluster.follow import human_bytes
-from hacore.cluster.grant import cancel_join, collect_stale_joins, grant_ticket
+from hacore.cluster.grant import (
+    cancel_join,
+    collect_stale_joins,
+    create_join_token,
+    grant_ticket,
+)
 from hacore.cluster.local import new_token, remove_token
 from hacore.cluster.parts import LocalParts, local_parts
 from hacore.cluster.pending import STALE_AFTER, pending_joins, pending_key
 from hacore.cluster.progress import Progress
 from hacore.cluster.record import ClusterRecord, reported_version
-from hacore.cluster.remove import remove_node
+from hacore.cluster.remove import remove_node, wait_store_forgets
 from hacore.cluster.requests import JoinCommand, NodeRequest
 from hacore.cluster.state import ClusterState, Phase, StateFile, Step
 from hacore.config import ApiAuth, ApiSettings, NodeConfig, load_config, load_config_and_plugins
+from hacore.config_check import security_warnings
 from hacore.errors import ConfigError, HacoreError
 from hacore.options import deep_merge
 
@@ -232,9 +238,7 @@ class NodeService:
         state = self._state
         if state is None or state.phase in (Phase.STARTING, Phase.JOINING):
             return ApiSettings(auth=self._bootstrap)
-        return ApiSettings(
-            auth=self.config.api.auth, status_requires_auth=self.config.api.status_requires_auth
-        )
+        return self.config.api
 
     def _listen(self) -> None:
         """The API on node.yaml's address and, if start/join changed it, the new one too
@@ -393,7 +397,11 @@ class NodeService:
             "this node was removed from cluster %s: stopping its agent, database and store server",
             state.record.name,
         )
+        store = agent.backends.managed_store
         agent.stop(resign=True, timeout=60.0)
+        if store is not None:
+            timing = agent.config.timing
+            wait_store_forgets(store, agent.name, 2 * timing.ttl + 30 * timing.loop_wait)
         with contextlib.suppress(HacoreError):
             self.parts().stop()
         with self._lock:
@@ -432,8 +440,10 @@ class NodeService:
             snap = agent.snapshot()
             data["reason"] = snap.reason
             _add_streaming(data, snap)
-            data["store_members"] = _store_members(agent)
-            data["joining"] = _joining(agent)
+            # two store round trips: not tried while the loop finds the store silent (a
+            # frozen store would hold the answer past any client's timeout)
+            data["store_members"] = _store_members(agent) if snap.store_ok else None
+            data["joining"] = _joining(agent) if snap.store_ok else None
         else:
             data = {
                 "cluster": state.record.name if state else None,
@@ -522,7 +532,9 @@ class NodeService:
             return grant_ticket(self.agent, state, request).to_json()
         if action == "cancel":
             return cancel_join(self.agent, request)
-        raise BadRequestError(f'unknown join action "{action}" (join, ticket or cancel)')
+        if action == "token":
+            return create_join_token(self.agent, request)
+        raise BadRequestError(f'unknown join action "{action}" (join, ticket, cancel or token)')
 
     def _join(self, command: JoinCommand) -> dict[str, Any]:
         with self._lock:
@@ -580,6 +592,13 @@ class NodeService:
             raise UnavailableError("this node's agent is not running")
         request = agent.request_switchover(to)
         return {"from": request.from_node, "to": request.to_node}
+
+    def failsafe(self, body: bytes, signature: str) -> tuple[bytes, str]:
+        """``POST /failsafe``: the agent's signed answer to an active's failsafe question."""
+        agent = self.agent
+        if agent is None:
+            raise UnavailableError("this node's agent is not running")
+        return agent.failsafe_answer(body, signature)
 
     def require_member(self) -> ClusterState:
         state = self._state
@@ -644,6 +663,8 @@ def serve(config_path: str | Path) -> None:
     """``hacore agent run``: run this node's service until SIGTERM or SIGINT."""
     log.info("open file limit: %d", raise_open_file_limit())
     service = NodeService(config_path)
+    for warning in security_warnings(service.base.tls.enabled):
+        log.warning("WARNING: %s", warning)
     service.run()
     if service.failure is not None:
         raise HacoreError(f"{service.failure}; restart the agent service")

@@ -148,6 +148,8 @@ class Ticket:
     api_username: str
     api_password_hash: str = attrs.field(repr=False)
     status_requires_auth: bool = False
+    #: the probe and read-only API users ({username, password_hash, role}), hashes only
+    api_users: tuple[dict[str, str], ...] = attrs.field(default=(), repr=False)
     #: every member's name and API URL, for the joiner's CLI profile
     members: tuple[tuple[str, str], ...] = ()
     extensions: dict[str, Any] = attrs.field(factory=dict, repr=False)
@@ -162,6 +164,7 @@ class Ticket:
                 "username": self.api_username,
                 "password_hash": self.api_password_hash,
                 "status_requires_auth": self.status_requires_auth,
+                "users": [dict(user) for user in self.api_users],
             },
             "members": [{"name": n, "api_url": u} for n, u in self.members],
             "extensions": self.extensions,
@@ -183,6 +186,10 @@ class Ticket:
                 api_username=str(api["username"]),
                 api_password_hash=str(api["password_hash"]),
                 status_requires_auth=bool(api.get("status_requires_auth", False)),
+                api_users=tuple(
+                    {str(k): str(v) for k, v in dict(user).items()}
+                    for user in api.get("users") or ()
+                ),
                 members=tuple((str(m["name"]), str(m["api_url"])) for m in data.get("members", [])),
                 extensions=dict(data.get("extensions") or {}),
             )

@@ -54,6 +54,7 @@ class EtcdConsensus(ConsensusBackend):
             username=parsed.username,
             password=parsed.password,
             tls=parsed.tls,
+            discover=True,
         )
         self._root = f"/hacore/{namespace.strip('/')}/".encode()
         self._lease_id: int | None = None

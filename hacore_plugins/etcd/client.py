@@ -9,6 +9,19 @@ Every call has a deadline. An endpoint that refuses, times out or says it cannot
 now (no leader, learner) is skipped for the next one, so the loss of any one member is
 survived; when no endpoint answered before the deadline the call raises
 :class:`~hacore.errors.StoreUnavailableError` and never hangs.
+
+The loss of the raft leader is the hard case: until the others elect a new one (about one
+election timeout), every member's follower still forwards to it, and a request to a member
+that cannot reach it simply hangs. The agent's renewal budget (``ttl - safety_margin``) only
+fits a few attempts, so none may be wasted:
+
+- every request asks for a leader (the ``hasleader`` gRPC metadata, passed by the gateway):
+  a member that knows it has none answers "no leader" at once instead of hanging;
+- an endpoint that failed is *suspect* for a few seconds and tried after every other one, so
+  the next calls do not return to a dead or cut-off member and pay its timeout again;
+- the client learns the store's members (their client URLs) from etcd itself and adds them to
+  the endpoints it was given: a node that bootstrapped the store was configured with its own
+  member alone, and would otherwise have nowhere to go when that member fails.
 """
 
 from __future__ import annotations
@@ -32,15 +45,31 @@ log = logging.getLogger(__name__)
 #: gRPC status codes the gateway reports for "try again, maybe elsewhere".
 _RETRYABLE_CODES = frozenset({4, 14})  # DEADLINE_EXCEEDED, UNAVAILABLE
 _UNAUTHENTICATED = 16
-#: A refused connection is known at once; a silent peer costs at most this long to connect.
-_CONNECT_TIMEOUT = 0.5
+#: A refused connection is known at once; a silent peer costs at most this long to connect
+#: (a handshake takes well under a millisecond on a LAN; a lost SYN is resent after 1 s, so
+#: waiting longer than this buys nothing but time the lease does not have).
+_CONNECT_TIMEOUT = 0.3
 #: A single endpoint never takes less than this share of a deadline (a busy 2-core host).
 _MIN_ATTEMPT = 0.25
 _ROUND_PAUSE = 0.05
+#: How long an endpoint that failed is tried after all the others: longer than an election
+#: (so a cut-off old leader is not retried while the rest elect a new one), short enough that
+#: a member that came back is used again soon.
+SUSPECT_FOR = 5.0
+#: How often the endpoints are completed from etcd's member list.
+SYNC_INTERVAL = 30.0
+#: gRPC metadata (through the gateway's ``Grpc-Metadata-`` headers): fail at once with "no
+#: leader" on a member that has none, instead of waiting for one (etcd's WithRequireLeader).
+REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 
 
 class TryElsewhere(Exception):
     """This endpoint cannot serve the request now."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        #: no connection could be made (a dead or cut-off member), not just no answer
+        self.unreachable = unreachable
 
 
 class EtcdRequestError(HacoreError):
@@ -183,17 +212,28 @@ class EtcdClient:
         username: str | None = None,
         password: str | None = None,
         tls: ClientTls | None = None,
+        discover: bool = False,
     ) -> None:
+        """``discover``: complete ``endpoints`` with the members' client URLs, learnt from
+        etcd every :data:`SYNC_INTERVAL` seconds (a long-lived client, such as the agent's)."""
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
-        self.endpoints = [e.rstrip("/") for e in endpoints]
+        #: the endpoints given, then those learnt from the member list; replaced, never
+        #: changed in place, so a reader holding the list sees a consistent one
+        self.endpoints = list(dict.fromkeys(e.rstrip("/") for e in endpoints))
+        self._configured = tuple(self.endpoints)
         self.timeout = timeout
         self._username = username
         self._password = password
         verify = (tls or ClientTls()).verify()
         # One context for the client and its watchers: building one reads the CA bundle.
         self._ssl = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context()
-        self._preferred = 0
+        self._preferred = self.endpoints[0]
+        #: endpoint -> (monotonic time until which it is tried last, could not be reached)
+        self._suspect: dict[str, tuple[float, bool]] = {}
+        self._state_lock = threading.Lock()
+        self._synced_at: float | None = None
+        self._discover = discover
         self._token: str | None = None
         self._auth_lock = threading.Lock()
         self._http = self.new_http()
@@ -216,13 +256,83 @@ class EtcdClient:
         return time.monotonic() + (self.timeout if timeout is None else timeout)
 
     def attempt_timeout(self, remaining: float) -> httpx.Timeout:
-        """One endpoint's share: about half the budget, so a frozen member leaves time for
-        another."""
-        share = min(remaining, max(_MIN_ATTEMPT, self.timeout / 2))
+        """One attempt's share: a quarter of the budget (never less than ``_MIN_ATTEMPT``).
+
+        A healthy member answers in milliseconds; an attempt that waits longer is on a frozen
+        member, or on a follower forwarding to a leader that is gone. Such a request stays
+        stuck on that member even once the others elected a new leader, so short attempts
+        let a renewal that overlaps an election reach the new leader before its deadline.
+        """
+        share = min(remaining, max(_MIN_ATTEMPT, self.timeout / 4))
         return httpx.Timeout(share, connect=min(share, _CONNECT_TIMEOUT))
 
     def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": self._token} if self._token else {}
+        """The headers of every request: the auth token, and "a leader is required"."""
+        headers = dict(REQUIRE_LEADER)
+        if self._token:
+            headers["Authorization"] = self._token
+        return headers
+
+    # -- which endpoint ----------------------------------------------------------------------
+
+    def candidates(self) -> list[str]:
+        """The endpoints in the order to try them: the one that answered last, then the
+        others in turn; then the suspect ones (failed recently), those that answered late or
+        said "no leader" before those that could not even be reached, the oldest failure
+        first. While the store elects a leader every member may be suspect: the reachable
+        ones are where the new leader will answer first."""
+        now = time.monotonic()
+        with self._state_lock:
+            endpoints = self.endpoints
+            start = endpoints.index(self._preferred) if self._preferred in endpoints else 0
+            ring = endpoints[start:] + endpoints[:start]
+            suspect = {e: self._suspect[e] for e in ring if self._suspect.get(e, (0.0,))[0] > now}
+        healthy = [e for e in ring if e not in suspect]
+        return healthy + sorted(suspect, key=lambda e: (suspect[e][1], suspect[e][0]))
+
+    def note_success(self, endpoint: str) -> None:
+        with self._state_lock:
+            self._preferred = endpoint
+            self._suspect.pop(endpoint, None)
+
+    def note_failure(self, endpoint: str, *, unreachable: bool = False) -> None:
+        """``endpoint`` could not serve: try the others first for a while."""
+        with self._state_lock:
+            self._suspect[endpoint] = (time.monotonic() + SUSPECT_FOR, unreachable)
+
+    def sync_endpoints(self, deadline: float) -> None:
+        """Add the client URLs of the store's members to the endpoints (those given stay,
+        learnt ones that left the store go). Errors are ignored: the next sync tries again."""
+        try:
+            members = self.member_list(deadline=deadline)
+        except HacoreError as err:
+            log.debug("could not learn the etcd members: %s", err)
+            return
+        learnt = [u.rstrip("/") for m in members if not m.is_learner for u in m.client_urls]
+        wanted = list(dict.fromkeys([*self._configured, *learnt]))
+        with self._state_lock:
+            if wanted != self.endpoints:
+                log.info("etcd endpoints: %s", ", ".join(wanted))
+                self.endpoints = wanted
+
+    def _sync_soon(self) -> None:
+        """Start a sync in the background when one is due: the caller's deadline (a lease
+        renewal's, say) must not pay for it."""
+        if not self._discover:
+            return
+        with self._state_lock:
+            synced = self._synced_at
+            if synced is not None and time.monotonic() - synced < SYNC_INTERVAL:
+                return
+            self._synced_at = time.monotonic()
+
+        def sync() -> None:
+            try:
+                self.sync_endpoints(self.deadline())
+            except Exception as err:  # a closed client, above all: the next sync tries again
+                log.debug("could not learn the etcd members: %s", err)
+
+        threading.Thread(target=sync, name="etcd-endpoints", daemon=True).start()
 
     def _authenticate(self, endpoint: str, timeout: httpx.Timeout, stale: str | None) -> None:
         with self._auth_lock:
@@ -259,7 +369,8 @@ class EtcdClient:
             )
             data = resp.json() if resp.content else {}
         except (httpx.TransportError, ValueError) as err:
-            raise TryElsewhere(describe_error(err)) from err
+            unreachable = isinstance(err, httpx.ConnectError | httpx.ConnectTimeout)
+            raise TryElsewhere(describe_error(err), unreachable=unreachable) from err
         if "error" not in data and resp.status_code < 400:
             return dict(data)
         code, message = gateway_error(data)
@@ -285,32 +396,29 @@ class EtcdClient:
             deadline = self.deadline()
         started = time.monotonic()
         failures: dict[str, str] = {}
-        failures_seen: list[str] = []
-        tried_in_round = 0
+        attempts = 0
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                detail = "; ".join(f"{e}: {why}" for e, why in failures.items()) or "no time left"
-                raise StoreUnavailableError(
-                    f"etcd did not answer {path} within {time.monotonic() - started:.1f}s "
-                    f"({detail})"
-                )
-            index = self._preferred
-            endpoint = self.endpoints[index]
-            try:
-                answer = self.post_once(endpoint, path, body, self.attempt_timeout(remaining))
-                return answer, len(failures_seen)
-            except TryElsewhere as err:
-                failures_seen.append(str(err))
-                failures[endpoint] = str(err)
-                log.debug("etcd %s %s: %s", endpoint, path, err)
-            # This endpoint cannot serve now: prefer the next one from now on.
-            if self._preferred == index:
-                self._preferred = (index + 1) % len(self.endpoints)
-            tried_in_round += 1
-            if tried_in_round >= len(self.endpoints):
-                tried_in_round = 0
-                time.sleep(max(0.0, min(_ROUND_PAUSE, deadline - time.monotonic())))
+            # One round: every endpoint once, the suspect ones last.
+            for endpoint in self.candidates():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    detail = "; ".join(f"{e}: {why}" for e, why in failures.items())
+                    raise StoreUnavailableError(
+                        f"etcd did not answer {path} within {time.monotonic() - started:.1f}s "
+                        f"({detail or 'no time left'})"
+                    )
+                attempts += 1
+                try:
+                    answer = self.post_once(endpoint, path, body, self.attempt_timeout(remaining))
+                except TryElsewhere as err:
+                    failures[endpoint] = str(err)
+                    self.note_failure(endpoint, unreachable=err.unreachable)
+                    log.debug("etcd %s %s: %s", endpoint, path, err)
+                    continue
+                self.note_success(endpoint)
+                self._sync_soon()
+                return answer, attempts - 1
+            time.sleep(max(0.0, min(_ROUND_PAUSE, deadline - time.monotonic())))
 
     # -- KV ----------------------------------------------------------------------------------
 
@@ -408,11 +516,6 @@ class EtcdClient:
         self.request("/v3/cluster/member/promote", {"ID": str(member_id)}, deadline=deadline)
 
     # -- for the watcher -------------------------------------------------------------------
-
-    @property
-    def preferred(self) -> int:
-        """Index of the endpoint that answered last."""
-        return self._preferred
 
     def ensure_token(self, endpoint: str, timeout: httpx.Timeout) -> str | None:
         if self._username and self._token is None:

@@ -30,9 +30,16 @@ import httpx
 
 from hacore.consensus import ManagedStore
 from hacore.errors import HacoreError, ManagedStoreError, StoreUnavailableError
+from hacore.logfiles import LogTrimmer
 from hacore.process import DetachedProcess
 from hacore.records import StoreMember, TlsFiles
-from hacore_plugins.etcd.client import ClientTls, EtcdClient, EtcdMember, EtcdRequestError
+from hacore_plugins.etcd.client import (
+    ClientTls,
+    EtcdClient,
+    EtcdMember,
+    EtcdRequestError,
+    as_int,
+)
 from hacore_plugins.etcd.settings import DEFAULT_BINARY as DEFAULT_BINARY
 from hacore_plugins.etcd.settings import EtcdManagedSettings
 
@@ -163,6 +170,8 @@ class EtcdManagedStore(ManagedStore):
             pid_path=self.data_dir / PID_FILE,
             executable_name=Path(self.binary).name,
         )
+        #: etcd 3.4 cannot rotate its own log: it is bounded by copy and truncate
+        self.log_trimmer = LogTrimmer(self.process.log_path)
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> None:
@@ -266,8 +275,9 @@ class EtcdManagedStore(ManagedStore):
             election_ms=self.election_ms,
             tls=self.tls,
         )
+        self.log_trimmer.now()
         try:
-            self.process.start(argv, cwd=self.data_dir)
+            self.process.start(argv, cwd=self.data_dir, umask=0o077)
         except OSError as err:
             raise ManagedStoreError(f"cannot run {self.binary}: {err.strerror}") from None
 
@@ -492,6 +502,7 @@ class EtcdManagedStore(ManagedStore):
                 return
             if len(members) == 1:
                 raise ManagedStoreError(f"{name} is the store's only member: it cannot be removed")
+            self._hand_over_leadership(client, target, members)
             try:
                 client.member_remove(target.id)
             except EtcdRequestError as err:
@@ -503,6 +514,36 @@ class EtcdManagedStore(ManagedStore):
         if name == self.name:
             # A removed member cannot serve again from its data: leave the node ready to rejoin.
             self._forget_local_server()
+
+    def _hand_over_leadership(
+        self, client: EtcdClient, leaving: EtcdMember, members: Sequence[EtcdMember]
+    ) -> None:
+        """Before the store's leader is removed, move its leadership to a voter that stays.
+
+        A removed leader just stops, and the members left elect a new one only after an
+        election timeout: a pause in which the active's lease renewals fail (and the request
+        that follows the removal too). A transfer takes one round trip. Best effort: the
+        removal goes on without it."""
+        try:
+            if as_int(client.request("/v3/maintenance/status", {}).get("leader")) != leaving.id:
+                return
+            heirs = [m for m in members if m.id != leaving.id and not m.is_learner and m.name]
+            heir = next((m for m in heirs if m.name == self.name), heirs[0] if heirs else None)
+            if heir is None or not leaving.client_urls:
+                return
+            log.info("moving the store's leadership from %s to %s", leaving.name, heir.name)
+            with EtcdClient(list(leaving.client_urls), timeout=5.0, tls=self.client_tls) as lead:
+                lead.request("/v3/maintenance/transfer-leadership", {"targetID": str(heir.id)})
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                status = client.request("/v3/maintenance/status", {})
+                if as_int(status.get("leader")) not in (0, leaving.id):
+                    return
+                time.sleep(0.1)
+        except (HacoreError, httpx.HTTPError) as err:
+            log.warning(
+                "store leadership not moved off %s before its removal: %s", leaving.name, err
+            )
 
     def members(self) -> tuple[StoreMember, ...]:
         with _failing("cannot list the store's members"), self._client() as client:
@@ -575,6 +616,7 @@ class EtcdManagedStore(ManagedStore):
         return settings
 
     def is_running(self) -> bool:
+        self.log_trimmer.tick()  # asked every loop by the agent's supervisor
         return self.process.running()
 
 

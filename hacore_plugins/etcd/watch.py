@@ -5,8 +5,9 @@ One background thread per watcher holds one long POST open and turns each respon
 endpoint for a linearizable read: it proves the member serves (an isolated member would keep a
 stream open and silent), and the first one fixes the revision the watch starts after, so every
 change made once :meth:`EtcdWatcher.start` returned is delivered. A broken or silent stream is
-reopened, on the next endpoint when the member stopped answering, from the revision after the
-last event seen: nothing is lost or repeated across reconnects.
+reopened, on another endpoint when the member stopped answering (the endpoint is then suspect
+for the client's requests too), from the revision after the last event seen: nothing is lost
+or repeated across reconnects.
 """
 
 from __future__ import annotations
@@ -130,11 +131,9 @@ class EtcdWatcher(Watcher):
             self._http.close()
 
     def _watch_until_stopped(self) -> None:
-        endpoints = self._client.endpoints
-        index = self._client.preferred
+        endpoint = self._client.candidates()[0]
         failures = 0
         while not self._stopped.is_set():
-            endpoint = endpoints[index]
             try:
                 self._follow(endpoint)
             except _Reconnect:
@@ -152,9 +151,14 @@ class EtcdWatcher(Watcher):
                     self._last_error,
                     exc_info=not expected,
                 )
-                index = (index + 1) % len(endpoints)
+                # Shared with the client's requests: neither returns to it for a while.
+                unreachable = isinstance(err, httpx.ConnectError | httpx.ConnectTimeout) or (
+                    isinstance(err, TryElsewhere) and err.unreachable
+                )
+                self._client.note_failure(endpoint, unreachable=unreachable)
+                endpoint = self._client.candidates()[0]
                 failures += 1
-                if failures % len(endpoints) == 0:
+                if failures % len(self._client.endpoints) == 0:
                     self._stopped.wait(_ROUND_PAUSE)
         log.debug("etcd watch on %r stopped", self._prefix)
 
@@ -165,13 +169,16 @@ class EtcdWatcher(Watcher):
         )
         if self._next_revision is None:
             self._next_revision = as_int(probe.get("header", {}).get("revision")) + 1
-        token = self._client.ensure_token(endpoint, timeout)
+        self._client.ensure_token(endpoint, timeout)
         create = {
             "key": b64(self._key),
             "range_end": b64(self._end),
             "start_revision": str(self._next_revision),
         }
-        headers = {"Authorization": token} if token else {}
+        # Also asks for a leader: etcd then ends the stream of a member that lost its leader,
+        # instead of leaving it open and silent until the idle timeout.
+        headers = self._client.auth_headers()
+        token = headers.get("Authorization")
         stream_timeout = httpx.Timeout(self._idle_timeout, connect=timeout.connect)
         with self._http.stream(
             "POST",

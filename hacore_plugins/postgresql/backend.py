@@ -54,14 +54,18 @@ from hacore_plugins.postgresql.state import NodeState
 
 log = logging.getLogger(__name__)
 
-#: How long a fence waits for a fast shutdown before an immediate one: a fence must be quick,
-#: and an immediate shutdown only costs crash recovery at the next start.
-FENCE_FAST_WAIT = 5.0
+#: How long a fence waits for a fast shutdown before an immediate one. The fast shutdown's
+#: first step (new connections refused, every session cut) is the fence itself; what it does
+#: next, a shutdown checkpoint and waiting for every connected standby to confirm the end of
+#: the WAL, is only a courtesy, and it never ends while a standby is cut off or frozen (until
+#: ``wal_sender_timeout``). A fence runs while the lease is at stake, and holds the agent's
+#: loop: after 1 s the server gets an immediate shutdown, which costs crash recovery at the
+#: next start and loses nothing acknowledged (a commit is flushed before it is acknowledged).
+FENCE_FAST_WAIT = 1.0
 #: How long a fence waits for an immediate shutdown before SIGKILL of the postmaster and
-#: every backend: a fence runs while the lease is at stake, so it must end in bounded time.
-#: A server whose processes are stopped (SIGSTOP) acts on no signal but SIGKILL: it is
-#: killed at once.
-FENCE_IMMEDIATE_WAIT = 2.0
+#: every backend: a fence must end in bounded time. A server whose processes are stopped
+#: (SIGSTOP) acts on no signal but SIGKILL: it is killed at once.
+FENCE_IMMEDIATE_WAIT = 1.0
 #: Messages of a standby whose history went past its upstream's: only a rewind helps.
 _DIVERGED = (
     "is not a child of this server's history",
@@ -87,6 +91,10 @@ class PostgresReplication(PrimaryDuties, SourceAccess):
 
     def status(self) -> ReplicationStatus:
         state = self._state()
+        if not self._streams(state):
+            # Read every loop, so the server log's size bound lives here. Not on a standby:
+            # its log is searched for divergence from a byte mark a truncation would skip.
+            self.log_trimmer.tick()
         if self.postmaster_pid() is None:
             return ReplicationStatus(running=False, role="stopped", needs_rewind=state.was_primary)
         try:
@@ -368,9 +376,10 @@ class PostgresReplication(PrimaryDuties, SourceAccess):
         still be committing; only a stopped postmaster guarantees that no write is
         acknowledged after this returns. The server comes back read-only on ``start``.
 
-        Bounded: fast shutdown, immediate shutdown, then SIGKILL of the postmaster and every
-        backend; a frozen server (SIGSTOP) is SIGKILLed at once. Sending it SIGCONT instead
-        would let its frozen backends acknowledge commits after the fence.
+        Bounded, about 2 s at most: fast shutdown, immediate shutdown after
+        :data:`FENCE_FAST_WAIT`, then SIGKILL of the postmaster and every backend after
+        :data:`FENCE_IMMEDIATE_WAIT`; a frozen server (SIGSTOP) is SIGKILLed at once. Sending
+        it SIGCONT instead would let its frozen backends acknowledge commits after the fence.
         """
         if server.stop(
             self.layout,

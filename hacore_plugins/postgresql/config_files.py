@@ -129,9 +129,15 @@ def _cidr(host: str) -> str:
 
 def render_hba(settings: PgSettings, hosts: Iterable[str], *, tls: bool = False) -> str:
     """Local rows, then each member host's rows: plain ``host`` rows without TLS, ``hostssl``
-    rows that also want a client certificate from the cluster CA with it."""
+    rows that also want a client certificate from the cluster CA with it.
+
+    The local ``replication`` row lets an operator take a ``pg_basebackup`` on the node over
+    the Unix socket ("all" does not match replication connections). It is ``peer`` like the
+    superuser's own row: only the OS users of the ident map get in, and no password exists
+    that could leak."""
     rows = [
         ("local", "all", SUPERUSER, "", "peer map=hacore"),
+        ("local", "replication", SUPERUSER, "", "peer map=hacore"),
         ("local", "all", "all", "", "scram-sha-256"),
     ]
     kind, method = (

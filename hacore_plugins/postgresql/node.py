@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from hacore.errors import ConfigError, ReplicationError
+from hacore.logfiles import LogTrimmer
 from hacore.records import TlsFiles
 from hacore.replication import ReplicationBackend
 from hacore_plugins.postgresql import clone as copying
@@ -78,6 +79,9 @@ class PgNode(ReplicationBackend):
                     "node runs with TLS: remove them"
                 )
         self.layout = Layout(self.data_dir.absolute())
+        #: the server log (pg_ctl -l) is read for divergence, so it is not handed to the
+        #: logging collector: it is bounded by copy and truncate (hacore.logfiles)
+        self.log_trimmer = LogTrimmer(self.layout.log_file)
         self.user = ServerUser.lookup(self.config.os_user)
         self.tools = PgTools(self.config.bin_dir, self.user, self.layout.home)
         socket = self.layout.run_dir / f".s.PGSQL.{self.config.port}"

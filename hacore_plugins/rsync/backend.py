@@ -36,7 +36,7 @@ import attrs
 
 from hacore.errors import FilesyncError
 from hacore.filesync import FilesyncBackend, SyncState, directory_keys
-from hacore.process import DetachedProcess
+from hacore.process import DetachedProcess, child_environment
 from hacore.records import TlsFiles
 from hacore_plugins.rsync.daemon import (
     USER,
@@ -332,7 +332,7 @@ class RsyncFilesync(FilesyncBackend):
         argv.append(f"--password-file={self.home / PASSWORD_FILE}")
         argv += [remote, f"{directory}/"]
         # rsync obeys RSYNC_PROXY, RSYNC_CONNECT_PROG, RSYNC_PASSWORD...: only ours count
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RSYNC_")}
+        env = child_environment()
         if self.tls is not None:
             assert parts.hostname is not None
             env["RSYNC_CONNECT_PROG"] = self.connect_command(parts.hostname, parts.port or 873)

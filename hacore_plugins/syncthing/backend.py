@@ -33,6 +33,7 @@ import attrs
 
 from hacore.errors import FilesyncError, HacoreError
 from hacore.filesync import FilesyncBackend, SyncState, directory_keys
+from hacore.logfiles import trim_log
 from hacore.process import DetachedProcess
 from hacore_plugins.syncthing import home as st_home
 from hacore_plugins.syncthing.api import SyncthingApi, timestamp
@@ -200,6 +201,7 @@ class SyncthingFilesync(FilesyncBackend):
         )
         argv = [self.config.binary, "serve", "--no-browser", "--no-upgrade"]
         argv += ["--home", str(self.home), "--logflags=3"]
+        trim_log(self.process.log_path)  # bounded at each start (hacore.logfiles)
         try:
             self.process.start(argv, env=ENV)
         except OSError as err:

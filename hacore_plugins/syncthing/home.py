@@ -19,6 +19,7 @@ from pathlib import Path
 from hacore.errors import FilesyncError
 from hacore.pki.errors import TlsMaterialError
 from hacore.pki.files import private_dir, write_atomic
+from hacore.process import child_environment
 
 CONFIG = "config.xml"
 #: the REST API's Unix socket, in the home directory (0700): no other user reaches it
@@ -97,7 +98,9 @@ def generate(binary: str, home: Path) -> None:
         return
     argv = [binary, "generate", "--home", str(home), "--no-default-folder", "--skip-port-probing"]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, check=False, env=child_environment()
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         raise FilesyncError(f"cannot run {binary} generate: {err}") from None
     if done.returncode != 0 or not (home / CONFIG).exists():
@@ -125,7 +128,9 @@ def device_id(binary: str, home: Path) -> str:
     """This node's device ID, derived from its certificate by Syncthing itself."""
     argv = [binary, "serve", "--device-id", "--home", str(home)]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, check=False, env=child_environment()
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         raise FilesyncError(f"cannot run {binary} to read the device ID: {err}") from None
     found = done.stdout.strip()

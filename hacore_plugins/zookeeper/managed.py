@@ -65,6 +65,7 @@ from kazoo.security import make_acl, make_digest_acl_credential
 
 from hacore.consensus import ManagedStore
 from hacore.errors import ManagedStoreError
+from hacore.logfiles import LogTrimmer
 from hacore.process import DetachedProcess
 from hacore.records import StoreMember, TlsFiles
 from hacore_plugins.zookeeper import server as zk
@@ -118,6 +119,8 @@ class ZooKeeperManagedStore(ManagedStore):
             pid_path=self.data_dir / "zookeeper.pid",
             executable_name=os.path.basename(java),
         )
+        #: slf4j-simple writes to stderr and cannot rotate: bounded by copy and truncate
+        self._log_trimmer = LogTrimmer(self._process.log_path)
         self._launched = False
 
     # -- identity and local files ------------------------------------------------------------
@@ -215,7 +218,8 @@ class ZooKeeperManagedStore(ManagedStore):
         return state
 
     def _write_state(self, state: _State, tick_ms: int) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
         path = self.data_dir / STATE_FILE
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -267,7 +271,9 @@ class ZooKeeperManagedStore(ManagedStore):
             system_properties={"zookeeper.DigestAuthenticationProvider.superDigest": digest},
             tls=server_tls is not None,
         )
-        self._process.start(argv, cwd=self.data_dir)
+        # snapshots and transaction logs hold the store's data: the server's user's only
+        self._log_trimmer.now()
+        self._process.start(argv, cwd=self.data_dir, umask=0o077)
         self._launched = True
 
     def _exited(self) -> bool:
@@ -303,6 +309,7 @@ class ZooKeeperManagedStore(ManagedStore):
         self._process.stop()
 
     def is_running(self) -> bool:
+        self._log_trimmer.tick()  # asked every loop by the agent's supervisor
         return self._process.running()
 
     def client_settings(self) -> dict[str, Any]:

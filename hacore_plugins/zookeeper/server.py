@@ -29,6 +29,10 @@ TLS_CLASSPATH = ("/usr/share/java/netty-codec.jar",)
 CLASSPATH_ENV = "HACORE_ZOOKEEPER_CLASSPATH"
 DEFAULT_JVM_OPTIONS = ("-Xmx256m", "-XX:+UseSerialGC")
 DYNAMIC_FILE = "zoo.cfg.dynamic"
+#: snapshots (and the transaction logs they need) kept by the hourly purge; 3 is ZooKeeper's
+#: minimum
+AUTOPURGE_SNAPSHOTS = 3
+AUTOPURGE_HOURS = 1
 STATIC_FILE = "zoo.cfg"
 
 _SERVER_LINE = re.compile(
@@ -191,6 +195,10 @@ def write_static_config(
         "reconfigEnabled=true",
         f"4lw.commands.whitelist={','.join(four_letter_words)}",
         f"dynamicConfigFile={dynamic_file}",
+        # Snapshots and transaction logs are never removed otherwise: keep the newest few
+        # and purge the rest every hour, so a member's disk use stays bounded.
+        f"autopurge.snapRetainCount={AUTOPURGE_SNAPSHOTS}",
+        f"autopurge.purgeInterval={AUTOPURGE_HOURS}",
     ]
     if skip_acl:
         lines.append("skipACL=yes")
@@ -204,7 +212,8 @@ def write_static_config(
 
 
 def write_myid(data_dir: Path, server_id: int) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
     (data_dir / "myid").write_text(f"{server_id}\n")
 
 

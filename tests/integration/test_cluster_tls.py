@@ -153,9 +153,11 @@ def test_refused_joins_copy_no_key_and_change_nothing(formed: CliCluster) -> Non
     other_ca = pki.create_ca("clitest", formed.root / "impostor-ca")
     wrong_fp = pki.fingerprint(other_ca.certificate)
 
-    def refused(node: Node, *extra: str, profile: Path | None = None) -> str:
+    def refused(node: Node, *extra: str, profile: Path | None = None, password: str = "") -> str:
         files = tree(node.data_dir)
         env = {"HACORE_PROFILE": str(profile or formed.profile)}
+        if password:  # from the environment: --password would add a warning (it shows in ps)
+            env["HACORE_PASSWORD"] = password
         args = ["cluster", "join", active.address, "-c", str(node.config_path)]
         result = formed.cli(*args, "--node-name", node.name, *extra, code=2, env=env)
         message = result.stderr.strip()
@@ -169,7 +171,7 @@ def test_refused_joins_copy_no_key_and_change_nothing(formed: CliCluster) -> Non
         return message
 
     fp = ("--ca-fingerprint", formed.ca_fingerprint)
-    message = refused(fresh, *fp, "--username", "admin", "--password", "wrong")
+    message = refused(fresh, *fp, "--username", "admin", password="wrong")
     assert "refused the API credentials" in message
     message = refused(fresh, "--ca-fingerprint", wrong_fp)
     assert f"not the expected {wrong_fp}" in message and "nothing was changed" in message
@@ -178,7 +180,7 @@ def test_refused_joins_copy_no_key_and_change_nothing(formed: CliCluster) -> Non
     message = refused(fresh, "--ca-file", str(other_file))
     assert "is not trusted" in message
     username, password = formed.credentials()
-    message = refused(fresh, "--username", username, "--password", password, profile=empty_profile)
+    message = refused(fresh, "--username", username, password=password, profile=empty_profile)
     assert "--ca-fingerprint" in message and "hacore cluster ca" in message
     message = refused(plain, *fp)
     assert "tls.enabled: false" in message and "must agree" in message

@@ -19,7 +19,7 @@ from hacore.errors import ConfigError, ManagedStoreError, StoreUnavailableError
 from hacore.plugins import load_plugins
 from hacore.records import EventKind, Member, NodeRole
 from hacore.testing.etcd import EtcdHarness
-from hacore.testing.procs import free_port
+from hacore.testing.procs import free_port, wait_for
 from hacore.testing.pytest_plugin import run_harness
 from hacore_plugins.etcd.backend import EtcdConsensus
 from hacore_plugins.etcd.client import (
@@ -186,8 +186,9 @@ def lose_first_answer(monkeypatch: pytest.MonkeyPatch, path: str) -> list[str]:
     real_post = EtcdClient.post_once
     lost: list[str] = []
 
-    def post_once(self: EtcdClient, endpoint: str, where: str, body: object, timeout: object
-                  ) -> dict[str, object]:
+    def post_once(
+        self: EtcdClient, endpoint: str, where: str, body: object, timeout: object
+    ) -> dict[str, object]:
         answer = real_post(self, endpoint, where, body, timeout)  # type: ignore[arg-type]
         if where == path and not lost:
             lost.append(where)
@@ -333,6 +334,81 @@ def test_frozen_member_watch_resumes_elsewhere_without_loss(
         watcher.close()
 
 
+def test_the_client_learns_every_member_from_one_endpoint(
+    etcd: EtcdHarness, backends: list[EtcdConsensus]
+) -> None:
+    """A node that bootstrapped the store was given its own member alone: it must learn the
+    others, and survive the loss of that member (issue 9, defect 4)."""
+    follower, _ = follower_first(etcd)
+    backend = make(backends, [etcd.endpoint(follower)], "solo", ttl=5.0, namespace="learn")
+    lease = backend.campaign()
+    assert lease is not None
+    everyone = {etcd.endpoint(i) for i in range(3)}
+    client = backend._client
+    wait_for(lambda: set(client.endpoints) == everyone, 10.0, what="every member's endpoint")
+    assert client.endpoints[0] == etcd.endpoint(follower), "the endpoint given comes first"
+    etcd.kill_member(follower)
+    try:
+        started = time.monotonic()
+        assert backend.renew(lease)
+        assert backend.put("learn/during", b"1")
+        assert time.monotonic() - started < 2.0
+    finally:
+        etcd.restart_member(follower)
+
+
+def test_failed_endpoints_are_tried_last_reachable_ones_first() -> None:
+    client = EtcdClient(["http://a:1", "http://b:1", "http://c:1"], timeout=1.0)
+    try:
+        assert client.candidates() == ["http://a:1", "http://b:1", "http://c:1"]
+        client.note_failure("http://a:1", unreachable=True)
+        client.note_failure("http://b:1")
+        # c is fine; b answered badly (no leader, late); a could not even be reached
+        assert client.candidates() == ["http://c:1", "http://b:1", "http://a:1"]
+        client.note_failure("http://c:1")
+        assert client.candidates() == ["http://b:1", "http://c:1", "http://a:1"]
+        client.note_success("http://a:1")
+        assert client.candidates() == ["http://a:1", "http://b:1", "http://c:1"]
+        assert "http://b:1" not in client.candidates()[:1]
+    finally:
+        client.close()
+
+
+def test_a_member_without_a_leader_says_so_at_once(etcd: EtcdHarness) -> None:
+    """Every request asks for a leader: a member cut off from the others fails at once
+    ("no leader") instead of holding each attempt until its timeout, so the client's
+    attempts go on to members that can serve."""
+    alone = 0
+    others = [etcd.servers[i] for i in range(3) if i != alone]
+    with EtcdClient([etcd.endpoint(alone)], timeout=5.0) as client:
+        for server in others:
+            server.freeze()
+        try:
+            wait_for(
+                lambda: "no leader" in failure(client),
+                15.0,
+                interval=0.2,
+                what=f"member {alone} to notice it has no leader",
+            )
+            started = time.monotonic()
+            detail = failure(client, deadline=1.0)
+            assert "no leader" in detail and "timed out" not in detail, detail
+            assert time.monotonic() - started < 1.5
+        finally:
+            for server in others:
+                server.thaw()
+    wait_for(lambda: leader_index(etcd) >= 0, 30.0, what="a leader again")
+
+
+def failure(client: EtcdClient, deadline: float = 0.6) -> str:
+    """Why a read fails, "" when it succeeds."""
+    try:
+        client.range(b"x", deadline=time.monotonic() + deadline)
+    except StoreUnavailableError as err:
+        return str(err)
+    return ""
+
+
 # -- bounded waits -------------------------------------------------------------------------
 
 
@@ -475,8 +551,9 @@ def test_managed_add_applied_but_answer_lost_is_adopted(
     real_post = EtcdClient.post_once
     lost: list[str] = []
 
-    def post_once(self: EtcdClient, endpoint: str, path: str, body: object, timeout: object
-                  ) -> dict[str, object]:
+    def post_once(
+        self: EtcdClient, endpoint: str, path: str, body: object, timeout: object
+    ) -> dict[str, object]:
         answer = real_post(self, endpoint, path, body, timeout)  # type: ignore[arg-type]
         if path == "/v3/cluster/member/add" and not lost:
             lost.append(path)

@@ -52,6 +52,7 @@ USER, PASSWORD = "admin", "the-api-password"
 AUTH = (USER, PASSWORD)
 SETTINGS = ApiSettings(auth=ApiAuth(USER, hash_password(PASSWORD, iterations=1000)))
 REALM = 'Basic realm="hacore"'
+JSON_TYPE = {"Content-Type": "application/json"}
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
@@ -291,7 +292,8 @@ def test_probe_codes_active_vs_standby(
 def test_status_body_says_why(active: Node, standby: Node) -> None:
     body = get(active, "/status").json()
     assert body["state"] == "active"
-    assert body["lease_token"] == 42
+    # without credentials: no fencing token, no version (issue 10, point 8)
+    assert "lease_token" not in body and "version" not in body
     assert body["position"] == 5000 and body["timeline"] == 3
     assert 0 <= body["loop_age"] < 60
     body = get(standby, "/status").json()
@@ -458,14 +460,15 @@ def test_store_unavailable_is_503(active: Node) -> None:
 )
 @pytest.mark.parametrize("path", ["/cluster/start", "/cluster/join", "/switchover"])
 def test_malformed_bodies_are_400(active: Node, path: str, body: bytes, fragment: str) -> None:
-    resp = get(active, path, "POST", content=body, auth=AUTH)
+    resp = get(active, path, "POST", content=body, auth=AUTH, headers=JSON_TYPE)
     assert resp.status_code == 400
     assert fragment in resp.json()["error"]
     assert active.agent.started == [] and active.agent.switchovers == []
 
 
 def test_switchover_body(active: Node) -> None:
-    assert get(active, "/switchover", "POST", auth=AUTH).json() == {"from": "n1", "to": None}
+    empty = get(active, "/switchover", "POST", auth=AUTH, headers=JSON_TYPE)
+    assert empty.json() == {"from": "n1", "to": None}
     assert get(active, "/switchover", "POST", json={"to": None}, auth=AUTH).status_code == 200
     for body, fragment in (
         ({"to": 5}, '"to" must be'),
@@ -627,11 +630,11 @@ def test_keep_alive_serves_many_requests_on_one_connection(active: Node) -> None
         sock = conn.sock
         assert sock is not None
         local = sock.getsockname()
-        auth = {"Authorization": basic_header(USER, PASSWORD)}
+        auth = {"Authorization": basic_header(USER, PASSWORD), **JSON_TYPE}
         requests: list[tuple[str, str, bytes | None, dict[str, str], int]] = [
             ("HEAD", "/status", None, {}, 200),
             ("OPTIONS", "/standby", None, {}, 503),
-            ("POST", "/switchover", b'{"to": "n2"}', {}, 401),  # refused, body still consumed
+            ("POST", "/switchover", b'{"to": "n2"}', JSON_TYPE, 401),  # refused, body consumed
             ("POST", "/switchover", b"{broken", auth, 400),
             ("POST", "/switchover", b'{"to": "n2"}', auth, 200),
             ("GET", "/nope", None, {}, 404),
@@ -694,7 +697,7 @@ def test_expect_100_continue(active: Node) -> None:
     with socket.create_connection(("127.0.0.1", active.server.port), timeout=10) as sock:
         sock.sendall(
             b"POST /switchover HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
-            b"Content-Length: 12\r\nConnection: close\r\n"
+            b"Content-Length: 12\r\nConnection: close\r\nContent-Type: application/json\r\n"
             b"Authorization: " + basic_header(USER, PASSWORD).encode() + b"\r\n\r\n"
         )
         assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -989,6 +992,7 @@ def test_haproxy_sends_traffic_to_the_active_only(tmp_path: Path) -> None:
     front = free_port()
     config = _doc_configs()[1]
     config = config.replace("bind :443", f"bind 127.0.0.1:{front}")
+    config = config.replace("bind :5432", f"bind 127.0.0.1:{free_port()}")
     config = re.sub(
         r"default-server .*",
         "default-server inter 200ms rise 2 fall 2 check-ssl verify required "

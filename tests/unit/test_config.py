@@ -307,7 +307,8 @@ ERRORS: list[tuple[dict[str, Any], str]] = [
     (
         _with(zzz="blue"),
         'config error: unknown key "zzz" at top level (known keys: api, checks, cluster, '
-        "consensus, failover, filesync, node, plugins, replication, services, timing, tls)",
+        "consensus, failover, filesync, logging, node, plugins, replication, services, timing, "
+        "tls)",
     ),
     (
         _with(node={"name": "n", "host": "127.0.0.1", "weight": 1}),

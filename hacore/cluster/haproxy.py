@@ -1,0 +1,187 @@
+"""The HAProxy configuration that ``hacore cluster haproxy-config`` prints.
+
+HAProxy sends PostgreSQL clients to whichever node is active: one TCP server per member (its
+database address), each checked over HTTP on the member's agent API, where ``/status``
+answers 200 on the active only. The text is built here from the cluster view alone (pure), so
+the CLI stays a thin edge and the tests can check the text without a cluster.
+
+Node certificates carry only IP addresses as subject alternative names, and HAProxy's
+``verifyhost`` matches DNS names: the check verifies the chain against the cluster CA
+(``verify required ca-file``) and never the host name, or every server would be marked down.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from hacore.errors import HacoreError
+
+#: the probe paths that answer 200 on the active only
+CHECK_PATHS = ("/status", "/api/v3.1/status")
+_NAME = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+@attrs.frozen
+class HaproxyServer:
+    """One member as HAProxy sees it: where its database listens, where its agent answers."""
+
+    name: str
+    #: the node's address (``node.host``): where the manager's own port is reached
+    host: str
+    db_host: str
+    db_port: int
+    api_port: int
+
+
+@attrs.frozen
+class HaproxyOptions:
+    cluster: str
+    bind: str = ":5432"
+    check_path: str = "/status"
+    #: None: the checks go in plain HTTP (a cluster with TLS off)
+    ca_file: str | None = None
+    #: (user, password) when the nodes run with ``api.status_requires_auth``
+    probe_auth: tuple[str, str] | None = None
+    inter: float = 2.0
+    fall: int = 2
+    rise: int = 2
+    stats_socket: str | None = None
+    #: the manager's own port on every node, to pass its traffic (HTTPS...) to the active too
+    manager_port: int | None = None
+    manager_bind: str | None = None
+
+
+def servers_of(cluster_view: Mapping[str, Any]) -> tuple[list[HaproxyServer], list[str]]:
+    """The members of a ``GET /cluster`` answer that HAProxy can use, and a note for each one
+    it cannot (a record without a database address: a node that never published one)."""
+    servers, skipped = [], []
+    for member in cluster_view.get("members", []):
+        name = str(member.get("name") or "")
+        where = (member.get("extra") or {}).get("replication") or {}
+        api = urlsplit(str(member.get("api_url") or ""))
+        if not name or not isinstance(where.get("port"), int) or api.port is None:
+            skipped.append(f"{name or '?'}: no database or API address in its record")
+            continue
+        servers.append(
+            HaproxyServer(
+                name=name,
+                host=str(member.get("host") or where.get("host")),
+                db_host=str(where.get("host") or member.get("host")),
+                db_port=int(where["port"]),
+                api_port=api.port,
+            )
+        )
+    return sorted(servers, key=lambda s: s.name), skipped
+
+
+def tls_of(cluster_view: Mapping[str, Any]) -> bool:
+    """Whether the agents serve their API over HTTPS (then the checks use TLS too)."""
+    urls = [str(m.get("api_url") or "") for m in cluster_view.get("members", [])]
+    return any(u.startswith("https://") for u in urls)
+
+
+def render(
+    options: HaproxyOptions, servers: Sequence[HaproxyServer], notes: Sequence[str] = ()
+) -> str:
+    """The whole configuration file."""
+    if not servers:
+        raise HacoreError("the cluster view lists no member with a database address")
+    if options.check_path not in CHECK_PATHS:
+        raise HacoreError(f"the check path must be one of {', '.join(CHECK_PATHS)}")
+    if options.probe_auth is not None and options.ca_file is None:
+        raise HacoreError(
+            "probe credentials need TLS checks: the agents refuse credentials in plain HTTP"
+        )
+    section = _NAME.sub("_", options.cluster) or "hacore"
+    send = f"http-check send meth GET uri {options.check_path}"
+    if options.probe_auth is not None:
+        user, password = options.probe_auth
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        send += f' hdr Authorization "Basic {token}"'
+    inter = _seconds(options.inter)
+    defaults = [
+        f"inter {inter}",
+        f"fastinter {_seconds(max(options.inter / 2, 0.5))}",
+        f"downinter {inter}",
+        f"rise {options.rise}",
+        f"fall {options.fall}",
+        "on-marked-down shutdown-sessions",
+    ]
+    if options.ca_file is not None:
+        # no verifyhost: node certificates name IP addresses only (see the module docstring)
+        defaults.append(f"check-ssl verify required ca-file {options.ca_file}")
+    lines = [
+        f"# HAProxy in front of hacore cluster {options.cluster}: PostgreSQL clients reach the",
+        f"# active node only (its agent's {options.check_path} answers 200, the others 503).",
+        "# Printed by `hacore cluster haproxy-config`; print it again after a join or removal.",
+        *(f"# skipped {note}" for note in notes),
+        "",
+        "global",
+        "    maxconn 4096",
+    ]
+    if options.stats_socket:
+        lines.append(f"    stats socket {options.stats_socket} mode 600 level admin")
+    lines += [
+        "",
+        "defaults",
+        "    mode tcp",
+        "    timeout connect 5s",
+        "    timeout client 1h",
+        "    timeout server 1h",
+        "    timeout check 2s",
+    ]
+    check = [
+        "    option httpchk",
+        f"    {send}",
+        "    http-check expect status 200",
+        f"    default-server {' '.join(defaults)}",
+    ]
+    lines += _proxy(
+        f"{section}_postgresql",
+        options.bind,
+        ["    option tcpka", *check],
+        [(s, s.db_host, s.db_port) for s in servers],
+    )
+    if options.manager_port is not None:
+        lines += _proxy(
+            f"{section}_manager",
+            options.manager_bind or f":{options.manager_port}",
+            check,
+            [(s, s.host, options.manager_port) for s in servers],
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _proxy(
+    name: str, bind: str, settings: list[str], targets: list[tuple[HaproxyServer, str, int]]
+) -> list[str]:
+    """A frontend and its backend: every member a server, checked on its agent's port."""
+    return [
+        "",
+        f"frontend {name}",
+        f"    bind {bind}",
+        f"    default_backend {name}_active",
+        "",
+        f"backend {name}_active",
+        *settings,
+        *(
+            f"    server {_NAME.sub('_', s.name)} {_address(host, port)} check port {s.api_port}"
+            for s, host, port in targets
+        ),
+    ]
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _seconds(value: float) -> str:
+    ms = round(value * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"

@@ -1,0 +1,255 @@
+"""Removing standbys shrinks the store under a running active: 2 → 1 and 3 → 2 → 1.
+
+A two-member etcd has no quorum without either member, so a removal that stops the leaving
+node's store server before the store forgets it leaves the active unable to renew its lease:
+it fences. These tests remove standbys through the real CLI with a writer running against
+the active the whole time, and require that the active never loses writability (no failed
+write, every acknowledged row present, the same fencing token), that ``nodes list`` shows the
+members left, and that the store's member list shrank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from cluster_fixtures import WAIT, CliCluster, Node, formed_cluster, make_root
+
+from hacore.testing.procs import wait_for
+from hacore_plugins.postgresql.settings import default_bin_dir
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(default_bin_dir() is None, reason="no PostgreSQL binaries installed"),
+]
+
+
+class Writer:
+    """Inserts one row at a time into the active's database over its Unix socket, and keeps
+    every acknowledged id and every error; also watches that the active's probe stays 200."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.acked: list[int] = []
+        self.errors: list[str] = []
+        self.not_active: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Writer:
+        with self.node.connect() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS shrink (id bigint PRIMARY KEY)")
+        self._thread.start()
+        wait_for(lambda: len(self.acked) >= 5, WAIT, what="the writer's first rows")
+        return self
+
+    def _run(self) -> None:
+        next_id = 1
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = self.node.connect()
+                conn.execute("INSERT INTO shrink (id) VALUES (%s)", (next_id,))
+                self.acked.append(next_id)
+                next_id += 1
+            except psycopg.Error as err:
+                self.errors.append(f"{time.strftime('%H:%M:%S')} row {next_id}: {err}")
+                next_id += 1
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                conn = None
+            probe = self.node.probe()
+            if probe is None or probe["http_status"] != 200:
+                self.not_active.append(probe or {"answer": None})
+            time.sleep(0.05)
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def check(self) -> None:
+        """No write failed, the active's probe never left 200, every ack is there."""
+        assert not self.errors, f"the active lost writability: {self.errors[:5]}"
+        assert not self.not_active, f"the active stopped being active: {self.not_active[:3]}"
+        with self.node.connect() as conn:
+            present = {row[0] for row in conn.execute("SELECT id FROM shrink")}
+        missing = set(self.acked) - present
+        assert not missing, f"{len(missing)} acknowledged rows are missing"
+
+
+def lease_token(cluster: CliCluster, node: Node) -> int:
+    """The node's fencing token, from its ``/metrics`` (the probes omit it)."""
+    resp = httpx.get(
+        node.url + "/metrics", auth=cluster.credentials(), timeout=10.0, verify=node.ca_context()
+    )
+    found = re.search(r"^hacore_lease_token(?:\{[^}]*\})? ([0-9.e+]+)$", resp.text, re.M)
+    assert found, resp.text
+    return int(float(found.group(1)))
+
+
+@contextlib.contextmanager
+def writing(cluster: CliCluster, node: Node) -> Iterator[Writer]:
+    """A writer on ``node`` for the block; the node holds the same lease (fencing token)
+    after it as before: it never lost and re-took the active role."""
+    token = lease_token(cluster, node)
+    writer = Writer(node).start()
+    try:
+        yield writer
+    finally:
+        writer.stop()
+    assert lease_token(cluster, node) == token, "the active's fencing token changed"
+
+
+def two_node_cluster(backend: str) -> Iterator[CliCluster]:
+    """n1 starts the cluster and n2 joins it, through the CLI."""
+    cluster = CliCluster(make_root(), backend)
+    try:
+        first = cluster.add("n1")
+        out = cluster.cli(
+            "cluster", "start", "-c", str(first.config_path), "--timeout", str(WAIT)
+        ).output
+        found = re.search(r"cluster CA fingerprint \(SHA-256\): ([0-9A-F:]+)", out)
+        assert found, out
+        cluster.ca_fingerprint = found.group(1)
+        second = cluster.add("n2")
+        cluster.cli(
+            "cluster",
+            "join",
+            first.address,
+            "-c",
+            str(second.config_path),
+            "--node-name",
+            "n2",
+            "--ca-fingerprint",
+            cluster.ca_fingerprint,
+            "--timeout",
+            str(WAIT),
+        )
+        yield cluster
+    finally:
+        cluster.cleanup()
+        if os.environ.get("HACORE_KEEP_TEST_DIRS"):
+            print(f"kept {cluster.root}")
+        else:
+            shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+@pytest.fixture(params=["etcd", "zookeeper"])
+def pair(request: pytest.FixtureRequest) -> Iterator[CliCluster]:
+    yield from two_node_cluster(request.param)
+
+
+@pytest.fixture
+def etcd_pair() -> Iterator[CliCluster]:
+    yield from two_node_cluster("etcd")
+
+
+@pytest.fixture
+def trio() -> Iterator[CliCluster]:
+    yield from formed_cluster("etcd")
+
+
+def store_names(cluster: CliCluster, node: Node) -> set[str]:
+    """The store's servers as the active's agent reads them from the store itself."""
+    return {m["name"] for m in node.cluster(cluster.credentials())["store_members"]}
+
+
+def remove(cluster: CliCluster, active: Node, victim: Node) -> None:
+    """``nodes remove`` succeeds, and the cluster shrinks: list, store, the victim down."""
+    before = store_names(cluster, active)
+    assert victim.name in before
+    out = cluster.cli("cluster", "nodes", "remove", victim.name).output
+    assert f"node {victim.name} removed from cluster clitest" in out
+    assert store_names(cluster, active) == before - {victim.name}
+    listed = cluster.view()
+    assert victim.name not in listed
+    assert listed[active.name]["state"] == "active", listed
+    wait_for(
+        lambda: (
+            victim.probe()["state"] == "removed"
+            and victim.postmaster() is None
+            and victim.store_server() is None
+        ),
+        WAIT,
+        what=f"{victim.name} to stop its database and store server",
+    )
+
+
+def test_removing_the_only_standby_keeps_the_active_writable(pair: CliCluster) -> None:
+    active = pair.active()
+    victim = pair.nodes["n2"]
+    with writing(pair, active) as writer:
+        remove(pair, active, victim)
+        # the lease outlives a few renewals in the one-member store
+        time.sleep(3 * 6.0)
+    writer.check()
+    assert set(pair.view()) == {active.name}
+    assert pair.cli_json("cluster", "status")["active"] == active.name
+
+
+def test_three_to_two_to_one_keeps_the_active_writable(trio: CliCluster) -> None:
+    active = trio.active()
+    standbys = [n for n in trio.nodes.values() if n is not active]
+    with writing(trio, active) as writer:
+        remove(trio, active, standbys[0])
+        assert set(trio.view()) == {active.name, standbys[1].name}
+        remove(trio, active, standbys[1])
+        time.sleep(3 * 6.0)
+    writer.check()
+    assert set(trio.view()) == {active.name}
+    assert trio.cli_json("cluster", "status")["active"] == active.name
+
+
+def etcdctl(node: Node, *args: str) -> str:
+    """``etcdctl`` against every member, with the node's client certificate."""
+    pki = node.data_dir / "pki" / "node"
+    endpoints = f"https://127.0.0.1:{node.store['client_port']}"
+    result = subprocess.run(
+        [
+            "etcdctl",
+            f"--endpoints={endpoints}",
+            f"--cacert={pki / 'ca.crt'}",
+            f"--cert={pki / 'node.crt'}",
+            f"--key={pki / 'node.key'}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.skipif(shutil.which("etcdctl") is None, reason="etcdctl is not installed")
+def test_removing_the_standby_whose_store_server_leads(etcd_pair: CliCluster) -> None:
+    """The leaving etcd member is the store's leader: the one left must take over in time."""
+    active = etcd_pair.active()
+    victim = etcd_pair.nodes["n2"]
+    members = json.loads(etcdctl(active, "member", "list", "-w", "json"))["members"]
+    victim_id = next(m["ID"] for m in members if m["name"] == victim.name)
+    both = [active, victim]
+    urls = ",".join(f"https://127.0.0.1:{n.store['client_port']}" for n in both)
+    etcdctl(active, f"--endpoints={urls}", "move-leader", format(victim_id, "x"))
+    status = json.loads(etcdctl(victim, "endpoint", "status", "-w", "json"))
+    assert status[0]["Status"]["leader"] == victim_id, status
+    with writing(etcd_pair, active) as writer:
+        remove(etcd_pair, active, victim)
+        time.sleep(3 * 6.0)
+    writer.check()
+    assert set(etcd_pair.view()) == {active.name}
