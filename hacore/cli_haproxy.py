@@ -95,8 +95,9 @@ def cluster_haproxy_config(
     its database address, checked on its agent's API port with GET /status, which answers
     200 on the active only; --manager-port adds the same for the manager's own port. With
     TLS (the default) the checks verify the agent's certificate against the cluster CA
-    (--ca-file; --write-ca puts the profile's CA there); node certificates name IP addresses
-    only, so there is no verifyhost. A server marked down has its connections cut
+    (--ca-file; --write-ca puts the profile's CA there), and each server's certificate is
+    checked for the member's host name (verifyhost) when every member's node.host is a DNS
+    name (an IP address cannot be checked that way). A server marked down has its connections cut
     (on-marked-down shutdown-sessions). Print it again after a join or a removal. Changes
     nothing in the cluster.
 

@@ -5,14 +5,17 @@ database address), each checked over HTTP on the member's agent API, where ``/st
 answers 200 on the active only. The text is built here from the cluster view alone (pure), so
 the CLI stays a thin edge and the tests can check the text without a cluster.
 
-Node certificates carry only IP addresses as subject alternative names, and HAProxy's
-``verifyhost`` matches DNS names: the check verifies the chain against the cluster CA
-(``verify required ca-file``) and never the host name, or every server would be marked down.
+HAProxy's ``verifyhost`` matches DNS names only, and a node certificate names ``node.host``
+as given: an IP address (a SAN HAProxy cannot match) or a DNS name. So the check always
+verifies the chain against the cluster CA (``verify required ca-file``), and adds
+``verifyhost <node.host>`` per server only when every member's host is a DNS name; with one
+IP address among them it would mark that server down.
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -114,8 +117,8 @@ def render(
         "on-marked-down shutdown-sessions",
     ]
     if options.ca_file is not None:
-        # no verifyhost: node certificates name IP addresses only (see the module docstring)
         defaults.append(f"check-ssl verify required ca-file {options.ca_file}")
+    verify_names = options.ca_file is not None and all(_is_name(s.host) for s in servers)
     lines = [
         f"# HAProxy in front of hacore cluster {options.cluster}: PostgreSQL clients reach the",
         f"# active node only (its agent's {options.check_path} answers 200, the others 503).",
@@ -147,6 +150,7 @@ def render(
         options.bind,
         ["    option tcpka", *check],
         [(s, s.db_host, s.db_port) for s in servers],
+        verify_names=verify_names,
     )
     if options.manager_port is not None:
         lines += _proxy(
@@ -154,15 +158,22 @@ def render(
             options.manager_bind or f":{options.manager_port}",
             check,
             [(s, s.host, options.manager_port) for s in servers],
+            verify_names=verify_names,
         )
     lines.append("")
     return "\n".join(lines)
 
 
 def _proxy(
-    name: str, bind: str, settings: list[str], targets: list[tuple[HaproxyServer, str, int]]
+    name: str,
+    bind: str,
+    settings: list[str],
+    targets: list[tuple[HaproxyServer, str, int]],
+    *,
+    verify_names: bool = False,
 ) -> list[str]:
-    """A frontend and its backend: every member a server, checked on its agent's port."""
+    """A frontend and its backend: every member a server, checked on its agent's port (and,
+    with ``verify_names``, its certificate checked for the member's host name)."""
     return [
         "",
         f"frontend {name}",
@@ -173,9 +184,18 @@ def _proxy(
         *settings,
         *(
             f"    server {_NAME.sub('_', s.name)} {_address(host, port)} check port {s.api_port}"
+            + (f" verifyhost {s.host}" if verify_names else "")
             for s, host, port in targets
         ),
     ]
+
+
+def _is_name(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return bool(host)
+    return False
 
 
 def _address(host: str, port: int) -> str:

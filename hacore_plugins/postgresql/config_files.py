@@ -17,7 +17,12 @@ from typing import Any
 from psycopg.conninfo import make_conninfo
 
 from hacore_plugins.postgresql.layout import INCLUDE_LINE, Layout
-from hacore_plugins.postgresql.settings import MANAGED_PARAMETERS, SUPERUSER, PgSettings
+from hacore_plugins.postgresql.settings import (
+    MANAGED_PARAMETERS,
+    SUPERUSER,
+    ClientNetwork,
+    PgSettings,
+)
 from hacore_plugins.postgresql.state import NodeState, Upstream
 from hacore_plugins.postgresql.tls_files import HBA_CLIENT_CERT, server_parameters, tool_options
 
@@ -128,13 +133,19 @@ def _cidr(host: str) -> str:
 
 
 def render_hba(settings: PgSettings, hosts: Iterable[str], *, tls: bool = False) -> str:
-    """Local rows, then each member host's rows: plain ``host`` rows without TLS, ``hostssl``
-    rows that also want a client certificate from the cluster CA with it.
+    """Local rows, each member host's replication row, the application networks' rows
+    (``clients``), then each member host's other rows: plain ``host`` rows without TLS,
+    ``hostssl`` rows that also want a client certificate from the cluster CA with it.
 
     The local ``replication`` row lets an operator take a ``pg_basebackup`` on the node over
     the Unix socket ("all" does not match replication connections). It is ``peer`` like the
     superuser's own row: only the OS users of the ident map get in, and no password exists
-    that could leak."""
+    that could leak.
+
+    PostgreSQL uses the first row that matches, so the client rows come before the members'
+    certificate rows: an application on a member host (or a load balancer there) that is in
+    a listed network authenticates as that row says, without a node certificate. They never
+    match a replication connection ("all" does not), which stays for members alone."""
     rows = [
         ("local", "all", SUPERUSER, "", "peer map=hacore"),
         ("local", "replication", SUPERUSER, "", "peer map=hacore"),
@@ -143,11 +154,19 @@ def render_hba(settings: PgSettings, hosts: Iterable[str], *, tls: bool = False)
     kind, method = (
         ("hostssl", f"scram-sha-256 {HBA_CLIENT_CERT}") if tls else ("host", "scram-sha-256")
     )
-    for host in hosts:
-        rows.append((kind, "replication", settings.replication_user, _cidr(host), method))
-        rows.append((kind, "all", "all", _cidr(host), method))
+    members = [_cidr(host) for host in hosts]
+    rows += [(kind, "replication", settings.replication_user, m, method) for m in members]
+    rows += [_client_row(client, kind, tls=tls) for client in settings.clients]
+    rows += [(kind, "all", "all", m, method) for m in members]
     body = "".join(f"{a:<6} {b:<12} {c:<16} {d:<40} {e}\n" for a, b, c, d, e in rows)
     return HEADER + body
+
+
+def _client_row(client: ClientNetwork, kind: str, *, tls: bool) -> tuple[str, str, str, str, str]:
+    method = client.method
+    if tls and client.client_cert and method != "cert":
+        method += f" {HBA_CLIENT_CERT}"
+    return (kind, client.database, client.user, client.network, method)
 
 
 def render_ident(os_users: Iterable[str]) -> str:

@@ -78,6 +78,11 @@ class PgNode(ReplicationBackend):
                     f"postgresql parameter(s) {', '.join(clash)} are set by hacore when the "
                     "node runs with TLS: remove them"
                 )
+        elif any(c.method == "cert" or c.client_cert for c in self.config.clients):
+            raise ConfigError(
+                "postgresql setting 'clients' asks for client certificates (method cert or "
+                "client_cert: true), which need tls.enabled: true"
+            )
         self.layout = Layout(self.data_dir.absolute())
         #: the server log (pg_ctl -l) is read for divergence, so it is not handed to the
         #: logging collector: it is bounded by copy and truncate (hacore.logfiles)

@@ -7,6 +7,7 @@ old are all reported as one clear :class:`~hacore.errors.ConfigError`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
 import re
@@ -41,8 +42,14 @@ KNOWN = frozenset(
         "clone_max_rate",
         "start_timeout",
         "stop_timeout",
+        "clients",
     }
 )
+
+#: What a ``clients`` row may ask of a client: a password (scram), or a client certificate
+#: alone (``cert``, TLS only). Never md5, trust or password: those send or need no secret.
+CLIENT_METHODS = ("scram-sha-256", "cert")
+CLIENT_KEYS = frozenset({"network", "method", "client_cert", "database", "user"})
 
 #: Parameters the plugin sets per node or per role. A clone or rewind copies the source's
 #: configuration, so none of these may come from a file that travels with the data.
@@ -89,6 +96,19 @@ _OFF = {"off", "false", "no", "0"}
 
 
 @attrs.frozen
+class ClientNetwork:
+    """One network applications may connect from (a ``hostssl`` row, ``host`` without TLS).
+
+    ``network`` is normalised (``10.0.0.7/24`` is refused rather than silently widened)."""
+
+    network: str
+    method: str = "scram-sha-256"
+    client_cert: bool = False
+    database: str = "all"
+    user: str = "all"
+
+
+@attrs.frozen
 class PgSettings:
     bin_dir: Path
     major: int
@@ -104,6 +124,7 @@ class PgSettings:
     clone_max_rate: str | None = None
     start_timeout: float = 120.0
     stop_timeout: float = 60.0
+    clients: tuple[ClientNetwork, ...] = ()
 
     @property
     def strict(self) -> bool:
@@ -136,7 +157,66 @@ def parse_settings(raw: Mapping[str, Any]) -> PgSettings:
         clone_max_rate=_rate(raw.get("clone_max_rate")),
         start_timeout=_seconds(raw, "start_timeout", 120.0),
         stop_timeout=_seconds(raw, "stop_timeout", 60.0),
+        clients=parse_clients(raw.get("clients")),
     )
+
+
+def parse_clients(raw: object) -> tuple[ClientNetwork, ...]:
+    """The ``clients`` list: each row a mapping with at least ``network`` (a CIDR)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(
+            "postgresql setting 'clients' must be a list of {network: CIDR, method: ...} rows"
+        )
+    return tuple(_client(row, index) for index, row in enumerate(raw))
+
+
+def _client(row: object, index: int) -> ClientNetwork:
+    where = f"postgresql setting 'clients' row {index + 1}"
+    if isinstance(row, str):
+        row = {"network": row}
+    if not isinstance(row, Mapping):
+        raise ConfigError(f"{where} must be a mapping with a 'network' (got {row!r})")
+    unknown = sorted(set(row) - CLIENT_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(map(str, unknown))}; "
+            f"known: {', '.join(sorted(CLIENT_KEYS))}"
+        )
+    network = row.get("network")
+    if not isinstance(network, str) or not network:
+        raise ConfigError(f"{where} needs 'network', a CIDR such as 10.0.0.0/24")
+    try:
+        parsed = ipaddress.ip_network(network, strict=True)
+    except ValueError as err:
+        raise ConfigError(f"{where}: 'network' {network!r} is not a CIDR network: {err}") from None
+    method = row.get("method", "scram-sha-256")
+    if method not in CLIENT_METHODS:
+        raise ConfigError(
+            f"{where}: 'method' must be one of {', '.join(CLIENT_METHODS)} (got {method!r})"
+        )
+    client_cert = row.get("client_cert", False)
+    if not isinstance(client_cert, bool):
+        raise ConfigError(f"{where}: 'client_cert' must be true or false (got {client_cert!r})")
+    return ClientNetwork(
+        network=str(parsed),
+        method=str(method),
+        client_cert=client_cert,
+        database=_client_name(row, "database", where),
+        user=_client_name(row, "user", where),
+    )
+
+
+def _client_name(row: Mapping[str, Any], key: str, where: str) -> str:
+    value = row.get(key, "all")
+    if not isinstance(value, str) or not (value == "all" or _IDENT.fullmatch(value)):
+        raise ConfigError(
+            f"{where}: '{key}' must be 'all' or a lower-case SQL name (got {value!r})"
+        )
+    if key == "database" and value == "replication":
+        raise ConfigError(f"{where}: 'database' cannot be 'replication': only members replicate")
+    return value
 
 
 def check_synchronous(raw: Mapping[str, Any], synchronous_mode: str) -> None:
