@@ -628,6 +628,7 @@ def cluster_ca(config_path: str, as_json: bool) -> None:
 def add_cluster_commands(group: click.Group) -> None:
     """Register ``agent`` and ``cluster`` on the top-level ``hacore`` group."""
     import hacore.cli_haproxy  # adds haproxy-config
+    import hacore.cli_history  # adds history and explain
     import hacore.cli_nodes  # noqa: F401 - adds the nodes, status and switchover commands
 
     group.add_command(agent)

@@ -112,38 +112,90 @@ def campaign_blocker(obs: Observation, cfg: DecisionConfig) -> str | None:
     The I/O edge publishes ``extra["candidate"] = campaign_blocker(...) is None`` in the member
     record, so the others stop holding back for a node that will not campaign.
     """
+    blockers = campaign_blockers(obs, cfg)
+    return blockers[0].text if blockers else None
+
+
+@attrs.frozen
+class Blocker:
+    """One reason a node may not campaign: a stable ``code`` for scripts, ``text`` for people."""
+
+    code: str
+    text: str
+
+
+def campaign_blockers(obs: Observation, cfg: DecisionConfig) -> tuple[Blocker, ...]:
+    """Every reason this node may not campaign regardless of the others, in precedence order.
+
+    The first one is :func:`campaign_blocker`'s answer; ``cluster explain`` shows them all. A
+    reason that only makes sense once an earlier one is absent (the lag of a database that is
+    not running) is left out while that earlier one holds.
+    """
     db = obs.db
+    found: list[Blocker] = []
     if obs.removed:
-        return "this node was removed from the cluster"
+        found.append(Blocker("removed", "this node was removed from the cluster"))
     if _promised(obs):
         assert obs.promised_until is not None
-        return (
-            f"failsafe: this node confirmed the active and promised not to campaign for "
-            f"another {obs.promised_until - obs.now:.1f}s"
+        found.append(
+            Blocker(
+                "failsafe_promise",
+                f"failsafe: this node confirmed the active and promised not to campaign for "
+                f"another {obs.promised_until - obs.now:.1f}s",
+            )
         )
+    database = obs.initialized and db.known and _running(db) and db.position is not None
     if not obs.initialized:
-        return "this node has no database"
-    if not db.known:
-        return "the local database did not answer: its state is unknown"
-    if not _running(db) or db.position is None:
-        return "the local database is not running"
+        found.append(Blocker("no_database", "this node has no database"))
+    elif not db.known:
+        found.append(
+            Blocker("database_unknown", "the local database did not answer: its state is unknown")
+        )
+    elif not database:
+        found.append(Blocker("database_not_running", "the local database is not running"))
     if not obs.health.ok:
-        return f"failing checks: {', '.join(sorted(obs.health.failing | obs.health.expired))}"
+        failing = ", ".join(sorted(obs.health.failing | obs.health.expired))
+        found.append(Blocker("failing_checks", f"failing checks: {failing}"))
     if obs.veto_until is not None and obs.now < obs.veto_until:
-        return f"a promotion was vetoed; retrying in {obs.veto_until - obs.now:.1f}s"
+        found.append(
+            Blocker(
+                "promotion_vetoed",
+                f"a promotion was vetoed; retrying in {obs.veto_until - obs.now:.1f}s",
+            )
+        )
     if not _sync_eligible(obs, cfg, obs.node_name):
-        return "synchronous mode: this node is neither a synchronous standby nor the former active"
-    behind = _lag(obs, db.position)
-    if cfg.maximum_lag_on_failover is not None and behind > cfg.maximum_lag_on_failover:
-        return f"{behind} bytes behind the last active (limit {cfg.maximum_lag_on_failover})"
+        found.append(
+            Blocker(
+                "not_synchronous_standby",
+                "synchronous mode: this node is neither a synchronous standby nor the former "
+                "active",
+            )
+        )
+    if database:
+        assert db.position is not None
+        behind = _lag(obs, db.position)
+        if cfg.maximum_lag_on_failover is not None and behind > cfg.maximum_lag_on_failover:
+            found.append(
+                Blocker(
+                    "lag_too_high",
+                    f"{behind} bytes behind the last active (limit {cfg.maximum_lag_on_failover})",
+                )
+            )
     req = _pending_switchover(obs, cfg)
     if req is not None and req.from_node == obs.node_name:
-        return "a switchover away from this node is pending"
+        found.append(Blocker("switchover_away", "a switchover away from this node is pending"))
     if req is not None and req.to_node not in (None, obs.node_name) and obs.view is not None:
         target = obs.view.member(req.to_node)
         if target is not None and target.healthy and target.role not in _NOT_CANDIDATE_ROLES:
-            return f"a switchover to {req.to_node} is pending"
-    return None
+            found.append(
+                Blocker("switchover_to_other", f"a switchover to {req.to_node} is pending")
+            )
+    return tuple(found)
+
+
+def member_ahead(obs: Observation, cfg: DecisionConfig) -> Member | None:
+    """A member that campaigns before this node in an election (rule of :func:`_election`)."""
+    return None if obs.view is None else _member_ahead(obs, cfg, obs.view)
 
 
 # -- holding the lease --------------------------------------------------------------------------

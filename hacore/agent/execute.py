@@ -177,6 +177,9 @@ class Executor:
         )
         #: The lease token whose promotion the ``before_promote`` hooks already allowed.
         self._approved: int | None = None
+        #: What this node knew of the old active when it first tried to promote for a token
+        #: (a retried promotion finds the status key already naming this node).
+        self._succession: tuple[int, keys.HistoryEntry] | None = None
 
     def run(self, decision: Decision, obs: Observation, reading: StoreReading) -> Outcome:
         action = decision.action
@@ -243,6 +246,8 @@ class Executor:
         if lease is None:
             raise HacoreError("PROMOTE without a lease")
         view = obs.view or ClusterView(leader=None)
+        if self._succession is None or self._succession[0] != lease.token:
+            self._succession = (lease.token, succession(obs, self.name, lease.token))
         if not obs.db.running:
             self.b.replication.start()
         if self._approved != lease.token:
@@ -275,8 +280,14 @@ class Executor:
             # it unknown and its check decides), and no guess in the history entry
             self.log.warning("promoted, but the database does not answer: %s", err)
             status = UNKNOWN_STATUS
-        entry = keys.HistoryEntry(self.name, lease.token, status.timeline, status.position)
+        entry = attrs.evolve(
+            self._succession[1], timeline=status.timeline, position=status.position
+        )
         try:
+            if entry.reason == "restarted" and not self.store_call(
+                lambda: self.b.consensus.get_prefix(keys.HISTORY_PREFIX)
+            ):
+                entry = attrs.evolve(entry, reason="first_start", previous=None)
             self.store_call(
                 lambda: self.b.consensus.put(keys.history_key(lease.token), entry.encode())
             )
@@ -563,3 +574,37 @@ def _writable(replication: ReplicationBackend) -> bool:
         return replication.status().writable
     except HacoreError:
         return False
+
+
+def succession(obs: Observation, name: str, token: int) -> keys.HistoryEntry:
+    """The history entry of this node's promotion, without its new position yet: who was the
+    active before (the status key survives it) and why it is no longer.
+
+    A switchover request away from the old active names a planned handover; otherwise the old
+    active's member record tells a released lease (it stepped down and lives on, fenced) from
+    an expired one (the record is bound to the same session as the lease and went with it).
+    The status key naming this node itself is its own earlier leadership, or the bootstrap's
+    record on the cluster's first start (told apart by an empty history when writing).
+    """
+    status = obs.active_status
+    if status is None:
+        return keys.HistoryEntry(name, token, reason="first_start")
+    old = status.name
+    req = obs.switchover
+    if old == name:
+        reason = "restarted"
+    elif req is not None and req.from_node == old:
+        reason = "switchover"
+    elif obs.view is not None and obs.view.member(old) is not None:
+        reason = "stepped_down"
+    else:
+        reason = "lease_expired"
+    return keys.HistoryEntry(
+        name,
+        token,
+        reason=reason,
+        previous=old,
+        previous_timeline=status.timeline,
+        previous_position=status.position,
+        switchover_to=req.to_node if reason == "switchover" and req is not None else None,
+    )

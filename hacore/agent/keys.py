@@ -31,6 +31,7 @@ from hacore.errors import HacoreError
 __all__ = [
     "CONFIG_KEY",
     "HISTORY_PREFIX",
+    "HISTORY_REASONS",
     "LEADER_KEY",
     "MEMBERS_PREFIX",
     "REMOVED_PREFIX",
@@ -172,15 +173,38 @@ def removed_names(keys: tuple[str, ...]) -> frozenset[str]:
 # -- history ---------------------------------------------------------------------------------
 
 
+#: Why the active changed, as :attr:`HistoryEntry.reason` holds it.
+HISTORY_REASONS = {
+    "first_start": "first start of the cluster",
+    "switchover": "planned switchover",
+    "stepped_down": "the old active stepped down (fenced itself) and released its lease",
+    "lease_expired": "the old active's lease expired (crash, or cut off from the store)",
+    "restarted": "this node's own earlier leadership ended (its agent restarted)",
+}
+
+
 @attrs.frozen
 class HistoryEntry:
-    """One leadership: who became active, with which fencing token, from which position."""
+    """One leadership: who became active, with which fencing token, from which position.
+
+    ``timeline`` and ``position`` are the new active's right after its promotion (where its
+    timeline switched). The ``previous_*`` fields are what the new active knew of the old one
+    from the status key (the old active's last written position); entries written before they
+    existed read with None.
+    """
 
     node: str
     token: int
     timeline: int | None = None
     position: int | None = None
     promoted_at: float = attrs.field(factory=time.time)
+    #: a key of :data:`HISTORY_REASONS`, None when unknown (older entries)
+    reason: str | None = None
+    previous: str | None = None
+    previous_timeline: int | None = None
+    previous_position: int | None = None
+    #: the switchover's requested target (None: the best standby), for a switchover only
+    switchover_to: str | None = None
 
     def encode(self) -> bytes:
         return _dump(attrs.asdict(self))
@@ -199,4 +223,14 @@ class HistoryEntry:
             timeline=_optional_int(data, "timeline", "history"),
             position=_optional_int(data, "position", "history"),
             promoted_at=float(at) if isinstance(at, int | float) else 0.0,
+            reason=_text(data, "reason", "history", optional=True),
+            previous=_text(data, "previous", "history", optional=True),
+            previous_timeline=_optional_int(data, "previous_timeline", "history"),
+            previous_position=_optional_int(data, "previous_position", "history"),
+            switchover_to=_text(data, "switchover_to", "history", optional=True),
         )
+
+    def to_json(self) -> dict[str, Any]:
+        data = attrs.asdict(self)
+        data["reason_text"] = HISTORY_REASONS.get(self.reason or "", "unknown (older entry)")
+        return data

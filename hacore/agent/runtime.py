@@ -646,6 +646,8 @@ class Agent:
             reason=self._last_error or decision.reason,
             servers=self.supervisor.status(),
             failsafe=self._failsafe_json(),
+            observation=obs,
+            decision=decision,
         )
 
     def _log_decision(self, decision: Decision) -> None:

@@ -108,6 +108,12 @@ class ApiClient:
     def switchover(self, to: str | None = None) -> dict[str, Any]:
         return self._json(self._request("POST", "/switchover", json={"to": to}))
 
+    def history(self) -> dict[str, Any]:
+        return self._json(self._request("GET", "/history"))
+
+    def explain(self, name: str) -> dict[str, Any]:
+        return self._json(self._request("GET", f"/nodes/{quote(name, safe='')}/explain"))
+
     def metrics(self) -> str:
         return self._request("GET", "/metrics").text
 

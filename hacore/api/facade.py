@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from hacore.agent.state import NodeState
+from hacore.agent.state import Decision, NodeState, Observation
 from hacore.agent.supervise import ServerStatus
 from hacore.health import CheckResult
 from hacore.records import Member
@@ -67,6 +67,9 @@ class NodeSnapshot:
     #: Failsafe mode as this node last saw it (None when ``failsafe_mode`` is off): whether
     #: the active holds on its members' confirmations, and any promise this node gave.
     failsafe: Mapping[str, Any] | None = attrs.field(default=None, converter=_frozen_optional)
+    #: The loop's last observation and decision, for ``cluster explain`` (hacore/agent/explain.py).
+    observation: Observation | None = None
+    decision: Decision | None = None
 
     def loop_age(self, now: float) -> float | None:
         return None if self.last_loop_at is None else max(0.0, now - self.last_loop_at)

@@ -172,6 +172,8 @@ class ApiApp:
             _Route(
                 re.compile("/nodes/(?P<name>[^/]+)"), {"GET": self._node, "DELETE": self._remove}
             ),
+            _Route(re.compile("/nodes/(?P<name>[^/]+)/explain"), {"GET": self._explain}),
+            _Route(re.compile("/history"), {"GET": self._history}),
             _Route(re.compile("/switchover"), {"POST": self._switchover}),
             # failsafe questions are signed with the cluster's key, checked by the agent
             _Route(re.compile(FAILSAFE_PATH), {"POST": self._failsafe}, public=True),
@@ -337,6 +339,18 @@ class ApiApp:
         if member is None:
             raise NotFoundError(f'no node named "{name}" in this cluster')
         return json_response(200, member_json(member, snap))
+
+    def _explain(self, req: Request, params: dict[str, str]) -> Response:
+        source = getattr(self.facade, "explain", None)
+        if source is None:
+            raise NotFoundError(f"{self.facade.snapshot().node_name} explains nothing")
+        return json_response(200, source(unquote(params["name"])))
+
+    def _history(self, req: Request, params: dict[str, str]) -> Response:
+        source = getattr(self.facade, "history", None)
+        if source is None:
+            raise NotFoundError(f"{self.facade.snapshot().node_name} keeps no history")
+        return json_response(200, source())
 
     # ---- operations ----
 

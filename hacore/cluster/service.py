@@ -31,13 +31,15 @@ from typing import Any
 import attrs
 
 from hacore import pki
+from hacore.agent import keys
 from hacore.agent.execute import ReplicationCredentials
+from hacore.agent.explain import explain
 from hacore.agent.keeper import KeeperProcess
 from hacore.agent.runtime import Agent
 from hacore.agent.state import NodeState
 from hacore.agent.support import build_backends
 from hacore.api.auth import hash_password
-from hacore.api.errors import BadRequestError, ConflictError, UnavailableError
+from hacore.api.errors import BadRequestError, ConflictError, NotFoundError, UnavailableError
 from hacore.api.facade import NodeSnapshot
 from hacore.api.limits import raise_open_file_limit
 from hacore.api.server import ApiServer, PlainHttp
@@ -592,6 +594,39 @@ class NodeService:
             raise UnavailableError("this node's agent is not running")
         request = agent.request_switchover(to)
         return {"from": request.from_node, "to": request.to_node}
+
+    def explain(self, name: str) -> dict[str, Any]:
+        """``GET /nodes/<name>/explain``: each node explains itself, from its last loop."""
+        own = self.config.node.name
+        if name != own:
+            raise NotFoundError(f"this is {own}: ask {name}'s own API for its explanation")
+        agent = self.agent
+        if agent is None:
+            raise UnavailableError(f"{own}'s agent is not running")
+        snap = agent.snapshot()
+        data = explain(snap.observation, snap.decision, agent.dcfg, snap.state).to_json()
+        data["node"] = own
+        data["failing_checks"] = {
+            check: result.detail for check, result in snap.checks.items() if not result.ok
+        }
+        data["maximum_lag_on_failover"] = agent.dcfg.maximum_lag_on_failover
+        data["synchronous_mode"] = agent.dcfg.synchronous_mode.value
+        return data
+
+    def history(self) -> dict[str, Any]:
+        """``GET /history``: every change of active, oldest first (read from the store)."""
+        self.require_member()
+        agent = self.agent
+        if agent is None:
+            raise UnavailableError("this node's agent is not running")
+        entries = []
+        for kv in agent.backends.consensus.get_prefix(keys.HISTORY_PREFIX):
+            try:
+                entries.append(keys.HistoryEntry.decode(kv.value))
+            except HacoreError as err:
+                log.warning("unreadable history entry %s: %s", kv.key, err)
+        entries.sort(key=lambda e: e.token)
+        return {"history": [e.to_json() for e in entries]}
 
     def failsafe(self, body: bytes, signature: str) -> tuple[bytes, str]:
         """``POST /failsafe``: the agent's signed answer to an active's failsafe question."""
