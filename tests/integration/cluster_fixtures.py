@@ -280,17 +280,24 @@ class CliCluster:
                 node.cleanup()
 
 
-def formed_cluster(backend: str, *, start_json: bool = False) -> Iterator[CliCluster]:
+def formed_cluster(
+    backend: str,
+    *,
+    start_json: bool = False,
+    env: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Iterator[CliCluster]:
     """Body of a fixture: n1 starts the cluster, n2 and n3 join it, all through the CLI.
 
     ``start_json``: ``cluster start --json``, whose answer is kept in ``outputs["start"]``
     too; else the human output, from which the CA fingerprint is read as an operator would.
+    ``env`` and ``extra`` are given to every node (:meth:`CliCluster.add`).
     """
     import shutil
 
     cluster = CliCluster(make_root(), backend)
     try:
-        first = cluster.add("n1")
+        first = cluster.add("n1", env=env, extra=extra)
         start = ["cluster", "start", "-c", str(first.config_path), "--timeout", str(WAIT)]
         out = cluster.cli(*start, *(["--json"] if start_json else []))
         cluster.outputs["start"] = out.output
@@ -301,7 +308,7 @@ def formed_cluster(backend: str, *, start_json: bool = False) -> Iterator[CliClu
             assert found, out.output
             cluster.ca_fingerprint = found.group(1)
         for name in ("n2", "n3"):
-            node = cluster.add(name)
+            node = cluster.add(name, env=env, extra=extra)
             cluster.outputs[f"join {name}"] = cluster.cli(
                 "cluster",
                 "join",

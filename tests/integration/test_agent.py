@@ -1,5 +1,12 @@
-"""Real agents on real PostgreSQL servers: forming a cluster, failover, switchover, vetoes,
-crashes in the middle of a promotion, and self-fencing when the store stops answering.
+"""In-process agents on real PostgreSQL servers: forming a cluster, failover, switchover,
+vetoes, crashes in the middle of a promotion, and self-fencing when the store stops answering.
+
+These are the fast, unit-level variants (hence ``_in_process`` in every name): the agents run
+as objects in this process, a "kill" stops a loop cooperatively and the hooks are an
+in-process recorder. The same promises proven with real ``hacore agent run`` processes on a
+real etcd, with SIGKILL and SIGSTOP (host death with a writer, fencing when the store freezes
+bounded on the last writable sample, SIGKILL in the middle of a promotion, a veto and the hook
+order through a real hook plugin) live in test_agent_real.py.
 
 Three agents run in this process, each with its own data directory and PostgreSQL port; the
 first node is bootstrapped as ``cluster start`` would, the other two clone themselves. The
@@ -66,7 +73,7 @@ def standbys(cluster: AgentCluster, leader: Node) -> list[Node]:
     return [n for n in cluster.nodes.values() if n is not leader]
 
 
-def test_cluster_forms_with_clones_made_by_the_agents(cluster: AgentCluster) -> None:
+def test_cluster_forms_with_clones_made_by_the_agents_in_process(cluster: AgentCluster) -> None:
     leader = cluster.wait_converged()
     assert leader.name == "n1", "the bootstrapped node must be the first active"
     others = standbys(cluster, leader)
@@ -103,7 +110,7 @@ def test_cluster_forms_with_clones_made_by_the_agents(cluster: AgentCluster) -> 
     assert sorted(m["name"] for m in body["members"]) == ["n1", "n2", "n3"]
 
 
-def test_failover_keeps_every_acknowledged_write(cluster: AgentCluster) -> None:
+def test_failover_keeps_every_acknowledged_write_in_process(cluster: AgentCluster) -> None:
     old = cluster.wait_converged()
     sync = cluster.sync_standby()
     writer = Writer(old, f"fo-{secrets.token_hex(3)}").start()
@@ -140,7 +147,9 @@ def test_failover_keeps_every_acknowledged_write(cluster: AgentCluster) -> None:
     assert set(acked) <= notes(old)
 
 
-def test_planned_switchover(cluster: AgentCluster, caplog: pytest.LogCaptureFixture) -> None:
+def test_planned_switchover_in_process(
+    cluster: AgentCluster, caplog: pytest.LogCaptureFixture
+) -> None:
     old = cluster.wait_converged()
     sync = cluster.sync_standby()
     # A standby that is not the synchronous one: the active must make it synchronous first.
@@ -176,7 +185,7 @@ def test_planned_switchover(cluster: AgentCluster, caplog: pytest.LogCaptureFixt
     print(f"switchover took {took:.1f}s")
 
 
-def test_vetoed_promotion_keeps_the_node_a_standby(cluster: AgentCluster) -> None:
+def test_vetoed_promotion_keeps_the_node_a_standby_in_process(cluster: AgentCluster) -> None:
     old = cluster.wait_converged()
     target = standbys(cluster, old)[0]
     promotions = target.recorder.names().count("after_promote")
@@ -203,7 +212,7 @@ def test_vetoed_promotion_keeps_the_node_a_standby(cluster: AgentCluster) -> Non
     assert cluster.wait_converged() is target
 
 
-def test_clean_stop_hands_over_at_once(cluster: AgentCluster) -> None:
+def test_clean_stop_hands_over_at_once_in_process(cluster: AgentCluster) -> None:
     old = cluster.wait_converged()
     sync = cluster.sync_standby()  # else nobody may take over in synchronous mode
     stopped_at = time.monotonic()
@@ -220,7 +229,9 @@ def test_clean_stop_hands_over_at_once(cluster: AgentCluster) -> None:
     assert cluster.wait_converged() is new
 
 
-def test_agent_killed_in_the_middle_of_a_promotion_converges(cluster: AgentCluster) -> None:
+def test_agent_killed_in_the_middle_of_a_promotion_converges_in_process(
+    cluster: AgentCluster,
+) -> None:
     old = cluster.wait_converged()
     victim = standbys(cluster, old)[0]
     insert(old, "before-kill")
@@ -245,7 +256,9 @@ def test_agent_killed_in_the_middle_of_a_promotion_converges(cluster: AgentClust
     assert len(cluster.actives()) == 1
 
 
-def test_active_fences_itself_when_the_store_stops_answering(cluster: AgentCluster) -> None:
+def test_active_fences_itself_when_the_store_stops_answering_in_process(
+    cluster: AgentCluster,
+) -> None:
     leader = cluster.wait_converged()
     store = get_store(cluster.store["store"])
     renewed = leader.agent.lease.last_renewal
@@ -289,7 +302,7 @@ def store_cluster(
         yield from running_cluster(make_root(), harness.settings(), backend=name)
 
 
-def test_failover_on_a_real_store(store_cluster: AgentCluster) -> None:
+def test_failover_on_a_real_store_in_process(store_cluster: AgentCluster) -> None:
     """kill -9 of the active's agent and database: its store session expires by itself."""
     cluster = store_cluster
     old = cluster.wait_converged()
