@@ -308,7 +308,13 @@ def test_an_interrupted_join_resumes_or_rolls_back(formed: CliCluster) -> None:
             assert store_members(formed, active).get("cut") is not True
             formed.cli(*join, "--timeout", str(WAIT))
         else:
-            assert json.loads(state_file.read_text())["phase"] == "member"
+            # streaming first; the service then records the join as done
+            wait_for(
+                lambda: json.loads(state_file.read_text())["phase"] == "member",
+                WAIT,
+                interval=0.5,
+                what="the resumed join to be recorded as done",
+            )
         assert store_members(formed, active)["cut"] is True
         wait_for(
             lambda: formed.view()["cut"]["replication"] == "streaming", WAIT, what="cut streaming"
