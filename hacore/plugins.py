@@ -173,6 +173,9 @@ def _load_env_plugins(pm: pluggy.PluginManager) -> None:
             raise ConfigError(
                 f"{PLUGINS_ENV} names {module_name!r}, which does not import ({err})"
             ) from err
+        if pm.is_registered(module):
+            # installed too: its entry point already registered it under another name
+            continue
         pm.register(module, name=module_name)
 
 

@@ -59,6 +59,18 @@ def test_memory_backend_is_no_entry_point_but_loads_through_the_environment(
     assert plugins.registry.get("test_harness", "memory") is MemoryHarness
 
 
+def test_an_installed_plugin_also_named_in_the_environment_loads_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # hacore_plugins.etcd is an entry point named "etcd": naming its module again must not
+    # make pluggy refuse it as registered under a different name.
+    monkeypatch.setenv(PLUGINS_ENV, "hacore_plugins.etcd")
+    plugins = load_plugins()
+    assert "etcd" in plugins.registry.names("consensus")
+    names = plugins.plugin_names()
+    assert "etcd" in names and "hacore_plugins.etcd" not in names
+
+
 def test_a_plugin_module_that_does_not_import_is_a_config_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
