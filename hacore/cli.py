@@ -18,6 +18,7 @@ from rich.table import Table
 
 from hacore import __version__
 from hacore.cli_cluster import add_cluster_commands
+from hacore.cli_node import add_node_commands
 from hacore.errors import ConfigError, HacoreError
 from hacore.logsetup import TEXT_FORMAT
 from hacore.plugins import FAMILIES, load_plugins
@@ -197,6 +198,7 @@ def demo(backend: str, workdir: str | None, store_only: bool, ttl: float) -> Non
 
 
 add_cluster_commands(cli)
+add_node_commands(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

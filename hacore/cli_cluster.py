@@ -629,7 +629,8 @@ def add_cluster_commands(group: click.Group) -> None:
     """Register ``agent`` and ``cluster`` on the top-level ``hacore`` group."""
     import hacore.cli_haproxy  # adds haproxy-config
     import hacore.cli_history  # adds history and explain
-    import hacore.cli_nodes  # noqa: F401 - adds the nodes, status and switchover commands
+    import hacore.cli_nodes  # adds the nodes, status and switchover commands
+    import hacore.cli_salvage  # noqa: F401 - adds salvage list and show
 
     group.add_command(agent)
     group.add_command(cluster)

@@ -26,6 +26,7 @@ def _when(at: Any) -> str:
 _SHORT = {
     "first_start": "first start",
     "switchover": "switchover",
+    "manual_failover": "manual failover",
     "stepped_down": "stepped down",
     "lease_expired": "lease expired",
     "restarted": "restarted",

@@ -3,12 +3,15 @@ steering a formed cluster through the CLI profile, from any machine."""
 
 from __future__ import annotations
 
+import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 from rich.table import Table
 
+from hacore.api.client import ApiClient
 from hacore.api.errors import ApiError, ApiUnreachableError, AuthenticationError, UnavailableError
 from hacore.cli_cluster import (
     REMOVE_TIMEOUT,
@@ -27,6 +30,37 @@ from hacore.cluster.profile import (
     save_profile,
 )
 from hacore.errors import HacoreError
+
+T = TypeVar("T")
+#: seconds between two looks at a running restart or reinit
+POLL = 0.5
+#: print a reinit's copy progress at most this often (seconds)
+CLONE_EVERY = 2.0
+#: seconds a node under repair may not answer before the command calls it interrupted
+SILENT_LIMIT = 30.0
+
+
+def _yes_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--yes", "-y", "yes", is_flag=True, help="Do not ask for confirmation (for scripts)."
+    )(func)
+
+
+def confirm(yes: bool, what: str) -> None:
+    """Ask on a terminal before a destructive command; ``--yes`` answers for scripts.
+
+    Without a terminal to ask on and without ``--yes`` the command is refused (an unattended
+    script must say it means it), naming the option.
+    """
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise HacoreError(
+            f"{what}: refused without confirmation; there is no terminal to ask on, so pass "
+            "--yes to confirm"
+        )
+    click.confirm(f"{what}. Continue?", default=False, abort=True)
+
 
 # -------------------------------------------------------------------------------------------
 # Reading the cluster
@@ -142,6 +176,28 @@ def _replication_text(member: dict[str, Any]) -> str:
     return "streaming" if streaming else "not streaming"
 
 
+def minority_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """A loud line per node that stays active cut off from the store's majority
+    (``failover.minority_mode: on``): the cluster may have two histories right now."""
+    found = []
+    for row in rows:
+        minority = row.get("minority") or {}
+        if minority.get("salvage_error"):
+            found.append(
+                f"WARNING: {row['name']} is not rewound because exporting its writes failed: "
+                f"{minority['salvage_error']}"
+            )
+        if minority.get("holding"):
+            found.append(
+                f"WARNING: {row['name']} cannot reach a majority of the store (for "
+                f"{minority.get('cut_off_for')}s) and keeps running as ACTIVE in minority mode: "
+                "another node may be active on the other side; when the network heals the "
+                "loser's writes since the cut go to a salvage archive (hacore cluster salvage "
+                "list), not to the database"
+            )
+    return found
+
+
 def _node_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for member in data.get("members", []):
@@ -163,6 +219,8 @@ def _node_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "version": member.get("version"),
                 # failsafe mode, as the answering node sees itself (None elsewhere, or off)
                 "failsafe": member.get("failsafe"),
+                # minority mode, as the answering node sees itself (None elsewhere, or off)
+                "minority": member.get("minority") or (member.get("extra") or {}).get("minority"),
             }
         )
     return rows
@@ -170,7 +228,7 @@ def _node_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 @cluster.group("nodes")
 def nodes() -> None:
-    """List, inspect and remove the cluster's nodes."""
+    """List, inspect, add, remove, restart and re-clone the cluster's nodes."""
 
 
 @nodes.command("list")
@@ -225,6 +283,8 @@ def nodes_list(ctx: click.Context, as_json: bool) -> None:
                     f"failsafe: the store does not answer; {row['name']} stays active on every "
                     f"member's confirmation for {failsafe.get('deadline_in')}s more"
                 )
+        for warning in minority_warnings(rows):
+            click.echo(warning, err=True)
         if note:
             click.echo(note)
 
@@ -278,27 +338,34 @@ def nodes_get(ctx: click.Context, name: str, as_json: bool) -> None:
 
 @nodes.command("remove")
 @click.argument("name")
+@_yes_option
 @_json_option
 @click.pass_context
-def nodes_remove(ctx: click.Context, name: str, as_json: bool) -> None:
+def nodes_remove(ctx: click.Context, name: str, yes: bool, as_json: bool) -> None:
     """Remove standby NAME from the cluster for good.
 
     \b
     On the active node: marks NAME removed (its agent, if alive, steps down to "removed",
     never campaigns again, and stops its database and store server), removes its store
     server from the store (managed store), drops its replication slot and database access,
-    and cancels a join still pending under that name. The name cannot be used again. The
-    active itself is refused: switch over first. Running it again finishes an interrupted
-    removal.
+    and cancels a join still pending under that name. A fresh node may later join under
+    the same name (the old node's agent must be stopped). The active itself is refused:
+    switch over first. Running it again finishes an interrupted removal.
 
     \b
-    Exit status: 0 removed; 2 refused (the active, an unknown name) or failed.
+    Asks for confirmation on a terminal; --yes confirms in scripts (without a terminal and
+    without --yes it is refused).
+
+    \b
+    Exit status: 0 removed; 1 not confirmed; 2 refused (the active, an unknown name, no
+    confirmation) or failed.
 
     \b
     Example:
-      hacore cluster nodes remove manager-3
+      hacore cluster nodes remove manager-3 --yes
     """
     profile = require_profile(_profile_path(ctx))
+    confirm(yes, f"remove node {name} from cluster {profile.cluster} for good")
     with active_client(profile) as found:
         url = found.base_url
     with profile.client(url, timeout=REMOVE_TIMEOUT) as client:
@@ -395,6 +462,7 @@ def cluster_status(ctx: click.Context, as_json: bool) -> None:
     probes = [_probe(name, url, profile) for name, url in profile.nodes]
     active = data.get("node") if from_active else None
     record = data.get("record") or {}
+    warnings = minority_warnings(probes)
     result = {
         "cluster": data.get("cluster"),
         "namespace": data.get("namespace"),
@@ -403,6 +471,7 @@ def cluster_status(ctx: click.Context, as_json: bool) -> None:
         "store_ok": data.get("store_ok"),
         "store_members": data.get("store_members"),
         "nodes": probes,
+        "warnings": warnings,
     }
 
     def text() -> None:
@@ -427,6 +496,8 @@ def cluster_status(ctx: click.Context, as_json: bool) -> None:
                 str(probe["detail"] or ""),
             )
         console.print(table)
+        for warning in warnings:
+            click.echo(warning, err=True)
 
     _emit(as_json, result, text)
     if active is None:
@@ -451,6 +522,7 @@ def _probe(name: str, url: str, profile: Profile) -> dict[str, Any]:
     found["http_status"] = 200 if status.get("active") else 503
     found["state"] = status.get("state")
     found["active"] = bool(status.get("active"))
+    found["minority"] = status.get("minority")
     if status.get("standby_streaming"):
         found["detail"] = f"streaming from {status.get('leader')}"
     return found
@@ -479,7 +551,21 @@ def cluster_switchover(ctx: click.Context, to: str | None, timeout: float, as_js
       hacore cluster switchover --to manager-2
     """
     path = _profile_path(ctx)
-    profile = require_profile(path)
+    old, new, took = _switch_over(path, require_profile(path), to, timeout)
+    result = {"from": old, "to": new, "seconds": round(took, 3)}
+    _emit(
+        as_json,
+        result,
+        lambda: click.echo(
+            f"switchover done: {new} is the active node (was {old}); took {took:.1f} s"
+        ),
+    )
+
+
+def _switch_over(
+    path: Any, profile: Profile, to: str | None, timeout: float
+) -> tuple[str, str, float]:
+    """Request a switchover and wait for the new active: (old, new, seconds)."""
     with active_client(profile) as client:
         old = str(client.status().get("node"))
         began = time.monotonic()
@@ -504,11 +590,303 @@ def cluster_switchover(ctx: click.Context, to: str | None, timeout: float, as_js
             time.sleep(0.1)
     took = time.monotonic() - began
     save_profile(path, profile.with_nodes(members_of(data) or profile.nodes, active=new))
-    result = {"from": old, "to": new, "seconds": round(took, 3)}
+    return old, new, took
+
+
+# -------------------------------------------------------------------------------------------
+# Repair: restart, reinit, manual failover
+# -------------------------------------------------------------------------------------------
+
+
+def _member_of(data: dict[str, Any], name: str) -> dict[str, Any]:
+    member = next((m for m in data.get("members", []) if m.get("name") == name), None)
+    if member is None:
+        names = ", ".join(str(m.get("name")) for m in data.get("members", [])) or "none"
+        raise HacoreError(f'no node named "{name}" in cluster {data.get("cluster")} ({names})')
+    return dict(member)
+
+
+def _node_url(profile: Profile, member: dict[str, Any]) -> str:
+    url = member.get("api_url") or dict(profile.nodes).get(str(member.get("name")))
+    if not url:
+        raise HacoreError(f"the API address of {member.get('name')} is unknown")
+    return str(url)
+
+
+def _wait_standby(ctx: click.Context, name: str, timeout: float) -> dict[str, Any]:
+    """Until the former active ``name`` streams as a standby (rewound by its agent)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, data, from_active = _reach(ctx, need_active=True)
+            member = _member_of(data, name)
+            if from_active and member.get("role") == "standby" and member.get("streaming"):
+                return member
+        except (ApiUnreachableError, UnavailableError):
+            pass
+        if time.monotonic() > deadline:
+            raise HacoreError(f"{name} does not stream as a standby within {timeout:g}s")
+        time.sleep(POLL)
+
+
+def _follow_repair(client: ApiClient, name: str, timeout: float, as_json: bool) -> dict[str, Any]:
+    """Poll the node's ``operation`` (its restart or reinit) until it ends; print each step
+    and a reinit's copy progress."""
+    deadline = time.monotonic() + timeout
+    said: set[tuple[str, str]] = set()
+    last_clone = 0.0
+    answered = time.monotonic()
+    while True:
+        try:
+            op = dict(client.cluster().get("operation") or {})
+            answered = time.monotonic()
+        except (ApiUnreachableError, UnavailableError) as err:
+            if time.monotonic() - answered > SILENT_LIMIT:
+                raise HacoreError(
+                    f"{name}'s agent does not answer any more ({err}): the operation was "
+                    f"interrupted; see hacore cluster nodes get {name} once it is back"
+                ) from None
+            time.sleep(POLL)
+            continue
+        if op.get("operation") not in ("restart", "reinit"):
+            raise HacoreError(
+                f"{name}'s agent no longer shows the operation (its service restarted?): it "
+                f"was interrupted; see hacore cluster nodes get {name}"
+            )
+        for step in op.get("steps", []):
+            key = (step["name"], step["state"])
+            if step["state"] in ("running", "done") and key not in said and not as_json:
+                said.add(key)
+                detail = f": {step['detail']}" if step.get("detail") else ""
+                click.echo(f"  {step['title']} ... {step['state']}{detail}")
+        clone = op.get("clone")
+        if clone and not as_json and time.monotonic() - last_clone >= CLONE_EVERY:
+            last_clone = time.monotonic()
+            total = clone["total"] or 1
+            click.echo(
+                f"  copied {human_bytes(clone['done'])} of {human_bytes(clone['total'])} "
+                f"({100 * clone['done'] / total:.0f}%)"
+            )
+        if op.get("state") == "done":
+            return dict(op)
+        if op.get("state") == "failed":
+            raise HacoreError(f"{name}: {op.get('error')}")
+        if time.monotonic() > deadline:
+            raise HacoreError(
+                f"{name} did not finish within {timeout:g}s (it goes on: see hacore cluster "
+                f"nodes get {name})"
+            )
+        time.sleep(POLL)
+
+
+@nodes.command("restart")
+@click.argument("name")
+@click.option(
+    "--services",
+    is_flag=True,
+    help="Restart the managed services too (stopped first, started last).",
+)
+@click.option(
+    "--database/--no-database",
+    default=True,
+    show_default=True,
+    help="Restart the database (--no-database with --services: the services only).",
+)
+@click.option(
+    "--in-place",
+    is_flag=True,
+    help="On the active: restart without a switchover (needs maintenance mode; see below).",
+)
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait.")
+@_json_option
+@click.pass_context
+def nodes_restart(
+    ctx: click.Context,
+    name: str,
+    services: bool,
+    database: bool,
+    in_place: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Restart node NAME's database (and with --services its managed services).
+
+    \b
+    On a standby: its agent stops the services that run everywhere (last started, first
+    stopped), stops the database, starts it again following the active, then starts the
+    services in their order, as a job (the agent decides nothing else meanwhile). The command
+    waits until the node streams again. On the active: it first switches over to the best
+    standby (as hacore cluster switchover), then restarts NAME as a standby. --in-place on
+    the active is refused: restarting the active without handing over needs maintenance
+    mode (hacore cluster pause), which this version does not have yet.
+
+    \b
+    Exit status: 0 restarted (streaming again); 2 refused or failed.
+
+    \b
+    Example:
+      hacore cluster nodes restart manager-2
+    """
+    path = _profile_path(ctx)
+    profile, data, from_active = _reach(ctx, need_active=False)
+    member = _member_of(data, name)
+    switched = None
+    if member.get("active") and from_active:
+        if in_place:
+            raise HacoreError(
+                f"{name} is the active node: an in-place restart needs maintenance mode "
+                "(hacore cluster pause), which this version does not have yet; without "
+                "--in-place the restart switches over first"
+            )
+        if not as_json:
+            click.echo(f"{name} is the active node: switching over first")
+        old, new, took = _switch_over(path, profile, None, timeout)
+        switched = {"from": old, "to": new, "seconds": round(took, 3)}
+        if not as_json:
+            click.echo(f"  switchover done: {new} is the active node; took {took:.1f} s")
+        member = _wait_standby(ctx, name, timeout)
+        if not as_json:
+            click.echo(f"  {name} streams from {new}")
+    with profile.client(_node_url(profile, member), timeout=30.0) as client:
+        answer = client.restart_node(name, database=database, services=services)
+        if not as_json:
+            click.echo(f"{name}: {answer.get('started')}")
+        began = time.monotonic()
+        op = _follow_repair(client, name, timeout, as_json)
+    took = time.monotonic() - began
+    result = {"node": name, "switchover": switched, "result": op.get("result"), "seconds": took}
+    _emit(as_json, result, lambda: click.echo(f"{op.get('result')} (took {took:.1f} s)"))
+
+
+@nodes.command("reinit")
+@click.argument("name")
+@click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds to wait.")
+@_yes_option
+@_json_option
+@click.pass_context
+def nodes_reinit(ctx: click.Context, name: str, timeout: float, yes: bool, as_json: bool) -> None:
+    """Re-clone standby NAME from the active, keeping its name.
+
+    \b
+    NAME's agent copies the active's database into a temporary directory while the old copy
+    keeps running; only a complete copy replaces it (the old one is then deleted), and the
+    node streams from the active again. A copy that fails or is interrupted (even by a
+    crash) leaves the old data as it was. Prints the copy's progress. Refused on the active
+    (switch over first).
+
+    \b
+    Asks for confirmation on a terminal; --yes confirms in scripts.
+
+    \b
+    Exit status: 0 re-cloned and streaming; 1 not confirmed; 2 refused or failed.
+
+    \b
+    Example:
+      hacore cluster nodes reinit manager-3 --yes
+    """
+    profile, data, _ = _reach(ctx, need_active=False)
+    member = _member_of(data, name)
+    if member.get("active"):
+        raise HacoreError(
+            f"{name} is the active node: it is never re-cloned; switch over first "
+            "(hacore cluster switchover), then reinit it as a standby"
+        )
+    confirm(yes, f"replace the database of {name} with a new copy from the active")
+    with profile.client(_node_url(profile, member), timeout=30.0) as client:
+        answer = client.reinit_node(name)
+        if not as_json:
+            click.echo(f"{name}: {answer.get('started')}")
+        began = time.monotonic()
+        op = _follow_repair(client, name, timeout, as_json)
+    took = time.monotonic() - began
+    result = {"node": name, "result": op.get("result"), "seconds": took, "clone": op.get("clone")}
+    _emit(as_json, result, lambda: click.echo(f"{op.get('result')} (took {took:.1f} s)"))
+
+
+def _ask_any(profile: Profile, call: Callable[[ApiClient], T]) -> T:
+    """``call`` on the first node of the profile that answers (there may be no active)."""
+    errors = []
+    for url in profile.urls():
+        try:
+            with profile.client(url, timeout=10.0) as client:
+                return call(client)
+        except (ApiUnreachableError, UnavailableError) as err:
+            errors.append(str(err))
+    raise UnavailableError(f"no node of the profile answers ({'; '.join(errors) or 'none'})")
+
+
+@cluster.command("failover")
+@click.option("--to", "to", required=True, help="The node to promote.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
+@_yes_option
+@_json_option
+@click.pass_context
+def cluster_failover(ctx: click.Context, to: str, timeout: float, yes: bool, as_json: bool) -> None:
+    """Promote node NAME when no node is active and none qualifies by itself.
+
+    \b
+    For a cluster whose active is dead and whose standbys all hold back: every one is past
+    maximum_lag_on_failover, or (synchronous mode) the synchronous standby died too. Shows
+    what may be lost (how far NAME is behind the last position the old active recorded:
+    writes it acknowledged that NAME never received), asks, then lets NAME campaign even so.
+    Refused while a node holds the lease: then hacore cluster switchover loses nothing.
+    Waits until NAME is the active node.
+
+    \b
+    Asks for confirmation on a terminal; --yes confirms in scripts.
+
+    \b
+    Exit status: 0 NAME is active; 1 not confirmed; 2 refused, or NAME not active within
+    --timeout.
+
+    \b
+    Example:
+      hacore cluster failover --to manager-2
+    """
+    path = _profile_path(ctx)
+    profile = require_profile(path)
+    preview = _ask_any(profile, lambda c: c.failover(to, dry_run=True))
+    lost = preview.get("may_lose_bytes")
+    loss = (
+        "an unknown amount of acknowledged writes"
+        if lost is None
+        else f"{human_bytes(lost)} ({lost} bytes) of acknowledged writes"
+    )
+    summary = (
+        f"{to} is at position {preview.get('position')} (timeline {preview.get('timeline')}); "
+        f"the last active, {preview.get('last_active')}, recorded position "
+        f"{preview.get('last_position')} (timeline {preview.get('last_timeline')}): promoting "
+        f"{to} may lose {loss}"
+    )
+    if not as_json:
+        click.echo(summary)
+    confirm(yes, f"promote {to} and lose what it does not have")
+    began = time.monotonic()
+    _ask_any(profile, lambda c: c.failover(to))
+    url = dict(profile.nodes).get(to)
+    deadline = began + timeout
+    while True:
+        try:
+            if url is not None:
+                with profile.client(url, timeout=2.0) as client:
+                    if client.status().get("active"):
+                        break
+            else:
+                with active_client(profile, timeout=2.0) as client:
+                    if client.status().get("node") == to:
+                        break
+        except (ApiUnreachableError, UnavailableError):
+            pass
+        if time.monotonic() > deadline:
+            raise HacoreError(
+                f"{to} is not active within {timeout:g}s (see hacore cluster explain {to})"
+            )
+        time.sleep(0.2)
+    took = time.monotonic() - began
+    save_profile(path, profile.with_nodes(profile.nodes, active=to))
+    result = {**preview, "requested": True, "seconds": round(took, 3)}
     _emit(
         as_json,
         result,
-        lambda: click.echo(
-            f"switchover done: {new} is the active node (was {old}); took {took:.1f} s"
-        ),
+        lambda: click.echo(f"failover done: {to} is the active node; took {took:.1f} s"),
     )

@@ -33,6 +33,7 @@ DEFAULT_API_PORT = 8008
 DEFAULT_DATA_DIR = Path("/var/lib/hacore")
 SYNC_MODES = ("off", "on", "strict")
 FAILSAFE_MODES = ("off", "on")
+MINORITY_MODES = ("off", "on")
 _PASSWORD_HASH_RE = re.compile(r"\$?[A-Za-z0-9_-]+\$.+")
 
 
@@ -102,6 +103,10 @@ class FailoverSettings:
     #: "off"; "on": with the whole store unreachable, the active stays active while every
     #: member's agent confirms it over the API (docs/fencing.md, "Failsafe mode")
     failsafe_mode: str = "off"
+    #: "off"; "on": an active cut off from the store's majority stays active, and on the
+    #: reconnection the losing side's writes are exported before it is rewound
+    #: (docs/fencing.md, "Minority mode")
+    minority_mode: str = "off"
 
 
 @attrs.frozen
@@ -455,6 +460,7 @@ def _failover(sec: Section) -> FailoverSettings:
             "switchover_max_lag", default.switchover_max_lag, what="a number of bytes >= 0"
         ),
         failsafe_mode=sec.choice("failsafe_mode", default.failsafe_mode, FAILSAFE_MODES),
+        minority_mode=sec.choice("minority_mode", default.minority_mode, MINORITY_MODES),
     )
 
 

@@ -43,6 +43,7 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
         "switchover_timeout",
         "switchover_max_lag",
         "failsafe_mode",
+        "minority_mode",
     ),
     "consensus": ("backend", "managed"),
     "replication": ("backend",),

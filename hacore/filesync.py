@@ -15,6 +15,15 @@ from hacore.errors import ConfigError, FilesyncError
 
 
 @attrs.frozen
+class FolderSync:
+    """One synchronised directory, named by its key (:func:`directory_keys`)."""
+
+    name: str
+    in_sync: bool
+    need_bytes: int = 0
+
+
+@attrs.frozen
 class SyncState:
     """How far this node's copy is from the active's."""
 
@@ -23,6 +32,8 @@ class SyncState:
     need_bytes: int = 0
     last_change: float | None = None
     detail: str = ""
+    #: Each directory on its own (for the metrics); empty when the engine could not tell.
+    folders: tuple[FolderSync, ...] = ()
 
 
 def directory_keys(directories: Sequence[Path], prefix: str = "hacore-") -> dict[str, Path]:

@@ -43,6 +43,9 @@ class StandbyState:
     #: The database's own word: "async", "potential", "sync" or "quorum" (PostgreSQL's
     #: ``sync_state``); with a quorum ("ANY 1 (a, b)") no single standby is guaranteed.
     sync_state: str = "async"
+    #: How long the standby takes to replay what the primary writes, in seconds (PostgreSQL's
+    #: ``replay_lag``; 0 once it caught up and nothing is written); None when unknown.
+    lag_seconds: float | None = None
 
 
 @attrs.frozen
@@ -60,6 +63,9 @@ class ReplicationStatus:
     #: The local history cannot simply follow a leader (it was a primary, or it went past the
     #: leader's fork point): only ``rewind`` brings it back.
     needs_rewind: bool = False
+    #: A changed setting waits for a restart of the server (PostgreSQL's ``pending_restart``);
+    #: None for a backend that cannot tell.
+    pending_restart: bool | None = None
 
     @property
     def known(self) -> bool:

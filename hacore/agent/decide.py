@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import attrs
 
+from hacore.agent import minority
 from hacore.agent.state import (
     Action,
     Decision,
@@ -62,6 +63,8 @@ def _decide(obs: Observation, cfg: DecisionConfig) -> Decision:
             "still holds its promise, so this active campaigns to take the lease back",
             failsafe=Failsafe.HOLDING,
         )
+    if minority.reclaims(obs, cfg):
+        return minority.reclaiming()
     if _writable(obs.db):
         return _unleased_writer(obs)
     if obs.job is not None:
@@ -163,7 +166,8 @@ def campaign_blockers(obs: Observation, cfg: DecisionConfig) -> tuple[Blocker, .
                 f"a promotion was vetoed; retrying in {obs.veto_until - obs.now:.1f}s",
             )
         )
-    if not _sync_eligible(obs, cfg, obs.node_name):
+    manual = _manual_failover_to(obs, cfg, obs.node_name)
+    if not manual and not _sync_eligible(obs, cfg, obs.node_name):
         found.append(
             Blocker(
                 "not_synchronous_standby",
@@ -171,7 +175,7 @@ def campaign_blockers(obs: Observation, cfg: DecisionConfig) -> tuple[Blocker, .
                 "active",
             )
         )
-    if database:
+    if database and not manual:
         assert db.position is not None
         behind = _lag(obs, db.position)
         if cfg.maximum_lag_on_failover is not None and behind > cfg.maximum_lag_on_failover:
@@ -206,6 +210,11 @@ def _holding(obs: Observation, cfg: DecisionConfig) -> Decision:
     lease = _lease(obs)
     deadline = _deadline(obs, cfg, lease)
     failsafe = _failsafe_holds(obs, cfg, lease)
+    # Rule N1: minority mode keeps an active cut off from the store's majority active; its
+    # other step-down reasons still apply (the store check is the outage itself)
+    cut_off = minority.store_out_of_reach(obs, cfg)
+    if minority.holds(obs, cfg, deadline) and not _step_down_reason(obs, cfg, lease, failsafe=True):
+        return minority.holding(obs, cfg, deadline)
     if obs.now >= deadline:
         age = obs.now - (obs.last_renewal or 0.0)
         return Decision(
@@ -216,7 +225,7 @@ def _holding(obs: Observation, cfg: DecisionConfig) -> Decision:
             "fencing before the lease can expire elsewhere",
         )
     certain = obs.lease_status is LeaseStatus.HELD
-    problem = _step_down_reason(obs, cfg, lease, failsafe=failsafe)
+    problem = _step_down_reason(obs, cfg, lease, failsafe=failsafe or cut_off)
     if problem is not None:
         after = NodeState.REMOVED if obs.removed else NodeState.FENCED
         if certain:
@@ -301,6 +310,10 @@ def _switchover_as_active(obs: Observation, cfg: DecisionConfig) -> Decision | N
     req = obs.switchover
     if req is None:
         return None
+    if req.manual:
+        # written while no node held the lease: this lease makes it moot (rule M1)
+        why = f"the manual failover to {req.to_node} is done or moot; clearing it"
+        return _stay(why, clear=True)
     if req.from_node != obs.node_name:
         why = f"the switchover request away from {req.from_node} is done or stale; clearing it"
         return _stay(why, clear=True)
@@ -387,6 +400,8 @@ def _unleased_writer(obs: Observation) -> Decision:
 
 def _busy(job: Action) -> Decision:
     state = NodeState.CLONING if job is Action.CLONE else NodeState.REJOINING
+    if job is Action.RESTART:
+        state = NodeState.STANDBY
     return Decision(Action.NONE, state, f"{job.value} is still running")
 
 
@@ -554,7 +569,7 @@ def _member_ahead(obs: Observation, cfg: DecisionConfig, view: ClusterView) -> M
     for m in view.members:
         if m.name == obs.node_name or m.position is None:
             continue
-        if req is not None and m.name == req.from_node:
+        if req is not None and m.name == req.from_node and not req.manual:
             if _short_of_old_active(obs, req, m, ours):
                 return m
             continue
@@ -666,6 +681,16 @@ def _promised_rest(obs: Observation, why: str) -> Decision:
         f"not to campaign for another {obs.promised_until - obs.now:.1f}s",
     )
     return attrs.evolve(rest, failsafe=Failsafe.PROMISED)
+
+
+def _manual_failover_to(obs: Observation, cfg: DecisionConfig, name: str) -> bool:
+    """Rule M1: a pending manual failover (``cluster failover --to``) names ``name``: the
+    operator saw what may be lost and accepted it, so neither ``maximum_lag_on_failover`` nor
+    synchronous mode hold that node back, and it does not wait for members ahead of it. The
+    rest still does: no database, one that does not answer, failing checks, a veto, a
+    failsafe promise. The request is only written while no node holds the lease."""
+    req = _pending_switchover(obs, cfg)
+    return req is not None and req.manual and req.to_node == name
 
 
 def _pending_switchover(obs: Observation, cfg: DecisionConfig) -> SwitchoverRequest | None:

@@ -38,6 +38,7 @@ import attrs
 from hacore import __version__
 from hacore.agent import keys
 from hacore.agent.companions import Companions
+from hacore.agent.counters import Event, EventCounters
 from hacore.agent.hooks import HookCaller, NodeLog
 from hacore.agent.jobs import Jobs
 from hacore.agent.observe import StoreReading
@@ -151,6 +152,7 @@ class Executor:
         credentials: Callable[[], ReplicationCredentials | None],
         member: Callable[[NodeRole, Observation], Member],
         clock: Clock = time.monotonic,
+        counters: EventCounters | None = None,
     ) -> None:
         self.config = config
         self.dcfg = dcfg
@@ -164,6 +166,9 @@ class Executor:
         self.credentials = credentials
         self.member = member
         self.clock = clock
+        self.counters = counters or EventCounters()
+        #: the lease token whose promotion was counted (a retried promotion is one)
+        self._counted: int | None = None
         self.name = config.node.name
         self.log = NodeLog(log, self.name)
         services = config.services
@@ -293,6 +298,11 @@ class Executor:
             )
         except HacoreError as err:
             self.log.warning("could not record this promotion in the history: %s", err)
+        if self._counted != lease.token:
+            self._counted = lease.token
+            self.counters.add(Event.PROMOTION)
+            if entry.previous not in (None, self.name):
+                self.counters.add(Event.FAILOVER, entry.reason or "unknown")
         self.log.info(
             "promoted: active with fencing token %d (timeline %s, hacore %s)",
             lease.token,
@@ -319,6 +329,7 @@ class Executor:
         self.log.warning("%s: resigning, no campaign for %gs", why, backoff)
         if obs.db.role == "primary" or _writable(self.b.replication):
             self.b.replication.fence()
+            self.counters.add(Event.FENCING)
         self.lease.veto_until = self.clock() + backoff
         self._resign(lease)
         return Outcome(NodeState.FENCED if obs.db.role == "primary" else NodeState.STANDBY)
@@ -338,7 +349,10 @@ class Executor:
         services_ok = self.extras.ensure_active()
         token_ok = lease is not None and obs.db_token == lease.token
         outcome = Outcome(NodeState.ACTIVE, is_active=obs.db.writable and token_ok and services_ok)
-        if obs.lease_status is not LeaseStatus.HELD:
+        if obs.lease_status is not LeaseStatus.HELD or reading.view is None:
+            # A renewal that went through does not mean the read did: without the members
+            # and the status key, the synchronous standby must not be chosen anew (an empty
+            # read would drop it and acknowledge commits that only this node holds).
             return outcome
         try:
             self._keep_status(decision, obs, reading)
@@ -403,6 +417,7 @@ class Executor:
         # again, which would cost a connect timeout: it is fenced all the same, at once.
         self.b.replication.fence()
         self.lease.may_write = False
+        self.counters.add(Event.DEMOTION)
         member = self.member(NodeRole.FENCED, attrs.evolve(obs, db=final))
         try:
             self.store_call(lambda: self.b.consensus.publish_member(member))
@@ -498,8 +513,11 @@ class Executor:
         primary = (obs.db.running and obs.db.role == "primary") or not obs.db.known
         if primary:
             self.b.replication.fence()
+            self.counters.add(Event.FENCING)
         self.lease.may_write = False
         was_active = primary or obs.previous in (NodeState.ACTIVE, NodeState.PROMOTING)
+        if obs.previous in (NodeState.ACTIVE, NodeState.PROMOTING):
+            self.counters.add(Event.DEMOTION)
         view = obs.view or ClusterView(leader=None)
         if was_active:
             self.hooks.call("hacore_before_demote", view=view, reason=decision.reason)
@@ -533,6 +551,7 @@ class Executor:
                 self.b.replication.fence()
         except HacoreError as err:
             self.log.error("could not fence the database at shutdown: %s", err)
+        self.counters.add(Event.DEMOTION)
         self._resign(lease)
         self.hooks.call("hacore_after_demote", view=view, reason=reason)
 
@@ -552,6 +571,10 @@ class Executor:
 
         work = clone if action is Action.CLONE else rewind
         self.jobs.submit(action, f"{action.value} from {source.node_name}", work)
+
+    def source(self, view: ClusterView | None, name: str) -> ReplicationSource:
+        """Where ``name``'s database is reached, from its member record (``nodes reinit``)."""
+        return self._source(view, name)
 
     def _source(self, view: ClusterView | None, name: str) -> ReplicationSource:
         member = view.member(name) if view is not None else None
@@ -593,6 +616,8 @@ def succession(obs: Observation, name: str, token: int) -> keys.HistoryEntry:
     req = obs.switchover
     if old == name:
         reason = "restarted"
+    elif req is not None and req.manual and req.to_node == name:
+        reason = "manual_failover"
     elif req is not None and req.from_node == old:
         reason = "switchover"
     elif obs.view is not None and obs.view.member(old) is not None:

@@ -32,13 +32,14 @@ class Jobs:
         with self._lock:
             return self._action
 
-    def submit(self, action: Action, what: str, work: Callable[[], None]) -> None:
-        """Start ``work`` in the background unless a job already runs (then do nothing)."""
+    def submit(self, action: Action, what: str, work: Callable[[], None]) -> bool:
+        """Start ``work`` in the background unless a job already runs (then do nothing and
+        answer False: an operator's request, ``nodes restart`` or ``reinit``, says so)."""
         if not action.off_loop:
             raise ValueError(f"{action.value} does not run off the loop")
         with self._lock:
             if self._action is not None:
-                return
+                return False
             self._action = action
             self._thread = threading.Thread(
                 target=self._run,
@@ -47,6 +48,7 @@ class Jobs:
                 daemon=True,
             )
             self._thread.start()
+        return True
 
     def _run(self, action: Action, what: str, work: Callable[[], None]) -> None:
         started = time.monotonic()

@@ -134,9 +134,14 @@ class StoredSwitchover:
     from_node: str
     to_node: str | None = None
     requested_at: float = attrs.field(factory=time.time)
+    #: ``cluster failover --to``: a manual promotion with no active to hand over
+    failover: bool = False
 
     def encode(self) -> bytes:
-        return _dump({"from": self.from_node, "to": self.to_node, "at": self.requested_at})
+        data: dict[str, Any] = {"from": self.from_node, "to": self.to_node, "at": self.requested_at}
+        if self.failover:
+            data["failover"] = True
+        return _dump(data)
 
     @classmethod
     def decode(cls, raw: bytes) -> StoredSwitchover:
@@ -148,6 +153,7 @@ class StoredSwitchover:
             from_node=from_node,
             to_node=_text(data, "to", SWITCHOVER_KEY, optional=True),
             requested_at=float(at) if isinstance(at, int | float) else 0.0,
+            failover=data.get("failover") is True,
         )
 
 
@@ -177,6 +183,7 @@ def removed_names(keys: tuple[str, ...]) -> frozenset[str]:
 HISTORY_REASONS = {
     "first_start": "first start of the cluster",
     "switchover": "planned switchover",
+    "manual_failover": "manual failover (cluster failover --to)",
     "stepped_down": "the old active stepped down (fenced itself) and released its lease",
     "lease_expired": "the old active's lease expired (crash, or cut off from the store)",
     "restarted": "this node's own earlier leadership ended (its agent restarted)",

@@ -163,7 +163,9 @@ class SwitchoverClock:
             return None
         if reading.switchover_version != self._version:
             self._version, self._seen_at = reading.switchover_version, now
-        return SwitchoverRequest(stored.from_node, stored.to_node, self._seen_at)
+        return SwitchoverRequest(
+            stored.from_node, stored.to_node, self._seen_at, manual=stored.failover
+        )
 
 
 @attrs.frozen

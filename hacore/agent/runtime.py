@@ -25,6 +25,7 @@ import attrs
 from hacore import __version__, pki
 from hacore.agent import keys, operations
 from hacore.agent.checks import CheckRunner, FilesInSync, LoopFacts, builtin_checks
+from hacore.agent.counters import Event, EventCounters
 from hacore.agent.decide import campaign_blocker, decide
 from hacore.agent.execute import (
     Backends,
@@ -48,6 +49,7 @@ from hacore.agent.failsafe import (
 from hacore.agent.hooks import HookCaller, NodeLog
 from hacore.agent.jobs import Jobs
 from hacore.agent.keeper import DeadlineFeed, KeeperProcess, KeeperRunning
+from hacore.agent.minority import MinorityEdge
 from hacore.agent.observe import (
     DatabaseReader,
     DbReading,
@@ -57,6 +59,7 @@ from hacore.agent.observe import (
     read_database,
     read_store,
 )
+from hacore.agent.revocation_sync import RevocationSync
 from hacore.agent.state import Action, Decision, LeaseStatus, NodeState, Observation
 from hacore.agent.supervise import Supervisor, supervised_servers
 from hacore.agent.support import (
@@ -70,7 +73,12 @@ from hacore.agent.support import (
     plugin_checks,
 )
 from hacore.agent.syncrep import SyncStandbys
-from hacore.api.errors import AuthenticationError, BadRequestError, UnavailableError
+from hacore.api.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    UnavailableError,
+)
 from hacore.api.facade import NodeSnapshot
 from hacore.cluster import tls as node_tls
 from hacore.config import NodeConfig
@@ -88,6 +96,12 @@ _SOON = 0.2
 #: (the loop may wake late on a busy machine).
 _LAST_CALL_SLACK = 0.25
 __all__ = ["Agent", "Backends", "ReplicationCredentials"]
+#: States in which ``nodes restart`` and ``reinit`` are refused (see :meth:`Agent.repair`).
+_NOT_REPAIRABLE = frozenset(
+    {NodeState.ACTIVE, NodeState.PROMOTING, NodeState.REMOVED, NodeState.EMPTY, NodeState.INIT}
+)
+#: ... and ``nodes restart`` too: the agent is making the node a standby again by itself.
+_REJOINING = frozenset({NodeState.FENCED, NodeState.REJOINING, NodeState.CLONING})
 
 
 class Agent:
@@ -109,7 +123,9 @@ class Agent:
         self.name = config.node.name
         config.node.data_dir.mkdir(parents=True, exist_ok=True)
         self.dcfg = attrs.evolve(
-            decision_config(config), failsafe_mode=config.failover.failsafe_mode == "on"
+            decision_config(config),
+            failsafe_mode=config.failover.failsafe_mode == "on",
+            minority_mode=config.failover.minority_mode == "on",
         )
         self.backends = backends or build_backends(config, plugins)
         self.api_url = api_url or f"http://{config.node.host}:{config.node.api_port}"
@@ -152,6 +168,7 @@ class Agent:
             active_grace=config.checks.active_grace,
         )
         self._results: dict[str, CheckResult] = {}
+        self.counters = EventCounters(checks=self._checks.names)
         self.executor = Executor(
             config,
             self.dcfg,
@@ -163,18 +180,36 @@ class Agent:
             store_call=self._store_call,
             credentials=lambda: self._credentials,
             member=self._member,
+            counters=self.counters,
         )
         self._switch_clock = SwitchoverClock()
         #: a database that does not answer within retry_timeout is unknown (DESIGN rule 7)
         self._db_reader = DatabaseReader(self.backends.replication, timeout=self.dcfg.retry_timeout)
-        self._membership = Membership(self.name, self.backends, self.hooks)
+        self._membership = Membership(
+            self.name,
+            self.backends,
+            self.hooks,
+            RevocationSync(
+                self.name,
+                self.backends.consensus,
+                self.backends.replication,
+                node_tls.tls_files(config),
+                self.set_credentials,
+                lambda: self.state is NodeState.ACTIVE,
+            ),
+        )
         self._known: dict[str, Member] = {}
         self._last_decision: tuple[object, ...] | None = None
         self._last_error = ""
         self._reading: StoreReading | None = None
         self._store_ok_at: float | None = None
         self._snapshot = NodeSnapshot(
-            self.name, __version__, NodeState.INIT, loop_wait=self.dcfg.loop_wait, ttl=self.dcfg.ttl
+            self.name,
+            __version__,
+            NodeState.INIT,
+            loop_wait=self.dcfg.loop_wait,
+            ttl=self.dcfg.ttl,
+            events=self.counters.counts(),
         )
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -194,6 +229,10 @@ class Agent:
         )
         self._failsafe_holding = False
         self._failsafe_said = ""
+        #: minority mode (hacore/agent/minority.py): the salvage slot, the sync release
+        self.minority = MinorityEdge(
+            self.name, self.dcfg, self.backends.replication, config.node.data_dir, self.log
+        )
         #: Set when the loop died of an unexpected error (the agent must be restarted).
         self.died: BaseException | None = None
 
@@ -293,6 +332,68 @@ class Agent:
         """Let a removed node (re)join: delete ``removed/<name>``."""
         self.backends.consensus.delete(keys.removed_key(name))
 
+    def request_failover(self, to: str, *, dry_run: bool = False) -> dict[str, Any]:
+        """``cluster failover --to``: what promoting ``to`` may lose, and unless ``dry_run``
+        the request that lets it campaign (:func:`operations.request_failover`)."""
+        answer = operations.request_failover(self.backends.consensus, to, dry_run=dry_run)
+        if answer["requested"]:
+            self.log.warning(
+                "manual failover to %s requested; it may lose %s bytes acknowledged by %s",
+                to,
+                answer["may_lose_bytes"],
+                answer["last_active"],
+            )
+            self.wake()
+        return answer
+
+    def repair(self, action: Action, *, database: bool = True, services: bool = False) -> str:
+        """``nodes restart`` (:attr:`Action.RESTART`) or ``nodes reinit`` (:attr:`Action.CLONE`)
+        of this node, a standby, as a job: the loop decides nothing while it runs (``decide``
+        starts no other job and does not campaign), and its failure is logged like a clone's.
+        Refused on a node that holds or is taking the lease: the active is restarted after a
+        switchover, and never re-cloned."""
+        refused = _NOT_REPAIRABLE | (_REJOINING if action is Action.RESTART else frozenset())
+        if self.lease.lease is not None or self.state in refused:
+            raise ConflictError(
+                f"{self.name} is {self.state.value}: only a standby can be "
+                f"{'re-cloned' if action is Action.CLONE else 'restarted'} this way"
+                + (
+                    " (switch over first: hacore cluster switchover)"
+                    if self.state in (NodeState.ACTIVE, NodeState.PROMOTING)
+                    else ""
+                )
+            )
+        reading = self._reading
+        view = reading.view if reading is not None else None
+        leader = view.leader.name if view is not None and view.leader is not None else None
+        if leader == self.name:
+            raise ConflictError(f"{self.name} holds the leader key: it is not a standby")
+        replication = self.backends.replication
+        if action is Action.CLONE:
+            if leader is None:
+                raise UnavailableError("there is no active node to copy the database from")
+            origin = self.executor.source(view, leader)
+            what = f"reinit: a new copy of the database from {leader}"
+
+            def work() -> None:
+                replication.clone(origin)
+                replication.start(follow=origin)
+
+        else:
+            source = self.executor.source(view, leader) if leader is not None else None
+            parts = ["the database"] if database else []
+            parts += ["the services"] if services else []
+            what = f"restart of {' and '.join(parts) or 'nothing'}"
+            work = operations.restart_work(
+                replication, self.executor.extras, source, database=database, services=services
+            )
+        running = self.jobs.running()
+        if not self.jobs.submit(action, what, work):
+            job = running.value if running is not None else "another job"
+            raise ConflictError(f"{job} is running on {self.name}: try again once it is done")
+        self.wake()
+        return what
+
     # -- the loop ---------------------------------------------------------------------------
 
     def _thread_main(self) -> None:
@@ -328,6 +429,7 @@ class Agent:
     def _iterate_once(self) -> float:
         clock = time.monotonic
         started = clock()
+        self.minority.loop_at = started
         reading = read_store(
             self.backends.consensus,
             lease=self.lease.lease,
@@ -335,6 +437,8 @@ class Agent:
             gate=self._gate(),
             retry_timeout=self.dcfg.retry_timeout,
         )
+        if reading.store_error:
+            self.counters.add(Event.STORE_ERROR)
         self._failsafe_round(reading)
         if reading.lease_status is LeaseStatus.LOST:
             self.log.warning("leadership lost: the store no longer holds this node's leader key")
@@ -354,6 +458,9 @@ class Agent:
         removed = self.state is NodeState.REMOVED or self.name in reading.removed
         self.supervisor.tick(enabled=not removed)
         health, self._results = self._checks.run(active=self._facts.active, now=clock())
+        for name, result in self._results.items():
+            if not result.ok:
+                self.counters.add(Event.CHECK_FAILURE, name)
         obs = observation(
             self.name,
             clock(),
@@ -376,6 +483,7 @@ class Agent:
             # Load balancers must stop sending traffic before the database is fenced.
             self._snapshot = attrs.evolve(self._snapshot, is_active=False)
         outcome = self._execute(decision, obs, reading)
+        self.minority.after(decision, obs, reading.removed, self.executor.sync.reset)
         old_role, self.state = self.state.role, outcome.state
         if old_role is not self.state.role:
             self.hooks.call(
@@ -460,7 +568,7 @@ class Agent:
     def _deadline(self) -> float | None:
         """The self-fencing deadline: the lease's, or later while failsafe holds (rule F1),
         the earliest confirmation expiry minus ``safety_margin``. What the keeper enforces."""
-        own = self.lease.deadline(self.dcfg)
+        own = self.minority.deadline(self.lease.deadline(self.dcfg))
         expiry = self.confirmations.expiry
         if own is None or expiry is None or not self._failsafe_holding:
             return own
@@ -580,9 +688,13 @@ class Agent:
 
     def _store_call(self, call: Callable[[], object]) -> object:
         gate = self._gate()
-        if gate is not None and time.monotonic() + self.dcfg.retry_timeout > gate:
-            raise StoreUnavailableError("not sent: the self-fencing deadline is too close")
-        return call()
+        try:
+            if gate is not None and time.monotonic() + self.dcfg.retry_timeout > gate:
+                raise StoreUnavailableError("not sent: the self-fencing deadline is too close")
+            return call()
+        except HacoreError:
+            self.counters.add(Event.STORE_ERROR)
+            raise
 
     def _wait_time(self, decision: Decision) -> float:
         wait = self.dcfg.loop_wait
@@ -599,7 +711,7 @@ class Agent:
         return wait
 
     def _member(self, role: NodeRole, obs: Observation) -> Member:
-        return member_record(
+        member = member_record(
             self.config,
             role,
             obs,
@@ -611,6 +723,13 @@ class Agent:
             files_state=self._files_check.last if self._files_check else None,
             servers=self.supervisor.status(),
         )
+        minority = self._minority_json()
+        if minority is None:
+            return member
+        return attrs.evolve(member, extra={**member.extra, "minority": minority})
+
+    def _minority_json(self) -> dict[str, Any] | None:
+        return self.minority.json(time.monotonic(), job_error=self.jobs.last_error)
 
     def _publish(self, obs: Observation) -> None:
         member = self._member(self.state.role, obs)
@@ -646,8 +765,12 @@ class Agent:
             reason=self._last_error or decision.reason,
             servers=self.supervisor.status(),
             failsafe=self._failsafe_json(),
+            minority=self._minority_json(),
             observation=obs,
             decision=decision,
+            events=self.counters.counts(),
+            store_reached_at=self._store_ok_at,
+            files=self._files_check.last if self._files_check else None,
         )
 
     def _log_decision(self, decision: Decision) -> None:

@@ -101,6 +101,9 @@ class Action(enum.Enum):
     #: Off the loop: copy ``target``'s database into a temporary directory, swap it in on
     #: success, start it following ``target``.
     CLONE = "clone"
+    #: Off the loop, on an operator's request only (``nodes restart``): stop the standby's
+    #: database, start it again following ``target``. Never a decision of ``decide``.
+    RESTART = "restart"
 
     @property
     def off_loop(self) -> bool:
@@ -108,7 +111,7 @@ class Action(enum.Enum):
         return self in _OFF_LOOP
 
 
-_OFF_LOOP = frozenset({Action.CLONE, Action.REWIND, Action.FENCE_AND_REWIND})
+_OFF_LOOP = frozenset({Action.CLONE, Action.REWIND, Action.FENCE_AND_REWIND, Action.RESTART})
 _NEEDS_TARGET = frozenset({Action.FOLLOW, Action.CLONE, Action.REWIND, Action.FENCE_AND_REWIND})
 _MAY_TARGET = _NEEDS_TARGET | {Action.START_STANDBY, Action.STEP_DOWN}
 
@@ -136,6 +139,19 @@ class Failsafe(enum.Enum):
     HOLDING = "holding"
     #: this node confirmed an active (or just started): it may not campaign until that expires
     PROMISED = "promised"
+
+
+class Minority(enum.Enum):
+    """What minority mode (``failover.minority_mode``) did to a decision; code may compare it."""
+
+    #: minority mode played no part
+    NONE = "none"
+    #: the store's majority is out of reach: the active stays active past its lease's deadline
+    #: (docs/fencing.md, "Minority mode")
+    HOLDING = "holding"
+    #: the store is back without this active's lease and no other leader: it campaigns to
+    #: take the lease back rather than fence
+    RECLAIMING = "reclaiming"
 
 
 class SyncMode(enum.Enum):
@@ -173,6 +189,9 @@ class DecisionConfig:
     #: ``failover.failsafe_mode: on``: an active that every member confirmed may outlive a
     #: whole-store outage (hacore/agent/failsafe.py)
     failsafe_mode: bool = False
+    #: ``failover.minority_mode: on``: an active cut off from the store's majority stays
+    #: active; its writes there are salvaged when it loses (hacore/agent/minority.py)
+    minority_mode: bool = False
 
     def __attrs_post_init__(self) -> None:
         if min(self.ttl, self.loop_wait, self.retry_timeout) <= 0 or self.safety_margin < 0:
@@ -210,6 +229,10 @@ class SwitchoverRequest:
     #: This node's monotonic time when its agent first saw the request (request times written
     #: by another node's clock cannot be compared with ours).
     seen_at: float
+    #: A manual failover (``cluster failover --to``), not a switchover: there is no active to
+    #: hand over, and the named node campaigns even past ``maximum_lag_on_failover`` or
+    #: without being a synchronous standby (the operator accepted the loss).
+    manual: bool = False
 
 
 @attrs.frozen
@@ -298,6 +321,8 @@ class Decision:
     observe_soon: bool = False
     #: The failsafe rule behind this decision, if any.
     failsafe: Failsafe = Failsafe.NONE
+    #: The minority-mode rule behind this decision, if any.
+    minority: Minority = Minority.NONE
 
     def __attrs_post_init__(self) -> None:
         if self.target is None and self.action in _NEEDS_TARGET:

@@ -21,14 +21,17 @@ from hacore.agent import keys
 from hacore.agent.execute import Backends
 from hacore.agent.hooks import HookCaller, NodeLog
 from hacore.agent.observe import StoreReading
+from hacore.agent.revocation_sync import RevocationSync
 from hacore.agent.state import DecisionConfig, Observation, SyncMode
 from hacore.agent.supervise import ServerStatus
 from hacore.api.facade import NodeSnapshot, member_json
+from hacore.cluster import tls as node_tls
 from hacore.config import NodeConfig
 from hacore.consensus import ConsensusBackend, Watcher
-from hacore.errors import ConfigError
+from hacore.errors import ConfigError, HacoreError
 from hacore.filesync import SyncState
 from hacore.health import CheckResult, HealthCheck
+from hacore.pki import record_identity
 from hacore.plugins import HacorePlugins
 from hacore.records import ClusterView, Member, NodeRole, TlsFiles
 
@@ -195,8 +198,16 @@ class LeaderWatch:
 class Membership:
     """Tracks the member set between loops: the membership hook, database access, file peers."""
 
-    def __init__(self, name: str, backends: Backends, hooks: HookCaller) -> None:
+    def __init__(
+        self,
+        name: str,
+        backends: Backends,
+        hooks: HookCaller,
+        revocations: RevocationSync | None = None,
+    ) -> None:
         self.name = name
+        #: the CRL and rotated secrets of removals (hacore/agent/revocation_sync.py)
+        self.revocations = revocations
         self.log = NodeLog(log, name)
         self.backends = backends
         self.hooks = hooks
@@ -204,6 +215,7 @@ class Membership:
         self._allowed: dict[str, str] = {}
         self._peers: dict[str, Any] | None = None
         self._identity: dict[str, Any] | None = None
+        self._doubted: dict[tuple[str, str], str] = {}
 
     def files_identity(self) -> dict[str, Any] | None:
         fs = self.backends.filesync
@@ -216,6 +228,8 @@ class Membership:
 
     def update(self, view: ClusterView, removed: Iterable[str], *, initialized: bool) -> None:
         """Report changes to the plugins; once there is a database, let every member in."""
+        if self.revocations is not None:
+            self.revocations.tick(removed=self.name in set(removed))
         current = {m.name: m for m in view.members}
         previous = self._seen if self._seen is not None else {}
         added = tuple(m for n, m in current.items() if n not in previous)
@@ -229,7 +243,8 @@ class Membership:
             )
             self.hooks.call("hacore_membership_changed", view=view, added=added, removed=gone)
         dropped = set(removed)
-        for member in view.members if initialized else ():
+        believed = [m for m in view.members if self._believed(m)]
+        for member in believed if initialized else ():
             if member.name == self.name or member.name in dropped or not member.host:
                 continue
             if self._allowed.get(member.name) != member.host:
@@ -242,7 +257,7 @@ class Membership:
         fs = self.backends.filesync
         peers = {
             m.name: m.extra["filesync"]
-            for m in view.members
+            for m in believed
             if m.name != self.name and m.name not in dropped and "filesync" in m.extra
         }
         if fs is not None and peers != self._peers:
@@ -251,6 +266,25 @@ class Membership:
                 self._peers = peers
             except Exception as err:
                 self.log.warning("could not update the file sync peers: %s", err)
+
+
+    def _believed(self, member: Member) -> bool:
+        """Whether ``member``'s record may open the database and the file sync to its
+        host: signed by its own node's certificate (hacore/pki/record_identity.py); every
+        record when the cluster runs without TLS (nothing to prove identity with)."""
+        if self.revocations is None:
+            return True
+        reason = self.revocations.why_not_believed(member)
+        seen = (member.name, member.host)
+        if reason is not None and self._doubted.get(seen) != reason:
+            self.log.warning(
+                "not believing the record of %s at %s: %s", member.name, member.host, reason
+            )
+        if reason is None:
+            self._doubted.pop(seen, None)
+        else:
+            self._doubted[seen] = reason
+        return reason is None
 
 
 def known_members(
@@ -334,6 +368,15 @@ def member_record(
     supervised = [s.to_json() for s in servers if s.up is not None]
     if supervised:
         extra["servers"] = supervised
+    files_tls = node_tls.tls_files(config)
+    if files_tls is not None and files_tls.cert_file.exists():
+        try:
+            node = record_identity.node_material(files_tls.cert_file.parent)
+            extra[record_identity.IDENTITY] = record_identity.sign(
+                node.certificate, node.key, config.node.name, config.node.host, api_url, extra
+            )
+        except HacoreError as err:
+            log.warning("the member record goes out unsigned: %s", err)
     return Member(
         name=config.node.name,
         api_url=api_url,

@@ -105,11 +105,34 @@ class ApiClient:
     def remove_node(self, name: str) -> dict[str, Any]:
         return self._json(self._request("DELETE", f"/nodes/{quote(name, safe='')}"))
 
+    def teardown(self) -> dict[str, Any]:
+        """This node's last step of ``cluster teardown`` (:mod:`hacore.cluster.teardown`)."""
+        return self._json(self._request("POST", "/cluster/teardown", json={}))
+
     def switchover(self, to: str | None = None) -> dict[str, Any]:
         return self._json(self._request("POST", "/switchover", json={"to": to}))
 
+    def restart_node(
+        self, name: str, *, database: bool = True, services: bool = False
+    ) -> dict[str, Any]:
+        body = {"database": database, "services": services}
+        path = f"/nodes/{quote(name, safe='')}/restart"
+        return self._json(self._request("POST", path, json=body))
+
+    def reinit_node(self, name: str) -> dict[str, Any]:
+        return self._json(self._request("POST", f"/nodes/{quote(name, safe='')}/reinit", json={}))
+
+    def failover(self, to: str, *, dry_run: bool = False) -> dict[str, Any]:
+        return self._json(self._request("POST", "/failover", json={"to": to, "dry_run": dry_run}))
+
     def history(self) -> dict[str, Any]:
         return self._json(self._request("GET", "/history"))
+
+    def salvage_list(self) -> dict[str, Any]:
+        return self._json(self._request("GET", "/salvage"))
+
+    def salvage_show(self, ident: str) -> dict[str, Any]:
+        return self._json(self._request("GET", f"/salvage/{quote(ident, safe='')}"))
 
     def explain(self, name: str) -> dict[str, Any]:
         return self._json(self._request("GET", f"/nodes/{quote(name, safe='')}/explain"))

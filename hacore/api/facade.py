@@ -17,8 +17,10 @@ from typing import Any, Protocol
 
 import attrs
 
+from hacore.agent.counters import EventCounts
 from hacore.agent.state import Decision, NodeState, Observation
 from hacore.agent.supervise import ServerStatus
+from hacore.filesync import SyncState
 from hacore.health import CheckResult
 from hacore.records import Member
 from hacore.replication import ReplicationStatus
@@ -67,9 +69,18 @@ class NodeSnapshot:
     #: Failsafe mode as this node last saw it (None when ``failsafe_mode`` is off): whether
     #: the active holds on its members' confirmations, and any promise this node gave.
     failsafe: Mapping[str, Any] | None = attrs.field(default=None, converter=_frozen_optional)
+    #: Minority mode as this node last saw it (None when ``minority_mode`` is off): whether
+    #: it stays active cut off from the store's majority (hacore/agent/minority.py).
+    minority: Mapping[str, Any] | None = attrs.field(default=None, converter=_frozen_optional)
     #: The loop's last observation and decision, for ``cluster explain`` (hacore/agent/explain.py).
     observation: Observation | None = None
     decision: Decision | None = None
+    #: What happened since the agent started (hacore/agent/counters.py), for ``/metrics``.
+    events: EventCounts = attrs.field(factory=EventCounts)
+    #: When the store last answered a call (None: never since the agent started).
+    store_reached_at: float | None = None
+    #: The file sync's last state on this node (None without file sync, or not read yet).
+    files: SyncState | None = None
 
     def loop_age(self, now: float) -> float | None:
         return None if self.last_loop_at is None else max(0.0, now - self.last_loop_at)
@@ -140,6 +151,7 @@ def probe_json(snap: NodeSnapshot, now: float) -> dict[str, Any]:
         "loop_age": None if age is None else round(age, 3),
         "version": snap.version,
         "failsafe": None if snap.failsafe is None else dict(snap.failsafe),
+        "minority": None if snap.minority is None else dict(snap.minority),
     }
 
 
@@ -166,6 +178,7 @@ def member_json(member: Member, snap: NodeSnapshot) -> dict[str, Any]:
     if member.name == snap.node_name:
         data["checks"] = checks_json(snap.checks)
         data["failsafe"] = None if snap.failsafe is None else dict(snap.failsafe)
+        data["minority"] = None if snap.minority is None else dict(snap.minority)
     return data
 
 

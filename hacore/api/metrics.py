@@ -3,6 +3,11 @@
 A custom collector reads one snapshot per scrape, so the numbers of one scrape are consistent
 with each other and nothing is registered in ``prometheus_client``'s global registry (several
 agents, or an agent and its tests, can share a process).
+
+Every series carries the ``node`` label and only labels whose values stay put: which node is
+the active is a gauge per node (``hacore_is_active``), never a label, so a failover changes
+values, not series, and a dashboard's ``sum``/``rate`` spans it. Counters (``_total``) count
+from the agent's start (hacore/agent/counters.py) and reset with it, as Prometheus expects.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from hacore.agent.counters import Event, EventCounts
 from hacore.agent.state import NodeState
 from hacore.api.facade import NodeSnapshot
 
@@ -36,9 +42,14 @@ class SnapshotCollector(Collector):
                 family.add_metric([node], value)
                 yield family
 
-        info = InfoMetricFamily("hacore_node", "This node's hacore version and leader.")
-        info.add_metric([], {"node": node, "version": snap.version, "leader": snap.leader or ""})
+        info = InfoMetricFamily("hacore_node", "This node's hacore version.")
+        info.add_metric([], {"node": node, "version": snap.version})
         yield info
+        yield from gauge(
+            "hacore_paused",
+            "1 while the cluster is in maintenance mode (not built yet: always 0).",
+            0.0,
+        )
         yield from gauge(
             "hacore_is_active",
             "1 when this node holds the lease, its database is writable and its active-only "
@@ -61,6 +72,13 @@ class SnapshotCollector(Collector):
             "hacore_store_ok",
             "1 when the consensus store answered the last loop.",
             float(snap.store_ok),
+        )
+        reached = snap.store_reached_at
+        yield from gauge(
+            "hacore_store_contact_age_seconds",
+            "Seconds since the consensus store last answered this node (absent before it "
+            "ever did).",
+            None if reached is None else max(0.0, now - reached),
         )
         yield from gauge(
             "hacore_lease_token",
@@ -112,6 +130,8 @@ class SnapshotCollector(Collector):
                 restarts.add_metric([node, server.name], float(server.restarts))
         yield up
         yield restarts
+        yield from _events(node, snap.events)
+        yield from _files(node, snap)
 
         repl = snap.replication
         if repl is None:
@@ -128,9 +148,19 @@ class SnapshotCollector(Collector):
             repl.position,
         )
         yield from gauge("hacore_db_timeline", "The local database's timeline.", repl.timeline)
+        yield from gauge(
+            "hacore_db_pending_restart",
+            "1 when a changed database setting waits for a restart of the server.",
+            None if repl.pending_restart is None else float(repl.pending_restart),
+        )
         lag = GaugeMetricFamily(
             "hacore_replication_lag_bytes",
             "How far each standby is behind this active, in bytes.",
+            labels=["node", "standby"],
+        )
+        lag_seconds = GaugeMetricFamily(
+            "hacore_replication_lag_seconds",
+            "How long each standby takes to replay what this active writes, in seconds.",
             labels=["node", "standby"],
         )
         sync = GaugeMetricFamily(
@@ -141,9 +171,85 @@ class SnapshotCollector(Collector):
         for standby in repl.standbys:
             if standby.lag_bytes is not None:
                 lag.add_metric([node, standby.name], standby.lag_bytes)
+            if standby.lag_seconds is not None:
+                lag_seconds.add_metric([node, standby.name], standby.lag_seconds)
             sync.add_metric([node, standby.name], float(standby.sync))
         yield lag
+        yield lag_seconds
         yield sync
+
+
+#: name (without ``_total``), help, label of each event's counter
+_COUNTERS: dict[Event, tuple[str, str, str | None]] = {
+    Event.PROMOTION: (
+        "hacore_promotions",
+        "Promotions of this node's database to the writable active that completed.",
+        None,
+    ),
+    Event.FAILOVER: (
+        "hacore_failovers",
+        "Promotions that took the active role over from another node, by why the old active "
+        "let go (switchover, manual_failover, stepped_down, lease_expired).",
+        "reason",
+    ),
+    Event.DEMOTION: (
+        "hacore_demotions",
+        "Times this node stopped being the active (step-down, fencing, clean shutdown).",
+        None,
+    ),
+    Event.FENCING: (
+        "hacore_fencings",
+        "Times this node stopped its database outside a planned handover, because its "
+        "leadership could no longer be vouched for.",
+        None,
+    ),
+    Event.STORE_ERROR: (
+        "hacore_store_errors",
+        "Consensus store calls that failed, or were not sent with the self-fencing deadline "
+        "too close.",
+        None,
+    ),
+    Event.CHECK_FAILURE: (
+        "hacore_check_failures",
+        "Runs of a health check that failed or did not answer in time.",
+        "check",
+    ),
+}
+
+
+def _events(node: str, events: EventCounts) -> Iterator[Metric]:
+    for event, (name, doc, label) in _COUNTERS.items():
+        family = CounterMetricFamily(
+            name, doc, labels=["node"] if label is None else ["node", label]
+        )
+        if label is None:
+            family.add_metric([node], float(events.get(event)))
+        else:
+            for value, count in events.labelled(event):
+                family.add_metric([node, value], float(count))
+        yield family
+
+
+def _files(node: str, snap: NodeSnapshot) -> Iterator[Metric]:
+    files = snap.files
+    if files is None or not files.folders:
+        return
+    in_sync = GaugeMetricFamily(
+        "hacore_filesync_folder_in_sync",
+        "1 when this node's copy of the synchronised directory is complete (on the active: "
+        "every mirror's is).",
+        labels=["node", "folder"],
+    )
+    need = GaugeMetricFamily(
+        "hacore_filesync_folder_need_bytes",
+        "Bytes still to copy for the synchronised directory.",
+        labels=["node", "folder"],
+    )
+    for folder in files.folders:
+        in_sync.add_metric([node, folder.name], float(folder.in_sync))
+        need.add_metric([node, folder.name], float(folder.need_bytes))
+    yield in_sync
+    yield need
 
 
 def render(collector: Collector) -> bytes:

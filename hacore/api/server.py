@@ -168,12 +168,18 @@ class ApiApp:
             _Route(re.compile("/cluster/ca"), {"GET": self._cluster_ca}, public=True),
             _Route(re.compile("/cluster/start"), {"POST": self._start}),
             _Route(re.compile("/cluster/join"), {"POST": self._join}, join=True),
+            _Route(re.compile("/cluster/teardown"), {"POST": self._teardown}),
             _Route(re.compile("/nodes"), {"GET": self._nodes}),
             _Route(
                 re.compile("/nodes/(?P<name>[^/]+)"), {"GET": self._node, "DELETE": self._remove}
             ),
             _Route(re.compile("/nodes/(?P<name>[^/]+)/explain"), {"GET": self._explain}),
+            _Route(re.compile("/nodes/(?P<name>[^/]+)/restart"), {"POST": self._restart}),
+            _Route(re.compile("/nodes/(?P<name>[^/]+)/reinit"), {"POST": self._reinit}),
+            _Route(re.compile("/failover"), {"POST": self._manual_failover}),
             _Route(re.compile("/history"), {"GET": self._history}),
+            _Route(re.compile("/salvage"), {"GET": self._salvage_list}),
+            _Route(re.compile("/salvage/(?P<ident>[^/]+)"), {"GET": self._salvage_show}),
             _Route(re.compile("/switchover"), {"POST": self._switchover}),
             # failsafe questions are signed with the cluster's key, checked by the agent
             _Route(re.compile(FAILSAFE_PATH), {"POST": self._failsafe}, public=True),
@@ -352,6 +358,18 @@ class ApiApp:
             raise NotFoundError(f"{self.facade.snapshot().node_name} keeps no history")
         return json_response(200, source())
 
+    def _salvage_list(self, req: Request, params: dict[str, str]) -> Response:
+        source = getattr(self.facade, "salvage_list", None)
+        if source is None:
+            raise NotFoundError(f"{self.facade.snapshot().node_name} keeps no salvage archives")
+        return json_response(200, source())
+
+    def _salvage_show(self, req: Request, params: dict[str, str]) -> Response:
+        source = getattr(self.facade, "salvage_show", None)
+        if source is None:
+            raise NotFoundError(f"{self.facade.snapshot().node_name} keeps no salvage archives")
+        return json_response(200, source(unquote(params["ident"])))
+
     # ---- operations ----
 
     def _start(self, req: Request, params: dict[str, str]) -> Response:
@@ -368,6 +386,12 @@ class ApiApp:
             body["join_token"], body["join_client"] = req.join_token, req.client
         return json_response(200, self.facade.join_ticket(body))
 
+    def _teardown(self, req: Request, params: dict[str, str]) -> Response:
+        teardown = getattr(self.facade, "teardown", None)
+        if teardown is None:
+            raise NotFoundError(f"{self.facade.snapshot().node_name} takes no teardown")
+        return json_response(200, teardown())
+
     def _remove(self, req: Request, params: dict[str, str]) -> Response:
         return json_response(200, self.facade.remove_node(unquote(params["name"])))
 
@@ -382,6 +406,24 @@ class ApiApp:
         if to is not None and (not isinstance(to, str) or not to):
             raise BadRequestError('"to" must be a node name or null')
         return json_response(200, self.facade.switchover(to))
+
+    def _restart(self, req: Request, params: dict[str, str]) -> Response:
+        source = getattr(self.facade, "restart_node", None)
+        if source is None:
+            raise NotFoundError(f"{self.facade.snapshot().node_name} restarts nothing")
+        return json_response(200, source(unquote(params["name"]), _json_object(req)))
+
+    def _reinit(self, req: Request, params: dict[str, str]) -> Response:
+        source = getattr(self.facade, "reinit_node", None)
+        if source is None:
+            raise NotFoundError(f"{self.facade.snapshot().node_name} re-clones nothing")
+        return json_response(200, source(unquote(params["name"])))
+
+    def _manual_failover(self, req: Request, params: dict[str, str]) -> Response:
+        source = getattr(self.facade, "failover", None)
+        if source is None:
+            raise NotFoundError(f"{self.facade.snapshot().node_name} takes no failover")
+        return json_response(200, source(_json_object(req)))
 
     def _failsafe(self, req: Request, params: dict[str, str]) -> Response:
         answer = getattr(self.facade, "failsafe", None)

@@ -27,7 +27,7 @@ from hacore.api.errors import (
     NotActiveError,
     UnavailableError,
 )
-from hacore.cluster import join_tokens
+from hacore.cluster import join_tokens, rejoin, revoke
 from hacore.cluster.pending import PendingJoin, pending_joins, pending_key
 from hacore.cluster.record import reported_version
 from hacore.cluster.state import ClusterState
@@ -114,6 +114,7 @@ def grant_ticket(agent: Agent | None, state: ClusterState, body: dict[str, Any])
         version = current.version if current is not None else 0
         if not consensus.put(key, entry.encode(), expect_version=version):
             raise ConflictError(f"another join of {req.name} was granted at the same moment")
+        rejoin.release_name(consensus, req.name)
         try:
             spec = _add_to_store(agent, req)
             agent.replication.allow_member(req.name, req.host)
@@ -126,12 +127,14 @@ def grant_ticket(agent: Agent | None, state: ClusterState, body: dict[str, Any])
     if auth is None:  # pragma: no cover - an active always has credentials
         raise UnavailableError("this node has no API credentials to hand over")
     snap = agent.snapshot()
+    # a removal rotated it: the store has the current one (hacore/cluster/revoke.py)
+    rotated = revoke.replication_secret(agent.consensus)
     return Ticket(
         record=state.record,
         active=config.node.name,
         consensus=spec,
         replication_user=state.replication_user,
-        replication_password=state.replication_password,
+        replication_password=rotated.password if rotated else state.replication_password,
         api_username=auth.username,
         api_password_hash=auth.password_hash,
         status_requires_auth=config.api.status_requires_auth,
@@ -178,10 +181,10 @@ def _check_name(agent: Agent, state: ClusterState, req: JoinRequest) -> bool:
     name, cluster = req.name, state.record.name
     consensus = agent.consensus
     removed = keys.removed_names(tuple(kv.key for kv in consensus.get_prefix(keys.REMOVED_PREFIX)))
-    if name in removed:
+    if name in removed and name in {m.name for m in consensus.members()}:
         raise ConflictError(
-            f"the name {name} belonged to a node removed from cluster {cluster}, and names are "
-            "not reused: choose another --node-name"
+            f"the node removed as {name} still runs its agent (its member record is live): "
+            f"stop it before a new node joins as {name}"
         )
     live = {m.name for m in consensus.members()} | {m.name for m in agent.snapshot().members}
     if name in live or name == agent.config.node.name:

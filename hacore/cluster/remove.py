@@ -3,7 +3,9 @@
 In order: ``removed/<name>`` (the node's agent steps down to REMOVED and never campaigns), a
 short wait for the node to acknowledge it while it can still read the store, then its store
 server (managed store), its replication slot and database access, and any pending join under
-the name. Every step is idempotent, so a removal interrupted half-way is finished by running
+the name; then what the node held is taken away (hacore/cluster/revoke.py): its registered
+certificates are revoked in the store's CRL, and the replication password is rotated. Every
+step is idempotent, so a removal interrupted half-way is finished by running
 it again.
 
 The store shrinks while the leaving server still runs: the removed node keeps its store server
@@ -19,12 +21,16 @@ import time
 from typing import Any
 
 from hacore.agent import keys
+from hacore.agent.execute import ReplicationCredentials
 from hacore.agent.runtime import Agent
 from hacore.api.errors import ConflictError, NotFoundError
+from hacore.cluster import revoke
+from hacore.cluster import tls as node_tls
 from hacore.cluster.grant import require_active
 from hacore.cluster.pending import pending_joins, pending_key
 from hacore.consensus import ManagedStore
 from hacore.errors import HacoreError
+from hacore.pki import load_ca, revocation
 from hacore.records import NodeRole
 
 log = logging.getLogger(__name__)
@@ -58,6 +64,8 @@ def remove_node(agent: Agent | None, name: str, cluster: str) -> dict[str, Any]:
     except HacoreError as err:
         database = str(err)
     consensus.delete(pending_key(name))
+    revoked = _revoke(agent, name)
+    rotated = _rotate(agent)
     log.info("node %s removed from cluster %s", name, cluster)
     return {
         "removed": name,
@@ -65,7 +73,50 @@ def remove_node(agent: Agent | None, name: str, cluster: str) -> dict[str, Any]:
         "acknowledged": acknowledged,
         "store_member_removed": store_removed,
         "database": database,
+        "revoked_certificates": revoked,
+        "replication_password": rotated,
     }
+
+
+def _revoke(agent: Agent, name: str) -> list[str]:
+    """Revoke the certificates registered for ``name`` (after the store shrank: the leaving
+    node still reads the store until then), and apply the CRL here at once; the other
+    members copy it from the store within seconds."""
+    files = node_tls.tls_files(agent.config)
+    if files is None:
+        return []
+    ca = load_ca(node_tls.ca_dir(agent.config.node.data_dir))
+    serials = revoke.revoke_node(agent.consensus, ca, name)
+    data = revoke.current_crl(agent.consensus)
+    if data is not None and revocation.install_crl(
+        revocation.crl_path(files.ca_file), data, ca.certificate
+    ):
+        reload_tls = getattr(agent.replication, "reload_tls", None)
+        if reload_tls is not None:
+            reload_tls()
+    if not serials:
+        log.warning(
+            "no certificate of %s is registered in the store: nothing revoked (it never ran "
+            "an agent of this version?)",
+            name,
+        )
+    return [f"{serial:x}" for serial in serials]
+
+
+def _rotate(agent: Agent) -> str:
+    """A new replication password; the removed node knew the old one."""
+    credentials = agent.executor.credentials()
+    if credentials is None:
+        return "not rotated: this node has no replication credentials"
+    try:
+        secret = revoke.rotate_replication_password(
+            agent.consensus, agent.replication, credentials.user
+        )
+    except HacoreError as err:
+        log.warning("the replication password was not rotated: %s", err)
+        return f"not rotated: {err}"
+    agent.set_credentials(ReplicationCredentials(secret.user, secret.password))
+    return f"rotated (generation {secret.generation})"
 
 
 def _wait_acknowledged(agent: Agent, name: str) -> bool:

@@ -13,7 +13,8 @@ continues or rolls back, a member's agent starts again, a removed node stays dow
 Stopping the service (SIGTERM or SIGINT) stops the node's role: an active hands over at
 once (resign), then the database stops. The node's managed store server keeps running (it is
 a detached process, see :mod:`hacore.process`), so restarting an agent never costs the store
-a member; the next agent finds it by its pid file.
+a member; the next agent finds it by its pid file. ``cluster teardown`` is the exception: it
+stops every server of the node, then the service exits (:mod:`hacore.cluster.teardown`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from hacore.api.facade import NodeSnapshot
 from hacore.api.limits import raise_open_file_limit
 from hacore.api.server import ApiServer, PlainHttp
 from hacore.cluster import join as joining
+from hacore.cluster import repair, salvage
 from hacore.cluster import start as starting
 from hacore.cluster import tls as node_tls
 from hacore.cluster.follow import human_bytes
@@ -61,6 +63,8 @@ from hacore.cluster.record import ClusterRecord, reported_version
 from hacore.cluster.remove import remove_node, wait_store_forgets
 from hacore.cluster.requests import JoinCommand, NodeRequest
 from hacore.cluster.state import ClusterState, Phase, StateFile, Step
+from hacore.cluster.teardown import end_here
+from hacore.cluster.uninstall import mark_created
 from hacore.config import ApiAuth, ApiSettings, NodeConfig, load_config, load_config_and_plugins
 from hacore.config_check import security_warnings
 from hacore.errors import ConfigError, HacoreError
@@ -112,7 +116,7 @@ class NodeService:
 
     def open(self) -> None:
         """Read ``cluster.json``, start the API and whatever the node's phase needs."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        mark_created(self.data_dir)
         with self._lock:
             state = self._state = self.states.load()
             if (
@@ -304,6 +308,13 @@ class NodeService:
         progress = self.progress
         if progress is not None:
             progress.clone(done, total)
+
+    def detach_agent(self) -> Agent | None:
+        """Take the agent out of the service (the monitor stops looking at it), for a caller
+        that stops it itself: the last node of a teardown."""
+        with self._lock:
+            agent, self.agent = self.agent, None
+        return agent
 
     def reset_to_empty(self) -> None:
         """After a failed join: no agent, no store data, no ``cluster.json``."""
@@ -587,6 +598,10 @@ class NodeService:
         state = self.require_member()
         return remove_node(self.agent, name, state.record.name)
 
+    def teardown(self) -> dict[str, Any]:
+        """``POST /cluster/teardown``: this node's last step in ``cluster teardown``."""
+        return end_here(self)
+
     def switchover(self, to: str | None) -> dict[str, Any]:
         self.require_member()
         agent = self.agent
@@ -594,6 +609,38 @@ class NodeService:
             raise UnavailableError("this node's agent is not running")
         request = agent.request_switchover(to)
         return {"from": request.from_node, "to": request.to_node}
+
+    def restart_node(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /nodes/<name>/restart`` on that node; its progress is the ``operation``."""
+        return self._repair(
+            "restart", repair.RESTART_STEPS, lambda p: repair.restart(self.agent, name, body, p)
+        )
+
+    def reinit_node(self, name: str) -> dict[str, Any]:
+        """``POST /nodes/<name>/reinit`` on that node; its progress is the ``operation``."""
+        return self._repair(
+            "reinit", repair.REINIT_STEPS, lambda p: repair.reinit(self.agent, name, p)
+        )
+
+    def _repair(
+        self,
+        what: str,
+        steps: tuple[tuple[str, str], ...],
+        start: Callable[[Progress], dict[str, Any]],
+    ) -> dict[str, Any]:
+        self.require_member()
+        with self._lock:
+            if self.progress is not None and self.progress.running:
+                raise ConflictError(f"a {self.progress.operation} is already running here")
+            progress = Progress(what, steps)
+            answer = start(progress)
+            self.progress = progress
+        return answer
+
+    def failover(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /failover`` on any member (hacore/cluster/repair.py)."""
+        self.require_member()
+        return repair.failover(self.agent, body)
 
     def explain(self, name: str) -> dict[str, Any]:
         """``GET /nodes/<name>/explain``: each node explains itself, from its last loop."""
@@ -627,6 +674,19 @@ class NodeService:
                 log.warning("unreadable history entry %s: %s", kv.key, err)
         entries.sort(key=lambda e: e.token)
         return {"history": [e.to_json() for e in entries]}
+
+    def salvage_list(self) -> dict[str, Any]:
+        """``GET /salvage``: this node's salvage archives (hacore/cluster/salvage.py), read
+        from its data directory: they are there whether the agent runs or not."""
+        directory = self.config.node.data_dir / salvage.DIR
+        return {"node": self.config.node.name, "archives": salvage.listing(directory)}
+
+    def salvage_show(self, ident: str) -> dict[str, Any]:
+        """``GET /salvage/<id>``: one archive of this node, whole."""
+        try:
+            return salvage.read(self.config.node.data_dir / salvage.DIR, ident)
+        except salvage.SalvageError as err:
+            raise NotFoundError(str(err)) from None
 
     def failsafe(self, body: bytes, signature: str) -> tuple[bytes, str]:
         """``POST /failsafe``: the agent's signed answer to an active's failsafe question."""

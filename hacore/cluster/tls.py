@@ -27,6 +27,8 @@ from hacore.api.errors import ConflictError, UnavailableError
 from hacore.cluster.ticket import JoinRequest, register_ticket_part
 from hacore.config import NodeConfig
 from hacore.errors import HacoreError
+from hacore.pki import revocation
+from hacore.pki.files import private_dir
 from hacore.pki.pem import cert_pem
 from hacore.records import TlsFiles
 
@@ -159,7 +161,12 @@ class CaTicketPart:
             ca = pki.load_ca(ca_dir(config.node.data_dir))
         except pki.TlsMaterialError as err:
             raise UnavailableError(f"this node cannot hand over the cluster CA: {err}") from None
-        return {"bundle": pki.ca_bundle_for_join(ca)}
+        granted: dict[str, Any] = {"bundle": pki.ca_bundle_for_join(ca)}
+        crl = revocation.crl_path(ca_cert_file(config.node.data_dir))
+        if crl.exists():
+            # the joiner's servers refuse removed nodes from their first start
+            granted["crl"] = crl.read_text()
+        return granted
 
     def accept(self, config: NodeConfig, granted: Mapping[str, Any]) -> None:
         if not config.tls.enabled:
@@ -169,6 +176,14 @@ class CaTicketPart:
             raise HacoreError("the join ticket carries no cluster CA although TLS is on")
         data_dir = config.node.data_dir
         ca = pki.store_ca(pki.ca_from_join(bundle), ca_dir(data_dir))
+        crl = granted.get("crl")
+        if isinstance(crl, str):
+            # before the node certificate: one the cluster revoked (this name's, removed
+            # earlier, on a disk joined again) is then re-issued, not kept
+            directory = private_dir(node_dir(data_dir))
+            revocation.install_crl(
+                revocation.crl_path(directory / pki.CA_CERT), crl.encode(), ca.certificate
+            )
         pki.ensure_node_certificate(ca, config.node.name, node_hosts(config), node_dir(data_dir))
         log.info("received the cluster CA (fingerprint %s)", ca.fingerprint)
 

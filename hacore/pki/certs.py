@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hacore.pki import pem
+from hacore.pki import pem, revocation
 from hacore.pki.ca import BACKDATE, CA_CERT, RENEW_BEFORE, CaMaterial
 from hacore.pki.errors import TlsMaterialError
 from hacore.pki.files import CERT_MODE, KEY_MODE, private_dir, write_atomic
@@ -216,6 +216,8 @@ def why_not_reusable(
         return "it is not valid yet"
     if pem.expires_within(node.certificate, RENEW_BEFORE):
         return f"it expires on {node.certificate.not_valid_after_utc:%Y-%m-%d}"
+    if revocation.is_revoked(node.certificate, revocation.crl_path(node.ca_file), ca.certificate):
+        return "the cluster revoked it (the node was removed)"
     return None
 
 
@@ -225,15 +227,20 @@ def ensure_node_certificate(
     """The node certificate in ``directory`` if it still fits, else a newly issued one.
 
     It fits when ``ca`` signed it, it names ``node_name``, covers every one of ``hosts`` and
-    is more than 30 days from expiry; a restart therefore keeps the certificate that peers
-    may already have seen, and a new address or a new CA gets a new one.
+    is more than 30 days from expiry and not revoked; a restart therefore keeps the
+    certificate that peers may already have seen, and a new address, a new CA or a removal
+    (the node joins again under its name) gets a new one. The CRL file beside it is made
+    (empty) if missing, since servers configured with it refuse everyone without it.
     """
     try:
         existing = load_node_certificate(directory)
     except TlsMaterialError as err:
         log.info("issuing a certificate for node %s: %s", node_name, err)
-        return issue_node_certificate(ca, node_name, hosts, directory)
+        issued = issue_node_certificate(ca, node_name, hosts, directory)
+        revocation.ensure_crl_file(ca, directory)
+        return issued
     problem = why_not_reusable(existing, ca, node_name, hosts)
+    revocation.ensure_crl_file(ca, directory)
     if problem is None:
         return existing
     log.info(

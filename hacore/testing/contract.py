@@ -52,6 +52,8 @@ VISIBLE = 5.0
 SHORT_TTL = 3.0
 #: What "within retry_timeout" may overshoot by (thread scheduling, a loaded machine).
 SLACK = 1.0
+#: How long a contender waits on its watch: far beyond any handover, so only an event wakes it.
+WATCH_PATIENCE = 120.0
 
 
 def _campaign_all(backends: list[ConsensusBackend]) -> list[Lease | BaseException | None]:
@@ -144,11 +146,15 @@ class ConsensusContract:
     def test_resign_wakes_a_waiting_contender_at_once(
         self, consensus_factory: ConsensusFactory
     ) -> None:
+        """The contender waits on its watch far longer than the test runs, so nothing but the
+        watch's report of the deletion can make it campaign again: the handover is proven by
+        that event, not by a number (benchmarks/wakeups.py measures how long it takes)."""
         holder, contender = consensus_factory("holder"), consensus_factory("contender")
         lease = holder.campaign()
         assert lease is not None
         waiting, stop = threading.Event(), threading.Event()
         won: list[float] = []
+        woken_by: list[WatchEvent | None] = []
         failures: list[BaseException] = []
 
         def contend() -> None:
@@ -159,8 +165,9 @@ class ConsensusContract:
                             won.append(time.monotonic())
                             return
                         waiting.set()
-                        # Long wait: only the watch can make the handover fast.
-                        watcher.get(timeout=5.0)
+                        # Opened before the campaign: a deletion after it is queued, never
+                        # missed, whenever this get starts.
+                        woken_by.append(watcher.get(timeout=WATCH_PATIENCE))
             except Exception as err:
                 failures.append(err)
 
@@ -168,16 +175,17 @@ class ConsensusContract:
         thread.start()
         try:
             assert waiting.wait(30), "the contender never campaigned"
-            time.sleep(0.3)
             resigned = time.monotonic()
             holder.resign(lease)
-            thread.join(timeout=30)
+            thread.join(timeout=WATCH_PATIENCE / 2)
         finally:
             stop.set()
-            thread.join(timeout=30)
+            thread.join(timeout=WATCH_PATIENCE)
         assert not failures, f"contender failed: {failures!r}"
-        assert won, "the contender never won after the resign"
-        assert won[0] - resigned < 1.0, f"handover took {won[0] - resigned:.2f}s after resign"
+        assert won, f"the contender never won after the resign; its watch gave {woken_by}"
+        assert woken_by and woken_by[-1] is not None, f"not woken by the watch: {woken_by}"
+        assert (woken_by[-1].kind, woken_by[-1].key) == (EventKind.DELETE, LEADER_KEY), woken_by
+        print(f"handover {won[0] - resigned:.3f}s after the resign")
         leader = contender.leader()
         assert leader is not None and leader.name == "contender"
 
@@ -228,12 +236,20 @@ class ConsensusContract:
                         10,
                         "the holder's member record is gone",
                     )
-                    time.sleep(0.6)
+                    eventually(
+                        lambda: (EventKind.DELETE, LEADER_KEY) in seen,
+                        VISIBLE,
+                        "the watcher to report the deletion of the leader key",
+                    )
                 finally:
                     stop.set()
                     thread.join(timeout=10)
         finally:
             holder.stop()
+        # What a standby waits for before it may campaign: the promise "one active again
+        # within 2 x ttl" rests on the dead leader's key going within ttl (+ one second for
+        # the store's own expiry tick). How fast the watch reports it is a number:
+        # benchmarks/consensus.py measures it.
         budget = SHORT_TTL + 1.0
         assert leader_gone - killed <= budget, (
             f"leader key vanished {leader_gone - killed:.2f}s after the kill (ttl {SHORT_TTL:g}s)"
@@ -242,11 +258,7 @@ class ConsensusContract:
             f"member record vanished {member_gone - killed:.2f}s after the kill "
             f"(ttl {SHORT_TTL:g}s)"
         )
-        woken = seen.get((EventKind.DELETE, LEADER_KEY))
-        assert woken is not None, f"the watcher saw no deletion of the leader key: {seen}"
-        assert woken - leader_gone <= 0.5, (
-            f"watcher woken {woken - leader_gone:.2f}s after the leader key was seen gone"
-        )
+        assert (EventKind.DELETE, LEADER_KEY) in seen, f"no deletion of the leader key: {seen}"
 
     def test_renewed_session_outlives_its_ttl(self, consensus_factory: ConsensusFactory) -> None:
         leader = consensus_factory("leader", ttl=SHORT_TTL)

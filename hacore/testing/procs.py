@@ -54,6 +54,26 @@ def wait_for(
         time.sleep(interval)
 
 
+def holds_for(
+    check: Callable[[], object], seconds: float, interval: float = 0.1, what: str = ""
+) -> int:
+    """Assert that ``check`` holds at every sample for ``seconds``; return how many it took.
+
+    The proof that something did *not* happen: a bare sleep and one look at the end misses
+    what came and went in between, this looks all along. ``check`` returning a falsy value or
+    raising (AssertionError included) fails at once. ``seconds`` must be long enough for the
+    thing looked for to show if it were going to; say why at the call site.
+    """
+    deadline = time.monotonic() + seconds
+    samples = 0
+    while True:
+        assert check(), f"no longer holds after {samples} samples: {what or check}"
+        samples += 1
+        if time.monotonic() >= deadline:
+            return samples
+        time.sleep(interval)
+
+
 def port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2):

@@ -31,6 +31,7 @@ import httpx
 from hacore.consensus import ManagedStore
 from hacore.errors import HacoreError, ManagedStoreError, StoreUnavailableError
 from hacore.logfiles import LogTrimmer
+from hacore.pki.revocation import crl_path
 from hacore.process import DetachedProcess
 from hacore.records import StoreMember, TlsFiles
 from hacore_plugins.etcd.client import (
@@ -58,13 +59,22 @@ def url(host: str, port: int, scheme: str = "http") -> str:
 
 
 def tls_argv(tls: TlsFiles) -> list[str]:
-    """Mutual TLS on the client and the peer port, trusting the cluster CA alone."""
+    """Mutual TLS on the client and the peer port, trusting the cluster CA alone.
+
+    With the node's CRL beside its certificate, both ports refuse a revoked certificate
+    (a removed node's). etcd reads the CRL file again at every TLS handshake, so a
+    removal takes effect without a restart; it refuses every connection when the file is
+    missing, so the flags are given only when it exists (``ensure_node_certificate``
+    writes it before any server starts)."""
     files = {"cert-file": tls.cert_file, "key-file": tls.key_file, "trusted-ca-file": tls.ca_file}
+    crl = crl_path(tls.ca_file)
+    revoked = [f"--client-crl-file={crl}", f"--peer-crl-file={crl}"] if crl.exists() else []
     return [
         "--client-cert-auth",
         "--peer-client-cert-auth",
         *[f"--{flag}={path}" for flag, path in files.items()],
         *[f"--peer-{flag}={path}" for flag, path in files.items()],
+        *revoked,
     ]
 
 

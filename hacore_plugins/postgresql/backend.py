@@ -24,6 +24,7 @@ import os
 import signal
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import psycopg
@@ -41,6 +42,7 @@ from hacore_plugins.postgresql import server
 from hacore_plugins.postgresql.commands import tail
 from hacore_plugins.postgresql.node import check_hosts, one
 from hacore_plugins.postgresql.primary import PrimaryDuties
+from hacore_plugins.postgresql.salvage import SalvageDuties
 from hacore_plugins.postgresql.settings import SUPERUSER
 from hacore_plugins.postgresql.sources import SourceAccess
 from hacore_plugins.postgresql.sql import (
@@ -79,7 +81,7 @@ _DIVERGED = (
 ON_LOOP_CONNECT_TIMEOUT = 3
 
 
-class PostgresReplication(PrimaryDuties, SourceAccess):
+class PostgresReplication(PrimaryDuties, SourceAccess, SalvageDuties):
     """The backend registered as ``postgresql``; ``tls=None`` runs plain, as before TLS."""
 
     # ---------------------------------------------------------------------------------------
@@ -113,7 +115,7 @@ class PostgresReplication(PrimaryDuties, SourceAccess):
             ) from err
         assert row is not None
         in_recovery, read_only, position, walfile, checkpoint_tli = row[:5]
-        received_tli, sender_host, sender_port, receiver, standbys = row[5:]
+        received_tli, sender_host, sender_port, receiver, standbys, pending_restart = row[5:]
         following = None
         if in_recovery and receiver == "streaming" and sender_host:
             following = self._upstream_name(state, sender_host, sender_port)
@@ -135,10 +137,12 @@ class PostgresReplication(PrimaryDuties, SourceAccess):
                     lag_bytes=int(s["lag"]) if s["lag"] is not None else None,
                     sync=s["sync_state"] in ("sync", "quorum"),
                     sync_state=s["sync_state"],
+                    lag_seconds=_lag_seconds(s),
                 )
                 for s in standbys
             ),
             needs_rewind=bool(needs_rewind),
+            pending_restart=bool(pending_restart),
         )
 
     # ---------------------------------------------------------------------------------------
@@ -212,6 +216,8 @@ class PostgresReplication(PrimaryDuties, SourceAccess):
         self._remember_password(source)
         self._checkpoint(source)
         conninfo = self._conninfo(source, dbname=self.config.database)
+        # minority mode: the writes the leader does not have are archived first, or raises
+        self.salvage_before_rewind(source.node_name, conninfo)
         try:
             self._finish_crash_recovery()
             copying.rewind(self.tools, self.layout, conninfo=conninfo, dry_run=True)
@@ -424,3 +430,11 @@ def _out_of_descriptors(err: Exception) -> bool:
     """libpq reports a failed ``socket()`` only as text ("could not create socket: Too many
     open files"), so the text is what tells it apart from a database that refused."""
     return any(text in str(err) for text in _OUT_OF_DESCRIPTORS)
+
+
+def _lag_seconds(standby: dict[str, Any]) -> float | None:
+    """``replay_lag`` in seconds. PostgreSQL shows NULL once a standby caught up and nothing
+    is written: that is no lag, not an unknown one."""
+    if standby.get("lag_s") is not None:
+        return float(standby["lag_s"])
+    return 0.0 if standby.get("lag") == 0 else None

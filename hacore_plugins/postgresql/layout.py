@@ -77,6 +77,10 @@ class Layout:
         return self.tls_dir / "node.key"
 
     @property
+    def tls_crl(self) -> Path:
+        return self.tls_dir / "crl.pem"
+
+    @property
     def run_dir(self) -> Path:
         """The Unix socket directory."""
         return self.home / "run"

@@ -29,9 +29,11 @@ from hacore_plugins.postgresql import server, tls_files
 from hacore_plugins.postgresql.commands import PgTools, ServerUser
 from hacore_plugins.postgresql.config_files import (
     UNUSED_HBA,
+    parse_pgpass,
     render_hba,
     render_ident,
     render_node_conf,
+    render_pgpass,
     with_include,
     without_managed,
 )
@@ -103,6 +105,13 @@ class PgNode(ReplicationBackend):
     @classmethod
     def validate_failover(cls, settings: Any, failover: FailoverSettings) -> None:
         check_synchronous(settings, failover.synchronous_mode)
+        if getattr(failover, "minority_mode", "off") == "on":
+            wal_level = parse_settings(settings).server_parameters().get("wal_level")
+            if wal_level != "logical":
+                raise ConfigError(
+                    "failover.minority_mode: on salvages a losing node's writes by logical "
+                    "decoding: set replication.parameters.wal_level: logical (on every node)"
+                )
 
     def is_initialized(self) -> bool:
         copying.recover_swap(self.layout)
@@ -153,6 +162,24 @@ class PgNode(ReplicationBackend):
         if renewed and self.postmaster_pid() is not None:
             log.info("%s: TLS files changed; reloading the server", self.node_name)
             self._reload()
+
+    def remember_password(self, user: str, password: str) -> None:
+        """Every passfile entry of ``user`` gets ``password`` (the cluster rotated it): the
+        WAL receiver reads the passfile at its next connection, so a running stream is not
+        cut, and the next reconnect logs in with the new password."""
+        try:
+            entries = parse_pgpass(self.layout.pgpass.read_text())
+        except FileNotFoundError:
+            return
+        new = {key: password if key[2] == user else old for key, old in entries.items()}
+        if new != entries:
+            self.tools.write_file(self.layout.pgpass, render_pgpass(new))
+
+    def reload_tls(self) -> None:
+        """The node's TLS files (the CRL above all) changed: refresh the server user's
+        copies and reload the server, which re-reads ``ssl_crl_file`` on SIGHUP."""
+        if self.tls is not None:
+            self._write_node_files(self._state())
 
     def _install_tls(self) -> bool:
         """Refresh the server user's copies of the TLS files; True when they changed."""

@@ -11,7 +11,7 @@ import psycopg
 from hacore.errors import ReplicationError
 from hacore_plugins.postgresql.config_files import NO_STANDBY, quorum, slot_name
 from hacore_plugins.postgresql.node import NODE_NAME, PgNode, check_hosts, one
-from hacore_plugins.postgresql.sql import STANDBY_STATE, drop_slot
+from hacore_plugins.postgresql.sql import STANDBY_STATE, drop_slot, set_password
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +117,25 @@ class PrimaryDuties(PgNode):
         with self._local() as conn:
             dropped = drop_slot(conn, slot_name(node_name))
         log.info("%s: removed member %s (slot dropped: %s)", self.node_name, node_name, dropped)
+
+    def rotate_password(self, user: str, password: str) -> None:
+        """``ALTER ROLE`` on this primary (standbys get it with the WAL; their streams stay
+        up, only new logins need the new password), and this node's passfile updated."""
+        if not self.apply_password(user, password):
+            raise ReplicationError(f"{self.node_name} is not a primary")
+        log.info("%s: the password of %s was changed", self.node_name, user)
+
+    def apply_password(self, user: str, password: str) -> bool:
+        """Give ``user`` ``password`` here if this is a primary (False on a standby).
+
+        Committed locally, not waiting for a synchronous standby: in strict mode with none
+        streaming it would wait for ever. A primary that loses it in a failover is no loss:
+        every agent that finds itself primary applies the store's password again."""
+        self.remember_password(user, password)
+        with self._local() as conn:
+            if one(conn, "SELECT pg_is_in_recovery()"):
+                return False
+            with conn.transaction():
+                conn.execute("SET LOCAL synchronous_commit = local")
+                set_password(conn, user, password)
+        return True

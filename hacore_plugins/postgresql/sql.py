@@ -65,9 +65,11 @@ SELECT pg_is_in_recovery(),
        (SELECT coalesce(json_agg(json_build_object(
                    'name', r.application_name, 'state', {state}, 'sync_state', r.sync_state,
                    'lag', (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
-                                ELSE pg_current_wal_lsn() END) - r.replay_lsn)
+                                ELSE pg_current_wal_lsn() END) - r.replay_lsn,
+                   'lag_s', extract(epoch FROM r.replay_lag))
                    ORDER BY r.application_name), '[]'::json)
-          FROM pg_stat_replication r)
+          FROM pg_stat_replication r),
+       EXISTS (SELECT 1 FROM pg_settings WHERE pending_restart)
   FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver w ON true
 """.replace("{state}", STANDBY_STATE)
 

@@ -17,12 +17,15 @@ from pathlib import Path
 from hacore.errors import ReplicationError
 from hacore.pki.errors import TlsMaterialError
 from hacore.pki.files import CERT_MODE, KEY_MODE, private_dir, write_atomic
+from hacore.pki.revocation import crl_path
 from hacore.records import TlsFiles
 from hacore_plugins.postgresql.commands import ServerUser
 from hacore_plugins.postgresql.layout import Layout
 
 #: Server parameters hacore sets itself when the node runs with TLS.
-TLS_PARAMETERS = frozenset({"ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file"})
+TLS_PARAMETERS = frozenset(
+    {"ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file"}
+)
 
 #: Members must show a certificate signed by the cluster CA, and still give the password.
 #: Not ``verify-full``: with a password method it demands that the certificate's CN be the
@@ -34,11 +37,14 @@ HBA_CLIENT_CERT = "clientcert=verify-ca"
 def install(tls: TlsFiles, layout: Layout, user: ServerUser) -> bool:
     """Make ``node/tls/`` hold ``os_user``'s copies of ``tls``; True when any file changed."""
     owner = (user.uid, user.gid) if user.switch else None
-    copies = (
+    copies: tuple[tuple[Path, Path, int], ...] = (
         (tls.ca_file, layout.tls_ca, CERT_MODE),
         (tls.cert_file, layout.tls_cert, CERT_MODE),
         (tls.key_file, layout.tls_key, KEY_MODE),
     )
+    crl = crl_path(tls.ca_file)
+    if crl.exists():
+        copies += ((crl, layout.tls_crl, CERT_MODE),)
     changed = False
     try:
         private_dir(layout.tls_dir, owner)
@@ -70,12 +76,17 @@ def _same(target: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -
 
 
 def server_parameters(layout: Layout) -> dict[str, str]:
-    return {
+    """The server's TLS files; the CRL (the certificates of removed nodes, docs/security.md)
+    whenever the node has one, re-read at every reload."""
+    parameters = {
         "ssl": "on",
         "ssl_cert_file": str(layout.tls_cert),
         "ssl_key_file": str(layout.tls_key),
         "ssl_ca_file": str(layout.tls_ca),
     }
+    if layout.tls_crl.exists():
+        parameters["ssl_crl_file"] = str(layout.tls_crl)
+    return parameters
 
 
 def client_options(ca_file: Path, cert_file: Path, key_file: Path) -> dict[str, str]:

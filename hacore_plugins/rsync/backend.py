@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from hacore.errors import FilesyncError
-from hacore.filesync import FilesyncBackend, SyncState, directory_keys
+from hacore.filesync import FilesyncBackend, FolderSync, SyncState, directory_keys
 from hacore.process import DetachedProcess, child_environment
 from hacore.records import TlsFiles
 from hacore_plugins.rsync.daemon import (
@@ -424,6 +424,7 @@ class RsyncFilesync(FilesyncBackend):
             return SyncState(
                 in_sync=True,
                 detail=f"source: serves {len(self.modules)} directories at {self.url}",
+                folders=tuple(FolderSync(m, True) for m in self.modules),
             )
         if self._source is None:
             return SyncState(in_sync=False, completion=0.0, detail="no role yet")
@@ -435,6 +436,10 @@ class RsyncFilesync(FilesyncBackend):
         need = sum(p.need_bytes for p in pending.values())
         total = sum(p.total_bytes for p in pending.values())
         changes = {m: p.changes for m, p in pending.items() if p.changes}
+        folders = tuple(
+            FolderSync(m, not p.changes and self._last_error is None, p.need_bytes)
+            for m, p in pending.items()
+        )
         if self._last_error is not None:
             return SyncState(
                 in_sync=False,
@@ -442,9 +447,15 @@ class RsyncFilesync(FilesyncBackend):
                 need_bytes=need,
                 last_change=last,
                 detail=f"last pull failed: {self._last_error}",
+                folders=folders,
             )
         if not changes:
-            return SyncState(in_sync=True, last_change=last, detail=f"in sync with {self._source}")
+            return SyncState(
+                in_sync=True,
+                last_change=last,
+                detail=f"in sync with {self._source}",
+                folders=folders,
+            )
         return SyncState(
             in_sync=False,
             completion=_completion(need, total),
@@ -454,6 +465,7 @@ class RsyncFilesync(FilesyncBackend):
                 f"{module}: {count} item(s) differ from {self._source}"
                 for module, count in changes.items()
             ),
+            folders=folders,
         )
 
     def wait_in_sync(self, timeout: float, *, interval: float = 0.2) -> SyncState:

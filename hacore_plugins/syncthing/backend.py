@@ -32,7 +32,7 @@ from typing import Any
 import attrs
 
 from hacore.errors import FilesyncError, HacoreError
-from hacore.filesync import FilesyncBackend, SyncState, directory_keys
+from hacore.filesync import FilesyncBackend, FolderSync, SyncState, directory_keys
 from hacore.logfiles import trim_log
 from hacore.process import DetachedProcess
 from hacore_plugins.syncthing import home as st_home
@@ -550,13 +550,26 @@ class SyncthingFilesync(FilesyncBackend):
             last_change = self._last_change(api)
         except FilesyncError as err:
             return SyncState(in_sync=False, completion=0.0, detail=str(err))
+        folders = tuple(
+            FolderSync(
+                f,
+                not any(g.folder == f for g in gaps),
+                sum(g.need_bytes for g in gaps if g.folder == f),
+            )
+            for f in self.folders
+        )
         if not gaps:
             if self._role is Role.SOURCE:
                 names = sorted(self._peers if peers is None else set(peers) & set(self._peers))
                 what = ", ".join(names) or "no mirrors"
             else:
                 what = str(self._source)
-            return SyncState(in_sync=True, last_change=last_change, detail=f"in sync with {what}")
+            return SyncState(
+                in_sync=True,
+                last_change=last_change,
+                detail=f"in sync with {what}",
+                folders=folders,
+            )
         return SyncState(
             in_sync=False,
             completion=min(g.completion for g in gaps),
@@ -564,6 +577,7 @@ class SyncthingFilesync(FilesyncBackend):
             last_change=last_change,
             detail="; ".join(g.describe() for g in gaps[:3])
             + (f"; and {len(gaps) - 3} more" if len(gaps) > 3 else ""),
+            folders=folders,
         )
 
     def wait_in_sync(

@@ -1,4 +1,5 @@
-"""A hook plugin that real ``hacore agent run`` processes load in test_agent_real.py.
+"""A hook plugin that real ``hacore agent run`` processes load in test_agent_real.py and
+test_agent_real_companions.py.
 
 It is loaded as an operator's plugin would be (its module named in ``$HACORE_PLUGINS``), and
 is steered from outside the agent through files in ``<data_dir>/hooktest/``, because the test

@@ -127,7 +127,8 @@ def test_failover_keeps_every_acknowledged_write_in_process(cluster: AgentCluste
 
     new = until(new_active, "a new active", timeout=WAIT)
     took = time.monotonic() - crashed_at
-    assert took <= TTL + 5, f"failover took {took:.1f}s"
+    # The promise (docs/fencing.md): one active again within 2 x ttl of the crash.
+    assert took <= 2 * TTL, f"failover took {took:.1f}s"
     assert new.name == sync, "in synchronous mode only the synchronous standby may take over"
     missing = set(acked) - notes(new)
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:3]}"
@@ -223,6 +224,7 @@ def test_clean_stop_hands_over_at_once_in_process(cluster: AgentCluster) -> None
     assert holder is None or holder.name != old.name, "a clean stop resigns the lease"
     new = until(lambda: next(iter(cluster.actives()), None), "a new active")
     took = time.monotonic() - stopped_at
+    # Not a speed: sooner than its lease could have expired, so by the resign.
     assert took < TTL, f"{took:.1f}s: the stopped active did not resign"
     assert new.name == sync
     cluster.restart(old)
@@ -316,7 +318,8 @@ def test_failover_on_a_real_store_in_process(store_cluster: AgentCluster) -> Non
 
     new = until(lambda: next((n for n in cluster.actives() if n is not old), None), "a new active")
     took = time.monotonic() - crashed_at
-    assert took <= TTL + 5, f"failover took {took:.1f}s"
+    # The promise (docs/fencing.md): one active again within 2 x ttl of the crash.
+    assert took <= 2 * TTL, f"failover took {took:.1f}s"
     assert new.name == sync
     missing = set(acked) - notes(new)
     assert not missing, f"{len(missing)} acknowledged writes lost"

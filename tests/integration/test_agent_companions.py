@@ -8,6 +8,10 @@ to the lifecycle hooks, so the tests read the order the agent used.
 
 The tests of one class share its cluster and run in file order; each begins by waiting for
 the cluster to converge, so none depends on which node another test left active.
+
+The agents here run in this process on the in-memory store. The host-death failover with
+Syncthing and active-only services, and the sample manager's workflow resume, are proven with
+real ``hacore agent run`` processes on etcd and SIGKILL in test_agent_real_companions.py.
 """
 
 from __future__ import annotations

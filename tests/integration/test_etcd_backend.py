@@ -252,26 +252,40 @@ def test_session_lease_carries_member_and_leader(
 def test_a_refused_endpoint_is_skipped_at_once(
     etcd: EtcdHarness, backends: list[EtcdConsensus]
 ) -> None:
+    """Refused, the endpoint is left for the next at once, not waited on: the calls get well
+    under their budget (a generous retry_timeout makes the bound loose and still telling), and
+    the client puts it last for the calls after."""
     dead = f"http://127.0.0.1:{free_port()}"
-    backend = make(backends, [dead, *etcd.settings()["endpoints"]], retry_timeout=2.0)
+    retry_timeout = 10.0
+    backend = make(
+        backends, [dead, *etcd.settings()["endpoints"]], retry_timeout=retry_timeout, ttl=30.0
+    )
     started = time.monotonic()
     assert backend.put("failover/refused", b"1")
     assert backend.get("failover/refused") is not None
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < retry_timeout / 2
+    assert backend._client.candidates()[-1] == dead
 
 
 def test_a_silent_endpoint_costs_part_of_retry_timeout(
     etcd: EtcdHarness, backends: list[EtcdConsensus], silent_endpoint: str
 ) -> None:
-    backend = make(backends, [silent_endpoint, *etcd.settings()["endpoints"]], retry_timeout=2.0)
+    # One attempt gets a quarter of the budget: 2 s with this retry_timeout.
+    retry_timeout = 8.0
+    backend = make(
+        backends,
+        [silent_endpoint, *etcd.settings()["endpoints"]],
+        retry_timeout=retry_timeout,
+        ttl=30.0,
+    )
     started = time.monotonic()
     lease = backend.campaign()
     assert lease is not None
-    assert time.monotonic() - started < 2.0
-    # the endpoint that answered is kept: the next calls do not wait for the silent one
+    assert time.monotonic() - started < retry_timeout
+    # the endpoint that answered is kept: the next call does not pay the silent one's share
     started = time.monotonic()
     assert backend.renew(lease)
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < retry_timeout / 4
 
 
 def test_killed_member_operations_and_watch_continue(
@@ -300,7 +314,11 @@ def test_killed_member_operations_and_watch_continue(
     assert backend.put("k/3", b"after")
     event = watcher.get(5.0)
     assert event is not None and (event.key, event.value) == ("k/3", b"after")
-    assert watcher.get(0.3) is None  # nothing delivered twice after the reconnect
+    # nothing delivered twice after the reconnect: events come in revision order, so a replay
+    # of anything earlier would come before this later marker
+    assert backend.put("k/4", b"marker")
+    event = watcher.get(5.0)
+    assert event is not None and (event.key, event.value) == ("k/4", b"marker"), event
 
 
 def test_frozen_member_watch_resumes_elsewhere_without_loss(
@@ -329,7 +347,10 @@ def test_frozen_member_watch_resumes_elsewhere_without_loss(
         assert [(e.key, e.value) for e in got if e is not None] == [
             (f"x{i}", str(i).encode()) for i in range(5)
         ]
-        assert watcher.get(0.5) is None
+        # no event twice: a replay of any of them would come before this later marker
+        assert writer.put("x-marker", b"m")
+        event = watcher.get(10.0)
+        assert event is not None and (event.key, event.value) == ("x-marker", b"m"), event
     finally:
         watcher.close()
 
@@ -349,10 +370,9 @@ def test_the_client_learns_every_member_from_one_endpoint(
     assert client.endpoints[0] == etcd.endpoint(follower), "the endpoint given comes first"
     etcd.kill_member(follower)
     try:
-        started = time.monotonic()
+        # Each would raise within retry_timeout with no other member known.
         assert backend.renew(lease)
         assert backend.put("learn/during", b"1")
-        assert time.monotonic() - started < 2.0
     finally:
         etcd.restart_member(follower)
 
@@ -390,10 +410,9 @@ def test_a_member_without_a_leader_says_so_at_once(etcd: EtcdHarness) -> None:
                 interval=0.2,
                 what=f"member {alone} to notice it has no leader",
             )
-            started = time.monotonic()
+            # Held until its deadline, the answer would say "timed out" instead.
             detail = failure(client, deadline=1.0)
             assert "no leader" in detail and "timed out" not in detail, detail
-            assert time.monotonic() - started < 1.5
         finally:
             for server in others:
                 server.thaw()

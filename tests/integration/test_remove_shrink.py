@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from cluster_fixtures import WAIT, CliCluster, Node, formed_cluster, make_root
+from cluster_fixtures import TIMING, WAIT, CliCluster, Node, formed_cluster, make_root
 
-from hacore.testing.procs import wait_for
+from hacore.testing.procs import holds_for, wait_for
 from hacore_plugins.postgresql.settings import default_bin_dir
 
 pytestmark = [
@@ -115,6 +115,18 @@ def writing(cluster: CliCluster, node: Node) -> Iterator[Writer]:
     assert lease_token(cluster, node) == token, "the active's fencing token changed"
 
 
+def still_active(cluster: CliCluster, node: Node) -> None:
+    """Watched for three ttls (several renewals, and long enough for a lost lease to expire and
+    show): ``node`` answers /status 200 throughout; the writer checks the writes."""
+
+    def active() -> bool:
+        answer = node.probe()
+        assert answer is not None and answer["http_status"] == 200, f"{node.name}: {answer}"
+        return True
+
+    holds_for(active, 3 * TIMING["ttl"], interval=0.5, what=f"{node.name} active")
+
+
 def two_node_cluster(backend: str) -> Iterator[CliCluster]:
     """n1 starts the cluster and n2 joins it, through the CLI."""
     cluster = CliCluster(make_root(), backend)
@@ -173,7 +185,7 @@ def remove(cluster: CliCluster, active: Node, victim: Node) -> None:
     """``nodes remove`` succeeds, and the cluster shrinks: list, store, the victim down."""
     before = store_names(cluster, active)
     assert victim.name in before
-    out = cluster.cli("cluster", "nodes", "remove", victim.name).output
+    out = cluster.cli("cluster", "nodes", "remove", victim.name, "--yes").output
     assert f"node {victim.name} removed from cluster clitest" in out
     assert store_names(cluster, active) == before - {victim.name}
     listed = cluster.view()
@@ -196,7 +208,7 @@ def test_removing_the_only_standby_keeps_the_active_writable(pair: CliCluster) -
     with writing(pair, active) as writer:
         remove(pair, active, victim)
         # the lease outlives a few renewals in the one-member store
-        time.sleep(3 * 6.0)
+        still_active(pair, active)
     writer.check()
     assert set(pair.view()) == {active.name}
     assert pair.cli_json("cluster", "status")["active"] == active.name
@@ -209,7 +221,7 @@ def test_three_to_two_to_one_keeps_the_active_writable(trio: CliCluster) -> None
         remove(trio, active, standbys[0])
         assert set(trio.view()) == {active.name, standbys[1].name}
         remove(trio, active, standbys[1])
-        time.sleep(3 * 6.0)
+        still_active(trio, active)
     writer.check()
     assert set(trio.view()) == {active.name}
     assert trio.cli_json("cluster", "status")["active"] == active.name
@@ -250,6 +262,6 @@ def test_removing_the_standby_whose_store_server_leads(etcd_pair: CliCluster) ->
     assert status[0]["Status"]["leader"] == victim_id, status
     with writing(etcd_pair, active) as writer:
         remove(etcd_pair, active, victim)
-        time.sleep(3 * 6.0)
+        still_active(etcd_pair, active)
     writer.check()
     assert set(etcd_pair.view()) == {active.name}

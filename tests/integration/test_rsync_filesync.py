@@ -30,7 +30,7 @@ from hacore.config import NodeConfig, load_config
 from hacore.errors import ConfigError, FilesyncError, HacoreError
 from hacore.plugins import load_plugins
 from hacore.records import TlsFiles
-from hacore.testing.procs import free_port, wait_for
+from hacore.testing.procs import free_port, holds_for, wait_for
 from hacore_plugins import rsync as rsync_plugin
 from hacore_plugins.rsync import RsyncFilesync
 from hacore_plugins.rsync.backend import PASSWORD_FILE
@@ -290,8 +290,8 @@ def test_the_timer_pulls_without_being_asked(
         wait_for(lambda: not (c.files / name).exists(), 30, what="the timer to delete")
         c.backend.become_source()
         (roles["a"].files / name).write_text("not pulled by a source")
-        time.sleep(1.5)
-        assert not (c.files / name).exists()
+        # five timer periods, each of which would have pulled it (as just seen above)
+        holds_for(lambda: not (c.files / name).exists(), 5 * 0.3, what="a source pulls nothing")
     finally:
         c.backend.stop()
     assert not c.backend.daemon.running()

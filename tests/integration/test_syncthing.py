@@ -26,7 +26,7 @@ from hacore.errors import ConfigError, FilesyncError
 from hacore.filesync import SyncState
 from hacore.plugins import load_plugins
 from hacore.process import descendants
-from hacore.testing.procs import free_port, wait_for
+from hacore.testing.procs import free_port, holds_for, wait_for
 from hacore_plugins import syncthing as syncthing_plugin
 from hacore_plugins.syncthing import SyncthingFilesync
 from hacore_plugins.syncthing import home as st_home
@@ -481,8 +481,15 @@ def test_a_removed_peer_no_longer_receives_files(roles: Cluster) -> None:
     c_state = wait_for(lambda: not roles["c"].backend.state().in_sync, 30, what="c out of sync")
     assert c_state
     assert "not connected to a" in roles["c"].backend.state().detail
-    time.sleep(2)
-    assert not roles["c"].path(name).exists()
+    # Dropped by a and b, c has no connection left, so nothing can reach it; watched all along
+    # for as long as a copy took b above (and more), not slept through.
+    wait_for(lambda: roles["c"].backend.connected_peers() == [], 30, what="c connected to none")
+
+    def nothing_reaches_c() -> bool:
+        assert not roles["c"].path(name).exists(), "the removed peer got the file"
+        return roles["c"].backend.connected_peers() == []
+
+    holds_for(nothing_reaches_c, 2.0, interval=0.2, what="c cut off")
     roles.set_all_peers()
     wait_content(roles["c"].path(name), "not for c")
 
@@ -518,10 +525,15 @@ def test_a_new_mirror_is_not_in_sync_before_the_source_index_arrived(
         wait_for(
             lambda: "not connected" not in d.backend.state().detail, 60, what="d connected to a"
         )
-        time.sleep(2)  # time enough for an index, were one sent
-        state = d.backend.state()
-        assert not state.in_sync, state.detail
-        assert "has not received a's index yet" in state.detail
+
+        # Watched all along for time enough for an index, were one sent (not slept through).
+        def waiting_for_the_index() -> bool:
+            state = d.backend.state()
+            assert not state.in_sync, state.detail
+            assert "has not received a's index yet" in state.detail, state.detail
+            return True
+
+        holds_for(waiting_for_the_index, 2.0, interval=0.2, what="d without a's index")
         assert not d.path(name).exists()
         pause(False)
         assert d.backend.wait_in_sync(60).in_sync

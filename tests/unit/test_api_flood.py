@@ -34,6 +34,7 @@ from hacore.api.auth import hash_password
 from hacore.api.limits import raise_open_file_limit
 from hacore.api.server import ApiServer, PlainHttp
 from hacore.config import ApiAuth, ApiSettings
+from hacore.testing.procs import wait_for
 
 #: the longest the stand-in loop may go between two of its iterations while flooded; the
 #: agent fences at ``ttl - safety_margin`` (3.5 s by default) after its last renewal
@@ -49,6 +50,29 @@ def probe(port: int, source: str = "127.0.0.1", timeout: float = 10.0) -> tuple[
         while chunk := sock.recv(65536):
             reply += chunk
     return int(reply.split(b" ", 2)[1]), time.monotonic() - began
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One small response on a kept-alive connection: read until its body is complete."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed inside a response"
+        body += chunk
+    return data
 
 
 def closed_within(sock: socket.socket, timeout: float) -> float | None:
@@ -111,9 +135,11 @@ def test_per_client_cap_refuses_the_excess_at_accept(server: ApiServer) -> None:
     try:
         extra = socket.create_connection(("127.0.0.1", server.port), 5)
         with extra:
-            elapsed = closed_within(extra, 5)
-        assert elapsed is not None and elapsed < 2, "the ninth connection was not refused"
-        assert server.refused >= 1
+            # Served, it would be closed at the request deadline (2 s) instead: the counter,
+            # not the time, tells the refusal at accept.
+            elapsed = closed_within(extra, 30)
+        assert elapsed is not None, "the ninth connection was left open"
+        assert server.refused == 1, "the ninth connection was not refused at accept"
         # another address is not affected
         assert probe(server.port, "127.0.0.2")[0] == 200
     finally:
@@ -150,8 +176,9 @@ def test_a_slowloris_is_closed_at_the_request_deadline(server: ApiServer) -> Non
         slow.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n")
         began = time.monotonic()
         closed = False
-        # a byte every 0.2 s: each read is quick, the request never complete
-        while time.monotonic() - began < 8:
+        # a byte every 0.2 s: each read is quick, the request never complete (without the
+        # request deadline, it would stay open for as long as this goes on)
+        while time.monotonic() - began < 30:
             try:
                 slow.sendall(b"X")
             except OSError:
@@ -168,9 +195,9 @@ def test_a_slowloris_is_closed_at_the_request_deadline(server: ApiServer) -> Non
                 closed = True
                 break
         elapsed = time.monotonic() - began
-        assert closed, "the slow request was still open after 8 s"
-        # the deadline is 2 s for the whole request, checked every quarter second
-        assert 1.5 < elapsed < 4, elapsed
+        assert closed, "the slow request was still open after 30 s"
+        # the deadline is 2 s for the whole request, checked every quarter second: not before
+        assert elapsed > 1.5, elapsed
         assert probe(server.port)[0] == 200
 
 
@@ -183,13 +210,15 @@ def test_a_silent_connection_and_a_stalled_tls_handshake_are_closed(
     with ApiServer(
         agent, SETTINGS, ssl_context=context, plain=PlainHttp.PROBES, request_timeout=2.0
     ) as api:
+        # Closed by the 2 s request deadline; without it they would stay open until the idle
+        # timeout (60 s by default), past this wait.
         with socket.create_connection(("127.0.0.1", api.port), 5) as silent:
-            elapsed = closed_within(silent, 8)
-            assert elapsed is not None and elapsed < 4
+            elapsed = closed_within(silent, 30)
+            assert elapsed is not None and elapsed > 1.5, elapsed
         with socket.create_connection(("127.0.0.1", api.port), 5) as stalled:
             stalled.sendall(b"\x16\x03\x01")  # the start of a ClientHello, and nothing more
-            elapsed = closed_within(stalled, 8)
-            assert elapsed is not None and elapsed < 4
+            elapsed = closed_within(stalled, 30)
+            assert elapsed is not None and elapsed > 1.5, elapsed
         verify = ssl.create_default_context(cafile=str(cert))
         assert httpx.get(f"{api.url}/status", verify=verify, timeout=10).status_code == 200
 
@@ -197,17 +226,17 @@ def test_a_silent_connection_and_a_stalled_tls_handshake_are_closed(
 def test_an_idle_kept_alive_connection_is_closed_after_the_idle_timeout(
     server: ApiServer,
 ) -> None:
-    with socket.create_connection(("127.0.0.1", server.port), 5) as sock:
+    with socket.create_connection(("127.0.0.1", server.port), 10) as sock:
         sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
-        time.sleep(0.5)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
-        # longer than the request deadline (2 s), shorter than the idle timeout (3 s)
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        # idle longer than the request deadline (2 s), shorter than the idle timeout (3 s):
+        # the scenario, not a wait for anything
         time.sleep(2.2)
         sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
-        time.sleep(0.5)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
-        elapsed = closed_within(sock, 8)
-        assert elapsed is not None and 2 < elapsed < 5, elapsed
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        # without the idle timeout it would stay open past this wait
+        elapsed = closed_within(sock, 30)
+        assert elapsed is not None and elapsed > 2, elapsed
 
 
 class SlowAgent(FakeAgent):
@@ -217,8 +246,11 @@ class SlowAgent(FakeAgent):
         super().__init__(active_snapshot())
         self.release = threading.Event()
 
+        self.blocked = 0
+
     def cluster(self) -> dict[str, Any]:
-        self.release.wait(30)
+        self.blocked += 1
+        self.release.wait(60)
         return super().cluster()
 
 
@@ -234,11 +266,13 @@ def test_probes_are_answered_while_every_worker_is_blocked() -> None:
         threads = [threading.Thread(target=slow) for _ in range(4)]
         for thread in threads:
             thread.start()
-        time.sleep(0.5)
         try:
+            wait_for(lambda: agent.blocked >= 2, 30, what="both workers blocked in /cluster")
             for _ in range(5):
-                code, elapsed = probe(api.port)
-                assert code == 200 and elapsed < 2
+                code, _ = probe(api.port)
+                # answered while both workers still hang: a probe queued behind them would
+                # have waited for the release, which only comes after this loop
+                assert code == 200 and agent.blocked >= 2 and not results
         finally:
             agent.release.set()
             for thread in threads:
@@ -269,12 +303,17 @@ def test_a_flood_does_not_starve_the_loop_nor_the_probes(agent: FakeAgent) -> No
             text=True,
         )
         try:
-            time.sleep(3)
+            wait_for(
+                lambda: len(api._transport._conns) >= 1300,
+                60,
+                interval=0.1,
+                what="the flood's 1,300 connections held by the server",
+            )
             # one address over its cap (64): the excess is refused at accept
             over = []
             for _ in range(70):
                 over.append(socket.create_connection(("127.0.0.1", api.port), 5, ("127.0.9.9", 0)))
-            time.sleep(0.5)
+            wait_for(lambda: api.refused >= 6, 30, interval=0.05, what="six refusals")
             refused = api.refused
             for sock in over:
                 sock.close()
@@ -296,7 +335,7 @@ def test_a_flood_does_not_starve_the_loop_nor_the_probes(agent: FakeAgent) -> No
     assert result["busy_open_at_end"] == 300 and result["closed_busy"] == 0
     assert result["idle_open_at_end"] == 1000 and result["connect_failures"] == 0
     assert result["answers"] > 300 * 10
-    assert len(answers) > 20 and max(answers) < 5
+    assert len(answers) > 20  # each within the probe's own timeout, as a load balancer waits
     assert max(loop.lateness) < LOOP_BOUND, sorted(loop.lateness)[-5:]
 
 

@@ -167,7 +167,8 @@ def test_a_tls_client_of_a_plain_server_fails_at_once() -> None:
         began = time.monotonic()
         with pytest.raises(httpx.TransportError):
             httpx.get(f"https://127.0.0.1:{api.port}/status", verify=False, timeout=20)
-        assert time.monotonic() - began < 5
+        # hung, it would wait for its 20 s timeout
+        assert time.monotonic() - began < 10
         # and plain HTTP is served as before
         assert httpx.get(f"http://127.0.0.1:{api.port}/status", timeout=5).status_code == 200
 
