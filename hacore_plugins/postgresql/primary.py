@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 
 import attrs
@@ -14,6 +15,8 @@ from hacore_plugins.postgresql.node import NODE_NAME, PgNode, check_hosts, one
 from hacore_plugins.postgresql.sql import STANDBY_STATE, drop_slot, set_password
 
 log = logging.getLogger(__name__)
+
+_PASSWORD_LOCK = threading.Lock()
 
 
 class PrimaryDuties(PgNode):
@@ -132,10 +135,18 @@ class PrimaryDuties(PgNode):
         streaming it would wait for ever. A primary that loses it in a failover is no loss:
         every agent that finds itself primary applies the store's password again."""
         self.remember_password(user, password)
-        with self._local() as conn:
-            if one(conn, "SELECT pg_is_in_recovery()"):
-                return False
-            with conn.transaction():
-                conn.execute("SET LOCAL synchronous_commit = local")
-                set_password(conn, user, password)
+        try:
+            # One at a time: a removal's rotation and the agent loop's re-apply of the same
+            # generation meet here, and two concurrent ALTER ROLE of one role fail with
+            # "tuple concurrently updated".
+            with _PASSWORD_LOCK, self._local() as conn:
+                if one(conn, "SELECT pg_is_in_recovery()"):
+                    return False
+                with conn.transaction():
+                    conn.execute("SET LOCAL synchronous_commit = local")
+                    set_password(conn, user, password)
+        except psycopg.Error as err:
+            raise ReplicationError(
+                f"cannot set the password of {user} on {self.node_name}: {err}"
+            ) from None
         return True

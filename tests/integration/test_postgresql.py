@@ -819,3 +819,33 @@ def test_rewind_falls_back_to_a_fresh_clone(nodes: Nodes, primary: PostgresRepli
     finally:
         stop_by_pid(stranger)
         primary.drop_member("z")
+
+
+def test_password_changes_at_the_same_time_all_succeed(primary: PostgresReplication) -> None:
+    """A removal's rotation and the agent loop's re-apply of the same generation can run at
+    once (two threads of one agent): two concurrent ALTER ROLE of one role make PostgreSQL
+    fail one with "tuple concurrently updated", which surfaced as an internal error of
+    `nodes remove`."""
+    role = "hacore_pwtest"
+    with primary._local() as conn:
+        conn.autocommit = True
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+            conn.execute(f"CREATE ROLE {role} LOGIN")
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def change(i: int) -> None:
+        start.wait()
+        try:
+            for round_ in range(5):
+                assert primary.apply_password(role, f"secret-{i}-{round_}")
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=change, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
