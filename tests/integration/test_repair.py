@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from cluster_fixtures import PG_PARAMETERS, WAIT, CliCluster, Node, formed_cluster, kill_tree
 
-from hacore.testing.procs import wait_for
+from hacore.testing.procs import holds_for, wait_for
 from hacore_plugins.postgresql.settings import default_bin_dir
 
 pytestmark = [
@@ -311,8 +311,18 @@ def test_manual_failover_when_every_standby_is_past_the_lag_limit(trio: CliClust
     frozen = [_freeze_stream(n) for n in standbys]
     try:
         with old.connect() as conn:
-            conn.execute("CREATE TABLE lost AS SELECT g FROM generate_series(1, 50000) g")
-        time.sleep(3)  # a few loops: the status key records the new position
+            # Far more WAL than the sockets between them buffer: a receiver thawed after the
+            # crash reads what was already in flight, and must stay past the limit even so.
+            conn.execute("CREATE TABLE lost AS SELECT g FROM generate_series(1, 2000000) g")
+            row = conn.execute("SELECT (pg_current_wal_lsn() - '0/0')::bigint").fetchone()
+        assert row is not None
+        written = int(row[0])
+
+        def recorded() -> bool:
+            status = old.cluster(trio.credentials()).get("status") or {}
+            return int(status.get("position") or 0) >= written
+
+        wait_for(recorded, WAIT, 0.5, what="the status key to record the active's position")
         old.crash()
     finally:
         for pid in frozen:
@@ -324,8 +334,13 @@ def test_manual_failover_when_every_standby_is_past_the_lag_limit(trio: CliClust
         return "lag_too_high" in str(trio.cli_json("cluster", "explain", target.name))
 
     wait_for(held_back, WAIT, 1.0, what=f"{target.name} held back by its lag")
-    time.sleep(5)
-    assert active_node(trio) is None, "a standby past the lag limit took over by itself"
+    # several loops (loop_wait 1 s) in which a standby free to take over would have
+    holds_for(
+        lambda: active_node(trio) is None,
+        5.0,
+        0.5,
+        what="no standby past the lag limit taking over by itself",
+    )
     out = trio.cli("cluster", "failover", "--to", target.name, "--yes").output
     assert "may lose" in out, out
     assert "failover done" in out, out
