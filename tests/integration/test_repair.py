@@ -334,7 +334,14 @@ def test_manual_failover_when_every_standby_is_past_the_lag_limit(trio: CliClust
         return "lag_too_high" in str(trio.cli_json("cluster", "explain", target.name))
 
     wait_for(held_back, WAIT, 1.0, what=f"{target.name} held back by its lag")
-    # several loops (loop_wait 1 s) in which a standby free to take over would have
+
+    def lease_gone() -> bool:
+        # the leader key as the target's loop last read it: the lease, not the probes
+        return target.cluster(trio.credentials())["leader"] is None
+
+    wait_for(lease_gone, WAIT, 0.5, what=f"{old.name}'s lease to expire")
+    # several loops (loop_wait 1 s) with no lease held, in which a standby free to take over
+    # would have
     holds_for(
         lambda: active_node(trio) is None,
         5.0,
