@@ -281,7 +281,7 @@ def test_probes_are_answered_while_every_worker_is_blocked() -> None:
 
 
 def test_a_flood_does_not_starve_the_loop_nor_the_probes(agent: FakeAgent) -> None:
-    """1,000 idle and 300 busy keep-alive connections for 20 s, from 30 addresses, plus one
+    """1,000 idle and 300 busy keep-alive connections held 20 s, from 30 addresses, plus one
     address over its cap: the excess is refused, the stand-in loop keeps its pace, and a fresh
     client's probe is answered every time."""
     if raise_open_file_limit() < 4096:
@@ -303,12 +303,12 @@ def test_a_flood_does_not_starve_the_loop_nor_the_probes(agent: FakeAgent) -> No
             text=True,
         )
         try:
-            wait_for(
-                lambda: len(api._transport._conns) >= 1300,
-                60,
-                interval=0.1,
-                what="the flood's 1,300 connections held by the server",
-            )
+
+            def held() -> bool:
+                assert flood.poll() is None, "the flood ended before the server held it"
+                return len(api._transport._conns) >= 1300
+
+            wait_for(held, 60, interval=0.1, what="the flood's 1,300 connections, held")
             # one address over its cap (64): the excess is refused at accept
             over = []
             for _ in range(70):
