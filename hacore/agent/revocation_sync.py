@@ -2,15 +2,18 @@
 replication password into the database's passfile and the agent's credentials, and this
 node's own certificate registered so that a later removal of it can revoke it.
 
-Run from the loop (:class:`hacore.agent.support.Membership`), at most every few seconds: one
-or two reads of small keys. Every failure is logged and retried on the next round; nothing
-here can stop the loop.
+The store reads, the registration and the primary's ``ALTER ROLE`` run on a thread of their
+own, every few seconds: a store or a database that does not answer must not hold the loop
+past its self-fencing deadline, and these reads are not the loop's fenced ones. What they
+fetched is applied on the loop (:class:`hacore.agent.support.Membership` calls :meth:`tick`),
+which only writes local files and reloads, as the loop's other work on the database does.
+Every failure is logged and retried on the next round; nothing here can stop the loop.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -50,29 +53,61 @@ class RevocationSync:
         self._generation: int | None = None
         self._primary_generation: int | None = None
         self._failed: dict[str, str] = {}
-        self._next = 0.0
+        #: the reader's last CRL and replication secret, for the loop to apply
+        self._fetched: tuple[bytes | None, revoke.ReplicationSecret | None] = (None, None)
+        self._removed = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._ca: x509.Certificate | None = None
         self._revoked_from: bytes | None = None
         self._revoked_set: frozenset[int] = frozenset()
 
     def tick(self, *, removed: bool = False) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            return
-        self._next = now + INTERVAL
-        for step in (self._register, self._crl_round, self._secret_round):
-            if removed and step is not self._crl_round:
-                continue
-            what = step.__name__.strip("_")
-            try:
-                step()
-            except Exception as err:  # a database or store that does not answer: next round
-                message = f"{what} failed: {err}"
-                if self._failed.get(what) != message:
-                    log.warning("%s: %s", self.name, message)
-                self._failed[what] = message
-            else:
-                self._failed.pop(what, None)
+        """From the loop: apply what the reader fetched last; never waits on a server."""
+        self._removed = removed
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._read_rounds, name=f"hacore-revocations-{self.name}", daemon=True
+            )
+            self._thread.start()
+        crl, secret = self._fetched
+        self._attempt("crl_round", lambda: self._install_crl(crl))
+        if not removed:
+            self._attempt("secret_round", lambda: self._take_secret(secret))
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _read_rounds(self) -> None:
+        while True:
+            self._read_once()
+            if self._stop.wait(INTERVAL):
+                return
+
+    def _read_once(self) -> None:
+        removed = self._removed
+        crl, secret = self._fetched
+        if not removed:
+            self._attempt("register", self._register)
+        if self.tls is not None and self.tls.ca_file.exists():
+            crl = self._attempt("crl_read", lambda: revoke.current_crl(self.consensus), crl)
+        if not removed:
+            secret = self._attempt("secret_read", lambda: self._read_secret(), secret)
+        self._fetched = (crl, secret)
+
+    def _attempt(self, what: str, step: Callable[[], Any], default: Any = None) -> Any:
+        try:
+            result = step()
+        except Exception as err:  # a database or store that does not answer: next round
+            message = f"{what} failed: {err}"
+            if self._failed.get(what) != message:
+                log.warning("%s: %s", self.name, message)
+            self._failed[what] = message
+            return default
+        self._failed.pop(what, None)
+        return result
 
     def _register(self) -> None:
         if self._registered or self.tls is None or not self.tls.cert_file.exists():
@@ -81,11 +116,8 @@ class RevocationSync:
         revoke.register_certificate(self.consensus, self.name, node.certificate)
         self._registered = True
 
-    def _crl_round(self) -> None:
-        if self.tls is None or not self.tls.ca_file.exists():
-            return
-        data = revoke.current_crl(self.consensus)
-        if data is None or data == self._crl:
+    def _install_crl(self, data: bytes | None) -> None:
+        if self.tls is None or data is None or data == self._crl:
             return
         ca = read_certificate(self.tls.ca_file)
         if revocation.install_crl(revocation.crl_path(self.tls.ca_file), data, ca):
@@ -95,12 +127,14 @@ class RevocationSync:
                 reload_tls()
         self._crl = data
 
-    def _secret_round(self) -> None:
+    def _read_secret(self) -> revoke.ReplicationSecret | None:
         secret = revoke.replication_secret(self.consensus)
-        if secret is None:
-            return
-        self._as_primary(secret)
-        if secret.generation == self._generation:
+        if secret is not None:
+            self._as_primary(secret)
+        return secret
+
+    def _take_secret(self, secret: revoke.ReplicationSecret | None) -> None:
+        if secret is None or secret.generation == self._generation:
             return
         remember = getattr(self.replication, "remember_password", None)
         if remember is not None:

@@ -284,6 +284,8 @@ class Agent:
                     self._wake.wait(wait)
         finally:
             self._watch.stop()
+            if self._membership.revocations is not None:
+                self._membership.revocations.stop(timeout=2.0)
             if self._stop.is_set() and self._resign_on_stop:
                 self._shutdown()
                 self._retire_keeper()
