@@ -18,8 +18,8 @@ from typing import Any
 
 import attrs
 
-from hacore.filesync import FilesyncBackend, SyncState
-from hacore.plugins import load_plugins
+from hacore.backends.filesync import FilesyncBackend, SyncState
+from hacore.plugins.registry import load_plugins
 from hacore.testing.procs import free_port
 
 #: the password the rsync nodes share, as a real cluster would set one

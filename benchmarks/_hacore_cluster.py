@@ -73,7 +73,7 @@ class HacoreCluster(BenchCluster):
         synchronous: str = "on",
     ) -> None:
         from hacore.api.auth import hash_password
-        from hacore.config import load_config
+        from hacore.config.node import load_config
 
         self.system = system
         self.workdir = workdir
@@ -308,8 +308,8 @@ def run_node(config_path: Path, bootstrap: bool) -> None:
     from hacore.agent.runtime import Agent
     from hacore.api.limits import raise_open_file_limit
     from hacore.api.server import ApiServer
-    from hacore.config import load_config
-    from hacore.plugins import load_plugins
+    from hacore.config.node import load_config
+    from hacore.plugins.registry import load_plugins
 
     raise_open_file_limit()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -43,9 +43,9 @@ from rich.console import Console
 from rich.table import Table
 
 import hacore
-from hacore.consensus import LEADER_KEY, ConsensusBackend
-from hacore.plugins import load_plugins
-from hacore.records import EventKind
+from hacore.backends.consensus import LEADER_KEY, ConsensusBackend
+from hacore.backends.records import EventKind
+from hacore.plugins.registry import load_plugins
 from hacore.testing.harness import ConsensusHarness
 
 #: Python package of each backend's client, for the versions line.

@@ -4,8 +4,8 @@
                                   [--systems hacore,patroni-defaults,...] [--json]
 
 Every system runs 3 nodes of the same PostgreSQL 15 on a 3-member etcd started for it
-(``hacore.testing.etcd.EtcdHarness``), on loopback ports in a temporary directory. A writer
-process inserts one row at a time through a multi-host connection string
+(``hacore_plugins.etcd.testing.EtcdHarness``), on loopback ports in a temporary directory.
+A writer process inserts one row at a time through a multi-host connection string
 (``target_session_attrs=read-write``) and logs every acknowledged insert.
 
 * crash: the active's host dies (SIGSTOP, then SIGKILL, of its agent and its whole PostgreSQL
@@ -48,7 +48,7 @@ from _writer import Ack, Writer
 from rich.console import Console
 
 import hacore
-from hacore.testing.etcd import EtcdHarness
+from hacore_plugins.etcd.testing import EtcdHarness
 
 SCENARIOS = ("crash", "switchover", "status")
 #: Writes acknowledged before a fault, so the writer is known to be steady.

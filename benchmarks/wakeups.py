@@ -29,8 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from hacore.consensus import LEADER_KEY, ConsensusBackend
-from hacore.plugins import load_plugins
+from hacore.backends.consensus import LEADER_KEY, ConsensusBackend
+from hacore.plugins.registry import load_plugins
 from hacore.testing.harness import ConsensusHarness
 
 TTL = 20.0

@@ -5,25 +5,10 @@ The public API is what this module re-exports; everything else may change.
 
 from __future__ import annotations
 
-from hacore.config import NodeConfig, load_config
-from hacore.consensus import ConsensusBackend, ManagedStore, Watcher
-from hacore.errors import (
-    ConfigError,
-    FilesyncError,
-    HacoreError,
-    ManagedStoreError,
-    PromotionVetoedError,
-    ReplicationError,
-    ServiceError,
-    StoreUnavailableError,
-    UnknownBackendError,
-)
-from hacore.filesync import FilesyncBackend, SyncState
-from hacore.health import CheckResult, HealthCheck
-from hacore.hookspecs import hookimpl, hookspec
-from hacore.options import parse_options
-from hacore.plugins import BackendRegistry, HacorePlugins, load_plugins
-from hacore.records import (
+from hacore.backends.consensus import ConsensusBackend, ManagedStore, Watcher
+from hacore.backends.filesync import FilesyncBackend, SyncState
+from hacore.backends.health import CheckResult, HealthCheck
+from hacore.backends.records import (
     ClusterView,
     EventKind,
     KeyValue,
@@ -35,13 +20,28 @@ from hacore.records import (
     TlsFiles,
     WatchEvent,
 )
-from hacore.replication import (
+from hacore.backends.replication import (
     ReplicationBackend,
     ReplicationSource,
     ReplicationStatus,
     StandbyState,
 )
-from hacore.services import ServiceBackend, ServiceStatus
+from hacore.backends.services import ServiceBackend, ServiceStatus
+from hacore.config.node import NodeConfig, load_config
+from hacore.config.options import parse_options
+from hacore.errors import (
+    ConfigError,
+    FilesyncError,
+    HacoreError,
+    ManagedStoreError,
+    PromotionVetoedError,
+    ReplicationError,
+    ServiceError,
+    StoreUnavailableError,
+    UnknownBackendError,
+)
+from hacore.plugins.hookspecs import hookimpl, hookspec
+from hacore.plugins.registry import BackendRegistry, HacorePlugins, load_plugins
 
 __version__ = "0.1.0"
 

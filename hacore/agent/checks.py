@@ -27,13 +27,13 @@ from collections.abc import Sequence
 
 import attrs
 
-from hacore.agent.state import HealthReport
+from hacore.agent.vocabulary import HealthReport
+from hacore.backends.filesync import FilesyncBackend, SyncState
+from hacore.backends.health import CheckResult, HealthCheck
+from hacore.backends.records import ClusterView
+from hacore.backends.replication import ReplicationStatus
+from hacore.backends.services import ServiceBackend
 from hacore.errors import ConfigError, HacoreError
-from hacore.filesync import FilesyncBackend, SyncState
-from hacore.health import CheckResult, HealthCheck
-from hacore.records import ClusterView
-from hacore.replication import ReplicationStatus
-from hacore.services import ServiceBackend
 
 log = logging.getLogger(__name__)
 

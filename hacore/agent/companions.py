@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-from hacore.filesync import FilesyncBackend, SyncState
-from hacore.services import ServiceBackend
+from hacore.backends.filesync import FilesyncBackend, SyncState
+from hacore.backends.services import ServiceBackend
 
 
 class Companions:

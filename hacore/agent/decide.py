@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import attrs
 
-from hacore.agent import minority
-from hacore.agent.state import (
+from hacore.agent import minority, paused
+from hacore.agent.vocabulary import (
     Action,
     Decision,
     DecisionConfig,
@@ -24,8 +24,8 @@ from hacore.agent.state import (
     SwitchoverRequest,
     SyncMode,
 )
-from hacore.records import ClusterView, Leader, Lease, Member, NodeRole
-from hacore.replication import ReplicationStatus
+from hacore.backends.records import ClusterView, Leader, Lease, Member, NodeRole
+from hacore.backends.replication import ReplicationStatus
 
 #: States in which the local database was (or was becoming) the primary.
 _PRIMARY_STATES = frozenset(
@@ -44,7 +44,8 @@ def decide(obs: Observation, cfg: DecisionConfig) -> Decision:
     """The next action for this node, given what it observed this loop.
 
     Rule F0 above all others: a node under a live failsafe promise never campaigns, whatever
-    rule asked for it (docs/fencing.md, "Failsafe mode").
+    rule asked for it (docs/fencing.md, "Failsafe mode"). Then, while the cluster is paused,
+    rules P0-P3 (:mod:`hacore.agent.paused`) replace every other rule.
     """
     decision = _decide(obs, cfg)
     if decision.action is Action.CAMPAIGN and _promised(obs):
@@ -53,6 +54,9 @@ def decide(obs: Observation, cfg: DecisionConfig) -> Decision:
 
 
 def _decide(obs: Observation, cfg: DecisionConfig) -> Decision:
+    if obs.pause is not None:
+        # Rules P0-P3: maintenance mode decides before everything else (hacore/agent/paused.py)
+        return paused.decide(obs)
     if _leasing(obs) and _lease_stands(obs):
         return _holding(obs, cfg)
     if _writable(obs.db) and _failsafe_reclaims(obs, cfg):
@@ -138,6 +142,8 @@ def campaign_blockers(obs: Observation, cfg: DecisionConfig) -> tuple[Blocker, .
     found: list[Blocker] = []
     if obs.removed:
         found.append(Blocker("removed", "this node was removed from the cluster"))
+    if obs.pause is not None:
+        found.append(Blocker("paused", f"the cluster is {paused.describe(obs.pause)}"))
     if _promised(obs):
         assert obs.promised_until is not None
         found.append(

@@ -1,4 +1,4 @@
-"""Carrying out a :class:`~hacore.agent.state.Decision` through the backends, in a fixed order.
+"""Carrying out a :class:`~hacore.agent.vocabulary.Decision` through the backends, in a fixed order.
 
 The order of the steps is the safety argument, so it is spelled out here once:
 
@@ -42,7 +42,8 @@ from hacore.agent.counters import Event, EventCounters
 from hacore.agent.hooks import HookCaller, NodeLog
 from hacore.agent.jobs import Jobs
 from hacore.agent.observe import StoreReading
-from hacore.agent.state import (
+from hacore.agent.syncrep import StatusWriter, StoreCall, SyncStandbys
+from hacore.agent.vocabulary import (
     Action,
     ActiveStatus,
     Decision,
@@ -51,14 +52,13 @@ from hacore.agent.state import (
     NodeState,
     Observation,
 )
-from hacore.agent.syncrep import StatusWriter, StoreCall, SyncStandbys
-from hacore.config import NodeConfig
-from hacore.consensus import ConsensusBackend, ManagedStore
+from hacore.backends.consensus import ConsensusBackend, ManagedStore
+from hacore.backends.filesync import FilesyncBackend
+from hacore.backends.records import ClusterView, Lease, Member, NodeRole
+from hacore.backends.replication import UNKNOWN_STATUS, ReplicationBackend, ReplicationSource
+from hacore.backends.services import ServiceBackend
+from hacore.config.node import NodeConfig
 from hacore.errors import HacoreError
-from hacore.filesync import FilesyncBackend
-from hacore.records import ClusterView, Lease, Member, NodeRole
-from hacore.replication import UNKNOWN_STATUS, ReplicationBackend, ReplicationSource
-from hacore.services import ServiceBackend
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class Executor:
         if action is Action.STAY_ACTIVE:
             return self._stay_active(decision, obs, reading)
         if action is Action.CAMPAIGN:
-            return self._campaign(decision)
+            return self._campaign(decision, obs)
         if action is Action.PROMOTE:
             return self._promote(obs, reading)
         if action is Action.STEP_DOWN:
@@ -236,12 +236,13 @@ class Executor:
                 self.config.timing.ttl,
             )
 
-    def _campaign(self, decision: Decision) -> Outcome:
+    def _campaign(self, decision: Decision, obs: Observation) -> Outcome:
         sent = self.clock()
         lease = self.b.consensus.campaign()
         if lease is None:
             self._log_lost_campaign()
-            return Outcome(NodeState.STANDBY)
+            # paused, a writable database taking its lease back is what it was (rule P2)
+            return Outcome(obs.previous if obs.pause is not None else NodeState.STANDBY)
         self.lease.won(lease, sent)
         self.log.info("won the election: leader key held with fencing token %d", lease.token)
         return Outcome(decision.next_state, observe_again=True)
@@ -344,6 +345,8 @@ class Executor:
 
     def _stay_active(self, decision: Decision, obs: Observation, reading: StoreReading) -> Outcome:
         lease = self.lease.lease
+        if obs.pause is not None:
+            return self._stay_paused(decision, obs, reading)
         # A flip that failed or overran at the promotion is retried here, in the background.
         self.extras.files_from(self.name, within=0.0)
         services_ok = self.extras.ensure_active()
@@ -358,6 +361,28 @@ class Executor:
             self._keep_status(decision, obs, reading)
         except HacoreError as err:
             # Still the active: the next loop writes the status key again.
+            return attrs.evolve(outcome, error=f"status key not updated: {err}")
+        return outcome
+
+    def _stay_paused(self, decision: Decision, obs: Observation, reading: StoreReading) -> Outcome:
+        """Rule P1: nothing is started or flipped (services and files stay as they are). A
+        lease taken back while paused (a new session, a new token) is recorded in the
+        database, which stays the primary it was: no promotion, no history entry, as the
+        active did not change."""
+        lease = self.lease.lease
+        if lease is not None and obs.db_token != lease.token:
+            self.b.replication.record_fencing_token(lease.token)
+            self.lease.allow_writes()
+            self.log.info(
+                "paused: the lease is held again (token %d); the database stays the primary",
+                lease.token,
+            )
+        outcome = Outcome(NodeState.ACTIVE, is_active=obs.db.writable)
+        if obs.lease_status is not LeaseStatus.HELD or reading.view is None:
+            return outcome
+        try:
+            self._keep_status(decision, obs, reading)
+        except HacoreError as err:
             return attrs.evolve(outcome, error=f"status key not updated: {err}")
         return outcome
 

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from hacore.agent.decide import Blocker, campaign_blockers, decide, member_ahead
-from hacore.agent.state import (
+from hacore.agent.vocabulary import (
     Action,
     Decision,
     DecisionConfig,

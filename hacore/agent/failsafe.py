@@ -42,9 +42,9 @@ import attrs
 import httpx
 
 from hacore.agent.keeper import boot_id
+from hacore.backends.records import Leader
 from hacore.errors import HacoreError
-from hacore.pki.files import write_atomic
-from hacore.records import Leader
+from hacore.pki.tls_files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from hacore.config import NodeConfig
-from hacore.plugins import HacorePlugins
-from hacore.records import ClusterView
+from hacore.backends.records import ClusterView
+from hacore.config.node import NodeConfig
+from hacore.plugins.registry import HacorePlugins
 
 log = logging.getLogger(__name__)
 

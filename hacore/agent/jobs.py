@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from hacore.agent.hooks import NodeLog
-from hacore.agent.state import Action
+from hacore.agent.vocabulary import Action
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,9 @@ that rule's guard, deliberately outside the loop:
   through the replication backend's own ``fence()``, once per deadline. It talks to no store
   and waits for no agent: a file read, ``/proc`` and the local database are all it touches;
 - it exits on its own when there is nothing left to guard and the agent's pid is gone.
+- while the cluster is paused (``hacore cluster pause``) the record says ``paused``: no
+  deadline, so the agent can be stopped, restarted or upgraded without a fence
+  (docs/fencing.md, "Maintenance mode").
 
 The record is written without fsync: a deadline on the monotonic clock means nothing after a
 reboot, and a record of another boot (its boot id differs) is ignored.
@@ -40,11 +43,11 @@ import attrs
 
 from hacore.agent.hooks import NodeLog
 from hacore.agent.supervise import RestartLog
+from hacore.backends.health import CheckResult, HealthCheck
+from hacore.backends.processes import DetachedProcess, read_proc
+from hacore.backends.replication import ReplicationBackend
 from hacore.errors import HacoreError
-from hacore.health import CheckResult, HealthCheck
-from hacore.pki.files import write_atomic
-from hacore.process import DetachedProcess, read_proc
-from hacore.replication import ReplicationBackend
+from hacore.pki.tls_files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,10 @@ class Hold(enum.Enum):
     HOLDER = "holder"
     #: the agent saw its database refuse writes: nothing to guard
     RELEASED = "released"
+    #: the cluster is paused (``hacore cluster pause``): the database may write with no
+    #: deadline, even once the agent is gone, so the agent can be restarted or upgraded
+    #: without a failover; no other node can become a writer until the pause ends
+    PAUSED = "paused"
 
 
 @attrs.frozen
@@ -141,6 +148,7 @@ def fed_record(
     may_write: bool,
     deadline: float | None,
     db_role: str | None,
+    paused: bool = False,
 ) -> FenceRecord | None:
     """The record the agent must write now, None to leave the current one.
 
@@ -149,11 +157,21 @@ def fed_record(
     database write *and* read it as not a primary (``db_role``; None: not read, or the read
     failed). Anything else keeps the last record, so a lease dropped before the fence, or a
     fence that failed, leaves the last deadline for the keeper to enforce.
+
+    While the cluster is ``paused``, a database not seen refusing writes is ``paused``: no
+    deadline. Once the pause ends, a ``paused`` record the agent does not replace by a
+    deadline of its own (it holds no lease) becomes a deadline already past: that database
+    writes under no lease, and its agent fences it too (rule 11).
     """
-    if may_write and deadline is not None:
+    not_primary = db_role is not None and db_role != "primary"
+    if paused:
+        wanted = FenceRecord(Hold.RELEASED if not_primary else Hold.PAUSED, None, pid, boot)
+    elif may_write and deadline is not None:
         wanted = FenceRecord(Hold.HOLDER, deadline, pid, boot)
-    elif not may_write and db_role is not None and db_role != "primary":
+    elif not may_write and not_primary:
         wanted = FenceRecord(Hold.RELEASED, None, pid, boot)
+    elif current is not None and current.hold is Hold.PAUSED:
+        wanted = FenceRecord(Hold.HOLDER, 0.0, pid, boot)
     else:
         return None
     return None if wanted == current else wanted
@@ -210,6 +228,10 @@ def keeper_decide(view: KeeperView) -> KeeperDecision:
     """
     rec = view.record
     gone = "the agent is gone"
+    if rec is not None and rec.hold is Hold.PAUSED:
+        if view.agent_alive:
+            return KeeperDecision(KeeperAction.WAIT, "the cluster is paused: no deadline")
+        return KeeperDecision(KeeperAction.EXIT, f"the cluster is paused and {gone}")
     if rec is None or not rec.holds:
         if view.agent_alive:
             return KeeperDecision(KeeperAction.WAIT, "the agent lets no database write")
@@ -281,7 +303,14 @@ class DeadlineFeed:
         else:
             self._write(attrs.evolve(found, agent_pid=self.pid))
 
-    def update(self, *, may_write: bool, deadline: float | None, db_role: str | None) -> None:
+    def update(
+        self,
+        *,
+        may_write: bool,
+        deadline: float | None,
+        db_role: str | None,
+        paused: bool = False,
+    ) -> None:
         record = fed_record(
             self.current,
             pid=self.pid,
@@ -289,6 +318,7 @@ class DeadlineFeed:
             may_write=may_write,
             deadline=deadline,
             db_role=db_role,
+            paused=paused,
         )
         if record is not None:
             self._write(record)
@@ -499,20 +529,3 @@ class Keeper:
             return self._record
         self._unreadable = ""
         return self._record
-
-
-def run_keeper(config_path: Path, agent_pid: int) -> None:
-    """``hacore agent keeper``: the node's replication backend, built from the configuration
-    in force (node.yaml and the options ``cluster start``/``join`` saved), and the loop."""
-    from hacore.cluster import tls as node_tls
-    from hacore.cluster.parts import local_parts
-    from hacore.cluster.state import StateFile
-    from hacore.config import load_config, load_config_and_plugins
-
-    base, plugins = load_config_and_plugins(config_path)
-    state = StateFile(base.node.data_dir).load()
-    config = base
-    if state is not None and state.overrides:
-        config = load_config(config_path, overrides=state.overrides, registry=plugins.registry)
-    replication = local_parts(config, plugins, node_tls.tls_files(config)).replication
-    Keeper(replication, base.node.data_dir / RECORD_FILE, agent_pid=agent_pid).run()

@@ -8,11 +8,12 @@ acting on a guess.
 | key | written by | bound to a session | value |
 |---|---|---|---|
 | ``leader`` | the campaign | yes | the holder's name |
-| ``members/<name>`` | each node, every loop | yes | :class:`~hacore.records.Member` |
+| ``members/<name>`` | each node, every loop | yes | :class:`~hacore.backends.records.Member` |
 | ``config`` | ``cluster start`` | no | the cluster record |
 | ``status`` | the active, every loop (compare-and-set) | no | :class:`ActiveStatus` |
 | ``switchover`` | ``cluster switchover`` | no | :class:`StoredSwitchover` |
 | ``removed/<name>`` | ``nodes remove`` | no | :class:`Removal` |
+| ``pause`` | ``cluster pause`` / ``resume`` | no | :class:`~hacore.agent.vocabulary.Pause` |
 | ``history/<token>`` | a node after its promotion | no | :class:`HistoryEntry` |
 """
 
@@ -24,8 +25,8 @@ from typing import Any
 
 import attrs
 
-from hacore.agent.state import ActiveStatus
-from hacore.consensus import CONFIG_KEY, LEADER_KEY, MEMBERS_PREFIX
+from hacore.agent.vocabulary import ActiveStatus, Pause
+from hacore.backends.consensus import CONFIG_KEY, LEADER_KEY, MEMBERS_PREFIX
 from hacore.errors import HacoreError
 
 __all__ = [
@@ -34,13 +35,16 @@ __all__ = [
     "HISTORY_REASONS",
     "LEADER_KEY",
     "MEMBERS_PREFIX",
+    "PAUSE_KEY",
     "REMOVED_PREFIX",
     "STATUS_KEY",
     "SWITCHOVER_KEY",
     "HistoryEntry",
     "Removal",
     "StoredSwitchover",
+    "decode_pause",
     "decode_status",
+    "encode_pause",
     "encode_status",
     "history_key",
     "removed_key",
@@ -51,6 +55,7 @@ STATUS_KEY = "status"
 SWITCHOVER_KEY = "switchover"
 REMOVED_PREFIX = "removed/"
 HISTORY_PREFIX = "history/"
+PAUSE_KEY = "pause"
 
 
 def removed_key(name: str) -> str:
@@ -121,6 +126,23 @@ def decode_status(raw: bytes) -> ActiveStatus:
         timeline=_optional_int(data, "timeline", STATUS_KEY),
         sync_standbys=frozenset(names),
     )
+
+
+# -- pause ---------------------------------------------------------------------------------
+
+
+def encode_pause(pause: Pause) -> bytes:
+    return _dump({"by": pause.by, "at": pause.paused_at, "reason": pause.reason})
+
+
+def decode_pause(raw: bytes) -> Pause:
+    data = _load(raw, PAUSE_KEY)
+    by = _text(data, "by", PAUSE_KEY)
+    assert by is not None
+    at, reason = data.get("at", 0.0), data.get("reason", "")
+    if not isinstance(reason, str):
+        raise HacoreError("the pause key's 'reason' must be a string")
+    return Pause(by=by, paused_at=float(at) if isinstance(at, int | float) else 0.0, reason=reason)
 
 
 # -- switchover ------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ By default an active that cannot renew its lease fences itself at ``ttl - safety
 such a node keep serving instead ("active minority mode") and, when the network heals, throws
 away the losing side's writes. This mode keeps the first half and replaces the second: the
 writes of the losing side are exported to a salvage archive before its database is rewound
-(hacore/cluster/salvage.py, docs/fencing.md "Minority mode").
+(hacore/backends/salvage.py, docs/fencing.md "Minority mode").
 
 Who wins on reconnection is not a new decision: the store's lease holder. The majority side
 elects an active as usual; when the cut-off active reaches the store again its renewal is
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hacore.agent.hooks import NodeLog
-from hacore.agent.state import (
+from hacore.agent.vocabulary import (
     Action,
     Decision,
     DecisionConfig,
@@ -35,9 +35,9 @@ from hacore.agent.state import (
     NodeState,
     Observation,
 )
-from hacore.cluster import salvage
+from hacore.backends import salvage
+from hacore.backends.replication import ReplicationStatus
 from hacore.errors import HacoreError
-from hacore.replication import ReplicationStatus
 
 
 def _writable(db: ReplicationStatus) -> bool:

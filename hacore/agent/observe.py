@@ -1,4 +1,4 @@
-"""Building the loop's :class:`~hacore.agent.state.Observation`: renew first, then read.
+"""Building the loop's :class:`~hacore.agent.vocabulary.Observation`: renew first, then read.
 
 Two rules from docs/agent-states.md shape this module:
 
@@ -24,19 +24,20 @@ from typing import TypeVar
 import attrs
 
 from hacore.agent import keys
-from hacore.agent.state import (
+from hacore.agent.vocabulary import (
     Action,
     ActiveStatus,
     HealthReport,
     LeaseStatus,
     NodeState,
     Observation,
+    Pause,
     SwitchoverRequest,
 )
-from hacore.consensus import ConsensusBackend
+from hacore.backends.consensus import ConsensusBackend
+from hacore.backends.records import ClusterView, KeyValue, Lease
+from hacore.backends.replication import UNKNOWN_STATUS, ReplicationBackend, ReplicationStatus
 from hacore.errors import HacoreError, StoreUnavailableError
-from hacore.records import ClusterView, KeyValue, Lease
-from hacore.replication import UNKNOWN_STATUS, ReplicationBackend, ReplicationStatus
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class StoreReading:
     switchover: keys.StoredSwitchover | None = None
     switchover_version: int = 0
     removed: frozenset[str] = frozenset()
+    #: The pause key (maintenance mode); only meaningful with a view.
+    pause: Pause | None = None
     #: When the store last answered a call this loop (None: it did not).
     answered_at: float | None = None
 
@@ -104,6 +107,7 @@ def read_store(
         status_kv = call(lambda: consensus.get(keys.STATUS_KEY))
         switch_kv = call(lambda: consensus.get(keys.SWITCHOVER_KEY))
         removed_kvs = call(lambda: consensus.get_prefix(keys.REMOVED_PREFIX))
+        pause_kv = call(lambda: consensus.get(keys.PAUSE_KEY))
         answered = clock()
     except _Skipped:
         return StoreReading(
@@ -118,6 +122,7 @@ def read_store(
     assert isinstance(view, ClusterView)
     active_status, status_version = _decoded(status_kv, keys.decode_status)
     switchover, switch_version = _decoded(switch_kv, keys.StoredSwitchover.decode)
+    pause = _pause(pause_kv)
     assert isinstance(removed_kvs, tuple)
     return StoreReading(
         status,
@@ -129,8 +134,22 @@ def read_store(
         switchover=switchover,
         switchover_version=switch_version,
         removed=keys.removed_names(tuple(kv.key for kv in removed_kvs)),
+        pause=pause,
         answered_at=answered,
     )
+
+
+def _pause(kv: object) -> Pause | None:
+    """The pause key; one that cannot be read still pauses (doing nothing is the side an
+    unreadable operator's request errs on), and says so."""
+    if kv is None:
+        return None
+    assert isinstance(kv, KeyValue)
+    try:
+        return keys.decode_pause(kv.value)
+    except HacoreError as err:
+        log.warning("the pause key is unreadable, the cluster counts as paused: %s", err)
+        return Pause(by="?", reason=f"unreadable pause key: {err}")
 
 
 def _decoded(kv: object, decode: Callable[[bytes], _T]) -> tuple[_T | None, int]:
@@ -174,7 +193,7 @@ class DbReading:
     initialized: bool
     token: int | None
     #: False when the database did not answer (in time): ``status`` is then
-    #: :data:`~hacore.replication.UNKNOWN_STATUS`, never a guess (DESIGN rule 7)
+    #: :data:`~hacore.backends.replication.UNKNOWN_STATUS`, never a guess (DESIGN rule 7)
     status_known: bool = True
 
 
@@ -269,6 +288,7 @@ def observation(
     job: Action | None,
     failsafe_expiry: float | None = None,
     promised_until: float | None = None,
+    pause: Pause | None = None,
 ) -> Observation:
     """Everything ``decide`` gets; a lease that does not stand is not passed on."""
     holds = reading.lease_status in (LeaseStatus.HELD, LeaseStatus.UNCERTAIN)
@@ -293,4 +313,5 @@ def observation(
         job=job,
         failsafe_expiry=failsafe_expiry,
         promised_until=promised_until,
+        pause=pause,
     )

@@ -12,12 +12,12 @@ from typing import Any
 
 from hacore.agent import keys
 from hacore.agent.companions import Companions
-from hacore.agent.state import ActiveStatus
-from hacore.api.errors import ConflictError, NotFoundError, UnavailableError
-from hacore.consensus import ConsensusBackend
+from hacore.agent.errors import NotNowError, StateConflictError, UnknownNodeError
+from hacore.agent.vocabulary import ActiveStatus, Pause
+from hacore.backends.consensus import ConsensusBackend
+from hacore.backends.records import Lease, NodeRole
+from hacore.backends.replication import ReplicationBackend, ReplicationSource
 from hacore.errors import HacoreError
-from hacore.records import NodeRole
-from hacore.replication import ReplicationBackend, ReplicationSource
 
 
 def request_switchover(
@@ -28,13 +28,14 @@ def request_switchover(
     A pending request from the same leader younger than ``timeout`` is a conflict; an older
     or stale one is replaced.
     """
+    refuse_while_paused(consensus, "a switchover")
     leader = consensus.leader()
     if leader is None:
-        raise UnavailableError("there is no active node to switch over from")
+        raise NotNowError("there is no active node to switch over from")
     if to == leader.name:
-        raise ConflictError(f"{to} is already the active node")
+        raise StateConflictError(f"{to} is already the active node")
     if to is not None and consensus.get(keys.MEMBERS_PREFIX + to) is None:
-        raise NotFoundError(f'no live node named "{to}" in this cluster')
+        raise UnknownNodeError(f'no live node named "{to}" in this cluster')
     current = consensus.get(keys.SWITCHOVER_KEY)
     if current is not None:
         try:
@@ -46,11 +47,11 @@ def request_switchover(
             and pending.from_node == leader.name
             and time.time() - pending.requested_at < timeout
         ):
-            raise ConflictError(f"a switchover away from {leader.name} is already pending")
+            raise StateConflictError(f"a switchover away from {leader.name} is already pending")
     request = keys.StoredSwitchover(from_node=leader.name, to_node=to)
     version = current.version if current is not None else 0
     if not consensus.put(keys.SWITCHOVER_KEY, request.encode(), expect_version=version):
-        raise ConflictError("another switchover request was written at the same time")
+        raise StateConflictError("another switchover request was written at the same time")
     return request
 
 
@@ -59,13 +60,13 @@ def record_bootstrap(consensus: ConsensusBackend, replication: ReplicationBacken
     db = replication.status()
     raw = keys.encode_status(ActiveStatus(replication.node_name, db.position, db.timeline))
     if not consensus.put(keys.STATUS_KEY, raw, expect_version=0):
-        raise ConflictError("this cluster already has a status key: it was started before")
+        raise StateConflictError("this cluster already has a status key: it was started before")
 
 
 def mark_removed(consensus: ConsensusBackend, name: str, *, by: str) -> None:
     leader = consensus.leader()
     if leader is not None and leader.name == name:
-        raise ConflictError(f"{name} is the active node; switch over before removing it")
+        raise StateConflictError(f"{name} is the active node; switch over before removing it")
     consensus.put(keys.removed_key(name), keys.Removal(by=by).encode())
 
 
@@ -80,26 +81,29 @@ def request_failover(
     active wrote to the status key and the candidate's own: the writes in between were
     acknowledged by the old active and are not on the candidate.
     """
+    refuse_while_paused(consensus, "a failover")
     leader = consensus.leader()
     if leader is not None:
-        raise ConflictError(
+        raise StateConflictError(
             f"{leader.name} holds the lease: a failover is for a cluster with no active node; "
             f"hand over with hacore cluster switchover --to {to}"
         )
     removed = keys.removed_names(tuple(kv.key for kv in consensus.get_prefix(keys.REMOVED_PREFIX)))
     if to in removed:
-        raise ConflictError(f"{to} was removed from the cluster")
+        raise StateConflictError(f"{to} was removed from the cluster")
     target = next((m for m in consensus.members() if m.name == to), None)
     if target is None:
-        raise NotFoundError(f'no live node named "{to}" in this cluster (is its agent running?)')
+        raise UnknownNodeError(f'no live node named "{to}" in this cluster (is its agent running?)')
     if target.role in (NodeRole.REMOVED, NodeRole.CLONING) or target.position is None:
-        raise ConflictError(
+        raise StateConflictError(
             f"{to} cannot be promoted: it is {target.role.value} and its database position is "
             f"{'unknown' if target.position is None else target.position}"
         )
     raw = consensus.get(keys.STATUS_KEY)
     if raw is None:
-        raise ConflictError("no active was ever recorded in this cluster: nothing to fail over")
+        raise StateConflictError(
+            "no active was ever recorded in this cluster: nothing to fail over"
+        )
     last = keys.decode_status(raw.value)
     lost = None if last.position is None else max(0, last.position - target.position)
     preview: dict[str, Any] = {
@@ -119,7 +123,9 @@ def request_failover(
     request = keys.StoredSwitchover(from_node=last.name, to_node=to, failover=True)
     version = current.version if current is not None else 0
     if not consensus.put(keys.SWITCHOVER_KEY, request.encode(), expect_version=version):
-        raise ConflictError("another switchover or failover request was written at the same time")
+        raise StateConflictError(
+            "another switchover or failover request was written at the same time"
+        )
     return {**preview, "requested": True}
 
 
@@ -143,6 +149,93 @@ def restart_work(
         if database:
             replication.stop()
             replication.start(follow=source)
+        if backend is not None and names:
+            backend.start_all(names)
+
+    return work
+
+
+# -- maintenance mode ------------------------------------------------------------------------
+
+
+def read_pause(consensus: ConsensusBackend) -> tuple[Pause | None, int]:
+    """The pause key and its version (0: not paused)."""
+    kv = consensus.get(keys.PAUSE_KEY)
+    if kv is None:
+        return None, 0
+    try:
+        return keys.decode_pause(kv.value), kv.version
+    except HacoreError as err:
+        return Pause(by="?", reason=f"unreadable pause key: {err}"), kv.version
+
+
+def pause_json(pause: Pause | None) -> dict[str, Any] | None:
+    if pause is None:
+        return None
+    return {"by": pause.by, "at": pause.paused_at, "reason": pause.reason}
+
+
+def refuse_while_paused(consensus: ConsensusBackend, what: str) -> None:
+    """Operations that change the active are refused while paused: nobody would act on them."""
+    pause, _ = read_pause(consensus)
+    if pause is not None:
+        raise StateConflictError(
+            f"the cluster is paused (by {pause.by}): {what} is refused until hacore cluster resume"
+        )
+
+
+def pause(consensus: ConsensusBackend, wanted: Pause) -> dict[str, Any]:
+    """Write the pause key unless it exists; an existing pause is kept as it is."""
+    current, _ = read_pause(consensus)
+    if current is None and consensus.put(
+        keys.PAUSE_KEY, keys.encode_pause(wanted), expect_version=0
+    ):
+        return {"paused": True, "already": False, "pause": pause_json(wanted)}
+    current, _ = read_pause(consensus)
+    return {"paused": current is not None, "already": True, "pause": pause_json(current)}
+
+
+def check_resumable(consensus: ConsensusBackend, name: str, lease: Lease | None) -> None:
+    """Resume only through the node that holds the lease: its database is the one writer,
+    and it goes back under a deadline before the others may act (docs/fencing.md)."""
+    pause, _ = read_pause(consensus)
+    if pause is None:
+        return
+    leader = consensus.leader()
+    if leader is None:
+        raise StateConflictError(
+            "no node holds the lease: the active's agent is not running or does not reach "
+            "the store. Start it (it takes the lease back while paused), or, once you made "
+            "sure no database writes outside hacore, resume with --force"
+        )
+    if lease is None or leader.name != name or leader.token != lease.token:
+        raise NotNowError(f"{leader.name} holds the lease: send the resume to {leader.name}")
+
+
+def resume(consensus: ConsensusBackend) -> dict[str, Any]:
+    """Delete the pause key (absent: already resumed)."""
+    current, version = read_pause(consensus)
+    if current is None:
+        return {"paused": False, "already": True, "pause": None}
+    if not consensus.delete(keys.PAUSE_KEY, expect_version=version):
+        raise StateConflictError("the pause key changed meanwhile: try again")
+    return {"paused": False, "already": False, "pause": pause_json(current)}
+
+
+def restart_in_place_work(
+    replication: ReplicationBackend, companions: Companions, *, database: bool, services: bool
+) -> Callable[[], None]:
+    """The job of ``nodes restart --in-place`` on the paused active: the services that need
+    the database stop first, the database restarts as the primary it is, the services start
+    again. No fence and no promotion: the pause keeps every other node still meanwhile."""
+    names = companions.everywhere if services else ()
+    backend = companions.services
+
+    def work() -> None:
+        if backend is not None and names:
+            backend.stop_all(names)
+        if database:
+            replication.restart_in_place()
         if backend is not None and names:
             backend.start_all(names)
 

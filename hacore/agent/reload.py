@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hacore.config import NodeConfig, load_config, to_mapping
+from hacore.config.logging_setup import SETUP, LogSetup
+from hacore.config.node import NodeConfig, load_config, to_mapping
 from hacore.errors import ConfigError
-from hacore.logsetup import SETUP, LogSetup
 
 log = logging.getLogger("hacore.reload")
 

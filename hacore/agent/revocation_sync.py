@@ -19,12 +19,12 @@ from typing import Any
 
 from cryptography import x509
 
+from hacore.agent import revocation_store as revoke
 from hacore.agent.execute import ReplicationCredentials
-from hacore.cluster import revoke
+from hacore.backends.records import Member, TlsFiles
 from hacore.errors import HacoreError
 from hacore.pki import load_node_certificate, record_identity, revocation
 from hacore.pki.pem import read_certificate
-from hacore.records import Member, TlsFiles
 
 log = logging.getLogger(__name__)
 

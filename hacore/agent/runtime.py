@@ -23,10 +23,16 @@ from typing import Any
 import attrs
 
 from hacore import __version__, pki
-from hacore.agent import keys, operations
+from hacore.agent import keys, operations, paused, tls_paths
 from hacore.agent.checks import CheckRunner, FilesInSync, LoopFacts, builtin_checks
 from hacore.agent.counters import Event, EventCounters
 from hacore.agent.decide import campaign_blocker, decide
+from hacore.agent.errors import (
+    InvalidRequestError,
+    NotAuthenticatedError,
+    NotNowError,
+    StateConflictError,
+)
 from hacore.agent.execute import (
     Backends,
     Executor,
@@ -60,7 +66,7 @@ from hacore.agent.observe import (
     read_store,
 )
 from hacore.agent.revocation_sync import RevocationSync
-from hacore.agent.state import Action, Decision, LeaseStatus, NodeState, Observation
+from hacore.agent.snapshot import NodeSnapshot
 from hacore.agent.supervise import Supervisor, supervised_servers
 from hacore.agent.support import (
     LeaderWatch,
@@ -73,19 +79,19 @@ from hacore.agent.support import (
     plugin_checks,
 )
 from hacore.agent.syncrep import SyncStandbys
-from hacore.api.errors import (
-    AuthenticationError,
-    BadRequestError,
-    ConflictError,
-    UnavailableError,
+from hacore.agent.vocabulary import (
+    Action,
+    Decision,
+    LeaseStatus,
+    NodeState,
+    Observation,
+    Pause,
 )
-from hacore.api.facade import NodeSnapshot
-from hacore.cluster import tls as node_tls
-from hacore.config import NodeConfig
+from hacore.backends.health import CheckResult
+from hacore.backends.records import ClusterView, Member, NodeRole
+from hacore.config.node import NodeConfig
 from hacore.errors import HacoreError, StoreUnavailableError
-from hacore.health import CheckResult
-from hacore.plugins import HacorePlugins
-from hacore.records import ClusterView, Member, NodeRole
+from hacore.plugins.registry import HacorePlugins
 
 log = logging.getLogger("hacore.agent")
 
@@ -193,7 +199,7 @@ class Agent:
                 self.name,
                 self.backends.consensus,
                 self.backends.replication,
-                node_tls.tls_files(config),
+                tls_paths.tls_files(config),
                 self.set_credentials,
                 lambda: self.state is NodeState.ACTIVE,
             ),
@@ -202,6 +208,11 @@ class Agent:
         self._last_decision: tuple[object, ...] | None = None
         self._last_error = ""
         self._reading: StoreReading | None = None
+        #: maintenance mode as last read with a view (kept while the store does not answer);
+        #: ``_pause_turn`` counts resumes, so a reading that began before one is not applied
+        self._pause: Pause | None = None
+        self._pause_turn = 0
+        self._pause_lock = threading.Lock()
         self._store_ok_at: float | None = None
         self._snapshot = NodeSnapshot(
             self.name,
@@ -286,7 +297,9 @@ class Agent:
             self._watch.stop()
             if self._membership.revocations is not None:
                 self._membership.revocations.stop(timeout=2.0)
-            if self._stop.is_set() and self._resign_on_stop:
+            if self._stop.is_set() and self._resign_on_stop and self._pause is not None:
+                self._leave_paused()
+            elif self._stop.is_set() and self._resign_on_stop:
                 self._shutdown()
                 self._retire_keeper()
             self._checks.close()
@@ -299,7 +312,7 @@ class Agent:
         """The loop's last snapshot; never "active" past the self-fencing deadline, even when
         the loop is stuck."""
         snap = self._snapshot
-        if snap.is_active:
+        if snap.is_active and self._pause is None:
             deadline = self._deadline()
             if deadline is None or time.monotonic() >= deadline:
                 return attrs.evolve(snap, is_active=False)
@@ -348,15 +361,25 @@ class Agent:
             self.wake()
         return answer
 
-    def repair(self, action: Action, *, database: bool = True, services: bool = False) -> str:
+    def repair(
+        self,
+        action: Action,
+        *,
+        database: bool = True,
+        services: bool = False,
+        in_place: bool = False,
+    ) -> str:
         """``nodes restart`` (:attr:`Action.RESTART`) or ``nodes reinit`` (:attr:`Action.CLONE`)
         of this node, a standby, as a job: the loop decides nothing while it runs (``decide``
         starts no other job and does not campaign), and its failure is logged like a clone's.
         Refused on a node that holds or is taking the lease: the active is restarted after a
-        switchover, and never re-cloned."""
+        switchover, and never re-cloned. ``in_place``: the active restarts without a
+        switchover, only while the cluster is paused."""
+        if in_place:
+            return self._restart_in_place(action, database=database, services=services)
         refused = _NOT_REPAIRABLE | (_REJOINING if action is Action.RESTART else frozenset())
         if self.lease.lease is not None or self.state in refused:
-            raise ConflictError(
+            raise StateConflictError(
                 f"{self.name} is {self.state.value}: only a standby can be "
                 f"{'re-cloned' if action is Action.CLONE else 'restarted'} this way"
                 + (
@@ -369,11 +392,11 @@ class Agent:
         view = reading.view if reading is not None else None
         leader = view.leader.name if view is not None and view.leader is not None else None
         if leader == self.name:
-            raise ConflictError(f"{self.name} holds the leader key: it is not a standby")
+            raise StateConflictError(f"{self.name} holds the leader key: it is not a standby")
         replication = self.backends.replication
         if action is Action.CLONE:
             if leader is None:
-                raise UnavailableError("there is no active node to copy the database from")
+                raise NotNowError("there is no active node to copy the database from")
             origin = self.executor.source(view, leader)
             what = f"reinit: a new copy of the database from {leader}"
 
@@ -392,7 +415,38 @@ class Agent:
         running = self.jobs.running()
         if not self.jobs.submit(action, what, work):
             job = running.value if running is not None else "another job"
-            raise ConflictError(f"{job} is running on {self.name}: try again once it is done")
+            raise StateConflictError(f"{job} is running on {self.name}: try again once it is done")
+        self.wake()
+        return what
+
+    def _restart_in_place(self, action: Action, *, database: bool, services: bool) -> str:
+        """``nodes restart --in-place`` of the active while paused: the database stops and
+        comes back the primary it was, as a job; nobody takes over meanwhile (rule P0), and
+        the keeper enforces no deadline."""
+        if action is not Action.RESTART:
+            raise InvalidRequestError("only a restart can be done in place")
+        if self._pause is None:
+            raise StateConflictError(
+                f"{self.name}: an in-place restart of the active needs maintenance mode: run "
+                "hacore cluster pause first (without --in-place the active is restarted after "
+                "a switchover)"
+            )
+        if self.state is not NodeState.ACTIVE:
+            raise StateConflictError(
+                f"{self.name} is {self.state.value}: only the active restarts in place; a "
+                "standby restarts without --in-place"
+            )
+        parts = ["the database"] if database else []
+        parts += ["the services"] if services else []
+        what = f"in-place restart of {' and '.join(parts) or 'nothing'} (paused)"
+        work = operations.restart_in_place_work(
+            self.backends.replication, self.executor.extras, database=database, services=services
+        )
+        running = self.jobs.running()
+        if not self.jobs.submit(action, what, work):
+            job = running.value if running is not None else "another job"
+            raise StateConflictError(f"{job} is running on {self.name}: try again once it is done")
+        self.log.warning("%s", what)
         self.wake()
         return what
 
@@ -414,7 +468,8 @@ class Agent:
         if store is not None and store.data_dir.is_dir() and not store.is_running():
             extras.safely("starting this node's store server", store.start)
         extras.start_everywhere()
-        extras.stop_active()  # a node that is not active yet runs no active-only service
+        if not self._paused_at_start():
+            extras.stop_active()  # a node that is not active yet runs no active-only service
         extras.start_files()
         self._watch.start()
         self.log.info("agent started (hacore %s)", __version__)
@@ -432,6 +487,7 @@ class Agent:
         clock = time.monotonic
         started = clock()
         self.minority.loop_at = started
+        turn = self._pause_turn
         reading = read_store(
             self.backends.consensus,
             lease=self.lease.lease,
@@ -451,6 +507,7 @@ class Agent:
             self._store_ok_at = reading.answered_at
         if reading.view is not None:
             self._reading = reading
+            self._note_pause(reading.pause, turn)
         db = self._db_reader.read()
         self._guard(db)
         view = reading.view
@@ -458,7 +515,7 @@ class Agent:
         self._facts.active = self.state is NodeState.ACTIVE
         # A removed node's store member was stopped (or removed from the store) on purpose.
         removed = self.state is NodeState.REMOVED or self.name in reading.removed
-        self.supervisor.tick(enabled=not removed)
+        self.supervisor.tick(enabled=not removed and self._pause is None)
         health, self._results = self._checks.run(active=self._facts.active, now=clock())
         for name, result in self._results.items():
             if not result.ok:
@@ -476,6 +533,7 @@ class Agent:
             job=self.jobs.running(),
             failsafe_expiry=self.confirmations.expiry if self.dcfg.failsafe_mode else None,
             promised_until=self.promises.live_until(),
+            pause=self._pause,
         )
         decision = decide(obs, self.dcfg)
         self._log_decision(decision)
@@ -493,7 +551,11 @@ class Agent:
             )
         self._publish(obs)
         leader = self._facts.leader
-        if leader not in (None, self.name) and self.state is not NodeState.PROMOTING:
+        if (
+            leader not in (None, self.name)
+            and self.state is not NodeState.PROMOTING
+            and self._pause is None
+        ):
             self.executor.extras.files_from(leader)
         self._snapshot = self._build_snapshot(obs, decision, outcome)
         return 0.0 if outcome.observe_again else self._wait_time(decision)
@@ -532,7 +594,8 @@ class Agent:
         """A renewal, a won campaign, or writes allowed: the keeper's deadline moves first."""
         if self._feed is not None and self.lease.may_write:
             deadline = self._deadline()
-            self._feed.update(may_write=True, deadline=deadline, db_role=None)
+            paused = self._pause is not None
+            self._feed.update(may_write=True, deadline=deadline, db_role=None, paused=paused)
 
     def _guard(self, db: DbReading) -> None:
         """Release the keeper's record once the database is seen not to be a primary, and
@@ -543,6 +606,7 @@ class Agent:
             may_write=self.lease.may_write,
             deadline=self._deadline(),
             db_role=db.status.role if db.status_known else None,
+            paused=self._pause is not None,
         )
         self.keeper.ensure(self.log)
 
@@ -564,8 +628,101 @@ class Agent:
             self.log.warning("the database may still write: the fence keeper stays to fence it")
 
     def _gate(self) -> float | None:
-        """The deadline store calls must end by, while the database may write."""
-        return self._deadline() if self.lease.may_write else None
+        """The deadline store calls must end by, while the database may write (none while
+        paused: no deadline is enforced then, and a skipped renewal could never come back)."""
+        return self._deadline() if self.lease.may_write and self._pause is None else None
+
+    # -- maintenance mode -------------------------------------------------------------------
+
+    def _note_pause(self, pause: Pause | None, turn: int) -> None:
+        """The pause key as read with a view, unless a resume ran since the reading began
+        (it already deleted the key and fed the keeper a deadline)."""
+        with self._pause_lock:
+            if turn != self._pause_turn:
+                return
+            if (pause is None) != (self._pause is None):
+                self.log.warning(
+                    "%s", f"cluster {paused.describe(pause)}" if pause else "cluster resumed"
+                )
+            self._pause = pause
+
+    @property
+    def paused(self) -> bool:
+        """The cluster is paused, as this agent last read it."""
+        return self._pause is not None
+
+    def _paused_at_start(self) -> bool:
+        """Whether the cluster is paused, before the first loop: a paused active's services
+        are left running. A store that does not answer says nothing: the normal rules apply
+        until it does (a writable database without a lease is fenced, rule 11), so an agent
+        never keeps a database writable on a pause it could not read."""
+        try:
+            pause, _ = operations.read_pause(self.backends.consensus)
+        except HacoreError as err:
+            self.log.info("cannot tell whether the cluster is paused yet: %s", err)
+            return False
+        with self._pause_lock:
+            self._pause = pause
+        return pause is not None
+
+    def pause(self, reason: str = "", *, by: str) -> dict[str, Any]:
+        """``cluster pause``: write the pause key (idempotent); every agent honours it on its
+        next loop (this one at once)."""
+        answer = operations.pause(self.backends.consensus, Pause(by, time.time(), reason))
+        self.wake()
+        return answer
+
+    def resume(self, *, force: bool = False) -> dict[str, Any]:
+        """``cluster resume``, on the active: feed the keeper a deadline again, then delete
+        the pause key, so no moment exists in which the pause is over for the others while
+        this database still writes with no deadline. Refused on a node that holds no lease
+        unless ``force`` (docs/fencing.md, "Maintenance mode")."""
+        consensus = self.backends.consensus
+        running = self.jobs.running()
+        if running is not None and not force:
+            raise StateConflictError(
+                f"{running.value} is running on {self.name}: resume once it is done"
+            )
+        with self._pause_lock:
+            lease = self.lease.lease
+            if not force:
+                operations.check_resumable(consensus, self.name, lease)
+            if lease is not None and not force:
+                sent = time.monotonic()
+                if not consensus.renew(lease):
+                    raise StateConflictError(f"{self.name} lost its lease: resume refused")
+                self._pause_turn += 1
+                self._pause = None
+                self.lease.renewed(sent)  # the keeper gets a deadline before the key goes
+            else:
+                self._pause_turn += 1
+                self._pause = None
+            answer = operations.resume(consensus)
+        if not answer["already"]:
+            self.log.warning("cluster resumed%s", " (forced)" if force else "")
+        self.wake()
+        return answer
+
+    def _leave_paused(self) -> None:
+        """A stop while paused hands nothing over: the database keeps running as it is (no
+        fence, no resign), the keeper is told the cluster is paused. The session ends, so
+        the leader key goes with it; the next agent takes the lease back (rule P2)."""
+        self.log.warning(
+            "agent stopping while the cluster is %s: the database is left running as it is",
+            paused.describe(self._pause) if self._pause else "paused",
+        )
+        if self._feed is not None and self.keeper is not None:
+            self._feed.update(may_write=False, deadline=None, db_role=None, paused=True)
+            try:
+                self.keeper.stop()
+            except HacoreError as err:
+                self.log.warning("could not stop the fence keeper: %s", err)
+        self.executor.extras.stop_files()
+        try:
+            self.backends.consensus.close()
+        except HacoreError as err:
+            self.log.warning("could not end the store session: %s", err)
+        self.log.info("agent stopped")
 
     def _deadline(self) -> float | None:
         """The self-fencing deadline: the lease's, or later while failsafe holds (rule F1),
@@ -652,7 +809,7 @@ class Agent:
         return signing_key(auth.password_hash) if auth is not None else None
 
     def _failsafe_verify(self) -> ssl.SSLContext | bool:
-        files = node_tls.tls_files(self.config)
+        files = tls_paths.tls_files(self.config)
         if files is None or not files.ca_file.exists():
             return False
         return pki.ssl_client_context(pki.load_ca_certificate(files.ca_file))
@@ -661,13 +818,15 @@ class Agent:
         """``POST /failsafe`` on this member: the signed answer to an active's question."""
         key = self._failsafe_key()
         if key is None:
-            raise UnavailableError("this agent has no API credentials to check the question with")
+            raise NotNowError("this agent has no API credentials to check the question with")
         if not signed(key, body, signature):
-            raise AuthenticationError("the failsafe question is not signed with the cluster's key")
+            raise NotAuthenticatedError(
+                "the failsafe question is not signed with the cluster's key"
+            )
         try:
             ask = Ask.decode(body)
         except BadQuestion as err:
-            raise BadRequestError(str(err)) from None
+            raise InvalidRequestError(str(err)) from None
         reading = self._reading
         view = reading.view if reading is not None else None
         answer: Answer = self.promises.answer(
@@ -725,6 +884,9 @@ class Agent:
             files_state=self._files_check.last if self._files_check else None,
             servers=self.supervisor.status(),
         )
+        if obs.pause is not None:
+            # ``cluster pause --wait`` waits until every member says so
+            member = attrs.evolve(member, extra={**member.extra, "paused": True})
         minority = self._minority_json()
         if minority is None:
             return member
@@ -750,7 +912,7 @@ class Agent:
             node_name=self.name,
             version=__version__,
             state=self.state,
-            is_active=out.is_active and lease is not None,
+            is_active=out.is_active and (lease is not None or obs.pause is not None),
             standby_streaming=self.state is NodeState.STANDBY
             and leader is not None
             and obs.db.following == leader,
@@ -773,6 +935,7 @@ class Agent:
             events=self.counters.counts(),
             store_reached_at=self._store_ok_at,
             files=self._files_check.last if self._files_check else None,
+            paused=operations.pause_json(obs.pause),
         )
 
     def _log_decision(self, decision: Decision) -> None:

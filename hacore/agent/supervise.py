@@ -27,8 +27,8 @@ from typing import Protocol
 
 import attrs
 
-from hacore.consensus import ManagedStore
-from hacore.health import CheckResult, HealthCheck
+from hacore.backends.consensus import ManagedStore
+from hacore.backends.health import CheckResult, HealthCheck
 
 log = logging.getLogger(__name__)
 

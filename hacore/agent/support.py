@@ -17,23 +17,22 @@ from typing import Any
 import attrs
 
 from hacore import __version__
-from hacore.agent import keys
+from hacore.agent import keys, tls_paths
 from hacore.agent.execute import Backends
 from hacore.agent.hooks import HookCaller, NodeLog
 from hacore.agent.observe import StoreReading
 from hacore.agent.revocation_sync import RevocationSync
-from hacore.agent.state import DecisionConfig, Observation, SyncMode
+from hacore.agent.snapshot import NodeSnapshot, member_json
 from hacore.agent.supervise import ServerStatus
-from hacore.api.facade import NodeSnapshot, member_json
-from hacore.cluster import tls as node_tls
-from hacore.config import NodeConfig
-from hacore.consensus import ConsensusBackend, Watcher
+from hacore.agent.vocabulary import DecisionConfig, Observation, SyncMode
+from hacore.backends.consensus import ConsensusBackend, Watcher
+from hacore.backends.filesync import SyncState
+from hacore.backends.health import CheckResult, HealthCheck
+from hacore.backends.records import ClusterView, Member, NodeRole, TlsFiles
+from hacore.config.node import NodeConfig
 from hacore.errors import ConfigError, HacoreError
-from hacore.filesync import SyncState
-from hacore.health import CheckResult, HealthCheck
 from hacore.pki import record_identity
-from hacore.plugins import HacorePlugins
-from hacore.records import ClusterView, Member, NodeRole, TlsFiles
+from hacore.plugins.registry import HacorePlugins
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +266,6 @@ class Membership:
             except Exception as err:
                 self.log.warning("could not update the file sync peers: %s", err)
 
-
     def _believed(self, member: Member) -> bool:
         """Whether ``member``'s record may open the database and the file sync to its
         host: signed by its own node's certificate (hacore/pki/record_identity.py); every
@@ -318,6 +316,8 @@ def cluster_json(
         "status": None,
         "switchover": None,
         "removed": [],
+        "paused": snap.paused is not None,
+        "pause": None if snap.paused is None else dict(snap.paused),
     }
     if reading is not None:
         removed = set(reading.removed)
@@ -368,7 +368,7 @@ def member_record(
     supervised = [s.to_json() for s in servers if s.up is not None]
     if supervised:
         extra["servers"] = supervised
-    files_tls = node_tls.tls_files(config)
+    files_tls = tls_paths.tls_files(config)
     if files_tls is not None and files_tls.cert_file.exists():
         try:
             node = record_identity.node_material(files_tls.cert_file.parent)

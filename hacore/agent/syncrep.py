@@ -23,10 +23,10 @@ from collections.abc import Callable, Collection
 
 from hacore.agent import keys
 from hacore.agent.hooks import NodeLog
-from hacore.agent.state import ActiveStatus, SyncMode
-from hacore.consensus import ConsensusBackend
+from hacore.agent.vocabulary import ActiveStatus, SyncMode
+from hacore.backends.consensus import ConsensusBackend
+from hacore.backends.replication import ReplicationBackend, ReplicationStatus, StandbyState
 from hacore.errors import HacoreError
-from hacore.replication import ReplicationBackend, ReplicationStatus, StandbyState
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from hacore.api.errors import (
     TooManyRequestsError,
     UnavailableError,
 )
-from hacore.api.facade import AgentFacade, NodeSnapshot
+from hacore.api.facade import AgentFacade
 
 __all__ = [
     "AgentFacade",
@@ -31,7 +31,6 @@ __all__ = [
     "BadRequestError",
     "ConflictError",
     "HttpsRequiredError",
-    "NodeSnapshot",
     "NotActiveError",
     "NotFoundError",
     "TooManyRequestsError",

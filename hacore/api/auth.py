@@ -24,7 +24,7 @@ from typing import Any
 
 from hacore.api.errors import TooManyRequestsError, UnavailableError
 from hacore.api.limits import AttemptLimiter, Throttle
-from hacore.config import ApiAuth, ApiUser
+from hacore.config.node import ApiAuth, ApiUser
 from hacore.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -113,9 +113,11 @@ class ApiClient:
         return self._json(self._request("POST", "/switchover", json={"to": to}))
 
     def restart_node(
-        self, name: str, *, database: bool = True, services: bool = False
+        self, name: str, *, database: bool = True, services: bool = False, in_place: bool = False
     ) -> dict[str, Any]:
         body = {"database": database, "services": services}
+        if in_place:
+            body["in_place"] = True
         path = f"/nodes/{quote(name, safe='')}/restart"
         return self._json(self._request("POST", path, json=body))
 
@@ -124,6 +126,12 @@ class ApiClient:
 
     def failover(self, to: str, *, dry_run: bool = False) -> dict[str, Any]:
         return self._json(self._request("POST", "/failover", json={"to": to, "dry_run": dry_run}))
+
+    def pause(self, reason: str = "") -> dict[str, Any]:
+        return self._json(self._request("POST", "/pause", json={"reason": reason}))
+
+    def resume(self, *, force: bool = False) -> dict[str, Any]:
+        return self._json(self._request("POST", "/resume", json={"force": force}))
 
     def history(self) -> dict[str, Any]:
         return self._json(self._request("GET", "/history"))

@@ -1,7 +1,8 @@
 """Errors that cross the REST API, each tied to the HTTP status it travels as.
 
-The agent raises them (or the general :mod:`hacore.errors` classes, mapped by
-:func:`status_for`); the server sends ``{"error": str(err)}`` with the status, and the client
+The node service raises them, the agent raises its own (:mod:`hacore.agent.errors`, which the
+classes here derive from) or the general :mod:`hacore.errors` classes, all mapped by
+:func:`status_for`; the server sends ``{"error": str(err)}`` with the status, and the client
 raises the same class again with the server's message, so the CLI shows the one line the agent
 wrote.
 """
@@ -10,6 +11,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from hacore.agent.errors import (
+    InvalidRequestError,
+    NotAuthenticatedError,
+    NotNowError,
+    StateConflictError,
+    UnknownNodeError,
+)
 from hacore.errors import ConfigError, HacoreError, StoreUnavailableError
 
 
@@ -26,13 +34,13 @@ class ApiError(HacoreError):
             self.retry_after = retry_after
 
 
-class BadRequestError(ApiError):
+class BadRequestError(ApiError, InvalidRequestError):
     """The request itself is wrong: malformed JSON, a missing or mistyped field."""
 
     status = 400
 
 
-class AuthenticationError(ApiError):
+class AuthenticationError(ApiError, NotAuthenticatedError):
     """Credentials are missing or wrong (never says which part was wrong)."""
 
     status = 401
@@ -57,13 +65,13 @@ class UnsupportedMediaTypeError(ApiError):
     status = 415
 
 
-class NotFoundError(ApiError):
+class NotFoundError(ApiError, UnknownNodeError):
     """No such node (or endpoint)."""
 
     status = 404
 
 
-class ConflictError(ApiError):
+class ConflictError(ApiError, StateConflictError):
     """The cluster's state forbids it: a duplicate node name, a node that is not empty,
     removing the active, a hacore version mismatch."""
 
@@ -76,7 +84,7 @@ class TooManyRequestsError(ApiError):
     status = 429
 
 
-class UnavailableError(ApiError):
+class UnavailableError(ApiError, NotNowError):
     """This agent cannot do it now; another node (the active) or a later retry may."""
 
     status = 503
@@ -103,10 +111,23 @@ ERROR_FOR_STATUS: dict[int, type[ApiError]] = {
 }
 
 
+#: the status of each refusal the agent raises with its own classes
+STATUS_OF_REFUSAL: dict[type[HacoreError], int] = {
+    InvalidRequestError: 400,
+    NotAuthenticatedError: 401,
+    UnknownNodeError: 404,
+    StateConflictError: 409,
+    NotNowError: 503,
+}
+
+
 def status_for(err: HacoreError) -> int:
     """The HTTP status for an error the agent raised on purpose."""
     if isinstance(err, ApiError):
         return err.status
+    for cls, status in STATUS_OF_REFUSAL.items():
+        if isinstance(err, cls):
+            return status
     if isinstance(err, ConfigError):
         return 400
     if isinstance(err, StoreUnavailableError):

@@ -20,8 +20,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from hacore.agent.counters import Event, EventCounts
-from hacore.agent.state import NodeState
-from hacore.api.facade import NodeSnapshot
+from hacore.agent.snapshot import NodeSnapshot
+from hacore.agent.vocabulary import NodeState
 
 #: the classic text format; every name and label here is a legacy-valid one
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -47,8 +47,9 @@ class SnapshotCollector(Collector):
         yield info
         yield from gauge(
             "hacore_paused",
-            "1 while the cluster is in maintenance mode (not built yet: always 0).",
-            0.0,
+            "1 while the cluster is in maintenance mode (hacore cluster pause), as this node "
+            "last read it.",
+            float(snap.paused is not None),
         )
         yield from gauge(
             "hacore_is_active",

@@ -3,7 +3,7 @@
 HTTP/1.1 with keep-alive, served so that no client can make the API cost the agent more than
 a bounded share of its descriptors and interpreter (DESIGN rule 8): one thread owns every
 socket in a selector and answers the probes from the loop's cached
-:class:`~hacore.api.facade.NodeSnapshot`, a few worker threads run what may block, each client
+:class:`~hacore.agent.snapshot.NodeSnapshot`, a few worker threads run what may block, each client
 address has a connection cap enforced at accept, and each request one deadline for its TLS
 handshake, headers and body (see :class:`_Transport`).
 
@@ -38,6 +38,7 @@ import attrs
 
 from hacore.agent.failsafe import PATH as FAILSAFE_PATH
 from hacore.agent.failsafe import SIGNATURE_HEADER as FAILSAFE_SIGNATURE
+from hacore.agent.snapshot import NodeSnapshot, member_json
 from hacore.api.auth import JOIN_TOKEN_USER, Authenticator, Role, parse_basic
 from hacore.api.errors import (
     AuthenticationError,
@@ -48,11 +49,11 @@ from hacore.api.errors import (
     UnsupportedMediaTypeError,
     status_for,
 )
-from hacore.api.facade import AgentFacade, NodeSnapshot, member_json, probe_json
+from hacore.api.facade import AgentFacade, probe_json
 from hacore.api.limits import AttemptLimiter, Throttle, connection_budget
 from hacore.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hacore.api.metrics import SnapshotCollector, render
-from hacore.config import ApiSettings
+from hacore.config.node import ApiSettings
 from hacore.errors import HacoreError
 
 logger = logging.getLogger(__name__)
@@ -177,6 +178,8 @@ class ApiApp:
             _Route(re.compile("/nodes/(?P<name>[^/]+)/restart"), {"POST": self._restart}),
             _Route(re.compile("/nodes/(?P<name>[^/]+)/reinit"), {"POST": self._reinit}),
             _Route(re.compile("/failover"), {"POST": self._manual_failover}),
+            _Route(re.compile("/pause"), {"POST": self._pause}),
+            _Route(re.compile("/resume"), {"POST": self._resume}),
             _Route(re.compile("/history"), {"GET": self._history}),
             _Route(re.compile("/salvage"), {"GET": self._salvage_list}),
             _Route(re.compile("/salvage/(?P<ident>[^/]+)"), {"GET": self._salvage_show}),
@@ -423,6 +426,20 @@ class ApiApp:
         source = getattr(self.facade, "failover", None)
         if source is None:
             raise NotFoundError(f"{self.facade.snapshot().node_name} takes no failover")
+        return json_response(200, source(_json_object(req)))
+
+    def _pause(self, req: Request, params: dict[str, str]) -> Response:
+        source = getattr(self.facade, "pause", None)
+        if source is None:
+            raise NotFoundError(f"{self.facade.snapshot().node_name} takes no pause")
+        credentials = parse_basic(req.headers.get("authorization"))
+        user = credentials[0] if credentials is not None else "?"
+        return json_response(200, source(_json_object(req), f"{user}@{req.client or '?'}"))
+
+    def _resume(self, req: Request, params: dict[str, str]) -> Response:
+        source = getattr(self.facade, "resume", None)
+        if source is None:
+            raise NotFoundError(f"{self.facade.snapshot().node_name} takes no resume")
         return json_response(200, source(_json_object(req)))
 
     def _failsafe(self, req: Request, params: dict[str, str]) -> Response:

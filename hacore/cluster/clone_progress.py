@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from hacore.replication import ProgressCallback, ReplicationBackend, ReplicationSource
+from hacore.backends.replication import ProgressCallback, ReplicationBackend, ReplicationSource
 
 
 class _CloneReporter:

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from hacore.agent import keys
+from hacore.agent import revocation_store as revoke
 from hacore.agent.runtime import Agent
 from hacore.api.errors import (
     AuthenticationError,
@@ -27,12 +28,12 @@ from hacore.api.errors import (
     NotActiveError,
     UnavailableError,
 )
-from hacore.cluster import join_tokens, rejoin, revoke
+from hacore.cluster import join_tokens, rejoin
+from hacore.cluster.operation_state import ClusterState
 from hacore.cluster.pending import PendingJoin, pending_joins, pending_key
 from hacore.cluster.record import reported_version
-from hacore.cluster.state import ClusterState
 from hacore.cluster.ticket import JoinRequest, Ticket, ticket_parts
-from hacore.config import validate_node_name
+from hacore.config.node import validate_node_name
 from hacore.errors import ConfigError, HacoreError
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def grant_ticket(agent: Agent | None, state: ClusterState, body: dict[str, Any])
     if auth is None:  # pragma: no cover - an active always has credentials
         raise UnavailableError("this node has no API credentials to hand over")
     snap = agent.snapshot()
-    # a removal rotated it: the store has the current one (hacore/cluster/revoke.py)
+    # a removal rotated it: the store has the current one (hacore/agent/revocation_store.py)
     rotated = revoke.replication_secret(agent.consensus)
     return Ticket(
         record=state.record,

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
 
 from hacore import pki
+from hacore.agent.tls_paths import tls_files
 from hacore.api.auth import JOIN_TOKEN_USER
 from hacore.api.client import ApiClient, Verify
 from hacore.api.errors import (
@@ -35,23 +36,21 @@ from hacore.api.errors import (
     HttpsRequiredError,
     UnavailableError,
 )
+from hacore.backends.consensus import CONFIG_KEY
 from hacore.cluster.errors import JoinRefusedError
 from hacore.cluster.local import api_url
+from hacore.cluster.operated_node import FormingNode
+from hacore.cluster.operation_state import ClusterState, Phase, Step
 from hacore.cluster.parts import LocalParts, local_parts
 from hacore.cluster.progress import Progress
 from hacore.cluster.record import ClusterRecord, reported_version
 from hacore.cluster.requests import JoinCommand
-from hacore.cluster.state import ClusterState, Phase, Step
 from hacore.cluster.ticket import JoinRequest, Ticket, ticket_parts
-from hacore.cluster.tls import CA_PART, remove_material, tls_files
-from hacore.config import NodeConfig
-from hacore.consensus import CONFIG_KEY
+from hacore.cluster.tls import CA_PART, remove_material
+from hacore.config.node import NodeConfig
+from hacore.config.options import deep_merge
 from hacore.errors import HacoreError
-from hacore.options import deep_merge
 from hacore.pki.pem import parse_certificate
-
-if TYPE_CHECKING:
-    from hacore.cluster.service import NodeService
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +306,7 @@ def joined_state(overrides: dict[str, Any], ticket: Ticket, active_url: str) -> 
 
 
 def run_join(
-    node: NodeService, parts: LocalParts, progress: Progress, client: ApiClient, ticket: Ticket
+    node: FormingNode, parts: LocalParts, progress: Progress, client: ApiClient, ticket: Ticket
 ) -> None:
     """Steps 2-3; the service's monitor completes the join once this node streams."""
     state = node.require_state()
@@ -347,7 +346,7 @@ def run_join(
 
 
 def recover_store_join(
-    node: NodeService, state: ClusterState, config: NodeConfig
+    node: FormingNode, state: ClusterState, config: NodeConfig
 ) -> ClusterState | None:
     """After a restart in the middle of the store join: go on when this node's store server
     had become a voting member, else leave the store and be empty again (the active cancels
@@ -375,7 +374,7 @@ def recover_store_join(
     return None
 
 
-def rollback(node: NodeService, client: ApiClient | None, config: NodeConfig) -> str:
+def rollback(node: FormingNode, client: ApiClient | None, config: NodeConfig) -> str:
     """Make this node empty again and ask the active to forget the join."""
     told = "the active was not told (it cancels the join by itself later, or on a retry)"
     if client is not None:

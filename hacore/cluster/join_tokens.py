@@ -25,9 +25,9 @@ from typing import Any
 import attrs
 
 from hacore.api.errors import AuthenticationError, BadRequestError
-from hacore.consensus import ConsensusBackend
+from hacore.backends.consensus import ConsensusBackend
+from hacore.backends.records import KeyValue
 from hacore.errors import HacoreError
-from hacore.records import KeyValue
 
 PREFIX = "join-tokens/"
 #: seconds a token stays valid unless the admin asks for another lifetime

@@ -14,12 +14,12 @@ from pathlib import Path
 import attrs
 
 from hacore.agent.support import REPLICATION_DIR, STORE_DIR, tls_arguments
-from hacore.config import NodeConfig
-from hacore.consensus import ManagedStore
+from hacore.backends.consensus import ManagedStore
+from hacore.backends.records import TlsFiles
+from hacore.backends.replication import ReplicationBackend
+from hacore.config.node import NodeConfig
 from hacore.errors import ConfigError, HacoreError
-from hacore.plugins import HacorePlugins
-from hacore.records import TlsFiles
-from hacore.replication import ReplicationBackend
+from hacore.plugins.registry import HacorePlugins
 
 
 @attrs.frozen

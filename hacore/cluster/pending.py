@@ -14,9 +14,9 @@ import time
 
 import attrs
 
-from hacore.consensus import ConsensusBackend
+from hacore.backends.consensus import ConsensusBackend
+from hacore.backends.records import KeyValue
 from hacore.errors import HacoreError
-from hacore.records import KeyValue
 
 PREFIX = "joins/"
 #: seconds after which a join whose node never showed up is cancelled by the active

@@ -16,7 +16,7 @@ import logging
 import time
 
 from hacore.agent import keys
-from hacore.consensus import ConsensusBackend
+from hacore.backends.consensus import ConsensusBackend
 
 log = logging.getLogger(__name__)
 
@@ -42,4 +42,3 @@ def release_name(consensus: ConsensusBackend, name: str) -> bool:
     consensus.delete(keys.removed_key(name))
     log.info("the name %s of a removed node is joined again by a new node", name)
     return True
-

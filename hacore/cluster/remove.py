@@ -3,7 +3,7 @@
 In order: ``removed/<name>`` (the node's agent steps down to REMOVED and never campaigns), a
 short wait for the node to acknowledge it while it can still read the store, then its store
 server (managed store), its replication slot and database access, and any pending join under
-the name; then what the node held is taken away (hacore/cluster/revoke.py): its registered
+the name; then what the node held is taken away (hacore/agent/revocation_store.py): its registered
 certificates are revoked in the store's CRL, and the replication password is rotated. Every
 step is idempotent, so a removal interrupted half-way is finished by running
 it again.
@@ -20,18 +20,17 @@ import logging
 import time
 from typing import Any
 
-from hacore.agent import keys
+from hacore.agent import keys, tls_paths
+from hacore.agent import revocation_store as revoke
 from hacore.agent.execute import ReplicationCredentials
 from hacore.agent.runtime import Agent
 from hacore.api.errors import ConflictError, NotFoundError
-from hacore.cluster import revoke
-from hacore.cluster import tls as node_tls
+from hacore.backends.consensus import ManagedStore
+from hacore.backends.records import NodeRole
 from hacore.cluster.grant import require_active
 from hacore.cluster.pending import pending_joins, pending_key
-from hacore.consensus import ManagedStore
 from hacore.errors import HacoreError
 from hacore.pki import load_ca, revocation
-from hacore.records import NodeRole
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +81,10 @@ def _revoke(agent: Agent, name: str) -> list[str]:
     """Revoke the certificates registered for ``name`` (after the store shrank: the leaving
     node still reads the store until then), and apply the CRL here at once; the other
     members copy it from the store within seconds."""
-    files = node_tls.tls_files(agent.config)
+    files = tls_paths.tls_files(agent.config)
     if files is None:
         return []
-    ca = load_ca(node_tls.ca_dir(agent.config.node.data_dir))
+    ca = load_ca(tls_paths.ca_dir(agent.config.node.data_dir))
     serials = revoke.revoke_node(agent.consensus, ca, name)
     data = revoke.current_crl(agent.consensus)
     if data is not None and revocation.install_crl(

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from hacore.agent.runtime import Agent
-from hacore.agent.state import Action
+from hacore.agent.vocabulary import Action
 from hacore.api.errors import BadRequestError, NotFoundError, UnavailableError
 from hacore.cluster.progress import Progress
 
@@ -59,13 +59,16 @@ def restart(
     """``POST /nodes/<name>/restart`` on node ``name``: start the restart job, and follow it
     in ``progress``."""
     agent = _own(agent, name, "restart")
-    unknown = sorted(set(body) - {"database", "services"})
+    unknown = sorted(set(body) - {"database", "services", "in_place"})
     if unknown:
-        raise BadRequestError(f'unknown field "{unknown[0]}" (only "database" and "services")')
+        raise BadRequestError(
+            f'unknown field "{unknown[0]}" (only "database", "services" and "in_place")'
+        )
     database, services = _flag(body, "database", True), _flag(body, "services", False)
     if not (database or services):
         raise BadRequestError("nothing to restart: ask for the database, the services or both")
-    what = agent.repair(Action.RESTART, database=database, services=services)
+    in_place = _flag(body, "in_place", False)
+    what = agent.repair(Action.RESTART, database=database, services=services, in_place=in_place)
     _follow(agent, Action.RESTART, progress, "restart", what, streams=database)
     return {"node": name, "started": what}
 
@@ -110,6 +113,10 @@ def _watch(agent: Agent, action: Action, progress: Progress, step: str, streams:
     while time.monotonic() < deadline:
         snap = agent.snapshot()
         if snap.last_loop_at is not None and snap.last_loop_at > ended:
+            if snap.is_active and snap.leader == agent.name:
+                progress.complete(f"{agent.name} is the active again, writable")
+                log.info("%s of %s done", action.value, agent.name)
+                return
             if snap.standby_streaming:
                 progress.complete(f"{agent.name} is a standby of {snap.leader}, streaming")
                 log.info("%s of %s done", action.value, agent.name)

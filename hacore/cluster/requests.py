@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from hacore.api.errors import BadRequestError
-from hacore.options import deep_merge
+from hacore.config.options import deep_merge
 
 
 def _optional_text(body: Mapping[str, Any], key: str) -> str | None:

@@ -18,22 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING
 
 from hacore.agent import keys
+from hacore.agent.errors import StateConflictError
 from hacore.api.errors import ConflictError, UnavailableError
+from hacore.backends.consensus import CONFIG_KEY, ConsensusBackend
+from hacore.cluster.operated_node import FormingNode
+from hacore.cluster.operation_state import Step
 from hacore.cluster.parts import LocalParts
 from hacore.cluster.progress import Progress
 from hacore.cluster.record import ClusterRecord
-from hacore.cluster.state import Step
 from hacore.cluster.tls import create_cluster_ca
-from hacore.config import NodeConfig
-from hacore.consensus import CONFIG_KEY, ConsensusBackend
+from hacore.config.node import NodeConfig
 from hacore.errors import HacoreError
-from hacore.plugins import HacorePlugins
-
-if TYPE_CHECKING:
-    from hacore.cluster.service import NodeService
+from hacore.plugins.registry import HacorePlugins
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +90,7 @@ def _external_store(config: NodeConfig, plugins: HacorePlugins) -> ConsensusBack
     )
 
 
-def run_start(node: NodeService, progress: Progress) -> None:
+def run_start(node: FormingNode, progress: Progress) -> None:
     """Steps 0-5; the service's monitor completes the operation once the node is active."""
     state = node.require_state()
     config = node.config
@@ -137,7 +135,7 @@ def run_start(node: NodeService, progress: Progress) -> None:
     progress.begin("status")
     try:
         agent.record_bootstrap()
-    except ConflictError:
+    except StateConflictError:
         found = agent.consensus.get(keys.STATUS_KEY)
         if found is None or keys.decode_status(found.value).name != config.node.name:
             raise

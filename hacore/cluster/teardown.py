@@ -24,21 +24,19 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from hacore.agent import keys
-from hacore.agent.state import NodeState
+from hacore.agent.vocabulary import NodeState
 from hacore.api.client import ApiClient
 from hacore.api.errors import ApiError, ApiUnreachableError, ConflictError, NotFoundError
+from hacore.cluster.operated_node import EndingNode
+from hacore.cluster.operation_state import Phase
 from hacore.cluster.pending import pending_joins
 from hacore.cluster.profile import Profile, active_client
-from hacore.cluster.state import Phase
 from hacore.errors import HacoreError
-
-if TYPE_CHECKING:
-    from hacore.cluster.service import NodeService
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +265,7 @@ def _remove_standby(
 # -------------------------------------------------------------------------------------------
 
 
-def end_here(service: NodeService) -> dict[str, Any]:
+def end_here(service: EndingNode) -> dict[str, Any]:
     """Stop what this node runs for the cluster and end its service (answered first).
 
     A removed node (or one in no cluster) just stops; a member must be the active with no
@@ -313,12 +311,12 @@ def end_here(service: NodeService) -> dict[str, Any]:
     return {"node": me, "ended": f"{me} stopped as the last node of cluster {state.record.name}"}
 
 
-def _phase(service: NodeService) -> Phase | None:
+def _phase(service: EndingNode) -> Phase | None:
     state = service.state
     return state.phase if state is not None else None
 
 
-def _others_left(service: NodeService, me: str) -> list[str]:
+def _others_left(service: EndingNode, me: str) -> list[str]:
     agent = service.agent
     assert agent is not None
     consensus = agent.consensus
@@ -334,7 +332,7 @@ def _others_left(service: NodeService, me: str) -> list[str]:
     return sorted(names - {me})
 
 
-def _exit_soon(service: NodeService) -> None:
+def _exit_soon(service: EndingNode) -> None:
     timer = threading.Timer(EXIT_DELAY, service.stop)
     timer.daemon = True
     timer.start()

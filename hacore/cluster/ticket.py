@@ -19,10 +19,10 @@ from typing import Any, Protocol
 import attrs
 
 from hacore.api.errors import BadRequestError
+from hacore.backends.records import StoreMember
 from hacore.cluster.record import ClusterRecord
-from hacore.config import NodeConfig
+from hacore.config.node import NodeConfig
 from hacore.errors import HacoreError
-from hacore.records import StoreMember
 
 
 class TicketPart(Protocol):

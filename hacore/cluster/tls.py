@@ -1,11 +1,12 @@
 """A node's TLS material, and the ticket part that hands the cluster CA to a joining node.
 
-Layout under ``data_dir`` (DESIGN §5, docs/security.md):
+Layout under ``data_dir`` (DESIGN §5, docs/security.md; the paths are
+:mod:`hacore.agent.tls_paths`):
 
 - ``pki/ca/``: ``ca.crt`` and ``ca.key`` (0600), on every member, so whichever node is active
   can hand the CA over to the next joiner;
 - ``pki/node/``: ``node.crt``, ``node.key`` (0600) and a copy of ``ca.crt``; this is what the
-  backends (:class:`~hacore.records.TlsFiles`) and the agent API use.
+  backends (:class:`~hacore.backends.records.TlsFiles`) and the agent API use.
 
 ``cluster start`` creates the CA; ``cluster join`` receives it inside the join ticket (the
 ``ca`` part below) over a TLS connection pinned to the CA's fingerprint, and each node signs
@@ -23,54 +24,20 @@ from pathlib import Path
 from typing import Any
 
 from hacore import pki
+from hacore.agent.tls_paths import ca_cert_file, ca_dir, node_dir, pki_dir
 from hacore.api.errors import ConflictError, UnavailableError
 from hacore.cluster.ticket import JoinRequest, register_ticket_part
-from hacore.config import NodeConfig
+from hacore.config.node import NodeConfig
 from hacore.errors import HacoreError
 from hacore.pki import revocation
-from hacore.pki.files import private_dir
 from hacore.pki.pem import cert_pem
-from hacore.records import TlsFiles
+from hacore.pki.tls_files import private_dir
 
 log = logging.getLogger(__name__)
 
-PKI_DIR = "pki"
 CA_PART = "ca"
 #: always in the node certificate: the local CLI and local clients connect over loopback
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
-
-
-def pki_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / PKI_DIR
-
-
-def ca_dir(data_dir: Path) -> Path:
-    return pki_dir(data_dir) / "ca"
-
-
-def node_dir(data_dir: Path) -> Path:
-    return pki_dir(data_dir) / "node"
-
-
-def ca_cert_file(data_dir: Path) -> Path:
-    """The CA certificate beside the node certificate (public; what clients pin to)."""
-    return node_dir(data_dir) / pki.CA_CERT
-
-
-def tls_files(config: NodeConfig) -> TlsFiles | None:
-    """Where the node's material is (or will be), None when the node runs without TLS.
-
-    The paths are known before the files exist, so backends built to look at an empty node
-    (its store identity, before a join) already describe their TLS endpoints.
-    """
-    if not config.tls.enabled:
-        return None
-    directory = node_dir(config.node.data_dir)
-    return TlsFiles(
-        ca_file=directory / pki.CA_CERT,
-        cert_file=directory / pki.NODE_CERT,
-        key_file=directory / pki.NODE_KEY,
-    )
 
 
 def node_hosts(config: NodeConfig, extra: Iterable[str] = ()) -> tuple[str, ...]:

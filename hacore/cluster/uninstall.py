@@ -41,14 +41,15 @@ import attrs
 
 from hacore.agent.keeper import KeeperProcess, pid_alive
 from hacore.agent.support import FILESYNC_DIR, REPLICATION_DIR, STORE_DIR
+from hacore.agent.tls_paths import PKI_DIR, tls_files
+from hacore.backends.processes import read_proc
 from hacore.cluster.local import TOKEN_FILE
+from hacore.cluster.operation_state import STATE_FILE, Phase, StateFile
 from hacore.cluster.parts import local_parts
 from hacore.cluster.profile import load_profile
-from hacore.cluster.state import STATE_FILE, Phase, StateFile
-from hacore.cluster.tls import PKI_DIR, tls_files
-from hacore.config import NodeConfig, load_config_and_plugins
+from hacore.config.node import NodeConfig
 from hacore.errors import HacoreError
-from hacore.process import read_proc
+from hacore.plugins.configured import load_config_and_plugins
 
 #: left in a data directory the agent service created: only then does uninstall remove it
 CREATED_MARKER = ".hacore-created"

@@ -31,8 +31,8 @@ from hacore.pki.certs import (
 )
 from hacore.pki.contexts import ssl_client_context, ssl_server_context
 from hacore.pki.errors import TlsMaterialError
-from hacore.pki.files import install_for_user
 from hacore.pki.pem import fingerprint
+from hacore.pki.tls_files import install_for_user
 
 __all__ = [
     "CA_CERT",

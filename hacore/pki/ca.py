@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from hacore.pki import pem
 from hacore.pki.errors import TlsMaterialError
-from hacore.pki.files import CERT_MODE, KEY_MODE, private_dir, write_atomic
+from hacore.pki.tls_files import CERT_MODE, KEY_MODE, private_dir, write_atomic
 
 log = logging.getLogger(__name__)
 

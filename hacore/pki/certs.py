@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hacore.pki import pem, revocation
 from hacore.pki.ca import BACKDATE, CA_CERT, RENEW_BEFORE, CaMaterial
 from hacore.pki.errors import TlsMaterialError
-from hacore.pki.files import CERT_MODE, KEY_MODE, private_dir, write_atomic
+from hacore.pki.tls_files import CERT_MODE, KEY_MODE, private_dir, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from hacore.pki import pem
 from hacore.pki.ca import BACKDATE, CaMaterial
 from hacore.pki.errors import TlsMaterialError
-from hacore.pki.files import CERT_MODE, write_atomic
+from hacore.pki.tls_files import CERT_MODE, write_atomic
 
 CRL_FILE = "crl.pem"
 

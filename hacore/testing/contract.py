@@ -29,9 +29,17 @@ from typing import Any
 import attrs
 import pytest
 
-from hacore.consensus import CONFIG_KEY, LEADER_KEY, ConsensusBackend, ManagedStore
+from hacore.backends.consensus import CONFIG_KEY, LEADER_KEY, ConsensusBackend, ManagedStore
+from hacore.backends.records import (
+    ClusterView,
+    EventKind,
+    Leader,
+    Lease,
+    Member,
+    NodeRole,
+    WatchEvent,
+)
 from hacore.errors import ManagedStoreError, StoreUnavailableError
-from hacore.records import ClusterView, EventKind, Leader, Lease, Member, NodeRole, WatchEvent
 from hacore.testing.contract_support import (
     Change,
     KillableLeader,

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hacore.consensus import ConsensusBackend, ManagedStore, Watcher
+from hacore.backends.consensus import ConsensusBackend, ManagedStore, Watcher
+from hacore.backends.records import EventKind, Member, NodeRole, WatchEvent
 from hacore.errors import StoreUnavailableError
-from hacore.records import EventKind, Member, NodeRole, WatchEvent
 from hacore.testing.harness import ConsensusHarness
 from hacore.testing.procs import ServerProcess
 
@@ -77,8 +77,8 @@ def collect_until(watcher: Watcher, key: str, timeout: float) -> list[WatchEvent
 def check_event_values(events: Sequence[WatchEvent], changes: Sequence[Change]) -> None:
     """A PUT event's value is the value of that write or of a later write of the key.
 
-    Per :class:`~hacore.records.WatchEvent`, stores that do not ship values read the key after
-    the event, which can only show a newer value (None once the key is deleted again).
+    Per :class:`~hacore.backends.records.WatchEvent`, stores that do not ship values read the
+    key after the event, which can only show a newer value (None once the key is deleted again).
     """
     position = {key: 0 for _, key, _ in changes}
     for event in events:

@@ -12,7 +12,7 @@ import abc
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hacore.consensus import ConsensusBackend, ManagedStore
+from hacore.backends.consensus import ConsensusBackend, ManagedStore
 
 
 class ConsensusHarness(abc.ABC):
@@ -53,7 +53,7 @@ class ConsensusHarness(abc.ABC):
         retry_timeout: float = 1.0,
         namespace: str = "test",
     ) -> ConsensusBackend:
-        from hacore.plugins import load_plugins
+        from hacore.plugins.registry import load_plugins
 
         cls = load_plugins().registry.consensus(self.backend_name)
         return cls(

@@ -14,9 +14,9 @@ import json
 import sys
 import time
 
+from hacore.backends.records import Member, NodeRole
 from hacore.errors import HacoreError, StoreUnavailableError
-from hacore.plugins import load_plugins
-from hacore.records import Member, NodeRole
+from hacore.plugins.registry import load_plugins
 
 
 def main(argv: list[str] | None = None) -> int:

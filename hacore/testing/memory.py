@@ -38,7 +38,7 @@ from typing import Any
 
 import attrs
 
-from hacore.consensus import (
+from hacore.backends.consensus import (
     CONFIG_KEY,
     LEADER_KEY,
     MEMBERS_PREFIX,
@@ -46,10 +46,7 @@ from hacore.consensus import (
     ManagedStore,
     Watcher,
 )
-from hacore.errors import ConfigError, HacoreError, ManagedStoreError, StoreUnavailableError
-from hacore.hookspecs import hookimpl
-from hacore.plugins import BackendRegistry
-from hacore.records import (
+from hacore.backends.records import (
     ClusterView,
     EventKind,
     KeyValue,
@@ -59,6 +56,9 @@ from hacore.records import (
     StoreMember,
     WatchEvent,
 )
+from hacore.errors import ConfigError, HacoreError, ManagedStoreError, StoreUnavailableError
+from hacore.plugins.hookspecs import hookimpl
+from hacore.plugins.registry import BackendRegistry
 from hacore.testing.harness import ConsensusHarness
 
 log = logging.getLogger(__name__)
@@ -309,7 +309,7 @@ class _MemoryWatcher(Watcher):
 
 
 class MemoryConsensus(ConsensusBackend):
-    """A :class:`~hacore.consensus.ConsensusBackend` on a :class:`MemoryStore`.
+    """A :class:`~hacore.backends.consensus.ConsensusBackend` on a :class:`MemoryStore`.
 
     ``settings``: ``{"store": NAME}``; backends with the same name share one store.
     """

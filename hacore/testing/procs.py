@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from hacore.process import process_table
+from hacore.backends.processes import process_table
 
 _reserved: set[int] = set()
 

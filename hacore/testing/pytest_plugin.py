@@ -26,7 +26,7 @@ Fixtures
     namespace unique to that test; all are closed after it.
 
     ``managed_store_factory``: ``managed_store_factory(name)`` makes a
-    :class:`~hacore.consensus.ManagedStore` with its own data directory and ports; all are
+    :class:`~hacore.backends.consensus.ManagedStore` with its own data directory and ports; all are
     stopped after the test. Skips when the harness has ``supports_managed = False``.
 
 Testing a third-party backend
@@ -52,6 +52,12 @@ Testing a third-party backend
             yield from run_harness(MyHarness, tmp_path_factory.mktemp("mine"))
 
         class TestMine(ConsensusContract): pass
+
+Replication, filesync and services backends
+    Their suites (:mod:`hacore.testing.replication_contract`, ``filesync_contract``,
+    ``services_contract``) need no registration: the test module provides the harness fixture
+    (``replication_harness``, ``filesync_harness``, ``services_harness``) with
+    :func:`run_family_harness` as its body, and subclasses the suite.
 """
 
 from __future__ import annotations
@@ -62,12 +68,13 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
-from hacore.consensus import ConsensusBackend, ManagedStore
-from hacore.plugins import PLUGINS_ENV, BackendRegistry, env_plugins, load_plugins
+from hacore.backends.consensus import ConsensusBackend, ManagedStore
+from hacore.plugins.registry import PLUGINS_ENV, BackendRegistry, env_plugins, load_plugins
+from hacore.testing.family_harness import FamilyHarness
 from hacore.testing.harness import ConsensusHarness
 
 log = logging.getLogger(__name__)
@@ -150,6 +157,28 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def run_harness(harness_cls: type[ConsensusHarness], workdir: Path) -> Iterator[ConsensusHarness]:
     """Body of a session fixture: skip if unavailable, start, yield, always stop."""
+    reason = harness_cls.unavailable_reason()
+    if reason:
+        pytest.skip(f"{harness_cls.backend_name or harness_cls.__name__}: {reason}")
+    harness = harness_cls(workdir)
+    try:
+        harness.start()
+        yield harness
+    finally:
+        harness.stop()
+
+
+H = TypeVar("H", bound=FamilyHarness)
+
+
+def run_family_harness(harness_cls: type[H], workdir: Path) -> Iterator[H]:
+    """Body of a replication, filesync or services harness fixture: skip if unavailable,
+    start, yield, always stop::
+
+        @pytest.fixture(scope="module")
+        def replication_harness(tmp_path_factory):
+            yield from run_family_harness(MyHarness, tmp_path_factory.mktemp("mine"))
+    """
     reason = harness_cls.unavailable_reason()
     if reason:
         pytest.skip(f"{harness_cls.backend_name or harness_cls.__name__}: {reason}")

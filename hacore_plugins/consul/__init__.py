@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from hacore.hookspecs import hookimpl
-from hacore.plugins import BackendRegistry
+from hacore.plugins.hookspecs import hookimpl
+from hacore.plugins.registry import BackendRegistry
 
 log = logging.getLogger(__name__)
 
@@ -26,4 +26,4 @@ def hacore_register_backends(registry: BackendRegistry) -> None:
             registry.add_missing(family, "consul", why)
         return
     registry.add_consensus("consul", ConsulConsensus)
-    registry.add_test_harness("consul", "hacore.testing.consul:ConsulHarness")
+    registry.add_test_harness("consul", "hacore_plugins.consul.testing:ConsulHarness")

@@ -28,9 +28,15 @@ from typing import Any, ClassVar
 import consul
 import consul.callback
 
-from hacore.consensus import CONFIG_KEY, LEADER_KEY, MEMBERS_PREFIX, ConsensusBackend, Watcher
+from hacore.backends.consensus import (
+    CONFIG_KEY,
+    LEADER_KEY,
+    MEMBERS_PREFIX,
+    ConsensusBackend,
+    Watcher,
+)
+from hacore.backends.records import ClusterView, KeyValue, Leader, Lease, Member
 from hacore.errors import ConfigError, StoreUnavailableError
-from hacore.records import ClusterView, KeyValue, Leader, Lease, Member
 from hacore_plugins.consul.client import ConsulPool
 from hacore_plugins.consul.settings import ConsulSettings, parse_settings, session_ttl
 from hacore_plugins.consul.watch import ConsulWatcher

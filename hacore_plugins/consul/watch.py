@@ -16,9 +16,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from hacore.consensus import Watcher
+from hacore.backends.consensus import Watcher
+from hacore.backends.records import EventKind, WatchEvent
 from hacore.errors import HacoreError
-from hacore.records import EventKind, WatchEvent
 from hacore_plugins.consul.client import ConsulPool
 
 log = logging.getLogger(__name__)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hacore.hookspecs import hookimpl
-from hacore.plugins import BackendRegistry
+from hacore.plugins.hookspecs import hookimpl
+from hacore.plugins.registry import BackendRegistry
 from hacore_plugins.etcd.backend import EtcdConsensus
 from hacore_plugins.etcd.managed import EtcdManagedStore
 
@@ -14,4 +14,4 @@ __all__ = ["EtcdConsensus", "EtcdManagedStore"]
 def hacore_register_backends(registry: BackendRegistry) -> None:
     registry.add_consensus("etcd", EtcdConsensus)
     registry.add_managed_store("etcd", EtcdManagedStore)
-    registry.add_test_harness("etcd", "hacore.testing.etcd:EtcdHarness")
+    registry.add_test_harness("etcd", "hacore_plugins.etcd.testing:EtcdHarness")

@@ -16,9 +16,9 @@ import weakref
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from hacore.consensus import CONFIG_KEY, LEADER_KEY, MEMBERS_PREFIX, ConsensusBackend
+from hacore.backends.consensus import CONFIG_KEY, LEADER_KEY, MEMBERS_PREFIX, ConsensusBackend
+from hacore.backends.records import ClusterView, KeyValue, Leader, Lease, Member, TlsFiles
 from hacore.errors import HacoreError
-from hacore.records import ClusterView, KeyValue, Leader, Lease, Member, TlsFiles
 from hacore_plugins.etcd.client import KV, EtcdClient, EtcdRequestError, b64, prefix_end
 from hacore_plugins.etcd.settings import EtcdSettings
 from hacore_plugins.etcd.watch import EtcdWatcher

@@ -37,8 +37,8 @@ from typing import Any
 import attrs
 import httpx
 
+from hacore.backends.records import TlsFiles
 from hacore.errors import ConfigError, HacoreError, StoreUnavailableError
-from hacore.records import TlsFiles
 
 log = logging.getLogger(__name__)
 

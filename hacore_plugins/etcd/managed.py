@@ -28,12 +28,12 @@ from typing import Any, TypeVar
 
 import httpx
 
-from hacore.consensus import ManagedStore
+from hacore.backends.consensus import ManagedStore
+from hacore.backends.log_files import LogTrimmer
+from hacore.backends.processes import DetachedProcess
+from hacore.backends.records import StoreMember, TlsFiles
 from hacore.errors import HacoreError, ManagedStoreError, StoreUnavailableError
-from hacore.logfiles import LogTrimmer
 from hacore.pki.revocation import crl_path
-from hacore.process import DetachedProcess
-from hacore.records import StoreMember, TlsFiles
 from hacore_plugins.etcd.client import (
     ClientTls,
     EtcdClient,

@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from hacore.config_check import backend_settings
+from hacore.backends.records import TlsFiles
+from hacore.config.check import backend_settings
 from hacore.errors import ConfigError
-from hacore.records import TlsFiles
 from hacore_plugins.etcd.client import ClientTls
 
 #: TLS file settings, and the names Patroni's ``etcd3`` section gives them

@@ -1,13 +1,13 @@
 """Watching a key prefix through the gateway's streaming ``/v3/watch``.
 
 One background thread per watcher holds one long POST open and turns each response line into
-:class:`~hacore.records.WatchEvent` objects, in revision order. Each connection first asks the
-endpoint for a linearizable read: it proves the member serves (an isolated member would keep a
-stream open and silent), and the first one fixes the revision the watch starts after, so every
-change made once :meth:`EtcdWatcher.start` returned is delivered. A broken or silent stream is
-reopened, on another endpoint when the member stopped answering (the endpoint is then suspect
-for the client's requests too), from the revision after the last event seen: nothing is lost
-or repeated across reconnects.
+:class:`~hacore.backends.records.WatchEvent` objects, in revision order. Each connection first
+asks the endpoint for a linearizable read: it proves the member serves (an isolated member
+would keep a stream open and silent), and the first one fixes the revision the watch starts
+after, so every change made once :meth:`EtcdWatcher.start` returned is delivered. A broken or
+silent stream is reopened, on another endpoint when the member stopped answering (the
+endpoint is then suspect for the client's requests too), from the revision after the last
+event seen: nothing is lost or repeated across reconnects.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 
 import httpx
 
-from hacore.consensus import Watcher
+from hacore.backends.consensus import Watcher
+from hacore.backends.records import EventKind, WatchEvent
 from hacore.errors import StoreUnavailableError
-from hacore.records import EventKind, WatchEvent
 from hacore_plugins.etcd.client import (
     KV,
     EtcdClient,

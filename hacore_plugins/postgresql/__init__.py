@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from hacore.hookspecs import hookimpl
-from hacore.plugins import BackendRegistry
+from hacore.plugins.hookspecs import hookimpl
+from hacore.plugins.registry import BackendRegistry
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def hacore_register_backends(registry: BackendRegistry) -> None:
     except ImportError as exc:
         log.debug("postgresql backend not available: %s", exc)
         why = f"{exc.name or exc} is missing: pip install 'hacore[postgresql]'"
-        for family in ('replication',):
+        for family in ("replication",):
             registry.add_missing(family, "postgresql", why)
         return
     registry.add_replication("postgresql", PostgresReplication)

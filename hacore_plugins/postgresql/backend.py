@@ -29,14 +29,14 @@ from typing import Any
 import attrs
 import psycopg
 
-from hacore.errors import ReplicationError
-from hacore.replication import (
+from hacore.backends.replication import (
     UNKNOWN_STATUS,
     ProgressCallback,
     ReplicationSource,
     ReplicationStatus,
     StandbyState,
 )
+from hacore.errors import ReplicationError
 from hacore_plugins.postgresql import clone as copying
 from hacore_plugins.postgresql import server
 from hacore_plugins.postgresql.commands import tail
@@ -302,6 +302,19 @@ class PostgresReplication(PrimaryDuties, SourceAccess, SalvageDuties):
 
     def stop(self) -> None:
         self._stop()
+
+    def restart_in_place(self) -> None:
+        """A primary restarts as the primary it was (no standby.signal, no promotion, same
+        timeline); a standby as the standby it was."""
+        if not self.is_initialized():
+            raise ReplicationError(f"{self.node_name} has no database to restart")
+        primary = self.postmaster_pid() is not None and self.status().role == "primary"
+        self._stop()
+        if not primary:
+            self.start()
+            return
+        self._prepare_data(self.layout.pgdata, standby=False)
+        self._start(what="restart in place")
 
     def follow(self, source: ReplicationSource) -> None:
         if not self.is_initialized():

@@ -19,8 +19,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from hacore.backends.replication import ProgressCallback, ReplicationSource
 from hacore.errors import ReplicationError
-from hacore.replication import ProgressCallback, ReplicationSource
 from hacore_plugins.postgresql.commands import PgTools
 from hacore_plugins.postgresql.layout import Layout
 from hacore_plugins.postgresql.sql import explain

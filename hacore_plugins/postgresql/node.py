@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from hacore.backends.log_files import LogTrimmer
+from hacore.backends.records import TlsFiles
+from hacore.backends.replication import ReplicationBackend
 from hacore.errors import ConfigError, ReplicationError
-from hacore.logfiles import LogTrimmer
-from hacore.records import TlsFiles
-from hacore.replication import ReplicationBackend
 from hacore_plugins.postgresql import clone as copying
 from hacore_plugins.postgresql import server, tls_files
 from hacore_plugins.postgresql.commands import PgTools, ServerUser
@@ -43,7 +43,7 @@ from hacore_plugins.postgresql.sql import Conn, connect_local
 from hacore_plugins.postgresql.state import NodeState, load_state
 
 if TYPE_CHECKING:
-    from hacore.config import FailoverSettings
+    from hacore.config.node import FailoverSettings
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class PgNode(ReplicationBackend):
             )
         self.layout = Layout(self.data_dir.absolute())
         #: the server log (pg_ctl -l) is read for divergence, so it is not handed to the
-        #: logging collector: it is bounded by copy and truncate (hacore.logfiles)
+        #: logging collector: it is bounded by copy and truncate (hacore.backends.log_files)
         self.log_trimmer = LogTrimmer(self.layout.log_file)
         self.user = ServerUser.lookup(self.config.os_user)
         self.tools = PgTools(self.config.bin_dir, self.user, self.layout.home)

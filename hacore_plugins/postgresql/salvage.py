@@ -14,7 +14,7 @@ With ``failover.minority_mode: on`` the agent calls :meth:`SalvageDuties.configu
   started privately (no TCP listener, a private socket directory, read-only by default), the
   slot's pending changes are decoded, the server is stopped, pg_rewind's dry run names the
   fork point, and the transactions committed past it are written to an archive
-  (hacore/cluster/salvage.py). Only then is the slot dropped and the rewind allowed; any
+  (hacore/backends/salvage.py). Only then is the slot dropped and the rewind allowed; any
   failure before that raises, and the rewind does not happen.
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import attrs
 import psycopg
 
-from hacore.cluster import salvage as archives
+from hacore.backends import salvage as archives
 from hacore.errors import HacoreError, ReplicationError
 from hacore_plugins.postgresql import clone as copying
 from hacore_plugins.postgresql import server

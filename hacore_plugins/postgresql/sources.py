@@ -15,8 +15,8 @@ import attrs
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from hacore.backends.replication import ProgressCallback, ReplicationSource
 from hacore.errors import ReplicationError
-from hacore.replication import ProgressCallback, ReplicationSource
 from hacore_plugins.postgresql import clone as copying
 from hacore_plugins.postgresql import tls_files
 from hacore_plugins.postgresql.config_files import (

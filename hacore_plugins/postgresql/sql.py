@@ -14,9 +14,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from hacore.backends.records import TlsFiles
+from hacore.backends.replication import ReplicationSource
 from hacore.errors import ReplicationError
-from hacore.records import TlsFiles
-from hacore.replication import ReplicationSource
 from hacore_plugins.postgresql.layout import Layout
 from hacore_plugins.postgresql.settings import SUPERUSER, PgSettings
 from hacore_plugins.postgresql.tls_files import hacore_options

@@ -11,8 +11,8 @@ from typing import Any
 
 import attrs
 
+from hacore.backends.replication import ReplicationSource
 from hacore.errors import ReplicationError
-from hacore.replication import ReplicationSource
 
 
 @attrs.frozen

@@ -14,18 +14,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hacore.backends.records import TlsFiles
 from hacore.errors import ReplicationError
 from hacore.pki.errors import TlsMaterialError
-from hacore.pki.files import CERT_MODE, KEY_MODE, private_dir, write_atomic
 from hacore.pki.revocation import crl_path
-from hacore.records import TlsFiles
+from hacore.pki.tls_files import CERT_MODE, KEY_MODE, private_dir, write_atomic
 from hacore_plugins.postgresql.commands import ServerUser
 from hacore_plugins.postgresql.layout import Layout
 
 #: Server parameters hacore sets itself when the node runs with TLS.
-TLS_PARAMETERS = frozenset(
-    {"ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file"}
-)
+TLS_PARAMETERS = frozenset({"ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file"})
 
 #: Members must show a certificate signed by the cluster CA, and still give the password.
 #: Not ``verify-full``: with a password method it demands that the certificate's CN be the

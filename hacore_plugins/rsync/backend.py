@@ -34,10 +34,10 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from hacore.backends.filesync import FilesyncBackend, FolderSync, SyncState, directory_keys
+from hacore.backends.processes import DetachedProcess, child_environment
+from hacore.backends.records import TlsFiles
 from hacore.errors import FilesyncError
-from hacore.filesync import FilesyncBackend, FolderSync, SyncState, directory_keys
-from hacore.process import DetachedProcess, child_environment
-from hacore.records import TlsFiles
 from hacore_plugins.rsync.daemon import (
     USER,
     config_text,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hacore.errors import FilesyncError
 from hacore.pki.errors import TlsMaterialError
-from hacore.pki.files import write_atomic
+from hacore.pki.tls_files import write_atomic
 
 #: the user name mirrors authenticate as
 USER = "hacore"

@@ -15,10 +15,10 @@ from typing import Any
 
 from hacore.api.errors import UnavailableError
 from hacore.cluster.ticket import JoinRequest, register_ticket_part
-from hacore.config import NodeConfig
+from hacore.config.node import NodeConfig
 from hacore.errors import FilesyncError, HacoreError
 from hacore.pki.errors import TlsMaterialError
-from hacore.pki.files import private_dir, write_atomic
+from hacore.pki.tls_files import private_dir, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hacore.hookspecs import hookimpl
-from hacore.plugins import BackendRegistry
+from hacore.plugins.hookspecs import hookimpl
+from hacore.plugins.registry import BackendRegistry
 from hacore_plugins.services.process import ProcessServices
 from hacore_plugins.services.supervisor import SupervisorServices
 from hacore_plugins.services.systemd import SystemdServices

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hacore.backends.services import ServiceBackend, ServiceStatus
 from hacore.errors import ConfigError, ServiceError
-from hacore.services import ServiceBackend, ServiceStatus
 from hacore_plugins.services.proc import ProcessIdentity, group_members
 from hacore_plugins.services.process_settings import ProcessCommand, ProcessSettings
 

@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 
 import attrs
 
-from hacore.config_check import check_name, show
+from hacore.config.check import check_name, show
 from hacore.errors import ConfigError
 from hacore_plugins.services.settings import absolute_path, reject_unknown, seconds
 

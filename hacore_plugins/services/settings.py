@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hacore.config_check import backend_settings, show
+from hacore.config.check import backend_settings, show
 from hacore.errors import ConfigError
 
 

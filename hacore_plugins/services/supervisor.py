@@ -12,8 +12,8 @@ import xmlrpc.client
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+from hacore.backends.services import ServiceBackend, ServiceStatus
 from hacore.errors import ServiceError
-from hacore.services import ServiceBackend, ServiceStatus
 from hacore_plugins.services.supervisor_rpc import Faults, SupervisorClient, SupervisorSettings
 
 #: a status query must stay short: the health checks run it every loop

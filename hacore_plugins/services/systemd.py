@@ -19,8 +19,8 @@ from typing import Any
 
 import attrs
 
+from hacore.backends.services import ServiceBackend, ServiceStatus
 from hacore.errors import ServiceError
-from hacore.services import ServiceBackend, ServiceStatus
 from hacore_plugins.services.settings import boolean, optional_string, reject_unknown, seconds
 from hacore_plugins.services.systemd_show import PROPERTIES, UnitState
 

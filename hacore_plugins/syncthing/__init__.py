@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hacore.hookspecs import hookimpl
-from hacore.plugins import BackendRegistry
+from hacore.plugins.hookspecs import hookimpl
+from hacore.plugins.registry import BackendRegistry
 from hacore_plugins.syncthing.backend import SyncthingFilesync
 
 __all__ = ["SyncthingFilesync"]

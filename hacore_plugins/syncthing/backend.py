@@ -31,10 +31,10 @@ from typing import Any
 
 import attrs
 
+from hacore.backends.filesync import FilesyncBackend, FolderSync, SyncState, directory_keys
+from hacore.backends.log_files import trim_log
+from hacore.backends.processes import DetachedProcess
 from hacore.errors import FilesyncError, HacoreError
-from hacore.filesync import FilesyncBackend, FolderSync, SyncState, directory_keys
-from hacore.logfiles import trim_log
-from hacore.process import DetachedProcess
 from hacore_plugins.syncthing import home as st_home
 from hacore_plugins.syncthing.api import SyncthingApi, timestamp
 from hacore_plugins.syncthing.enforcer import Enforcer
@@ -201,7 +201,7 @@ class SyncthingFilesync(FilesyncBackend):
         )
         argv = [self.config.binary, "serve", "--no-browser", "--no-upgrade"]
         argv += ["--home", str(self.home), "--logflags=3"]
-        trim_log(self.process.log_path)  # bounded at each start (hacore.logfiles)
+        trim_log(self.process.log_path)  # bounded at each start (hacore.backends.log_files)
         try:
             self.process.start(argv, env=ENV)
         except OSError as err:

@@ -16,10 +16,10 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
 
+from hacore.backends.processes import child_environment
 from hacore.errors import FilesyncError
 from hacore.pki.errors import TlsMaterialError
-from hacore.pki.files import private_dir, write_atomic
-from hacore.process import child_environment
+from hacore.pki.tls_files import private_dir, write_atomic
 
 CONFIG = "config.xml"
 #: the REST API's Unix socket, in the home directory (0700): no other user reaches it

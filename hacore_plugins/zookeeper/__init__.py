@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from hacore.hookspecs import hookimpl
-from hacore.plugins import BackendRegistry
+from hacore.plugins.hookspecs import hookimpl
+from hacore.plugins.registry import BackendRegistry
 
 log = logging.getLogger(__name__)
 
@@ -28,4 +28,4 @@ def hacore_register_backends(registry: BackendRegistry) -> None:
         return
     registry.add_consensus("zookeeper", ZooKeeperConsensus)
     registry.add_managed_store("zookeeper", ZooKeeperManagedStore)
-    registry.add_test_harness("zookeeper", "hacore.testing.zookeeper:ZooKeeperHarness")
+    registry.add_test_harness("zookeeper", "hacore_plugins.zookeeper.testing:ZooKeeperHarness")

@@ -42,15 +42,15 @@ from kazoo.protocol.states import KazooState
 from kazoo.retry import KazooRetry
 from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
 
-from hacore.consensus import (
+from hacore.backends.consensus import (
     CONFIG_KEY,
     LEADER_KEY,
     MEMBERS_PREFIX,
     ConsensusBackend,
     Watcher,
 )
+from hacore.backends.records import ClusterView, KeyValue, Leader, Lease, Member, TlsFiles
 from hacore.errors import ConfigError, HacoreError, StoreUnavailableError
-from hacore.records import ClusterView, KeyValue, Leader, Lease, Member, TlsFiles
 from hacore_plugins.zookeeper.client import PersistentWatchClient
 from hacore_plugins.zookeeper.keys import key_of, node_name
 from hacore_plugins.zookeeper.settings import ZooKeeperSettings, parse_settings

@@ -10,10 +10,10 @@ Settings::
       tick_time_ms: 250      # optional; sessions of 2 ticks to 60 s are granted
       jvm_options: [-Xmx256m, -XX:+UseSerialGC]   # optional
 
-A :class:`~hacore.records.StoreMember`'s ``peer_url`` is ``host:peer_port:election_port`` and
-its ``client_url`` ``host:client_port``.
+A :class:`~hacore.backends.records.StoreMember`'s ``peer_url`` is
+``host:peer_port:election_port`` and its ``client_url`` ``host:client_port``.
 
-With ``tls`` (the node's :class:`~hacore.records.TlsFiles`) quorum and election traffic use
+With ``tls`` (the node's :class:`~hacore.backends.records.TlsFiles`) quorum and election traffic use
 TLS, and ``client_port`` is the server's ``secureClientPort``: there is no plain client port,
 clients must show a certificate from the CA, and the Python side trusts that CA alone. A
 secure client port is static configuration, absent from the ``server.N`` lines that dynamic
@@ -63,11 +63,11 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 from kazoo.security import make_acl, make_digest_acl_credential
 
-from hacore.consensus import ManagedStore
+from hacore.backends.consensus import ManagedStore
+from hacore.backends.log_files import LogTrimmer
+from hacore.backends.processes import DetachedProcess
+from hacore.backends.records import StoreMember, TlsFiles
 from hacore.errors import ManagedStoreError
-from hacore.logfiles import LogTrimmer
-from hacore.process import DetachedProcess
-from hacore.records import StoreMember, TlsFiles
 from hacore_plugins.zookeeper import server as zk
 from hacore_plugins.zookeeper.client import PersistentWatchClient
 from hacore_plugins.zookeeper.settings import ManagedSettings

@@ -27,9 +27,9 @@ from typing import Any
 
 import attrs
 
-from hacore.config_check import backend_settings
+from hacore.backends.records import TlsFiles
+from hacore.config.check import backend_settings
 from hacore.errors import ConfigError
-from hacore.records import TlsFiles
 from hacore_plugins.zookeeper import server as zk
 from hacore_plugins.zookeeper.tls import ClientTls
 

@@ -18,8 +18,8 @@ from typing import Any
 import attrs
 from kazoo.handlers.threading import SequentialThreadingHandler
 
+from hacore.backends.records import TlsFiles
 from hacore.errors import ConfigError
-from hacore.records import TlsFiles
 
 #: key and certificate in one file: the form ZooKeeper's PEM key store reads
 SERVER_PEM = "zookeeper-server.pem"

@@ -28,8 +28,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from hacore.consensus import Watcher
-from hacore.records import EventKind, WatchEvent
+from hacore.backends.consensus import Watcher
+from hacore.backends.records import EventKind, WatchEvent
 from hacore_plugins.zookeeper.keys import key_of
 
 log = logging.getLogger(__name__)

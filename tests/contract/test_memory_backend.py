@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hacore.consensus import LEADER_KEY
+from hacore.backends.consensus import LEADER_KEY
+from hacore.backends.records import EventKind, Leader, Member, WatchEvent
 from hacore.errors import ConfigError, HacoreError, ManagedStoreError, StoreUnavailableError
-from hacore.records import EventKind, Leader, Member, WatchEvent
 from hacore.testing.memory import MemoryConsensus, MemoryManagedStore, drop_store, get_store
 
 

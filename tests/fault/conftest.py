@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 from fault_cluster import VERDICTS, FaultCluster
+from netns import Network, cleanup_stale, unavailable_reason
 
-from hacore.testing.netns import Network, cleanup_stale, unavailable_reason
 from hacore_plugins.postgresql.settings import default_bin_dir
 
 

@@ -32,14 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import checker
 import httpx
 import psycopg
 import yaml
 from click.testing import CliRunner, Result
+from netns import Host, Network
 
 from hacore.cli import cli
-from hacore.testing import checker
-from hacore.testing.netns import Host, Network
 from hacore.testing.procs import ServerProcess, kill_with_children, pid_alive, wait_for
 
 TIMING = {"ttl": 6.0, "loop_wait": 1.0, "retry_timeout": 1.0, "safety_margin": 1.5}

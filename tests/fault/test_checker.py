@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import checker
 import psycopg
 import pytest
+from checker import ACKS, DOWN, READ_ONLY, READ_WRITE, UNKNOWN, Sample
 
-from hacore.testing import checker
-from hacore.testing.checker import ACKS, DOWN, READ_ONLY, READ_WRITE, UNKNOWN, Sample
 from hacore.testing.procs import child_pids, holds_for, wait_for
 from hacore_plugins.postgresql.settings import default_bin_dir
 

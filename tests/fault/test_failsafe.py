@@ -22,6 +22,7 @@ import signal
 import time
 from collections.abc import Iterator
 
+import checker
 import httpx
 import pytest
 import yaml
@@ -38,9 +39,8 @@ from fault_cluster import (
     explain,
     judge,
 )
+from netns import Network
 
-from hacore.testing import checker
-from hacore.testing.netns import Network
 from hacore.testing.procs import wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.root, pytest.mark.slow]

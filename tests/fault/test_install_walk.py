@@ -31,8 +31,8 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from netns import Host, Network, cleanup_stale, unavailable_reason
 
-from hacore.testing.netns import Host, Network, cleanup_stale, unavailable_reason
 from hacore.testing.procs import wait_for
 from hacore_plugins.postgresql.settings import default_bin_dir
 
@@ -180,14 +180,24 @@ def test_the_install_page_walked_on_four_hosts(network: Network) -> None:
             fingerprint = re.search(r"--ca-fingerprint (\S+)", printed)
             assert token and fingerprint, printed
             join = [
-                HACORE, "cluster", "join", f"{nodes[0].address}:8008", "--node-name",
-                f"node{i}", "-c", str(root / f"node{i}" / "node.yaml"),
-                "--ca-fingerprint", fingerprint.group(1),
+                HACORE,
+                "cluster",
+                "join",
+                f"{nodes[0].address}:8008",
+                "--node-name",
+                f"node{i}",
+                "-c",
+                str(root / f"node{i}" / "node.yaml"),
+                "--ca-fingerprint",
+                fingerprint.group(1),
             ]
             joined = _run(
-                host, join,
-                env={"HACORE_PROFILE": str(root / f"profile{i}.json"),
-                     "HACORE_JOIN_TOKEN": token.group(1)},
+                host,
+                join,
+                env={
+                    "HACORE_PROFILE": str(root / f"profile{i}.json"),
+                    "HACORE_JOIN_TOKEN": token.group(1),
+                },
             )
             assert f"node{i} joined cluster manager" in joined or "streaming" in joined, joined
 
@@ -195,7 +205,9 @@ def test_the_install_page_walked_on_four_hosts(network: Network) -> None:
             argv = [HACORE, "cluster", "nodes", "list", "--json"]
             done = subprocess.run(
                 nodes[0].argv(["env", f"HACORE_PROFILE={profile['HACORE_PROFILE']}", *argv]),
-                capture_output=True, text=True, timeout=WAIT,
+                capture_output=True,
+                text=True,
+                timeout=WAIT,
             )
             if done.returncode != 0:
                 return None
@@ -218,8 +230,10 @@ def test_the_install_page_walked_on_four_hosts(network: Network) -> None:
         _run(lb, ["haproxy", "-c", "-f", str(root / "haproxy.cfg")])
         haproxy_log = (root / "haproxy.log").open("wb")
         network.popen(
-            lb, ["haproxy", "-f", str(root / "haproxy.cfg")],
-            stdout=haproxy_log, stderr=subprocess.STDOUT,
+            lb,
+            ["haproxy", "-f", str(root / "haproxy.cfg")],
+            stdout=haproxy_log,
+            stderr=subprocess.STDOUT,
         )
 
         socket_dir = str(root / "node1" / "data" / "replication" / "run")

@@ -25,8 +25,8 @@ import psycopg
 import pytest
 import yaml
 from fault_cluster import TIMING, WAIT, FaultCluster, FaultNode
+from netns import Network
 
-from hacore.testing.netns import Network
 from hacore.testing.procs import wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.root, pytest.mark.slow]

@@ -10,10 +10,10 @@ import sys
 from collections.abc import Iterator
 from functools import partial
 
+import netns
 import pytest
+from netns import Host, Network
 
-from hacore.testing import netns
-from hacore.testing.netns import Host, Network
 from hacore.testing.procs import wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.root]
@@ -138,8 +138,21 @@ def kernel_has_netem() -> bool:
     scratch = f"hacore-netem-probe-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", scratch], check=True, timeout=30)
     try:
-        probe = ["ip", "netns", "exec", scratch, "tc", "qdisc", "add", "dev", "lo", "root",
-                 "netem", "delay", "1ms"]
+        probe = [
+            "ip",
+            "netns",
+            "exec",
+            scratch,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "lo",
+            "root",
+            "netem",
+            "delay",
+            "1ms",
+        ]
         return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
     finally:
         subprocess.run(["ip", "netns", "delete", scratch], timeout=30)
@@ -176,8 +189,9 @@ def test_delay_adds_its_delay_or_says_plainly_that_the_kernel_cannot(net: Networ
 
 def test_a_crashed_runs_network_is_removed_by_the_next_one(fault_network: Network) -> None:
     script = (
-        "import os, signal, subprocess\n"
-        "from hacore.testing.netns import Network\n"
+        "import os, signal, subprocess, sys\n"
+        f"sys.path.insert(0, {os.path.dirname(netns.__file__)!r})\n"
+        "from netns import Network\n"
         "net = Network(2).create()\n"
         "quiet = {'stdout': subprocess.DEVNULL, 'stderr': subprocess.DEVNULL}\n"
         "net.popen(net.hosts[0], ['sleep', '600'], **quiet)\n"

@@ -3,7 +3,7 @@
 The nodes are network namespaces (``fault_cluster``); faults are nftables rules in a node's
 namespace. While each fault runs, a writer inserts sequential rows the way the manager's own
 services would, and a poller asks every database ten times a second whether it takes writes
-(``hacore.testing.checker``). Each test starts from a whole cluster (one active, two streaming
+(``tests/tools/checker.py``). Each test starts from a whole cluster (one active, two streaming
 standbys, one of them synchronous: ``synchronous_mode: on``) and leaves it whole again, so
 the tests do not depend on their order; they share one cluster per module.
 
@@ -12,7 +12,7 @@ acknowledged probe rows); two nodes never take writes at the same moment and nev
 ``/status`` 200 at the same moment; wherever the writable node changed, the old one was last
 seen writable before the new one first was (a positive handover gap); the old active fences
 itself before its lease can expire on the others: its LAST writable moment (attributed to
-when its server wrote, ``hacore.testing.checker``) is at most ``ALLOWANCE`` after
+when its server wrote, ``checker``) is at most ``ALLOWANCE`` after
 ``cut + ttl - safety_margin``; the old active comes back as a streaming standby.
 """
 
@@ -23,6 +23,7 @@ import signal
 import time
 
 import attrs
+import checker
 import pytest
 from fault_cluster import (
     PG_PORT,
@@ -38,7 +39,6 @@ from fault_cluster import (
     judge,
 )
 
-from hacore.testing import checker
 from hacore.testing.procs import wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.root, pytest.mark.slow]

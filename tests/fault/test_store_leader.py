@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import checker
 import httpx
 import pytest
 from fault_cluster import (
@@ -49,7 +50,6 @@ from fault_cluster import (
     judge,
 )
 
-from hacore.testing import checker
 from hacore.testing.procs import wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.root, pytest.mark.slow]

@@ -30,12 +30,12 @@ from kazoo.client import KazooClient
 from hacore.agent import keys
 from hacore.agent.execute import ReplicationCredentials
 from hacore.agent.runtime import Agent
-from hacore.agent.state import ActiveStatus, NodeState
 from hacore.agent.support import build_backends
-from hacore.config import NodeConfig, load_config
-from hacore.hookspecs import hookimpl
-from hacore.plugins import HacorePlugins, load_plugins
-from hacore.records import ClusterView, Member, NodeRole
+from hacore.agent.vocabulary import ActiveStatus, NodeState
+from hacore.backends.records import ClusterView, Member, NodeRole
+from hacore.config.node import NodeConfig, load_config
+from hacore.plugins.hookspecs import hookimpl
+from hacore.plugins.registry import HacorePlugins, load_plugins
 from hacore.testing.procs import free_port, kill_with_children, pid_alive, wait_for
 from hacore_plugins.postgresql.backend import PostgresReplication
 from hacore_plugins.zookeeper.backend import ZooKeeperConsensus

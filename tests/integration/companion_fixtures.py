@@ -42,10 +42,10 @@ from agent_fixtures import (
 
 from hacore.agent.runtime import Agent
 from hacore.agent.support import FILESYNC_DIR, build_backends
-from hacore.config import NodeConfig, load_config, to_mapping
-from hacore.plugins import HacorePlugins, load_plugins
-from hacore.process import process_table
-from hacore.services import ServiceBackend
+from hacore.backends.processes import process_table
+from hacore.backends.services import ServiceBackend
+from hacore.config.node import NodeConfig, load_config, to_mapping
+from hacore.plugins.registry import HacorePlugins, load_plugins
 from hacore.testing.procs import ServerProcess, free_port
 from hacore_plugins.services.process import ProcessServices
 from hacore_plugins.services.supervisor import SupervisorServices

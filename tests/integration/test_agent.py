@@ -43,14 +43,14 @@ from agent_fixtures import (
 )
 
 from hacore.agent import keys
-from hacore.agent.state import NodeState
-from hacore.records import NodeRole
-from hacore.testing.etcd import EtcdHarness
+from hacore.agent.vocabulary import NodeState
+from hacore.backends.records import NodeRole
 from hacore.testing.harness import ConsensusHarness
 from hacore.testing.memory import drop_store, get_store
 from hacore.testing.pytest_plugin import run_harness
-from hacore.testing.zookeeper import ZooKeeperHarness
+from hacore_plugins.etcd.testing import EtcdHarness
 from hacore_plugins.postgresql.settings import default_bin_dir
+from hacore_plugins.zookeeper.testing import ZooKeeperHarness
 
 pytestmark = [
     pytest.mark.slow,

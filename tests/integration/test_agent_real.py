@@ -49,12 +49,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import checker
 import psycopg
 import pytest
 from agent_hook_plugin import CALLS, control_dir
 from cluster_fixtures import TIMING, WAIT, CliCluster, Node, formed_cluster
 
-from hacore.testing import checker
 from hacore.testing.procs import wait_for
 from hacore_plugins.postgresql.settings import default_bin_dir
 

@@ -18,12 +18,12 @@ import consul
 import consul.std
 import pytest
 
+from hacore.backends.records import EventKind, Member, NodeRole
 from hacore.errors import ConfigError, StoreUnavailableError
-from hacore.plugins import load_plugins
-from hacore.records import EventKind, Member, NodeRole
-from hacore.testing.consul import ConsulHarness
+from hacore.plugins.registry import load_plugins
 from hacore.testing.procs import free_port, wait_for
 from hacore_plugins.consul.backend import ConsulConsensus
+from hacore_plugins.consul.testing import ConsulHarness
 from hacore_plugins.consul.watch import diff
 
 RETRY = 0.5

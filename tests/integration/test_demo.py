@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from hacore.config import load_config
-from hacore.demo_cluster import AFTER, BLUEPRINT, NAMES
-from hacore.demo_manager import FAILOVER_REASON, STEPS
-from hacore.plugins import load_plugins
-from hacore.records import ClusterView
+from hacore.backends.records import ClusterView
+from hacore.config.node import load_config
+from hacore.demo.cluster import AFTER, BLUEPRINT, NAMES
+from hacore.demo.manager import FAILOVER_REASON, STEPS
+from hacore.plugins.registry import load_plugins
 
 HACORE = [sys.executable, "-m", "hacore.cli"]
 

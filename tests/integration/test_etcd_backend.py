@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from hacore.backends.records import EventKind, Member, NodeRole
 from hacore.errors import ConfigError, ManagedStoreError, StoreUnavailableError
-from hacore.plugins import load_plugins
-from hacore.records import EventKind, Member, NodeRole
-from hacore.testing.etcd import EtcdHarness
+from hacore.plugins.registry import load_plugins
 from hacore.testing.procs import free_port, wait_for
 from hacore.testing.pytest_plugin import run_harness
 from hacore_plugins.etcd.backend import EtcdConsensus
@@ -30,6 +29,7 @@ from hacore_plugins.etcd.client import (
     prefix_end,
 )
 from hacore_plugins.etcd.managed import EtcdManagedStore
+from hacore_plugins.etcd.testing import EtcdHarness
 
 pytestmark = pytest.mark.skipif(
     EtcdHarness.unavailable_reason() is not None, reason=str(EtcdHarness.unavailable_reason())

@@ -5,7 +5,7 @@ them. Three managed members are built the way the plugin joins nodes (learner, t
 promotion) entirely over TLS; the consensus client runs on the node's files and keeps working
 when a member goes; clients and peers without a certificate from that CA, or speaking plain
 HTTP, are refused. The whole consensus contract also runs against a TLS cluster
-(:class:`~hacore.testing.etcd.EtcdTlsHarness`).
+(:class:`~hacore_plugins.etcd.testing.EtcdTlsHarness`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ import attrs
 import httpx
 import pytest
 
+from hacore.backends.records import EventKind, TlsFiles
 from hacore.errors import ConfigError, ManagedStoreError, StoreUnavailableError
 from hacore.pki import create_ca, issue_node_certificate
-from hacore.records import EventKind, TlsFiles
 from hacore.testing.contract import ConsensusContract
-from hacore.testing.etcd import EtcdHarness, EtcdTlsHarness
 from hacore.testing.harness import ConsensusHarness
 from hacore.testing.procs import free_port, wait_for
 from hacore.testing.pytest_plugin import run_harness
@@ -32,6 +31,7 @@ from hacore_plugins.etcd.backend import EtcdConsensus
 from hacore_plugins.etcd.client import ClientTls, EtcdClient
 from hacore_plugins.etcd.managed import EtcdManagedStore
 from hacore_plugins.etcd.settings import EtcdSettings
+from hacore_plugins.etcd.testing import EtcdHarness, EtcdTlsHarness
 
 pytestmark = pytest.mark.skipif(
     EtcdHarness.unavailable_reason() is not None, reason=str(EtcdHarness.unavailable_reason())

@@ -22,7 +22,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "thirdparty-plugin"
 PROBE = """
 import json, sys
 from hacore import load_plugins
-from hacore.config import load_config
+from hacore.config.node import load_config
 
 config = load_config(json.loads(sys.argv[1]))
 plugins = load_plugins(block=config.plugins.block)

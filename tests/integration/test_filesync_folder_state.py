@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hacore.filesync import FolderSync
+from hacore.backends.filesync import FolderSync
 from hacore.testing.procs import free_port
 from hacore_plugins.rsync import RsyncFilesync
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from hacore.replication import ReplicationSource
+from hacore.backends.replication import ReplicationSource
 from hacore.testing.procs import free_port, wait_for
 from hacore_plugins.postgresql.backend import PostgresReplication
 from hacore_plugins.postgresql.settings import default_bin_dir

@@ -26,9 +26,9 @@ import attrs
 import psycopg
 import pytest
 
+from hacore.backends.replication import ReplicationSource
 from hacore.errors import ConfigError, ReplicationError
-from hacore.plugins import load_plugins
-from hacore.replication import ReplicationSource
+from hacore.plugins.registry import load_plugins
 from hacore.testing.procs import free_port, kill_with_children, pid_alive, wait_for
 from hacore_plugins.postgresql.backend import PostgresReplication
 from hacore_plugins.postgresql.layout import INCLUDE_LINE

@@ -23,10 +23,10 @@ import attrs
 import psycopg
 import pytest
 
+from hacore.backends.records import TlsFiles
+from hacore.backends.replication import ReplicationSource
 from hacore.errors import ConfigError, ReplicationError
 from hacore.pki import CaMaterial, create_ca, issue_node_certificate
-from hacore.records import TlsFiles
-from hacore.replication import ReplicationSource
 from hacore.testing.procs import free_port, kill_with_children, pid_alive, wait_for
 from hacore_plugins.postgresql.backend import PostgresReplication
 from hacore_plugins.postgresql.settings import default_bin_dir

@@ -276,8 +276,7 @@ def test_the_cluster_left_streams_switches_over_fails_over_and_writes(
     # the standby's next login must use the rotated password: cut its stream
     with active.connect() as conn:
         conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_replication "
-            "WHERE application_name = %s",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = %s",
             (standby.name,),
         )
     wait_for(lambda: standby.name in streaming(active), WAIT, what="the standby to reconnect")

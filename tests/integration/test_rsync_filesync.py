@@ -25,11 +25,11 @@ import pytest
 
 from hacore import pki
 from hacore.api.errors import UnavailableError
+from hacore.backends.records import TlsFiles
 from hacore.cluster.ticket import JoinRequest
-from hacore.config import NodeConfig, load_config
+from hacore.config.node import NodeConfig, load_config
 from hacore.errors import ConfigError, FilesyncError, HacoreError
-from hacore.plugins import load_plugins
-from hacore.records import TlsFiles
+from hacore.plugins.registry import load_plugins
 from hacore.testing.procs import free_port, holds_for, wait_for
 from hacore_plugins import rsync as rsync_plugin
 from hacore_plugins.rsync import RsyncFilesync

@@ -33,10 +33,10 @@ from psycopg.conninfo import conninfo_to_dict
 
 import hacore_plugins.syncthing
 from hacore.agent.support import REPLICATION_DIR
-from hacore.config import NodeConfig, load_config, to_mapping
+from hacore.backends.records import ClusterView
+from hacore.config.node import NodeConfig, load_config, to_mapping
 from hacore.errors import ConfigError, HacoreError
-from hacore.plugins import load_plugins
-from hacore.records import ClusterView
+from hacore.plugins.registry import load_plugins
 from hacore.testing.memory import drop_store
 from hacore.testing.procs import ServerProcess, free_port, wait_for
 from hacore_plugins.postgresql.backend import PostgresReplication
@@ -415,7 +415,7 @@ def test_after_promote_reports_an_unreachable_database(server: Server) -> None:
 
 PROBE = """
 import json
-from hacore.plugins import load_plugins
+from hacore.plugins.registry import load_plugins
 plugins = load_plugins()
 module = plugins.pm.get_plugin("sample_manager")
 hooks = sorted(n for n in ("hacore_after_promote", "hacore_health_checks") if hasattr(module, n))

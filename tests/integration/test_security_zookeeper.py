@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from hacore.testing.procs import free_port, wait_for
-from hacore.testing.zookeeper import HOST, TEST_JVM_OPTIONS
 from hacore_plugins.zookeeper.backend import ZooKeeperConsensus
 from hacore_plugins.zookeeper.managed import ZooKeeperManagedStore
+from hacore_plugins.zookeeper.testing import HOST, TEST_JVM_OPTIONS
 
 pytestmark = pytest.mark.slow
 SECRET_VAR = "HACORE_TEST_SECRET_FOR_ZOOKEEPER"

@@ -22,10 +22,10 @@ import pytest
 
 import hacore.testing.memory as memory_plugin
 import hacore_plugins.services as services_plugin
-from hacore.config import ServicesSection, load_config
+from hacore.agent.checks import ActiveServices, LoopFacts, builtin_checks
+from hacore.config.node import load_config
 from hacore.errors import ConfigError, ServiceError
-from hacore.plugins import load_plugins
-from hacore.service_checks import ServicesHealthCheck, services_checks
+from hacore.plugins.registry import load_plugins
 from hacore.testing.procs import wait_for
 from hacore_plugins.services.proc import ProcessIdentity, group_members
 from hacore_plugins.services.process import ProcessServices
@@ -205,9 +205,19 @@ RECYCLE = textwrap.dedent(
 def test_a_recycled_pid_is_not_the_service(tmp_path: Path, program: Path) -> None:
     settings = settings_for(tmp_path, program)
     result = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", RECYCLE,
-         json.dumps(settings)],
-        capture_output=True, text=True, timeout=120,
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            sys.executable,
+            "-c",
+            RECYCLE,
+            json.dumps(settings),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
@@ -340,36 +350,44 @@ def test_the_backend_is_registered_and_checks_its_section(tmp_path: Path, progra
 # -- the health check ------------------------------------------------------------------------
 
 
-def test_the_health_check_lists_the_services_that_are_down(services: ProcessServices) -> None:
-    check = ServicesHealthCheck(services, ["worker", "broker", "nosuch"], active_only=True)
-    assert check.active_only and check.name == "services-active-only"
+def test_the_active_services_check_lists_the_services_that_are_down(
+    services: ProcessServices,
+) -> None:
+    check = ActiveServices(LoopFacts("n1", active=True), 10.0, services, ["worker", "broker"])
+    assert check.active_only and check.name == "active_services"
     services.start("worker")
     result = check.run()
     assert not result.ok
-    assert result.detail.startswith("2 of 3 down: broker (not running); nosuch (")
+    assert result.detail.startswith("not running: broker")
     assert "worker" not in result.detail
 
     services.start("broker")
-    ok = ServicesHealthCheck(services, ["worker", "broker"], active_only=False).run()
+    ok = check.run()
     assert ok.ok and ok.detail == "running: worker, broker"
 
-    assert check.run().detail.startswith("1 of 3 down: nosuch (the process backend has no")
     os.kill(running_pid(services, "broker"), signal.SIGKILL)
     wait_for(
-        lambda: check.run().detail.startswith("2 of 3 down: broker (not running: pid"),
+        lambda: check.run().detail.startswith("not running: broker (not running: pid"),
         10,
         what="the broker's death in the check",
     )
+    # a service the backend cannot look at fails the check: the runner reports the error
+    unknown = ActiveServices(LoopFacts("n1", active=True), 10.0, services, ["nosuch"])
+    with pytest.raises(ServiceError, match="the process backend has no command for service"):
+        unknown.run()
 
 
-def test_services_checks_make_one_check_per_non_empty_list(services: ProcessServices) -> None:
-    section = ServicesSection("process", {}, active_only=("worker",), everywhere=("broker",))
-    everywhere, active = services_checks(section, services)
-    assert isinstance(everywhere, ServicesHealthCheck)
-    assert isinstance(active, ServicesHealthCheck)
-    assert (everywhere.names, everywhere.active_only) == (("broker",), False)
-    assert (active.names, active.active_only) == (("worker",), True)
-    assert services_checks(ServicesSection("process", {}, active_only=("w",)), services)[
-        0
-    ].name == ("services-active-only")
-    assert services_checks(ServicesSection("process", {}), services) == []
+def test_the_agent_checks_the_active_only_services_only(services: ProcessServices) -> None:
+    def service_checks(active_only: tuple[str, ...]) -> list[ActiveServices]:
+        checks = builtin_checks(
+            LoopFacts("n1"),
+            ttl=10.0,
+            address=("127.0.0.1", 1),
+            services=services,
+            active_only_services=active_only,
+        )
+        return [check for check in checks if isinstance(check, ActiveServices)]
+
+    (active,) = service_checks(("worker",))
+    assert (active.names, active.active_only, active.name) == (("worker",), True, "active_services")
+    assert service_checks(()) == []

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 import hacore_plugins.services as services_plugin
+from hacore.agent.checks import ActiveServices, LoopFacts
 from hacore.errors import ConfigError, ServiceError
-from hacore.plugins import load_plugins
-from hacore.service_checks import ServicesHealthCheck
+from hacore.plugins.registry import load_plugins
 from hacore.testing.procs import ServerProcess, free_port, wait_for
 from hacore_plugins.services.supervisor import SupervisorServices
 
@@ -226,12 +226,14 @@ def test_bad_credentials_and_unreachable_servers_are_clear_errors(
         refused.status("sleeper")
 
 
-def test_the_health_check_reports_stopped_programs(services: SupervisorServices) -> None:
-    check = ServicesHealthCheck(services, ["sleeper", "other"], active_only=True)
+def test_the_active_services_check_reports_stopped_programs(
+    services: SupervisorServices,
+) -> None:
+    check = ActiveServices(LoopFacts("n1", active=True), 10.0, services, ["sleeper", "other"])
     services.start("sleeper")
     result = check.run()
     assert not result.ok
-    assert result.detail.startswith("1 of 2 down: other (STOPPED")
+    assert result.detail.startswith("not running: other (STOPPED")
     services.start("other")
     assert check.run().ok
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from cluster_fixtures import WAIT, CliCluster, Node, formed_cluster
 
-from hacore import cli_cluster
+from hacore.cli import common as cli_common
 from hacore.testing.procs import wait_for
 from hacore_plugins.postgresql.settings import default_bin_dir
 
@@ -133,7 +133,7 @@ def test_a_killed_standby_member_is_restarted_and_reported(formed: CliCluster) -
         assert check["ok"] is False and "etcd server down" in check["detail"], check
         # the table, wide enough that rich does not wrap the cell
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(cli_cluster.console, "width", 400)
+            patch.setattr(cli_common.console, "width", 400)
             text = formed.cli("cluster", "nodes", "list").output
         line = next(line for line in text.splitlines() if f" {standby.name} " in line)
         assert "etcd server down" in line, text

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 from agent_fixtures import AgentCluster, connect, make_root, running_cluster
 
+from hacore.backends.records import ClusterView
 from hacore.errors import StoreUnavailableError
-from hacore.records import ClusterView
 from hacore.testing.memory import drop_store, get_store
 from hacore_plugins.postgresql.settings import default_bin_dir
 
@@ -67,8 +67,7 @@ def test_a_failed_read_after_a_renewal_keeps_the_synchronous_standby(
         with connect(active) as conn:
             while time.monotonic() < end:
                 row = conn.execute(
-                    "SELECT current_setting('synchronous_standby_names'), "
-                    "NOT pg_is_in_recovery()"
+                    "SELECT current_setting('synchronous_standby_names'), NOT pg_is_in_recovery()"
                 ).fetchone()
                 assert row is not None
                 names, writable = row

@@ -22,10 +22,10 @@ from pathlib import Path
 import attrs
 import pytest
 
+from hacore.backends.filesync import SyncState
+from hacore.backends.processes import descendants
 from hacore.errors import ConfigError, FilesyncError
-from hacore.filesync import SyncState
-from hacore.plugins import load_plugins
-from hacore.process import descendants
+from hacore.plugins.registry import load_plugins
 from hacore.testing.procs import free_port, holds_for, wait_for
 from hacore_plugins import syncthing as syncthing_plugin
 from hacore_plugins.syncthing import SyncthingFilesync

@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from cluster_fixtures import HACORE, WAIT, CliCluster, Node, formed_cluster, kill_tree
 
-from hacore.systemd_unit import agent_unit
+from hacore.cli.agent_unit import agent_unit
 from hacore.testing.procs import port_open, wait_for
 from hacore_plugins.postgresql.settings import default_bin_dir
 

@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
-from hacore.consensus import LEADER_KEY
+from hacore.backends.consensus import LEADER_KEY
+from hacore.backends.records import EventKind, Member, WatchEvent
 from hacore.errors import ConfigError, ManagedStoreError, StoreUnavailableError
-from hacore.records import EventKind, Member, WatchEvent
 from hacore.testing.pytest_plugin import run_harness
-from hacore.testing.zookeeper import ZooKeeperHarness
 from hacore_plugins.zookeeper import server as zk
 from hacore_plugins.zookeeper.backend import ZooKeeperConsensus
 from hacore_plugins.zookeeper.keys import key_of, node_name
 from hacore_plugins.zookeeper.managed import ZooKeeperManagedStore
+from hacore_plugins.zookeeper.testing import ZooKeeperHarness
 
 #: one xdist worker for every ZooKeeper test, so their JVMs do not compete with each other
 pytestmark = pytest.mark.xdist_group("zookeeper")

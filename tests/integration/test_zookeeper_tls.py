@@ -22,16 +22,16 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 
-from hacore.consensus import LEADER_KEY
+from hacore.backends.consensus import LEADER_KEY
+from hacore.backends.records import EventKind, TlsFiles
 from hacore.errors import ConfigError, ManagedStoreError, StoreUnavailableError
 from hacore.pki import create_ca, issue_node_certificate
-from hacore.records import EventKind, TlsFiles
 from hacore.testing.procs import free_port
-from hacore.testing.zookeeper import HOST, TEST_JVM_OPTIONS
 from hacore_plugins.zookeeper import server as zk
 from hacore_plugins.zookeeper.backend import ZooKeeperConsensus
 from hacore_plugins.zookeeper.managed import TLS_DIR, ZooKeeperManagedStore
 from hacore_plugins.zookeeper.settings import parse_settings
+from hacore_plugins.zookeeper.testing import HOST, TEST_JVM_OPTIONS
 from hacore_plugins.zookeeper.tls import SERVER_PEM, ClientTls
 
 pytestmark = [

@@ -37,8 +37,12 @@ EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
         ("replication", "postgresql"),
     ),
 }
-OPTIONAL = {("consensus", "zookeeper"), ("managed_store", "zookeeper"), ("consensus", "consul"),
-            ("replication", "postgresql")}
+OPTIONAL = {
+    ("consensus", "zookeeper"),
+    ("managed_store", "zookeeper"),
+    ("consensus", "consul"),
+    ("replication", "postgresql"),
+}
 
 #: The interpreter a user makes a virtualenv from (scripts/setup uses the system one too).
 BASE_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
@@ -82,8 +86,9 @@ print(json.dumps({"helps": helps, "imported": imported, "failures": failures}))
 """
 
 
-def _run(*cmd: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None
-         ) -> subprocess.CompletedProcess[str]:
+def _run(
+    *cmd: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [str(c) for c in cmd], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
     )
@@ -124,9 +129,11 @@ def test_the_wheel_holds_every_module_py_typed_and_the_licence(dists: dict[str, 
     for top in PACKAGES:
         assert f"{top}/py.typed" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), sorted(names)[-8:]
-    metadata = zipfile.ZipFile(dists["wheel"]).read(
-        next(n for n in names if n.endswith(".dist-info/METADATA"))
-    ).decode()
+    metadata = (
+        zipfile.ZipFile(dists["wheel"])
+        .read(next(n for n in names if n.endswith(".dist-info/METADATA")))
+        .decode()
+    )
     assert "Requires-Dist: cryptography" in metadata
     assert "memory = hacore.testing.memory" not in "".join(
         zipfile.ZipFile(dists["wheel"]).read(n).decode()
@@ -156,16 +163,39 @@ def wheelhouse(dists: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
     """Every distribution the wheel with all extras needs, fetched once: each fresh
     virtualenv then installs only what its extras ask for, from here, without an index."""
     house = tmp_path_factory.mktemp("wheelhouse")
-    _run(sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-         "--dest", house, f"{dists['wheel']}[all]", env=_clean_env())
+    _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--disable-pip-version-check",
+        "--dest",
+        house,
+        f"{dists['wheel']}[all]",
+        env=_clean_env(),
+    )
     return house
 
 
 def _install(venv: Path, spec: str, wheelhouse: Path) -> None:
     env = _clean_env()
     _run(BASE_PYTHON, "-m", "venv", "--without-pip", venv, env=env)
-    _run(sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q",
-         "--disable-pip-version-check", "--no-index", "--find-links", wheelhouse, spec, env=env)
+    _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        venv / "bin" / "python",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        "--no-index",
+        "--find-links",
+        wheelhouse,
+        spec,
+        env=env,
+    )
 
 
 @pytest.mark.parametrize("extra", list(EXTRAS), ids=lambda e: e or "no-extras")
@@ -185,8 +215,9 @@ def test_the_installed_wheel_runs_every_command_and_imports(
         for family, backend in sorted(OPTIONAL - available)
         if family != "managed_store"
     ] + ["hacore.testing"]
-    probe = json.loads(_run(venv / "bin" / "python", "-c", _PROBE, ",".join(skip), env=env,
-                            cwd=venv).stdout)
+    probe = json.loads(
+        _run(venv / "bin" / "python", "-c", _PROBE, ",".join(skip), env=env, cwd=venv).stdout
+    )
     assert probe["failures"] == []
     assert {"cluster", "cluster join", "cluster nodes list", "agent run", "config check"} <= set(
         probe["helps"]
@@ -215,15 +246,27 @@ def test_plugin_authors_get_types_from_the_installed_package(
     user = tmp_path / "my_plugin.py"
     user.write_text(
         "from hacore import hookimpl\n"
-        "from hacore.plugins import BackendRegistry\n\n"
+        "from hacore.plugins.registry import BackendRegistry\n\n"
         "@hookimpl\n"
         "def hacore_register_backends(registry: BackendRegistry) -> None:\n"
         "    registry.add_missing('consensus', 'mine', 'not yet')\n"
     )
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental",
-         "--python-executable", str(venv / "bin" / "python"), str(user)],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--python-executable",
+            str(venv / "bin" / "python"),
+            str(user),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
     )
     assert "py.typed" not in result.stdout, result.stdout
     assert result.returncode == 0, result.stdout + result.stderr

@@ -22,7 +22,7 @@ from hacore.api.auth import (
 )
 from hacore.api.errors import TooManyRequestsError, UnavailableError
 from hacore.api.limits import AttemptLimiter
-from hacore.config import ApiAuth, load_config
+from hacore.config.node import ApiAuth, load_config
 from hacore.errors import ConfigError
 
 FAST = 1000  # iterations for tests; the format does not depend on it

@@ -2,7 +2,7 @@
 agent loop that keeps its pace while the API is hammered (DESIGN rule 8, issue 10).
 
 The server is the real one on loopback; the flood comes from another process
-(:mod:`hacore.testing.flood`), as a load balancer's or a monitoring job's would, so it does not
+(``tests/tools/flood.py``), as a load balancer's or a monitoring job's would, so it does not
 share the interpreter being measured.
 """
 
@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import flood as flood_tool
 import httpx
 import pytest
 from test_api_server import (
@@ -33,7 +34,7 @@ from test_api_server import (
 from hacore.api.auth import hash_password
 from hacore.api.limits import raise_open_file_limit
 from hacore.api.server import ApiServer, PlainHttp
-from hacore.config import ApiAuth, ApiSettings
+from hacore.config.node import ApiAuth, ApiSettings
 from hacore.testing.procs import wait_for
 
 #: the longest the stand-in loop may go between two of its iterations while flooded; the
@@ -291,8 +292,7 @@ def test_a_flood_does_not_starve_the_loop_nor_the_probes(agent: FakeAgent) -> No
         flood = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "hacore.testing.flood",
+                flood_tool.__file__,
                 "127.0.0.1",
                 str(api.port),
                 "--idle=1000",

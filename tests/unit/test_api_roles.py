@@ -16,16 +16,16 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from hacore.agent.state import NodeState
+from hacore.agent.snapshot import NodeSnapshot
+from hacore.agent.vocabulary import NodeState
 from hacore.api.auth import Authenticator, Role, basic_header, hash_password
-from hacore.api.facade import NodeSnapshot
 from hacore.api.server import ApiServer
+from hacore.backends.processes import DetachedProcess, child_environment
 from hacore.cli import cli
 from hacore.cluster.grant import check_join_host
 from hacore.cluster.profile import Profile, load_profile, save_profile
-from hacore.config import ApiAuth, ApiSettings, ApiUser, load_config
+from hacore.config.node import ApiAuth, ApiSettings, ApiUser, load_config
 from hacore.errors import ConfigError, HacoreError
-from hacore.process import DetachedProcess, child_environment
 from hacore.testing.procs import ServerProcess, free_port, wait_for
 
 ADMIN, PROBE, READER = ("admin", "a-pw"), ("lb", "p-pw"), ("ro", "r-pw")

@@ -26,7 +26,8 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from hacore.agent.state import NodeState
+from hacore.agent.snapshot import NodeSnapshot
+from hacore.agent.vocabulary import NodeState
 from hacore.api.auth import basic_header, hash_password
 from hacore.api.client import ApiClient, find_active
 from hacore.api.errors import (
@@ -39,13 +40,12 @@ from hacore.api.errors import (
     NotFoundError,
     UnavailableError,
 )
-from hacore.api.facade import NodeSnapshot
 from hacore.api.server import ApiServer
-from hacore.config import ApiAuth, ApiSettings
+from hacore.backends.health import CheckResult
+from hacore.backends.records import Member, NodeRole
+from hacore.backends.replication import ReplicationStatus, StandbyState
+from hacore.config.node import ApiAuth, ApiSettings
 from hacore.errors import ReplicationError, StoreUnavailableError
-from hacore.health import CheckResult
-from hacore.records import Member, NodeRole
-from hacore.replication import ReplicationStatus, StandbyState
 from hacore.testing.procs import ServerProcess, free_port, wait_for
 
 USER, PASSWORD = "admin", "the-api-password"

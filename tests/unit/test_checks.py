@@ -12,12 +12,12 @@ import pytest
 
 from hacore.agent import Action, DecisionConfig, LeaseStatus, NodeState, Observation, decide
 from hacore.agent.checks import CheckRunner, FilesInSync, LoopFacts
-from hacore.config import load_config
+from hacore.backends.filesync import SyncState
+from hacore.backends.health import CheckResult, HealthCheck
+from hacore.backends.records import ClusterView, Leader, Lease, Member, NodeRole
+from hacore.backends.replication import ReplicationStatus
+from hacore.config.node import load_config
 from hacore.errors import ConfigError, FilesyncError
-from hacore.filesync import SyncState
-from hacore.health import CheckResult, HealthCheck
-from hacore.records import ClusterView, Leader, Lease, Member, NodeRole
-from hacore.replication import ReplicationStatus
 
 
 class Switch(HealthCheck):

@@ -14,7 +14,9 @@ import attrs
 import pytest
 import yaml
 
-from hacore.config import (
+from hacore.backends.consensus import ConsensusBackend, ManagedStore
+from hacore.backends.replication import ReplicationBackend
+from hacore.config.node import (
     ApiAuth,
     BackendSection,
     ConsensusSection,
@@ -23,16 +25,14 @@ from hacore.config import (
     ServicesSection,
     dump,
     load_config,
-    load_config_and_plugins,
     to_mapping,
     validate_node_name,
 )
-from hacore.consensus import ConsensusBackend, ManagedStore
+from hacore.config.options import parse_options
 from hacore.errors import ConfigError, UnknownBackendError
-from hacore.hookspecs import hookimpl
-from hacore.options import parse_options
-from hacore.plugins import BackendRegistry, load_plugins
-from hacore.replication import ReplicationBackend
+from hacore.plugins.configured import load_config_and_plugins
+from hacore.plugins.hookspecs import hookimpl
+from hacore.plugins.registry import BackendRegistry, load_plugins
 from hacore.testing.pytest_plugin import MEMORY_PLUGIN
 
 MINIMAL: dict[str, Any] = {

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from hacore.config_check import Problems, Section, backend_settings
+from hacore.config.check import Problems, Section, backend_settings
 from hacore.errors import ConfigError, UnknownBackendError
 from hacore_plugins.etcd.managed import EtcdManagedStore
 from hacore_plugins.etcd.settings import EtcdManagedSettings

@@ -28,9 +28,9 @@ from hacore.agent import (
     campaign_blocker,
     decide,
 )
+from hacore.backends.records import ClusterView, Leader, Lease, Member, NodeRole
+from hacore.backends.replication import UNKNOWN_STATUS, ReplicationStatus
 from hacore.errors import ConfigError
-from hacore.records import ClusterView, Leader, Lease, Member, NodeRole
-from hacore.replication import UNKNOWN_STATUS, ReplicationStatus
 
 NOW = 1000.0
 CFG = DecisionConfig(ttl=10, loop_wait=1, retry_timeout=2, safety_margin=2)

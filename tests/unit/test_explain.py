@@ -34,7 +34,7 @@ from hacore.agent.decide import campaign_blockers
 from hacore.agent.execute import succession
 from hacore.agent.explain import explain, reasons_not_to_campaign
 from hacore.agent.keys import HistoryEntry
-from hacore.records import ClusterView, Leader, Member, NodeRole
+from hacore.backends.records import ClusterView, Leader, Member, NodeRole
 
 
 def _leader_removed(obs: Observation) -> Observation:

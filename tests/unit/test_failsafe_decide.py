@@ -26,7 +26,7 @@ from test_decide import (
 
 from hacore.agent import Action, DecisionConfig, LeaseStatus, NodeState, Observation, decide
 from hacore.agent.decide import campaign_blocker
-from hacore.agent.state import Failsafe, HealthReport
+from hacore.agent.vocabulary import Failsafe, HealthReport
 
 ON = attrs.evolve(CFG, failsafe_mode=True)
 #: the lease's own deadline passed half a second ago (renewed at NOW - 8.5: 8.5 + 2 > 10)
@@ -89,7 +89,7 @@ def test_the_store_check_is_no_step_down_reason_only_under_failsafe() -> None:
 
 
 def test_an_unknown_database_is_not_kept_writable_by_failsafe() -> None:
-    from hacore.replication import UNKNOWN_STATUS
+    from hacore.backends.replication import UNKNOWN_STATUS
 
     d = decide(silent_store(db=UNKNOWN_STATUS), ON)
     assert d.action is Action.NONE  # rule 2b, deadline set; the keeper enforces it

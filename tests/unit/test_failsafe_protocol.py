@@ -28,15 +28,16 @@ from hacore.agent.failsafe import (
     signed,
     signing_key,
 )
-from hacore.agent.state import NodeState
+from hacore.agent.snapshot import NodeSnapshot
+from hacore.agent.vocabulary import NodeState
 from hacore.api.auth import hash_password
 from hacore.api.errors import AuthenticationError
-from hacore.api.facade import NodeSnapshot, probe_json
+from hacore.api.facade import probe_json
 from hacore.api.metrics import SnapshotCollector, render
 from hacore.api.server import ApiServer
-from hacore.config import ApiAuth, ApiSettings, load_config
+from hacore.backends.records import Leader
+from hacore.config.node import ApiAuth, ApiSettings, load_config
 from hacore.errors import ConfigError
-from hacore.records import Leader
 from hacore.testing.procs import free_port
 
 HASH = hash_password("the-api-password", iterations=1000)
@@ -155,7 +156,7 @@ def test_an_unreadable_promise_file_holds_back_one_ttl(tmp_path: Path) -> None:
 
 
 class Member:
-    """The ``failsafe`` part of a node's facade, as hacore.cluster.service has it."""
+    """The ``failsafe`` part of a node's facade, as hacore.cluster.node_service has it."""
 
     def __init__(self, name: str, tmp: Path, *, leader: Leader | None, key: bytes = KEY) -> None:
         self.name = name

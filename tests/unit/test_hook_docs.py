@@ -1,4 +1,5 @@
-"""docs/hooks.md documents exactly the hooks in hacore/hookspecs.py, with their real signatures."""
+"""docs/hooks.md documents exactly the hooks in hacore/plugins/hookspecs.py, with their real
+signatures."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hacore import hookspecs
+from hacore.plugins import hookspecs
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "hooks.md"
 _HEADING = re.compile(r"^## `(\w+)`\s*$", re.MULTILINE)

@@ -26,8 +26,8 @@ from hacore.agent.keeper import (
     keeper_decide,
     read_record,
 )
+from hacore.backends.replication import ReplicationBackend, ReplicationStatus
 from hacore.errors import HacoreError
-from hacore.replication import ReplicationBackend, ReplicationStatus
 
 BOOT = "boot-1"
 HOLDER = FenceRecord(Hold.HOLDER, 100.0, 42, BOOT)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hacore.agent.support import known_members
-from hacore.records import ClusterView, Leader, Member, NodeRole
+from hacore.backends.records import ClusterView, Leader, Member, NodeRole
 
 
 def _member(name: str, role: NodeRole) -> Member:

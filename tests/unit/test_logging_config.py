@@ -16,12 +16,12 @@ import yaml
 from click.testing import CliRunner
 
 from hacore.agent.reload import Reloader, changed_keys
+from hacore.backends.log_files import LogTrimmer, trim_log
 from hacore.cli import cli
-from hacore.config import load_config, to_mapping
+from hacore.cli.agent_unit import agent_unit
+from hacore.config.logging_setup import LoggingSettings, LogSetup, effective_level
+from hacore.config.node import load_config, to_mapping
 from hacore.errors import ConfigError
-from hacore.logfiles import LogTrimmer, trim_log
-from hacore.logsetup import LoggingSettings, LogSetup, effective_level
-from hacore.systemd_unit import agent_unit
 from hacore.testing.procs import wait_for
 from hacore_plugins.zookeeper.server import ServerLimits, write_static_config
 

@@ -26,8 +26,8 @@ from hacore.agent import (
 )
 from hacore.agent.decide import campaign_blockers
 from hacore.agent.execute import succession
-from hacore.records import ClusterView, Leader, Lease, Member, NodeRole
-from hacore.replication import ReplicationStatus
+from hacore.backends.records import ClusterView, Leader, Lease, Member, NodeRole
+from hacore.backends.replication import ReplicationStatus
 
 NOW = 1000.0
 #: b is 1000 bytes behind a's last position; the limit is 100

@@ -16,13 +16,13 @@ import attrs
 from prometheus_client.parser import text_string_to_metric_families
 
 from hacore.agent.counters import FAILOVER_REASONS, Event, EventCounters
-from hacore.agent.state import NodeState
+from hacore.agent.snapshot import NodeSnapshot
 from hacore.agent.supervise import ServerStatus
-from hacore.api.facade import NodeSnapshot
+from hacore.agent.vocabulary import NodeState
 from hacore.api.metrics import SnapshotCollector, render
-from hacore.filesync import FolderSync, SyncState
-from hacore.health import CheckResult
-from hacore.replication import ReplicationStatus, StandbyState
+from hacore.backends.filesync import FolderSync, SyncState
+from hacore.backends.health import CheckResult
+from hacore.backends.replication import ReplicationStatus, StandbyState
 from hacore_plugins.postgresql.backend import _lag_seconds
 
 

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from hacore.config import load_config, load_config_and_plugins
+from hacore.config.node import load_config
 from hacore.errors import ConfigError
+from hacore.plugins.configured import load_config_and_plugins
 
 BASE: dict[str, Any] = {
     "node": {"name": "node-1", "host": "127.0.0.1"},

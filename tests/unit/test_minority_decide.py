@@ -23,8 +23,8 @@ from test_decide import (
 )
 
 from hacore.agent import Action, LeaseStatus, NodeState, Observation, decide
-from hacore.agent.state import HealthReport, Minority
-from hacore.records import NodeRole
+from hacore.agent.vocabulary import HealthReport, Minority
+from hacore.backends.records import NodeRole
 
 ON = attrs.evolve(CFG, minority_mode=True)
 #: the lease's own deadline passed half a second ago (renewed at NOW - 8.5: 8.5 + 2 > 10)

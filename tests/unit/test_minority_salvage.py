@@ -1,4 +1,4 @@
-"""The pure parts of minority mode's salvage (hacore/cluster/salvage.py): PostgreSQL's
+"""The pure parts of minority mode's salvage (hacore/backends/salvage.py): PostgreSQL's
 ``test_decoding`` rows grouped into transactions, pg_rewind's fork point, what is kept, and
 the archive files; plus the ``nodes list`` / ``cluster status`` warning."""
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hacore.cli_nodes import minority_warnings
-from hacore.cluster import salvage
+from hacore.backends import salvage
+from hacore.cli.nodes import minority_warnings
 
 ROWS = [
     ("0/3000100", "740", "BEGIN 740"),

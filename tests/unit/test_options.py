@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from hacore.config.options import deep_merge, parse_options
 from hacore.errors import ConfigError
-from hacore.options import deep_merge, parse_options
 
 
 def _write(path: Path, text: str) -> Path:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from hacore.backends.records import ClusterView, NodeRole
 from hacore.errors import ConfigError, UnknownBackendError
-from hacore.hookspecs import hookimpl
-from hacore.plugins import PLUGINS_ENV, BackendRegistry, load_plugins
-from hacore.records import ClusterView, NodeRole
+from hacore.plugins.hookspecs import hookimpl
+from hacore.plugins.registry import PLUGINS_ENV, BackendRegistry, load_plugins
 from hacore.testing.memory import MemoryConsensus, MemoryHarness
 from hacore.testing.pytest_plugin import MEMORY_PLUGIN
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from hacore.process import DetachedProcess, descendants
+from hacore.backends.processes import DetachedProcess, descendants
 
 # A parent that ignores SIGTERM and starts a child in a session of its own, as Syncthing's
 # monitor does with its server process: a signal to the parent's group misses the child.

@@ -7,7 +7,7 @@ import json
 import attrs
 import pytest
 
-from hacore.records import (
+from hacore.backends.records import (
     ClusterView,
     EventKind,
     KeyValue,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from hacore.backends.replication import ReplicationBackend
 from hacore.errors import ReplicationError
-from hacore.replication import ReplicationBackend
 
 
 class Minimal(ReplicationBackend):

@@ -10,7 +10,7 @@ from cryptography import x509
 from hacore import pki
 from hacore.cluster.ticket import JoinRequest
 from hacore.cluster.tls import CA_PART, CaTicketPart, node_hosts
-from hacore.config import NodeConfig, load_config
+from hacore.config.node import NodeConfig, load_config
 from hacore.pki import record_identity, revocation
 from hacore.pki.errors import TlsMaterialError
 

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from hacore.agent import revocation_store as revoke
 from hacore.agent.execute import ReplicationCredentials
 from hacore.agent.revocation_sync import RevocationSync
-from hacore.cluster import revoke
 from hacore.testing.memory import MemoryConsensus, drop_store
 from hacore.testing.procs import wait_for
 

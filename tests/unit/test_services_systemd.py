@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import hacore_plugins.services as services_plugin
+from hacore.agent.checks import ActiveServices, LoopFacts
 from hacore.errors import ConfigError, ServiceError
-from hacore.plugins import load_plugins
-from hacore.service_checks import ServicesHealthCheck
+from hacore.plugins.registry import load_plugins
 from hacore_plugins.services.systemd import CommandResult, SystemdServices, run_command
 from hacore_plugins.services.systemd_show import UnitState
 
@@ -213,14 +213,13 @@ def test_stop_of_a_stopped_unit_succeeds() -> None:
     assert len(fake.calls) == 2
 
 
-def test_the_health_check_reads_systemd_states() -> None:
-    check = ServicesHealthCheck(
-        backend(FakeSystemctl(show=capture("show-failed.txt"))), ["w"], True
-    )
+def test_the_active_services_check_reads_systemd_states() -> None:
+    services = backend(FakeSystemctl(show=capture("show-failed.txt")))
+    check = ActiveServices(LoopFacts("n1", active=True), 10.0, services, ["w"])
     result = check.run()
     assert not result.ok
     assert (
-        result.detail == "1 of 1 down: w (failed (failed), result exit-code, exited with status 1)"
+        result.detail == "not running: w (failed (failed), result exit-code, exited with status 1)"
     )
 
 

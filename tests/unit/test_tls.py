@@ -51,7 +51,7 @@ from hacore.pki import (
     store_ca,
     trust_ca_certificate,
 )
-from hacore.pki.files import write_atomic
+from hacore.pki.tls_files import write_atomic
 
 HOSTS = ["127.0.0.1", "localhost", "10.1.2.3", "node-a.example.com", "::1"]
 OPENSSL = shutil.which("openssl")

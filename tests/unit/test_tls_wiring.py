@@ -19,19 +19,20 @@ import httpx
 import pytest
 
 from hacore import pki
-from hacore.agent.state import NodeState
+from hacore.agent.snapshot import NodeSnapshot
+from hacore.agent.tls_paths import tls_files
+from hacore.agent.vocabulary import NodeState
 from hacore.api.auth import hash_password
 from hacore.api.client import ApiClient
 from hacore.api.errors import ConflictError, HttpsRequiredError, UnavailableError
-from hacore.api.facade import NodeSnapshot
 from hacore.api.server import ApiServer, PlainHttp
 from hacore.cluster import join as joining
 from hacore.cluster.errors import JoinRefusedError
 from hacore.cluster.profile import Profile
 from hacore.cluster.requests import JoinCommand, NodeRequest
 from hacore.cluster.ticket import JoinRequest
-from hacore.cluster.tls import CA_PART, CaTicketPart, node_hosts, tls_files
-from hacore.config import ApiAuth, ApiSettings, NodeConfig, load_config
+from hacore.cluster.tls import CA_PART, CaTicketPart, node_hosts
+from hacore.config.node import ApiAuth, ApiSettings, NodeConfig, load_config
 from hacore.testing.procs import free_port
 
 USER, PASSWORD = "admin", "the-api-password"

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hacore.agent.state import NodeState
-from hacore.api.facade import NodeSnapshot
+from hacore.agent.snapshot import NodeSnapshot
+from hacore.agent.vocabulary import NodeState
 from hacore.api.metrics import SnapshotCollector, render
+from hacore.cli.agent_unit import agent_unit
 from hacore.cluster.teardown import lease_token_in, order_steps
 from hacore.cluster.uninstall import (
     CREATED_MARKER,
@@ -16,7 +17,6 @@ from hacore.cluster.uninstall import (
     mark_created,
     remove_own_files,
 )
-from hacore.systemd_unit import agent_unit
 
 
 def _fill(data_dir: Path) -> None:

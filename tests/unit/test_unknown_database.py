@@ -13,8 +13,8 @@ import pytest
 
 from hacore.agent.checks import DatabaseAnswers, LoopFacts, ReplicationRole
 from hacore.agent.observe import DatabaseReader, DbReading, read_database
+from hacore.backends.replication import UNKNOWN_STATUS, ReplicationStatus
 from hacore.errors import ReplicationError
-from hacore.replication import UNKNOWN_STATUS, ReplicationStatus
 from hacore.testing.procs import wait_for
 from hacore_plugins.postgresql import server
 

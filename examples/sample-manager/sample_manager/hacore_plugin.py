@@ -43,8 +43,8 @@ from psycopg.conninfo import make_conninfo
 
 from hacore import CheckResult, ConfigError, HacoreError, HealthCheck, hookimpl
 from hacore.agent.support import REPLICATION_DIR
-from hacore.config import NodeConfig
-from hacore.records import ClusterView
+from hacore.backends.records import ClusterView
+from hacore.config.node import NodeConfig
 from hacore_plugins.postgresql.layout import Layout
 from sample_manager.api import DEFAULT_PORT
 from sample_manager.db import connect, first_line

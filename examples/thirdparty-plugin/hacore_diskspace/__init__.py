@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hacore import CheckResult, ConfigError, HealthCheck, hookimpl
-from hacore.config import NodeConfig
+from hacore.config.node import NodeConfig
 
 PLUGIN_NAME = "diskspace"
 MIN_FREE_ENV = "HACORE_DISKSPACE_MIN_MB"

@@ -1,0 +1,92 @@
+"""The ``hacore`` command line: the top-level group, with every command group attached here.
+
+Errors hacore raises on purpose (:class:`~hacore.errors.HacoreError`) are printed as one line
+prefixed with ``error:`` (a configuration error, one line per problem) and exit with status 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import click
+
+from hacore import __version__
+from hacore.cli import (
+    agent,
+    cluster,
+    config,
+    demo,
+    haproxy,
+    history,
+    node,
+    nodes,
+    pause,
+    plugins,
+    salvage,
+)
+from hacore.config.logging_setup import TEXT_FORMAT
+from hacore.errors import ConfigError, HacoreError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HacoreError as err:
+            # A configuration error holds one problem per line; others may carry a log tail.
+            lines = str(err).splitlines() if isinstance(err, ConfigError) else [str(err)]
+            for line in lines:
+                click.echo(f"error: {line}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hacore")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """hacore: active/hot-standby high availability for a manager server.
+
+    One node is active; the others are hot standbys that mirror its PostgreSQL database and
+    files. When the active fails its health checks, a standby takes over by itself.
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format=TEXT_FORMAT)
+    if verbose < 2:
+        # kazoo logs every refused connection attempt; hacore reports the outcome itself
+        logging.getLogger("kazoo").setLevel(logging.ERROR)
+
+
+def _attach() -> None:
+    """Every command, in one place: which group it belongs to is read here, not in its module."""
+    for command in (
+        cluster.cluster_start,
+        cluster.cluster_join,
+        cluster.cluster_ca,
+        nodes.nodes,
+        nodes.cluster_status,
+        nodes.cluster_switchover,
+        nodes.cluster_failover,
+        history.cluster_history,
+        history.cluster_explain,
+        haproxy.cluster_haproxy_config,
+        salvage.salvage,
+        node.cluster_teardown,
+        pause.cluster_pause,
+        pause.cluster_resume,
+    ):
+        cluster.cluster.add_command(command)
+    for group in (agent.agent, cluster.cluster, node.node, plugins.plugins, config.config):
+        cli.add_command(group)
+    cli.add_command(demo.demo)
+
+
+_attach()
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="hacore")
+
+
+__all__ = ["cli", "main"]

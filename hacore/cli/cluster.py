@@ -1,0 +1,466 @@
+"""The ``hacore cluster`` group, and its ``start``, ``join`` and ``ca`` commands.
+
+The group's other commands live in modules of their own and are attached to it by
+:mod:`hacore.cli`. Errors hacore raises on purpose are printed by :mod:`hacore.cli` as one
+``error:`` line with exit status 2. Status 1 is reserved for "ran fine, but the answer is no"
+(``cluster status`` with no active node).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from pathlib import Path
+
+import click
+
+from hacore.agent.tls_paths import ca_cert_file
+from hacore.api.auth import JOIN_TOKEN_USER
+from hacore.api.errors import ApiError, ApiUnreachableError, AuthenticationError
+from hacore.cli.common import (
+    ACCEPT_TIMEOUT,
+    PASSWORD_ENV,
+    config_option,
+    echo_progress,
+    emit,
+    json_option,
+    local_config,
+    profile_file,
+    prompt_password,
+    warn_password_argument,
+)
+from hacore.cluster.follow import LocalApi, follow_operation
+from hacore.cluster.local import BOOTSTRAP_USER, local_url, read_token
+from hacore.cluster.profile import (
+    PROFILE_ENV,
+    Profile,
+    load_profile,
+    members_of,
+    profile_path,
+    save_profile,
+)
+from hacore.cluster.tls import ca_certificate_pem
+from hacore.config.node import NodeConfig
+from hacore.errors import HacoreError
+
+
+@click.group()
+@click.option(
+    "--profile",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help=f"CLI profile file (default ${PROFILE_ENV}, else ~/.hacore/profile.json).",
+)
+@click.pass_context
+def cluster(ctx: click.Context, profile: str | None) -> None:
+    """Form a cluster, add and remove nodes, see its state, switch the active over.
+
+    \b
+    "start" founds a cluster on this node, "join" adds this node to one; both write the CLI
+    profile (node list and API credentials, 0600) that the other commands use to find the
+    active node by themselves, so they keep working after a failover.
+    """
+    ctx.obj = profile_path(profile)
+
+
+def _bootstrap_token(config: NodeConfig, config_path: str) -> str:
+    token = read_token(config.node.data_dir)
+    if token is None:
+        raise HacoreError(
+            f"no bootstrap token in {config.node.data_dir}: the agent service is not running "
+            f"(start it: hacore agent run -c {config_path}), or this node already belongs to a "
+            "cluster"
+        )
+    return token
+
+
+@cluster.command("start")
+@config_option
+@click.option("--node-name", help="This node's name in the cluster (default: node.name).")
+@click.option("--host-ip", help="The address other nodes reach this node at (default: node.host).")
+@click.option(
+    "--options",
+    "options",
+    multiple=True,
+    help="Configuration overrides: YAML file(s), a JSON object, or k1=v1;k2=v2 (repeatable).",
+)
+@click.option("--username", default="admin", show_default=True, help="The API user to create.")
+@click.option(
+    "--password",
+    envvar=PASSWORD_ENV,
+    default=None,
+    help=f"The API password to set; better ${PASSWORD_ENV} (an argument shows in ps). "
+    "Generated when not given.",
+)
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait.")
+@json_option
+@click.pass_context
+def cluster_start(
+    ctx: click.Context,
+    config_path: str,
+    node_name: str | None,
+    host_ip: str | None,
+    options: tuple[str, ...],
+    username: str,
+    password: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Found a new cluster with this node as its first, active node.
+
+    \b
+    The node's agent service must run (hacore agent run -c FILE). It checks the node first
+    and refuses, changing nothing, when the node already holds a database, when a managed
+    store already has data here, or when an external store already holds a cluster under
+    this namespace. Then, one progress line per step:
+      1. store: bootstraps a one-member store on this node (consensus.managed: true), or
+         uses the external store;
+      2. record: writes the cluster record (name, hacore version, creation time) to it;
+      3. database: bootstraps PostgreSQL with a new, random replication password;
+      4. names this node the first active and starts the agent, which campaigns and
+         promotes; the command returns once this node's /status answers 200.
+    Each step is recorded in <data_dir>/cluster.json: run the command again after a failure
+    to resume where it stopped.
+
+    \b
+    The API credentials are created here: --username/--password, or a random password. Only
+    a hash goes to the agents; the password is written to the CLI profile (0600) and printed
+    once, at the end.
+
+    \b
+    Exit status: 0 the node is active; 2 refused or failed ("error:" line).
+
+    \b
+    Examples:
+      hacore cluster start -c /etc/hacore/node.yaml
+      hacore cluster start --node-name manager-1 --host-ip 10.0.0.1 --options timing.ttl=10
+    """
+    from hacore.config.options import parse_options
+
+    warn_password_argument(ctx)
+    config = local_config(config_path)
+    overrides = parse_options(list(options)) if options else {}
+    generated = password is None
+    password = password or secrets.token_urlsafe(18)
+    token = _bootstrap_token(config, config_path)
+    url = local_url(config)
+    local = LocalApi(
+        url,
+        [(BOOTSTRAP_USER, token), (username, password)],
+        timeout=30.0,
+        ca_file=ca_cert_file(config.node.data_dir),
+    )
+    path = profile_file(ctx)
+    previous = load_profile(path)
+    # Saved first: the password must not be lost if this command dies before the end.
+    name = node_name or config.node.name
+    save_profile(path, Profile(config.cluster.name, username, password, ((name, url),)))
+    body = {
+        "node_name": node_name,
+        "host_ip": host_ip,
+        "options": overrides,
+        "username": username,
+        "password": password,
+    }
+    try:
+        answer = local.call(lambda c: c.start_cluster(body), timeout=ACCEPT_TIMEOUT)
+    except BaseException:
+        if previous is not None:
+            save_profile(path, previous)
+        else:
+            path.unlink(missing_ok=True)
+        raise
+    cluster_name = str(answer.get("cluster"))
+    save_profile(path, Profile(cluster_name, username, password, ((answer["node"], url),)))
+    echo = echo_progress(as_json)
+    if echo:
+        verb = "resuming the start of" if answer.get("resumed") else "starting"
+        echo(f"{verb} cluster {cluster_name} on node {answer['node']} ({url})")
+    op = follow_operation(local, timeout=timeout, echo=echo)
+    data = local.call(lambda c: c.cluster())
+    ca_pem = ca_certificate_pem(config.node.data_dir)
+    fingerprint = data.get("ca_fingerprint")
+    profile = Profile(cluster_name, username, password, ca_certificate=ca_pem).with_nodes(
+        members_of(data) or [(answer["node"], local.url)], active=answer["node"]
+    )
+    save_profile(path, profile)
+    result = {
+        "cluster": cluster_name,
+        "node": answer["node"],
+        "api_url": local.url,
+        "username": username,
+        "password": password if generated else None,
+        "profile": str(path),
+        "elapsed": op.get("elapsed"),
+        "ca_fingerprint": fingerprint,
+    }
+
+    def text() -> None:
+        click.echo(f"{op.get('result')} (took {op.get('elapsed', 0):.1f} s)")
+        if fingerprint:
+            click.echo(
+                f"cluster CA fingerprint (SHA-256): {fingerprint}\n"
+                "nodes that join need it: hacore cluster join ADDRESS --ca-fingerprint "
+                f"{fingerprint} ... (hacore cluster ca prints it again on any member)"
+            )
+        click.echo(
+            "to add a node: hacore cluster nodes add NAME --host-ip ADDRESS prints its join "
+            "command, with a single-use token"
+        )
+        if generated:
+            click.echo(
+                f"API user {username}, password {password}\n"
+                f"(saved in the CLI profile {path}; it is not shown again)"
+            )
+        else:
+            click.echo(f"CLI profile saved in {path}")
+
+    emit(as_json, result, text)
+
+
+@cluster.command("join")
+@click.argument("active_address")
+@config_option
+@click.option("--node-name", required=True, help="This node's name in the cluster (unique).")
+@click.option("--host-ip", help="The address other nodes reach this node at (default: node.host).")
+@click.option(
+    "--options",
+    "options",
+    multiple=True,
+    help="Configuration overrides: YAML file(s), a JSON object, or k1=v1;k2=v2 (repeatable).",
+)
+@click.option("--username", default=None, help="The cluster's API user (default: the profile's).")
+@click.option(
+    "--password",
+    envvar=PASSWORD_ENV,
+    default=None,
+    help=f"The cluster's API password; better ${PASSWORD_ENV} (an argument shows in ps). "
+    "Default: the profile's, else a prompt on a terminal.",
+)
+@click.option(
+    "--token",
+    "join_token",
+    envvar="HACORE_JOIN_TOKEN",
+    default=None,
+    help="A single-use join token for this node's name and address (hacore cluster nodes add "
+    "prints it), instead of the API credentials. Also $HACORE_JOIN_TOKEN.",
+)
+@click.option(
+    "--ca-fingerprint",
+    default=None,
+    help="SHA-256 fingerprint of the cluster CA (cluster start printed it; hacore cluster ca "
+    "prints it on any member). Default: the CA in the CLI profile.",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="The cluster CA's certificate (PEM), instead of --ca-fingerprint.",
+)
+@click.option("--timeout", type=float, default=900.0, show_default=True, help="Seconds to wait.")
+@json_option
+@click.pass_context
+def cluster_join(
+    ctx: click.Context,
+    active_address: str,
+    config_path: str,
+    node_name: str,
+    host_ip: str | None,
+    options: tuple[str, ...],
+    username: str | None,
+    password: str | None,
+    join_token: str | None,
+    ca_fingerprint: str | None,
+    ca_file: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Add this (empty) node to the cluster whose active node is at ACTIVE_ADDRESS.
+
+    \b
+    ACTIVE_ADDRESS is host, host:port or http://host:port of the active node's API (port
+    default 8008); a standby's address works too, it names the active. This node's agent
+    service must run (hacore agent run -c FILE).
+
+    \b
+    The node's agent asks the active for a join ticket, with the cluster's API admin
+    credentials or with a single-use --token (hacore cluster nodes add NAME --host-ip ADDR
+    prints it, with this command) that is valid only for this node name and address.
+    The active refuses, and NOTHING changes on either node, when: this node is not empty (it
+    holds a database or store data), the name is taken (by a member, a removed node, or a
+    join in progress from elsewhere), this node runs another hacore version or other
+    backends, or the credentials are wrong. An active that cannot be reached changes nothing
+    either. Otherwise the active adds the node to its store (managed store) and lets it reach
+    its database, and this node:
+      1. joins the store (on failure it asks the active to forget it, and is empty again);
+      2. starts its agent, which copies the database from the active (progress: bytes done
+         and total) and follows it;
+      3. returns once the node is a streaming standby.
+    Each step is recorded in <data_dir>/cluster.json: an interrupted join resumes once the
+    node is in the store, and rolls back to empty before that.
+
+    \b
+    TLS (tls.enabled, the default): before sending any credential, this node's agent
+    fetches the CA certificate the active presents and accepts it only if it matches
+    --ca-fingerprint (or --ca-file, or the CA in the CLI profile); from then on it talks
+    to the active only over TLS pinned to that CA, hostname checked. A mismatch, a missing
+    fingerprint, or a node whose tls.enabled differs is refused and changes nothing. The
+    CA certificate and key then come inside the join ticket, and this node signs its own
+    certificate with them (<data_dir>/pki/, keys 0600).
+
+    \b
+    The CLI profile is updated with the cluster's nodes, the credentials and the CA
+    certificate.
+
+    \b
+    Exit status: 0 the node streams as a standby; 2 refused or failed ("error:" line).
+
+    \b
+    Examples:
+      hacore cluster join 10.0.0.1 --node-name manager-2 --host-ip 10.0.0.2 \\
+          --token Xy7... --ca-fingerprint 3F:A2:...:9C
+      HACORE_PASSWORD=S3cret hacore cluster join 10.0.0.1 --node-name manager-2 \\
+          --username admin --ca-fingerprint 3F:A2:...:9C
+      hacore cluster join 10.0.0.1:8008 --node-name manager-3 --host-ip 10.0.0.3
+    """
+    from hacore.config.options import parse_options
+
+    if ca_fingerprint and ca_file:
+        raise click.UsageError("give --ca-fingerprint or --ca-file, not both")
+    warn_password_argument(ctx)
+    path = profile_file(ctx)
+    profile = load_profile(path)
+    ca_certificate = _read_ca_file(ca_file) if ca_file else None
+    if not ca_fingerprint and ca_certificate is None and profile is not None:
+        ca_certificate = profile.ca_certificate
+    if join_token:
+        # the ticket is fetched with the token; the profile keeps its own credentials
+        credentials = (JOIN_TOKEN_USER, join_token)
+    else:
+        if username is None or password is None:
+            if profile is not None:
+                username = username or profile.username
+                password = password or profile.password
+            elif username is not None:
+                password = prompt_password(f"API password of {username}")
+            if username is None or password is None:
+                raise HacoreError(
+                    "give a join token (--token, from hacore cluster nodes add on a member), or "
+                    f"the cluster's API credentials with --username and ${PASSWORD_ENV} (or "
+                    f"--password), or a CLI profile that holds them (none at {path})"
+                )
+        credentials = (username, password)
+    config = local_config(config_path)
+    overrides = parse_options(list(options)) if options else {}
+    token = _bootstrap_token(config, config_path)
+    url = local_url(config)
+    candidates = [(BOOTSTRAP_USER, token)]
+    if not join_token:
+        candidates.append(credentials)
+    elif profile is not None and profile.cluster:
+        candidates.append(profile.auth)
+    local = LocalApi(url, candidates, timeout=30.0, ca_file=ca_cert_file(config.node.data_dir))
+    body = {
+        "action": "join",
+        "active": active_address,
+        "node_name": node_name,
+        "host_ip": host_ip,
+        "options": overrides,
+        "username": credentials[0],
+        "password": credentials[1],
+        "ca_fingerprint": ca_fingerprint,
+        "ca_certificate": ca_certificate,
+    }
+    answer = local.call(lambda c: c.join_ticket(body), timeout=ACCEPT_TIMEOUT)
+    echo = echo_progress(as_json)
+    if echo:
+        echo(f"joining cluster {answer['cluster']} through {answer['active']} as {node_name}")
+    try:
+        op = follow_operation(local, timeout=timeout, echo=echo)
+    except AuthenticationError:
+        if not join_token:
+            raise
+        # the agent drops the bootstrap token only once the node is a member
+        op = {"result": f"{node_name} joined cluster {answer['cluster']}", "elapsed": None}
+    members = [(str(m["name"]), str(m["api_url"])) for m in answer.get("members", [])]
+    with contextlib.suppress(ApiError, ApiUnreachableError):
+        members = members_of(local.call(lambda c: c.cluster())) or members
+    own = next((u for n, u in members if n == node_name), local.url)
+    members = [*(m for m in members if m[0] != node_name), (node_name, own)]
+    ca_pem = ca_certificate_pem(config.node.data_dir)
+    saved: Path | None = path
+    if not join_token:
+        user, secret = credentials
+    elif profile is not None and profile.cluster == str(answer["cluster"]):
+        user, secret = profile.auth
+    else:
+        saved = None
+    if saved is not None:
+        save_profile(
+            path,
+            Profile(str(answer["cluster"]), user, secret, ca_certificate=ca_pem).with_nodes(
+                members, active=str(answer["active"])
+            ),
+        )
+    result = {
+        "cluster": answer["cluster"],
+        "node": node_name,
+        "active": answer["active"],
+        "profile": str(saved) if saved is not None else None,
+        "elapsed": op.get("elapsed"),
+        "ca_fingerprint": answer.get("ca_fingerprint"),
+    }
+
+    def text() -> None:
+        took = f" (took {op['elapsed']:.1f} s)" if op.get("elapsed") is not None else ""
+        click.echo(f"{op.get('result')}{took}")
+        if saved is None:
+            click.echo(
+                "no CLI profile written: a join token carries no API credentials; the cluster "
+                "commands work from a machine whose profile holds them"
+            )
+
+    emit(as_json, result, text)
+
+
+def _read_ca_file(path: str) -> str:
+    from hacore import pki
+
+    cert = pki.load_ca_certificate(Path(path))
+    return pki.pem.cert_pem(cert).decode("ascii")
+
+
+@cluster.command("ca")
+@config_option
+@json_option
+def cluster_ca(config_path: str, as_json: bool) -> None:
+    """Print the cluster CA's fingerprint and certificate, from this member's data directory.
+
+    \b
+    A node that joins needs the fingerprint (--ca-fingerprint) or the certificate in a file
+    (--ca-file). Clients that trust this certificate (it is public) reach whichever node is
+    active over HTTPS, with no per-node certificate. Changes nothing.
+
+    \b
+    Exit status: 0; 2 when this node has no cluster CA (not a member, or TLS is off).
+
+    \b
+    Examples:
+      hacore cluster ca -c /etc/hacore/node.yaml
+      hacore cluster ca --json | jq -r .ca_certificate > ca.crt
+    """
+    from hacore import pki
+
+    config = local_config(config_path)
+    path = ca_cert_file(config.node.data_dir)
+    pem = ca_certificate_pem(config.node.data_dir)
+    if pem is None:
+        raise HacoreError(
+            f"no cluster CA at {path}: this node is not a member of a cluster that runs with TLS"
+        )
+    fingerprint = pki.fingerprint(pki.load_ca_certificate(path))
+    emit(
+        as_json,
+        {"fingerprint": fingerprint, "ca_certificate": pem, "path": str(path)},
+        lambda: click.echo(f"SHA-256 fingerprint: {fingerprint}\n{pem.rstrip()}"),
+    )

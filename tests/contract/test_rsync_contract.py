@@ -1,0 +1,22 @@
+"""The built-in ``rsync`` filesync backend against the filesync contract suite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from hacore.testing.filesync_contract import FilesyncContract
+from hacore.testing.pytest_plugin import run_family_harness
+from hacore_plugins.rsync.testing import RsyncHarness
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def filesync_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RsyncHarness]:
+    yield from run_family_harness(RsyncHarness, tmp_path_factory.mktemp("rsync"))
+
+
+class TestRsync(FilesyncContract):
+    pass
