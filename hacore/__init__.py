@@ -22,6 +22,7 @@ from hacore.backends.records import (
 )
 from hacore.backends.replication import (
     ReplicationBackend,
+    ReplicationRole,
     ReplicationSource,
     ReplicationStatus,
     StandbyState,
@@ -68,6 +69,7 @@ __all__ = [
     "PromotionVetoedError",
     "ReplicationBackend",
     "ReplicationError",
+    "ReplicationRole",
     "ReplicationSource",
     "ReplicationStatus",
     "ServiceBackend",

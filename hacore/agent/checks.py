@@ -31,13 +31,13 @@ from hacore.agent.vocabulary import HealthReport
 from hacore.backends.filesync import FilesyncBackend, SyncState
 from hacore.backends.health import CheckResult, HealthCheck
 from hacore.backends.records import ClusterView
-from hacore.backends.replication import ReplicationStatus
+from hacore.backends.replication import ReplicationRole, ReplicationStatus
 from hacore.backends.services import ServiceBackend
 from hacore.errors import ConfigError, HacoreError
 
 log = logging.getLogger(__name__)
 
-_STOPPED = ReplicationStatus(running=False, role="stopped")
+_STOPPED = ReplicationStatus(running=False, role=ReplicationRole.STOPPED)
 
 
 @attrs.define
@@ -115,7 +115,7 @@ class DatabaseAnswers(_FactCheck):
         return CheckResult(True, f"{db.role} at position {db.position}")
 
 
-class ReplicationRole(_FactCheck):
+class DatabaseServesRole(_FactCheck):
     """The active's database is writable; a standby streams from the current leader."""
 
     name = "replication"
@@ -285,7 +285,7 @@ def builtin_checks(
     checks: list[HealthCheck] = [
         DatabaseListening(facts, ttl, address),
         DatabaseAnswers(facts, ttl),
-        ReplicationRole(facts, ttl),
+        DatabaseServesRole(facts, ttl),
         StoreReachable(facts, ttl),
         LoopHeartbeat(facts, ttl),
     ]

@@ -25,7 +25,7 @@ from hacore.agent.vocabulary import (
     SyncMode,
 )
 from hacore.backends.records import ClusterView, Leader, Lease, Member, NodeRole
-from hacore.backends.replication import ReplicationStatus
+from hacore.backends.replication import ReplicationRole, ReplicationStatus
 
 #: States in which the local database was (or was becoming) the primary.
 _PRIMARY_STATES = frozenset(
@@ -116,7 +116,7 @@ def _decide(obs: Observation, cfg: DecisionConfig) -> Decision:
 def campaign_blocker(obs: Observation, cfg: DecisionConfig) -> str | None:
     """Why this node may not campaign regardless of the others, or None when it may.
 
-    The I/O edge publishes ``extra["candidate"] = campaign_blocker(...) is None`` in the member
+    The I/O edge publishes ``candidate = campaign_blocker(...) is None`` in the member
     record, so the others stop holding back for a node that will not campaign.
     """
     blockers = campaign_blockers(obs, cfg)
@@ -356,7 +356,7 @@ def _handover_problem(obs: Observation, cfg: DecisionConfig, m: Member | None) -
         return "it is not a member"
     if m.role in _NOT_CANDIDATE_ROLES:
         return f"it is {m.role.value}"
-    if not m.healthy or m.extra.get("candidate", True) is False:
+    if not m.healthy or not m.candidate:
         return "it is not healthy or not a candidate"
     if not _sync_eligible(obs, cfg, m.name):
         return "it is not a synchronous standby"
@@ -454,7 +454,7 @@ def _stopped(obs: Observation, leader: Leader | None, view: ClusterView) -> Deci
 
 
 def _follower(obs: Observation, leader: Leader, view: ClusterView) -> Decision:
-    if obs.db.role == "primary" or obs.needs_rewind:
+    if obs.db.role is ReplicationRole.PRIMARY or obs.needs_rewind:
         waiting = _not_active_yet(view, leader)
         if waiting is not None:
             return _rest(obs, f"a former primary or diverged; the rewind waits until {waiting}")
@@ -502,7 +502,7 @@ def _rest(obs: Observation, reason: str) -> Decision:
         state = NodeState.REMOVED
     elif not obs.initialized:
         state = NodeState.EMPTY
-    elif (_running(obs.db) and obs.db.role == "primary") or (
+    elif (_running(obs.db) and obs.db.role is ReplicationRole.PRIMARY) or (
         not _running(obs.db) and obs.previous in _PRIMARY_STATES
     ):
         state = NodeState.FENCED
@@ -605,7 +605,7 @@ def _short_of_old_active(obs: Observation, req: SwitchoverRequest, old: Member, 
 
 def _competes(obs: Observation, cfg: DecisionConfig, m: Member) -> bool:
     """Whether ``m``'s published record says it may campaign (it applies the same rules)."""
-    if not m.healthy or m.role in _NOT_CANDIDATE_ROLES or m.extra.get("candidate", True) is False:
+    if not m.healthy or m.role in _NOT_CANDIDATE_ROLES or not m.candidate:
         return False
     if not _sync_eligible(obs, cfg, m.name):
         return False
@@ -722,11 +722,11 @@ def _lag(obs: Observation, position: int) -> int:
 
 
 def _writable(db: ReplicationStatus) -> bool:
-    return db.running and db.role == "primary" and db.writable
+    return db.running and db.role is ReplicationRole.PRIMARY and db.writable
 
 
 def _running(db: ReplicationStatus) -> bool:
-    return db.running and db.role != "stopped"
+    return db.running and db.role is not ReplicationRole.STOPPED
 
 
 def _rank(timeline: int | None, position: int | None) -> Rank:

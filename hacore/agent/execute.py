@@ -55,7 +55,12 @@ from hacore.agent.vocabulary import (
 from hacore.backends.consensus import ConsensusBackend, ManagedStore
 from hacore.backends.filesync import FilesyncBackend
 from hacore.backends.records import ClusterView, Lease, Member, NodeRole
-from hacore.backends.replication import UNKNOWN_STATUS, ReplicationBackend, ReplicationSource
+from hacore.backends.replication import (
+    UNKNOWN_STATUS,
+    ReplicationBackend,
+    ReplicationRole,
+    ReplicationSource,
+)
 from hacore.backends.services import ServiceBackend
 from hacore.config.node import NodeConfig
 from hacore.errors import HacoreError
@@ -328,12 +333,14 @@ class Executor:
         """Resign, fence a writable database, and stay out of elections for a while."""
         backoff = self.dcfg.promote_backoff
         self.log.warning("%s: resigning, no campaign for %gs", why, backoff)
-        if obs.db.role == "primary" or _writable(self.b.replication):
+        if obs.db.role is ReplicationRole.PRIMARY or _writable(self.b.replication):
             self.b.replication.fence()
             self.counters.add(Event.FENCING)
         self.lease.veto_until = self.clock() + backoff
         self._resign(lease)
-        return Outcome(NodeState.FENCED if obs.db.role == "primary" else NodeState.STANDBY)
+        return Outcome(
+            NodeState.FENCED if obs.db.role is ReplicationRole.PRIMARY else NodeState.STANDBY
+        )
 
     def _resign(self, lease: Lease) -> None:
         self.lease.may_write = False
@@ -535,7 +542,7 @@ class Executor:
 
     def _fence(self, decision: Decision, obs: Observation) -> None:
         # A database that did not answer may still write: it is fenced too (DESIGN rule 7).
-        primary = (obs.db.running and obs.db.role == "primary") or not obs.db.known
+        primary = (obs.db.running and obs.db.role is ReplicationRole.PRIMARY) or not obs.db.known
         if primary:
             self.b.replication.fence()
             self.counters.add(Event.FENCING)
@@ -569,7 +576,7 @@ class Executor:
         self.extras.stop_active()
         try:
             try:
-                primary = self.b.replication.status().role == "primary"
+                primary = self.b.replication.status().role is ReplicationRole.PRIMARY
             except HacoreError:
                 primary = True  # unknown is not "not a primary" (DESIGN rule 7)
             if primary:

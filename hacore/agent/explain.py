@@ -23,6 +23,7 @@ from hacore.agent.vocabulary import (
     NodeState,
     Observation,
 )
+from hacore.backends.replication import ReplicationRole
 
 __all__ = ["Blocker", "Explanation", "explain", "without_active"]
 
@@ -90,7 +91,7 @@ def reasons_not_to_campaign(obs: Observation, cfg: DecisionConfig) -> tuple[Bloc
         detail = obs.store_error or "no answer"
         found.append(Blocker("store_unreachable", f"the store is unreachable ({detail})"))
     db = obs.db
-    if db.running and db.role == "primary" and db.writable:
+    if db.running and db.role is ReplicationRole.PRIMARY and db.writable:
         found.append(
             Blocker(
                 "database_writable",

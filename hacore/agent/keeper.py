@@ -45,7 +45,7 @@ from hacore.agent.hooks import NodeLog
 from hacore.agent.supervise import RestartLog
 from hacore.backends.health import CheckResult, HealthCheck
 from hacore.backends.processes import DetachedProcess, read_proc
-from hacore.backends.replication import ReplicationBackend
+from hacore.backends.replication import ReplicationBackend, ReplicationRole
 from hacore.errors import HacoreError
 from hacore.pki.tls_files import write_atomic
 
@@ -147,7 +147,7 @@ def fed_record(
     boot: str,
     may_write: bool,
     deadline: float | None,
-    db_role: str | None,
+    db_role: ReplicationRole | None,
     paused: bool = False,
 ) -> FenceRecord | None:
     """The record the agent must write now, None to leave the current one.
@@ -163,7 +163,7 @@ def fed_record(
     deadline of its own (it holds no lease) becomes a deadline already past: that database
     writes under no lease, and its agent fences it too (rule 11).
     """
-    not_primary = db_role is not None and db_role != "primary"
+    not_primary = db_role is not None and db_role is not ReplicationRole.PRIMARY
     if paused:
         wanted = FenceRecord(Hold.RELEASED if not_primary else Hold.PAUSED, None, pid, boot)
     elif may_write and deadline is not None:
@@ -308,7 +308,7 @@ class DeadlineFeed:
         *,
         may_write: bool,
         deadline: float | None,
-        db_role: str | None,
+        db_role: ReplicationRole | None,
         paused: bool = False,
     ) -> None:
         record = fed_record(
@@ -444,7 +444,7 @@ def read_role(replication: ReplicationBackend, timeout: float = ROLE_TIMEOUT) ->
         except BaseException as err:
             future.set_exception(err)
             return
-        running_primary = status.running and status.role == "primary"
+        running_primary = status.running and status.role is ReplicationRole.PRIMARY
         future.set_result(DbRole.PRIMARY if running_primary else DbRole.NOT_PRIMARY)
 
     threading.Thread(target=ask, name="hacore-keeper-role", daemon=True).start()

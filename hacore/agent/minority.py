@@ -36,12 +36,12 @@ from hacore.agent.vocabulary import (
     Observation,
 )
 from hacore.backends import salvage
-from hacore.backends.replication import ReplicationStatus
+from hacore.backends.replication import ReplicationRole, ReplicationStatus
 from hacore.errors import HacoreError
 
 
 def _writable(db: ReplicationStatus) -> bool:
-    return db.running and db.role == "primary" and db.writable
+    return db.running and db.role is ReplicationRole.PRIMARY and db.writable
 
 
 def store_out_of_reach(obs: Observation, cfg: DecisionConfig) -> bool:

@@ -21,7 +21,7 @@ Pure, like :mod:`hacore.agent.decide`, which calls it.
 from __future__ import annotations
 
 from hacore.agent.vocabulary import Action, Decision, LeaseStatus, NodeState, Observation, Pause
-from hacore.backends.replication import ReplicationStatus
+from hacore.backends.replication import ReplicationRole, ReplicationStatus
 
 #: Actions a paused agent may take; everything else waits for ``cluster resume``.
 ALLOWED = frozenset({Action.NONE, Action.STAY_ACTIVE, Action.CAMPAIGN})
@@ -125,7 +125,7 @@ def _state_from_db(obs: Observation) -> NodeState:
         return NodeState.REMOVED
     if not obs.initialized:
         return NodeState.EMPTY
-    if db.running and db.role == "primary":
+    if db.running and db.role is ReplicationRole.PRIMARY:
         return NodeState.ACTIVE if db.writable else NodeState.FENCED
     if not db.known:
         return obs.previous if obs.previous is not NodeState.INIT else NodeState.STANDBY
@@ -135,4 +135,4 @@ def _state_from_db(obs: Observation) -> NodeState:
 
 
 def _writable(db: ReplicationStatus) -> bool:
-    return db.running and db.role == "primary" and db.writable
+    return db.running and db.role is ReplicationRole.PRIMARY and db.writable

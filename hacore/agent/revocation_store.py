@@ -26,6 +26,7 @@ import attrs
 from cryptography import x509
 
 from hacore.backends.consensus import ConsensusBackend
+from hacore.backends.replication import ReplicationBackend
 from hacore.errors import HacoreError, ReplicationError
 from hacore.pki import pem, revocation
 from hacore.pki.ca import CaMaterial
@@ -135,7 +136,7 @@ def replication_secret(consensus: ConsensusBackend) -> ReplicationSecret | None:
 
 
 def rotate_replication_password(
-    consensus: ConsensusBackend, replication: Any, user: str
+    consensus: ConsensusBackend, replication: ReplicationBackend, user: str
 ) -> ReplicationSecret:
     """A new replication password: in the store first (every member writes it to its
     passfile: a reconnect after the change logs in), then ``ALTER ROLE`` on this primary

@@ -21,7 +21,9 @@ from cryptography import x509
 
 from hacore.agent import revocation_store as revoke
 from hacore.agent.execute import ReplicationCredentials
+from hacore.backends.consensus import ConsensusBackend
 from hacore.backends.records import Member, TlsFiles
+from hacore.backends.replication import ReplicationBackend
 from hacore.errors import HacoreError
 from hacore.pki import load_node_certificate, record_identity, revocation
 from hacore.pki.pem import read_certificate
@@ -36,8 +38,8 @@ class RevocationSync:
     def __init__(
         self,
         name: str,
-        consensus: Any,
-        replication: Any,
+        consensus: ConsensusBackend,
+        replication: ReplicationBackend,
         tls: TlsFiles | None,
         set_credentials: Callable[[ReplicationCredentials], None] | None,
         is_active: Callable[[], bool] = lambda: False,

@@ -87,8 +87,10 @@ from hacore.agent.vocabulary import (
     Observation,
     Pause,
 )
+from hacore.backends.consensus import ConsensusBackend
 from hacore.backends.health import CheckResult
 from hacore.backends.records import ClusterView, Member, NodeRole
+from hacore.backends.replication import ReplicationBackend
 from hacore.config.node import NodeConfig
 from hacore.errors import HacoreError, StoreUnavailableError
 from hacore.plugins.registry import HacorePlugins
@@ -250,11 +252,11 @@ class Agent:
     # -- public API -------------------------------------------------------------------------
 
     @property
-    def consensus(self) -> Any:
+    def consensus(self) -> ConsensusBackend:
         return self.backends.consensus
 
     @property
-    def replication(self) -> Any:
+    def replication(self) -> ReplicationBackend:
         return self.backends.replication
 
     def set_credentials(self, credentials: ReplicationCredentials) -> None:

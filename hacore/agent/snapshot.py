@@ -115,7 +115,7 @@ def member_json(member: Member, snap: NodeSnapshot) -> dict[str, Any]:
         "timeline": member.timeline,
         "lag_bytes": lag,
         "checks": dict(member.checks),
-        "extra": dict(member.extra),
+        "extra": member.published_extra(),
     }
     if member.name == snap.node_name:
         data["checks"] = checks_json(snap.checks)

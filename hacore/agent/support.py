@@ -350,9 +350,9 @@ def member_record(
     files_state: SyncState | None = None,
     servers: Sequence[ServerStatus] = (),
 ) -> Member:
-    """This node's record in the store; ``extra`` says whether it campaigns and where others
+    """This node's record in the store: whether it campaigns, and in ``extra`` where others
     reach its database and files."""
-    extra: dict[str, Any] = {"candidate": candidate}
+    extra: dict[str, Any] = {}
     if address is not None:
         extra["replication"] = {"host": address[0], "port": address[1]}
     if files is not None:
@@ -388,6 +388,7 @@ def member_record(
         version=__version__,
         checks={n: {"ok": r.ok, "detail": r.detail} for n, r in checks.items()},
         extra=extra,
+        candidate=candidate,
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import attrs
 
+from hacore.atomic_files import write_atomic
 from hacore.errors import HacoreError
 
 #: what a child keeps of the agent's environment: where programs are, locale, home, time zone
@@ -100,9 +101,8 @@ class DetachedProcess:
                 start_new_session=True,
                 close_fds=True,
             )
-        tmp = self.pid_path.with_suffix(".tmp")
-        tmp.write_text(f"{self._child.pid}\n")
-        tmp.replace(self.pid_path)
+        # not durable: after a reboot the pid names no server of ours anyway
+        write_atomic(self.pid_path, f"{self._child.pid}\n", durable=False)
         return self._child.pid
 
     def pid(self) -> int | None:

@@ -87,6 +87,10 @@ class WatchEvent:
     value: bytes | None = None
 
 
+#: where agents older than :attr:`Member.candidate` publish and read a member's candidacy
+CANDIDATE_IN_EXTRA = "candidate"
+
+
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(value or {}))
 
@@ -105,18 +109,40 @@ class Member:
     version: str = ""
     checks: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, eq=False)
     extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, eq=False)
+    #: Whether the node would campaign for the active role now (its I/O edge found no
+    #: ``campaign_blocker``): ``decide`` never elects nor hands over to a member that says
+    #: False. A record that does not say (an agent older than the field) is a candidate, as it
+    #: always was.
+    candidate: bool = True
+
+    @extra.validator
+    def _no_free_text_candidacy(self, _: attrs.Attribute[Any], value: Mapping[str, Any]) -> None:
+        if CANDIDATE_IN_EXTRA in value:
+            raise ValueError("a member's candidacy is its candidate field, not extra['candidate']")
 
     def to_bytes(self) -> bytes:
         data = attrs.asdict(self, recurse=False)
         data["role"] = self.role.value
         data["checks"] = dict(self.checks)
-        data["extra"] = dict(self.extra)
+        data["extra"] = self.published_extra()
         return json.dumps(data, sort_keys=True).encode()
+
+    def published_extra(self) -> dict[str, Any]:
+        """``extra`` as records and the API have always shown it: agents older than the typed
+        field read candidacy from ``extra["candidate"]`` only (a rolling upgrade meets them),
+        and ``/nodes`` keeps its shape (the key first, where the store's sorted JSON had it)."""
+        return {CANDIDATE_IN_EXTRA: self.candidate, **self.extra}
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Member:
         data = json.loads(raw)
         data["role"] = NodeRole(data.get("role", NodeRole.UNKNOWN.value))
+        extra = dict(data.get("extra") or {})
+        legacy = extra.pop(CANDIDATE_IN_EXTRA, True)
+        said = data.get("candidate", legacy)
+        data["extra"] = extra
+        # only an explicit False takes a member out, as when candidacy was read from ``extra``
+        data["candidate"] = said is not False
         known = {f.name for f in attrs.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -9,6 +9,7 @@ half-replaced.
 from __future__ import annotations
 
 import abc
+import enum
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,13 +49,33 @@ class StandbyState:
     lag_seconds: float | None = None
 
 
+class ReplicationRole(enum.StrEnum):
+    """What the local database server is, as its backend reads it.
+
+    A ``StrEnum`` so that the API's JSON, logs and messages show the same words as before the
+    role was typed ("primary", "standby", ...), while the agent compares enum members, never
+    free text.
+    """
+
+    PRIMARY = "primary"
+    STANDBY = "standby"
+    STOPPED = "stopped"
+    #: not read (in time): see :attr:`ReplicationStatus.known` and :data:`UNKNOWN_STATUS`
+    UNKNOWN = "unknown"
+
+
+def _role(value: ReplicationRole | str) -> ReplicationRole:
+    """A plugin written before the role was typed returns the word: it becomes the member, and
+    a word that is no role fails here instead of being read as "not a primary" later."""
+    return ReplicationRole(value)
+
+
 @attrs.frozen
 class ReplicationStatus:
     """The local database's state, read in one round trip."""
 
     running: bool
-    #: "primary", "standby", "stopped", or "unknown" (:data:`UNKNOWN_STATUS`: not read in time)
-    role: str
+    role: ReplicationRole = attrs.field(converter=_role)
     writable: bool = False
     position: int | None = None
     timeline: int | None = None
@@ -75,11 +96,11 @@ class ReplicationStatus:
         writable nor read-only. Code that branches on ``running``, ``role`` or ``writable``
         must look at this first.
         """
-        return self.role != "unknown"
+        return self.role is not ReplicationRole.UNKNOWN
 
 
 #: What the agent reads when ``status()`` raises or does not answer within ``retry_timeout``.
-UNKNOWN_STATUS = ReplicationStatus(running=False, role="unknown")
+UNKNOWN_STATUS = ReplicationStatus(running=False, role=ReplicationRole.UNKNOWN)
 
 
 class ReplicationBackend(abc.ABC):

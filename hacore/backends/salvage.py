@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from hacore.atomic_files import write_atomic
 from hacore.errors import HacoreError
 
 #: the directory under the node's data_dir
@@ -184,19 +184,7 @@ def write(directory: Path, data: dict[str, Any]) -> Path:
     """Write an archive durably: temporary file, fsync, rename, fsync of the directory."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = directory / f"{data['id']}.json"
-    tmp = path.with_suffix(".tmp")
-    body = json.dumps(data, indent=1, sort_keys=True).encode()
-    with open(tmp, "wb") as out:
-        out.write(body)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return path
+    return write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def read(directory: Path, ident: str) -> dict[str, Any]:

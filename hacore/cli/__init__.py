@@ -1,8 +1,9 @@
 """The ``hacore`` command line: the top-level group, with every command group attached here.
 
 Errors hacore raises on purpose (:class:`~hacore.errors.HacoreError`) are printed as one line
-prefixed with ``error:`` (a configuration error, one line per problem) and exit with status 2;
-anything else is a bug and keeps its traceback.
+prefixed with ``error:`` (a configuration error, one line per problem) and exit with the
+status :mod:`hacore.cli.exit_codes` gives their kind; anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from hacore.cli import (
     nodes,
     pause,
     plugins,
+    profiles,
     salvage,
 )
+from hacore.cli.exit_codes import exit_code_for
 from hacore.config.logging_setup import TEXT_FORMAT
 from hacore.errors import ConfigError, HacoreError
 
@@ -39,7 +42,7 @@ class _Group(click.Group):
             lines = str(err).splitlines() if isinstance(err, ConfigError) else [str(err)]
             for line in lines:
                 click.echo(f"error: {line}", err=True)
-            ctx.exit(2)
+            ctx.exit(exit_code_for(err))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,6 +53,16 @@ def cli(verbose: int) -> None:
 
     One node is active; the others are hot standbys that mirror its PostgreSQL database and
     files. When the active fails its health checks, a standby takes over by itself.
+
+    \b
+    Commands that report take -o/--output table|json|yaml|tsv (--json: -o json).
+    Exit status, the same for every command:
+      0  done
+      1  the operation failed (or the answer is no: cluster status without an active)
+      2  usage or configuration error: fix the command line or the file
+      3  the cluster (or its store) cannot be reached, or cannot do it now: try again later
+      4  refused by the cluster (a conflict with its state, an unknown node, wrong
+         credentials); nothing changed
     """
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format=TEXT_FORMAT)
@@ -75,6 +88,7 @@ def _attach() -> None:
         node.cluster_teardown,
         pause.cluster_pause,
         pause.cluster_resume,
+        profiles.profile,
     ):
         cluster.cluster.add_command(command)
     for group in (agent.agent, cluster.cluster, node.node, plugins.plugins, config.config):

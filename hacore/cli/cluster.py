@@ -2,8 +2,7 @@
 
 The group's other commands live in modules of their own and are attached to it by
 :mod:`hacore.cli`. Errors hacore raises on purpose are printed by :mod:`hacore.cli` as one
-``error:`` line with exit status 2. Status 1 is reserved for "ran fine, but the answer is no"
-(``cluster status`` with no active node).
+``error:`` line, with the exit status of :mod:`hacore.cli.exit_codes`.
 """
 
 from __future__ import annotations
@@ -25,10 +24,13 @@ from hacore.cli.common import (
     emit,
     json_option,
     local_config,
+    password_file_option,
+    password_from,
     profile_file,
     prompt_password,
     warn_password_argument,
 )
+from hacore.cli.exit_codes import UsageProblem
 from hacore.cluster.follow import LocalApi, follow_operation
 from hacore.cluster.local import BOOTSTRAP_USER, local_url, read_token
 from hacore.cluster.profile import (
@@ -92,6 +94,7 @@ def _bootstrap_token(config: NodeConfig, config_path: str) -> str:
     help=f"The API password to set; better ${PASSWORD_ENV} (an argument shows in ps). "
     "Generated when not given.",
 )
+@password_file_option
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait.")
 @json_option
 @click.pass_context
@@ -103,6 +106,7 @@ def cluster_start(
     options: tuple[str, ...],
     username: str,
     password: str | None,
+    password_file: str | None,
     timeout: float,
     as_json: bool,
 ) -> None:
@@ -123,12 +127,14 @@ def cluster_start(
     to resume where it stopped.
 
     \b
-    The API credentials are created here: --username/--password, or a random password. Only
+    The API credentials are created here: --username with $HACORE_PASSWORD or
+    --password-file, or a random password. Only
     a hash goes to the agents; the password is written to the CLI profile (0600) and printed
     once, at the end.
 
     \b
-    Exit status: 0 the node is active; 2 refused or failed ("error:" line).
+    Exit status: 0 the node is active; 1 failed; 2 usage or configuration error; 3 the
+    agent cannot be reached; 4 refused, nothing changed ("error:" line; see hacore --help).
 
     \b
     Examples:
@@ -138,6 +144,7 @@ def cluster_start(
     from hacore.config.options import parse_options
 
     warn_password_argument(ctx)
+    password = password_from(password, password_file)
     config = local_config(config_path)
     overrides = parse_options(list(options)) if options else {}
     generated = password is None
@@ -237,6 +244,7 @@ def cluster_start(
     help=f"The cluster's API password; better ${PASSWORD_ENV} (an argument shows in ps). "
     "Default: the profile's, else a prompt on a terminal.",
 )
+@password_file_option
 @click.option(
     "--token",
     "join_token",
@@ -269,6 +277,7 @@ def cluster_join(
     options: tuple[str, ...],
     username: str | None,
     password: str | None,
+    password_file: str | None,
     join_token: str | None,
     ca_fingerprint: str | None,
     ca_file: str | None,
@@ -313,7 +322,8 @@ def cluster_join(
     certificate.
 
     \b
-    Exit status: 0 the node streams as a standby; 2 refused or failed ("error:" line).
+    Exit status: 0 the node streams as a standby; 1 failed; 2 usage or configuration error;
+    3 the active (or this node's agent) cannot be reached; 4 refused, nothing changed.
 
     \b
     Examples:
@@ -328,6 +338,7 @@ def cluster_join(
     if ca_fingerprint and ca_file:
         raise click.UsageError("give --ca-fingerprint or --ca-file, not both")
     warn_password_argument(ctx)
+    password = password_from(password, password_file)
     path = profile_file(ctx)
     profile = load_profile(path)
     ca_certificate = _read_ca_file(ca_file) if ca_file else None
@@ -344,10 +355,10 @@ def cluster_join(
             elif username is not None:
                 password = prompt_password(f"API password of {username}")
             if username is None or password is None:
-                raise HacoreError(
+                raise UsageProblem(
                     "give a join token (--token, from hacore cluster nodes add on a member), or "
                     f"the cluster's API credentials with --username and ${PASSWORD_ENV} (or "
-                    f"--password), or a CLI profile that holds them (none at {path})"
+                    f"--password-file), or a CLI profile that holds them (none at {path})"
                 )
         credentials = (username, password)
     config = local_config(config_path)
@@ -442,7 +453,8 @@ def cluster_ca(config_path: str, as_json: bool) -> None:
     active over HTTPS, with no per-node certificate. Changes nothing.
 
     \b
-    Exit status: 0; 2 when this node has no cluster CA (not a member, or TLS is off).
+    Exit status: 0; 1 when this node has no cluster CA (not a member, or TLS is off); 2 when
+    node.yaml is invalid.
 
     \b
     Examples:

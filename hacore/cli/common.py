@@ -7,16 +7,18 @@ imports another command module.
 
 from __future__ import annotations
 
-import json
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 from rich.console import Console
 
 from hacore.api.errors import ApiError, ApiUnreachableError, AuthenticationError, UnavailableError
+from hacore.cli.exit_codes import UsageProblem
+from hacore.cli.output import FORMATS, Output, render
 from hacore.cluster.profile import (
     Profile,
     active_client,
@@ -26,7 +28,6 @@ from hacore.cluster.profile import (
     save_profile,
 )
 from hacore.config.node import NodeConfig, load_config
-from hacore.errors import HacoreError
 
 console = Console()
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,7 +54,35 @@ def config_option(func: F) -> F:
 
 
 def json_option(func: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(func)
+    """``-o/--output table|json|yaml|tsv``, and ``--json`` (kept: short for ``-o json``).
+
+    The command receives the choice as ``as_json``, an :class:`Output` that is true for every
+    format meant for scripts, so its ``if not as_json`` around progress lines and
+    ``emit(as_json, ...)`` need no change.
+    """
+
+    @functools.wraps(func)
+    def chosen(*args: Any, output: str | None, json_flag: bool, **kwargs: Any) -> Any:
+        if json_flag and output not in (None, Output.JSON.value):
+            raise click.UsageError(f"--json and -o {output} contradict each other; give one")
+        fmt = Output.JSON if json_flag else Output(output or Output.TABLE.value)
+        return func(*args, as_json=fmt, **kwargs)
+
+    with_json = click.option(
+        "--json", "json_flag", is_flag=True, help="Print JSON for scripts (same as -o json)."
+    )(chosen)
+    return cast(
+        F,
+        click.option(
+            "-o",
+            "--output",
+            "output",
+            type=click.Choice(FORMATS),
+            default=None,
+            help="Output format: table (for people, the default), json, yaml, or tsv (tab-"
+            "separated: a header and one line per item of a list, else one line per field).",
+        )(with_json),
+    )
 
 
 def profile_file(ctx: click.Context) -> Path:
@@ -74,9 +103,43 @@ def warn_password_argument(ctx: click.Context) -> None:
     if source is click.core.ParameterSource.COMMANDLINE:
         click.echo(
             "warning: --password on the command line is visible to other local users (ps, "
-            f"/proc); set ${PASSWORD_ENV} instead, or leave it out to be prompted",
+            f"/proc); set ${PASSWORD_ENV} or give --password-file instead, or leave it out to "
+            "be prompted",
             err=True,
         )
+
+
+PASSWORD_FILE_ENV = "HACORE_PASSWORD_FILE"
+
+
+def password_file_option(func: F) -> F:
+    return click.option(
+        "--password-file",
+        type=click.Path(dir_okay=False, exists=True),
+        envvar=PASSWORD_FILE_ENV,
+        default=None,
+        help=f"Read the API password from the first line of this file (also "
+        f"${PASSWORD_FILE_ENV}), e.g. a secret a configuration tool put there.",
+    )(func)
+
+
+def password_from(password: str | None, password_file: str | None) -> str | None:
+    """The password given by ``--password``/``$HACORE_PASSWORD`` or by ``--password-file``
+    (its first line, without the line end); None when neither is given."""
+    if password_file is None:
+        return password
+    if password is not None:
+        raise UsageProblem(
+            f"the password is given twice (--password or ${PASSWORD_ENV}, and "
+            f"--password-file): give one"
+        )
+    try:
+        lines = Path(password_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageProblem(f"cannot read the password file {password_file}: {err}") from None
+    if not lines or not lines[0]:
+        raise UsageProblem(f"the password file {password_file} is empty (its first line is)")
+    return lines[0]
 
 
 def prompt_password(what: str) -> str | None:
@@ -86,11 +149,18 @@ def prompt_password(what: str) -> str | None:
     return str(click.prompt(what, hide_input=True))
 
 
-def emit(as_json: bool, data: Any, text: Callable[[], None]) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
-    else:
+def emit(
+    as_json: bool | Output, data: Any, text: Callable[[], None], records: str | None = None
+) -> None:
+    """``data`` in the chosen script format, or ``text()`` for people (``table``);
+    ``records``: the key of the command's list, one TSV line per item."""
+    if not as_json:
         text()
+        return
+    fmt = as_json if isinstance(as_json, Output) else Output.JSON
+    out = render(fmt, data, records)
+    if out:
+        click.echo(out)
 
 
 def echo_progress(as_json: bool) -> Callable[[str], None] | None:
@@ -112,7 +182,7 @@ def confirm(yes: bool, what: str) -> None:
     if yes:
         return
     if not sys.stdin.isatty():
-        raise HacoreError(
+        raise UsageProblem(
             f"{what}: refused without confirmation; there is no terminal to ask on, so pass "
             "--yes to confirm"
         )

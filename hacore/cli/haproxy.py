@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from hacore.cli.common import reach
+from hacore.cli.exit_codes import UsageProblem
 from hacore.cluster.haproxy import (
     CHECK_PATHS,
     HaproxyOptions,
@@ -15,7 +16,6 @@ from hacore.cluster.haproxy import (
     servers_of,
     tls_of,
 )
-from hacore.errors import HacoreError
 
 DEFAULT_CA_FILE = "/etc/hacore/ca.crt"
 
@@ -101,7 +101,7 @@ def cluster_haproxy_config(
     nothing in the cluster.
 
     \b
-    Exit status: 0; 2 when no node answers, or the options do not fit the cluster.
+    Exit status: 0; 2 when the options do not fit the cluster; 3 when no node answers.
 
     \b
     Examples:
@@ -109,9 +109,9 @@ def cluster_haproxy_config(
       HACORE_PROBE_PASSWORD=... hacore cluster haproxy-config --probe-user probe > haproxy.cfg
     """
     if (probe_user is None) != (probe_password is None):
-        raise HacoreError("--probe-user and --probe-password go together")
+        raise UsageProblem("--probe-user and --probe-password go together")
     if manager_bind is not None and manager_port is None:
-        raise HacoreError("--manager-bind needs --manager-port")
+        raise UsageProblem("--manager-bind needs --manager-port")
     profile, data, _ = reach(ctx, need_active=False)
     tls = tls_of(data)
     servers, skipped = servers_of(data)
@@ -133,7 +133,7 @@ def cluster_haproxy_config(
     text = render(options, servers, skipped)
     if write_ca:
         if not tls or profile.ca_certificate is None:
-            raise HacoreError("--write-ca: the cluster runs without TLS or the profile has no CA")
+            raise UsageProblem("--write-ca: the cluster runs without TLS or the profile has no CA")
         path = Path(ca_file)
         path.write_text(profile.ca_certificate)
         os.chmod(path, 0o644)

@@ -58,7 +58,7 @@ def cluster_history(ctx: click.Context, as_json: bool) -> None:
     active as the new one knew it (the status key the old active wrote). Changes nothing.
 
     \b
-    Exit status: 0; 2 when no node answers ("error:" line).
+    Exit status: 0; 3 when no node answers ("error:" line).
 
     \b
     Example:
@@ -88,7 +88,7 @@ def cluster_history(ctx: click.Context, as_json: bool) -> None:
             "active's timeline starts, and each reason in words)"
         )
 
-    emit(as_json, data, text)
+    emit(as_json, data, text, records="history")
 
 
 def _ask_history(profile: Profile) -> dict[str, Any]:
@@ -124,7 +124,7 @@ def cluster_explain(ctx: click.Context, node: str | None, as_json: bool) -> None
     decision function the agent runs. NODE limits it to one node. Changes nothing.
 
     \b
-    Exit status: 0; 2 when no node answers or NODE is unknown ("error:" line).
+    Exit status: 0; 2 when NODE is unknown; 3 when no node answers ("error:" line).
 
     \b
     Example:
@@ -143,7 +143,7 @@ def cluster_explain(ctx: click.Context, node: str | None, as_json: bool) -> None
         for answer in answers:
             _print_explanation(answer)
 
-    emit(as_json, {"nodes": answers}, text)
+    emit(as_json, {"nodes": answers}, text, records="nodes")
 
 
 def _explain_one(profile: Profile, name: str, url: str) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from hacore.cli.common import REMOVE_TIMEOUT, config_option, emit, json_option, profile_file
+from hacore.cli.exit_codes import UsageProblem
 from hacore.cluster.profile import require_profile
-from hacore.errors import HacoreError
 
 #: seconds a node gets to stop its servers and end its service
 NODE_TIMEOUT = 180.0
@@ -37,8 +37,9 @@ def cluster_teardown(ctx: click.Context, yes: bool, as_json: bool) -> None:
     Asks for confirmation on a terminal; --yes skips it (required without a terminal).
 
     \b
-    Exit status: 0 torn down; 2 refused, not confirmed, or failed half-way (run it again:
-    each step is idempotent).
+    Exit status: 0 torn down; 1 failed half-way (run it again: each step is idempotent);
+    2 not confirmed (no --yes without a terminal); 3 the cluster cannot be reached; 4
+    refused.
 
     \b
     Example:
@@ -50,7 +51,7 @@ def cluster_teardown(ctx: click.Context, yes: bool, as_json: bool) -> None:
     plan = plan_teardown(profile)
     if not yes:
         if not sys.stdin.isatty():
-            raise HacoreError("cluster teardown needs --yes when not run at a terminal")
+            raise UsageProblem("cluster teardown needs --yes when not run at a terminal")
         click.confirm(f"Tear down cluster {plan.cluster}: {plan.describe()}?", abort=True, err=True)
 
     def say(line: str) -> None:
@@ -125,8 +126,8 @@ def node_uninstall(
     node then hands over to a standby, as any clean stop does).
 
     \b
-    Exit status: 0 uninstalled; 1 something still runs or listens afterwards; 2 refused
-    or failed.
+    Exit status: 0 uninstalled; 1 failed, or something still runs or listens afterwards;
+    2 invalid node.yaml; 4 refused (the node is still a member).
 
     \b
     Example:

@@ -11,7 +11,13 @@ import click
 from rich.table import Table
 
 from hacore.api.client import ApiClient
-from hacore.api.errors import ApiError, ApiUnreachableError, UnavailableError
+from hacore.api.errors import (
+    ApiError,
+    ApiUnreachableError,
+    ConflictError,
+    NotFoundError,
+    UnavailableError,
+)
 from hacore.cli.common import (
     REMOVE_TIMEOUT,
     confirm,
@@ -190,7 +196,7 @@ def nodes_list(ctx: click.Context, as_json: bool) -> None:
     Changes nothing.
 
     \b
-    Exit status: 0; 2 when no node answers ("error:" line).
+    Exit status: 0; 3 when no node answers ("error:" line).
 
     \b
     Example:
@@ -243,6 +249,7 @@ def nodes_list(ctx: click.Context, as_json: bool) -> None:
             "pause": pause,
         },
         text,
+        records="nodes",
     )
 
 
@@ -257,7 +264,7 @@ def nodes_get(ctx: click.Context, name: str, as_json: bool) -> None:
     Asks the active node (or any node, during a failover). Changes nothing.
 
     \b
-    Exit status: 0; 2 when the cluster has no node NAME or no node answers.
+    Exit status: 0; 3 when no node answers; 4 when the cluster has no node NAME.
 
     \b
     Example:
@@ -267,7 +274,7 @@ def nodes_get(ctx: click.Context, name: str, as_json: bool) -> None:
     member = next((m for m in data.get("members", []) if m.get("name") == name), None)
     if member is None:
         names = ", ".join(str(m.get("name")) for m in data.get("members", [])) or "none"
-        raise HacoreError(f'no node named "{name}" in cluster {data.get("cluster")} ({names})')
+        raise NotFoundError(f'no node named "{name}" in cluster {data.get("cluster")} ({names})')
 
     def text() -> None:
         click.echo(f"node:        {member['name']}")
@@ -308,8 +315,8 @@ def nodes_remove(ctx: click.Context, name: str, yes: bool, as_json: bool) -> Non
     without --yes it is refused).
 
     \b
-    Exit status: 0 removed; 1 not confirmed; 2 refused (the active, an unknown name, no
-    confirmation) or failed.
+    Exit status: 0 removed; 1 not confirmed at the terminal, or failed; 2 no --yes without
+    a terminal; 3 no active node answers; 4 refused (the active, an unknown name).
 
     \b
     Example:
@@ -356,7 +363,8 @@ def nodes_add(ctx: click.Context, name: str, host_ip: str, ttl: float, as_json: 
     credentials; changes nothing else.
 
     \b
-    Exit status: 0 a token was issued; 2 refused (a bad name or address) or failed.
+    Exit status: 0 a token was issued; 1 failed; 2 a bad name or address; 3 no active
+    node answers; 4 refused.
 
     \b
     Example:
@@ -403,7 +411,7 @@ def cluster_status(ctx: click.Context, as_json: bool) -> None:
 
     \b
     Exit status: 0 a node is active; 1 no node is active right now (the table still shows
-    what each node says); 2 no node answers at all, or an error.
+    what each node says); 3 no node answers at all.
 
     \b
     Example:
@@ -495,7 +503,8 @@ def cluster_switchover(ctx: click.Context, to: str | None, timeout: float, as_js
     switchover is pending.
 
     \b
-    Exit status: 0 a new node is active; 2 refused, or no new active within --timeout.
+    Exit status: 0 a new node is active; 1 no new active within --timeout; 3 no active
+    node answers; 4 refused.
 
     \b
     Example:
@@ -553,7 +562,7 @@ def _member_of(data: dict[str, Any], name: str) -> dict[str, Any]:
     member = next((m for m in data.get("members", []) if m.get("name") == name), None)
     if member is None:
         names = ", ".join(str(m.get("name")) for m in data.get("members", [])) or "none"
-        raise HacoreError(f'no node named "{name}" in cluster {data.get("cluster")} ({names})')
+        raise NotFoundError(f'no node named "{name}" in cluster {data.get("cluster")} ({names})')
     return dict(member)
 
 
@@ -673,7 +682,8 @@ def nodes_restart(
     the cluster is not paused.
 
     \b
-    Exit status: 0 restarted (streaming again); 2 refused or failed.
+    Exit status: 0 restarted (streaming again); 1 failed; 3 the node cannot be reached; 4
+    refused.
 
     \b
     Example:
@@ -684,7 +694,7 @@ def nodes_restart(
     member = _member_of(data, name)
     switched = None
     if member.get("active") and in_place and not data.get("paused"):
-        raise HacoreError(
+        raise ConflictError(
             f"{name} is the active node: an in-place restart needs maintenance mode; run "
             "hacore cluster pause first (without --in-place the restart switches over first)"
         )
@@ -734,7 +744,8 @@ def nodes_reinit(ctx: click.Context, name: str, timeout: float, yes: bool, as_js
     Asks for confirmation on a terminal; --yes confirms in scripts.
 
     \b
-    Exit status: 0 re-cloned and streaming; 1 not confirmed; 2 refused or failed.
+    Exit status: 0 re-cloned and streaming; 1 not confirmed at the terminal, or failed; 2
+    no --yes without a terminal; 3 the node cannot be reached; 4 refused.
 
     \b
     Example:
@@ -743,7 +754,7 @@ def nodes_reinit(ctx: click.Context, name: str, timeout: float, yes: bool, as_js
     profile, data, _ = reach(ctx, need_active=False)
     member = _member_of(data, name)
     if member.get("active"):
-        raise HacoreError(
+        raise ConflictError(
             f"{name} is the active node: it is never re-cloned; switch over first "
             "(hacore cluster switchover), then reinit it as a standby"
         )
@@ -800,8 +811,8 @@ def cluster_failover(ctx: click.Context, to: str, timeout: float, yes: bool, as_
     Asks for confirmation on a terminal; --yes confirms in scripts.
 
     \b
-    Exit status: 0 NAME is active; 1 not confirmed; 2 refused, or NAME not active within
-    --timeout.
+    Exit status: 0 NAME is active; 1 not confirmed at the terminal, or NAME not active
+    within --timeout; 2 no --yes without a terminal; 3 no node answers; 4 refused.
 
     \b
     Example:

@@ -72,7 +72,8 @@ def cluster_pause(
     agent has seen it (each does within one loop_wait).
 
     \b
-    Exit status: 0 paused (or already paused); 2 refused or failed.
+    Exit status: 0 paused (or already paused); 1 failed; 3 the cluster cannot be reached;
+    4 refused.
 
     \b
     Example:
@@ -126,7 +127,8 @@ def cluster_resume(ctx: click.Context, force: bool, as_json: bool) -> None:
     the lease is fenced by its agent, and the standbys elect a new active.
 
     \b
-    Exit status: 0 resumed (or not paused); 2 refused or failed.
+    Exit status: 0 resumed (or not paused); 1 failed; 3 the cluster cannot be reached; 4
+    refused.
 
     \b
     Example:

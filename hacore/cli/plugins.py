@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 from rich.table import Table
 
-from hacore.cli.common import console
+from hacore.cli.common import console, emit, json_option
 from hacore.plugins.registry import FAMILIES, load_plugins
 
 
@@ -17,7 +15,7 @@ def plugins() -> None:
 
 
 @plugins.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 def plugins_list(as_json: bool) -> None:
     """List installed plugins and every registered backend, by family.
 
@@ -26,16 +24,17 @@ def plugins_list(as_json: bool) -> None:
     loaded = load_plugins()
     backends = {family: loaded.registry.names(family) for family in FAMILIES}
     missing = {family: loaded.registry.missing(family) for family in FAMILIES}
-    if as_json:
-        out = {"plugins": loaded.plugin_names(), "backends": backends, "not_installed": missing}
-        click.echo(json.dumps(out, indent=2))
-        return
-    table = Table(title="hacore backends")
-    table.add_column("family")
-    table.add_column("backends")
-    table.add_column("not installed")
-    for family, names in backends.items():
-        absent = ", ".join(f"{name} ({why})" for name, why in missing[family].items())
-        table.add_row(family, ", ".join(names) or "-", absent or "-")
-    console.print(table)
-    console.print("plugins: " + ", ".join(loaded.plugin_names()))
+    out = {"plugins": loaded.plugin_names(), "backends": backends, "not_installed": missing}
+
+    def text() -> None:
+        table = Table(title="hacore backends")
+        table.add_column("family")
+        table.add_column("backends")
+        table.add_column("not installed")
+        for family, names in backends.items():
+            absent = ", ".join(f"{name} ({why})" for name, why in missing[family].items())
+            table.add_row(family, ", ".join(names) or "-", absent or "-")
+        console.print(table)
+        console.print("plugins: " + ", ".join(loaded.plugin_names()))
+
+    emit(as_json, out, text)

@@ -40,7 +40,7 @@ def salvage_list(ctx: click.Context, as_json: bool) -> None:
     how many transactions and row changes it holds. Changes nothing.
 
     \b
-    Exit status: 0; 2 when no node answers ("error:" line).
+    Exit status: 0; 3 when no node answers ("error:" line).
 
     \b
     Example:
@@ -77,7 +77,7 @@ def salvage_list(ctx: click.Context, as_json: bool) -> None:
         for name, why in unreachable.items():
             click.echo(f"{name} did not answer ({why}): its archives are not listed")
 
-    emit(as_json, {"archives": archives, "unreachable": unreachable}, text)
+    emit(as_json, {"archives": archives, "unreachable": unreachable}, text, records="archives")
 
 
 @salvage.command("show")
@@ -93,7 +93,7 @@ def salvage_show(ctx: click.Context, ident: str, as_json: bool) -> None:
     Changes nothing.
 
     \b
-    Exit status: 0; 2 when no node has the archive or none answers ("error:" line).
+    Exit status: 0; 3 when no node answers; 4 when no node has the archive ("error:" line).
 
     \b
     Example:

@@ -6,11 +6,9 @@ reader must never see one half-written or briefly readable by others.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
+from hacore.atomic_files import write_atomic
 from hacore.errors import HacoreError
 
 PRIVATE = 0o600
@@ -20,19 +18,8 @@ def write_private(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` in one rename, the new file already 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        write_atomic(path, text, PRIVATE)
     except OSError as err:
-        raise HacoreError(f"cannot write {path}: {err.strerror}") from None
-    try:
-        with os.fdopen(fd, "w") as handle:
-            os.fchmod(handle.fileno(), PRIVATE)
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise HacoreError(f"cannot write {path}: {err.strerror}") from None
 
 

@@ -21,7 +21,7 @@ import attrs
 from hacore import pki
 from hacore.api.client import ApiClient, Verify, find_active
 from hacore.cluster.private_files import read_private, write_private
-from hacore.errors import HacoreError
+from hacore.errors import ConfigError, HacoreError
 
 PROFILE_ENV = "HACORE_PROFILE"
 #: seconds each node gets to answer ``/status`` while the active is looked for
@@ -105,7 +105,7 @@ def load_profile(path: Path) -> Profile | None:
     try:
         return Profile.from_json(json.loads(text))
     except (ValueError, KeyError, TypeError) as err:
-        raise HacoreError(f"the CLI profile {path} is damaged ({err}); fix or remove it") from None
+        raise ConfigError(f"the CLI profile {path} is damaged ({err}); fix or remove it") from None
 
 
 def _close_to_others(path: Path) -> None:
@@ -122,9 +122,10 @@ def _close_to_others(path: Path) -> None:
 def require_profile(path: Path) -> Profile:
     profile = load_profile(path)
     if profile is None:
-        raise HacoreError(
+        raise ConfigError(
             f"no CLI profile at {path}: run hacore cluster start or join first (they write it), "
-            f"or point {PROFILE_ENV} at one"
+            f"hacore cluster profile create on a machine that is not a member, or point "
+            f"{PROFILE_ENV} at one"
         )
     return profile
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import attrs
 
+from hacore.agent.errors import StateConflictError
 from hacore.agent.keeper import KeeperProcess, pid_alive
 from hacore.agent.support import FILESYNC_DIR, REPLICATION_DIR, STORE_DIR
 from hacore.agent.tls_paths import PKI_DIR, tls_files
@@ -134,7 +135,7 @@ def uninstall(
     config, plugins = load_config_and_plugins(config_path)
     why = refusal(config, force)
     if why:
-        raise HacoreError(why)
+        raise StateConflictError(why)
     data_dir = config.node.data_dir.absolute()
     cluster, phase = membership(config)
     stopped: list[str] = []

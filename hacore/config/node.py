@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, NoReturn, Protocol
 import attrs
 import yaml
 
+from hacore.atomic_files import write_atomic
 from hacore.config.check import SECTION_KEYS, Problems, Section, check_name, show
 from hacore.config.logging_setup import LoggingSettings, read_logging
 from hacore.config.options import deep_merge, describe_yaml_error
@@ -694,16 +694,5 @@ def dump(config: NodeConfig, path: str | os.PathLike[str] | None = None) -> str:
     """
     text = yaml.safe_dump(to_mapping(config), sort_keys=False, default_flow_style=False)
     if path is not None:
-        target = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, text, 0o600)
     return text

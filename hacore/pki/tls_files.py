@@ -7,13 +7,12 @@ Every file is written to a temporary name in the same directory, created with it
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from hacore import atomic_files
 from hacore.pki.errors import TlsMaterialError
 
 KEY_MODE = 0o600
@@ -42,42 +41,11 @@ def write_atomic(
     *,
     durable: bool = True,
 ) -> Path:
-    """Replace ``path`` with ``data`` in one rename, the new file already at ``mode``.
-
-    ``durable=False`` skips the fsyncs, for files that mean nothing after a reboot (a
-    monotonic deadline): readers on this boot still never see a half-written file, and a
-    writer on a hot path does not wait for the disk.
-    """
-    path = Path(path)
+    """:func:`hacore.atomic_files.write_atomic`, a failure told as a :class:`TlsMaterialError`."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return atomic_files.write_atomic(path, data, mode, owner, durable=durable)
     except OSError as err:
         raise TlsMaterialError(f"cannot write {path}: {err.strerror}") from err
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            if owner is not None:
-                os.fchown(handle.fileno(), *owner)
-            handle.write(data)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise TlsMaterialError(f"cannot write {path}: {err.strerror}") from err
-    if durable:
-        _sync_dir(path.parent)
-    return path
-
-
-def _sync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def mode_for(data: bytes) -> int:

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 import attrs
 import pytest
 
-from hacore import ReplicationBackend, ReplicationError, ReplicationStatus
+from hacore import ReplicationBackend, ReplicationError, ReplicationRole, ReplicationStatus
 from hacore.testing.family_harness import ReplicationHarness
 from hacore.testing.procs import free_port, wait_for
 
@@ -123,7 +123,11 @@ class ReplicationContract:
         assert node.is_initialized() is False
         status = _status(node)
         assert status.known, f"an empty node's status is not unknown: {status}"
-        assert (status.running, status.role, status.writable) == (False, "stopped", False)
+        assert (status.running, status.role, status.writable) == (
+            False,
+            ReplicationRole.STOPPED,
+            False,
+        )
         with pytest.raises(ReplicationError):
             node.start()
         assert not _status(node).running
@@ -136,7 +140,11 @@ class ReplicationContract:
     def test_bootstrap_makes_a_writable_primary(self, pair: Pair) -> None:
         assert pair.primary.is_initialized() is True
         status = _status(pair.primary)
-        assert (status.running, status.role, status.writable) == (True, "primary", True), status
+        assert (status.running, status.role, status.writable) == (
+            True,
+            ReplicationRole.PRIMARY,
+            True,
+        ), status
         assert status.following is None, status
         assert status.needs_rewind is False, status
         assert isinstance(status.position, int), status
@@ -150,7 +158,11 @@ class ReplicationContract:
         assert dones == sorted(dones), f"progress went backwards: {calls}"
         assert pair.standby.is_initialized() is True
         status = _wait_following(pair.standby, pair.primary.node_name)
-        assert (status.running, status.role, status.writable) == (True, "standby", False), status
+        assert (status.running, status.role, status.writable) == (
+            True,
+            ReplicationRole.STANDBY,
+            False,
+        ), status
         wait_for(
             lambda: any(sb.name == "s1" for sb in _status(pair.primary).standbys),
             WAIT,
@@ -177,7 +189,11 @@ class ReplicationContract:
         pair.standby.stop()
         pair.standby.stop()
         status = _status(pair.standby)
-        assert (status.running, status.role, status.writable) == (False, "stopped", False)
+        assert (status.running, status.role, status.writable) == (
+            False,
+            ReplicationRole.STOPPED,
+            False,
+        )
         token = (pair.primary.fencing_token() or 0) + 1
         pair.primary.record_fencing_token(token)
         pair.standby.start()
@@ -239,9 +255,11 @@ class ReplicationContract:
 
         new.promote(timeout=WAIT)
         promoted = _status(new)
-        assert (promoted.running, promoted.role, promoted.writable) == (True, "primary", True), (
-            promoted
-        )
+        assert (promoted.running, promoted.role, promoted.writable) == (
+            True,
+            ReplicationRole.PRIMARY,
+            True,
+        ), promoted
         assert promoted.following is None, promoted
         new.record_fencing_token(8)
         assert new.fencing_token() == 8
@@ -259,7 +277,11 @@ class ReplicationContract:
         new.allow_member("a", old.host)
         old.rewind(replication_harness.source(new, password))
         rewound = _wait_following(old, "b")
-        assert (rewound.role, rewound.writable, rewound.needs_rewind) == ("standby", False, False)
+        assert (rewound.role, rewound.writable, rewound.needs_rewind) == (
+            ReplicationRole.STANDBY,
+            False,
+            False,
+        )
         _wait_token(old, 8)
         new.record_fencing_token(9)
         _wait_token(old, 9)

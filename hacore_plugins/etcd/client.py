@@ -37,8 +37,8 @@ from typing import Any
 import attrs
 import httpx
 
-from hacore.backends.records import TlsFiles
-from hacore.errors import ConfigError, HacoreError, StoreUnavailableError
+from hacore.backends.client_tls import ClientTls
+from hacore.errors import HacoreError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -172,33 +172,14 @@ class EtcdMember:
         )
 
 
-@attrs.frozen
-class ClientTls:
-    """For https endpoints: the CA that signed the servers, and this client's own certificate
-    when etcd asks for one (``--client-cert-auth``). Without a CA the system's trust store is
-    used, as for any public https site."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-
-    @classmethod
-    def from_node(cls, tls: TlsFiles) -> ClientTls:
-        """The node's own material: trust the cluster CA, show the node certificate."""
-        return cls(str(tls.ca_file), str(tls.cert_file), str(tls.key_file))
-
-    def verify(self) -> ssl.SSLContext | bool:
-        if not self.ca_file:
-            return True
-        try:
-            ctx = ssl.create_default_context(cafile=self.ca_file)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            if self.cert_file:
-                ctx.load_cert_chain(self.cert_file, self.key_file)
-        except (OSError, ssl.SSLError) as err:
-            files = ", ".join(f for f in (self.ca_file, self.cert_file, self.key_file) if f)
-            raise ConfigError(f"cannot use the etcd TLS files {files}: {err}") from None
-        return ctx
+def https_verify(tls: ClientTls | None) -> ssl.SSLContext | bool:
+    """httpx's ``verify`` for etcd's https endpoints: a context trusting the CA that signed
+    the servers and showing this client's certificate when etcd asks for one
+    (``--client-cert-auth``); without a CA, True: httpx's own trust store, as for any public
+    https site."""
+    if tls is None or not tls.ca_file:
+        return True
+    return tls.context("etcd", strict_x509=False)
 
 
 class EtcdClient:
@@ -225,7 +206,7 @@ class EtcdClient:
         self.timeout = timeout
         self._username = username
         self._password = password
-        verify = (tls or ClientTls()).verify()
+        verify = https_verify(tls)
         # One context for the client and its watchers: building one reads the CA bundle.
         self._ssl = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context()
         self._preferred = self.endpoints[0]

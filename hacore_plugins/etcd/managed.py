@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 
 import httpx
 
+from hacore.atomic_files import write_atomic
+from hacore.backends.client_tls import ClientTls
 from hacore.backends.consensus import ManagedStore
 from hacore.backends.log_files import LogTrimmer
 from hacore.backends.processes import DetachedProcess
@@ -35,11 +37,11 @@ from hacore.backends.records import StoreMember, TlsFiles
 from hacore.errors import HacoreError, ManagedStoreError, StoreUnavailableError
 from hacore.pki.revocation import crl_path
 from hacore_plugins.etcd.client import (
-    ClientTls,
     EtcdClient,
     EtcdMember,
     EtcdRequestError,
     as_int,
+    https_verify,
 )
 from hacore_plugins.etcd.settings import DEFAULT_BINARY as DEFAULT_BINARY
 from hacore_plugins.etcd.settings import EtcdManagedSettings
@@ -218,10 +220,7 @@ class EtcdManagedStore(ManagedStore):
         return data
 
     def _save_state(self, state: Mapping[str, Any]) -> None:
-        path = self.data_dir / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-        tmp.replace(path)
+        write_atomic(self.data_dir / STATE_FILE, json.dumps(state, indent=2, sort_keys=True))
 
     def _same_transport(self, state: Mapping[str, Any]) -> None:
         """Refuse to run a server set up with TLS without it, or the other way round."""
@@ -560,7 +559,7 @@ class EtcdManagedStore(ManagedStore):
             members = client.member_list()
         self._remember_endpoints(members)
         names = {v: k for k, v in self._added().items()}
-        verify = self.client_tls.verify() if self.client_tls else True
+        verify = https_verify(self.client_tls)
         return tuple(
             sorted(
                 (

@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from hacore.backends.client_tls import ClientTls
 from hacore.backends.records import TlsFiles
 from hacore.config.check import backend_settings
 from hacore.errors import ConfigError
-from hacore_plugins.etcd.client import ClientTls
 
 #: TLS file settings, and the names Patroni's ``etcd3`` section gives them
 TLS_KEYS = {"ca_file": "cacert", "cert_file": "cert", "key_file": "key"}

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from hacore import ManagedStore, TlsFiles
+from hacore.backends.client_tls import ClientTls
 from hacore.pki import create_ca, issue_node_certificate
 from hacore.testing.harness import ConsensusHarness
 from hacore.testing.procs import ServerProcess, free_port, wait_for
-from hacore_plugins.etcd.client import ClientTls, EtcdClient
+from hacore_plugins.etcd.client import EtcdClient
 from hacore_plugins.etcd.managed import DEFAULT_BINARY, EtcdManagedStore, etcd_argv, url
 
 MEMBERS = 3

@@ -32,6 +32,7 @@ import psycopg
 from hacore.backends.replication import (
     UNKNOWN_STATUS,
     ProgressCallback,
+    ReplicationRole,
     ReplicationSource,
     ReplicationStatus,
     StandbyState,
@@ -98,7 +99,9 @@ class PostgresReplication(PrimaryDuties, SourceAccess, SalvageDuties):
             # its log is searched for divergence from a byte mark a truncation would skip.
             self.log_trimmer.tick()
         if self.postmaster_pid() is None:
-            return ReplicationStatus(running=False, role="stopped", needs_rewind=state.was_primary)
+            return ReplicationStatus(
+                running=False, role=ReplicationRole.STOPPED, needs_rewind=state.was_primary
+            )
         try:
             with self._local(timeout=3) as conn:
                 row = conn.execute(STATUS).fetchone()
@@ -125,7 +128,7 @@ class PostgresReplication(PrimaryDuties, SourceAccess, SalvageDuties):
         )
         return ReplicationStatus(
             running=True,
-            role="standby" if in_recovery else "primary",
+            role=ReplicationRole.STANDBY if in_recovery else ReplicationRole.PRIMARY,
             writable=not in_recovery and not read_only,
             position=int(position) if position is not None else None,
             timeline=int(timeline) if timeline is not None else None,
@@ -308,7 +311,9 @@ class PostgresReplication(PrimaryDuties, SourceAccess, SalvageDuties):
         timeline); a standby as the standby it was."""
         if not self.is_initialized():
             raise ReplicationError(f"{self.node_name} has no database to restart")
-        primary = self.postmaster_pid() is not None and self.status().role == "primary"
+        primary = (
+            self.postmaster_pid() is not None and self.status().role is ReplicationRole.PRIMARY
+        )
         self._stop()
         if not primary:
             self.start()
@@ -345,7 +350,7 @@ class PostgresReplication(PrimaryDuties, SourceAccess, SalvageDuties):
         if not self.is_initialized():
             raise ReplicationError(f"{self.node_name} has no database to promote")
         pid = self.postmaster_pid()
-        if pid is not None and self.status().role == "primary":
+        if pid is not None and self.status().role is ReplicationRole.PRIMARY:
             self._wait_writable(deadline, timeout)
             return
         # Recorded first: from here on the data may hold writes no other node has. The

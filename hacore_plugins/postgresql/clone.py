@@ -19,6 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from hacore.atomic_files import sync_dir
 from hacore.backends.replication import ProgressCallback, ReplicationSource
 from hacore.errors import ReplicationError
 from hacore_plugins.postgresql.commands import PgTools
@@ -120,7 +121,7 @@ def swap_in(layout: Layout, new: Path) -> None:
     if layout.pgdata.exists():
         os.rename(layout.pgdata, layout.aside)
     os.rename(new, layout.pgdata)
-    _fsync_dir(layout.home)
+    sync_dir(layout.home)
     remove_tree(layout.aside)
 
 
@@ -129,14 +130,6 @@ def recover_swap(layout: Layout) -> None:
     if not layout.pgdata.exists() and layout.aside.exists():
         log.warning("restoring %s: a swap was interrupted", layout.pgdata)
         os.rename(layout.aside, layout.pgdata)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rewind(tools: PgTools, layout: Layout, *, conninfo: str, dry_run: bool) -> str:

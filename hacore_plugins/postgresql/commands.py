@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from hacore.atomic_files import write_atomic
 from hacore.errors import ReplicationError
 
 
@@ -146,19 +146,7 @@ class PgTools:
         The temporary file's name is unique: the loop and an off-loop job (a clone) may write
         the same file at once, and a shared name let them interleave into a damaged file.
         """
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        tmp = Path(name)
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            self.own(tmp, mode)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_atomic(path, text, mode, (self.user.uid, self.user.gid) if self.user.switch else None)
 
 
 def tail(text: str, lines: int = 12) -> str:

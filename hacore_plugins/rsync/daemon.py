@@ -15,9 +15,8 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
+from hacore.atomic_files import write_atomic
 from hacore.errors import FilesyncError
-from hacore.pki.errors import TlsMaterialError
-from hacore.pki.tls_files import write_atomic
 
 #: the user name mirrors authenticate as
 USER = "hacore"
@@ -42,9 +41,9 @@ def port_taken(host: str, port: int) -> bool:
 def write_private(path: Path, text: str) -> None:
     """rsync refuses secrets files others can read; created 0600 from the start."""
     try:
-        write_atomic(path, text.encode(), 0o600)
-    except TlsMaterialError as err:
-        raise FilesyncError(str(err)) from None
+        write_atomic(path, text, 0o600)
+    except OSError as err:
+        raise FilesyncError(f"cannot write {path}: {err.strerror}") from None
 
 
 def checked(value: object, what: str, *, blanks: bool = True) -> str:

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from hacore.api.errors import UnavailableError
+from hacore.atomic_files import write_atomic
 from hacore.cluster.ticket import JoinRequest, register_ticket_part
 from hacore.config.node import NodeConfig
 from hacore.errors import FilesyncError, HacoreError
 from hacore.pki.errors import TlsMaterialError
-from hacore.pki.tls_files import private_dir, write_atomic
+from hacore.pki.tls_files import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,9 @@ def store_secret(home: Path, secret: str) -> None:
         raise FilesyncError("the rsync secret must be one non-empty line")
     prepare_home(home)
     try:
-        write_atomic(home / SECRET_FILE, f"{secret}\n".encode(), 0o600)
-    except TlsMaterialError as err:
-        raise FilesyncError(str(err)) from None
+        write_atomic(home / SECRET_FILE, f"{secret}\n", 0o600)
+    except OSError as err:
+        raise FilesyncError(f"cannot write {home / SECRET_FILE}: {err.strerror}") from None
 
 
 def ensure_secret(home: Path) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hacore.atomic_files import write_atomic
 from hacore.backends.services import ServiceBackend, ServiceStatus
 from hacore.errors import ConfigError, ServiceError
 from hacore_plugins.services.proc import ProcessIdentity, group_members
@@ -220,10 +221,9 @@ class ProcessServices(ServiceBackend):
         return ProcessIdentity.from_json(data)
 
     def _write_pid_file(self, command: ProcessCommand, identity: ProcessIdentity) -> None:
-        path = self.pid_path(command.name)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps({**identity.to_json(), "argv": list(command.argv)}) + "\n")
-        tmp.replace(path)
+        # not durable: after a reboot the pid names no process of ours anyway
+        body = json.dumps({**identity.to_json(), "argv": list(command.argv)}) + "\n"
+        write_atomic(self.pid_path(command.name), body, durable=False)
 
     def _log_hint(self, name: str, lines: int = 5) -> str:
         path = self.log_path(name)

@@ -31,6 +31,7 @@ from typing import Any
 
 import attrs
 
+from hacore.atomic_files import write_atomic
 from hacore.backends.filesync import FilesyncBackend, FolderSync, SyncState, directory_keys
 from hacore.backends.log_files import trim_log
 from hacore.backends.processes import DetachedProcess
@@ -356,9 +357,7 @@ class SyncthingFilesync(FilesyncBackend):
         with contextlib.suppress(OSError):
             if marker.read_text() == text:
                 return
-        tmp = path / f".{SOURCE_FILE}.tmp"
-        tmp.write_text(text)
-        tmp.replace(marker)
+        write_atomic(marker, text)
 
     def become_mirror(self, source: str) -> None:
         if source == self.node_name:

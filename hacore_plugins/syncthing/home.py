@@ -16,10 +16,11 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
 
+from hacore.atomic_files import write_atomic
 from hacore.backends.processes import child_environment
 from hacore.errors import FilesyncError
 from hacore.pki.errors import TlsMaterialError
-from hacore.pki.tls_files import private_dir, write_atomic
+from hacore.pki.tls_files import private_dir
 
 CONFIG = "config.xml"
 #: the REST API's Unix socket, in the home directory (0700): no other user reaches it
@@ -196,6 +197,6 @@ def harden(
             device.set("name", node_name)
     try:
         write_atomic(path, ET.tostring(root, encoding="unicode").encode(), 0o600)
-    except TlsMaterialError as err:
-        raise FilesyncError(str(err)) from None
+    except OSError as err:
+        raise FilesyncError(f"cannot write {path}: {err.strerror}") from None
     return str(apikey.text)

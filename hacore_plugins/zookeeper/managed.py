@@ -63,6 +63,8 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 from kazoo.security import make_acl, make_digest_acl_credential
 
+from hacore.atomic_files import write_atomic
+from hacore.backends.client_tls import ClientTls
 from hacore.backends.consensus import ManagedStore
 from hacore.backends.log_files import LogTrimmer
 from hacore.backends.processes import DetachedProcess
@@ -71,7 +73,7 @@ from hacore.errors import ManagedStoreError
 from hacore_plugins.zookeeper import server as zk
 from hacore_plugins.zookeeper.client import PersistentWatchClient
 from hacore_plugins.zookeeper.settings import ManagedSettings
-from hacore_plugins.zookeeper.tls import ClientTls, kazoo_options, write_server_pem
+from hacore_plugins.zookeeper.tls import client_context, kazoo_options, write_server_pem
 
 NAMES_PATH = "/hacore-zookeeper/servers"
 STATE_FILE = "hacore-zookeeper.json"
@@ -157,7 +159,7 @@ class ZooKeeperManagedStore(ManagedStore):
         if self._client_tls is None:
             return None
         if self._ssl_context is None:
-            self._ssl_context = self._client_tls.context()
+            self._ssl_context = client_context(self._client_tls)
         return self._ssl_context
 
     def _mode(self, address: str, timeout: float = 1.0) -> str | None:
@@ -181,10 +183,10 @@ class ZooKeeperManagedStore(ManagedStore):
         current = {s.server_id for s in config.servers} if config else set()
         merged = {**self._cached_clients(), **clients}
         kept = {k: v for k, v in merged.items() if k in clients or k in current}
-        path = self.data_dir / CLIENTS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({str(k): v for k, v in sorted(kept.items())}))
-        tmp.replace(path)
+        write_atomic(
+            self.data_dir / CLIENTS_FILE,
+            json.dumps({str(k): v for k, v in sorted(kept.items())}),
+        )
 
     def _client_hosts(self) -> list[str]:
         """The client address of every server in the local view of the ensemble."""
@@ -220,12 +222,8 @@ class ZooKeeperManagedStore(ManagedStore):
     def _write_state(self, state: _State, tick_ms: int) -> None:
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
-        path = self.data_dir / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump({**attrs.asdict(state), "tick_time_ms": tick_ms}, out)
-        tmp.replace(path)
+        body = json.dumps({**attrs.asdict(state), "tick_time_ms": tick_ms})
+        write_atomic(self.data_dir / STATE_FILE, body, 0o600)
 
     def _saved_tick(self) -> int | None:
         with contextlib.suppress(OSError, ValueError, KeyError):

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import attrs
 
+from hacore.atomic_files import write_atomic
+
 MAIN_CLASS = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 #: zookeeper.jar names its other dependencies in its manifest; only the logging binding is extra.
 DEFAULT_CLASSPATH = ("/usr/share/java/zookeeper.jar", "/usr/share/java/slf4j-simple.jar")
@@ -204,11 +206,7 @@ def write_static_config(
         lines.append("skipACL=yes")
     if tls is not None:
         lines += tls.config_lines()
-    path = conf_dir / STATIC_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in lines))
-    tmp.replace(path)
-    return path
+    return write_atomic(conf_dir / STATIC_FILE, "".join(f"{line}\n" for line in lines))
 
 
 def write_myid(data_dir: Path, server_id: int) -> None:

@@ -27,11 +27,11 @@ from typing import Any
 
 import attrs
 
+from hacore.backends.client_tls import ClientTls
 from hacore.backends.records import TlsFiles
 from hacore.config.check import backend_settings
 from hacore.errors import ConfigError
 from hacore_plugins.zookeeper import server as zk
-from hacore_plugins.zookeeper.tls import ClientTls
 
 TLS_KEYS = ("ca_file", "cert_file", "key_file")
 KNOWN_KEYS = ("hosts", "auth", *TLS_KEYS, "use_tls")

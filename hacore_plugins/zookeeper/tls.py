@@ -9,50 +9,25 @@ a context built here (TLS 1.2+, hostname checked, strict X.509, the client certi
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 from pathlib import Path
 from typing import Any
 
-import attrs
 from kazoo.handlers.threading import SequentialThreadingHandler
 
+from hacore.atomic_files import write_atomic
+from hacore.backends.client_tls import ClientTls
 from hacore.backends.records import TlsFiles
-from hacore.errors import ConfigError
 
 #: key and certificate in one file: the form ZooKeeper's PEM key store reads
 SERVER_PEM = "zookeeper-server.pem"
 
 
-@attrs.frozen
-class ClientTls:
-    """What a client trusts (``ca_file``; None = the system's trust store) and shows."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-
-    @classmethod
-    def from_node(cls, tls: TlsFiles) -> ClientTls:
-        """The node's own material: trust the cluster CA, show the node certificate."""
-        return cls(str(tls.ca_file), str(tls.cert_file), str(tls.key_file))
-
-    def settings(self) -> dict[str, str]:
-        """These files as consensus settings (``ca_file``, ``cert_file``, ``key_file``)."""
-        return {k: v for k, v in attrs.asdict(self).items() if v is not None}
-
-    def context(self) -> ssl.SSLContext:
-        try:
-            context = ssl.create_default_context(cafile=self.ca_file)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.verify_flags |= ssl.VERIFY_X509_STRICT
-            if self.cert_file:
-                context.load_cert_chain(self.cert_file, self.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            files = ", ".join(f for f in (self.ca_file, self.cert_file, self.key_file) if f)
-            raise ConfigError(f"cannot use the ZooKeeper TLS files {files}: {exc}") from None
-        return context
+def client_context(tls: ClientTls) -> ssl.SSLContext:
+    """The context of every hacore connection to ZooKeeper: strict X.509 on top of what
+    :meth:`ClientTls.context` gives (the configured CA alone, TLS 1.2+, hostname checked)."""
+    return tls.context("ZooKeeper", strict_x509=True)
 
 
 class TlsHandler(SequentialThreadingHandler):  # type: ignore[misc]
@@ -96,20 +71,13 @@ def kazoo_options(tls: ClientTls | None) -> dict[str, Any]:
     """Keyword arguments that make a ``KazooClient`` connect over TLS (none without ``tls``)."""
     if tls is None:
         return {}
-    return {"use_ssl": True, "handler": TlsHandler(tls.context())}
+    return {"use_ssl": True, "handler": TlsHandler(client_context(tls))}
 
 
 def write_server_pem(tls: TlsFiles, directory: Path) -> Path:
     """Key and certificate in one 0600 file, rewritten before each start so a renewed
     certificate is picked up. ZooKeeper reads the EC PKCS#8 key hacore.pki writes as is."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / SERVER_PEM
-    tmp = path.with_suffix(".tmp")
     data = Path(tls.key_file).read_bytes().rstrip(b"\n") + b"\n"
     data += Path(tls.cert_file).read_bytes()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
-    return path
+    return write_atomic(directory / SERVER_PEM, data, 0o600)

@@ -147,13 +147,19 @@ def test_active_in_the_minority_keeps_writing_and_its_writes_are_salvaged(
     minority = Writer(old, 100_000).start()
     majority: Writer | None = None
     try:
-        # past its lease's deadline the old active is still active and writable
-        time.sleep(TTL + 2.0)
-        seen = _status(old)
-        assert (seen.get("minority") or {}).get("holding") is True, (  # type: ignore[union-attr]
-            f"{old.name} does not report minority holding: {seen}\n" + cluster.log_tails(30)
-        )
-        assert seen.get("active") is True, seen
+        # past its lease's deadline the old active is still active and writable: minority
+        # mode holds it, and it is never seen anything but active on the way there
+        time.sleep(TTL)
+
+        def holding() -> dict[str, object]:
+            seen = _status(old)
+            if seen:  # an answer (a loaded machine may time one out)
+                assert seen.get("active") is True, (
+                    f"{old.name} stopped being active: {seen}\n" + cluster.log_tails(30)
+                )
+            return seen if (seen.get("minority") or {}).get("holding") is True else {}  # type: ignore[union-attr]
+
+        wait_for(holding, WAIT, interval=0.2, what=f"{old.name} to report minority holding")
         status = json.loads(cluster.cli("cluster", "status", "--json").output)
         assert any(old.name in w and "minority" in w for w in status["warnings"]), status
 

@@ -1,4 +1,5 @@
-"""Bad input at the command line: one clear line on stderr, exit status 2, nothing else."""
+"""Bad input at the command line: one clear line on stderr, exit status 2, nothing else (and
+a store that does not answer: the same one line, with status 3, "cannot be reached")."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ def node_yaml(tmp_path: Path) -> Path:
     return path
 
 
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 2, result
+def one_error_line(result: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    assert result.returncode == code, result
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ")
@@ -48,7 +49,7 @@ def test_unreachable_store_is_one_line(tmp_path: Path, backend: str) -> None:
     path.write_text(
         f"node: {{name: a, host: 127.0.0.1, data_dir: {tmp_path}}}\nconsensus: {store}\n"
     )
-    line = one_error_line(hacore("config", "check", "-c", str(path)))
+    line = one_error_line(hacore("config", "check", "-c", str(path)), code=3)
     assert f"127.0.0.1:{port}" in line
     assert "within 1" in line
 

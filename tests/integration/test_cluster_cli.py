@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from cluster_fixtures import (
     HACORE,
     TIMING,
@@ -33,6 +34,7 @@ from cluster_fixtures import (
     tree,
 )
 
+from hacore import pki
 from hacore.cluster.record import VERSION_OVERRIDE_ENV
 from hacore.testing.procs import free_port, holds_for, wait_for
 from hacore_plugins.postgresql.backend import PostgresReplication
@@ -99,7 +101,7 @@ def test_start_and_two_joins_make_one_active_and_two_streaming_standbys(
     detail = formed.cli("cluster", "nodes", "get", "n2").output
     assert re.search(r"state: +standby", detail) and "replication: streaming" in detail
     assert re.search(r"check replication: OK", detail), detail
-    assert 'no node named "n9"' in formed.cli("cluster", "nodes", "get", "n9", code=2).stderr
+    assert 'no node named "n9"' in formed.cli("cluster", "nodes", "get", "n9", code=4).stderr
 
     assert set(store_members(formed, formed.nodes["n1"]).items()) == {
         ("n1", True),
@@ -142,6 +144,61 @@ def test_role_and_liveness_probes_on_the_formed_cluster(formed: CliCluster) -> N
             assert (status["http_status"], standby["http_status"]) == (503, 200)
 
 
+def test_output_formats_and_a_profile_made_on_a_machine_that_is_not_a_member(
+    formed: CliCluster,
+) -> None:
+    """-o yaml/tsv carry what --json does; ``cluster profile create`` checks the CA before it
+    sends the password, and each refusal has its own exit status and writes nothing."""
+    listed = formed.cli_json("cluster", "nodes", "list")
+    as_yaml = yaml.safe_load(formed.cli("cluster", "nodes", "list", "-o", "yaml").stdout)
+    assert [(r["name"], r["state"]) for r in as_yaml["nodes"]] == [
+        (r["name"], r["state"]) for r in listed["nodes"]
+    ]
+    lines = formed.cli("cluster", "nodes", "list", "-o", "tsv").stdout.splitlines()
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+    assert {r["name"]: r["state"] for r in rows} == {
+        "n1": "active",
+        "n2": "standby",
+        "n3": "standby",
+    }
+    status = yaml.safe_load(formed.cli("cluster", "status", "-o", "yaml").stdout)
+    assert status["active"] == "n1"
+
+    user, password = formed.credentials()
+    n2 = formed.nodes["n2"]
+    made = formed.root / "workstation" / "profile.json"
+    env = {"HACORE_PROFILE": str(made), "HACORE_PASSWORD": password}
+    create = ("cluster", "profile", "create", n2.address, "--username", user)
+    other_ca = pki.create_ca("clitest", formed.root / "not-the-cluster-ca")
+    wrong = formed.cli(
+        *create, "--ca-fingerprint", pki.fingerprint(other_ca.certificate), code=4, env=env
+    )
+    assert "not the expected" in wrong.stderr and "no credential was sent" in wrong.stderr
+    fp = ("--ca-fingerprint", formed.ca_fingerprint)
+    denied = formed.cli(*create, *fp, code=4, env={**env, "HACORE_PASSWORD": "wrong"})
+    assert denied.stderr.startswith("error: "), denied.output
+    unreachable = formed.cli(
+        "cluster", "profile", "create", f"127.0.0.1:{free_port()}", *fp, code=3, env=env
+    )
+    assert "cannot reach" in unreachable.stderr
+    assert not made.exists()
+
+    answer = json.loads(formed.cli(*create, *fp, "--json", env=env).stdout)
+    assert answer["cluster"] == "clitest" and answer["active"] == "n1"
+    assert answer["ca_fingerprint"] == formed.ca_fingerprint
+    assert "password" not in answer
+    assert mode(made) == 0o600
+    profile = json.loads(made.read_text())
+    assert profile["nodes"][0]["name"] == "n1"
+    assert {n["name"] for n in profile["nodes"]} == {"n1", "n2", "n3"}
+    assert profile["password"] == password
+    assert profile["ca_certificate"] == json.loads(formed.profile.read_text())["ca_certificate"]
+    # the new profile works on its own, with no password in the environment
+    view = formed.cli("cluster", "nodes", "list", "--json", env={"HACORE_PROFILE": str(made)})
+    assert {r["name"] for r in json.loads(view.stdout)["nodes"]} == {"n1", "n2", "n3"}
+
+
 def test_join_refusals_change_nothing(formed: CliCluster) -> None:
     active = formed.nodes["n1"]
     auth = formed.credentials()
@@ -169,7 +226,9 @@ def test_join_refusals_change_nothing(formed: CliCluster) -> None:
     db.bootstrap(replication_password="x", allowed_hosts=[])
     db.stop()
 
-    def refused(node: Node, address: str, name: str, *extra: str, password: str = "") -> str:
+    def refused(
+        node: Node, address: str, name: str, *extra: str, password: str = "", code: int = 4
+    ) -> str:
         files = tree(node.data_dir)
         result = formed.cli(
             "cluster",
@@ -180,7 +239,7 @@ def test_join_refusals_change_nothing(formed: CliCluster) -> None:
             "--node-name",
             name,
             *extra,
-            code=2,
+            code=code,  # 4: refused by the cluster; 3: nothing answers at the address
             # from the environment: --password would add a warning line (it shows in ps)
             env={"HACORE_PASSWORD": password} if password else None,
         )
@@ -197,7 +256,7 @@ def test_join_refusals_change_nothing(formed: CliCluster) -> None:
         fresh, active.address, "fresh", "--username", "admin", password="wrong"
     )
     assert "already a member" in refused(fresh, active.address, "n2")
-    assert "cannot reach the hacore agent" in refused(fresh, unused, "fresh")
+    assert "cannot reach the hacore agent" in refused(fresh, unused, "fresh", code=3)
     message = refused(older, active.address, "older")
     assert "runs hacore 0.0.1" in message and "install hacore" in message
     message = refused(used, active.address, "used")
@@ -237,7 +296,7 @@ def test_a_join_that_fails_in_the_store_is_rolled_back_then_retried(formed: CliC
             "late",
             "--timeout",
             str(WAIT),
-            code=2,
+            code=1,  # the operation failed (and was rolled back)
         )
     assert "[ok] join ticket: granted by" in result.stdout
     assert (
@@ -283,7 +342,7 @@ def test_an_interrupted_join_resumes_or_rolls_back(formed: CliCluster) -> None:
     watcher.start()
     join = ("cluster", "join", active.address, "-c", str(node.config_path), "--node-name", "cut")
     try:
-        result = formed.cli(*join, "--timeout", "0.1", code=2)
+        result = formed.cli(*join, "--timeout", "0.1", code=1)
         assert "still not done" in result.stderr, result.output
         assert node.proc is not None
         node.proc.kill()  # the agent service dies in the middle of the join
@@ -329,7 +388,7 @@ def test_an_interrupted_join_resumes_or_rolls_back(formed: CliCluster) -> None:
 
 def test_remove_refuses_the_active_and_removes_a_standby(formed: CliCluster) -> None:
     active = formed.active()
-    result = formed.cli("cluster", "nodes", "remove", active.name, "--yes", code=2)
+    result = formed.cli("cluster", "nodes", "remove", active.name, "--yes", code=4)
     assert "is the active node: switch over first" in result.stderr
     victim = formed.nodes["late"]
     assert slot_name(victim.name) in active.slots()
@@ -358,7 +417,7 @@ def test_remove_refuses_the_active_and_removes_a_standby(formed: CliCluster) -> 
     holds_for(stays_out, 3 * TIMING["loop_wait"] + 2, interval=0.25, what="the node stays out")
     assert (
         'no node named "nobody"'
-        in formed.cli("cluster", "nodes", "remove", "nobody", "--yes", code=2).stderr
+        in formed.cli("cluster", "nodes", "remove", "nobody", "--yes", code=4).stderr
     )
     victim.cleanup()
     del formed.nodes[victim.name]
@@ -463,7 +522,7 @@ def test_the_profile_finds_the_new_active_after_the_active_dies(formed: CliClust
             timeout=60,
         )
         if proc.returncode != 0:
-            assert proc.returncode == 1, proc.stderr  # 1: no active (yet), 2 would be an error
+            assert proc.returncode == 1, proc.stderr  # 1: no active (yet); any other is an error
             return None
         data: dict[str, Any] = json.loads(proc.stdout)
         return data if data["active"] != old.name else None

@@ -159,7 +159,7 @@ def test_refused_joins_copy_no_key_and_change_nothing(formed: CliCluster) -> Non
         if password:  # from the environment: --password would add a warning (it shows in ps)
             env["HACORE_PASSWORD"] = password
         args = ["cluster", "join", active.address, "-c", str(node.config_path)]
-        result = formed.cli(*args, "--node-name", node.name, *extra, code=2, env=env)
+        result = formed.cli(*args, "--node-name", node.name, *extra, code=4, env=env)
         message = result.stderr.strip()
         assert message.startswith("error: ") and "\n" not in message, message
         assert tree(node.data_dir) == files, f"{node.name}'s data directory changed"

@@ -20,6 +20,7 @@ import attrs
 import httpx
 import pytest
 
+from hacore.backends.client_tls import ClientTls
 from hacore.backends.records import EventKind, TlsFiles
 from hacore.errors import ConfigError, ManagedStoreError, StoreUnavailableError
 from hacore.pki import create_ca, issue_node_certificate
@@ -28,7 +29,7 @@ from hacore.testing.harness import ConsensusHarness
 from hacore.testing.procs import free_port, wait_for
 from hacore.testing.pytest_plugin import run_harness
 from hacore_plugins.etcd.backend import EtcdConsensus
-from hacore_plugins.etcd.client import ClientTls, EtcdClient
+from hacore_plugins.etcd.client import EtcdClient, https_verify
 from hacore_plugins.etcd.managed import EtcdManagedStore
 from hacore_plugins.etcd.settings import EtcdSettings
 from hacore_plugins.etcd.testing import EtcdHarness, EtcdTlsHarness
@@ -148,14 +149,14 @@ def test_peer_port_demands_a_certificate_from_the_cluster_ca(trio: Trio, pki: Pk
     for store in trio.stores.values():
         members = f"{store.peer_url}/members"
         # the peer API itself answers a peer of the cluster...
-        listed = httpx.get(members, verify=node.verify(), timeout=10).json()
+        listed = httpx.get(members, verify=https_verify(node), timeout=10).json()
         assert len(listed) == 3
         # ...not a plain HTTP request, nor TLS without a certificate of the cluster CA
         with pytest.raises(httpx.TransportError):
             httpx.get(members.replace("https://", "http://"), timeout=10)
         for refused in (no_cert, stranger):
             with pytest.raises(httpx.TransportError):
-                httpx.get(members, verify=refused.verify(), timeout=10).raise_for_status()
+                httpx.get(members, verify=https_verify(refused), timeout=10).raise_for_status()
 
 
 def test_client_port_refuses_whoever_is_not_of_the_cluster(trio: Trio, pki: Pki) -> None:
@@ -182,7 +183,7 @@ def test_client_port_refuses_whoever_is_not_of_the_cluster(trio: Trio, pki: Pki)
     localhost = [e.replace(HOST, "localhost") for e in endpoints]
     with _consensus({**settings, "endpoints": localhost}) as ok:
         assert ok.get("hostname-check") is not None
-    context = ClientTls.from_node(pki.nodes["a"]).verify()
+    context = https_verify(ClientTls.from_node(pki.nodes["a"]))
     elsewhere = {"sni_hostname": "elsewhere.example"}  # what a client naming another host sends
     with (
         httpx.Client(verify=context, timeout=10) as client,

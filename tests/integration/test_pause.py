@@ -102,7 +102,7 @@ def test_pause_agent_restart_in_place_restart_resume(trio: CliCluster) -> None:
         assert paused_metric(trio, node) == 1.0
     probe = active.probe()
     assert probe is not None and probe["state"] == "active" and probe["http_status"] == 200
-    refused = trio.cli("cluster", "switchover", code=2)
+    refused = trio.cli("cluster", "switchover", code=4)
     assert "paused" in refused.output, refused.output
 
     # -- the active's agent dies: nobody takes over, the database keeps writing --------------

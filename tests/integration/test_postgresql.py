@@ -361,7 +361,10 @@ def test_status_reports_roles_positions_and_standbys(
         WAIT,
         what="the standby to catch up",
     )
-    p, s = primary.status(), standby.node.status()
+    # the standby first: the primary writes WAL of its own (a running-xacts record every
+    # 15 s), so a standby read after the primary may already be past what it showed
+    s = standby.node.status()
+    p = primary.status()
     assert (p.running, p.role, p.writable, p.timeline, p.following) == (
         True,
         "primary",

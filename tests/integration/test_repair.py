@@ -139,7 +139,7 @@ def test_restart_of_the_active_switches_over_first_and_loses_no_write(trio: CliC
     wait_streaming(trio, *(n for n in trio.nodes if trio.nodes[n] is not trio.active()))
     old = trio.active()
     before = postmaster_start(old)
-    refused = trio.cli("cluster", "nodes", "restart", old.name, "--in-place", code=2)
+    refused = trio.cli("cluster", "nodes", "restart", old.name, "--in-place", code=4)
     assert "cluster pause" in refused.output
     assert trio.active() is old
     with Writer(trio) as writer:
@@ -160,7 +160,7 @@ def test_reinit_keeps_the_name_and_streams_again(trio: CliCluster) -> None:
     wait_streaming(trio, standby.name)
     marker = standby.pgdata / "hacore-test-old-copy"
     marker.write_text("old")
-    refused = trio.cli("cluster", "nodes", "reinit", active.name, "--yes", code=2)
+    refused = trio.cli("cluster", "nodes", "reinit", active.name, "--yes", code=4)
     assert "is the active node" in refused.output
     unconfirmed = trio.cli("cluster", "nodes", "reinit", standby.name, code=2)
     assert "--yes" in unconfirmed.output
@@ -243,7 +243,7 @@ def test_reinit_killed_half_way_keeps_the_old_data_and_the_node_recovers(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(os.getpgid(pid), signal.SIGKILL)
     cli.join(timeout=WAIT)
-    assert result["out"].exit_code == 2, result["out"].output
+    assert result["out"].exit_code == 1, result["out"].output
     # the old copy is untouched and still serves
     assert marker.exists()
     assert standby.postmaster() == postmaster
@@ -306,7 +306,7 @@ def test_manual_failover_when_every_standby_is_past_the_lag_limit(trio: CliClust
     old = trio.active()
     standbys = [n for n in trio.nodes.values() if n is not old]
     wait_streaming(trio, *(n.name for n in standbys))
-    refused = trio.cli("cluster", "failover", "--to", standbys[0].name, "--yes", code=2)
+    refused = trio.cli("cluster", "failover", "--to", standbys[0].name, "--yes", code=4)
     assert "switchover" in refused.output
     frozen = [_freeze_stream(n) for n in standbys]
     try:

@@ -251,9 +251,9 @@ def test_data_directories_and_the_profile_are_private(formed: CliCluster) -> Non
 def test_password_argument_warns_and_the_environment_is_used(formed: CliCluster) -> None:
     node = formed.nodes["n1"]
     args = ["cluster", "join", "127.0.0.1:1", "-c", str(node.config_path), "--node-name", "n9"]
-    shown = formed.cli(*args, "--username", "admin", "--password", "x", code=2)
+    shown = formed.cli(*args, "--username", "admin", "--password", "x", code=1)
     assert "--password on the command line is visible" in shown.output
-    quiet = formed.cli(*args, "--username", "admin", code=2, env={"HACORE_PASSWORD": "x"})
+    quiet = formed.cli(*args, "--username", "admin", code=1, env={"HACORE_PASSWORD": "x"})
     assert "visible" not in quiet.output
     # both get as far as the local agent (which, being a member, has no bootstrap token)
     assert "no bootstrap token" in shown.output and "no bootstrap token" in quiet.output

@@ -232,7 +232,7 @@ def test_uninstall_refuses_a_member_unless_forced(trio: CliCluster) -> None:
     active = trio.active()
     victim = max((n for n in trio.nodes.values() if n is not active), key=lambda n: n.name)
     refused = uninstall(trio, victim)
-    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.returncode == 4, refused.stdout + refused.stderr
     assert f"{victim.name} is still a member of cluster clitest" in refused.stderr
     assert f"hacore cluster nodes remove {victim.name}" in refused.stderr
     assert "hacore cluster teardown" in refused.stderr

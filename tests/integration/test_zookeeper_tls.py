@@ -22,6 +22,7 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 
+from hacore.backends.client_tls import ClientTls
 from hacore.backends.consensus import LEADER_KEY
 from hacore.backends.records import EventKind, TlsFiles
 from hacore.errors import ConfigError, ManagedStoreError, StoreUnavailableError
@@ -32,7 +33,7 @@ from hacore_plugins.zookeeper.backend import ZooKeeperConsensus
 from hacore_plugins.zookeeper.managed import TLS_DIR, ZooKeeperManagedStore
 from hacore_plugins.zookeeper.settings import parse_settings
 from hacore_plugins.zookeeper.testing import HOST, TEST_JVM_OPTIONS
-from hacore_plugins.zookeeper.tls import SERVER_PEM, ClientTls
+from hacore_plugins.zookeeper.tls import SERVER_PEM
 
 pytestmark = [
     pytest.mark.xdist_group("zookeeper"),

@@ -43,7 +43,7 @@ from hacore.api.errors import (
 from hacore.api.server import ApiServer
 from hacore.backends.health import CheckResult
 from hacore.backends.records import Member, NodeRole
-from hacore.backends.replication import ReplicationStatus, StandbyState
+from hacore.backends.replication import ReplicationRole, ReplicationStatus, StandbyState
 from hacore.config.node import ApiAuth, ApiSettings
 from hacore.errors import ReplicationError, StoreUnavailableError
 from hacore.testing.procs import ServerProcess, free_port, wait_for
@@ -87,7 +87,7 @@ def active_snapshot(name: str = "n1") -> NodeSnapshot:
         checks={"db": CheckResult(True), "disk": CheckResult(True, "41% used")},
         replication=ReplicationStatus(
             running=True,
-            role="primary",
+            role=ReplicationRole.PRIMARY,
             writable=True,
             position=5000,
             timeline=3,
@@ -114,7 +114,7 @@ def standby_snapshot(name: str = "n2", leader: str = "n1") -> NodeSnapshot:
         healthy=True,
         checks={"db": CheckResult(True)},
         replication=ReplicationStatus(
-            running=True, role="standby", position=4000, timeline=3, following=leader
+            running=True, role=ReplicationRole.STANDBY, position=4000, timeline=3, following=leader
         ),
         leader=leader,
         members=members(leader),

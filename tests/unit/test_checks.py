@@ -15,7 +15,7 @@ from hacore.agent.checks import CheckRunner, FilesInSync, LoopFacts
 from hacore.backends.filesync import SyncState
 from hacore.backends.health import CheckResult, HealthCheck
 from hacore.backends.records import ClusterView, Leader, Lease, Member, NodeRole
-from hacore.backends.replication import ReplicationStatus
+from hacore.backends.replication import ReplicationRole, ReplicationStatus
 from hacore.config.node import load_config
 from hacore.errors import ConfigError, FilesyncError
 
@@ -101,7 +101,9 @@ def _new_active(health: Any) -> Observation:
     """A node on its first loop as the active: lease renewed, database promoted with its token."""
     lease = Lease(holder="a", token=7, ttl=10, acquired_at=90.0)
     view = ClusterView(Leader("a", 7), (Member(name="a", role=NodeRole.ACTIVE),))
-    db = ReplicationStatus(running=True, role="primary", writable=True, position=1, timeline=2)
+    db = ReplicationStatus(
+        running=True, role=ReplicationRole.PRIMARY, writable=True, position=1, timeline=2
+    )
     return Observation(
         now=100.0,
         node_name="a",

@@ -59,7 +59,7 @@ def test_without_a_terminal_and_without_yes_remove_is_refused_naming_yes(
 
 def test_yes_confirms_in_a_script(env: dict[str, str]) -> None:
     done = _run(env, "--yes")
-    assert done.returncode == 2
+    assert done.returncode == 3  # past the confirmation, the node cannot be reached
     assert "--yes" not in done.stderr  # past the confirmation: the node does not answer
 
 
@@ -100,6 +100,6 @@ def test_on_a_terminal_no_aborts(env: dict[str, str]) -> None:
 def test_on_a_terminal_yes_goes_on(env: dict[str, str]) -> None:
     code, out = _on_terminal(env, b"y\n")
     assert "Continue? [y/N]" in out
-    assert code == 2
+    assert code == 3  # past the confirmation, the node cannot be reached
     assert "Aborted" not in out
     assert "--yes" not in out

@@ -29,7 +29,7 @@ from hacore.agent import (
     decide,
 )
 from hacore.backends.records import ClusterView, Leader, Lease, Member, NodeRole
-from hacore.backends.replication import UNKNOWN_STATUS, ReplicationStatus
+from hacore.backends.replication import UNKNOWN_STATUS, ReplicationRole, ReplicationStatus
 from hacore.errors import ConfigError
 
 NOW = 1000.0
@@ -39,13 +39,13 @@ STRICT = attrs.evolve(CFG, synchronous_mode=SyncMode.STRICT)
 FAIL_FAST = attrs.evolve(CFG, check_fail_fast=True)
 
 STANDBY_DB = ReplicationStatus(
-    running=True, role="standby", position=100, timeline=1, following="a"
+    running=True, role=ReplicationRole.STANDBY, position=100, timeline=1, following="a"
 )
 PRIMARY_DB = ReplicationStatus(
-    running=True, role="primary", writable=True, position=100, timeline=1
+    running=True, role=ReplicationRole.PRIMARY, writable=True, position=100, timeline=1
 )
 FENCED_DB = attrs.evolve(PRIMARY_DB, writable=False)
-STOPPED_DB = ReplicationStatus(running=False, role="stopped")
+STOPPED_DB = ReplicationStatus(running=False, role=ReplicationRole.STOPPED)
 LEASE = Lease(holder="a", token=7, ttl=10, acquired_at=NOW - 100)
 
 
@@ -299,7 +299,7 @@ ELECTION_CASES = [
     ),
     case(
         "non-candidate-other-ignored",
-        standby(view=leaderless(member("b"), member("c", 200, extra={"candidate": False}))),
+        standby(view=leaderless(member("b"), member("c", 200, candidate=False))),
         Action.CAMPAIGN,
     ),
     case(
@@ -456,7 +456,7 @@ SWITCHOVER_CASES = [
         "target-not-candidate",
         active(
             switchover=switchover("b"),
-            view=world(A_ACTIVE, member("b", extra={"candidate": False})),
+            view=world(A_ACTIVE, member("b", candidate=False)),
         ),
         Action.STAY_ACTIVE,
     ),
@@ -1245,7 +1245,7 @@ def members(draw: st.DrawFn) -> tuple[Member, ...]:
             healthy=draw(st.booleans()),
             position=draw(positions),
             timeline=draw(timelines),
-            extra={"candidate": draw(st.booleans())},
+            candidate=draw(st.booleans()),
         )
         for name in chosen
     )
@@ -1260,9 +1260,10 @@ def observations(draw: st.DrawFn) -> Observation:
     view = draw(st.one_of(st.none(), st.builds(ClusterView, st.just(leader), members())))
     status = draw(st.sampled_from(LeaseStatus))
     lease = Lease(holder=name, token=draw(st.integers(5, 9)), ttl=10, acquired_at=0.0)
-    role = draw(st.sampled_from(["primary", "standby", "stopped", "unknown"]))
+    role = draw(st.sampled_from(ReplicationRole))
     db = ReplicationStatus(
-        running=role not in ("stopped", "unknown") and draw(st.booleans()),
+        running=role not in (ReplicationRole.STOPPED, ReplicationRole.UNKNOWN)
+        and draw(st.booleans()),
         role=role,
         writable=draw(st.booleans()),
         position=draw(positions),
@@ -1325,7 +1326,7 @@ configs = st.builds(
 
 
 def _writable(obs: Observation) -> bool:
-    return obs.db.running and obs.db.role == "primary" and obs.db.writable
+    return obs.db.running and obs.db.role is ReplicationRole.PRIMARY and obs.db.writable
 
 
 def _leasing(obs: Observation) -> bool:
@@ -1400,7 +1401,7 @@ def elections(draw: st.DrawFn) -> tuple[list[Observation], DecisionConfig]:
     for name in names:
         db = ReplicationStatus(
             running=True,
-            role=draw(st.sampled_from(["standby", "primary"])),
+            role=draw(st.sampled_from([ReplicationRole.STANDBY, ReplicationRole.PRIMARY])),
             position=draw(st.integers(0, 4)),
             timeline=draw(st.integers(1, 2)),
         )
@@ -1421,11 +1422,11 @@ def elections(draw: st.DrawFn) -> tuple[list[Observation], DecisionConfig]:
     published = tuple(
         Member(
             name=o.node_name,
-            role=NodeRole.FENCED if o.db.role == "primary" else NodeRole.STANDBY,
+            role=NodeRole.FENCED if o.db.role is ReplicationRole.PRIMARY else NodeRole.STANDBY,
             healthy=o.health.ok,
             position=o.db.position,
             timeline=o.db.timeline,
-            extra={"candidate": campaign_blocker(o, cfg) is None},
+            candidate=campaign_blocker(o, cfg) is None,
         )
         for o in first
     )
@@ -1457,7 +1458,9 @@ def test_no_campaign_on_a_lease_past_its_deadline_that_the_store_no_longer_names
         now=1000.0,
         node_name="a",
         view=ClusterView(None, ()),
-        db=ReplicationStatus(running=True, role="primary", writable=False, position=0),
+        db=ReplicationStatus(
+            running=True, role=ReplicationRole.PRIMARY, writable=False, position=0
+        ),
         initialized=True,
         lease_status=LeaseStatus.HELD,
         lease=Lease(holder="a", token=5, ttl=10, acquired_at=0.0),

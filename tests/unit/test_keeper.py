@@ -26,7 +26,7 @@ from hacore.agent.keeper import (
     keeper_decide,
     read_record,
 )
-from hacore.backends.replication import ReplicationBackend, ReplicationStatus
+from hacore.backends.replication import ReplicationBackend, ReplicationRole, ReplicationStatus
 from hacore.errors import HacoreError
 
 BOOT = "boot-1"
@@ -115,14 +115,16 @@ def test_the_agent_writes_its_deadline_while_the_database_may_write() -> None:
 
 
 def test_it_releases_only_once_the_database_is_seen_not_to_be_a_primary() -> None:
-    assert feed(HOLDER, db_role="stopped") == RELEASED
-    assert feed(HOLDER, db_role="standby") == RELEASED
+    assert feed(HOLDER, db_role=ReplicationRole.STOPPED) == RELEASED
+    assert feed(HOLDER, db_role=ReplicationRole.STANDBY) == RELEASED
     # the lease was dropped but the fence has not happened (or failed): keep the deadline
-    assert feed(HOLDER, db_role="primary") is None
+    assert feed(HOLDER, db_role=ReplicationRole.PRIMARY) is None
     # the database could not be read: unknown is not "not a primary"
     assert feed(HOLDER, db_role=None) is None
     # fenced under a lease still held: the agent lets nothing write
-    assert feed(HOLDER, may_write=False, deadline=100.0, db_role="stopped") == RELEASED
+    assert (
+        feed(HOLDER, may_write=False, deadline=100.0, db_role=ReplicationRole.STOPPED) == RELEASED
+    )
 
 
 def test_records_survive_a_round_trip_and_bad_ones_are_refused() -> None:
@@ -140,22 +142,25 @@ def test_records_survive_a_round_trip_and_bad_ones_are_refused() -> None:
 class FakeDatabase:
     node_name = "n1"
 
-    def __init__(self, role: str = "primary") -> None:
+    def __init__(self, role: ReplicationRole | None = ReplicationRole.PRIMARY) -> None:
+        #: None: the database does not answer
         self.role = role
         self.fences = 0
 
     def status(self) -> ReplicationStatus:
-        if self.role == "broken":
+        if self.role is None:
             raise HacoreError("no answer")
-        return ReplicationStatus(running=self.role != "stopped", role=self.role)
+        return ReplicationStatus(running=self.role is not ReplicationRole.STOPPED, role=self.role)
 
     def fence(self) -> None:
         self.fences += 1
-        self.role = "stopped"
+        self.role = ReplicationRole.STOPPED
 
 
 class World:
-    def __init__(self, tmp_path: Path, role: str = "primary") -> None:
+    def __init__(
+        self, tmp_path: Path, role: ReplicationRole | None = ReplicationRole.PRIMARY
+    ) -> None:
         self.now = 0.0
         self.alive = {42}
         self.db = FakeDatabase(role)
@@ -179,13 +184,13 @@ def test_a_killed_agent_s_primary_is_fenced_at_its_deadline_once(tmp_path: Path)
     assert w.keeper.step() and w.db.fences == 0
     w.now = 10.0
     assert w.keeper.step() and w.db.fences == 1
-    w.db.role = "primary"  # nobody but a new lease's agent may make it writable again
+    w.db.role = ReplicationRole.PRIMARY  # nobody but a new lease's agent may make it writable again
     assert not w.keeper.step(), "the deadline is enforced and the agent is gone: exit"
     assert w.db.fences == 1
 
 
 def test_a_hung_agent_s_primary_is_fenced_and_the_keeper_stays(tmp_path: Path) -> None:
-    w = World(tmp_path, role="broken")  # the database does not answer either
+    w = World(tmp_path, role=None)  # the database does not answer either
     w.feed.adopt()
     w.feed.update(may_write=True, deadline=10.0, db_role=None)
     w.now = 11.0
@@ -193,9 +198,9 @@ def test_a_hung_agent_s_primary_is_fenced_and_the_keeper_stays(tmp_path: Path) -
     w.now = 30.0
     assert w.keeper.step() and w.db.fences == 1
     # the thawed agent sees its database stopped and releases; later it leads again
-    w.feed.update(may_write=False, deadline=None, db_role="stopped")
+    w.feed.update(may_write=False, deadline=None, db_role=ReplicationRole.STOPPED)
     assert w.keeper.step() and w.db.fences == 1
-    w.db.role = "primary"
+    w.db.role = ReplicationRole.PRIMARY
     w.feed.update(may_write=True, deadline=40.0, db_role=None)
     w.now = 39.0
     assert w.keeper.step() and w.db.fences == 1
@@ -213,7 +218,7 @@ def test_a_restarted_agent_adopts_the_deadline_and_the_keeper_follows_it(tmp_pat
     assert read_record(w.path) == FenceRecord(Hold.HOLDER, 10.0, 43, boot_id())
     w.now = 10.0
     assert w.keeper.step() and w.db.fences == 1  # the old deadline still holds
-    successor.update(may_write=False, deadline=None, db_role="stopped")
+    successor.update(may_write=False, deadline=None, db_role=ReplicationRole.STOPPED)
     w.now = 20.0
     assert w.keeper.step(), "the new agent lives: the keeper stays"
     w.alive.clear()

@@ -27,7 +27,7 @@ from hacore.agent import (
 from hacore.agent.decide import campaign_blockers
 from hacore.agent.execute import succession
 from hacore.backends.records import ClusterView, Leader, Lease, Member, NodeRole
-from hacore.backends.replication import ReplicationStatus
+from hacore.backends.replication import ReplicationRole, ReplicationStatus
 
 NOW = 1000.0
 #: b is 1000 bytes behind a's last position; the limit is 100
@@ -36,7 +36,9 @@ CFG = DecisionConfig(
 )
 SYNC = attrs.evolve(CFG, synchronous_mode=SyncMode.ON, maximum_lag_on_failover=None)
 LAST = ActiveStatus("a", position=2000, timeline=1)
-B_DB = ReplicationStatus(running=True, role="standby", position=1000, timeline=1, following=None)
+B_DB = ReplicationStatus(
+    running=True, role=ReplicationRole.STANDBY, position=1000, timeline=1, following=None
+)
 
 
 def member(name: str, position: int = 1000, **kw: Any) -> Member:
@@ -112,7 +114,7 @@ def test_failing_checks_still_hold_the_named_node_back() -> None:
 
 
 def test_a_stopped_database_is_never_promoted_by_a_request() -> None:
-    stopped = ReplicationStatus(running=False, role="stopped")
+    stopped = ReplicationStatus(running=False, role=ReplicationRole.STOPPED)
     decision = decide(obs(switchover=manual(), db=stopped), CFG)
     assert decision.action is not Action.CAMPAIGN
 
@@ -139,7 +141,7 @@ def test_an_active_holding_the_lease_clears_a_manual_request_and_stays() -> None
         node_name="a",
         view=view,
         db=ReplicationStatus(
-            running=True, role="primary", writable=True, position=2000, timeline=1
+            running=True, role=ReplicationRole.PRIMARY, writable=True, position=2000, timeline=1
         ),
         initialized=True,
         lease_status=LeaseStatus.HELD,

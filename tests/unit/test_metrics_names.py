@@ -22,7 +22,7 @@ from hacore.agent.vocabulary import NodeState
 from hacore.api.metrics import SnapshotCollector, render
 from hacore.backends.filesync import FolderSync, SyncState
 from hacore.backends.health import CheckResult
-from hacore.backends.replication import ReplicationStatus, StandbyState
+from hacore.backends.replication import ReplicationRole, ReplicationStatus, StandbyState
 from hacore_plugins.postgresql.backend import _lag_seconds
 
 
@@ -41,7 +41,7 @@ def snapshot(name: str = "n1", leader: str = "n1", **changes: Any) -> NodeSnapsh
         checks={"db": CheckResult(True, "ok"), "loop": CheckResult(True, "ok")},
         replication=ReplicationStatus(
             True,
-            "primary",
+            ReplicationRole.PRIMARY,
             writable=True,
             position=5000,
             timeline=2,

@@ -43,7 +43,7 @@ from hacore.agent.keeper import (
 from hacore.agent.keys import decode_pause, encode_pause
 from hacore.agent.paused import ALLOWED
 from hacore.agent.vocabulary import Pause
-from hacore.backends.replication import UNKNOWN_STATUS
+from hacore.backends.replication import UNKNOWN_STATUS, ReplicationRole
 
 PAUSE = Pause(by="admin@10.0.0.9", paused_at=1.7e9, reason="upgrade")
 #: every action that changes a database, a lease holder or a service
@@ -189,7 +189,7 @@ def test_paused_nothing_is_promoted_demoted_fenced_or_restarted(
     d = decide(paused(obs), cfg)
     assert d.action not in FORBIDDEN, d
     assert d.target is None and d.deadline is None and not d.clear_switchover
-    writable = obs.db.running and obs.db.role == "primary" and obs.db.writable
+    writable = obs.db.running and obs.db.role is ReplicationRole.PRIMARY and obs.db.writable
     if d.action is Action.CAMPAIGN:
         # only a writable primary takes a lease back, never an election; never blind
         assert writable and obs.view is not None and obs.job is None
@@ -215,7 +215,13 @@ def test_the_keeper_record_while_paused_has_no_deadline() -> None:
     )
     assert record == FenceRecord(Hold.PAUSED, None, 42, "boot")
     released = fed_record(
-        None, pid=42, boot="boot", may_write=False, deadline=None, db_role="standby", paused=True
+        None,
+        pid=42,
+        boot="boot",
+        may_write=False,
+        deadline=None,
+        db_role=ReplicationRole.STANDBY,
+        paused=True,
     )
     assert released is not None and released.hold is Hold.RELEASED
 

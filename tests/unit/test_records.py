@@ -116,3 +116,43 @@ def test_cluster_view_finds_a_member_by_name() -> None:
     view = ClusterView(leader=Leader(name="node-1", token=4), members=(other, FULL_MEMBER))
     assert view.member("node-2") is FULL_MEMBER
     assert view.member("node-9") is None
+
+
+def test_member_candidacy_is_a_typed_field_that_round_trips() -> None:
+    out = attrs.evolve(FULL_MEMBER, candidate=False)
+    again = Member.from_bytes(out.to_bytes())
+    assert again.candidate is False and again == out
+    assert "candidate" not in again.extra, "candidacy is read from the field, not from extra"
+    assert Member.from_bytes(FULL_MEMBER.to_bytes()).candidate is True
+    assert out != FULL_MEMBER, "a change of candidacy is a change of the record"
+
+
+def test_member_candidacy_is_still_published_where_older_agents_read_it() -> None:
+    # an agent older than the field reads ``extra.get("candidate", True) is False``
+    data = json.loads(Member(name="a", candidate=False).to_bytes())
+    assert data["candidate"] is False and data["extra"]["candidate"] is False
+    data = json.loads(Member(name="a").to_bytes())
+    assert data["candidate"] is True and data["extra"]["candidate"] is True
+
+
+@pytest.mark.parametrize(
+    ("extra", "candidate"),
+    [({"candidate": False}, False), ({"candidate": True}, True), ({}, True)],
+)
+def test_an_older_agents_record_reads_as_it_always_did(
+    extra: dict[str, object], candidate: bool
+) -> None:
+    older = json.dumps({"name": "b", "role": "standby", "extra": {"zone": "c", **extra}})
+    member = Member.from_bytes(older.encode())
+    assert member.candidate is candidate
+    assert dict(member.extra) == {"zone": "c"}
+
+
+def test_the_typed_candidacy_wins_over_the_copy_in_extra() -> None:
+    raw = json.dumps({"name": "b", "candidate": False, "extra": {"candidate": True}}).encode()
+    assert Member.from_bytes(raw).candidate is False
+
+
+def test_candidacy_cannot_be_put_in_extra_as_free_text() -> None:
+    with pytest.raises(ValueError, match="candidate field"):
+        Member(name="a", extra={"candidate": False})

@@ -11,14 +11,16 @@ from typing import Any
 
 import pytest
 
-from hacore.agent.checks import DatabaseAnswers, LoopFacts, ReplicationRole
+from hacore.agent.checks import DatabaseAnswers, DatabaseServesRole, LoopFacts
 from hacore.agent.observe import DatabaseReader, DbReading, read_database
-from hacore.backends.replication import UNKNOWN_STATUS, ReplicationStatus
+from hacore.backends.replication import UNKNOWN_STATUS, ReplicationRole, ReplicationStatus
 from hacore.errors import ReplicationError
 from hacore.testing.procs import wait_for
 from hacore_plugins.postgresql import server
 
-PRIMARY = ReplicationStatus(running=True, role="primary", writable=True, position=5, timeline=1)
+PRIMARY = ReplicationStatus(
+    running=True, role=ReplicationRole.PRIMARY, writable=True, position=5, timeline=1
+)
 
 
 class FakeDb:
@@ -113,7 +115,7 @@ def test_an_unknown_database_fails_its_checks(active: bool) -> None:
     facts = LoopFacts("a", db=UNKNOWN_STATUS, initialized=True, active=active, leader="a")
     answers = DatabaseAnswers(facts, 5.0).run()
     assert not answers.ok and "unknown" in answers.detail
-    role = ReplicationRole(facts, 5.0).run()
+    role = DatabaseServesRole(facts, 5.0).run()
     assert not role.ok and "unknown" in role.detail
 
 
