@@ -137,18 +137,29 @@ def restart_work(
     database: bool,
     services: bool,
 ) -> Callable[[], None]:
-    """The job of ``nodes restart`` on a standby: the services that need the database stop
-    first (last started, first stopped), the database stops and starts again (following
-    ``source``, the active, when there is one), then the services start in their order."""
+    """The job of ``nodes restart`` on a standby: the database stops and starts again
+    (following ``source``, the active, when there is one), inside :func:`_around_services`."""
+
+    def restart() -> None:
+        replication.stop()
+        replication.start(follow=source)
+
+    return _around_services(companions, restart if database else None, services=services)
+
+
+def _around_services(
+    companions: Companions, restart: Callable[[], None] | None, *, services: bool
+) -> Callable[[], None]:
+    """A restart job: the services that need the database stop first (last started, first
+    stopped), then ``restart`` runs, then the services start again in their order."""
     names = companions.everywhere if services else ()
     backend = companions.services
 
     def work() -> None:
         if backend is not None and names:
             backend.stop_all(names)
-        if database:
-            replication.stop()
-            replication.start(follow=source)
+        if restart is not None:
+            restart()
         if backend is not None and names:
             backend.start_all(names)
 
@@ -225,18 +236,8 @@ def resume(consensus: ConsensusBackend) -> dict[str, Any]:
 def restart_in_place_work(
     replication: ReplicationBackend, companions: Companions, *, database: bool, services: bool
 ) -> Callable[[], None]:
-    """The job of ``nodes restart --in-place`` on the paused active: the services that need
-    the database stop first, the database restarts as the primary it is, the services start
-    again. No fence and no promotion: the pause keeps every other node still meanwhile."""
-    names = companions.everywhere if services else ()
-    backend = companions.services
-
-    def work() -> None:
-        if backend is not None and names:
-            backend.stop_all(names)
-        if database:
-            replication.restart_in_place()
-        if backend is not None and names:
-            backend.start_all(names)
-
-    return work
+    """The job of ``nodes restart --in-place`` on the paused active: the database restarts as
+    the primary it is, inside :func:`_around_services`. No fence and no promotion: the pause
+    keeps every other node still meanwhile."""
+    restart = replication.restart_in_place if database else None
+    return _around_services(companions, restart, services=services)
