@@ -12,6 +12,10 @@ The connections are opened at most ``--ramp-batch`` at a time, each batch establ
 the next: a burst larger than the listen backlog loses SYNs, and the kernel's retransmits
 (1 s, 3 s, 7 s...) would spread the ramp past the server's request timeout, so that the flood
 never holds all its connections at one moment. The ``seconds`` count from the end of the ramp.
+
+With ``--until-stdin-closes`` the flood is held for at least ``seconds`` *and* until its
+standard input is closed: a test that must make a number of probes under the flood, however
+slow a loaded machine makes each one, closes it when it has them.
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ def flood(
     idle_sources: int = 20,
     busy_sources: int = 10,
     ramp_batch: int = 200,
+    until_stdin_closes: bool = False,
 ) -> dict[str, Any]:
     """Ramp up, hold the flood for ``seconds``; counters of what the server did with it."""
     selector = selectors.DefaultSelector()
@@ -180,23 +185,35 @@ def flood(
         else:
             conn.phase = _Phase.HELD
 
+    released = not until_stdin_closes
+    if not released:
+        selector.register(sys.stdin.fileno(), selectors.EVENT_READ, None)
     started = time.monotonic()
     ramp_end = started + RAMP_LIMIT
     end: float | None = None
-    while end is None or time.monotonic() < end:
+    while end is None or time.monotonic() < end or not released:
         open_more()
         if end is None and not waiting and not connecting:
             end = time.monotonic() + seconds
         timeout = 0.2 if end is None else min(0.2, max(0.0, end - time.monotonic()))
+        if end is not None and time.monotonic() >= end:
+            timeout = 0.2  # held on, waiting for standard input to close
         for key, events in selector.select(timeout):
+            if key.data is None:
+                if not sys.stdin.buffer.raw.read(4096):
+                    selector.unregister(key.fileobj)
+                    released = True
+                continue
             handle(key.data, events)
         if end is None and time.monotonic() > ramp_end:
             end = time.monotonic() + seconds
     ramp = (end - seconds) - started
+    held = time.monotonic() - (end - seconds)
     result: dict[str, Any] = {
         **stats,
         "ramp_s": round(ramp, 3),
-        "rps": round(stats["answers"] / seconds, 1),
+        "held_s": round(held, 3),
+        "rps": round(stats["answers"] / held, 1),
         "max_answer_s": round(worst, 3),
         "idle_open_at_end": sum(1 for c in conns if not c.busy and c.phase is _Phase.HELD),
         "busy_open_at_end": sum(1 for c in conns if c.busy and c.sock is not None),
@@ -218,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-sources", type=int, default=20)
     parser.add_argument("--busy-sources", type=int, default=10)
     parser.add_argument("--ramp-batch", type=int, default=200)
+    parser.add_argument("--until-stdin-closes", action="store_true")
     args = parser.parse_args(argv)
     result = flood(
         args.host,
@@ -228,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         idle_sources=args.idle_sources,
         busy_sources=args.busy_sources,
         ramp_batch=args.ramp_batch,
+        until_stdin_closes=args.until_stdin_closes,
     )
     print(json.dumps(result), flush=True)
     return 0
