@@ -21,7 +21,9 @@ import attrs
 import httpx
 import psycopg
 
-HOST = "127.0.0.1"
+from hacore.testing.local_cluster import HOST
+from hacore.testing.procs import ServerProcess, child_pids, pid_alive
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 #: The same on both systems; the rest are PostgreSQL's defaults (fsync on).
 PG_PARAMETERS: Mapping[str, str] = {
@@ -70,14 +72,32 @@ class BenchCluster(ABC):
 
     system: str
     nodes: Sequence[Node]
+    #: each node's process (the agent, or Patroni), by node name
+    processes: dict[str, ServerProcess]
+    #: the nodes whose host died
+    dead: set[str]
 
     @abstractmethod
     def start(self) -> None:
         """Bring the cluster up; returns once the first active serves writes."""
 
     @abstractmethod
+    def pgdata(self, name: str) -> Path:
+        """The node's PostgreSQL data directory (where its ``postmaster.pid`` is)."""
+
     def stop(self) -> None:
-        """Stop every process this cluster started, by pid, including frozen ones."""
+        """Stop every process this cluster started, by pid, including frozen ones: SIGKILL
+        each node's process, then stop each node's postmaster (fast shutdown); a dead host's
+        postmaster, or one that is gone, leaves only its shared memory to remove."""
+        for proc in self.processes.values():
+            proc.kill()
+        for node in self.nodes:
+            pgdata = self.pgdata(node.name)
+            pid = postmaster_pid(pgdata)
+            if node.name in self.dead or pid is None:
+                remove_shared_memory(pgdata)
+                continue
+            stop_postmaster(pid)
 
     @abstractmethod
     def converged(self) -> str | None:
@@ -88,10 +108,14 @@ class BenchCluster(ABC):
     def sync_standby(self) -> str | None:
         """The synchronous standby's name, in synchronous mode."""
 
-    @abstractmethod
     def host_death(self, name: str) -> float:
         """SIGSTOP, then SIGKILL, the node's agent and its whole PostgreSQL process group, as a
         host that hangs and then dies; returns ``time.monotonic()`` of the SIGSTOP."""
+        proc = self.processes[name]
+        self.dead.add(name)
+        frozen_at = freeze_and_kill(postmaster_pid(self.pgdata(name)), proc.pid)
+        proc.kill()  # reaps it
+        return frozen_at
 
     @abstractmethod
     def request_switchover(self, leader: str, candidate: str) -> None:
@@ -155,35 +179,13 @@ def postmaster_pid(data_dir: Path) -> int | None:
     return int(first) if first.strip().isdigit() else None
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
 def process_group(pid: int) -> int | None:
     with contextlib.suppress(ProcessLookupError):
         return os.getpgid(pid)
     return None
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
-def host_death(postmaster: int | None, agent_group: int | None) -> float:
+def freeze_and_kill(postmaster: int | None, agent_group: int | None) -> float:
     """SIGSTOP everything the host runs, then SIGKILL it; ``time.monotonic()`` of the first
     SIGSTOP. Every PostgreSQL child calls setsid(), so the postmaster's process group holds
     only the postmaster: its children are stopped one by one, after the postmaster, which
@@ -200,7 +202,7 @@ def host_death(postmaster: int | None, agent_group: int | None) -> float:
 
     if postmaster is not None:
         stop(process_group(postmaster))
-        for child in children(postmaster):
+        for child in child_pids(postmaster):
             stop(process_group(child))
     stop(agent_group)
     for group in stopped:

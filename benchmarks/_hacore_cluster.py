@@ -1,11 +1,12 @@
 """hacore's side of the failover benchmark: three agents, each in a process of its own.
 
-Imported, :class:`HacoreCluster` writes each node's ``node.yaml`` and starts this file as a
-script per node. Run as a script, it is one node: the real :class:`~hacore.agent.runtime.Agent`
-with the postgresql plugin and the etcd backend, and the real REST API
-(:class:`~hacore.api.server.ApiServer`) in front of it, until SIGTERM. With ``--bootstrap`` it
-first does what ``cluster start`` does for the first node (a new primary, the status key
-naming it) and creates the benchmark's role and table.
+Imported, :class:`HacoreCluster` writes each node's ``node.yaml`` (laid out and written by the
+local-cluster scaffold, :mod:`hacore.testing.local_cluster`, as for the demo and the tests)
+and starts this file as a script per node. Run as a script, it is one node: the real
+:class:`~hacore.agent.runtime.Agent` with the postgresql plugin and the etcd backend, and the
+real REST API (:class:`~hacore.api.server.ApiServer`) in front of it, until SIGTERM. With
+``--bootstrap`` it first does what ``cluster start`` does for the first node (a new primary,
+the status key naming it) and creates the benchmark's role and table.
 
 The node process runs as root (the plugin runs PostgreSQL as the ``postgres`` user itself);
 the plugin starts the postmaster in a session of its own, so a host death stops the node
@@ -36,12 +37,11 @@ from _cluster import (
     BenchCluster,
     Node,
     Timings,
-    host_death,
-    postmaster_pid,
-    remove_shared_memory,
-    stop_postmaster,
 )
 
+from hacore.api.errors import UnavailableError
+from hacore.api.facade import AgentFacade
+from hacore.testing.local_cluster import LocalNode
 from hacore.testing.procs import ServerProcess, free_port
 
 API_USER = "bench"
@@ -84,48 +84,47 @@ class HacoreCluster(BenchCluster):
             for name, pg, api in ((f"h{i}", free_port(), free_port()) for i in range(1, 4))
         ]
         password_hash = hash_password(API_PASSWORD)
-        self.raw: dict[str, dict[str, Any]] = {}
-        for node in self.nodes:
-            raw: dict[str, Any] = {
-                "cluster": {"name": "bench", "namespace": namespace},
-                "node": {
-                    "name": node.name,
-                    "host": HOST,
-                    "api_port": node.api_port,
-                    "data_dir": str(workdir / node.name),
+        #: each node's layout (data directory, node.yaml, log) and configuration
+        self.layouts = {
+            node.name: LocalNode(
+                node.name, workdir, "etcd", api_port=node.api_port, pg_port=node.pg_port
+            )
+            for node in self.nodes
+        }
+        self.raw: dict[str, dict[str, Any]] = {
+            name: layout.node_config(
+                cluster="bench",
+                namespace=namespace,
+                failover={"synchronous_mode": synchronous},
+                consensus={"backend": "etcd", "endpoints": list(etcd_endpoints)},
+                replication={"parameters": dict(PG_PARAMETERS), "synchronous": synchronous},
+                extra={
+                    "api": {"auth": {"username": API_USER, "password_hash": password_hash}},
+                    **({"timing": dict(timing)} if timing else {}),
                 },
-                "failover": {"synchronous_mode": synchronous},
-                "consensus": {"backend": "etcd", "endpoints": list(etcd_endpoints)},
-                "replication": {
-                    "backend": "postgresql",
-                    "port": node.pg_port,
-                    "parameters": dict(PG_PARAMETERS),
-                    "synchronous": synchronous,
-                },
-                "api": {"auth": {"username": API_USER, "password_hash": password_hash}},
-            }
-            if timing:
-                raw["timing"] = dict(timing)
-            self.raw[node.name] = raw
+            )
+            for name, layout in self.layouts.items()
+        }
         # Validated here, as the agent will: a rejected timing fails before anything starts.
         self.config = load_config(self.raw[self.nodes[0].name])
         self.processes: dict[str, ServerProcess] = {}
         self.dead: set[str] = set()
 
-    def _pgdata(self, name: str) -> Path:
-        return self.workdir / name / "replication" / "pgdata"
+    def pgdata(self, name: str) -> Path:
+        return self.layouts[name].pgdata
 
     def _api(self, name: str) -> str:
         return f"http://{HOST}:{self.node(name).api_port}"
 
     def _start_node(self, node: Node, *, bootstrap: bool) -> None:
-        config = self.workdir / f"{node.name}.yaml"
+        layout = self.layouts[node.name]
+        config = layout.config_path
         config.write_text(yaml.safe_dump(self.raw[node.name], sort_keys=False))
         argv = [sys.executable, str(Path(__file__).resolve()), "--config", str(config)]
         if bootstrap:
             argv.append("--bootstrap")
         self.processes[node.name] = ServerProcess(
-            node.name, argv, self.workdir / f"{node.name}.log", cwd=self.workdir
+            node.name, argv, layout.log_path, cwd=self.workdir
         ).start()
 
     def start(self) -> None:
@@ -141,17 +140,6 @@ class HacoreCluster(BenchCluster):
             time.sleep(0.2)
         for node in others:
             self._start_node(node, bootstrap=False)
-
-    def stop(self) -> None:
-        for proc in self.processes.values():
-            proc.kill()
-        for node in self.nodes:
-            pgdata = self._pgdata(node.name)
-            pid = postmaster_pid(pgdata)
-            if node.name in self.dead or pid is None:
-                remove_shared_memory(pgdata)
-                continue
-            stop_postmaster(pid)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -220,13 +208,6 @@ class HacoreCluster(BenchCluster):
 
     # -- faults and operations ---------------------------------------------------------------
 
-    def host_death(self, name: str) -> float:
-        proc = self.processes[name]
-        self.dead.add(name)
-        frozen_at = host_death(postmaster_pid(self._pgdata(name)), proc.pid)
-        proc.kill()  # reaps it
-        return frozen_at
-
     def request_switchover(self, leader: str, candidate: str) -> None:
         """``POST /switchover`` answers once the request is stored; the active acts on it."""
         response = httpx.post(
@@ -245,7 +226,7 @@ class HacoreCluster(BenchCluster):
 # -- one node, as a process -----------------------------------------------------------------
 
 
-class _Facade:
+class _Facade(AgentFacade):
     """The agent as the API server sees it. Only what the benchmark calls is served: the
     probes, ``/cluster`` and ``/switchover`` (the agent's own switchover request)."""
 
@@ -274,8 +255,6 @@ class _Facade:
 
     @staticmethod
     def _not_here(what: str) -> dict[str, Any]:
-        from hacore.api.errors import UnavailableError
-
         raise UnavailableError(f"{what} is not served by the benchmark's node process")
 
 
@@ -304,7 +283,7 @@ def _bootstrap(agent: Any) -> None:
 
 
 def run_node(config_path: Path, bootstrap: bool) -> None:
-    from hacore.agent.execute import ReplicationCredentials
+    from hacore.agent.credentials import ReplicationCredentials
     from hacore.agent.runtime import Agent
     from hacore.api.limits import raise_open_file_limit
     from hacore.api.server import ApiServer

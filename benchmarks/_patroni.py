@@ -29,10 +29,6 @@ from _cluster import (
     Node,
     Timings,
     chown_postgres,
-    host_death,
-    postmaster_pid,
-    remove_shared_memory,
-    stop_postmaster,
 )
 from psycopg import sql
 
@@ -82,7 +78,7 @@ class PatroniCluster(BenchCluster):
     def _home(self, name: str) -> Path:
         return self.workdir / name
 
-    def _data(self, name: str) -> Path:
+    def pgdata(self, name: str) -> Path:
         return self._home(name) / "data"
 
     def _config(self, node: Node) -> dict[str, Any]:
@@ -120,7 +116,7 @@ class PatroniCluster(BenchCluster):
             "postgresql": {
                 "listen": f"{HOST}:{node.pg_port}",
                 "connect_address": f"{HOST}:{node.pg_port}",
-                "data_dir": str(self._data(node.name)),
+                "data_dir": str(self.pgdata(node.name)),
                 "bin_dir": str(PG_BIN),
                 "pgpass": str(home / "pgpass"),
                 "authentication": {
@@ -185,17 +181,6 @@ class PatroniCluster(BenchCluster):
             conn.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY)")
             conn.execute(f"GRANT SELECT, INSERT ON {TABLE} TO {CLIENT_USER}")
 
-    def stop(self) -> None:
-        for proc in self.processes.values():
-            proc.kill()
-        for node in self.nodes:
-            data = self._data(node.name)
-            pid = postmaster_pid(data)
-            if node.name in self.dead or pid is None:
-                remove_shared_memory(data)
-                continue
-            stop_postmaster(pid)
-
     # -- state -------------------------------------------------------------------------------
 
     def _cluster_json(self) -> dict[str, Any]:
@@ -249,13 +234,6 @@ class PatroniCluster(BenchCluster):
         return out.strip() or "patroni (unknown version)"
 
     # -- faults and operations ---------------------------------------------------------------
-
-    def host_death(self, name: str) -> float:
-        proc = self.processes[name]
-        self.dead.add(name)
-        frozen_at = host_death(postmaster_pid(self._data(name)), proc.pid)
-        proc.kill()  # reaps it
-        return frozen_at
 
     def request_switchover(self, leader: str, candidate: str) -> None:
         """Patroni's endpoint answers once the switchover is done (or failed)."""

@@ -22,6 +22,8 @@ import os
 import secrets
 from pathlib import Path
 
+from hacore.errors import HacoreError
+
 #: what ``open()`` asks for, the umask taking its share: the mode when none is given
 DEFAULT_MODE = 0o666
 _ATTEMPTS = 8
@@ -90,3 +92,27 @@ def sync_dir(directory: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+#: Private files of a node and of the CLI hold secrets (the replication password, the API
+#: password, the bootstrap token): written whole, at mode 0600, or not at all.
+PRIVATE = 0o600
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename, the new file already 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_atomic(path, text, PRIVATE)
+    except OSError as err:
+        raise HacoreError(f"cannot write {path}: {err.strerror}") from None
+
+
+def read_private(path: Path) -> str | None:
+    """The file's text, None when it does not exist."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise HacoreError(f"cannot read {path}: {err.strerror}") from None

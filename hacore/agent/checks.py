@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from hacore.agent.hooks import HookCaller
 from hacore.agent.vocabulary import HealthReport
 from hacore.backends.filesync import FilesyncBackend, SyncState
 from hacore.backends.health import CheckResult, HealthCheck
@@ -328,6 +329,8 @@ class CheckRunner:
         self.multiplier = multiplier
         self.timeout = timeout
         self.active_grace = active_grace
+        #: each check's result in the last run (what the member record and the snapshot show)
+        self.results: dict[str, CheckResult] = {}
         self._pool: cf.ThreadPoolExecutor | None = None
 
     @property
@@ -379,6 +382,7 @@ class CheckRunner:
                 valid_for
             ):
                 expired.append(name)
+        self.results = results
         return HealthReport(failing=failing, expired=expired), results
 
     def _grace_left(self, track: _Track, now: float) -> float:
@@ -405,3 +409,14 @@ def _run_one(check: HealthCheck) -> CheckResult:
     if not isinstance(result, CheckResult):
         return CheckResult(False, f"returned {type(result).__name__}, not a CheckResult")
     return result
+
+
+def plugin_checks(hooks: HookCaller) -> list[HealthCheck]:
+    """The checks every plugin adds (``hacore_health_checks``)."""
+    found: list[HealthCheck] = []
+    for plugin, checks in hooks.call("hacore_health_checks"):
+        if not isinstance(checks, list) or not all(isinstance(c, HealthCheck) for c in checks):
+            hooks.log.error("%s's hacore_health_checks did not return a list of checks", plugin)
+            continue
+        found.extend(checks)
+    return found

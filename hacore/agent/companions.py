@@ -10,14 +10,13 @@ self-fencing deadline.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import cast
 
-from hacore.backends.filesync import FilesyncBackend, SyncState
+from hacore.backends.filesync import FilesyncBackend, PeerNarrowing
 from hacore.backends.services import ServiceBackend
 
 
@@ -159,7 +158,10 @@ class Companions:
         if fs is None:
             return None
         try:
-            state = _about(fs.state, target)
+            if fs.narrows_to_peers:
+                state = cast(PeerNarrowing, fs).state(peers=[target])
+            else:
+                state = fs.state()
         except Exception as err:
             return f"cannot tell whether {target} has every file ({err})"
         if state.in_sync:
@@ -173,7 +175,12 @@ class Companions:
         if fs is None:
             return None
         try:
-            _about(fs.wait_in_sync, target, max(0.0, timeout))
+            wait = max(0.0, timeout)
+            # a switchover waits for the standby that takes over, not for one that is down
+            if fs.narrows_to_peers:
+                cast(PeerNarrowing, fs).wait_in_sync(wait, peers=[target])
+            else:
+                fs.wait_in_sync(wait)
         except Exception as err:
             return str(err)
         return None
@@ -216,13 +223,3 @@ class Companions:
             self.safely(
                 "stopping active-only services", partial(services.stop_all, self.active_only)
             )
-
-
-def _about(method: Callable[..., SyncState], target: str, *args: Any) -> SyncState:
-    """Call ``state``/``wait_in_sync`` about ``target`` only, when the backend can (Syncthing's
-    ``peers=``): a switchover must not wait for a standby that is down."""
-    try:
-        narrow = "peers" in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        narrow = False
-    return method(*args, peers=[target]) if narrow else method(*args)

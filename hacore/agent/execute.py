@@ -32,6 +32,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 
@@ -39,9 +40,12 @@ from hacore import __version__
 from hacore.agent import keys
 from hacore.agent.companions import Companions
 from hacore.agent.counters import Event, EventCounters
+from hacore.agent.credentials import Credentials, ReplicationCredentials
 from hacore.agent.hooks import HookCaller, NodeLog
 from hacore.agent.jobs import Jobs
+from hacore.agent.lease import LeaseState
 from hacore.agent.observe import StoreReading
+from hacore.agent.succession import succession
 from hacore.agent.syncrep import StatusWriter, StoreCall, SyncStandbys
 from hacore.agent.vocabulary import (
     Action,
@@ -52,8 +56,6 @@ from hacore.agent.vocabulary import (
     NodeState,
     Observation,
 )
-from hacore.backends.consensus import ConsensusBackend, ManagedStore
-from hacore.backends.filesync import FilesyncBackend
 from hacore.backends.records import ClusterView, Lease, Member, NodeRole
 from hacore.backends.replication import (
     UNKNOWN_STATUS,
@@ -61,63 +63,13 @@ from hacore.backends.replication import (
     ReplicationRole,
     ReplicationSource,
 )
-from hacore.backends.services import ServiceBackend
 from hacore.config.node import NodeConfig
 from hacore.errors import HacoreError
+from hacore.plugins.factory import Backends
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-
-
-@attrs.frozen
-class ReplicationCredentials:
-    """How standbys log in to the active's database (created by ``cluster start``)."""
-
-    user: str
-    password: str = attrs.field(repr=False)
-
-
-@attrs.define
-class LeaseState:
-    """This node's leadership, shared by the loop and the executor."""
-
-    lease: Lease | None = None
-    #: When the last successful renew (or the winning campaign) was sent.
-    last_renewal: float | None = None
-    veto_until: float | None = None
-    #: The database may accept writes under this lease: store calls must then end before
-    #: the self-fencing deadline. False once the database is fenced.
-    may_write: bool = False
-    #: Told after every renewal and whenever the database may start writing, before it
-    #: does: the fence keeper's record follows the deadline (docs/fencing.md).
-    listener: Callable[[], None] | None = attrs.field(default=None, repr=False, eq=False)
-
-    def won(self, lease: Lease, sent: float) -> None:
-        self.lease, self.last_renewal, self.may_write = lease, sent, True
-        self._changed()
-
-    def renewed(self, sent: float) -> None:
-        self.last_renewal = sent
-        self._changed()
-
-    def allow_writes(self) -> None:
-        self.may_write = True
-        self._changed()
-
-    def _changed(self) -> None:
-        if self.listener is not None:
-            self.listener()
-
-    def deadline(self, cfg: DecisionConfig) -> float | None:
-        if self.lease is None or self.last_renewal is None:
-            return None
-        ttl = min(self.lease.ttl, cfg.ttl) if self.lease.ttl > 0 else cfg.ttl
-        return self.last_renewal + ttl - cfg.safety_margin
-
-    def drop(self) -> None:
-        self.lease = self.last_renewal = None
-        self.may_write = False
 
 
 @attrs.frozen
@@ -132,14 +84,25 @@ class Outcome:
     error: str = ""
 
 
+class MemberRecords(Protocol):
+    """Where the executor gets this node's member record (hacore/agent/member_record.py)."""
+
+    def record(self, role: NodeRole, obs: Observation) -> Member: ...
+
+
 @attrs.frozen
-class Backends:
-    consensus: ConsensusBackend
-    replication: ReplicationBackend
-    filesync: FilesyncBackend | None = None
-    services: ServiceBackend | None = None
-    #: This node's own store server, when hacore runs the store (``consensus.managed``).
-    managed_store: ManagedStore | None = None
+class ExecutorPorts:
+    """What the executor works with besides the backends: the agent's collaborators, each
+    built once by :func:`hacore.agent.wiring.wire`; none of them is the agent itself."""
+
+    hooks: HookCaller
+    jobs: Jobs
+    lease: LeaseState
+    #: every store call of a transition goes through it: refused too close to the deadline
+    store_call: StoreCall
+    records: MemberRecords
+    credentials: Credentials
+    counters: EventCounters
 
 
 class Executor:
@@ -148,30 +111,23 @@ class Executor:
         config: NodeConfig,
         dcfg: DecisionConfig,
         backends: Backends,
+        ports: ExecutorPorts,
         *,
-        hooks: HookCaller,
-        jobs: Jobs,
-        lease: LeaseState,
-        sync: SyncStandbys,
-        store_call: StoreCall,
-        credentials: Callable[[], ReplicationCredentials | None],
-        member: Callable[[NodeRole, Observation], Member],
         clock: Clock = time.monotonic,
-        counters: EventCounters | None = None,
     ) -> None:
         self.config = config
         self.dcfg = dcfg
         self.b = backends
         self._stale_key_logged: int | None = None
-        self.hooks = hooks
-        self.jobs = jobs
-        self.lease = lease
-        self.sync = sync
-        self.store_call = store_call
-        self.credentials = credentials
-        self.member = member
+        self.hooks = ports.hooks
+        self.jobs = ports.jobs
+        self.lease = ports.lease
+        self.sync = SyncStandbys(backends.replication, dcfg.synchronous_mode)
+        self.store_call = ports.store_call
+        self._credentials = ports.credentials
+        self._records = ports.records
         self.clock = clock
-        self.counters = counters or EventCounters()
+        self.counters = ports.counters
         #: the lease token whose promotion was counted (a retried promotion is one)
         self._counted: int | None = None
         self.name = config.node.name
@@ -359,17 +315,7 @@ class Executor:
         services_ok = self.extras.ensure_active()
         token_ok = lease is not None and obs.db_token == lease.token
         outcome = Outcome(NodeState.ACTIVE, is_active=obs.db.writable and token_ok and services_ok)
-        if obs.lease_status is not LeaseStatus.HELD or reading.view is None:
-            # A renewal that went through does not mean the read did: without the members
-            # and the status key, the synchronous standby must not be chosen anew (an empty
-            # read would drop it and acknowledge commits that only this node holds).
-            return outcome
-        try:
-            self._keep_status(decision, obs, reading)
-        except HacoreError as err:
-            # Still the active: the next loop writes the status key again.
-            return attrs.evolve(outcome, error=f"status key not updated: {err}")
-        return outcome
+        return self._with_status(outcome, decision, obs, reading)
 
     def _stay_paused(self, decision: Decision, obs: Observation, reading: StoreReading) -> Outcome:
         """Rule P1: nothing is started or flipped (services and files stay as they are). A
@@ -385,11 +331,21 @@ class Executor:
                 lease.token,
             )
         outcome = Outcome(NodeState.ACTIVE, is_active=obs.db.writable)
+        return self._with_status(outcome, decision, obs, reading)
+
+    def _with_status(
+        self, outcome: Outcome, decision: Decision, obs: Observation, reading: StoreReading
+    ) -> Outcome:
+        """``outcome`` once the status key is kept; with the error when it could not be."""
         if obs.lease_status is not LeaseStatus.HELD or reading.view is None:
+            # A renewal that went through does not mean the read did: without the members
+            # and the status key, the synchronous standby must not be chosen anew (an empty
+            # read would drop it and acknowledge commits that only this node holds).
             return outcome
         try:
             self._keep_status(decision, obs, reading)
         except HacoreError as err:
+            # Still the active: the next loop writes the status key again.
             return attrs.evolve(outcome, error=f"status key not updated: {err}")
         return outcome
 
@@ -450,7 +406,7 @@ class Executor:
         self.b.replication.fence()
         self.lease.may_write = False
         self.counters.add(Event.DEMOTION)
-        member = self.member(NodeRole.FENCED, attrs.evolve(obs, db=final))
+        member = self._records.record(NodeRole.FENCED, attrs.evolve(obs, db=final))
         try:
             self.store_call(lambda: self.b.consensus.publish_member(member))
         except HacoreError as err:
@@ -604,6 +560,10 @@ class Executor:
         work = clone if action is Action.CLONE else rewind
         self.jobs.submit(action, f"{action.value} from {source.node_name}", work)
 
+    def credentials(self) -> ReplicationCredentials | None:
+        """This node's replication login as it is now (``nodes remove`` rotates it)."""
+        return self._credentials.current
+
     def source(self, view: ClusterView | None, name: str) -> ReplicationSource:
         """Where ``name``'s database is reached, from its member record (``nodes reinit``)."""
         return self._source(view, name)
@@ -629,39 +589,3 @@ def _writable(replication: ReplicationBackend) -> bool:
         return replication.status().writable
     except HacoreError:
         return False
-
-
-def succession(obs: Observation, name: str, token: int) -> keys.HistoryEntry:
-    """The history entry of this node's promotion, without its new position yet: who was the
-    active before (the status key survives it) and why it is no longer.
-
-    A switchover request away from the old active names a planned handover; otherwise the old
-    active's member record tells a released lease (it stepped down and lives on, fenced) from
-    an expired one (the record is bound to the same session as the lease and went with it).
-    The status key naming this node itself is its own earlier leadership, or the bootstrap's
-    record on the cluster's first start (told apart by an empty history when writing).
-    """
-    status = obs.active_status
-    if status is None:
-        return keys.HistoryEntry(name, token, reason="first_start")
-    old = status.name
-    req = obs.switchover
-    if old == name:
-        reason = "restarted"
-    elif req is not None and req.manual and req.to_node == name:
-        reason = "manual_failover"
-    elif req is not None and req.from_node == old:
-        reason = "switchover"
-    elif obs.view is not None and obs.view.member(old) is not None:
-        reason = "stepped_down"
-    else:
-        reason = "lease_expired"
-    return keys.HistoryEntry(
-        name,
-        token,
-        reason=reason,
-        previous=old,
-        previous_timeline=status.timeline,
-        previous_position=status.position,
-        switchover_to=req.to_node if reason == "switchover" and req is not None else None,
-    )

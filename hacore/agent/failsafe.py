@@ -42,9 +42,9 @@ import attrs
 import httpx
 
 from hacore.agent.keeper import boot_id
+from hacore.atomic_files import write_atomic
 from hacore.backends.records import Leader
 from hacore.errors import HacoreError
-from hacore.pki.tls_files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +254,9 @@ class Promises:
             until = max(self.until or 0.0, self.clock() + self.ttl)
             try:
                 self._save(until, ask.asker)
-            except HacoreError as err:
-                return Answer(ask.member, ask.nonce, False, 0.0, f"cannot record it: {err}")
+            except OSError as err:
+                unrecorded = f"cannot record it: cannot write {self.path}: {err.strerror}"
+                return Answer(ask.member, ask.nonce, False, 0.0, unrecorded)
             self.until, self.to = until, ask.asker
             return Answer(ask.member, ask.nonce, True, self.ttl)
 

@@ -43,11 +43,11 @@ import attrs
 
 from hacore.agent.hooks import NodeLog
 from hacore.agent.supervise import RestartLog
+from hacore.atomic_files import write_atomic
 from hacore.backends.health import CheckResult, HealthCheck
 from hacore.backends.processes import DetachedProcess, read_proc
 from hacore.backends.replication import ReplicationBackend, ReplicationRole
 from hacore.errors import HacoreError
-from hacore.pki.tls_files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -326,10 +326,11 @@ class DeadlineFeed:
     def _write(self, record: FenceRecord) -> None:
         try:
             write_atomic(self.path, record.encode(), 0o644, durable=False)
-        except HacoreError as err:
-            if str(err) != self.error:
-                self.log.error("the fence keeper cannot be fed: %s", err)
-            self.error = str(err)
+        except OSError as err:
+            error = f"cannot write {self.path}: {err.strerror}"
+            if error != self.error:
+                self.log.error("the fence keeper cannot be fed: %s", error)
+            self.error = error
             return
         self.current, self.error = record, ""
 

@@ -15,6 +15,7 @@ acting on a guess.
 | ``removed/<name>`` | ``nodes remove`` | no | :class:`Removal` |
 | ``pause`` | ``cluster pause`` / ``resume`` | no | :class:`~hacore.agent.vocabulary.Pause` |
 | ``history/<token>`` | a node after its promotion | no | :class:`HistoryEntry` |
+| ``settings`` | the first active; ``cluster config set`` (CAS) | no | :class:`StoredSettings` |
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import attrs
 
 from hacore.agent.vocabulary import ActiveStatus, Pause
 from hacore.backends.consensus import CONFIG_KEY, LEADER_KEY, MEMBERS_PREFIX
-from hacore.errors import HacoreError
+from hacore.config.cluster_settings import ClusterWide, from_mapping
+from hacore.errors import ConfigError, HacoreError
 
 __all__ = [
     "CONFIG_KEY",
@@ -37,10 +39,12 @@ __all__ = [
     "MEMBERS_PREFIX",
     "PAUSE_KEY",
     "REMOVED_PREFIX",
+    "SETTINGS_KEY",
     "STATUS_KEY",
     "SWITCHOVER_KEY",
     "HistoryEntry",
     "Removal",
+    "StoredSettings",
     "StoredSwitchover",
     "decode_pause",
     "decode_status",
@@ -56,6 +60,7 @@ SWITCHOVER_KEY = "switchover"
 REMOVED_PREFIX = "removed/"
 HISTORY_PREFIX = "history/"
 PAUSE_KEY = "pause"
+SETTINGS_KEY = "settings"
 
 
 def removed_key(name: str) -> str:
@@ -263,3 +268,56 @@ class HistoryEntry:
         data = attrs.asdict(self)
         data["reason_text"] = HISTORY_REASONS.get(self.reason or "", "unknown (older entry)")
         return data
+
+
+# -- cluster-wide settings -------------------------------------------------------------------
+
+
+@attrs.frozen
+class StoredSettings:
+    """The cluster-wide settings (hacore/config/cluster_settings.py) as stored.
+
+    ``revision`` counts the changes (1: seeded by the first active), for people and for the
+    agents' "applied revision"; writers compare-and-set on the key's store version, so two
+    concurrent edits cannot both win. ``by`` and ``changed_at`` (wall clock) are for people.
+    """
+
+    settings: ClusterWide
+    revision: int = 1
+    by: str = ""
+    changed_at: float = attrs.field(factory=time.time)
+
+    def encode(self) -> bytes:
+        return _dump(
+            {
+                "revision": self.revision,
+                "by": self.by,
+                "at": self.changed_at,
+                "settings": self.settings.to_mapping(),
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> StoredSettings:
+        data = _load(raw, SETTINGS_KEY)
+        revision = _optional_int(data, "revision", SETTINGS_KEY)
+        at, by = data.get("at", 0.0), data.get("by", "")
+        try:
+            settings = from_mapping(data.get("settings"), context="the settings key")
+        except ConfigError as err:
+            raise HacoreError(" ".join(str(err).splitlines())) from None
+        return cls(
+            settings=settings,
+            revision=1 if revision is None else revision,
+            by=by if isinstance(by, str) else "",
+            changed_at=float(at) if isinstance(at, int | float) else 0.0,
+        )
+
+    def json(self) -> dict[str, Any]:
+        """What ``cluster config show`` prints (the API's answer)."""
+        return {
+            "revision": self.revision,
+            "by": self.by,
+            "changed_at": self.changed_at,
+            "settings": self.settings.to_mapping(),
+        }

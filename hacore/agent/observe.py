@@ -68,6 +68,10 @@ class StoreReading:
     pause: Pause | None = None
     #: When the store last answered a call this loop (None: it did not).
     answered_at: float | None = None
+    #: The cluster-wide settings (hacore/config/cluster_settings.py); None: not stored yet
+    #: (or unreadable: then ``settings_version`` is not 0, and nobody seeds it again).
+    settings: keys.StoredSettings | None = None
+    settings_version: int = 0
 
 
 def read_store(
@@ -108,6 +112,7 @@ def read_store(
         switch_kv = call(lambda: consensus.get(keys.SWITCHOVER_KEY))
         removed_kvs = call(lambda: consensus.get_prefix(keys.REMOVED_PREFIX))
         pause_kv = call(lambda: consensus.get(keys.PAUSE_KEY))
+        settings_kv = call(lambda: consensus.get(keys.SETTINGS_KEY))
         answered = clock()
     except _Skipped:
         return StoreReading(
@@ -123,6 +128,7 @@ def read_store(
     active_status, status_version = _decoded(status_kv, keys.decode_status)
     switchover, switch_version = _decoded(switch_kv, keys.StoredSwitchover.decode)
     pause = _pause(pause_kv)
+    settings, settings_version = _decoded(settings_kv, keys.StoredSettings.decode)
     assert isinstance(removed_kvs, tuple)
     return StoreReading(
         status,
@@ -136,6 +142,8 @@ def read_store(
         removed=keys.removed_names(tuple(kv.key for kv in removed_kvs)),
         pause=pause,
         answered_at=answered,
+        settings=settings,
+        settings_version=settings_version,
     )
 
 

@@ -14,28 +14,15 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
+from hacore.config.cluster_settings import is_cluster_wide
 from hacore.config.logging_setup import SETUP, LogSetup
-from hacore.config.node import NodeConfig, load_config, to_mapping
+from hacore.config.node import NodeConfig, load_config
+from hacore.config.write_back import changed_keys, to_mapping
 from hacore.errors import ConfigError
 
 log = logging.getLogger("hacore.reload")
-
-
-def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose value differs between two plain mappings (values not returned)."""
-    found: list[str] = []
-    for key in sorted(set(old) | set(new), key=str):
-        where = f"{prefix}.{key}" if prefix else str(key)
-        before, after = old.get(key), new.get(key)
-        if isinstance(before, Mapping) and isinstance(after, Mapping):
-            found += changed_keys(before, after, where)
-        elif before != after:
-            found.append(where)
-    return found
 
 
 class Reloader:
@@ -70,6 +57,12 @@ class Reloader:
             pending = changed_keys(old, new)
             for key in pending:
                 log.warning("reload: %s changed; restart the agent to apply it", key)
+                if is_cluster_wide(key):
+                    log.warning(
+                        "reload: %s is a cluster-wide setting: once the cluster runs it comes "
+                        "from the store (hacore cluster config set)",
+                        key,
+                    )
             if not applied and not pending:
                 log.info("reload: nothing changed")
             return pending

@@ -141,8 +141,7 @@ def rotate_replication_password(
     """A new replication password: in the store first (every member writes it to its
     passfile: a reconnect after the change logs in), then ``ALTER ROLE`` on this primary
     (standbys get the role's new verifier with the WAL; running streams are not cut)."""
-    rotate = getattr(replication, "rotate_password", None)
-    if rotate is None:
+    if not replication.rotates_password:
         raise ReplicationError("this replication backend cannot rotate its password")
     for _ in range(_ATTEMPTS):
         current = consensus.get(REPLICATION_SECRET_KEY)
@@ -158,6 +157,6 @@ def rotate_replication_password(
             break
     else:
         raise HacoreError("the replication secret kept changing under this removal")
-    rotate(user, secret.password)
+    replication.rotate_password(user, secret.password)
     log.info("rotated the replication password (generation %d)", secret.generation)
     return secret

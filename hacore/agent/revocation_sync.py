@@ -5,7 +5,7 @@ node's own certificate registered so that a later removal of it can revoke it.
 The store reads, the registration and the primary's ``ALTER ROLE`` run on a thread of their
 own, every few seconds: a store or a database that does not answer must not hold the loop
 past its self-fencing deadline, and these reads are not the loop's fenced ones. What they
-fetched is applied on the loop (:class:`hacore.agent.support.Membership` calls :meth:`tick`),
+fetched is applied on the loop (:class:`hacore.agent.membership.Membership` calls :meth:`tick`),
 which only writes local files and reloads, as the loop's other work on the database does.
 Every failure is logged and retried on the next round; nothing here can stop the loop.
 """
@@ -20,7 +20,7 @@ from typing import Any
 from cryptography import x509
 
 from hacore.agent import revocation_store as revoke
-from hacore.agent.execute import ReplicationCredentials
+from hacore.agent.credentials import ReplicationCredentials
 from hacore.backends.consensus import ConsensusBackend
 from hacore.backends.records import Member, TlsFiles
 from hacore.backends.replication import ReplicationBackend
@@ -35,11 +35,14 @@ INTERVAL = 2.0
 
 
 class RevocationSync:
+    """``replication`` None: only the store's side is followed (a reader without a database,
+    as the unit tests run it); the database's optional abilities are then not called."""
+
     def __init__(
         self,
         name: str,
         consensus: ConsensusBackend,
-        replication: ReplicationBackend,
+        replication: ReplicationBackend | None,
         tls: TlsFiles | None,
         set_credentials: Callable[[ReplicationCredentials], None] | None,
         is_active: Callable[[], bool] = lambda: False,
@@ -124,9 +127,8 @@ class RevocationSync:
         ca = read_certificate(self.tls.ca_file)
         if revocation.install_crl(revocation.crl_path(self.tls.ca_file), data, ca):
             log.info("%s: the cluster's revocation list changed", self.name)
-            reload_tls = getattr(self.replication, "reload_tls", None)
-            if reload_tls is not None:
-                reload_tls()
+            if self.replication is not None:
+                self.replication.reload_tls()
         self._crl = data
 
     def _read_secret(self) -> revoke.ReplicationSecret | None:
@@ -138,9 +140,8 @@ class RevocationSync:
     def _take_secret(self, secret: revoke.ReplicationSecret | None) -> None:
         if secret is None or secret.generation == self._generation:
             return
-        remember = getattr(self.replication, "remember_password", None)
-        if remember is not None:
-            remember(secret.user, secret.password)
+        if self.replication is not None:
+            self.replication.remember_password(secret.user, secret.password)
         if self.set_credentials is not None:
             self.set_credentials(ReplicationCredentials(secret.user, secret.password))
         if self._generation is not None:
@@ -157,8 +158,9 @@ class RevocationSync:
         (asynchronous replication), while every member's passfile already has the new one."""
         if self._primary_generation == secret.generation or not self.is_active():
             return
-        apply = getattr(self.replication, "apply_password", None)
-        if apply is not None and apply(secret.user, secret.password):
+        if self.replication is not None and self.replication.apply_password(
+            secret.user, secret.password
+        ):
             self._primary_generation = secret.generation
 
     def why_not_believed(self, member: Member) -> str | None:

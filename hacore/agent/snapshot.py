@@ -79,6 +79,9 @@ class NodeSnapshot:
     files: SyncState | None = None
     #: Maintenance mode as this node last saw it (``by``, ``at``, ``reason``); None: not paused.
     paused: Mapping[str, Any] | None = attrs.field(default=None, converter=_frozen_optional)
+    #: The cluster-wide settings this node runs (hacore/agent/settings_sync.py): the store
+    #: revision applied and the keys that wait for the agent's restart.
+    settings: Mapping[str, Any] | None = attrs.field(default=None, converter=_frozen_optional)
 
     def loop_age(self, now: float) -> float | None:
         return None if self.last_loop_at is None else max(0.0, now - self.last_loop_at)
@@ -121,6 +124,10 @@ def member_json(member: Member, snap: NodeSnapshot) -> dict[str, Any]:
         data["checks"] = checks_json(snap.checks)
         data["failsafe"] = None if snap.failsafe is None else dict(snap.failsafe)
         data["minority"] = None if snap.minority is None else dict(snap.minority)
+        data["settings"] = None if snap.settings is None else dict(snap.settings)
+        data["pending_restart"] = (
+            None if snap.replication is None else snap.replication.pending_restart
+        )
     return data
 
 

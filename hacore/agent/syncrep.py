@@ -73,6 +73,18 @@ class SyncStandbys:
         self._db: tuple[str, ...] | None = None
         #: The standby the database waits for, and the position where the waiting began.
         self._pending: tuple[str, int] | None = None
+        #: The mode was turned off at runtime: the database still names a standby.
+        self._clear = False
+
+    def change_mode(self, mode: SyncMode) -> None:
+        """The cluster-wide ``synchronous_mode`` changed (hacore/agent/settings_sync.py): the
+        next step sets the database again, to no named standby when it was turned off."""
+        if mode is self.mode:
+            return
+        self.mode = mode
+        self._db = None
+        self._pending = None
+        self._clear = mode is SyncMode.OFF
 
     def reset(self) -> None:
         """A promotion puts the database back to the mode's default: no named standby."""
@@ -89,6 +101,9 @@ class SyncStandbys:
     ) -> frozenset[str]:
         """One step toward the chosen standby; returns the set the status key must hold."""
         if self.mode is SyncMode.OFF:
+            if self._clear:
+                self.replication.set_synchronous([], strict=False)
+                self._clear, self._db = False, ()
             return frozenset()
         streaming = {s.name: s for s in db.standbys if s.state == "streaming" and s.name in members}
         desired = self._choose(streaming, preferred)

@@ -136,6 +136,13 @@ class ApiClient:
     def history(self) -> dict[str, Any]:
         return self._json(self._request("GET", "/history"))
 
+    def cluster_config(self) -> dict[str, Any]:
+        return self._json(self._request("GET", "/cluster/config"))
+
+    def change_cluster_config(self, settings: dict[str, Any], version: int) -> dict[str, Any]:
+        body = {"settings": settings, "version": version}
+        return self._json(self._request("PUT", "/cluster/config", json=body))
+
     def salvage_list(self) -> dict[str, Any]:
         return self._json(self._request("GET", "/salvage"))
 

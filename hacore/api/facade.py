@@ -9,6 +9,11 @@ The operations (start, join ticket, remove, switchover) may be slow and touch th
 raise :mod:`hacore.agent.errors` or :mod:`hacore.api.errors` classes (or
 :class:`~hacore.errors.HacoreError` subclasses), mapped to a status by
 :func:`hacore.api.errors.status_for`, whose message the user sees as it is.
+
+Some abilities are the node service's alone (explain, history, salvage, pause, repair,
+teardown, failsafe, the cluster-wide settings): a stand-in for the agent (a benchmark's, a
+test's) that subclasses :class:`AgentFacade` inherits their defaults, which answer 404
+naming the node.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from hacore.agent.snapshot import NodeSnapshot
+from hacore.api.errors import NotFoundError
 
 
 class AgentFacade(Protocol):
     """The agent runtime as the API server sees it. Every method is called from many request
-    threads at once, so implementations must be thread-safe."""
+    threads at once, so implementations must be thread-safe.
+
+    The methods after :meth:`switchover` have defaults that refuse (see the module's
+    docstring); an implementation gets them by naming this class as its base."""
 
     def snapshot(self) -> NodeSnapshot:
         """The loop's latest snapshot; must return at once (no store or database call)."""
@@ -51,6 +60,66 @@ class AgentFacade(Protocol):
         unknown target, ConflictError when no standby can take over."""
         ...
 
+    def cluster_ca(self) -> dict[str, Any] | None:
+        """``GET /cluster/ca``: the CA certificate this node trusts; None (404) without TLS."""
+        return None
+
+    def explain(self, name: str) -> dict[str, Any]:
+        """``GET /nodes/<name>/explain``: why the node's last loop decided what it did."""
+        raise _lacks(self, "explains nothing")
+
+    def history(self) -> dict[str, Any]:
+        """``GET /history``: every change of active, oldest first."""
+        raise _lacks(self, "keeps no history")
+
+    def salvage_list(self) -> dict[str, Any]:
+        """``GET /salvage``: this node's salvage archives."""
+        raise _lacks(self, "keeps no salvage archives")
+
+    def salvage_show(self, ident: str) -> dict[str, Any]:
+        """``GET /salvage/<id>``: one salvage archive, whole."""
+        raise _lacks(self, "keeps no salvage archives")
+
+    def teardown(self) -> dict[str, Any]:
+        """``POST /cluster/teardown``: this node's last step in ``cluster teardown``."""
+        raise _lacks(self, "takes no teardown")
+
+    def restart_node(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /nodes/<name>/restart``."""
+        raise _lacks(self, "restarts nothing")
+
+    def reinit_node(self, name: str) -> dict[str, Any]:
+        """``POST /nodes/<name>/reinit``."""
+        raise _lacks(self, "re-clones nothing")
+
+    def failover(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /failover``."""
+        raise _lacks(self, "takes no failover")
+
+    def pause(self, body: dict[str, Any], by: str) -> dict[str, Any]:
+        """``POST /pause``; ``by`` names the API user and client asking."""
+        raise _lacks(self, "takes no pause")
+
+    def resume(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /resume``."""
+        raise _lacks(self, "takes no resume")
+
+    def cluster_config(self) -> dict[str, Any]:
+        """``GET /cluster/config``: the cluster-wide settings in the store."""
+        raise _lacks(self, "keeps no cluster-wide settings")
+
+    def change_cluster_config(self, body: dict[str, Any], by: str) -> dict[str, Any]:
+        """``PUT /cluster/config``: replace them (compare-and-set on ``body["version"]``)."""
+        raise _lacks(self, "takes no settings change")
+
+    def failsafe(self, body: bytes, signature: str) -> tuple[bytes, str]:
+        """``POST /failsafe``: the signed answer to an active's failsafe question."""
+        raise _lacks(self, "takes no failsafe questions")
+
+
+def _lacks(facade: AgentFacade, what: str) -> NotFoundError:
+    return NotFoundError(f"{facade.snapshot().node_name} {what}")
+
 
 def probe_json(snap: NodeSnapshot, now: float) -> dict[str, Any]:
     """The small body of the probe endpoints (``/status``...): enough to see why a node
@@ -73,4 +142,6 @@ def probe_json(snap: NodeSnapshot, now: float) -> dict[str, Any]:
         "minority": None if snap.minority is None else dict(snap.minority),
         "paused": snap.paused is not None,
         "pause": None if snap.paused is None else dict(snap.paused),
+        "pending_restart": repl.pending_restart if repl else None,
+        "settings": None if snap.settings is None else dict(snap.settings),
     }

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
 
+from hacore.backends.declarations import Declarations
 from hacore.backends.records import (
     ClusterView,
     KeyValue,
@@ -62,11 +63,13 @@ class Watcher(abc.ABC):
         self.close()
 
 
-class ConsensusBackend(abc.ABC):
+class ConsensusBackend(Declarations, abc.ABC):
     """One node's session with the consensus store.
 
     ``settings`` is the backend's own section of the configuration (endpoints, credentials);
-    :meth:`validate_settings` checks it before any connection is tried.
+    :meth:`validate_settings` checks it before any connection is tried. With
+    ``accepts_tls`` it also takes ``tls``: the node's certificate and the cluster CA, given
+    only when hacore runs the store (an external store's TLS is in its settings).
     """
 
     #: Optional features: ``"managed_servers"`` when a :class:`ManagedStore` is registered
@@ -88,10 +91,6 @@ class ConsensusBackend(abc.ABC):
         self.node_name = node_name
         self.ttl = ttl
         self.retry_timeout = retry_timeout
-
-    @classmethod
-    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
-        """Raise :class:`~hacore.errors.ConfigError` when ``settings`` cannot work."""
 
     # -- session ---------------------------------------------------------------------------
 
@@ -192,7 +191,7 @@ class ConsensusBackend(abc.ABC):
         self.close()
 
 
-class ManagedStore(abc.ABC):
+class ManagedStore(Declarations, abc.ABC):
     """This node's own server of the store, for clusters where hacore runs the store itself.
 
     The join protocol crosses two nodes::
@@ -203,7 +202,9 @@ class ManagedStore(abc.ABC):
         (failure on the joiner) active: store.remove_member(me.name)
 
     ``spec`` is a JSON-serialisable mapping, since it travels over the agent API.
-    ``settings`` carries the ports (``client_port``, ``peer_port``, and backend-specific ones).
+    ``settings`` carries the ports (``client_port``, ``peer_port``, and backend-specific ones);
+    :meth:`validate_settings` checks them when the configuration is loaded. With
+    ``accepts_tls`` the server takes the node's ``tls`` material for its client and peer ports.
     """
 
     def __init__(

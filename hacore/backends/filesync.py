@@ -5,12 +5,13 @@ from __future__ import annotations
 import abc
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import attrs
 
+from hacore.backends.declarations import Declarations
 from hacore.errors import ConfigError, FilesyncError
 
 
@@ -55,7 +56,27 @@ def directory_keys(directories: Sequence[Path], prefix: str = "hacore-") -> dict
     return keys
 
 
-class FilesyncBackend(abc.ABC):
+class PeerNarrowing(Protocol):
+    """How an engine that declares ``narrows_to_peers`` spells :meth:`FilesyncBackend.state`
+    and :meth:`FilesyncBackend.wait_in_sync`."""
+
+    def state(self, *, peers: Collection[str] | None = None) -> SyncState: ...
+
+    def wait_in_sync(
+        self, timeout: float, *, interval: float = 0.2, peers: Collection[str] | None = None
+    ) -> SyncState: ...
+
+
+class FilesyncBackend(Declarations, abc.ABC):
+    """With ``accepts_tls`` the engine takes the node's ``tls`` material for its peer
+    traffic; one without it is still usable with TLS on (it authenticates peers itself)."""
+
+    #: True: :meth:`state` and :meth:`wait_in_sync` take a keyword ``peers`` (node names, as
+    #: :class:`PeerNarrowing` spells it) and then judge the copy against those peers only. A
+    #: switchover waits for the one standby that takes over, not for another that may be
+    #: down; an engine without it is asked about its whole copy.
+    narrows_to_peers: ClassVar[bool] = False
+
     def __init__(
         self,
         settings: Mapping[str, Any],
@@ -70,10 +91,6 @@ class FilesyncBackend(abc.ABC):
         self.host = host
         self.data_dir = Path(data_dir)
         self.directories = tuple(Path(d) for d in directories)
-
-    @classmethod
-    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
-        """Raise :class:`~hacore.errors.ConfigError` when ``settings`` cannot work."""
 
     @abc.abstractmethod
     def identity(self) -> dict[str, Any]:

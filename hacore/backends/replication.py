@@ -12,10 +12,11 @@ import abc
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
+from hacore.backends.declarations import Declarations
 from hacore.errors import ReplicationError
 
 #: ``progress(done, total)`` in bytes; ``total`` is 0 when unknown.
@@ -103,7 +104,19 @@ class ReplicationStatus:
 UNKNOWN_STATUS = ReplicationStatus(running=False, role=ReplicationRole.UNKNOWN)
 
 
-class ReplicationBackend(abc.ABC):
+class ReplicationBackend(Declarations, abc.ABC):
+    """One node's database. With ``accepts_tls`` it takes the node's ``tls`` material for
+    replication; a database without it cannot be used while ``tls.enabled`` is true.
+
+    The optional abilities at the end (password rotation, TLS reload) have defaults that say
+    "not supported here", which the callers handle: override them to offer them.
+    """
+
+    #: True when :meth:`rotate_password` is implemented: ``cluster nodes remove`` then gives
+    #: the replication user a new password (the removed node knew the old one). Read before
+    #: the new password is stored, so a backend without it changes nothing.
+    rotates_password: ClassVar[bool] = False
+
     def __init__(
         self, settings: Mapping[str, Any], *, node_name: str, host: str, data_dir: Path
     ) -> None:
@@ -111,10 +124,6 @@ class ReplicationBackend(abc.ABC):
         self.node_name = node_name
         self.host = host
         self.data_dir = Path(data_dir)
-
-    @classmethod
-    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
-        """Raise :class:`~hacore.errors.ConfigError` when ``settings`` cannot work."""
 
     def address(self) -> tuple[str, int]:
         """Where the other nodes reach the local database: ``(host, port)``.
@@ -209,6 +218,38 @@ class ReplicationBackend(abc.ABC):
     def allow_member(self, node_name: str, host: str) -> None:
         """Let member ``node_name`` at ``host`` connect (replication and clients); idempotent.
 
-        Called on every node for every member, before a joiner clones. Backends without access
-        control of their own need not implement it.
+        Called on every node that holds a database, for every member, before a joiner clones.
+        On a node that holds none yet, a backend may accept it or raise
+        :class:`~hacore.errors.ReplicationError`; nothing else. Backends without access control
+        of their own need not implement it.
         """
+
+    # -- optional abilities ------------------------------------------------------------------
+
+    def rotate_password(self, user: str, password: str) -> None:
+        """Give ``user`` ``password`` on this primary (declare ``rotates_password``)."""
+        raise ReplicationError("this replication backend cannot rotate its password")
+
+    def apply_password(self, user: str, password: str) -> bool:
+        """Give ``user`` the cluster's rotated ``password`` if this is a primary; False when it
+        was not applied here (a standby, or a backend without password rotation)."""
+        return False
+
+    def remember_password(self, user: str, password: str) -> None:
+        """Use ``password`` for ``user`` at the next connection to the primary (the cluster
+        rotated it). The default does nothing."""
+
+    def reload_tls(self) -> None:
+        """The node's TLS files (the revocation list above all) changed on disk: make the
+        database read them again. The default does nothing."""
+
+    def apply_parameters(self, parameters: Mapping[str, str]) -> None:
+        """The cluster-wide server parameters changed (``cluster config set``): use
+        ``parameters`` from now on and make a running server read them again (a reload); one
+        that needs a restart shows as ``pending_restart`` in :meth:`status`. The default
+        does nothing: a backend without server parameters has none to apply."""
+
+    #: True when the backend implements ``hacore.cluster.snapshot.DatabaseSnapshots`` (a
+    #: logical dump on the active, loaded into a new primary: ``hacore snapshot create`` and
+    #: ``restore``, docs/snapshots.md); both commands refuse a backend without it.
+    takes_snapshots: ClassVar[bool] = False

@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from hacore.backends.declarations import Declarations
 from hacore.errors import ServiceError
 
 
@@ -18,13 +19,9 @@ class ServiceStatus:
     detail: str = ""
 
 
-class ServiceBackend(abc.ABC):
+class ServiceBackend(Declarations, abc.ABC):
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
-
-    @classmethod
-    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
-        """Raise :class:`~hacore.errors.ConfigError` when ``settings`` cannot work."""
 
     @classmethod
     def validate_services(cls, settings: Mapping[str, Any], names: Iterable[str]) -> None:

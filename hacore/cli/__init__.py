@@ -17,16 +17,22 @@ from hacore import __version__
 from hacore.cli import (
     agent,
     cluster,
+    cluster_config,
+    cluster_join,
     config,
     demo,
+    handover,
     haproxy,
     history,
     node,
+    node_repair,
     nodes,
     pause,
     plugins,
     profiles,
     salvage,
+    snapshot,
+    status,
 )
 from hacore.cli.exit_codes import exit_code_for
 from hacore.config.logging_setup import TEXT_FORMAT
@@ -75,12 +81,12 @@ def _attach() -> None:
     """Every command, in one place: which group it belongs to is read here, not in its module."""
     for command in (
         cluster.cluster_start,
-        cluster.cluster_join,
+        cluster_join.cluster_join,
         cluster.cluster_ca,
         nodes.nodes,
-        nodes.cluster_status,
-        nodes.cluster_switchover,
-        nodes.cluster_failover,
+        status.cluster_status,
+        handover.cluster_switchover,
+        handover.cluster_failover,
         history.cluster_history,
         history.cluster_explain,
         haproxy.cluster_haproxy_config,
@@ -88,12 +94,16 @@ def _attach() -> None:
         node.cluster_teardown,
         pause.cluster_pause,
         pause.cluster_resume,
+        cluster_config.cluster_config,
         profiles.profile,
     ):
         cluster.cluster.add_command(command)
+    for command in (node_repair.nodes_restart, node_repair.nodes_reinit):
+        nodes.nodes.add_command(command)
     for group in (agent.agent, cluster.cluster, node.node, plugins.plugins, config.config):
         cli.add_command(group)
     cli.add_command(demo.demo)
+    cli.add_command(snapshot.snapshot)
 
 
 _attach()

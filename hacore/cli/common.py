@@ -19,7 +19,7 @@ from rich.console import Console
 from hacore.api.errors import ApiError, ApiUnreachableError, AuthenticationError, UnavailableError
 from hacore.cli.exit_codes import UsageProblem
 from hacore.cli.output import FORMATS, Output, render
-from hacore.cluster.profile import (
+from hacore.client.profile import (
     Profile,
     active_client,
     members_of,

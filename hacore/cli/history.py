@@ -11,7 +11,7 @@ from rich.table import Table
 
 from hacore.api.errors import ApiError, ApiUnreachableError
 from hacore.cli.common import console, emit, json_option, reach
-from hacore.cluster.profile import Profile, active_client, members_of
+from hacore.client.profile import Profile, active_client, members_of
 
 
 def _when(at: Any) -> str:

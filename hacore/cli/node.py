@@ -10,7 +10,7 @@ import click
 
 from hacore.cli.common import REMOVE_TIMEOUT, config_option, emit, json_option, profile_file
 from hacore.cli.exit_codes import UsageProblem
-from hacore.cluster.profile import require_profile
+from hacore.client.profile import require_profile
 
 #: seconds a node gets to stop its servers and end its service
 NODE_TIMEOUT = 180.0

@@ -14,7 +14,7 @@ import click
 from hacore.api.client import ApiClient
 from hacore.api.errors import ApiUnreachableError, UnavailableError
 from hacore.cli.common import emit, json_option, reach
-from hacore.cluster.profile import Profile
+from hacore.client.profile import Profile
 from hacore.errors import HacoreError
 
 #: seconds between two looks while ``--wait`` waits for every member to report the pause

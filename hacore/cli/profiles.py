@@ -29,8 +29,8 @@ from hacore.cli.common import (
     prompt_password,
 )
 from hacore.cli.exit_codes import UsageProblem
+from hacore.client.profile import Profile, load_profile, members_of, save_profile
 from hacore.cluster.join import presented_ca, with_scheme
-from hacore.cluster.profile import Profile, load_profile, members_of, save_profile
 
 #: seconds the node gets to answer the authenticated ``GET /cluster``
 ANSWER_TIMEOUT = 10.0

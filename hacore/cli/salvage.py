@@ -14,7 +14,7 @@ from rich.table import Table
 
 from hacore.api.errors import ApiError, ApiUnreachableError, NotFoundError
 from hacore.cli.common import console, emit, json_option, reach
-from hacore.cluster.profile import Profile, members_of
+from hacore.client.profile import Profile, members_of
 
 
 @click.group("salvage")

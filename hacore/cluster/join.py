@@ -37,8 +37,8 @@ from hacore.api.errors import (
     UnavailableError,
 )
 from hacore.backends.consensus import CONFIG_KEY
+from hacore.cluster.bootstrap_token import api_url
 from hacore.cluster.errors import JoinRefusedError
-from hacore.cluster.local import api_url
 from hacore.cluster.operated_node import FormingNode
 from hacore.cluster.operation_state import ClusterState, Phase, Step
 from hacore.cluster.parts import LocalParts, local_parts

@@ -3,7 +3,7 @@
 It always serves the REST API. A node that belongs to no cluster serves only that: its
 ``/status`` answers 503, and it accepts ``POST /cluster/start`` and ``POST /cluster/join``
 from the local CLI, authenticated by the bootstrap token in its data directory
-(:mod:`hacore.cluster.local`). Once the node belongs to a cluster it runs the
+(:mod:`hacore.cluster.bootstrap_token`). Once the node belongs to a cluster it runs the
 :class:`~hacore.agent.runtime.Agent` too, and the API takes the cluster's credentials.
 
 What the node is part of is kept in ``cluster.json`` (:mod:`hacore.cluster.operation_state`); a
@@ -26,7 +26,6 @@ import logging
 import secrets
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -34,38 +33,35 @@ from typing import Any
 import attrs
 
 from hacore import pki
-from hacore.agent import keys, tls_paths
-from hacore.agent.execute import ReplicationCredentials
-from hacore.agent.explain import explain
+from hacore.agent import tls_paths
+from hacore.agent.credentials import ReplicationCredentials
 from hacore.agent.keeper import KeeperProcess
 from hacore.agent.runtime import Agent
 from hacore.agent.snapshot import NodeSnapshot
-from hacore.agent.support import build_backends
-from hacore.agent.vocabulary import NodeState
 from hacore.api.auth import hash_password
-from hacore.api.errors import BadRequestError, ConflictError, NotFoundError, UnavailableError
+from hacore.api.errors import BadRequestError, ConflictError, UnavailableError
+from hacore.api.facade import AgentFacade
 from hacore.api.limits import raise_open_file_limit
-from hacore.api.server import ApiServer, PlainHttp
-from hacore.backends import salvage
+from hacore.api.server import PlainHttp
+from hacore.cluster import cluster_config, repair
 from hacore.cluster import join as joining
+from hacore.cluster import node_views as views
 from hacore.cluster import pause as maintenance
-from hacore.cluster import repair
 from hacore.cluster import start as starting
 from hacore.cluster import tls as node_tls
-from hacore.cluster.follow import human_bytes
+from hacore.cluster.bootstrap_token import new_token, remove_token
 from hacore.cluster.grant import (
     cancel_join,
-    collect_stale_joins,
     create_join_token,
     grant_ticket,
 )
-from hacore.cluster.local import new_token, remove_token
+from hacore.cluster.node_api import NodeListeners
+from hacore.cluster.node_monitor import NodeMonitor
 from hacore.cluster.operation_state import ClusterState, Phase, StateFile, Step
 from hacore.cluster.parts import LocalParts, local_parts
-from hacore.cluster.pending import STALE_AFTER, pending_joins, pending_key
 from hacore.cluster.progress import Progress
-from hacore.cluster.record import ClusterRecord, reported_version
-from hacore.cluster.remove import remove_node, wait_store_forgets
+from hacore.cluster.record import ClusterRecord
+from hacore.cluster.remove import remove_node
 from hacore.cluster.requests import JoinCommand, NodeRequest
 from hacore.cluster.teardown import end_here
 from hacore.cluster.uninstall import mark_created
@@ -74,15 +70,15 @@ from hacore.config.node import ApiAuth, ApiSettings, NodeConfig, load_config
 from hacore.config.options import deep_merge
 from hacore.errors import ConfigError, HacoreError
 from hacore.plugins.configured import load_config_and_plugins
+from hacore.plugins.factory import build_backends
 
 log = logging.getLogger("hacore.cluster")
 
 #: seconds between two looks at the agent (operation completion, removal, stale joins)
 MONITOR_INTERVAL = 0.5
-STALE_CHECK_INTERVAL = 30.0
 
 
-class NodeService:
+class NodeService(AgentFacade):
     """The service of one node; also the :class:`~hacore.api.facade.AgentFacade` its API
     serves (every facade method is thread-safe)."""
 
@@ -96,10 +92,10 @@ class NodeService:
         self.progress: Progress | None = None
         self._state: ClusterState | None = None
         self._lock = threading.RLock()
-        self._servers: dict[str, ApiServer] = {}
+        self._listeners = NodeListeners(self, self.base.node.api_port)
         self._bootstrap: ApiAuth | None = None
         self._stop = threading.Event()
-        self._next_stale_check = 0.0
+        self._monitor = NodeMonitor(self)
         #: why the service stopped by itself (it then exits with an error)
         self.failure: str | None = None
 
@@ -173,9 +169,7 @@ class NodeService:
         if agent is not None:
             with contextlib.suppress(Exception):
                 agent.consensus.close()
-        for server in list(self._servers.values()):
-            server.shutdown()
-        self._servers.clear()
+        self._listeners.close()
         log.info("agent service stopped")
 
     # -- state -------------------------------------------------------------------------------
@@ -236,16 +230,7 @@ class NodeService:
 
     def cluster_ca(self) -> dict[str, Any] | None:
         """``GET /cluster/ca``: the CA certificate this node trusts (public material)."""
-        pem = node_tls.ca_certificate_pem(self.data_dir) if self.config.tls.enabled else None
-        if pem is None:
-            return None
-        cert = pki.load_ca_certificate(tls_paths.ca_cert_file(self.data_dir))
-        state = self._state
-        return {
-            "cluster": state.record.name if state else None,
-            "fingerprint": pki.fingerprint(cert),
-            "ca_certificate": pem,
-        }
+        return views.cluster_ca(self.config, self.data_dir, self._state)
 
     def _api_settings(self) -> ApiSettings:
         state = self._state
@@ -265,20 +250,9 @@ class NodeService:
         context = node_tls.server_context(self.data_dir) if self.config.tls.enabled else None
         bootstrap = state is None or state.phase in (Phase.STARTING, Phase.JOINING)
         plain = PlainHttp.ALL if bootstrap else PlainHttp.PROBES
-        base = self.base.node.host
-        for host in dict.fromkeys((base, self.config.node.host)):
-            server = self._servers.get(host)
-            if server is None:
-                try:
-                    server = ApiServer(self, settings, host=host, port=self.base.node.api_port)
-                except HacoreError as err:
-                    if host == base:
-                        raise
-                    log.warning("the API is not served on %s (%s); only on %s", host, err, base)
-                    continue
-                self._servers[host] = server.start()
-            server.set_settings(settings)
-            server.set_tls(context, plain)
+        self._listeners.listen(
+            (self.base.node.host, self.config.node.host), settings, context, plain
+        )
 
     # -- the agent ---------------------------------------------------------------------------
 
@@ -288,13 +262,18 @@ class NodeService:
         from hacore.cluster.clone_progress import reporting_clones
 
         state = self.require_state()
-        backends = build_backends(self.config, self.plugins, tls_paths.tls_files(self.config))
+        files = tls_paths.tls_files(self.config)
+        backends = build_backends(self.config, self.plugins, files)
+        config = cluster_config.effective_config(self.config, backends.consensus)
+        if config != self.config:
+            backends.consensus.close()
+            backends = build_backends(config, self.plugins, files)
         backends = attrs.evolve(
             backends, replication=reporting_clones(backends.replication, self._clone_progress)
         )
         credentials = ReplicationCredentials(state.replication_user, state.replication_password)
         agent = Agent(
-            self.config,
+            config,
             self.plugins,
             backends=backends,
             credentials=credentials,
@@ -345,64 +324,18 @@ class NodeService:
     # -- the monitor -------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Finish operations, notice a removal, cancel stale joins: what the loop shows."""
+        """One look of the monitor (:mod:`hacore.cluster.node_monitor`)."""
+        self._monitor.tick()
+
+    def watched(self) -> tuple[Agent | None, ClusterState | None, Progress | None]:
         with self._lock:
-            agent, state, progress = self.agent, self._state, self.progress
-        if agent is None or state is None:
-            return
-        if agent.died is not None:
-            # a loop that died cannot be trusted to resume: exit, the supervisor restarts us
-            self.failure = f"the agent loop died: {type(agent.died).__name__}: {agent.died}"
-            log.critical("%s; stopping the agent service", self.failure)
-            if progress is not None and progress.running:
-                progress.fail(self.failure)
-            self._stop.set()
-            return
-        snap = agent.snapshot()
-        if state.phase is Phase.STARTING and state.has(Step.AGENT) and snap.is_active:
-            if progress is not None:
-                progress.finish("active", f"fencing token {snap.lease_token}")
-            self._finish(f"{snap.node_name} is the active node of cluster {state.record.name}")
-        elif state.phase is Phase.JOINING and state.has(Step.AGENT):
-            if progress is not None and snap.state is NodeState.CLONING:
-                progress.begin("clone", f"copying the database from {snap.leader}")
-            # A standby holds the manager's files too before the join is done (the "files"
-            # check fails until its first complete copy).
-            files = snap.checks.get("files")
-            files_ok = files.ok if files is not None else agent.backends.filesync is None
-            if snap.standby_streaming and not files_ok and progress is not None:
-                progress.finish("streaming", f"following {snap.leader}")
-                progress.begin("files", files.detail if files else "waiting for the file sync")
-            if snap.standby_streaming and files_ok and self._forget_pending(agent):
-                if progress is not None:
-                    clone = progress.to_json().get("clone")
-                    copied = f"{human_bytes(clone['total'])} from {snap.leader}" if clone else ""
-                    progress.finish("clone", copied)
-                    progress.finish("streaming", f"following {snap.leader}")
-                    progress.finish("files", files.detail if files else "no file sync configured")
-                self._finish(
-                    f"{snap.node_name} is a standby of {snap.leader} in cluster "
-                    f"{state.record.name}, streaming"
-                )
-        elif state.phase is Phase.MEMBER:
-            if snap.state is NodeState.REMOVED:
-                self._become_removed(agent, state)
-            elif snap.is_active and time.monotonic() >= self._next_stale_check:
-                self._next_stale_check = time.monotonic() + STALE_CHECK_INTERVAL
-                try:
-                    collect_stale_joins(agent, STALE_AFTER, time.time())
-                except HacoreError as err:
-                    log.debug("stale joins not checked: %s", err)
+            return self.agent, self._state, self.progress
 
-    def _forget_pending(self, agent: Agent) -> bool:
-        try:
-            agent.consensus.delete(pending_key(agent.name))
-        except HacoreError as err:
-            log.debug("pending join key not deleted yet: %s", err)
-            return False
-        return True
+    def fail(self, failure: str) -> None:
+        self.failure = failure
+        self._stop.set()
 
-    def _finish(self, result: str) -> None:
+    def finish(self, result: str) -> None:
         with self._lock:
             self.save(self.require_state().with_phase(Phase.MEMBER))
             self._listen()
@@ -412,18 +345,7 @@ class NodeService:
                 self.progress.complete(result)
         log.info("%s", result)
 
-    def _become_removed(self, agent: Agent, state: ClusterState) -> None:
-        log.warning(
-            "this node was removed from cluster %s: stopping its agent, database and store server",
-            state.record.name,
-        )
-        store = agent.backends.managed_store
-        agent.stop(resign=True, timeout=60.0)
-        if store is not None:
-            timing = agent.config.timing
-            wait_store_forgets(store, agent.name, 2 * timing.ttl + 30 * timing.loop_wait)
-        with contextlib.suppress(HacoreError):
-            self.parts().stop()
+    def removed(self, state: ClusterState) -> None:
         with self._lock:
             self.agent = None
             self.save(state.with_phase(Phase.REMOVED))
@@ -434,53 +356,11 @@ class NodeService:
         agent = self.agent
         if agent is not None:
             return agent.snapshot()
-        state = self._state
-        if state is None:
-            node_state, reason = NodeState.EMPTY, "belongs to no cluster: run cluster start or join"
-        elif state.phase is Phase.REMOVED:
-            node_state = NodeState.REMOVED
-            reason = f"removed from cluster {state.record.name}"
-        else:
-            node_state, reason = NodeState.EMPTY, f"cluster {state.phase.value} in progress"
-        timing = self.config.timing
-        return NodeSnapshot(
-            node_name=self.config.node.name,
-            version=reported_version(),
-            state=node_state,
-            last_loop_at=time.monotonic(),
-            loop_wait=timing.loop_wait,
-            ttl=timing.ttl,
-            reason=reason,
-        )
+        return views.idle_snapshot(self.config, self._state)
 
     def cluster(self) -> dict[str, Any]:
         agent, state, progress = self.agent, self._state, self.progress
-        if agent is not None:
-            data = agent.cluster()
-            snap = agent.snapshot()
-            data["reason"] = snap.reason
-            _add_streaming(data, snap)
-            # two store round trips: not tried while the loop finds the store silent (a
-            # frozen store would hold the answer past any client's timeout)
-            data["store_members"] = _store_members(agent) if snap.store_ok else None
-            data["joining"] = _joining(agent) if snap.store_ok else None
-        else:
-            data = {
-                "cluster": state.record.name if state else None,
-                "namespace": state.record.namespace if state else None,
-                "leader": None,
-                "store_ok": False,
-                "members": [],
-                "removed": [],
-                "reason": self.snapshot().reason,
-            }
-        data["node"] = self.config.node.name
-        data["phase"] = state.phase.value if state else "unconfigured"
-        ca = self.cluster_ca()
-        data["ca_fingerprint"] = ca["fingerprint"] if ca else None
-        data["record"] = state.record.to_json() if state else None
-        data["operation"] = progress.to_json() if progress else None
-        return data
+        return views.cluster_view(self.config, agent, state, progress, self.cluster_ca())
 
     def start_cluster(self, options: dict[str, Any]) -> dict[str, Any]:
         request = NodeRequest.parse(options)
@@ -654,56 +534,40 @@ class NodeService:
         self.require_member()
         return maintenance.resume(self.agent, body)
 
+    def cluster_config(self) -> dict[str, Any]:
+        """``GET /cluster/config`` on any member (hacore/cluster/cluster_config.py)."""
+        self.require_member()
+        return cluster_config.show(self._running_agent())
+
+    def change_cluster_config(self, body: dict[str, Any], by: str) -> dict[str, Any]:
+        """``PUT /cluster/config`` on the active (hacore/cluster/cluster_config.py)."""
+        self.require_member()
+        agent = self._running_agent()
+        return cluster_config.change(agent, agent.config, self.plugins.registry, body, by=by)
+
+    def _running_agent(self) -> Agent:
+        agent = self.agent
+        if agent is None:
+            raise UnavailableError("this node's agent is not running")
+        return agent
+
     def failover(self, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /failover`` on any member (hacore/cluster/repair.py)."""
         self.require_member()
         return repair.failover(self.agent, body)
 
     def explain(self, name: str) -> dict[str, Any]:
-        """``GET /nodes/<name>/explain``: each node explains itself, from its last loop."""
-        own = self.config.node.name
-        if name != own:
-            raise NotFoundError(f"this is {own}: ask {name}'s own API for its explanation")
-        agent = self.agent
-        if agent is None:
-            raise UnavailableError(f"{own}'s agent is not running")
-        snap = agent.snapshot()
-        data = explain(snap.observation, snap.decision, agent.dcfg, snap.state).to_json()
-        data["node"] = own
-        data["failing_checks"] = {
-            check: result.detail for check, result in snap.checks.items() if not result.ok
-        }
-        data["maximum_lag_on_failover"] = agent.dcfg.maximum_lag_on_failover
-        data["synchronous_mode"] = agent.dcfg.synchronous_mode.value
-        return data
+        return views.explain_node(self.config, self.agent, name)
 
     def history(self) -> dict[str, Any]:
-        """``GET /history``: every change of active, oldest first (read from the store)."""
         self.require_member()
-        agent = self.agent
-        if agent is None:
-            raise UnavailableError("this node's agent is not running")
-        entries = []
-        for kv in agent.backends.consensus.get_prefix(keys.HISTORY_PREFIX):
-            try:
-                entries.append(keys.HistoryEntry.decode(kv.value))
-            except HacoreError as err:
-                log.warning("unreadable history entry %s: %s", kv.key, err)
-        entries.sort(key=lambda e: e.token)
-        return {"history": [e.to_json() for e in entries]}
+        return views.history(self.agent)
 
     def salvage_list(self) -> dict[str, Any]:
-        """``GET /salvage``: this node's salvage archives (hacore/backends/salvage.py), read
-        from its data directory: they are there whether the agent runs or not."""
-        directory = self.config.node.data_dir / salvage.DIR
-        return {"node": self.config.node.name, "archives": salvage.listing(directory)}
+        return views.salvage_list(self.config)
 
     def salvage_show(self, ident: str) -> dict[str, Any]:
-        """``GET /salvage/<id>``: one archive of this node, whole."""
-        try:
-            return salvage.read(self.config.node.data_dir / salvage.DIR, ident)
-        except salvage.SalvageError as err:
-            raise NotFoundError(str(err)) from None
+        return views.salvage_show(self.config, ident)
 
     def failsafe(self, body: bytes, signature: str) -> tuple[bytes, str]:
         """``POST /failsafe``: the agent's signed answer to an active's failsafe question."""
@@ -733,42 +597,6 @@ def _belongs(state: ClusterState) -> str:
 def _replication_user(config: NodeConfig) -> str:
     settings = config.replication.settings if config.replication else {}
     return str(settings.get("replication_user") or "replicator")
-
-
-def _add_streaming(data: dict[str, Any], snap: NodeSnapshot) -> None:
-    """On the active: which standbys stream from its database right now, and their lag."""
-    repl = snap.replication
-    if not snap.is_active or repl is None:
-        return
-    standbys = {s.name: s for s in repl.standbys}
-    for member in data.get("members", []):
-        found = standbys.get(member.get("name"))
-        if found is not None:
-            member["streaming"] = found.state == "streaming"
-            member["lag_bytes"] = found.lag_bytes
-            member["sync_state"] = found.sync_state
-        elif member.get("name") != snap.node_name:
-            member["streaming"] = False
-
-
-def _store_members(agent: Agent) -> list[dict[str, Any]] | None:
-    store = agent.backends.managed_store
-    if store is None:
-        return None
-    try:
-        return [attrs.asdict(m) for m in store.members()]
-    except HacoreError as err:
-        log.debug("store members not listed: %s", err)
-        return None
-
-
-def _joining(agent: Agent) -> list[str] | None:
-    """Names of the joins granted and not finished (a store round trip)."""
-    try:
-        return sorted(pending_joins(agent.consensus))
-    except HacoreError as err:
-        log.debug("pending joins not listed: %s", err)
-        return None
 
 
 def serve(config_path: str | Path) -> None:

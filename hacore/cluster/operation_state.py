@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from hacore.cluster.private_files import read_private, write_private
+from hacore.atomic_files import read_private, write_private
 from hacore.cluster.record import ClusterRecord
 from hacore.errors import HacoreError
 

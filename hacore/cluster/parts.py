@@ -13,12 +13,12 @@ from pathlib import Path
 
 import attrs
 
-from hacore.agent.support import REPLICATION_DIR, STORE_DIR, tls_arguments
 from hacore.backends.consensus import ManagedStore
 from hacore.backends.records import TlsFiles
 from hacore.backends.replication import ReplicationBackend
 from hacore.config.node import NodeConfig
-from hacore.errors import ConfigError, HacoreError
+from hacore.errors import HacoreError
+from hacore.plugins.factory import BackendFactory
 from hacore.plugins.registry import HacorePlugins
 
 
@@ -62,31 +62,8 @@ def local_parts(
     config: NodeConfig, plugins: HacorePlugins, tls: TlsFiles | None = None
 ) -> LocalParts:
     """The node's replication backend and managed store, as the agent will build them."""
-    if config.replication is None:
-        raise ConfigError(
-            "the configuration has no replication section: a cluster needs a database backend "
-            "(replication: {backend: postgresql, ...})"
-        )
-    registry, node = plugins.registry, config.node
-    database = registry.replication(config.replication.backend)
-    replication = database(
-        config.replication.settings,
-        **tls_arguments(database, tls, f"{config.replication.backend} replication"),
-        node_name=node.name,
-        host=node.host,
-        data_dir=node.data_dir / REPLICATION_DIR,
-    )
-    store = None
-    if config.consensus.managed:
-        factory = registry.managed_store(config.consensus.backend)
-        store = factory(
-            config.consensus.settings,
-            **tls_arguments(factory, tls, f"{config.consensus.backend} store server"),
-            name=node.name,
-            host=node.host,
-            data_dir=node.data_dir / STORE_DIR,
-        )
-    return LocalParts(replication, store)
+    factory = BackendFactory(config, plugins, tls)
+    return LocalParts(factory.replication(), factory.managed_store())
 
 
 def _has_files(directory: Path) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 
 from hacore.agent import keys, tls_paths
 from hacore.agent import revocation_store as revoke
-from hacore.agent.execute import ReplicationCredentials
+from hacore.agent.credentials import ReplicationCredentials
 from hacore.agent.runtime import Agent
 from hacore.api.errors import ConflictError, NotFoundError
 from hacore.backends.consensus import ManagedStore
@@ -90,9 +90,7 @@ def _revoke(agent: Agent, name: str) -> list[str]:
     if data is not None and revocation.install_crl(
         revocation.crl_path(files.ca_file), data, ca.certificate
     ):
-        reload_tls = getattr(agent.replication, "reload_tls", None)
-        if reload_tls is not None:
-            reload_tls()
+        agent.replication.reload_tls()
     if not serials:
         log.warning(
             "no certificate of %s is registered in the store: nothing revoked (it never ran "

@@ -28,6 +28,11 @@ from hacore.cluster.operation_state import Step
 from hacore.cluster.parts import LocalParts
 from hacore.cluster.progress import Progress
 from hacore.cluster.record import ClusterRecord
+from hacore.cluster.snapshot import (
+    adopt_restored_database,
+    restored_snapshot,
+    unfinished_restore,
+)
 from hacore.cluster.tls import create_cluster_ca
 from hacore.config.node import NodeConfig
 from hacore.errors import HacoreError
@@ -47,16 +52,26 @@ STEPS = (
 
 
 def check_startable(config: NodeConfig, plugins: HacorePlugins, parts: LocalParts) -> None:
-    """Refuse a node that cannot found a cluster, before anything is written."""
-    if parts.replication.is_initialized():
+    """Refuse a node that cannot found a cluster, before anything is written.
+
+    A database is accepted only with the marker of a finished ``snapshot restore``: its
+    origin is known (hacore.cluster.snapshot)."""
+    if unfinished_restore(config.node.data_dir):
+        raise ConflictError(
+            "a snapshot restore on this node did not finish: run hacore snapshot restore again "
+            "(it redoes the work), then cluster start"
+        )
+    restored = restored_snapshot(config.node.data_dir) is not None
+    if parts.replication.is_initialized() and not restored:
         raise ConflictError(
             f"this node already holds a database in {parts.replication.data_dir}: cluster start "
             "needs an empty node (it would not take over data of unknown origin)"
         )
     if parts.store is not None:
-        reason = parts.not_empty()
-        if reason:
-            raise ConflictError(f"this node is not empty: {reason}")
+        if parts.store_has_data():
+            raise ConflictError(
+                f"this node is not empty: it already holds store data in {parts.store.data_dir}"
+            )
         return
     consensus = _external_store(config, plugins)
     try:
@@ -127,6 +142,10 @@ def run_start(node: FormingNode, progress: Progress) -> None:
     if not replication.is_initialized():
         replication.bootstrap(replication_password=state.replication_password, allowed_hosts=[])
         detail = "new primary bootstrapped"
+    elif restored_snapshot(config.node.data_dir) is not None:
+        detail = adopt_restored_database(
+            replication, config.node.data_dir, state.replication_password
+        )
     else:
         detail = "primary already bootstrapped"
     state = node.save(state.with_step(Step.DATABASE))

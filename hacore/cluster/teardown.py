@@ -32,10 +32,10 @@ from hacore.agent import keys
 from hacore.agent.vocabulary import NodeState
 from hacore.api.client import ApiClient
 from hacore.api.errors import ApiError, ApiUnreachableError, ConflictError, NotFoundError
+from hacore.client.profile import Profile, active_client
 from hacore.cluster.operated_node import EndingNode
 from hacore.cluster.operation_state import Phase
 from hacore.cluster.pending import pending_joins
-from hacore.cluster.profile import Profile, active_client
 from hacore.errors import HacoreError
 
 log = logging.getLogger(__name__)

@@ -41,16 +41,17 @@ import attrs
 
 from hacore.agent.errors import StateConflictError
 from hacore.agent.keeper import KeeperProcess, pid_alive
-from hacore.agent.support import FILESYNC_DIR, REPLICATION_DIR, STORE_DIR
 from hacore.agent.tls_paths import PKI_DIR, tls_files
 from hacore.backends.processes import read_proc
-from hacore.cluster.local import TOKEN_FILE
+from hacore.client.profile import load_profile
+from hacore.cluster import snapshot
+from hacore.cluster.bootstrap_token import TOKEN_FILE
 from hacore.cluster.operation_state import STATE_FILE, Phase, StateFile
 from hacore.cluster.parts import local_parts
-from hacore.cluster.profile import load_profile
 from hacore.config.node import NodeConfig
 from hacore.errors import HacoreError
 from hacore.plugins.configured import load_config_and_plugins
+from hacore.plugins.factory import FILESYNC_DIR, REPLICATION_DIR, STORE_DIR
 
 #: left in a data directory the agent service created: only then does uninstall remove it
 CREATED_MARKER = ".hacore-created"
@@ -66,6 +67,8 @@ OWN_ENTRIES = (
     "keeper.pid",
     "keeper.log",
     "failsafe-promise.json",
+    snapshot.MARKER,
+    snapshot.STAGING,
     CREATED_MARKER,
 )
 #: where ``hacore agent unit``'s output is installed, as docs/agent.md says
@@ -399,7 +402,7 @@ def _delete(path: Path) -> None:
 def _remove_profile(
     explicit: Path | None, cluster: str, say: Callable[[str], None]
 ) -> tuple[list[str], list[str]]:
-    from hacore.cluster.profile import profile_path
+    from hacore.client.profile import profile_path
 
     path = profile_path(explicit)
     if not path.is_file():

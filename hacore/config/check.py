@@ -6,7 +6,9 @@ key (``timing.ttl``), says what is expected and shows what was given, so the per
 at a time: a file with three mistakes is reported as three lines in one run.
 
 Backends read their own keys with the same readers (:func:`backend_settings`), so a typo in
-a backend's key gets the same message and the same "did you mean" as one in a core key.
+a backend's key gets the same message and the same "did you mean" as one in a core key, and a
+wrong type or a value out of range reads ``<section>.<key> must be <what> (got <value>)``
+whichever plugin reports it (docs/plugin-authors.md, "Reading settings").
 """
 
 from __future__ import annotations
@@ -82,15 +84,32 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f'; did you mean "{close}"?' if close else ""
 
 
-def backend_settings(family: str, settings: Mapping[str, Any], known: Iterable[str]) -> Section:
+def backend_settings(
+    family: str,
+    settings: Mapping[str, Any],
+    known: Iterable[str],
+    *,
+    numbers_as_text: bool = False,
+) -> Section:
     """A reader for a backend's own keys in the ``family`` section (``consensus``, ``services``).
 
     Messages name the key as the person wrote it (``consensus.client_port``); hacore adds the
     file and the backend's name. The keys hacore reads itself in that section (``backend``,
     ``everywhere``...) never reach a backend, but a misspelling of one does, so they are
-    offered in "did you mean" and listed among the known keys.
+    offered in "did you mean" and listed among the known keys. Unknown keys are reported at
+    once; the backend reads the others and calls :meth:`Section.done`, which raises every
+    problem found, one line each. ``numbers_as_text``: see :class:`Section`.
     """
-    return Section("", family, settings, known, hints=SECTION_KEYS.get(family, ()))
+    sec = Section(
+        "",
+        family,
+        settings,
+        known,
+        hints=SECTION_KEYS.get(family, ()),
+        numbers_as_text=numbers_as_text,
+    )
+    sec.reject_unknown()
+    return sec
 
 
 class Problems:
@@ -146,8 +165,13 @@ class Section:
         problems: Problems | None = None,
         hints: Iterable[str] = (),
         required: str = "",
+        numbers_as_text: bool = False,
     ) -> None:
-        """``required``: what the section is for, when it must be given."""
+        """``required``: what the section is for, when it must be given.
+
+        ``numbers_as_text``: a number may also be written as a string (``port: "8873"``),
+        and a whole number as a float, as some backends have always read them; a section
+        hacore reads itself wants YAML numbers."""
         self.context = context
         self.prefix = prefix
         self.problems = Problems() if problems is None else problems
@@ -155,7 +179,9 @@ class Section:
         #: keys read elsewhere, offered in "did you mean" but not accepted here
         self.hints = tuple(hints)
         self.clean = True
+        self.numbers_as_text = numbers_as_text
         self._muted = False
+        self._rejected = False
         self._meant: set[str] = set()
         self.raw: Mapping[str, Any] = {}
         if raw is None and required:
@@ -215,8 +241,11 @@ class Section:
         """Record every key not in ``known``, each with the closest known one as a hint.
 
         ``elsewhere`` maps keys of other sections to their section, for "ttl belongs in
-        timing" hints.
+        timing" hints. Once per section: a second call finds nothing new.
         """
+        if self._rejected:
+            return
+        self._rejected = True
         known = sorted({*self.known, *self.hints})
         for key in self.raw:
             if key in self.known:
@@ -257,12 +286,45 @@ class Section:
         self.problem(f"{self.where(key)} must be {what} (got {show(value)})")
         return fallback
 
-    def number(self, key: str, default: Any = _MISSING, *, what: str = "a number > 0") -> float:
+    def _numeric(self, value: Any) -> Any:
+        """``value`` as a number where ``numbers_as_text`` allows it; else as it is."""
+        if not self.numbers_as_text or isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+    def number(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        what: str = "a number > 0",
+        low: float | None = None,
+        high: float | None = None,
+    ) -> float:
+        """A finite number > 0; with ``low`` (and ``high``) one in ``low..high`` instead,
+        the limits added to ``what`` in the message."""
         value = self._get(key, default, what)
-        fallback = 1.0 if default is _MISSING else float(default)
+        fallback = (1.0 if low is None else low) if default is _MISSING else float(default)
         if value is _MISSING:
             return fallback
+        value = self._numeric(value)
         ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if low is not None:
+            limits = f"{low:g}-{high:g}" if high is not None else f">= {low:g}"
+            if (
+                not ok
+                or not math.isfinite(value)
+                or not low <= value <= (math.inf if high is None else high)
+            ):
+                return self._bad(key, f"{what} {limits}", value, fallback)
+            return float(value)
         if not ok or not math.isfinite(value) or value <= 0:
             return self._bad(key, what, value, fallback)
         return float(value)
@@ -281,6 +343,7 @@ class Section:
         fallback = low if default is _MISSING else int(default)
         if value is _MISSING:
             return fallback
+        value = self._numeric(value)
         if not isinstance(value, int) or isinstance(value, bool):
             return self._bad(key, what, value, fallback)
         if value < low or (high is not None and value > high):
@@ -328,6 +391,25 @@ class Section:
             return self._bad(key, what, value, fallback)
         return value
 
+    def optional_string(self, key: str, *, what: str = "a non-empty string") -> str | None:
+        """A string, or None when the key is absent, null or empty."""
+        value = self.raw.get(key)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str) or not value.strip():
+            return self._bad(key, what, value, None)
+        return value
+
+    def optional_secret(self, key: str, *, what: str) -> str | None:
+        """Like :meth:`optional_string` but never shows the value: it may be a password."""
+        value = self.raw.get(key)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            self.problem(f"{self.where(key)} must be {what} (got a {type(value).__name__})")
+            return None
+        return value
+
     def secret(self, key: str, *, what: str) -> str:
         """Like :meth:`string` but never shows the value: it may be a password."""
         value = self._get(key, _MISSING, what)
@@ -352,6 +434,7 @@ class Section:
         fallback = 1 if default is _MISSING else int(default)
         if value is _MISSING:
             return fallback
+        value = self._numeric(value)
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
             return self._bad(key, "a TCP port number 1-65535", value, fallback)
         return value
@@ -361,6 +444,10 @@ class Section:
         if not value:
             return value
         return value if self.passes(lambda: check_host(value, self.where(key), self.fail)) else ""
+
+    def optional_path(self, key: str) -> Path | None:
+        """An absolute path, or None when the key is absent or null."""
+        return self.absolute_path(key) if self.given(key) else None
 
     def absolute_path(self, key: str, default: Any = _MISSING) -> Path:
         value = self._get(key, default, "an absolute path")

@@ -15,16 +15,15 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 import attrs
-import yaml
 
-from hacore.atomic_files import write_atomic
+from hacore.config.backend_checks import BackendLookup, check_backend
 from hacore.config.check import SECTION_KEYS, Problems, Section, check_name, show
 from hacore.config.logging_setup import LoggingSettings, read_logging
-from hacore.config.options import deep_merge, describe_yaml_error
-from hacore.errors import ConfigError, UnknownBackendError
+from hacore.config.options import deep_merge, read_source
+from hacore.errors import ConfigError
 
 DEFAULT_API_PORT = 8008
 DEFAULT_DATA_DIR = Path("/var/lib/hacore")
@@ -213,16 +212,6 @@ _HOME_OF = {
 }
 
 
-class BackendLookup(Protocol):
-    """What the configuration needs of a backend registry: the names of a family, and a
-    backend class by name (:class:`hacore.plugins.registry.BackendRegistry` is one). A
-    protocol, so that the configuration does not import the plugin layer."""
-
-    def names(self, family: str) -> list[str]: ...
-
-    def get(self, family: str, name: str) -> Any: ...
-
-
 #: the registry to check backends against, given the plugins the configuration allows
 RegistryFor = Callable[[PluginSettings], BackendLookup]
 
@@ -273,32 +262,10 @@ def validate_node_name(name: object) -> str:
 def _load(
     source: str | os.PathLike[str] | Mapping[str, Any], overrides: Mapping[str, Any] | None
 ) -> tuple[dict[str, Any], str]:
-    raw, context = _read(source)
+    raw, context = read_source(source)
     if overrides:
         raw = deep_merge(raw, overrides)
     return raw, context
-
-
-def _read(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    if isinstance(source, Mapping):
-        return copy.deepcopy(dict(source)), "config error"
-    path = Path(source)
-    context = f"config error in {path}"
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError(f"{context}: cannot read the file: {err.strerror}") from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{context}: not valid YAML: {describe_yaml_error(err)}") from None
-    if loaded is None:
-        loaded = {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(
-            f"{context}: the file must hold a mapping of sections (got {show(loaded)})"
-        )
-    return loaded, context
 
 
 def _build(raw: Mapping[str, Any], context: str, registry_for: RegistryFor | None) -> NodeConfig:
@@ -356,8 +323,19 @@ def _build(raw: Mapping[str, Any], context: str, registry_for: RegistryFor | Non
     if registry_for is not None and plugins_s.clean:
         registry = registry_for(plugins)
         for key, backend in backends.items():
-            _check_backend(
-                registry, key, backend, failover if failover_s.clean else None, problems, context
+            check_backend(
+                registry,
+                key,
+                backend,
+                failover if failover_s.clean else None,
+                problems,
+                context,
+                managed=isinstance(backend, ConsensusSection) and backend.managed,
+                services=(
+                    (*backend.active_only, *backend.everywhere)
+                    if isinstance(backend, ServicesSection)
+                    else None
+                ),
             )
     problems.raise_if_any()
     return NodeConfig(
@@ -574,125 +552,3 @@ def _plugins(sec: Section) -> PluginSettings:
     return PluginSettings(
         block=sec.string_list("block", what="plugin names", names=True), settings=settings
     )
-
-
-def _check_backend(
-    registry: BackendLookup,
-    key: str,
-    section: BackendSection,
-    failover: FailoverSettings | None,
-    problems: Problems,
-    context: str,
-) -> None:
-    """The backend's own checks of its settings, each problem prefixed with the file and key.
-
-    ``failover`` is None when that section had a problem: a backend then does not check its
-    settings against values nobody wrote.
-    """
-    family = key
-    try:
-        if isinstance(section, ConsensusSection) and section.managed:
-            family = "managed_store"
-            if section.backend not in registry.names(family):
-                _backend_class(registry, "consensus", section, key, context)  # unknown name first
-                managed = ", ".join(registry.names(family)) or "none"
-                raise ConfigError(
-                    f"{context}: consensus.managed: the {section.backend} backend cannot run its "
-                    f"own servers (backends that can: {managed}); set managed: false and give the "
-                    "settings of an existing store"
-                )
-        cls = _backend_class(registry, family, section, key, context)
-    except ConfigError as err:
-        problems.add(err)
-        return
-    where = f"{context}: {key} ({section.backend}): "
-    validate = getattr(cls, "validate_settings", None)
-    if validate is not None:
-        try:
-            validate(section.settings)
-            if isinstance(section, ServicesSection):
-                cls.validate_services(section.settings, (*section.active_only, *section.everywhere))
-        except ConfigError as err:
-            problems.add(_prefixed(where, err))
-    # A backend whose settings must agree with the failover section (the database's
-    # synchronous mode) checks that here; settings of its own are for validate_settings.
-    validate_failover = getattr(cls, "validate_failover", None)
-    if validate_failover is not None and failover is not None:
-        try:
-            validate_failover(section.settings, failover)
-        except ConfigError as err:
-            problems.add(_prefixed(where, err))
-
-
-def _backend_class(
-    registry: BackendLookup, family: str, section: BackendSection, key: str, context: str
-) -> Any:
-    try:
-        return registry.get(family, section.backend)
-    except UnknownBackendError as err:
-        raise UnknownBackendError(f"{context}: {key}.backend: {err}") from None
-
-
-def _prefixed(where: str, err: ConfigError) -> ConfigError:
-    """A backend may report several problems, one line each: every line gets the prefix."""
-    return ConfigError("\n".join(where + line for line in str(err).splitlines()))
-
-
-# -------------------------------------------------------------------------------------------
-# Writing back
-# -------------------------------------------------------------------------------------------
-
-
-def to_mapping(config: NodeConfig) -> dict[str, Any]:
-    """Plain data (str, numbers, lists, dicts) that :func:`load_config` reads back as ``config``."""
-
-    def backend(section: BackendSection, **own: Any) -> dict[str, Any]:
-        return {"backend": section.backend, **own, **copy.deepcopy(dict(section.settings))}
-
-    data: dict[str, Any] = {
-        "cluster": attrs.asdict(config.cluster),
-        "node": {**attrs.asdict(config.node), "data_dir": str(config.node.data_dir)},
-        "timing": attrs.asdict(config.timing),
-        "checks": attrs.asdict(config.checks),
-        "failover": attrs.asdict(config.failover),
-        "consensus": backend(config.consensus, managed=config.consensus.managed),
-    }
-    if config.replication is not None:
-        data["replication"] = backend(config.replication)
-    if config.filesync is not None:
-        dirs = [str(d) for d in config.filesync.directories]
-        data["filesync"] = backend(config.filesync, directories=dirs)
-    if config.services is not None:
-        data["services"] = backend(
-            config.services,
-            active_only=list(config.services.active_only),
-            everywhere=list(config.services.everywhere),
-        )
-    api: dict[str, Any] = {"status_requires_auth": config.api.status_requires_auth}
-    if config.api.auth is not None:
-        api["auth"] = attrs.asdict(config.api.auth)
-    if config.api.users:
-        api["users"] = [attrs.asdict(user) for user in config.api.users]
-    data["api"] = api
-    data["tls"] = attrs.asdict(config.tls)
-    data["plugins"] = {
-        "block": list(config.plugins.block),
-        "settings": copy.deepcopy(dict(config.plugins.settings)),
-    }
-    log_file = config.logging.file
-    data["logging"] = {
-        **attrs.asdict(config.logging),
-        "file": None if log_file is None else str(log_file),
-    }
-    return data
-
-
-def dump(config: NodeConfig, path: str | os.PathLike[str] | None = None) -> str:
-    """The configuration as YAML; written to ``path`` (mode 0600, atomically) when given.
-
-    0600 because the file holds the API password hash.
-    """
-    text = yaml.safe_dump(to_mapping(config), sort_keys=False, default_flow_style=False)
-    if path is not None:
-        write_atomic(path, text, 0o600)
-    return text

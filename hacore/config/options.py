@@ -4,6 +4,8 @@ It takes the three forms the seed's ``cfy cluster`` accepted, so existing script
 YAML file paths, directories or globs (merged in order), a JSON object, or ``k1=v1;k2=v2`` with
 dotted keys for nesting (``timing.ttl=3;consensus.backend=etcd``). The result is a nested
 mapping that :func:`hacore.config.node.load_config` deep-merges over the node's configuration.
+Reading the configuration file itself (:func:`read_source`) is here too: the same YAML, the
+same way of describing what is wrong with it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from hacore.config.check import show
 from hacore.errors import ConfigError
 
 _PREFIX = "--options"
@@ -38,6 +41,30 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def read_source(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """A copy of the raw configuration, and the start of every error line about it (which
+    names the file it was read from)."""
+    if isinstance(source, Mapping):
+        return copy.deepcopy(dict(source)), "config error"
+    path = Path(source)
+    context = f"config error in {path}"
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{context}: cannot read the file: {err.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{context}: not valid YAML: {describe_yaml_error(err)}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"{context}: the file must hold a mapping of sections (got {show(loaded)})"
+        )
+    return loaded, context
 
 
 def parse_options(value: str | Sequence[str]) -> dict[str, Any]:

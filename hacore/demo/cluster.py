@@ -181,16 +181,7 @@ class _Demo:
         self.rule("node2 and node3 join (store member, clone of the database, file mirror)")
         trust = join_trust_arguments(first)
         for node in others:
-            self.run(
-                "cluster",
-                "join",
-                first.address,
-                "-c",
-                str(node.config_path),
-                "--node-name",
-                node.name,
-                *trust,
-            )
+            self.run(*node.join_arguments(first), *trust)
         self.run("cluster", "nodes", "list")
 
     def use_the_manager(self) -> tuple[DemoNode, list[Workflow]]:

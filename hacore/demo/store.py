@@ -27,35 +27,11 @@ from hacore.backends.consensus import LEADER_KEY, ConsensusBackend, ManagedStore
 from hacore.backends.records import EventKind
 from hacore.errors import HacoreError, StoreUnavailableError
 from hacore.plugins.registry import load_plugins
+from hacore.testing.contract_support import merge_client_settings
+from hacore.testing.local_cluster import managed_store_ports
 
 HOST = "127.0.0.1"
 NAMESPACE = "demo"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _store_settings(backend: str) -> dict[str, Any]:
-    settings = {"client_port": _free_port(), "peer_port": _free_port()}
-    if backend == "zookeeper":
-        settings["election_port"] = _free_port()
-    return settings
-
-
-def _merged_client_settings(stores: list[ManagedStore]) -> dict[str, Any]:
-    """Client settings naming every member, so a client survives the loss of any one."""
-    merged: dict[str, Any] = {}
-    for store in stores:
-        for key, value in store.client_settings().items():
-            if isinstance(value, list):
-                merged.setdefault(key, [])
-                merged[key] += [v for v in value if v not in merged[key]]
-            else:
-                merged.setdefault(key, value)
-    return merged
 
 
 @contextmanager
@@ -117,7 +93,9 @@ def run_store_demo(*, backend: str, workdir: str | None, ttl: float, console: Co
         console.rule(f"[bold]hacore store demo[/bold] — {backend}, ttl {ttl:g}s, in {root}")
         stores: list[ManagedStore] = []
         for name in names:
-            store = store_cls(_store_settings(backend), name=name, host=HOST, data_dir=root / name)
+            store = store_cls(
+                managed_store_ports(backend), name=name, host=HOST, data_dir=root / name
+            )
             stack.callback(store.stop)
             stores.append(store)
 
@@ -131,7 +109,7 @@ def run_store_demo(*, backend: str, workdir: str | None, ttl: float, console: Co
         console.print(f"store of 3 ready in {time.monotonic() - started:.1f}s")
         console.print(_members_table(stores[0], f"{backend} members"))
 
-        settings = _merged_client_settings(stores)
+        settings = merge_client_settings(stores)
         observer = consensus_cls(
             settings, namespace=NAMESPACE, node_name="observer", ttl=ttl, retry_timeout=1.0
         )

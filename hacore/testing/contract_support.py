@@ -17,6 +17,11 @@ from hacore.testing.procs import ServerProcess
 
 T = TypeVar("T")
 
+#: Seconds a freshly written value may take to be visible through another client.
+VISIBLE = 5.0
+#: What "within retry_timeout" may overshoot by (thread scheduling, a loaded machine).
+SLACK = 1.0
+
 #: One write of the watch-order scenario: (kind, key, value).
 Change = tuple[EventKind, str, bytes | None]
 

@@ -7,13 +7,14 @@ so the rule is checked here, at configuration time, where the message can say wh
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 
+from hacore.config.check import Section, backend_settings, show
 from hacore.errors import ConfigError
 
 #: Consul's default ``session_ttl_min`` and its fixed upper bound.
@@ -24,21 +25,19 @@ CONSUL_MAX_LOCK_DELAY = 60.0
 #: Small enough to never delay a failover, positive because the API docs ask for > 0.
 DEFAULT_LOCK_DELAY = 0.001
 
-KNOWN_KEYS = frozenset(
-    {
-        "endpoints",
-        "token",
-        "datacenter",
-        "prefix",
-        "lock_delay",
-        "min_session_ttl",
-        "round_up_ttl",
-        "halve_session_ttl",
-        "ca_file",
-        "cert_file",
-        "key_file",
-        "verify",
-    }
+KNOWN_KEYS = (
+    "endpoints",
+    "token",
+    "datacenter",
+    "prefix",
+    "lock_delay",
+    "min_session_ttl",
+    "round_up_ttl",
+    "halve_session_ttl",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "verify",
 )
 
 
@@ -84,85 +83,76 @@ def parse_endpoint(raw: object) -> Endpoint:
     return Endpoint(parts.scheme, parts.hostname, port)
 
 
-def _number(settings: Mapping[str, Any], key: str, default: float) -> float:
-    value = settings.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"consul setting {key!r} must be a number of seconds, not {value!r}")
-    return float(value)
-
-
-def _optional_str(settings: Mapping[str, Any], key: str) -> str | None:
-    value = settings.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"consul setting {key!r} must be a non-empty string")
-    return value
-
-
 def parse_settings(settings: Mapping[str, Any]) -> ConsulSettings:
-    """Turn the raw settings into :class:`ConsulSettings` or raise one clear ConfigError."""
-    unknown = sorted(set(settings) - KNOWN_KEYS)
-    if unknown:
-        known = ", ".join(sorted(KNOWN_KEYS))
-        raise ConfigError(f"unknown consul setting(s) {', '.join(unknown)}; known: {known}")
-    raw_endpoints = settings.get("endpoints")
-    if isinstance(raw_endpoints, str):
-        raw_endpoints = [raw_endpoints]
-    if not isinstance(raw_endpoints, list | tuple) or not raw_endpoints:
-        raise ConfigError(
-            "consul setting 'endpoints' must list at least one agent URL, "
-            "e.g. endpoints: [http://127.0.0.1:8500]"
-        )
-    endpoints = tuple(parse_endpoint(raw) for raw in raw_endpoints)
-
+    """Turn the raw settings into :class:`ConsulSettings` or raise one ConfigError that lists
+    every problem, one line each."""
+    sec = backend_settings("consensus", settings, KNOWN_KEYS)
+    endpoints = _endpoints(sec)
     prefix = settings.get("prefix", "hacore")
     if not isinstance(prefix, str) or not prefix.strip("/") or prefix.startswith("/"):
-        raise ConfigError(
-            f"consul setting 'prefix' must be a key path without a leading '/', not {prefix!r}"
+        sec.problem(
+            f"consensus.prefix must be a key path without a leading '/' (got {show(prefix)})"
         )
-
-    lock_delay = _number(settings, "lock_delay", DEFAULT_LOCK_DELAY)
-    if not (lock_delay == 0 or 0.001 <= lock_delay <= CONSUL_MAX_LOCK_DELAY):
+        prefix = "hacore"
+    seconds = "a number of seconds"
+    lock_delay = sec.number(
+        "lock_delay", DEFAULT_LOCK_DELAY, low=0, high=CONSUL_MAX_LOCK_DELAY, what=seconds
+    )
+    if 0 < lock_delay < 0.001:
         # Consul reads a delay below 1 µs as a number of *seconds*: refuse the ambiguous range.
-        raise ConfigError(
-            "consul setting 'lock_delay' must be 0 or between 0.001 and "
-            f"{CONSUL_MAX_LOCK_DELAY:g} s"
+        sec.problem(
+            "consensus.lock_delay must be 0 or between 0.001 and "
+            f"{CONSUL_MAX_LOCK_DELAY:g} s (got {show(settings['lock_delay'])})"
         )
-    min_ttl = _number(settings, "min_session_ttl", CONSUL_MIN_SESSION_TTL)
-    if not 0 < min_ttl <= CONSUL_MAX_SESSION_TTL:
-        raise ConfigError("consul setting 'min_session_ttl' must be between 0 and 86400 s")
-    flags = {}
-    for flag, default in (("round_up_ttl", False), ("halve_session_ttl", True)):
-        flags[flag] = settings.get(flag, default)
-        if not isinstance(flags[flag], bool):
-            raise ConfigError(f"consul setting {flag!r} must be true or false")
-
-    verify: bool | str = settings.get("verify", True)
-    if not isinstance(verify, bool):
-        raise ConfigError("consul setting 'verify' must be true or false (use ca_file for a CA)")
-    ca_file = _optional_str(settings, "ca_file")
+    min_ttl = sec.number("min_session_ttl", CONSUL_MIN_SESSION_TTL, what=f"{seconds} > 0")
+    if min_ttl > CONSUL_MAX_SESSION_TTL:
+        sec.problem(
+            f"consensus.min_session_ttl must be a number of seconds > 0 and at most "
+            f"{CONSUL_MAX_SESSION_TTL:g} (got {show(min_ttl)})"
+        )
+    verify: bool | str = True
+    if "verify" in settings and not isinstance(settings["verify"], bool):
+        sec.problem(
+            f"consensus.verify must be true or false (got {show(settings['verify'])}); "
+            "give a CA with ca_file"
+        )
+    else:
+        verify = sec.boolean("verify", True)
+    ca_file = sec.optional_string("ca_file", what="a file path")
     if ca_file is not None:
         verify = ca_file
-    cert_file = _optional_str(settings, "cert_file")
-    key_file = _optional_str(settings, "key_file")
+    cert_file = sec.optional_string("cert_file", what="a file path")
+    key_file = sec.optional_string("key_file", what="a file path")
     if (cert_file is None) != (key_file is None):
-        raise ConfigError(
-            "consul settings 'cert_file' and 'key_file' go together: give both or neither"
-        )
-
-    return ConsulSettings(
+        sec.problem("consensus.cert_file and consensus.key_file go together: give both or neither")
+    parsed = ConsulSettings(
         endpoints=endpoints,
-        token=_optional_str(settings, "token"),
-        datacenter=_optional_str(settings, "datacenter"),
+        token=sec.optional_secret("token", what="a non-empty string"),
+        datacenter=sec.optional_string("datacenter"),
         prefix=prefix.strip("/"),
         lock_delay=lock_delay,
         min_session_ttl=min_ttl,
-        round_up_ttl=flags["round_up_ttl"],
-        halve_session_ttl=flags["halve_session_ttl"],
+        round_up_ttl=sec.boolean("round_up_ttl", False),
+        halve_session_ttl=sec.boolean("halve_session_ttl", True),
         verify=verify,
         cert=(cert_file, key_file) if cert_file and key_file else None,
     )
+    sec.done()
+    return parsed
+
+
+def _endpoints(sec: Section) -> tuple[Endpoint, ...]:
+    raw = sec.raw.get("endpoints")
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list | tuple) or not raw:
+        sec.problem(
+            "consensus.endpoints must list at least one agent URL, "
+            "e.g. endpoints: [http://127.0.0.1:8500]"
+        )
+        return ()
+    parsed = [sec.attempt(partial(parse_endpoint, entry), None) for entry in raw]
+    return tuple(endpoint for endpoint in parsed if endpoint is not None)
 
 
 def session_ttl(ttl: float, settings: ConsulSettings) -> float:

@@ -32,6 +32,7 @@ def _lease_missing(err: EtcdRequestError) -> bool:
 
 class EtcdConsensus(ConsensusBackend):
     capabilities: ClassVar[frozenset[str]] = frozenset({"managed_servers", "ordered_watch"})
+    accepts_tls: ClassVar[bool] = True
 
     def __init__(
         self,

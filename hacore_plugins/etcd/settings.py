@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,12 +17,12 @@ import attrs
 
 from hacore.backends.client_tls import ClientTls
 from hacore.backends.records import TlsFiles
-from hacore.config.check import backend_settings
+from hacore.config.check import Section, backend_settings
 from hacore.errors import ConfigError
 
 #: TLS file settings, and the names Patroni's ``etcd3`` section gives them
 TLS_KEYS = {"ca_file": "cacert", "cert_file": "cert", "key_file": "key"}
-KNOWN = frozenset({"endpoints", "username", "password", *TLS_KEYS, *TLS_KEYS.values()})
+KNOWN = ("endpoints", "username", "password", *TLS_KEYS, *TLS_KEYS.values())
 
 DEFAULT_BINARY = "/usr/bin/etcd"
 #: the settings of the etcd member hacore runs (``managed: true``)
@@ -54,7 +55,6 @@ class EtcdManagedSettings:
         """Every problem at once; the ones etcd itself would only report when it fails to start
         (a shared port, an election timeout under 5 heartbeats) included."""
         sec = backend_settings("consensus", settings, MANAGED_KEYS)
-        sec.reject_unknown()
         default = cls()
         before = len(sec.problems)
         client_port = sec.port("client_port", default.client_port)
@@ -99,15 +99,6 @@ def _endpoint(raw: object) -> str:
     return url
 
 
-def _optional_str(settings: Mapping[str, Any], name: str) -> str | None:
-    value = settings.get(name)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(f"etcd setting {name!r} must be a string")
-    return value
-
-
 @attrs.frozen
 class EtcdSettings:
     endpoints: tuple[str, ...]
@@ -118,44 +109,49 @@ class EtcdSettings:
     @classmethod
     def parse(cls, settings: Mapping[str, Any], node_tls: TlsFiles | None = None) -> EtcdSettings:
         """``node_tls`` (the node's certificate and cluster CA) applies unless the settings
-        name a CA of their own."""
-        unknown = sorted(set(settings) - KNOWN)
-        if unknown:
-            raise ConfigError(
-                f"unknown etcd setting(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN))}"
-            )
-        raw = settings.get("endpoints")
-        if isinstance(raw, str):
-            raw = [part for part in raw.split(",") if part.strip()]
-        if not isinstance(raw, list | tuple) or not raw:
-            raise ConfigError(
-                "etcd needs 'endpoints': a list of client URLs such as ['http://10.0.0.1:2379']"
-            )
-        endpoints = tuple(_endpoint(e) for e in raw)
-        if len(set(endpoints)) != len(endpoints):
-            raise ConfigError(f"etcd endpoints list the same URL twice: {', '.join(endpoints)}")
-        username = _optional_str(settings, "username")
-        password = _optional_str(settings, "password")
+        name a CA of their own. Every problem at once, one line each."""
+        sec = backend_settings("consensus", settings, KNOWN)
+        endpoints = _endpoints(sec)
+        username = sec.optional_string("username", what="a user name")
+        password = sec.optional_secret("password", what="a non-empty string")
         if (username is None) != (password is None):
-            raise ConfigError("etcd 'username' and 'password' must be given together")
-        files = _tls_files(settings)
-        if files["ca_file"] is None and files["cert_file"] is not None:
-            raise ConfigError("etcd 'cert_file' needs 'ca_file' (the CA that signed the servers)")
+            sec.problem("consensus.username and consensus.password must be given together")
+        files = _tls_files(sec)
+        sec.done()
         if files["ca_file"] is None and node_tls is not None:
             return cls(endpoints, username, password, ClientTls.from_node(node_tls))
         return cls(endpoints, username, password, ClientTls(**files))
 
 
-def _tls_files(settings: Mapping[str, Any]) -> dict[str, str | None]:
+def _endpoints(sec: Section) -> tuple[str, ...]:
+    raw = sec.raw.get("endpoints")
+    if isinstance(raw, str):
+        raw = [part for part in raw.split(",") if part.strip()]
+    if not isinstance(raw, list | tuple) or not raw:
+        sec.problem(
+            "etcd needs 'endpoints': a list of client URLs such as ['http://10.0.0.1:2379']"
+        )
+        return ()
+    before = len(sec.problems)
+    endpoints = tuple(sec.attempt(partial(_endpoint, entry), "") for entry in raw)
+    if len(sec.problems) == before and len(set(endpoints)) != len(endpoints):
+        sec.problem(f"etcd endpoints list the same URL twice: {', '.join(endpoints)}")
+    return endpoints
+
+
+def _tls_files(sec: Section) -> dict[str, str | None]:
     files: dict[str, str | None] = {}
     for name, alias in TLS_KEYS.items():
-        path, other = _optional_str(settings, name), _optional_str(settings, alias)
+        path = sec.optional_string(name, what="a file path")
+        other = sec.optional_string(alias, what="a file path")
         if path is not None and other is not None and path != other:
-            raise ConfigError(f"etcd settings {name!r} and {alias!r} name different files")
+            sec.problem(f"consensus.{name} and consensus.{alias} name different files")
         key, path = (name, path) if path is not None else (alias, other)
         if path is not None and not os.path.isfile(path):
-            raise ConfigError(f"etcd setting {key!r}: no such file {path}")
+            sec.problem(f"consensus.{key}: no such file {path}")
         files[name] = path
     if files["key_file"] is not None and files["cert_file"] is None:
-        raise ConfigError("etcd 'key_file' needs 'cert_file'")
+        sec.problem("consensus.key_file needs consensus.cert_file")
+    if files["ca_file"] is None and files["cert_file"] is not None:
+        sec.problem("consensus.cert_file needs consensus.ca_file (the CA that signed the servers)")
     return files

@@ -22,7 +22,8 @@ from hacore.pki import create_ca, issue_node_certificate
 from hacore.testing.harness import ConsensusHarness
 from hacore.testing.procs import ServerProcess, free_port, wait_for
 from hacore_plugins.etcd.client import EtcdClient
-from hacore_plugins.etcd.managed import DEFAULT_BINARY, EtcdManagedStore, etcd_argv, url
+from hacore_plugins.etcd.command_line import etcd_argv, url
+from hacore_plugins.etcd.managed import DEFAULT_BINARY, EtcdManagedStore
 
 MEMBERS = 3
 HOST = "127.0.0.1"

@@ -45,6 +45,7 @@ from hacore_plugins.postgresql.node import check_hosts, one
 from hacore_plugins.postgresql.primary import PrimaryDuties
 from hacore_plugins.postgresql.salvage import SalvageDuties
 from hacore_plugins.postgresql.settings import SUPERUSER
+from hacore_plugins.postgresql.snapshot import SnapshotDuties
 from hacore_plugins.postgresql.sources import SourceAccess
 from hacore_plugins.postgresql.sql import (
     STATUS,
@@ -82,7 +83,7 @@ _DIVERGED = (
 ON_LOOP_CONNECT_TIMEOUT = 3
 
 
-class PostgresReplication(PrimaryDuties, SourceAccess, SalvageDuties):
+class PostgresReplication(PrimaryDuties, SourceAccess, SalvageDuties, SnapshotDuties):
     """The backend registered as ``postgresql``; ``tls=None`` runs plain, as before TLS."""
 
     # ---------------------------------------------------------------------------------------

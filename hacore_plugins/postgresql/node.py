@@ -13,10 +13,10 @@ import pwd
 import re
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
@@ -52,6 +52,8 @@ NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 class PgNode(ReplicationBackend):
     """This node's server and files; the operations are added by the subclasses."""
+
+    accepts_tls: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -180,6 +182,25 @@ class PgNode(ReplicationBackend):
         copies and reload the server, which re-reads ``ssl_crl_file`` on SIGHUP."""
         if self.tls is not None:
             self._write_node_files(self._state())
+
+    def apply_parameters(self, parameters: Mapping[str, str]) -> None:
+        """The cluster-wide ``parameters`` changed: check them as ``config check`` would,
+        render ``postgresql.conf`` again and reload a running server. What needs a restart
+        stays pending (``pending_restart`` in the status) until the server restarts."""
+        settings = {**self.settings, "parameters": dict(parameters)}
+        config = parse_settings(settings)
+        if self.tls is not None:
+            clash = sorted(tls_files.TLS_PARAMETERS & set(config.parameters))
+            if clash:
+                raise ConfigError(
+                    f"postgresql parameter(s) {', '.join(clash)} are set by hacore when the "
+                    "node runs with TLS: remove them"
+                )
+        self.settings, self.config = settings, config
+        if self.is_initialized() and self.postmaster_pid() is not None:
+            log.info("%s: server parameters changed; reloading the server", self.node_name)
+            self._write_node_files(self._state())
+            self._reload()
 
     def _install_tls(self) -> bool:
         """Refresh the server user's copies of the TLS files; True when they changed."""

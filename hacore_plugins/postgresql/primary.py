@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from typing import ClassVar
 
 import attrs
 import psycopg
@@ -20,6 +21,8 @@ _PASSWORD_LOCK = threading.Lock()
 
 
 class PrimaryDuties(PgNode):
+    rotates_password: ClassVar[bool] = True
+
     def fencing_token(self) -> int | None:
         """The recorded token; None only when none is recorded (or hacore never set the table
         up). A database that does not answer raises: "no token" would be a guess that makes
@@ -100,6 +103,11 @@ class PrimaryDuties(PgNode):
 
     def allow_member(self, node_name: str, host: str) -> None:
         check_hosts([host])
+        if not self.layout.node_dir.is_dir():
+            raise ReplicationError(
+                f"cannot let {node_name} reach {self.node_name}'s database: there is none here "
+                "yet (members are let in once this node is bootstrapped or cloned)"
+            )
         state = self._state()
         new = state.with_member(node_name, host)
         if new != state:

@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 
+from hacore.config.check import backend_settings, show
 from hacore.errors import ConfigError
 
 SYNC_MODES = ("off", "on", "strict")
@@ -27,23 +28,21 @@ MIN_MAJOR = 15
 TOOLS = ("initdb", "pg_ctl", "postgres", "pg_basebackup", "pg_rewind", "pg_controldata")
 SUPERUSER = "postgres"
 
-KNOWN = frozenset(
-    {
-        "port",
-        "bin_dir",
-        "superuser_password",
-        "replication_user",
-        "database",
-        "parameters",
-        "synchronous",
-        "os_user",
-        "listen_addresses",
-        "locale",
-        "clone_max_rate",
-        "start_timeout",
-        "stop_timeout",
-        "clients",
-    }
+KNOWN = (
+    "port",
+    "bin_dir",
+    "superuser_password",
+    "replication_user",
+    "database",
+    "parameters",
+    "synchronous",
+    "os_user",
+    "listen_addresses",
+    "locale",
+    "clone_max_rate",
+    "start_timeout",
+    "stop_timeout",
+    "clients",
 )
 
 #: What a ``clients`` row may ask of a client: a password (scram), or a client certificate
@@ -136,29 +135,33 @@ class PgSettings:
 
 
 def parse_settings(raw: Mapping[str, Any]) -> PgSettings:
-    unknown = sorted(set(raw) - KNOWN)
-    if unknown:
-        raise ConfigError(
-            f"unknown postgresql setting(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN))}"
-        )
-    bin_dir = _bin_dir(raw.get("bin_dir"))
-    return PgSettings(
-        bin_dir=bin_dir,
-        major=server_major(bin_dir),
-        os_user=_os_user(raw.get("os_user")),
-        port=_port(raw.get("port", 5432)),
-        superuser_password=_optional_text(raw, "superuser_password"),
-        replication_user=_identifier(raw, "replication_user", "replicator"),
-        database=_identifier(raw, "database", "postgres"),
-        parameters=_parameters(raw.get("parameters")),
-        synchronous=_sync_mode(raw.get("synchronous", "off")),
-        listen_addresses=_optional_text(raw, "listen_addresses"),
-        locale=_optional_text(raw, "locale") or "C.UTF-8",
-        clone_max_rate=_rate(raw.get("clone_max_rate")),
-        start_timeout=_seconds(raw, "start_timeout", 120.0),
-        stop_timeout=_seconds(raw, "stop_timeout", 60.0),
-        clients=parse_clients(raw.get("clients")),
+    """Every problem at once, one line each; the binaries are looked at only when
+    ``bin_dir`` names a usable directory."""
+    sec = backend_settings("replication", raw, KNOWN)
+    bin_dir = sec.attempt(lambda: _bin_dir(raw.get("bin_dir")), None)
+    major = MIN_MAJOR if bin_dir is None else sec.attempt(lambda: server_major(bin_dir), MIN_MAJOR)
+    seconds = "a number of seconds > 0"
+    settings = PgSettings(
+        bin_dir=bin_dir or Path("/"),
+        major=major,
+        os_user=sec.attempt(lambda: _os_user(raw.get("os_user")), ""),
+        port=sec.port("port", 5432),
+        superuser_password=sec.optional_secret("superuser_password", what="a string"),
+        replication_user=sec.attempt(
+            lambda: _identifier(raw, "replication_user", "replicator"), "replicator"
+        ),
+        database=sec.attempt(lambda: _identifier(raw, "database", "postgres"), "postgres"),
+        parameters=sec.attempt(lambda: _parameters(raw.get("parameters")), {}),
+        synchronous=sec.attempt(lambda: _sync_mode(raw.get("synchronous", "off")), "off"),
+        listen_addresses=sec.optional_string("listen_addresses"),
+        locale=sec.optional_string("locale") or "C.UTF-8",
+        clone_max_rate=sec.attempt(lambda: _rate(raw.get("clone_max_rate")), None),
+        start_timeout=sec.number("start_timeout", 120.0, what=seconds),
+        stop_timeout=sec.number("stop_timeout", 60.0, what=seconds),
+        clients=sec.attempt(lambda: parse_clients(raw.get("clients")), ()),
     )
+    sec.done()
+    return settings
 
 
 def parse_clients(raw: object) -> tuple[ClientNetwork, ...]:
@@ -307,7 +310,7 @@ def _bin_dir(raw: object) -> Path:
             )
         raw = found
     if not isinstance(raw, str | os.PathLike):
-        raise ConfigError(f"postgresql setting 'bin_dir' must be a path (got {raw!r})")
+        raise ConfigError(f"replication.bin_dir must be a path (got {show(raw)})")
     path = Path(raw)
     missing = [tool for tool in TOOLS if not (path / tool).is_file()]
     if missing:
@@ -325,7 +328,7 @@ def _os_user(raw: object) -> str:
             return current
         raw = "postgres"
     if not isinstance(raw, str):
-        raise ConfigError(f"postgresql setting 'os_user' must be a user name (got {raw!r})")
+        raise ConfigError(f"replication.os_user must be a user name (got {show(raw)})")
     try:
         pwd.getpwnam(raw)
     except KeyError:
@@ -340,27 +343,12 @@ def _os_user(raw: object) -> str:
     return raw
 
 
-def _port(raw: object) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:
-        raise ConfigError(f"postgresql setting 'port' must be a TCP port 1-65535 (got {raw!r})")
-    return raw
-
-
-def _optional_text(raw: Mapping[str, Any], name: str) -> str | None:
-    value = raw.get(name)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(f"postgresql setting {name!r} must be a string")
-    return value
-
-
 def _identifier(raw: Mapping[str, Any], name: str, default: str) -> str:
     value = raw.get(name, default)
     if not isinstance(value, str) or not _IDENT.fullmatch(value):
         raise ConfigError(
-            f"postgresql setting {name!r} must be a lower-case SQL name of letters, digits and "
-            f"'_' (got {value!r})"
+            f"replication.{name} must be a lower-case SQL name of letters, digits and "
+            f"'_' (got {show(value)})"
         )
     return value
 
@@ -373,7 +361,7 @@ def _sync_mode(raw: object) -> str:
         return "off"
     if raw not in SYNC_MODES:
         raise ConfigError(
-            f"postgresql setting 'synchronous' must be one of {', '.join(SYNC_MODES)} (got {raw!r})"
+            f"replication.synchronous must be one of {', '.join(SYNC_MODES)} (got {show(raw)})"
         )
     return str(raw)
 
@@ -384,17 +372,10 @@ def _rate(raw: object) -> str | None:
     text = str(raw)
     if isinstance(raw, bool) or not _RATE.fullmatch(text):
         raise ConfigError(
-            f"postgresql setting 'clone_max_rate' must be kB per second, or end in k or M "
-            f"such as '50M' (got {raw!r})"
+            f"replication.clone_max_rate must be kB per second, or end in k or M "
+            f"such as '50M' (got {show(raw)})"
         )
     return text
-
-
-def _seconds(raw: Mapping[str, Any], name: str, default: float) -> float:
-    value = raw.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"postgresql setting {name!r} must be a positive number of seconds")
-    return float(value)
 
 
 def _parameters(raw: object) -> dict[str, str]:
@@ -402,7 +383,7 @@ def _parameters(raw: object) -> dict[str, str]:
         return {}
     if not isinstance(raw, Mapping):
         raise ConfigError(
-            "postgresql setting 'parameters' must be a mapping of postgresql.conf names to values"
+            "replication.parameters must be a mapping of postgresql.conf names to values"
         )
     result: dict[str, str] = {}
     for key, value in raw.items():

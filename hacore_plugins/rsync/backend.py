@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -98,6 +98,8 @@ class RsyncFilesync(FilesyncBackend):
     every node), ``io_timeout`` (60 s), ``start_timeout`` (10 s), ``binary``,
     ``stunnel_binary``, ``openssl_binary``. ``tls`` (the node's material) makes the
     transport TLS with the cluster CA at both ends."""
+
+    accepts_tls: ClassVar[bool] = True
 
     def __init__(
         self,

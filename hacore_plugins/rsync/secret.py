@@ -20,6 +20,7 @@ from hacore.config.node import NodeConfig
 from hacore.errors import FilesyncError, HacoreError
 from hacore.pki.errors import TlsMaterialError
 from hacore.pki.tls_files import private_dir
+from hacore.plugins.factory import FILESYNC_DIR
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,6 @@ PART = "rsync"
 
 def home_of(node_data_dir: Path) -> Path:
     """The plugin's directory for a node, as the agent lays the backends out."""
-    from hacore.agent.support import FILESYNC_DIR  # the agent imports plugins: not at load
-
     return Path(node_data_dir) / FILESYNC_DIR / HOME
 
 

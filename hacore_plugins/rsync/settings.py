@@ -7,36 +7,17 @@ from typing import Any
 
 import attrs
 
-from hacore.errors import ConfigError
+from hacore.config.check import Section, backend_settings
 
 DEFAULT_BINARY = "/usr/bin/rsync"
 DEFAULT_STUNNEL = "/usr/bin/stunnel4"
 DEFAULT_OPENSSL = "/usr/bin/openssl"
-KNOWN = frozenset(
-    {
-        "binary",
-        "stunnel_binary",
-        "openssl_binary",
-        "port",
-        "interval",
-        "password",
-        "io_timeout",
-        "start_timeout",
-    }
-)
-
-
-def _number(settings: Mapping[str, Any], name: str, default: float, *, low: float) -> float:
-    raw = settings.get(name, default)
-    try:
-        if isinstance(raw, bool):
-            raise TypeError
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"rsync setting {name!r} must be a number (got {raw!r})") from None
-    if value < low:
-        raise ConfigError(f"rsync setting {name!r} must be at least {low:g} (got {raw!r})")
-    return value
+PROGRAMS = {
+    "binary": DEFAULT_BINARY,
+    "stunnel_binary": DEFAULT_STUNNEL,
+    "openssl_binary": DEFAULT_OPENSSL,
+}
+KNOWN = (*PROGRAMS, "port", "interval", "password", "io_timeout", "start_timeout")
 
 
 @attrs.frozen
@@ -55,32 +36,39 @@ class RsyncSettings:
 
     @classmethod
     def parse(cls, settings: Mapping[str, Any]) -> RsyncSettings:
-        unknown = sorted(set(settings) - KNOWN)
-        if unknown:
-            raise ConfigError(
-                f"unknown rsync setting(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN))}"
-            )
-        port = _number(settings, "port", 8873, low=1)
-        if port != int(port) or port > 65535:
-            raise ConfigError(f"rsync setting 'port' must be a TCP port (got {port:g})")
-        password = settings.get("password")
-        if password is not None and (not isinstance(password, str) or not password.strip()):
-            raise ConfigError("rsync setting 'password' must be a non-empty string")
-        if password is not None and any(c in password for c in "\r\n\0"):
-            raise ConfigError("rsync setting 'password' must be one line")
-        for name in ("binary", "stunnel_binary", "openssl_binary"):
-            value = settings.get(name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise ConfigError(f"rsync setting {name!r} must be a program path")
-            if isinstance(value, str) and any(c.isspace() or ord(c) < 32 for c in value):
-                raise ConfigError(f"rsync setting {name!r} must hold no white space")
-        return cls(
-            binary=str(settings.get("binary", DEFAULT_BINARY)),
-            stunnel_binary=str(settings.get("stunnel_binary", DEFAULT_STUNNEL)),
-            openssl_binary=str(settings.get("openssl_binary", DEFAULT_OPENSSL)),
-            port=int(port),
-            interval=_number(settings, "interval", 2.0, low=0.1),
-            password=password,
-            io_timeout=int(_number(settings, "io_timeout", 60, low=1)),
-            start_timeout=_number(settings, "start_timeout", 10.0, low=1),
+        # numbers written as strings have always been read
+        sec = backend_settings("filesync", settings, KNOWN, numbers_as_text=True)
+        seconds = "a number of seconds"
+        programs = {name: _program(sec, name, default) for name, default in PROGRAMS.items()}
+        parsed = cls(
+            **programs,
+            port=sec.port("port", 8873),
+            interval=sec.number("interval", 2.0, low=0.1, what=seconds),
+            password=_password(sec),
+            io_timeout=int(sec.number("io_timeout", 60, low=1, what=seconds)),
+            start_timeout=sec.number("start_timeout", 10.0, low=1, what=seconds),
         )
+        sec.done()
+        return parsed
+
+
+def _program(sec: Section, key: str, default: str) -> str:
+    """A path handed to a command line: no white space, which would split it."""
+    path = sec.string(key, default, what="a program path")
+    if any(c.isspace() or ord(c) < 32 for c in path):
+        sec.problem(f"{sec.where(key)} must be a program path without white space")
+    return path
+
+
+def _password(sec: Section) -> str | None:
+    """Never shown in a message: it is a password."""
+    password = sec.raw.get("password")
+    if password is None:
+        return None
+    where = sec.where("password")
+    if not isinstance(password, str) or not password.strip():
+        sec.problem(f"{where} must be a non-empty string (the value is not shown)")
+        return None
+    if any(c in password for c in "\r\n\0"):
+        sec.problem(f"{where} must be one line (the value is not shown)")
+    return password

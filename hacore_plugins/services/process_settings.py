@@ -29,14 +29,14 @@ from typing import Any, NoReturn
 
 import attrs
 
-from hacore.config.check import check_name, show
+from hacore.config.check import Section, backend_settings, check_name, show
 from hacore.errors import ConfigError
-from hacore_plugins.services.settings import absolute_path, reject_unknown, seconds
 
 WHERE = "services"
 STOP_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2")
 _KNOWN = ("run_dir", "commands", "stop_timeout", "start_grace")
 _KNOWN_SERVICE = ("command", "cwd", "env", "stop_signal", "stop_timeout")
+SECONDS = "a number of seconds > 0"
 
 
 def _frozen_env(value: Mapping[str, str]) -> Mapping[str, str]:
@@ -67,43 +67,58 @@ class ProcessSettings:
 
     @classmethod
     def parse(cls, settings: Mapping[str, Any]) -> ProcessSettings:
-        reject_unknown(settings, _KNOWN, WHERE)
+        sec = backend_settings(WHERE, settings, _KNOWN)
         if settings.get("run_dir") is None:
-            raise ConfigError(
+            sec.problem(
                 f"{WHERE}.run_dir is required: the directory for the services' pid and log files"
             )
-        run_dir = absolute_path(settings["run_dir"], f"{WHERE}.run_dir")
-        stop_timeout = seconds(settings, "stop_timeout", 10.0, WHERE)
+        run_dir = sec.absolute_path("run_dir", "/")
+        stop_timeout = sec.number("stop_timeout", 10.0, what=SECONDS)
         raw = settings.get("commands")
+        commands: dict[str, ProcessCommand] = {}
         if not isinstance(raw, Mapping) or not raw:
-            raise ConfigError(
+            sec.problem(
                 f"{WHERE}.commands must map each service name to its command line, "
                 f'e.g. worker: "python3 -m worker" (got {show(raw)})'
             )
-        commands = {name: _command(name, value, stop_timeout) for name, value in raw.items()}
-        return cls(
-            run_dir=run_dir,
-            commands=commands,
-            start_grace=seconds(settings, "start_grace", 0.5, WHERE),
-        )
+        else:
+            for name, value in raw.items():
+                command = _command(sec, name, value, stop_timeout)
+                if command is not None:
+                    commands[name] = command
+        start_grace = sec.number("start_grace", 0.5, what=SECONDS)
+        sec.done()
+        return cls(run_dir=run_dir, commands=commands, start_grace=start_grace)
 
 
-def _command(name: Any, raw: Any, default_stop_timeout: float) -> ProcessCommand:
+def _command(
+    sec: Section, name: Any, raw: Any, default_stop_timeout: float
+) -> ProcessCommand | None:
+    """One service's command, or None with its problems recorded in ``sec``."""
+
     def fail(message: str) -> NoReturn:
         raise ConfigError(message)
 
     where = f"{WHERE}.commands.{name}"
-    check_name(name, f"{WHERE}.commands: service name {show(name)}", fail, what="a service name")
+    title = f"{WHERE}.commands: service name {show(name)}"
+    if not sec.passes(lambda: check_name(name, title, fail, what="a service name")):
+        return None
     spec: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {"command": raw}
-    reject_unknown(spec, _KNOWN_SERVICE, where)
-    return ProcessCommand(
+    own = Section("", where, spec, _KNOWN_SERVICE, problems=sec.problems)
+    own.reject_unknown()
+    command = ProcessCommand(
         name=name,
-        argv=_argv(spec.get("command"), f"{where}.command" if spec is raw else where),
-        cwd=absolute_path(spec["cwd"], f"{where}.cwd") if spec.get("cwd") is not None else None,
-        env=_env(spec.get("env"), f"{where}.env"),
-        stop_signal=_signal(spec.get("stop_signal"), f"{where}.stop_signal"),
-        stop_timeout=seconds(spec, "stop_timeout", default_stop_timeout, where),
+        argv=own.attempt(
+            lambda: _argv(spec.get("command"), f"{where}.command" if spec is raw else where), ()
+        ),
+        cwd=own.optional_path("cwd"),
+        env=own.attempt(lambda: _env(spec.get("env"), f"{where}.env"), {}),
+        stop_signal=own.attempt(
+            lambda: _signal(spec.get("stop_signal"), f"{where}.stop_signal"), signal.SIGTERM
+        ),
+        stop_timeout=own.number("stop_timeout", default_stop_timeout, what=SECONDS),
     )
+    return command if own.clean else None
 
 
 def _argv(raw: Any, where: str) -> tuple[str, ...]:

@@ -16,13 +16,8 @@ from urllib.parse import quote, urlsplit
 
 import attrs
 
+from hacore.config.check import backend_settings
 from hacore.errors import ConfigError, ServiceError
-from hacore_plugins.services.settings import (
-    absolute_path,
-    optional_string,
-    reject_unknown,
-    seconds,
-)
 
 WHERE = "services"
 #: Debian's and most distributions' default ``[unix_http_server] file``
@@ -61,22 +56,22 @@ class SupervisorSettings:
 
     @classmethod
     def parse(cls, settings: Mapping[str, Any]) -> SupervisorSettings:
-        reject_unknown(settings, _KNOWN, WHERE)
-        sock = optional_string(settings, "socket", WHERE)
-        url = optional_string(settings, "url", WHERE)
+        sec = backend_settings(WHERE, settings, _KNOWN)
+        socket_path = sec.optional_path("socket")
+        url = sec.optional_string("url")
+        sock = None if socket_path is None else str(socket_path)
         if sock is not None and url is not None:
-            raise ConfigError(f"{WHERE}: give socket or url for supervisord, not both")
-        if sock is not None:
-            sock = str(absolute_path(sock, f"{WHERE}.socket"))
+            sec.problem(f"{WHERE}: give socket or url for supervisord, not both")
         elif url is not None:
-            url = _check_url(url)
-        else:
+            url = sec.attempt(lambda: _check_url(str(url)), url)
+        elif sock is None:
             sock = DEFAULT_SOCKET
-        username = optional_string(settings, "username", WHERE)
-        password = optional_string(settings, "password", WHERE)
+        username = sec.optional_string("username")
+        password = sec.optional_secret("password", what="a non-empty string")
         if (username is None) != (password is None):
-            raise ConfigError(f"{WHERE}: username and password must be given together")
-        timeout = seconds(settings, "timeout", 60.0, WHERE)
+            sec.problem(f"{WHERE}: username and password must be given together")
+        timeout = sec.number("timeout", 60.0, what="a number of seconds > 0")
+        sec.done()
         return cls(sock, url, username, password, timeout)
 
 

@@ -20,8 +20,8 @@ from typing import Any
 import attrs
 
 from hacore.backends.services import ServiceBackend, ServiceStatus
+from hacore.config.check import backend_settings
 from hacore.errors import ServiceError
-from hacore_plugins.services.settings import boolean, optional_string, reject_unknown, seconds
 from hacore_plugins.services.systemd_show import PROPERTIES, UnitState
 
 WHERE = "services"
@@ -72,12 +72,14 @@ class SystemdSettings:
 
     @classmethod
     def parse(cls, settings: Mapping[str, Any]) -> SystemdSettings:
-        reject_unknown(settings, _KNOWN, WHERE)
-        return cls(
-            systemctl=optional_string(settings, "systemctl", WHERE) or "systemctl",
-            user=boolean(settings, "user", False, WHERE),
-            timeout=seconds(settings, "timeout", 100.0, WHERE),
+        sec = backend_settings(WHERE, settings, _KNOWN)
+        parsed = cls(
+            systemctl=sec.optional_string("systemctl") or "systemctl",
+            user=sec.boolean("user", False),
+            timeout=sec.number("timeout", 100.0, what="a number of seconds > 0"),
         )
+        sec.done()
+        return parsed
 
 
 class SystemdServices(ServiceBackend):

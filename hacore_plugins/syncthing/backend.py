@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -88,6 +88,8 @@ class SyncthingFilesync(FilesyncBackend):
     ``max_send_kbps`` and ``max_recv_kbps`` (0: unlimited). ``api_url`` + ``api_key`` use a
     Syncthing someone else runs instead. The instance hacore runs answers its API on
     ``<home>/api.sock`` only; ``api_port``/``gui_port`` are accepted and ignored."""
+
+    narrows_to_peers: ClassVar[bool] = True
 
     def __init__(
         self,

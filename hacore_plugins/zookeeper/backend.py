@@ -84,6 +84,7 @@ class _Deadline:
 
 class ZooKeeperConsensus(ConsensusBackend):
     capabilities: ClassVar[frozenset[str]] = frozenset({"managed_servers", "ordered_watch"})
+    accepts_tls: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -147,6 +148,21 @@ class ZooKeeperConsensus(ConsensusBackend):
         client.add_listener(self._on_state)
         return client
 
+    def _replace(self, dead: PersistentWatchClient) -> PersistentWatchClient:
+        """A new client for one whose connection thread died: its session is lost, as after
+        an expiry (the next keepalive says so), and the new one connects afresh."""
+        log.warning(
+            "%s: the ZooKeeper client's connection thread ended on an error it does not "
+            "handle; starting a new client",
+            self.node_name,
+        )
+        dead.persistent_callback = None
+        dead.remove_listener(self._on_state)
+        threading.Thread(target=_stop_client, args=(dead,), daemon=True).start()
+        client = self._new_client()
+        client.start_async()
+        return client
+
     def _on_state(self, state: str) -> None:
         """Connection thread: must not block."""
         client = self._client
@@ -170,6 +186,8 @@ class ZooKeeperConsensus(ConsensusBackend):
     def _connected(self, deadline: _Deadline) -> PersistentWatchClient:
         with self._lock:
             client = self._client
+            if client is not None and client.loop_ended:
+                client = self._client = self._replace(client)
         if client is None:
             raise HacoreError(f"the ZooKeeper backend of {self.node_name} is closed")
         if not client.connected and not client._live.wait(deadline.remaining()):

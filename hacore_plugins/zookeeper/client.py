@@ -10,6 +10,11 @@ woken by ``connected`` reads the timeout of this connection, not None or the las
 ZooKeeper keeps watches per connection: after kazoo reconnects (to any server) the watch is
 gone and must be added again by the owner of the callback.
 
+A response whose xid is not the one kazoo expects makes kazoo raise ``RuntimeError`` in its
+connection thread, which ends the thread: the client would never connect again (kazoo issue
+254, seen here after a session expiry on a loaded machine). The connection here treats it as a
+dropped connection instead, so kazoo fails the pending requests and connects afresh.
+
 Over TLS, kazoo waits for the raw socket to become readable before reading the next
 response; responses already decrypted into the TLS layer's buffer would wait for the next
 packet (a ping, up to a third of the session timeout later). The connection here drains them.
@@ -22,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kazoo.client import KazooClient
+from kazoo.exceptions import ConnectionDropped
 from kazoo.protocol.connection import CLOSE_RESPONSE, ConnectionHandler
 from kazoo.protocol.serialization import Connect, Watch, int_struct, write_string
 
@@ -49,7 +55,11 @@ class _Connection(ConnectionHandler):  # type: ignore[misc]
     client: PersistentWatchClient
 
     def _invoke(self, timeout: float, request: Any, xid: int | None = None) -> Any:
-        result = super()._invoke(timeout, request, xid)
+        try:
+            result = super()._invoke(timeout, request, xid)
+        except RuntimeError as err:
+            _raise_dropped_on_xid_mismatch(err)
+            raise
         # The answer to Connect, read before _connect sets ``connected`` and calls the
         # listeners (0 means the session expired: _connect raises, nothing was granted).
         if isinstance(request, Connect) and result[0].time_out > 0:
@@ -75,7 +85,20 @@ class _Connection(ConnectionHandler):  # type: ignore[misc]
         request = pending[0][0] if pending else None
         if isinstance(request, AddWatch) and not header.err and request.on_added is not None:
             request.on_added()
-        return super()._read_response(header, buffer, offset)
+        try:
+            return super()._read_response(header, buffer, offset)
+        except RuntimeError as err:
+            _raise_dropped_on_xid_mismatch(err)
+            raise
+
+
+def _raise_dropped_on_xid_mismatch(err: RuntimeError) -> None:
+    """kazoo's xid mismatch as the dropped connection kazoo recovers from."""
+    if err.args and str(err.args[0]).startswith("xids do not match"):
+        expected, received = [*err.args[1:], None, None][:2]
+        raise ConnectionDropped(
+            f"xids do not match (expected {expected}, received {received}): reconnecting"
+        ) from err
 
 
 class PersistentWatchClient(KazooClient):  # type: ignore[misc]
@@ -88,6 +111,13 @@ class PersistentWatchClient(KazooClient):  # type: ignore[misc]
         self.negotiated_timeout: float | None = None
         #: receives every event of every persistent recursive watch of this client
         self.persistent_callback: EventCallback | None = None
+
+    @property
+    def loop_ended(self) -> bool:
+        """kazoo's connection thread ended although nobody stopped the client: an exception
+        it does not handle ends it, and the client then never connects again."""
+        routine = self._connection._connection_routine
+        return routine is not None and not routine.is_alive() and not self._stopped.is_set()
 
     @property
     def session_id(self) -> int | None:

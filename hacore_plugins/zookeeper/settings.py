@@ -23,13 +23,14 @@ connections to an external, plain-text ensemble plain.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import attrs
 
 from hacore.backends.client_tls import ClientTls
 from hacore.backends.records import TlsFiles
-from hacore.config.check import backend_settings
+from hacore.config.check import Section, backend_settings
 from hacore.errors import ConfigError
 from hacore_plugins.zookeeper import server as zk
 
@@ -53,7 +54,6 @@ class ManagedSettings:
     @classmethod
     def parse(cls, settings: Mapping[str, Any]) -> ManagedSettings:
         sec = backend_settings("consensus", settings, MANAGED_KEYS)
-        sec.reject_unknown()
         before = len(sec.problems)
         ports = {key: sec.port(key) for key in MANAGED_PORTS}
         if len(sec.problems) == before and len(set(ports.values())) != len(ports):
@@ -91,47 +91,44 @@ def parse_settings(
     settings: Mapping[str, Any], node_tls: TlsFiles | None = None
 ) -> ZooKeeperSettings:
     """``node_tls`` (the node's certificate and the cluster CA) applies unless the settings
-    name a CA of their own or say ``use_tls: false``."""
-    unknown = sorted(set(settings) - set(KNOWN_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"unknown zookeeper setting(s) {', '.join(unknown)}; known: {', '.join(KNOWN_KEYS)}"
-        )
+    name a CA of their own or say ``use_tls: false``. Every problem at once, one line each."""
+    sec = backend_settings("consensus", settings, KNOWN_KEYS)
     hosts = settings.get("hosts")
     if isinstance(hosts, str) or not isinstance(hosts, list | tuple) or not hosts:
-        raise ConfigError('zookeeper setting "hosts" must be a non-empty list of "host:port"')
+        sec.problem('zookeeper setting "hosts" must be a non-empty list of "host:port"')
+        hosts = ()
     for host in hosts:
-        _check_host(host)
-    user = password = None
-    auth = settings.get("auth")
-    if auth is not None:
-        if not isinstance(auth, Mapping) or set(auth) - {"user", "password", "scheme"}:
-            raise ConfigError('zookeeper setting "auth" must be {user: NAME, password: SECRET}')
-        if auth.get("scheme", "digest") != "digest":
-            raise ConfigError('zookeeper setting "auth": only the "digest" scheme is supported')
-        user, password = auth.get("user"), auth.get("password")
-        if not isinstance(user, str) or not user or ":" in user:
-            raise ConfigError('zookeeper setting "auth.user" must be a non-empty name without ":"')
-        if not isinstance(password, str) or not password:
-            raise ConfigError('zookeeper setting "auth.password" must be a non-empty string')
-    return ZooKeeperSettings(tuple(hosts), user, password, _tls(settings, node_tls))
+        sec.attempt(partial(_check_host, host), None)
+    anonymous: tuple[str | None, str | None] = (None, None)
+    user, password = sec.attempt(partial(_auth, settings.get("auth")), anonymous)
+    tls = _tls(sec, node_tls)
+    sec.done()
+    return ZooKeeperSettings(tuple(hosts), user, password, tls)
 
 
-def _tls(settings: Mapping[str, Any], node_tls: TlsFiles | None) -> ClientTls | None:
-    files: dict[str, str | None] = {}
-    for key in TLS_KEYS:
-        value = settings.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ConfigError(f"zookeeper setting {key} must be a file path")
-        files[key] = value
+def _auth(auth: object) -> tuple[str | None, str | None]:
+    if auth is None:
+        return None, None
+    if not isinstance(auth, Mapping) or set(auth) - {"user", "password", "scheme"}:
+        raise ConfigError('zookeeper setting "auth" must be {user: NAME, password: SECRET}')
+    if auth.get("scheme", "digest") != "digest":
+        raise ConfigError('zookeeper setting "auth": only the "digest" scheme is supported')
+    user, password = auth.get("user"), auth.get("password")
+    if not isinstance(user, str) or not user or ":" in user:
+        raise ConfigError('zookeeper setting "auth.user" must be a non-empty name without ":"')
+    if not isinstance(password, str) or not password:
+        raise ConfigError('zookeeper setting "auth.password" must be a non-empty string')
+    return user, password
+
+
+def _tls(sec: Section, node_tls: TlsFiles | None) -> ClientTls | None:
+    files = {key: sec.optional_string(key, what="a file path") for key in TLS_KEYS}
     if (files["cert_file"] is None) != (files["key_file"] is None):
-        raise ConfigError("zookeeper settings cert_file and key_file go together")
-    use = settings.get("use_tls")
-    if use is not None and not isinstance(use, bool):
-        raise ConfigError("zookeeper setting use_tls must be true or false")
+        sec.problem("consensus.cert_file and key_file go together")
+    use = sec.boolean("use_tls", None) if sec.given("use_tls") else None
     if use is False:
         if any(files.values()):
-            raise ConfigError("zookeeper settings name TLS files but use_tls is false")
+            sec.problem("consensus names TLS files but consensus.use_tls is false")
         return None
     if any(files.values()):
         return ClientTls(**files)

@@ -14,7 +14,8 @@ write locally whatever the network does. (Over TCP only the members' own address
 see docs/postgresql.md, access rules.)
 
 ``tls: {enabled: false}``: these tests are about the network, and stay independent of the
-TLS work in progress.
+TLS work in progress. The node's layout, configuration and processes are the local-cluster
+scaffold's (:mod:`hacore.testing.local_cluster`).
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ import attrs
 import checker
 import httpx
 import psycopg
-import yaml
 from click.testing import CliRunner, Result
 from netns import Host, Network
 
 from hacore.cli import cli
-from hacore.testing.procs import ServerProcess, kill_with_children, pid_alive, wait_for
+from hacore.testing.local_cluster import LocalNode
+from hacore.testing.procs import ServerProcess, wait_for
 
 TIMING = {"ttl": 6.0, "loop_wait": 1.0, "retry_timeout": 1.0, "safety_margin": 1.5}
 PG_PARAMETERS = {"shared_buffers": "16MB", "max_connections": 30, "fsync": "off"}
@@ -52,78 +53,51 @@ VERDICTS: list[str] = []
 HACORE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "hacore")
 
 
-def _pid_in(path: Path) -> int | None:
-    try:
-        first = path.read_text().split("\n", 1)[0].strip()
-    except OSError:
-        return None
-    return int(first) if first.isdigit() and pid_alive(int(first)) else None
+@attrs.define(init=False)
+class FaultNode(LocalNode):
+    """A node of the local-cluster scaffold on a host of its own: the usual ports on the
+    host's private address, its agent started inside the host's namespace."""
 
+    host: Host = attrs.field(kw_only=True)
+    namespace: str = attrs.field(kw_only=True)
 
-@attrs.define
-class FaultNode:
-    name: str
-    host: Host
-    root: Path
-    namespace: str
-    proc: ServerProcess | None = None
-
-    @property
-    def data_dir(self) -> Path:
-        return self.root / self.name
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / f"{self.name}.yaml"
-
-    @property
-    def log_path(self) -> Path:
-        return self.root / f"{self.name}.log"
-
-    @property
-    def address(self) -> str:
-        return f"{self.host.address}:{API_PORT}"
-
-    @property
-    def socket_dir(self) -> str:
-        return str(self.data_dir / "replication" / "run")
+    def __init__(
+        self, name: str, host: Host, root: Path, namespace: str, proc: ServerProcess | None = None
+    ) -> None:
+        self.__attrs_init__(
+            name,
+            root,
+            "etcd",
+            ip=host.address,
+            api_port=API_PORT,
+            pg_port=PG_PORT,
+            store={"client_port": CLIENT_PORT, "peer_port": PEER_PORT},
+            proc=proc,
+            host=host,
+            namespace=namespace,
+        )
 
     @property
     def conninfo(self) -> str:
         """Straight to this node's database through its Unix socket, as the superuser."""
         return f"host={self.socket_dir} port={PG_PORT} user=postgres dbname=postgres"
 
-    def write_config(self) -> None:
-        raw = {
-            "cluster": {"name": "faulttest", "namespace": self.namespace},
-            "node": {
-                "name": self.name,
-                "host": self.host.address,
-                "api_port": API_PORT,
-                "data_dir": str(self.data_dir),
-            },
-            "timing": TIMING,
-            "checks": {"check_fail_fast": False},
-            "failover": {"synchronous_mode": "on"},
-            "consensus": {
-                "backend": "etcd",
-                "managed": True,
-                "client_port": CLIENT_PORT,
-                "peer_port": PEER_PORT,
-            },
-            "replication": {"backend": "postgresql", "port": PG_PORT, "parameters": PG_PARAMETERS},
-            "tls": {"enabled": False},
-        }
-        self.config_path.write_text(yaml.safe_dump(raw))
+    def write_config(self, **sections: Any) -> dict[str, Any]:
+        return super().write_config(
+            cluster="faulttest",
+            namespace=self.namespace,
+            timing=TIMING,
+            checks={"check_fail_fast": False},
+            failover={"synchronous_mode": "on"},
+            replication={"parameters": PG_PARAMETERS},
+            extra={"tls": {"enabled": False}},
+            **sections,
+        )
 
     def launch(self) -> FaultNode:
         """Start the agent service inside the host's namespace (not waiting for it)."""
         self.write_config()
-        self.proc = ServerProcess(
-            f"agent {self.name}",
-            self.host.argv([HACORE, "agent", "run", "-c", str(self.config_path)]),
-            self.log_path,
-        ).start()
+        self.spawn_agent([HACORE], wrap=self.host.argv)
         return self
 
     def wait_up(self) -> None:
@@ -146,24 +120,6 @@ class FaultNode:
         """On a primary: standby name -> (state, sync_state)."""
         rows = self.sql("SELECT application_name, state, sync_state FROM pg_stat_replication")
         return {name: (state, sync) for name, state, sync in rows}
-
-    def postmaster(self) -> int | None:
-        return _pid_in(self.data_dir / "replication" / "pgdata" / "postmaster.pid")
-
-    def store_server(self) -> int | None:
-        return _pid_in(self.data_dir / "store" / "etcd.pid")
-
-    def keeper(self) -> int | None:
-        """The node's fence keeper (docs/fencing.md), started detached by its agent."""
-        return _pid_in(self.data_dir / "keeper.pid")
-
-    def cleanup(self) -> None:
-        if self.proc is not None:
-            self.proc.stop(signal.SIGTERM, timeout=60)
-        for pid in (self.keeper(), self.postmaster(), self.store_server()):
-            if pid is not None:
-                with contextlib.suppress(Exception):
-                    kill_with_children(pid)
 
 
 class FaultCluster:
@@ -191,10 +147,7 @@ class FaultCluster:
             node.wait_up()
         self.cli("cluster", "start", "-c", str(first.config_path), "--timeout", str(WAIT))
         for node in others:
-            self.cli(
-                "cluster", "join", first.address, "-c", str(node.config_path),
-                "--node-name", node.name, "--timeout", str(WAIT),
-            )  # fmt: skip
+            self.cli(*node.join_arguments(first), "--timeout", str(WAIT))
         return self
 
     def cleanup(self, keep_logs: Path | None = None) -> None:
@@ -284,7 +237,7 @@ class FaultCluster:
 
     def writer_conninfo(self) -> str:
         nodes = list(self.nodes.values())
-        hosts = ",".join(node.socket_dir for node in nodes)
+        hosts = ",".join(str(node.socket_dir) for node in nodes)
         ports = ",".join(str(PG_PORT) for _ in nodes)
         return f"host={hosts} port={ports} user=postgres dbname=postgres"
 
@@ -296,7 +249,7 @@ class FaultCluster:
         name, sync = self.wait_healthy()
         active = self.nodes[name]
         checker.prepare(active.conninfo)
-        hosts = {node.socket_dir: name for name, node in self.nodes.items()}
+        hosts = {str(node.socket_dir): name for name, node in self.nodes.items()}
         writer = checker.Writer(self.writer_conninfo(), hosts, run=run).start()
         second = None
         if impatient is not None:

@@ -28,12 +28,12 @@ import psycopg
 from kazoo.client import KazooClient
 
 from hacore.agent import keys
-from hacore.agent.execute import ReplicationCredentials
+from hacore.agent.credentials import ReplicationCredentials
 from hacore.agent.runtime import Agent
-from hacore.agent.support import build_backends
 from hacore.agent.vocabulary import ActiveStatus, NodeState
 from hacore.backends.records import ClusterView, Member, NodeRole
 from hacore.config.node import NodeConfig, load_config
+from hacore.plugins.factory import build_backends
 from hacore.plugins.hookspecs import hookimpl
 from hacore.plugins.registry import HacorePlugins, load_plugins
 from hacore.testing.procs import free_port, kill_with_children, pid_alive, wait_for

@@ -8,7 +8,8 @@ cluster view over HTTPS, trusting the cluster CA alone.
 
 Every process is stopped by pid: the service by its ServerProcess; what it may leave behind
 (after a SIGKILL) by the pid files in its data directory: the postmaster and its children,
-the detached store server, and the fence keeper.
+the detached store server, and the fence keeper. The node's layout, configuration and
+processes are the local-cluster scaffold's (:mod:`hacore.testing.local_cluster`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import ssl
 import tempfile
 from collections.abc import Iterator
@@ -28,18 +28,13 @@ from typing import Any
 import attrs
 import httpx
 import psycopg
-import yaml
 from click.testing import CliRunner, Result
 
 from hacore import pki
 from hacore.cli import cli
-from hacore.testing.procs import (
-    ServerProcess,
-    free_port,
-    kill_with_children,
-    pid_alive,
-    wait_for,
-)
+from hacore.testing.local_cluster import LocalNode, managed_store_ports
+from hacore.testing.local_cluster import kill_tree as kill_tree
+from hacore.testing.procs import wait_for
 
 PG_PARAMETERS = {"shared_buffers": "16MB", "max_connections": 30, "fsync": "off"}
 TIMING = {"ttl": 6.0, "loop_wait": 1.0, "retry_timeout": 1.0, "safety_margin": 1.5}
@@ -55,19 +50,6 @@ def make_root() -> Path:
     return root
 
 
-def _pid_in(path: Path) -> int | None:
-    try:
-        first = path.read_text().split("\n", 1)[0].strip()
-    except OSError:
-        return None
-    return int(first) if first.isdigit() and pid_alive(int(first)) else None
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and its children (a postmaster's backends leave its group)."""
-    kill_with_children(pid)
-
-
 def tree(directory: Path) -> dict[str, tuple[int, int, int]]:
     """Every file under ``directory``: (size, mode, mtime_ns), to prove nothing changed."""
     found = {}
@@ -78,31 +60,14 @@ def tree(directory: Path) -> dict[str, tuple[int, int, int]]:
 
 
 @attrs.define
-class Node:
-    name: str
-    root: Path
-    backend: str
-    namespace: str
+class Node(LocalNode):
+    namespace: str = ""
     env: dict[str, str] = attrs.field(factory=dict)
     #: more top-level sections of node.yaml (``tls: {enabled: false}``...)
     extra: dict[str, Any] = attrs.field(factory=dict)
-    api_port: int = attrs.field(factory=free_port)
-    pg_port: int = attrs.field(factory=free_port)
-    store: dict[str, int] = attrs.field(factory=dict)
-    proc: ServerProcess | None = None
 
     def __attrs_post_init__(self) -> None:
-        self.store = {"client_port": free_port(), "peer_port": free_port()}
-        if self.backend == "zookeeper":
-            self.store["election_port"] = free_port()
-
-    @property
-    def data_dir(self) -> Path:
-        return self.root / self.name
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / f"{self.name}.yaml"
+        self.store = managed_store_ports(self.backend)
 
     @property
     def url(self) -> str:
@@ -121,43 +86,20 @@ class Node:
         """A client context that trusts only the CA this node holds, hostname checked."""
         return pki.ssl_client_context(pki.load_ca_certificate(self.ca_file))
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.api_port}"
-
-    @property
-    def pgdata(self) -> Path:
-        return self.data_dir / "replication" / "pgdata"
-
-    def write_config(self) -> None:
-        raw = {
-            "cluster": {"name": "clitest", "namespace": self.namespace},
-            "node": {
-                "name": self.name,
-                "host": "127.0.0.1",
-                "api_port": self.api_port,
-                "data_dir": str(self.data_dir),
-            },
-            "timing": TIMING,
-            "checks": {"check_fail_fast": False},
-            "consensus": {"backend": self.backend, "managed": True, **self.store},
-            "replication": {
-                "backend": "postgresql",
-                "port": self.pg_port,
-                "parameters": PG_PARAMETERS,
-            },
-            **self.extra,
-        }
-        self.config_path.write_text(yaml.safe_dump(raw))
+    def write_config(self, **sections: Any) -> dict[str, Any]:
+        return super().write_config(
+            cluster="clitest",
+            namespace=self.namespace,
+            timing=TIMING,
+            checks={"check_fail_fast": False},
+            replication={"parameters": PG_PARAMETERS},
+            extra=self.extra,
+            **sections,
+        )
 
     def start(self) -> Node:
         self.write_config()
-        self.proc = ServerProcess(
-            f"agent {self.name}",
-            [HACORE, "agent", "run", "-c", str(self.config_path)],
-            self.root / f"{self.name}.log",
-            env=self.env,
-        ).start()
+        self.spawn_agent([HACORE], env=self.env)
         wait_for(self.answers, WAIT, interval=0.1, what=f"the agent service of {self.name}")
         return self
 
@@ -181,22 +123,9 @@ class Node:
         data: dict[str, Any] = resp.json()
         return data
 
-    def postmaster(self) -> int | None:
-        return _pid_in(self.pgdata / "postmaster.pid")
-
-    def store_server(self) -> int | None:
-        for name in ("etcd.pid", "zookeeper.pid"):
-            pid = _pid_in(self.data_dir / "store" / name)
-            if pid is not None:
-                return pid
-        return None
-
-    def keeper(self) -> int | None:
-        return _pid_in(self.data_dir / "keeper.pid")
-
     def connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(
-            host=str(self.data_dir / "replication" / "run"),
+            host=str(self.socket_dir),
             port=self.pg_port,
             user="postgres",
             dbname="postgres",
@@ -208,24 +137,15 @@ class Node:
         with self.connect() as conn:
             return {row[0] for row in conn.execute("SELECT slot_name FROM pg_replication_slots")}
 
-    def crash(self) -> None:
+    def crash(self, *, store: bool = False) -> dict[str, int]:
         """SIGKILL the agent service, its fence keeper and the whole PostgreSQL server, as
         a host death would (the detached store server is left running)."""
         assert self.proc is not None
-        self.proc.kill()
-        keeper = self.keeper()
-        if keeper is not None:
-            kill_tree(keeper)
-        pid = self.postmaster()
-        assert pid is not None, f"{self.name}'s database is not running"
-        kill_tree(pid)
+        assert self.postmaster() is not None, f"{self.name}'s database is not running"
+        return super().crash(store=store)
 
-    def cleanup(self) -> None:
-        if self.proc is not None:
-            self.proc.stop(signal.SIGTERM, timeout=90)
-        for pid in (self.keeper(), self.postmaster(), self.store_server()):
-            if pid is not None:
-                kill_tree(pid)
+    def cleanup(self, timeout: float = 90.0) -> None:
+        super().cleanup(timeout)
 
 
 class CliCluster:
@@ -310,13 +230,7 @@ def formed_cluster(
         for name in ("n2", "n3"):
             node = cluster.add(name, env=env, extra=extra)
             cluster.outputs[f"join {name}"] = cluster.cli(
-                "cluster",
-                "join",
-                first.address,
-                "-c",
-                str(node.config_path),
-                "--node-name",
-                name,
+                *node.join_arguments(first),
                 "--ca-fingerprint",
                 cluster.ca_fingerprint,
                 "--timeout",

@@ -41,10 +41,11 @@ from agent_fixtures import (
 )
 
 from hacore.agent.runtime import Agent
-from hacore.agent.support import FILESYNC_DIR, build_backends
 from hacore.backends.processes import process_table
 from hacore.backends.services import ServiceBackend
-from hacore.config.node import NodeConfig, load_config, to_mapping
+from hacore.config.node import NodeConfig, load_config
+from hacore.config.write_back import to_mapping
+from hacore.plugins.factory import FILESYNC_DIR, build_backends
 from hacore.plugins.registry import HacorePlugins, load_plugins
 from hacore.testing.procs import ServerProcess, free_port
 from hacore_plugins.services.process import ProcessServices

@@ -85,7 +85,10 @@ def test_registered_in_the_plugin_registry() -> None:
         ({"endpoints": ["ftp://h:1"]}, "http:// or https://"),
         ({"endpoints": ["http://h:8500/v1"]}, "must not have a path"),
         ({"endpoints": ["http://h:notaport"]}, "invalid port"),
-        ({"endpoints": ["http://h"], "tokn": "x"}, "unknown consul setting(s) tokn"),
+        (
+            {"endpoints": ["http://h"], "tokn": "x"},
+            'unknown key "tokn" in consensus; did you mean "token"?',
+        ),
         ({"endpoints": ["http://h"], "lock_delay": 1e-7}, "lock_delay"),
         ({"endpoints": ["http://h"], "lock_delay": 61}, "lock_delay"),
         ({"endpoints": ["http://h"], "lock_delay": "1s"}, "number of seconds"),

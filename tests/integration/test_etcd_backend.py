@@ -120,7 +120,10 @@ def test_registered_under_etcd() -> None:
         ({"endpoints": ["http://h:1", "http://h:1/"]}, "same URL twice"),
         ({"endpoints": ["http://h:1"], "username": "root"}, "given together"),
         ({"endpoints": ["http://h:1"], "ca_file": "/nonexistent/ca.pem"}, "no such file"),
-        ({"endpoints": ["http://h:1"], "endpionts": []}, "unknown etcd setting(s) endpionts"),
+        (
+            {"endpoints": ["http://h:1"], "endpionts": []},
+            'unknown key "endpionts" in consensus; did you mean "endpoints"?',
+        ),
     ],
 )
 def test_settings_are_validated(settings: dict[str, object], message: str) -> None:

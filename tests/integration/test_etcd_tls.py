@@ -253,11 +253,13 @@ def test_settings_name_tls_files_either_way(pki: Pki) -> None:
     assert EtcdSettings.parse({**endpoints, **patroni}).tls == expected
     assert EtcdSettings.parse({**endpoints, **ours, "key": str(files.key_file)}).tls == expected
     assert EtcdSettings.parse({**endpoints, **ours, **patroni}).tls == expected
-    with pytest.raises(ConfigError, match="'ca_file' and 'cacert' name different files"):
+    with pytest.raises(
+        ConfigError, match=r"consensus\.ca_file and consensus\.cacert name different files"
+    ):
         EtcdSettings.parse({**endpoints, **patroni, "ca_file": str(pki.stranger.ca_file)})
-    with pytest.raises(ConfigError, match="'cert_file' needs 'ca_file'"):
+    with pytest.raises(ConfigError, match=r"consensus\.cert_file needs consensus\.ca_file"):
         EtcdSettings.parse({**endpoints, "cert": str(files.cert_file)})
-    with pytest.raises(ConfigError, match="setting 'cacert': no such file /nonexistent"):
+    with pytest.raises(ConfigError, match=r"consensus\.cacert: no such file /nonexistent"):
         EtcdSettings.parse({**endpoints, "cacert": "/nonexistent"})
 
 

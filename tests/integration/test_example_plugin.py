@@ -2,13 +2,16 @@
 
 The example is built and installed with pip into a temporary target directory (no index, no
 build isolation: offline and fast), which a subprocess puts on ``PYTHONPATH``; the project's
-own virtualenv is never modified.
+own virtualenv is never modified. The example's own tests (``examples/thirdparty-plugin/
+tests``: hacore's services contract suite against its ``pidfile`` backend) run the same way,
+in a pytest of their own, as the plugin's author would run them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from hacore.testing.services_contract import ServicesContract
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "thirdparty-plugin"
 
@@ -56,6 +61,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+def _clean_env(site: Path | None) -> dict[str, str]:
+    """This environment without hacore's variables, with ``site`` as the only extra path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HACORE_")}
+    env.pop("PYTHONPATH", None)
+    if site is not None:
+        env["PYTHONPATH"] = str(site)
+    return env
+
+
 def _probe(
     site: Path | None,
     data_dir: Path,
@@ -69,10 +83,7 @@ def _probe(
         "consensus": {"backend": "memory"},
         "plugins": {"block": list(block), "settings": {"diskspace": settings or {}}},
     }
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("HACORE_")}
-    child_env.pop("PYTHONPATH", None)
-    if site is not None:
-        child_env["PYTHONPATH"] = str(site)
+    child_env = _clean_env(site)
     child_env.update(env)
     proc = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(raw)],
@@ -137,3 +148,27 @@ def test_not_installed_in_the_project_environment(tmp_path: Path) -> None:
     result = _probe(None, tmp_path, {"min_free_mb": 1})
     assert result["loaded_from"] is None
     assert _disk_checks(result) == []
+
+
+def test_the_example_backend_passes_the_services_contract(installed: Path) -> None:
+    """Every test of the shipped services suite passes against the example's ``pidfile``
+    backend, taken from the registry of the installed plugin (none skipped)."""
+    source = installed.parent / "src"
+    # not from the sources' directory: Python would import the package from there, not from
+    # the install (pytest puts only the tests' own directory on the path)
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider",
+            "-c", str(source / "pyproject.toml"), "--rootdir", str(source), str(source / "tests"),
+        ],
+        cwd=installed.parent,
+        env=_clean_env(installed),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    passed = set(re.findall(r"::TestPidfileServices::(\w+) PASSED", proc.stdout))
+    suite = {name for name in dir(ServicesContract) if name.startswith("test_")}
+    assert suite and passed == suite, proc.stdout
+    assert "::test_the_installed_plugin_registers_the_backend PASSED" in proc.stdout

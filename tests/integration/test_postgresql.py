@@ -257,7 +257,7 @@ def test_settings_are_checked_with_clear_messages() -> None:
         ({"parameters": {"hot_standby": False}}, "must stay on"),
         ({"bin_dir": "/nonexistent"}, "lacks initdb"),
         ({"replication_user": "Bad-Name"}, "lower-case SQL name"),
-        ({"prot": 5432}, "unknown postgresql setting(s) prot"),
+        ({"prot": 5432}, 'unknown key "prot" in replication; did you mean "port"?'),
         ({"clone_max_rate": "fast"}, "clone_max_rate"),
     ]
     for settings, words in bad:

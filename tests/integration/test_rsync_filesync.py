@@ -156,8 +156,8 @@ def test_registered_as_a_filesync_backend() -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"listen": 1}, "unknown rsync setting"),
-        ({"port": 0}, "at least 1"),
+        ({"listen": 1}, 'unknown key "listen" in filesync'),
+        ({"port": 0}, r"port must be a TCP port number 1-65535 \(got 0\)"),
         ({"port": 1.5}, "TCP port"),
         ({"interval": "often"}, "must be a number"),
         ({"password": ""}, "non-empty"),

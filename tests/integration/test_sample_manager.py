@@ -32,10 +32,11 @@ from agent_fixtures import WAIT, AgentCluster, Node, Recorder, make_root, until
 from psycopg.conninfo import conninfo_to_dict
 
 import hacore_plugins.syncthing
-from hacore.agent.support import REPLICATION_DIR
 from hacore.backends.records import ClusterView
-from hacore.config.node import NodeConfig, load_config, to_mapping
+from hacore.config.node import NodeConfig, load_config
+from hacore.config.write_back import to_mapping
 from hacore.errors import ConfigError, HacoreError
+from hacore.plugins.factory import REPLICATION_DIR
 from hacore.plugins.registry import load_plugins
 from hacore.testing.memory import drop_store
 from hacore.testing.procs import ServerProcess, free_port, wait_for

@@ -153,7 +153,7 @@ def test_registered_as_a_filesync_backend() -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"port": 1}, "unknown syncthing setting"),
+        ({"port": 1}, 'unknown key "port" in filesync; did you mean'),
         ({"api_url": "http://127.0.0.1:8384"}, "together"),
         ({"api_url": "ftp://x", "api_key": "k"}, "must be a URL"),
         ({"api_url": "unix://relative.sock", "api_key": "k"}, "must be a URL"),

@@ -22,6 +22,7 @@ from kazoo.client import KazooClient
 from hacore.backends.consensus import LEADER_KEY
 from hacore.backends.records import EventKind, Member, WatchEvent
 from hacore.errors import ConfigError, ManagedStoreError, StoreUnavailableError
+from hacore.testing.procs import wait_for
 from hacore.testing.pytest_plugin import run_harness
 from hacore_plugins.zookeeper import server as zk
 from hacore_plugins.zookeeper.backend import ZooKeeperConsensus
@@ -126,7 +127,10 @@ def _events_until(watcher: Any, key: str, timeout: float = 15.0) -> list[WatchEv
         ({"hosts": ["127.0.0.1"]}, 'must look like "host:port"'),
         ({"hosts": ["127.0.0.1:2181/chroot"]}, 'must look like "host:port"'),
         ({"hosts": ["127.0.0.1:99999"]}, 'must look like "host:port"'),
-        ({"hosts": ["h:1"], "host": "x"}, "unknown zookeeper setting(s) host"),
+        (
+            {"hosts": ["h:1"], "host": "x"},
+            'unknown key "host" in consensus; did you mean "hosts"?',
+        ),
         ({"hosts": ["h:1"], "auth": "user:pw"}, '"auth" must be {user: NAME'),
         ({"hosts": ["h:1"], "auth": {"user": "u"}}, '"auth.password" must be'),
         ({"hosts": ["h:1"], "auth": {"user": "a:b", "password": "p"}}, '"auth.user" must be'),
@@ -545,3 +549,43 @@ def test_digest_auth_keeps_other_users_out(stores: Callable[[str], Any], namespa
     finally:
         for node in (owner, same_user, wrong, anonymous):
             node.close()
+
+
+@pytest.mark.timeout(120, method="signal")
+def test_an_answer_out_of_order_reconnects_instead_of_ending_the_client(make: Factory) -> None:
+    """kazoo ends its connection thread on an xid it does not expect (kazoo issue 254, seen
+    here after a session expiry on a loaded machine): the client takes it for a dropped
+    connection, fails what was pending, and connects again (same client, no restart)."""
+    node = make("a")
+    assert _answer(node.leader) is None
+    client = node._client
+    assert client is not None
+    # the next answer is matched against a request the server never saw
+    stray = client.handler.async_result()
+    client._pending.appendleft((None, stray, 2**30))
+    assert _answer(node.leader) is None
+    assert stray.exception is not None and "xids do not match" in str(stray.exception)
+    assert node._client is client and not client.loop_ended
+
+
+@pytest.mark.timeout(120, method="signal")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_client_whose_connection_thread_died_is_replaced(make: Factory) -> None:
+    """Any other error kazoo's connection thread does not handle ends it for good: the
+    backend notices at its next call and starts a new client."""
+    node = make("a", ttl=5.0)
+    node.publish_member(Member(name="a"))
+    assert _answer(node.keepalive) is True
+    client = node._client
+    assert client is not None
+
+    def broken(timeout: float) -> Any:
+        raise ValueError("injected: a bug in the connection thread")
+
+    client._connection._read_socket = broken
+    client.sync_async("/")  # an answer to read: the thread meets the error and ends
+    wait_for(lambda: client.loop_ended, 30, what="the connection thread to end")
+    assert _answer(node.keepalive) is False, "the member record's session is gone"
+    assert node._client is not client and node._client is not None
+    assert not node._client.loop_ended
+    assert _answer(node.keepalive) is True  # bound to the new session from now on

@@ -19,11 +19,12 @@ from click.testing import CliRunner
 from hacore.agent.snapshot import NodeSnapshot
 from hacore.agent.vocabulary import NodeState
 from hacore.api.auth import Authenticator, Role, basic_header, hash_password
+from hacore.api.facade import AgentFacade
 from hacore.api.server import ApiServer
 from hacore.backends.processes import DetachedProcess, child_environment
 from hacore.cli import cli
+from hacore.client.profile import Profile, load_profile, save_profile
 from hacore.cluster.grant import check_join_host
-from hacore.cluster.profile import Profile, load_profile, save_profile
 from hacore.config.node import ApiAuth, ApiSettings, ApiUser, load_config
 from hacore.errors import ConfigError, HacoreError
 from hacore.testing.procs import ServerProcess, free_port, wait_for
@@ -42,7 +43,7 @@ def _settings(requires: bool = False) -> ApiSettings:
     )
 
 
-class Facade:
+class Facade(AgentFacade):
     """The agent side of the routes: records what it was asked to do."""
 
     def __init__(self) -> None:

@@ -40,6 +40,7 @@ from hacore.api.errors import (
     NotFoundError,
     UnavailableError,
 )
+from hacore.api.facade import AgentFacade
 from hacore.api.server import ApiServer
 from hacore.backends.health import CheckResult
 from hacore.backends.records import Member, NodeRole
@@ -123,7 +124,7 @@ def standby_snapshot(name: str = "n2", leader: str = "n1") -> NodeSnapshot:
     )
 
 
-class FakeAgent:
+class FakeAgent(AgentFacade):
     """A thread-safe stand-in for the agent runtime with a settable snapshot."""
 
     def __init__(self, snap: NodeSnapshot) -> None:

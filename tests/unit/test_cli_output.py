@@ -28,7 +28,7 @@ from hacore.api.errors import (
 from hacore.cli import cli
 from hacore.cli.exit_codes import UsageProblem, exit_code_for
 from hacore.cli.output import Output, render, tsv_rows
-from hacore.cluster.profile import Profile, save_profile
+from hacore.client.profile import Profile, save_profile
 from hacore.errors import ConfigError, HacoreError, StoreUnavailableError
 from hacore.testing.procs import free_port
 

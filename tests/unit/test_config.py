@@ -23,12 +23,11 @@ from hacore.config.node import (
     FailoverSettings,
     FilesyncSection,
     ServicesSection,
-    dump,
     load_config,
-    to_mapping,
     validate_node_name,
 )
 from hacore.config.options import parse_options
+from hacore.config.write_back import dump, to_mapping
 from hacore.errors import ConfigError, UnknownBackendError
 from hacore.plugins.configured import load_config_and_plugins
 from hacore.plugins.hookspecs import hookimpl

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hacore.cluster.profile import Profile, save_profile
+from hacore.client.profile import Profile, save_profile
 
 HACORE = str(Path(sys.executable).with_name("hacore"))
 

@@ -31,9 +31,9 @@ from hacore.agent import (
     decide,
 )
 from hacore.agent.decide import campaign_blockers
-from hacore.agent.execute import succession
 from hacore.agent.explain import explain, reasons_not_to_campaign
 from hacore.agent.keys import HistoryEntry
+from hacore.agent.succession import succession
 from hacore.backends.records import ClusterView, Leader, Member, NodeRole
 
 
@@ -153,7 +153,7 @@ def test_a_veto_reason_while_it_lasts(veto: float) -> None:
     assert ("promotion_vetoed" in [r.code for r in answer.reasons]) is (veto > NOW)
 
 
-# -- the history entry a promotion writes (hacore/agent/execute.py: succession) ---------------
+# -- the history entry a promotion writes (hacore/agent/succession.py) ----------------------------
 
 
 def test_history_entries_of_older_agents_still_read() -> None:

@@ -141,7 +141,7 @@ def test_a_restarted_agent_keeps_its_predecessors_promise(tmp_path: Path) -> Non
 def test_a_promise_that_cannot_be_recorded_is_not_given(tmp_path: Path) -> None:
     promises = Promises("b", TTL, enabled=True, path=tmp_path / "no" / "p.json", clock=Clock())
     answer = promises.answer(ASK, holds_lease=lambda: False, leader=Leader("a", 7), read=True)
-    assert not answer.confirmed
+    assert not answer.confirmed and "cannot record it: cannot write" in answer.why
     assert promises.live_until() is None
 
 

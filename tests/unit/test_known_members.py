@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hacore.agent.support import known_members
+from hacore.agent.cluster_view import known_members
 from hacore.backends.records import ClusterView, Leader, Member, NodeRole
 
 

@@ -20,7 +20,8 @@ from hacore.backends.log_files import LogTrimmer, trim_log
 from hacore.cli import cli
 from hacore.cli.agent_unit import agent_unit
 from hacore.config.logging_setup import LoggingSettings, LogSetup, effective_level
-from hacore.config.node import load_config, to_mapping
+from hacore.config.node import load_config
+from hacore.config.write_back import to_mapping
 from hacore.errors import ConfigError
 from hacore.testing.procs import wait_for
 from hacore_plugins.zookeeper.server import ServerLimits, write_static_config

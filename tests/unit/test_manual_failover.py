@@ -25,7 +25,7 @@ from hacore.agent import (
     decide,
 )
 from hacore.agent.decide import campaign_blockers
-from hacore.agent.execute import succession
+from hacore.agent.succession import succession
 from hacore.backends.records import ClusterView, Leader, Lease, Member, NodeRole
 from hacore.backends.replication import ReplicationRole, ReplicationStatus
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from hacore.agent import revocation_store as revoke
-from hacore.agent.execute import ReplicationCredentials
+from hacore.agent.credentials import ReplicationCredentials
 from hacore.agent.revocation_sync import RevocationSync
 from hacore.testing.memory import MemoryConsensus, drop_store
 from hacore.testing.procs import wait_for

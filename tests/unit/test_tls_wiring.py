@@ -25,10 +25,11 @@ from hacore.agent.vocabulary import NodeState
 from hacore.api.auth import hash_password
 from hacore.api.client import ApiClient
 from hacore.api.errors import ConflictError, HttpsRequiredError, UnavailableError
+from hacore.api.facade import AgentFacade
 from hacore.api.server import ApiServer, PlainHttp
+from hacore.client.profile import Profile
 from hacore.cluster import join as joining
 from hacore.cluster.errors import JoinRefusedError
-from hacore.cluster.profile import Profile
 from hacore.cluster.requests import JoinCommand, NodeRequest
 from hacore.cluster.ticket import JoinRequest
 from hacore.cluster.tls import CA_PART, CaTicketPart, node_hosts
@@ -41,7 +42,7 @@ SETTINGS = ApiSettings(auth=ApiAuth(USER, hash_password(PASSWORD, iterations=100
 PROBES = ("/status", "/api/v3.1/status", "/standby", "/health", "/liveness", "/readiness")
 
 
-class Facade:
+class Facade(AgentFacade):
     """An active node that holds a CA (or none)."""
 
     def __init__(self, ca: pki.CaMaterial | None) -> None:

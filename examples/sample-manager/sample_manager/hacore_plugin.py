@@ -42,9 +42,9 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from hacore import CheckResult, ConfigError, HacoreError, HealthCheck, hookimpl
-from hacore.agent.support import REPLICATION_DIR
 from hacore.backends.records import ClusterView
 from hacore.config.node import NodeConfig
+from hacore.plugins.factory import REPLICATION_DIR
 from hacore_plugins.postgresql.layout import Layout
 from sample_manager.api import DEFAULT_PORT
 from sample_manager.db import connect, first_line

@@ -1,7 +1,12 @@
-"""A hacore plugin that marks a node unhealthy when its data directory runs short of disk space.
+"""A hacore plugin that marks a node unhealthy when its data directory runs short of disk space,
+and adds a ``pidfile`` services backend.
 
 A full disk stops PostgreSQL from writing WAL, so an active with little space left is about to
 fail anyway; stepping down early lets a standby with room take over cleanly.
+
+The ``pidfile`` backend (:mod:`hacore_diskspace.pidfile_services`) shows the other half of a
+plugin: a backend of one family, registered through ``hacore_register_backends`` and tested
+with the contract suite hacore ships for that family (``tests/`` next to this package).
 
 Configuration, in ``node.yaml``::
 
@@ -21,8 +26,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hacore import CheckResult, ConfigError, HealthCheck, hookimpl
+from hacore import BackendRegistry, CheckResult, ConfigError, HealthCheck, hookimpl
 from hacore.config.node import NodeConfig
+from hacore_diskspace.pidfile_services import PidfileServices
 
 PLUGIN_NAME = "diskspace"
 MIN_FREE_ENV = "HACORE_DISKSPACE_MIN_MB"
@@ -61,6 +67,11 @@ def _min_free_mb(settings: Mapping[str, Any]) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ConfigError(f"{where} must be a number of megabytes >= 0 (got {value!r})")
     return float(value)
+
+
+@hookimpl
+def hacore_register_backends(registry: BackendRegistry) -> None:
+    registry.add_services("pidfile", PidfileServices)
 
 
 @hookimpl

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from hacore import pki
 from hacore.api.client import ApiClient, Verify
 from hacore.api.errors import ApiUnreachableError, AuthenticationError, UnavailableError
+from hacore.client.units import human_bytes
 from hacore.errors import HacoreError
 
 T = TypeVar("T")
@@ -83,14 +84,6 @@ class LocalApi:
             return result
         assert last is not None
         raise last
-
-
-def human_bytes(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(count) < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TiB"  # pragma: no cover
 
 
 class _Printer:

@@ -20,7 +20,7 @@ import attrs
 
 from hacore import pki
 from hacore.api.client import ApiClient, Verify, find_active
-from hacore.cluster.private_files import read_private, write_private
+from hacore.atomic_files import read_private, write_private
 from hacore.errors import ConfigError, HacoreError
 
 PROFILE_ENV = "HACORE_PROFILE"

@@ -15,7 +15,7 @@ import secrets
 from pathlib import Path
 
 from hacore.api.auth import hash_password
-from hacore.cluster.private_files import read_private, write_private
+from hacore.atomic_files import read_private, write_private
 from hacore.config.node import DEFAULT_API_PORT, ApiAuth, NodeConfig
 from hacore.errors import ConfigError, HacoreError
 
