@@ -246,7 +246,12 @@ def test_one_member_missing_means_the_active_fences_as_without_failsafe(
 
 def test_failsafe_off_fences_the_active_when_the_store_freezes(cluster: FaultCluster) -> None:
     """(c) The default: every agent restarted with failsafe off, store frozen: the active
-    fences by its lease's deadline."""
+    fences by its lease's deadline.
+
+    failsafe_mode is a cluster-wide setting (docs/configuration.md): it is changed in the
+    store with ``cluster config set`` and takes effect as each agent restarts; node.yaml is
+    changed too, so that it agrees."""
+    cluster.cli("cluster", "config", "set", "failover.failsafe_mode=off")
     FAILOVER["failsafe_mode"] = "off"
     active = cluster.codes_active()
     # standbys first, the active last: its clean stop hands over to a running standby
