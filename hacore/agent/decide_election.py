@@ -119,7 +119,15 @@ def campaign_blockers(obs: Observation, cfg: DecisionConfig) -> tuple[Blocker, .
         found.append(Blocker("switchover_away", "a switchover away from this node is pending"))
     if req is not None and req.to_node not in (None, obs.node_name) and obs.view is not None:
         target = obs.view.member(req.to_node)
-        if target is not None and target.healthy and target.role not in NOT_CANDIDATE_ROLES:
+        # The target's record may say unhealthy for a moment as the old active stops (its
+        # WAL receiver loses the server): within one ttl of the request it still goes first;
+        # after that, only a healthy target holds the others back.
+        fresh = obs.now - req.seen_at < cfg.ttl
+        if (
+            target is not None
+            and target.role not in NOT_CANDIDATE_ROLES
+            and (target.healthy or fresh)
+        ):
             found.append(
                 Blocker("switchover_to_other", f"a switchover to {req.to_node} is pending")
             )

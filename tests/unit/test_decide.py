@@ -573,11 +573,21 @@ STANDBY_SWITCHOVER_CASES = [
         Action.NONE,
     ),
     case(
-        "non-target-when-target-unhealthy",
+        # the target's record blips unhealthy as the old active stops: it still goes first
+        "non-target-holds-back-within-one-ttl-of-the-request-for-an-unhealthy-target",
         standby(
             node_name="c",
             view=leaderless(FENCED_A, member("b", healthy=False), member("c")),
             switchover=switchover("b"),
+        ),
+        Action.NONE,
+    ),
+    case(
+        "non-target-when-target-unhealthy-one-ttl-after-the-request",
+        standby(
+            node_name="c",
+            view=leaderless(FENCED_A, member("b", healthy=False), member("c")),
+            switchover=switchover("b", seen_at=NOW - 10),
         ),
         Action.CAMPAIGN,
     ),
