@@ -1,7 +1,7 @@
 """Every fault scenario of ``tests/fault/``, K times, summarised as one table.
 
     sudo .venv/bin/python benchmarks/faults.py [--runs K] [--scenarios isolate,frozen,...]
-                                               [--json] [--keep]
+                                               [--ttl S] [--json] [--keep]
 
 Each run is one ``pytest tests/fault`` (as root: the scenarios use network namespaces), with
 ``HACORE_FAULT_VERDICTS`` set: every scenario's checker verdict (``fault_cluster.judge``, the
@@ -58,13 +58,19 @@ def pytest_argv(scenarios: list[str], junit: Path) -> list[str]:
 
 
 def run_once(
-    index: int, scenarios: list[str], work: Path, log: Callable[[str], None]
+    index: int,
+    scenarios: list[str],
+    work: Path,
+    log: Callable[[str], None],
+    ttl: float | None = None,
 ) -> dict[str, Any]:
     """One pytest run; its verdicts, failed tests and exit code."""
     verdicts = work / f"verdicts-{index}.jsonl"
     junit = work / f"junit-{index}.xml"
     output = work / f"pytest-{index}.log"
     env = {**os.environ, "HACORE_FAULT_VERDICTS": str(verdicts)}
+    if ttl is not None:
+        env["HACORE_FAULT_TTL"] = str(ttl)
     started = time.monotonic()
     with output.open("w") as out:
         code = subprocess.run(
@@ -173,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="comma-separated substrings of test names (pytest -k, or-ed); default: all",
     )
+    parser.add_argument(
+        "--ttl",
+        type=float,
+        default=None,
+        help="run the scenarios at this timing.ttl instead of the harness's 6 s "
+        "(e.g. 5, the product's default)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--keep", action="store_true", help="keep the pytest logs and verdicts")
     args = parser.parse_args(argv)
@@ -193,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     try:
         for index in range(1, args.runs + 1):
-            runs.append(run_once(index, scenarios, work, log))
+            runs.append(run_once(index, scenarios, work, log, args.ttl))
     finally:
         if args.keep:
             log(f"work directory kept: {work}")
@@ -204,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "hacore": hacore.__version__,
         "runs": args.runs,
+        "ttl": args.ttl or 6.0,
         "scenarios": scenarios or "all",
         "table": summarise(verdicts),
         "failed": {i + 1: run["failed"] for i, run in enumerate(runs)},
@@ -216,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(
         f"{host['cores']} cores, {host['memory_gib']} GiB, {host['platform']}, Python "
         f"{host['python']}, load {host['load_average']}; hacore {report['hacore']}; "
-        f"{args.runs} run(s) of tests/fault"
+        f"{args.runs} run(s) of tests/fault at ttl {report['ttl']:g} s"
         f"{'' if not scenarios else ' -k ' + repr(' or '.join(scenarios))}",
         highlight=False,
     )
