@@ -71,6 +71,8 @@ class BenchCluster(ABC):
     """Three nodes with an active and two streaming standbys; every process stopped by pid."""
 
     system: str
+    #: where its nodes' files and logs are
+    workdir: Path
     nodes: Sequence[Node]
     #: each node's process (the agent, or Patroni), by node name
     processes: dict[str, ServerProcess]

@@ -29,6 +29,7 @@ RATIO_PAIRS = (
 RATIO_METRICS = (
     ("crash: first write on the new active", "crash", "first_write_s", True),
     ("crash: new active's status 200", "crash", "status_s", True),
+    ("crash: first write through HAProxy", "haproxy", "haproxy_first_write_s", True),
     ("switchover: write gap", "switchover", "gap_s", True),
     ("switchover: new active's status 200", "switchover", "status_s", True),
     ("status endpoint: requests/s", "status", "rps", False),
@@ -104,6 +105,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             line += f"\n    skipped: {result['skipped']}"
         console.print(line)
     _crash_table(systems, console)
+    _haproxy_table(systems, console)
     _switchover_table(systems, console)
     _status_table(report, systems, console)
     _ratio_table(report.get("ratios", []), console)
@@ -126,6 +128,43 @@ def _crash_table(systems: dict[str, dict[str, Any]], console: Console) -> None:
             _cell(summary["status_s"]),
             ",".join(lost) or "-",
             _errors(crash),
+        )
+    console.print(table)
+
+
+def _haproxy_table(systems: dict[str, dict[str, Any]], console: Console) -> None:
+    rows = {n: r["haproxy"] for n, r in systems.items() if r.get("haproxy")}
+    if not rows:
+        return
+    checks = next((r["checks"] for r in rows.values() if r.get("checks")), "")
+    table = Table(
+        title="host death, client through HAProxy (min / median / max, seconds from the "
+        f"fault; HAProxy from `hacore cluster haproxy-config`, {checks})"
+    )
+    columns = (
+        "system",
+        "runs",
+        "direct first write s",
+        "through HAProxy s",
+        "HAProxy adds s",
+        "status 200 s",
+        "lost direct+HAProxy",
+        "errors",
+    )
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("system", "errors") else "right")
+    for name, result in rows.items():
+        summary = result.get("summary") or {}
+        lost = [f"{r['lost']}+{r['haproxy_lost']}" for r in result["runs"]]
+        table.add_row(
+            name,
+            str(len(result["runs"])),
+            _cell(summary.get("first_write_s")),
+            _cell(summary.get("haproxy_first_write_s")),
+            _cell(summary.get("haproxy_extra_s")),
+            _cell(summary.get("status_s")),
+            ",".join(lost) or "-",
+            _errors(result),
         )
     console.print(table)
 

@@ -10,7 +10,9 @@ An id whose INSERT failed is never retried (it may or may not have been committe
 acknowledged id must be found on the new primary. No statement timeout: a cancelled
 synchronous commit is reported as a success with only a warning, which would count as an
 acknowledgement the standbys never saw. ``time.monotonic()`` is the system-wide
-CLOCK_MONOTONIC, so the times compare directly with the benchmark process's.
+CLOCK_MONOTONIC, so the times compare directly with the benchmark process's. The server port
+is the one the client connected to, or with ``--server-port`` the one the server says it
+listens on (``inet_server_port()``): through a load balancer, the two differ.
 
 Imported, :class:`Writer` runs the script and collects its lines in a thread.
 """
@@ -40,7 +42,15 @@ class Ack:
 class Writer:
     """The writer process, seen from the benchmark."""
 
-    def __init__(self, dsn: str, table: str, *, first_id: int = 1, interval: float = 0.01):
+    def __init__(
+        self,
+        dsn: str,
+        table: str,
+        *,
+        first_id: int = 1,
+        interval: float = 0.01,
+        server_port: bool = False,
+    ):
         self.acks: list[Ack] = []
         self.errors: list[tuple[float, str]] = []
         self._argv = [
@@ -54,6 +64,7 @@ class Writer:
             str(first_id),
             "--interval",
             str(interval),
+            *(["--server-port"] if server_port else []),
         ]
         self._changed = threading.Condition()
         self._proc: subprocess.Popen[str] | None = None
@@ -136,7 +147,7 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
-def run(dsn: str, table: str, first_id: int, interval: float) -> None:
+def run(dsn: str, table: str, first_id: int, interval: float, server_port: bool = False) -> None:
     import psycopg
 
     out = sys.stdout
@@ -150,7 +161,13 @@ def run(dsn: str, table: str, first_id: int, interval: float) -> None:
                 try:
                     conn = psycopg.connect(dsn, autocommit=True)
                     port = int(conn.info.port)
+                    if server_port:
+                        row = conn.execute("SELECT inet_server_port()").fetchone()
+                        port = int(str(row[0])) if row and row[0] is not None else port
                 except psycopg.Error as exc:
+                    if conn is not None:
+                        conn.close()
+                        conn = None
                     out.write(f"E {time.monotonic():.6f} connect: {_one_line(exc)}\n")
                     out.flush()
                     time.sleep(interval)
@@ -178,9 +195,12 @@ def main() -> None:
     parser.add_argument("--table", required=True)
     parser.add_argument("--first-id", type=int, default=1)
     parser.add_argument("--interval", type=float, default=0.01)
+    parser.add_argument(
+        "--server-port", action="store_true", help="report the port the server listens on"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _on_term)
-    run(args.dsn, args.table, args.first_id, args.interval)
+    run(args.dsn, args.table, args.first_id, args.interval, args.server_port)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ A writer process inserts one row at a time through a multi-host connection strin
   the request to the new active's first write and status 200.
 * status: the active's status endpoint (hacore ``/status``, Patroni ``/primary``) under
   keep-alive connections for a few seconds: requests per second, p50 and p99.
+* haproxy (not in the default set): the crash again, with a second writer that connects
+  through a real HAProxy configured by ``hacore cluster haproxy-config`` (for Patroni, the
+  same file checking ``/primary``): the outage that client of the load balancer sees, beside
+  the direct writer's takeover time of the same run. A fresh cluster per run.
 
 A benchmark, not a test: it prints numbers and asserts nothing about them. Patroni comes from
 ``benchmarks/setup_patroni.sh``; ``wrk`` (if installed) generates the status load.
@@ -39,6 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import _haproxy
 import _load
 import _patroni
 import attrs
@@ -50,7 +55,12 @@ from rich.console import Console
 import hacore
 from hacore_plugins.etcd.testing import EtcdHarness
 
-SCENARIOS = ("crash", "switchover", "status")
+SCENARIOS = ("crash", "switchover", "status", "haproxy")
+#: what runs without --scenarios: the HAProxy crash is asked for by name (a fresh cluster per
+#: run again, and haproxy installed)
+DEFAULT_SCENARIOS = ("crash", "switchover", "status")
+#: the writer through HAProxy numbers its rows from here, so both writers share the table
+HAPROXY_FIRST_ID = 1_000_000_000
 #: Writes acknowledged before a fault, so the writer is known to be steady.
 WARM_ACKS = 100
 #: Seconds of writes on either side of a switchover, and after a crash's first new write.
@@ -215,6 +225,63 @@ def crash_run(cluster: BenchCluster, log: Callable[[str], None]) -> dict[str, An
     return result
 
 
+def haproxy_run(cluster: BenchCluster, log: Callable[[str], None]) -> dict[str, Any]:
+    """The crash with two writers: one direct (as in ``crash``), one through HAProxy."""
+    old = cluster.wait_converged(START_TIMEOUT)
+    sync = cluster.sync_standby()
+    timeout = fault_timeout(cluster)
+    proxy, dsn = _haproxy.front(cluster)
+    direct: Writer | None = None
+    through: Writer | None = None
+    direct_acks: list[Ack] = []
+    through_acks: list[Ack] = []
+    try:
+        direct = Writer(cluster.dsn(), TABLE).start()
+        through = Writer(dsn, TABLE, first_id=HAPROXY_FIRST_ID, server_port=True).start()
+        direct.wait_acks(WARM_ACKS, 60)
+        through.wait_acks(WARM_ACKS, 120)  # HAProxy puts the active in after `rise` checks
+        old_port = cluster.node(old).pg_port
+        survivors = [n.name for n in cluster.nodes if n.name != old]
+        fault = cluster.host_death(old)
+        status_at, status_node = wait_status(cluster, survivors, timeout)
+        first = direct.first_ack(after=fault, not_port=old_port, timeout=timeout)
+        first_lb = through.first_ack(after=fault, not_port=old_port, timeout=timeout)
+        steady = int(STEADY * 50)
+        direct.wait_acks(len(direct.acks) + steady, 60)
+        through.wait_acks(len(through.acks) + steady, 60)
+    finally:
+        if direct is not None:
+            direct_acks = direct.stop()
+        if through is not None:
+            through_acks = through.stop()
+        proxy.stop()
+    new = name_of_port(cluster, first.port)
+    lost = lost_writes(cluster, new, direct_acks)
+    lost_lb = lost_writes(cluster, new, through_acks)
+    result = {
+        "old_active": old,
+        "new_active": new,
+        "sync_standby_before": sync,
+        "first_write_s": round(first.at - fault, 3),
+        "haproxy_first_write_s": round(first_lb.at - fault, 3),
+        "haproxy_extra_s": round(first_lb.at - first.at, 3),
+        "status_s": round(status_at - fault, 3),
+        "status_node": status_node,
+        "acked": len(direct_acks),
+        "haproxy_acked": len(through_acks),
+        "lost": len(lost),
+        "haproxy_lost": len(lost_lb),
+        "lost_ids": (lost + lost_lb)[:20],
+    }
+    log(
+        f"haproxy {cluster.system}: {old} died, {new} active; first write direct "
+        f"{result['first_write_s']} s, through HAProxy {result['haproxy_first_write_s']} s, "
+        f"status 200 {result['status_s']} s, lost {len(lost)} + {len(lost_lb)} of "
+        f"{len(direct_acks)} + {len(through_acks)} acknowledged"
+    )
+    return result
+
+
 def switchover_runs(cluster: BenchCluster, runs: int, log: Callable[[str], None]) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     errors: list[str] = []
@@ -325,6 +392,8 @@ def run_system(
             "errors": errors,
             "summary": {k: spread(r[k] for r in runs) for k in ("first_write_s", "status_s")},
         }
+    if "haproxy" in args.scenarios:
+        result["haproxy"] = haproxy_runs(system, root, args, log, result)
     if "switchover" in args.scenarios or "status" in args.scenarios:
         try:
             with running(system, root, f"{system.name}-planned", args.keep) as cluster:
@@ -347,11 +416,48 @@ def run_system(
     return result
 
 
+def haproxy_runs(
+    system: System,
+    root: Path,
+    args: argparse.Namespace,
+    log: Callable[[str], None],
+    result: dict[str, Any],
+) -> dict[str, Any]:
+    """``--runs`` HAProxy crashes, a fresh cluster each; ``result`` (the system's) gets the
+    timings in force and the version, as the crash scenario gives them."""
+    keys = ("first_write_s", "haproxy_first_write_s", "haproxy_extra_s", "status_s")
+    reason = _haproxy.unavailable_reason()
+    if reason:
+        log(f"haproxy {system.name}: skipped: {reason}")
+        return {"runs": [], "errors": [f"skipped: {reason}"], "summary": {}}
+    runs: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for index in range(args.runs):
+        try:
+            with running(system, root, f"{system.name}-haproxy{index}", args.keep) as cluster:
+                result.setdefault("timings", cluster.timings().describe())
+                result.setdefault("version", cluster.version())
+                runs.append(haproxy_run(cluster, log))
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+            log(f"haproxy {system.name}: failed: {errors[-1]}")
+    return {
+        "runs": runs,
+        "errors": errors,
+        "checks": _haproxy.CHECKS,
+        "summary": {k: spread(r[k] for r in runs) for k in keys},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     known = systems()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="crashes and switchovers per system")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"any of {', '.join(SCENARIOS)}",
+    )
     parser.add_argument(
         "--systems",
         default="hacore,hacore-tight,patroni-defaults,patroni-tight,patroni-sync",
@@ -385,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             "etcd": tool_version(["etcd", "--version"]),
             "patroni": tool_version([str(_patroni.PATRONI), "--version"]),
             "hacore": hacore.__version__,
+            **({"haproxy": _haproxy.version()} if "haproxy" in args.scenarios else {}),
         },
         "runs": args.runs,
         "scenarios": args.scenarios,

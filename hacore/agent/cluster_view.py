@@ -1,11 +1,13 @@
 """The cluster as this agent last read it, for ``GET /cluster`` and ``/nodes``.
 
 Built from the loop's last reading only, so answering the API costs no store round trip.
+That reading holds only the member records their own node signed
+(:func:`only_believed`, fed by hacore/agent/record_trust.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -66,3 +68,12 @@ def cluster_json(
         if request is not None:
             data["switchover"] = {"from": request.from_node, "to": request.to_node}
     return data
+
+
+def only_believed(view: ClusterView, reasons: Sequence[str | None]) -> ClusterView:
+    """``view`` with only the members whose reason to doubt them is None (``reasons`` is
+    parallel to ``view.members``; the agent's edge verified each record's signature)."""
+    kept = tuple(m for m, why in zip(view.members, reasons, strict=True) if why is None)
+    if len(kept) == len(view.members):
+        return view
+    return attrs.evolve(view, members=kept)

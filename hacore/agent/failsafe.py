@@ -80,8 +80,56 @@ class BadQuestion(HacoreError):
 
 
 def signing_key(password_hash: str) -> bytes:
-    """The key every member derives from the cluster's API credential hash."""
+    """The key every member derives from the cluster's API credential hash, until a removal
+    rotates it (:func:`stored_key`)."""
     return hashlib.sha256(_KEY_LABEL + password_hash.encode()).digest()
+
+
+#: the rotated key, in the node's data directory (hex, 0600)
+KEY_FILE = "failsafe.key"
+
+
+def stored_key(data_dir: Path) -> bytes | None:
+    """The key a removal rotated to (``secrets/failsafe`` in the store, copied here by each
+    agent: a store outage is when it is needed), None before any removal. A removed node
+    kept the one before, which no member accepts any more."""
+    try:
+        text = (Path(data_dir) / KEY_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise HacoreError(f"{Path(data_dir) / KEY_FILE} does not hold a hex key") from None
+    if len(key) < 16:
+        raise HacoreError(f"{Path(data_dir) / KEY_FILE} holds too short a key")
+    return key
+
+
+def forget_key(data_dir: Path, *, older_than: float) -> bool:
+    """Delete the kept key if it was written before ``older_than`` (wall clock: a key
+    written since came from a rotation the reading missed); False when nothing was
+    deleted."""
+    path = Path(data_dir) / KEY_FILE
+    try:
+        if path.stat().st_mtime >= older_than:
+            return False
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def store_key(data_dir: Path, key_hex: str) -> bool:
+    """Keep the rotated key; False when it was already the one kept."""
+    path = Path(data_dir) / KEY_FILE
+    try:
+        if path.read_text().strip() == key_hex:
+            return False
+    except FileNotFoundError:
+        pass
+    write_atomic(path, key_hex + "\n", 0o600)
+    return True
 
 
 def sign(key: bytes, body: bytes) -> str:

@@ -8,6 +8,7 @@ member to confirm it once per loop while the store is silent, and a member answe
 
 from __future__ import annotations
 
+import logging
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -27,6 +28,7 @@ from hacore.agent.failsafe import (
     sign,
     signed,
     signing_key,
+    stored_key,
 )
 from hacore.agent.hooks import NodeLog
 from hacore.agent.lease import LeaseState
@@ -34,10 +36,22 @@ from hacore.agent.observe import StoreReading
 from hacore.agent.vocabulary import DecisionConfig, LeaseStatus
 from hacore.backends.records import ClusterView, Member
 from hacore.config.node import NodeConfig
+from hacore.errors import HacoreError
+
+log = logging.getLogger(__name__)
 
 
 def failsafe_key(config: NodeConfig) -> bytes | None:
-    """The key questions and answers are signed with: the cluster's API credentials."""
+    """The key questions and answers are signed with: the one the last removal rotated to,
+    else the one derived from the cluster's API credentials."""
+    try:
+        rotated = stored_key(config.node.data_dir)
+    except (HacoreError, OSError) as err:
+        # never the derived key instead: the removed nodes know that one
+        log.warning("failsafe: no key to sign with: %s", err)
+        return None
+    if rotated is not None:
+        return rotated
     auth = config.api.auth
     return signing_key(auth.password_hash) if auth is not None else None
 

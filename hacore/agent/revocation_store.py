@@ -9,7 +9,10 @@ The store holds three things for it:
 - ``pki/crl``: the CRL, signed by the cluster CA, that every agent copies to its node's
   ``crl.pem`` for PostgreSQL and etcd to check;
 - ``secrets/replication``: the replication role's password once it has been rotated, which
-  every agent puts in its database's passfile and uses for its next clone or rewind.
+  every agent puts in its database's passfile and uses for its next clone or rewind;
+- ``secrets/failsafe`` and ``secrets/filesync``: the key the failsafe questions are signed
+  with and the file sync's shared secret (rsync), once rotated (:class:`SharedSecret`): every
+  agent copies the first to its data directory and gives the second to its file sync engine.
 
 Revocation is by serial, not by name: the name may join again, with a new certificate.
 """
@@ -133,6 +136,56 @@ def replication_secret(consensus: ConsensusBackend) -> ReplicationSecret | None:
         return ReplicationSecret.decode(kv.value)
     except (ValueError, KeyError, TypeError) as err:
         raise HacoreError(f"the replication secret in the store is damaged: {err}") from None
+
+
+FAILSAFE_KEY = "secrets/failsafe"
+FILESYNC_SECRET_KEY = "secrets/filesync"
+
+
+@attrs.frozen
+class SharedSecret:
+    """A secret every member holds, once a removal rotated it; ``generation`` counts the
+    rotations, so an agent tells a new one from the one it applied."""
+
+    value: str = attrs.field(repr=False)
+    generation: int = 0
+
+    def encode(self) -> bytes:
+        return json.dumps(attrs.asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> SharedSecret:
+        raw: dict[str, Any] = json.loads(data)
+        return cls(str(raw["value"]), int(raw.get("generation", 0)))
+
+
+def shared_secret(consensus: ConsensusBackend, key: str) -> SharedSecret | None:
+    """The rotated secret under ``key``, None while it was never rotated."""
+    kv = consensus.get(key)
+    if kv is None:
+        return None
+    try:
+        return SharedSecret.decode(kv.value)
+    except (ValueError, KeyError, TypeError) as err:
+        raise HacoreError(f"the secret {key} in the store is damaged: {err}") from None
+
+
+def rotate_shared_secret(consensus: ConsensusBackend, key: str, value: str) -> SharedSecret:
+    """Store ``value`` as the next generation of the secret under ``key`` (compare-and-set:
+    two removals at once both count)."""
+    for _ in range(_ATTEMPTS):
+        current = consensus.get(key)
+        generation = 0
+        if current is not None:
+            try:
+                generation = SharedSecret.decode(current.value).generation
+            except (ValueError, KeyError, TypeError):
+                generation = 0
+        secret = SharedSecret(value, generation + 1)
+        version = current.version if current is not None else 0
+        if consensus.put(key, secret.encode(), expect_version=version):
+            return secret
+    raise HacoreError(f"the secret {key} kept changing under this removal")
 
 
 def rotate_replication_password(

@@ -1,6 +1,8 @@
 """Each agent's share of a removal: the store's CRL into the node's ``crl.pem``, the rotated
-replication password into the database's passfile and the agent's credentials, and this
-node's own certificate registered so that a later removal of it can revoke it.
+replication password into the database's passfile and the agent's credentials, the rotated
+failsafe key into the data directory and the rotated file-sync secret into the file sync
+engine, and this node's own certificate registered so that a later removal of it can revoke
+it.
 
 The store reads, the registration and the primary's ``ALTER ROLE`` run on a thread of their
 own, every few seconds: a store or a database that does not answer must not hold the loop
@@ -12,16 +14,21 @@ Every failure is logged and retried on the next round; nothing here can stop the
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
 from hacore.agent import revocation_store as revoke
 from hacore.agent.credentials import ReplicationCredentials
+from hacore.agent.failsafe import forget_key, store_key
 from hacore.backends.consensus import ConsensusBackend
+from hacore.backends.filesync import FilesyncBackend
 from hacore.backends.records import Member, TlsFiles
 from hacore.backends.replication import ReplicationBackend
 from hacore.errors import HacoreError
@@ -29,9 +36,15 @@ from hacore.pki import load_node_certificate, record_identity, revocation
 from hacore.pki.pem import read_certificate
 
 log = logging.getLogger(__name__)
+#: seconds a key file must predate the store read that found no rotation before it is taken
+#: for a stray: file times come from a coarse clock, a few ms behind ``time.time()``, and a
+#: file written just after a read must not be dropped as older than it
+MTIME_SLACK = 1.0
 
 #: seconds between two rounds
 INTERVAL = 2.0
+#: a read that failed (the last value read stays)
+_UNREAD = object()
 
 
 class RevocationSync:
@@ -46,8 +59,19 @@ class RevocationSync:
         tls: TlsFiles | None,
         set_credentials: Callable[[ReplicationCredentials], None] | None,
         is_active: Callable[[], bool] = lambda: False,
+        *,
+        data_dir: Path | None = None,
+        filesync: FilesyncBackend | None = None,
     ) -> None:
         self.is_active = is_active
+        #: where the rotated failsafe key is kept (None: not followed)
+        self.data_dir = data_dir
+        self.filesync = filesync if filesync is not None and filesync.rotates_secret else None
+        #: the shared secrets' generations applied here, by store key
+        self._applied: dict[str, int] = {}
+        self._shared: dict[str, revoke.SharedSecret | None] = {}
+        #: when each of those was read (wall clock, as file times are)
+        self._read_at: dict[str, float] = {}
         self.name = name
         self.consensus = consensus
         self.replication = replication
@@ -79,6 +103,9 @@ class RevocationSync:
         self._attempt("crl_round", lambda: self._install_crl(crl))
         if not removed:
             self._attempt("secret_round", lambda: self._take_secret(secret))
+            shared = dict(self._shared)
+            self._attempt("failsafe_round", lambda: self._take_failsafe_key(shared))
+            self._attempt("filesync_round", lambda: self._take_filesync_secret(shared))
 
     def stop(self, timeout: float = 15.0) -> None:
         self._stop.set()
@@ -100,7 +127,62 @@ class RevocationSync:
             crl = self._attempt("crl_read", lambda: revoke.current_crl(self.consensus), crl)
         if not removed:
             secret = self._attempt("secret_read", lambda: self._read_secret(), secret)
+            self._read_shared()
         self._fetched = (crl, secret)
+
+    def _read_shared(self) -> None:
+        wanted = []
+        if self.data_dir is not None:
+            wanted.append(revoke.FAILSAFE_KEY)
+        if self.filesync is not None:
+            wanted.append(revoke.FILESYNC_SECRET_KEY)
+        for key in wanted:
+            started = time.time()
+            found = self._attempt(
+                f"read {key}",
+                functools.partial(revoke.shared_secret, self.consensus, key),
+                _UNREAD,
+            )
+            if found is not _UNREAD:
+                # None: read, and never rotated
+                self._shared[key] = found
+                self._read_at[key] = started
+
+    def _new(self, shared: dict[str, revoke.SharedSecret | None], key: str) -> str | None:
+        found = shared.get(key)
+        if found is None or self._applied.get(key) == found.generation:
+            return None
+        return found.value
+
+    def _applied_now(self, shared: dict[str, revoke.SharedSecret | None], key: str) -> None:
+        found = shared[key]
+        assert found is not None
+        if key in self._applied:
+            log.info("%s: took the rotated %s (generation %d)", self.name, key, found.generation)
+        self._applied[key] = found.generation
+
+    def _take_failsafe_key(self, shared: dict[str, revoke.SharedSecret | None]) -> None:
+        if self.data_dir is None:
+            return
+        if revoke.FAILSAFE_KEY in shared and shared[revoke.FAILSAFE_KEY] is None:
+            # this cluster never rotated it: a key file left by another cluster (a data
+            # directory used again) would sign with a key nobody else has
+            read_at = self._read_at.get(revoke.FAILSAFE_KEY, 0.0)
+            if forget_key(self.data_dir, older_than=read_at - MTIME_SLACK):
+                log.warning("%s: dropped a failsafe key this cluster never made", self.name)
+            return
+        value = self._new(shared, revoke.FAILSAFE_KEY)
+        if value is None:
+            return
+        store_key(self.data_dir, value)
+        self._applied_now(shared, revoke.FAILSAFE_KEY)
+
+    def _take_filesync_secret(self, shared: dict[str, revoke.SharedSecret | None]) -> None:
+        value = self._new(shared, revoke.FILESYNC_SECRET_KEY)
+        if value is None or self.filesync is None:
+            return
+        self.filesync.use_secret(value)
+        self._applied_now(shared, revoke.FILESYNC_SECRET_KEY)
 
     def _attempt(self, what: str, step: Callable[[], Any], default: Any = None) -> Any:
         try:

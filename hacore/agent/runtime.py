@@ -320,6 +320,9 @@ class Agent:
             gate=self.parts.deadline.gate(),
             retry_timeout=self.dcfg.retry_timeout,
         )
+        if reading.view is not None:
+            # a record its own node did not sign reaches no decision (record_trust.py)
+            reading = attrs.evolve(reading, view=self.parts.trust.view(reading.view))
         if reading.store_error:
             self.counters.add(Event.STORE_ERROR)
         self.parts.failsafe.round(reading, self._failsafe_peers, self.parts.deadline)
@@ -343,6 +346,10 @@ class Agent:
         # A removed node's store member was stopped (or removed from the store) on purpose.
         removed = self.state is NodeState.REMOVED or self.name in reading.removed
         self.supervisor.tick(enabled=not removed and not self.paused)
+        self.parts.store_leadership.tick(
+            active=facts.active and not removed and not self.paused,
+            store_ok=reading.answered_at is not None,
+        )
         health, results = self.parts.checks.run(active=facts.active, now=clock())
         for name, result in results.items():
             if not result.ok:

@@ -1,9 +1,10 @@
 """The cluster-wide settings as the agent runs them: seeded into the store, followed from it.
 
 The ``settings`` key (hacore/agent/keys.py) holds what every node must agree on
-(hacore/config/cluster_settings.py). The first active writes it from its ``node.yaml`` when
-it is absent (that is how ``cluster start`` seeds it); from then on every agent reads it in
-its loop's store reading and, when it changed, applies it within that loop:
+(hacore/config/cluster_settings.py). ``cluster start`` writes it before the agent starts
+(hacore/cluster/start.py); an active that finds it absent (a cluster started by an older
+hacore) writes it from its ``node.yaml``. Every agent reads it in its loop's store reading
+and, when it changed, applies it within that loop:
 
 - the failover policy and the check settings: the decision configuration is rebuilt, so the
   very next decision (and ``cluster explain``) uses them;

@@ -57,7 +57,7 @@ class NodeSnapshot:
     #: When the loop last completed; None before the first one.
     last_loop_at: float | None = None
     loop_wait: float = 1.0
-    ttl: float = 5.0
+    ttl: float = 6.0
     #: The last decision's reason, for people.
     reason: str = ""
     #: The servers the agent runs and supervises (managed store member, file sync engine).
@@ -122,6 +122,8 @@ def member_json(member: Member, snap: NodeSnapshot) -> dict[str, Any]:
     }
     if member.name == snap.node_name:
         data["checks"] = checks_json(snap.checks)
+        # the read role's, not the probes' nor /metrics' (docs/security.md, finding 8)
+        data["lease_token"] = snap.lease_token
         data["failsafe"] = None if snap.failsafe is None else dict(snap.failsafe)
         data["minority"] = None if snap.minority is None else dict(snap.minority)
         data["settings"] = None if snap.settings is None else dict(snap.settings)

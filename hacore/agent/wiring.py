@@ -33,8 +33,10 @@ from hacore.agent.membership import Membership
 from hacore.agent.minority import MinorityEdge
 from hacore.agent.observe import DatabaseReader
 from hacore.agent.pause_control import PauseControl
+from hacore.agent.record_trust import RecordTrust
 from hacore.agent.revocation_sync import RevocationSync
 from hacore.agent.settings_sync import SettingsSync
+from hacore.agent.store_leadership import StoreLeadership
 from hacore.agent.supervise import Supervisor, supervised_servers
 from hacore.agent.vocabulary import DecisionConfig, SyncMode
 from hacore.config.node import NodeConfig
@@ -87,6 +89,8 @@ class AgentParts:
     files_check: FilesInSync | None
     #: the servers this agent runs, restarted when they die (hacore/agent/supervise.py)
     supervisor: Supervisor
+    #: the managed store's leadership kept off the active (hacore/agent/store_leadership.py)
+    store_leadership: StoreLeadership
     counters: EventCounters
     #: a database that does not answer within retry_timeout is unknown (DESIGN rule 7)
     db_reader: DatabaseReader
@@ -101,6 +105,9 @@ class AgentParts:
     pause: PauseControl
     #: the cluster-wide settings in the store (hacore/agent/settings_sync.py)
     settings: SettingsSync
+    #: only member records signed by their own node reach the decisions
+    #: (hacore/agent/record_trust.py)
+    trust: RecordTrust
 
 
 def wire(
@@ -167,6 +174,8 @@ def wire(
         tls_paths.tls_files(config),
         held.set,
         is_active,
+        data_dir=config.node.data_dir,
+        filesync=backends.filesync,
     )
     membership = Membership(name, backends, hooks, revocations)
     records = MemberRecords(
@@ -197,6 +206,7 @@ def wire(
         checks=runner,
         files_check=files_check,
         supervisor=supervisor,
+        store_leadership=StoreLeadership(backends.managed_store, node_log),
         counters=counters,
         db_reader=DatabaseReader(backends.replication, timeout=dcfg.retry_timeout),
         membership=membership,
@@ -207,6 +217,7 @@ def wire(
         minority=minority,
         pause=pause,
         settings=SettingsSync(config, backends.consensus, backends.replication, node_log),
+        trust=RecordTrust(name, tls_paths.tls_files(config)),
     )
 
 

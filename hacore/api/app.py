@@ -21,12 +21,13 @@ from hacore.api.errors import (
     AuthenticationError,
     ForbiddenError,
     HttpsRequiredError,
+    TooManyRequestsError,
     UnsupportedMediaTypeError,
     status_for,
 )
 from hacore.api.facade import AgentFacade
-from hacore.api.limits import AttemptLimiter
-from hacore.api.messages import JSON, PlainHttp, Request, Response, error_response
+from hacore.api.limits import AttemptLimiter, Throttle
+from hacore.api.messages import JSON, PlainHttp, Request, Response, error_response, json_object
 from hacore.api.operation_routes import OperationRoutes
 from hacore.api.probe_routes import PROBES, ProbeRoutes
 from hacore.api.routes import Handler, Route
@@ -50,6 +51,10 @@ class ApiApp:
         self.facade = facade
         #: outlives credential changes, so swapping them does not reset a client's failures
         self._attempts = AttemptLimiter()
+        #: failed join tokens, per address: a budget of its own, so a joiner's retries and
+        #: an operator's mistyped password do not spend each other's
+        self._join_attempts = AttemptLimiter()
+        self._join_logged = Throttle()
         self.set_settings(settings)
         self._plain: tuple[PlainHttp, str] = (PlainHttp.ALL, "")
         views, operations = ViewRoutes(facade), OperationRoutes(facade)
@@ -142,7 +147,8 @@ class ApiApp:
                 pass
             elif route.join and _join_token(req) is not None:
                 req = attrs.evolve(req, join_token=_join_token(req))
-            elif not route.probe or settings.status_requires_auth:
+                return self._join_attempt(req, handler, params)
+            elif not _open(route, settings):
                 role = self._authenticate(authenticator, req)
                 needed = route.required(req.method)
                 if role < needed:
@@ -165,6 +171,48 @@ class ApiApp:
             logger.exception("%s %s failed", req.method, req.path)
             return error_response(500, INTERNAL_ERROR)
 
+    def _join_attempt(self, req: Request, handler: Handler, params: dict[str, str]) -> Response:
+        """A join token is checked with a store read and is worth a ticket: a client whose
+        tokens keep failing is refused (429) before that read, as a wrong password is before
+        hashing."""
+        client = req.client
+        attempts = self._join_attempts
+        wait = attempts.take(client)
+        if wait:
+            self._log_join(
+                client, req, f"refused before checking: too many failed, for {wait:.0f} s"
+            )
+            raise TooManyRequestsError(
+                "too many failed join tokens from this address: try again later",
+                retry_after=wait,
+            )
+        try:
+            response = handler(req, params)
+        except AuthenticationError:
+            self._log_join(client, req, "refused")
+            raise
+        except BaseException:
+            # refused for another reason (not the active, a bad request): not a guess
+            attempts.give_back(client)
+            raise
+        attempts.give_back(client)
+        return response
+
+    def _log_join(self, client: str, req: Request, what: str) -> None:
+        """One line per address and 10 s, naming the node asked for, never the token."""
+        held = self._join_logged.allow(client)
+        if held is None:
+            return
+        try:
+            name = json_object(req).get("name")
+        except HacoreError:
+            name = None
+        node = f" for node {name[:64]!r}" if isinstance(name, str) else ""
+        more = f" ({held} more since the last report)" if held else ""
+        logger.warning(
+            "join token from %s%s %s%s", client or "an unknown address", node, what, more
+        )
+
     @staticmethod
     def _authenticate(authenticator: Authenticator, req: Request) -> Role:
         header = req.headers.get("authorization")
@@ -179,6 +227,15 @@ class ApiApp:
         if not header:
             raise AuthenticationError("authentication required: send HTTP Basic credentials")
         raise AuthenticationError("wrong credentials")
+
+
+def _open(route: Route, settings: ApiSettings) -> bool:
+    """Whether ``route`` is served without credentials: the probes unless
+    ``status_requires_auth`` (a load balancer may have none), ``/metrics`` only with
+    ``metrics_without_credentials`` (a scrape config can carry the probe user's)."""
+    if route.metrics:
+        return settings.metrics_without_credentials
+    return route.probe and not settings.status_requires_auth
 
 
 def _is_json(content_type: str | None) -> bool:

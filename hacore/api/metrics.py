@@ -8,6 +8,11 @@ Every series carries the ``node`` label and only labels whose values stay put: w
 the active is a gauge per node (``hacore_is_active``), never a label, so a failover changes
 values, not series, and a dashboard's ``sum``/``rate`` spans it. Counters (``_total``) count
 from the agent's start (hacore/agent/counters.py) and reset with it, as Prometheus expects.
+
+Nothing here is what the probes hide from the network (docs/security.md, finding 8): no
+fencing token and no hacore version, as a scrape's credential is the load balancer's probe
+user, and ``api.metrics_without_credentials`` serves it to anyone. The read role finds both
+in ``GET /nodes/<name>``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
@@ -42,9 +47,6 @@ class SnapshotCollector(Collector):
                 family.add_metric([node], value)
                 yield family
 
-        info = InfoMetricFamily("hacore_node", "This node's hacore version.")
-        info.add_metric([], {"node": node, "version": snap.version})
-        yield info
         yield from gauge(
             "hacore_paused",
             "1 while the cluster is in maintenance mode (hacore cluster pause), as this node "
@@ -80,11 +82,6 @@ class SnapshotCollector(Collector):
             "Seconds since the consensus store last answered this node (absent before it "
             "ever did).",
             None if reached is None else max(0.0, now - reached),
-        )
-        yield from gauge(
-            "hacore_lease_token",
-            "Fencing token of the lease this node holds (absent when it holds none).",
-            snap.lease_token,
         )
         yield from gauge(
             "hacore_loop_age_seconds",

@@ -10,6 +10,7 @@ from urllib.parse import unquote
 
 from hacore.agent.failsafe import PATH as FAILSAFE_PATH
 from hacore.agent.failsafe import SIGNATURE_HEADER as FAILSAFE_SIGNATURE
+from hacore.api import admin_secret
 from hacore.api.auth import parse_basic
 from hacore.api.errors import BadRequestError, ForbiddenError
 from hacore.api.facade import AgentFacade
@@ -54,14 +55,17 @@ class OperationRoutes:
             if action not in ("ticket", "cancel"):
                 raise ForbiddenError(f'a join token may ask for a ticket or cancel, not "{action}"')
             body["join_token"], body["join_client"] = req.join_token, req.client
-        return json_response(200, self.facade.join_ticket(body))
+        # a ticket, a token or a removal signs with the CA key, sealed under this password
+        with admin_secret.presented(admin_secret.from_request(req)):
+            return json_response(200, self.facade.join_ticket(body))
 
     def _teardown(self, req: Request, params: dict[str, str]) -> Response:
         return json_response(200, self.facade.teardown())
 
     def remove(self, req: Request, params: dict[str, str]) -> Response:
         """``DELETE /nodes/<name>`` (its route also takes the GET that shows the node)."""
-        return json_response(200, self.facade.remove_node(unquote(params["name"])))
+        with admin_secret.presented(admin_secret.from_request(req)):
+            return json_response(200, self.facade.remove_node(unquote(params["name"])))
 
     def _switchover(self, req: Request, params: dict[str, str]) -> Response:
         body = json_object(req)

@@ -40,7 +40,7 @@ class ProbeRoutes:
         probe = {method: self._probe for method in READ_METHODS}
         return [
             *(Route(re.compile(re.escape(path)), probe, probe=True) for path in PROBES),
-            Route(re.compile("/metrics"), {"GET": self._metrics}, probe=True),
+            Route(re.compile("/metrics"), {"GET": self._metrics}, probe=True, metrics=True),
         ]
 
     def _probe(self, req: Request, params: dict[str, str]) -> Response:

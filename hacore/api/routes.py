@@ -25,8 +25,11 @@ READ_METHODS = ("GET", "HEAD", "OPTIONS")
 class Route:
     pattern: re.Pattern[str]
     methods: Mapping[str, Handler]
-    #: needs credentials only when ``status_requires_auth`` (probes and metrics)
+    #: the probe role is enough; the probes need credentials only when
+    #: ``status_requires_auth``
     probe: bool = False
+    #: ``/metrics``: needs credentials (the probe role) unless ``metrics_without_credentials``
+    metrics: bool = False
     #: never needs credentials (public material: the CA certificate)
     public: bool = False
     #: a join token may stand in for credentials (the ticket, and its cancellation)

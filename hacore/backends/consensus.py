@@ -253,3 +253,18 @@ class ManagedStore(Declarations, abc.ABC):
 
     def is_running(self) -> bool:
         return False
+
+    #: True: :meth:`move_leadership_off` can hand the store's leadership to another server
+    #: (etcd can; ZooKeeper has no such operation)
+    moves_leadership: ClassVar[bool] = False
+
+    def move_leadership_off(self) -> str | None:
+        """If this node's server leads the store, hand the leadership to a healthy voter that
+        is caught up; its name, or None when nothing was moved (not the leader, no such voter).
+
+        The agent calls it while its node is active (declare ``moves_leadership``): when a
+        whole host dies the store must not lose its leader too, or it first elects one and
+        then (etcd's lessor) extends every lease by a full ttl, so the dead active's lease
+        outlives it by the election as well. Must return within a few seconds and never
+        leave the store without a leader for longer than one transfer."""
+        return None

@@ -76,6 +76,10 @@ class FilesyncBackend(Declarations, abc.ABC):
     #: switchover waits for the one standby that takes over, not for another that may be
     #: down; an engine without it is asked about its whole copy.
     narrows_to_peers: ClassVar[bool] = False
+    #: True: the engine's peers authenticate with a secret the cluster shares (rsync), which
+    #: :meth:`use_secret` replaces; a removal then rotates it (the removed node knew it). An
+    #: engine whose peers authenticate otherwise (Syncthing's device keys) shares none.
+    rotates_secret: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -119,6 +123,12 @@ class FilesyncBackend(Declarations, abc.ABC):
     @abc.abstractmethod
     def state(self) -> SyncState:
         """Sync completion of this node's copy."""
+
+    def use_secret(self, secret: str) -> None:
+        """Authenticate peers with ``secret`` from now on, in both directions: the cluster
+        rotated it (declare ``rotates_secret``). :class:`FilesyncError` when this node cannot
+        (its settings fix the secret)."""
+        raise FilesyncError("this file sync engine shares no secret to rotate")
 
     def scan(self) -> None:
         """Make the engine notice local changes now instead of at its next scan.

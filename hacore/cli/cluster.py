@@ -8,11 +8,17 @@ The group's other commands live in modules of their own and are attached to it b
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
 
 import click
 
 from hacore.agent.tls_paths import ca_cert_file
+from hacore.api.errors import ApiError
 from hacore.cli.common import (
     ACCEPT_TIMEOUT,
     PASSWORD_ENV,
@@ -33,6 +39,7 @@ from hacore.client.profile import (
     load_profile,
     members_of,
     profile_path,
+    remove_profile,
     save_profile,
 )
 from hacore.cluster.bootstrap_token import BOOTSTRAP_USER, local_url, read_token
@@ -116,7 +123,9 @@ def cluster_start(
     this namespace. Then, one progress line per step:
       1. store: bootstraps a one-member store on this node (consensus.managed: true), or
          uses the external store;
-      2. record: writes the cluster record (name, hacore version, creation time) to it;
+      2. record: writes the cluster record (name, hacore version, creation time) to it,
+         then the cluster-wide settings (from node.yaml; from the snapshot on a node
+         restored by hacore snapshot restore);
       3. database: bootstraps PostgreSQL with a new, random replication password;
       4. names this node the first active and starts the agent, which campaigns and
          promotes; the command returns once this node's /status answers 200.
@@ -127,7 +136,9 @@ def cluster_start(
     The API credentials are created here: --username with $HACORE_PASSWORD or
     --password-file, or a random password. Only
     a hash goes to the agents; the password is written to the CLI profile (0600) and printed
-    once, at the end.
+    once, at the end. The profile is written before the request (so an interrupted command
+    keeps the password of a start the agent finishes) and follows the node to HTTPS; a
+    start that fails leaves the previous profile in place.
 
     \b
     Exit status: 0 the node is active; 1 failed; 2 usage or configuration error; 3 the
@@ -156,7 +167,8 @@ def cluster_start(
     )
     path = profile_file(ctx)
     previous = load_profile(path)
-    # Saved first: the password must not be lost if this command dies before the end.
+    # Saved first: the password must not be lost if this command dies before the end. Kept
+    # in step with the node from then on (_StartProfile), given back when the start fails.
     name = node_name or config.node.name
     save_profile(path, Profile(config.cluster.name, username, password, ((name, url),)))
     body = {
@@ -166,21 +178,31 @@ def cluster_start(
         "username": username,
         "password": password,
     }
-    try:
-        answer = local.call(lambda c: c.start_cluster(body), timeout=ACCEPT_TIMEOUT)
-    except BaseException:
-        if previous is not None:
-            save_profile(path, previous)
-        else:
-            path.unlink(missing_ok=True)
-        raise
-    cluster_name = str(answer.get("cluster"))
-    save_profile(path, Profile(cluster_name, username, password, ((answer["node"], url),)))
-    echo = echo_progress(as_json)
-    if echo:
-        verb = "resuming the start of" if answer.get("resumed") else "starting"
-        echo(f"{verb} cluster {cluster_name} on node {answer['node']} ({url})")
-    op = follow_operation(local, timeout=timeout, echo=echo)
+    kept = _StartProfile(
+        path, Profile(config.cluster.name, username, password), name, local, config
+    )
+    with _signals_interrupt():
+        try:
+            answer = local.call(lambda c: c.start_cluster(body), timeout=ACCEPT_TIMEOUT)
+        except BaseException as err:
+            # an answer lost after the agent took the start: the start goes on, keep it
+            kept.after_interruption(err, previous, accepted=False)
+            raise
+        cluster_name = str(answer.get("cluster"))
+        kept.profile = Profile(cluster_name, username, password)
+        kept.node = str(answer["node"])
+        kept.save()
+        echo = echo_progress(as_json)
+        if echo:
+            verb = "resuming the start of" if answer.get("resumed") else "starting"
+            echo(f"{verb} cluster {cluster_name} on node {answer['node']} ({url})")
+        try:
+            op = follow_operation(local, timeout=timeout, echo=echo, on_poll=kept.once_secure)
+        except BaseException as err:
+            failed = kept.after_interruption(err, previous)
+            if failed is not None:
+                raise failed from None
+            raise
     data = local.call(lambda c: c.cluster())
     ca_pem = ca_certificate_pem(config.node.data_dir)
     fingerprint = data.get("ca_fingerprint")
@@ -220,6 +242,103 @@ def cluster_start(
             click.echo(f"CLI profile saved in {path}")
 
     emit(as_json, result, text)
+
+
+class _StartProfile:
+    """The CLI profile while a start runs: it must hold the password from the moment the
+    agent took the start (a start the agent finishes by itself keeps it), and always be one
+    that works. The agent serves HTTPS only once the node is a member: the profile gets the
+    ``https`` URL and the cluster CA as soon as the node has its CA (after each poll), and
+    again on any interruption (Ctrl-C, SIGTERM, a timeout); a start that failed (the
+    cluster never formed) leaves no profile of it: the previous one is put back."""
+
+    def __init__(
+        self, path: Path, profile: Profile, node: str, local: LocalApi, config: NodeConfig
+    ) -> None:
+        self.path, self.profile, self.node, self.local = path, profile, node, local
+        self.data_dir = config.node.data_dir
+        self.secure = False
+
+    def save(self) -> None:
+        """The profile as the node can be reached now: ``https`` and the CA once it has one."""
+        ca = ca_certificate_pem(self.data_dir)
+        save_profile(
+            self.path,
+            Profile(
+                self.profile.cluster,
+                self.profile.username,
+                self.profile.password,
+                ((self.node, self.local.url),),
+                ca_certificate=ca,
+            ),
+        )
+        self.secure = ca is not None
+
+    def once_secure(self) -> None:
+        if not self.secure and ca_cert_file(self.data_dir).exists():
+            self.save()
+
+    def after_interruption(
+        self, err: BaseException, previous: Profile | None, *, accepted: bool = True
+    ) -> HacoreError | None:
+        """The command ends before the start did: keep the profile for a start that goes on
+        in the agent, give the previous one back for one that failed or never began (then,
+        for a failure, the error to raise instead of ``err``, saying so)."""
+        state = _start_state(self.local)
+        if accepted:
+            going_on = state != "failed"
+        else:  # a refusal is an answer; without one, a start running now is this one
+            going_on = not isinstance(err, ApiError) and state == "running"
+        if going_on:
+            with contextlib.suppress(HacoreError, OSError):
+                self.save()
+            return None
+        _give_back(self.path, previous)
+        if accepted and isinstance(err, HacoreError):
+            return HacoreError(
+                f"{err}; no CLI profile was kept for it: run hacore cluster start again, it "
+                "resumes where the start stopped"
+            )
+        return None
+
+
+def _start_state(local: LocalApi) -> str | None:
+    """What the local agent says of its start: running, done, failed; None when it does
+    not answer or runs no start."""
+    try:
+        op = local.call(lambda c: c.cluster(), timeout=5.0).get("operation")
+    except (HacoreError, OSError):
+        return None
+    if not isinstance(op, dict) or op.get("operation") != "start":
+        return None
+    state = op.get("state")
+    return state if isinstance(state, str) else None
+
+
+def _give_back(path: Path, previous: Profile | None) -> None:
+    if previous is not None:
+        save_profile(path, previous)
+    elif path.exists():
+        remove_profile(path)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the command as Ctrl-C does, so that its clean-up runs (the
+    profile); left alone where signals cannot be handled (not the main thread)."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    saved = {}
+    with contextlib.suppress(ValueError):
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            saved[sig] = signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 @cluster.command("ca")

@@ -4,8 +4,11 @@ credentials or a single-use join token, and follow the join until the node strea
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
+from typing import Any
 
+import attrs
 import click
 
 from hacore.agent.tls_paths import ca_cert_file
@@ -36,6 +39,13 @@ from hacore.client.profile import (
 )
 from hacore.cluster.bootstrap_token import BOOTSTRAP_USER, local_url
 from hacore.cluster.tls import ca_certificate_pem
+from hacore.config.cluster_settings import (
+    ClusterWide,
+    IgnoredOption,
+    from_mapping,
+    ignored_options,
+)
+from hacore.errors import ConfigError
 
 
 @click.command("join")
@@ -135,6 +145,12 @@ def cluster_join(
     certificate.
 
     \b
+    Only the node-local keys of --options take effect: a cluster-wide key (timing.*,
+    failover.*, checks.*, replication.parameters.*) is kept in this node's configuration,
+    but the cluster's value applies. The join warns for each one given another value than
+    the cluster runs, with the hacore cluster config set command that changes it.
+
+    \b
     Exit status: 0 the node streams as a standby; 1 failed; 2 usage or configuration error;
     3 the active (or this node's agent) cannot be reached; 4 refused, nothing changed.
 
@@ -226,6 +242,7 @@ def cluster_join(
                 members, active=str(answer["active"])
             ),
         )
+    ignored = _ignored_options(local, overrides)
     result = {
         "cluster": answer["cluster"],
         "node": node_name,
@@ -233,6 +250,7 @@ def cluster_join(
         "profile": str(saved) if saved is not None else None,
         "elapsed": op.get("elapsed"),
         "ca_fingerprint": answer.get("ca_fingerprint"),
+        "cluster_wide_options": [attrs.asdict(item) for item in ignored],
     }
 
     def text() -> None:
@@ -245,6 +263,42 @@ def cluster_join(
             )
 
     emit(as_json, result, text)
+    for item in ignored:
+        click.echo(_ignored_warning(item), err=True)
+
+
+def _ignored_options(local: LocalApi, overrides: dict[str, Any]) -> list[IgnoredOption]:
+    """The cluster-wide keys of ``--options`` that the cluster runs with another value.
+
+    The join keeps them in this node's configuration, but every agent runs the store's
+    cluster-wide settings: said here, or the operator believes the option took effect. The
+    settings are read through this node's agent, a member by now; when they cannot be read
+    every cluster-wide key given is named."""
+    if not ignored_options(None, overrides):
+        return []
+    settings: ClusterWide | None = None
+    with contextlib.suppress(ApiError, ApiUnreachableError, ConfigError):
+        data = local.call(lambda c: c.cluster_config())
+        settings = from_mapping(data.get("settings"), context="the settings key")
+    return ignored_options(settings, overrides)
+
+
+def _ignored_warning(item: IgnoredOption) -> str:
+    given = _scalar(item.given)
+    if item.cluster is not None:
+        runs = f"the cluster runs {_scalar(item.cluster)}"
+    else:
+        runs = "the cluster's value applies (hacore cluster config show)"
+    return (
+        f"warning: --options {item.option}={given} does not take effect: it is a cluster-wide "
+        f"setting and {runs}. It stays in this node's configuration; to change it on every "
+        f"node: hacore cluster config set {item.key}={given}"
+    )
+
+
+def _scalar(value: object) -> str:
+    """A value as ``config set`` reads it back (YAML): text as is, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _read_ca_file(path: str) -> str:

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import os
+import socket
+import ssl
 from pathlib import Path
 
+import attrs
 import click
+from cryptography import x509
 
 from hacore.cli.common import reach
 from hacore.cli.exit_codes import UsageProblem
+from hacore.client.profile import Profile
 from hacore.cluster.haproxy import (
     CHECK_PATHS,
     HaproxyOptions,
+    HaproxyServer,
+    pick_dns_name,
     render,
     servers_of,
     tls_of,
 )
 
 DEFAULT_CA_FILE = "/etc/hacore/ca.crt"
+#: seconds each member has to show its certificate
+CERT_TIMEOUT = 5.0
 
 
 @click.command("haproxy-config")
@@ -95,8 +104,9 @@ def cluster_haproxy_config(
     200 on the active only; --manager-port adds the same for the manager's own port. With
     TLS (the default) the checks verify the agent's certificate against the cluster CA
     (--ca-file; --write-ca puts the profile's CA there), and each server's certificate is
-    checked for the member's host name (verifyhost) when every member's node.host is a DNS
-    name (an IP address cannot be checked that way). A server marked down has its connections cut
+    checked for a DNS name (verifyhost) when every member has one: its node.host, or one of
+    its node.dns_names, read from the certificate the member serves (an IP address cannot be
+    checked that way). A server marked down has its connections cut
     (on-marked-down shutdown-sessions). Print it again after a join or a removal. Changes
     nothing in the cluster.
 
@@ -130,6 +140,8 @@ def cluster_haproxy_config(
         manager_port=manager_port,
         manager_bind=manager_bind,
     )
+    if options.ca_file is not None:
+        servers = [with_certificate_name(profile, s) for s in servers]
     text = render(options, servers, skipped)
     if write_ca:
         if not tls or profile.ca_certificate is None:
@@ -138,3 +150,30 @@ def cluster_haproxy_config(
         path.write_text(profile.ca_certificate)
         os.chmod(path, 0o644)
     click.echo(text, nl=False)
+
+
+def with_certificate_name(profile: Profile, server: HaproxyServer) -> HaproxyServer:
+    """``server`` with a DNS name its certificate carries, for ``verifyhost``: the name HAProxy
+    will check is read from what the member serves, not from a setting that may not have
+    reached its certificate yet. A member that cannot be reached keeps none."""
+    context = profile.verify()
+    if not isinstance(context, ssl.SSLContext):
+        return server
+    try:
+        with (
+            socket.create_connection((server.host, server.api_port), CERT_TIMEOUT) as raw,
+            context.wrap_socket(raw, server_hostname=server.host) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return server
+    if der is None:
+        return server
+    try:
+        alt = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        )
+    except (ValueError, x509.ExtensionNotFound):
+        return server
+    names = alt.value.get_values_for_type(x509.DNSName)
+    return attrs.evolve(server, dns_name=pick_dns_name(server.host, names))

@@ -331,8 +331,19 @@ def nodes_remove(ctx: click.Context, name: str, yes: bool, as_json: bool) -> Non
         click.echo(f"node {name} removed from cluster {profile.cluster}")
         if not answer.get("acknowledged", True):
             click.echo("  (it did not acknowledge in time: if it comes back it stays removed)")
+        for key, what in _TAKEN_AWAY:
+            if key in answer:
+                click.echo(f"  {what}: {answer[key]}")
 
     emit(as_json, answer, text)
+
+
+#: what a removal answers about the secrets the removed node held (docs/security.md)
+_TAKEN_AWAY = (
+    ("replication_password", "replication password"),
+    ("failsafe_key", "failsafe key"),
+    ("filesync_secret", "file-sync secret"),
+)
 
 
 @nodes.command("add")
@@ -347,16 +358,30 @@ def nodes_remove(ctx: click.Context, name: str, yes: bool, as_json: bool) -> Non
     show_default=True,
     help="Seconds the token stays valid.",
 )
+@click.option(
+    "--dns-name",
+    "dns_names",
+    multiple=True,
+    help="A DNS name for the new node's certificate, as its node.dns_names (repeat for more).",
+)
 @json_option
 @click.pass_context
-def nodes_add(ctx: click.Context, name: str, host_ip: str, ttl: float, as_json: bool) -> None:
+def nodes_add(
+    ctx: click.Context,
+    name: str,
+    host_ip: str,
+    ttl: float,
+    dns_names: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Let node NAME at HOST_IP join: print its join command, with a single-use token.
 
     \b
     The active issues a token valid for this name and address only, for --ttl seconds, and
     for one join ticket: the new node's operator needs neither the API password nor this
     profile. Run the printed command on the new node (its agent running). Needs the admin
-    credentials; changes nothing else.
+    credentials; changes nothing else. With TLS the new node's certificate is issued now,
+    for HOST_IP, loopback and each --dns-name (give the names of its node.dns_names).
 
     \b
     Exit status: 0 a token was issued; 1 failed; 2 a bad name or address; 3 no active
@@ -371,7 +396,10 @@ def nodes_add(ctx: click.Context, name: str, host_ip: str, ttl: float, as_json: 
 
     profile = require_profile(profile_file(ctx))
     with active_client(profile) as client:
-        answer = client.join_ticket({"action": "token", "name": name, "host": host_ip, "ttl": ttl})
+        body: dict[str, Any] = {"action": "token", "name": name, "host": host_ip, "ttl": ttl}
+        if dns_names:
+            body["dns_names"] = list(dns_names)
+        answer = client.join_ticket(body)
         address = client.base_url.split("://", 1)[-1]
     fingerprint = None
     if profile.ca_certificate:

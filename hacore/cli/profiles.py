@@ -1,4 +1,5 @@
-"""``hacore cluster profile create``: a CLI profile on a machine that is not a member.
+"""``hacore cluster profile create``: a CLI profile on a machine that is not a member;
+``hacore cluster profile show``: what a profile holds, and where its password is.
 
 An administrator's workstation runs the cluster commands without being a node: it needs the
 profile that ``cluster start`` and ``join`` write on the members (node list, API credentials,
@@ -29,8 +30,16 @@ from hacore.cli.common import (
     prompt_password,
 )
 from hacore.cli.exit_codes import UsageProblem
-from hacore.client.profile import Profile, load_profile, members_of, save_profile
+from hacore.client.profile import (
+    Profile,
+    load_profile,
+    members_of,
+    password_location,
+    require_profile,
+    save_profile,
+)
 from hacore.cluster.join import presented_ca, with_scheme
+from hacore.errors import HacoreError
 
 #: seconds the node gets to answer the authenticated ``GET /cluster``
 ANSWER_TIMEOUT = 10.0
@@ -131,11 +140,12 @@ def profile_create(
     written = Profile(cluster, username, password, ca_certificate=ca_pem).with_nodes(
         members, active=leader if isinstance(leader, str) else None
     )
-    save_profile(path, written)
+    stored_in = save_profile(path, written)
     result = {
         "cluster": cluster,
         "profile": str(path),
         "username": username,
+        "password_stored_in": stored_in,
         "nodes": [{"name": n, "api_url": u} for n, u in written.nodes],
         "active": leader,
         "ca_fingerprint": pki.fingerprint(
@@ -147,9 +157,50 @@ def profile_create(
         result,
         lambda: click.echo(
             f"CLI profile for cluster {cluster} ({len(written.nodes)} nodes, user {username}) "
-            f"written to {path}"
+            f"written to {path}; the password is in {stored_in}"
         ),
     )
+
+
+@profile.command("show")
+@json_option
+@click.pass_context
+def profile_show(ctx: click.Context, as_json: bool) -> None:
+    """Show the CLI profile: cluster, user, nodes, and where the password is kept (the
+    keyring, or the 0600 profile file). The password itself is never shown.
+
+    \b
+    Exit codes: 0 shown; 2 no profile (or it cannot be read).
+    """
+    path = profile_file(ctx)
+    try:
+        loaded = require_profile(path)
+    except HacoreError as err:
+        raise UsageProblem(str(err)) from None
+    ca = loaded.ca_certificate
+    result = {
+        "cluster": loaded.cluster,
+        "profile": str(path),
+        "username": loaded.username,
+        "password_stored_in": password_location(path),
+        "nodes": [{"name": n, "api_url": u} for n, u in loaded.nodes],
+        "ca_fingerprint": (
+            pki.fingerprint(pki.pem.parse_certificate(ca.encode("ascii"), "the cluster CA"))
+            if ca
+            else None
+        ),
+    }
+
+    def human() -> None:
+        click.echo(f"profile:  {path}")
+        click.echo(f"cluster:  {loaded.cluster}")
+        click.echo(f"user:     {loaded.username} (password in {result['password_stored_in']})")
+        for name, url in loaded.nodes:
+            click.echo(f"node:     {name} {url}")
+        if result["ca_fingerprint"]:
+            click.echo(f"CA:       {result['ca_fingerprint']}")
+
+    emit(as_json, result, human)
 
 
 def _trusted_ca_pem(url: str, address: str, expected: str) -> str:

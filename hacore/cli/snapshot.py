@@ -149,6 +149,11 @@ def snapshot_restore(
                 "note: node.yaml differs from the snapshot's cluster settings in: "
                 + ", ".join(result["settings_differ"])
             )
+        if result["cluster_wide_from_snapshot"]:
+            click.echo(
+                "cluster start will use the snapshot's cluster-wide settings, not node.yaml's, "
+                "for: " + ", ".join(result["cluster_wide_from_snapshot"])
+            )
         click.echo("next: hacore cluster start (on this node), then join the other nodes")
 
     emit(as_json, result, text)

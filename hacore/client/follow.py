@@ -124,9 +124,16 @@ class _Printer:
             self.clone_at, self.clone_last = now, current
 
 
-def follow_operation(local: LocalApi, *, timeout: float, echo: Echo | None) -> dict[str, Any]:
+def follow_operation(
+    local: LocalApi,
+    *,
+    timeout: float,
+    echo: Echo | None,
+    on_poll: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Poll until the operation is done; its final record. Raises when it failed or timed
-    out (the operation itself goes on in the agent)."""
+    out (the operation itself goes on in the agent). ``on_poll`` runs after each poll (the
+    start keeps the CLI profile in step with the node's TLS with it)."""
     deadline = time.monotonic() + timeout
     printer = _Printer(echo) if echo is not None else None
     data: dict[str, Any] = {}
@@ -136,6 +143,8 @@ def follow_operation(local: LocalApi, *, timeout: float, echo: Echo | None) -> d
             data, problem = local.call(lambda c: c.cluster()), ""
         except (ApiUnreachableError, UnavailableError) as err:
             problem = str(err)
+        if on_poll is not None:
+            on_poll()
         op = data.get("operation")
         if isinstance(op, dict):
             if printer is not None:

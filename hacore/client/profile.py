@@ -6,6 +6,10 @@ commands keep working after a failover. Each command that reaches the cluster re
 node list from the active's view. The file is ``$HACORE_PROFILE``, else
 ``~/.hacore/profile.json``. It also keeps the cluster CA's certificate, so the CLI verifies
 every node (whichever is active) without any per-node certificate.
+
+The password itself goes to the user's keyring when one is usable, and the file then keeps
+only a reference (:mod:`hacore.client.profile_keyring`); else it stays in the file, which is
+0600 either way. A profile written before that, with the password in the file, still reads.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import attrs
 from hacore import pki
 from hacore.api.client import ApiClient, Verify, find_active
 from hacore.atomic_files import read_private, write_private
+from hacore.client import profile_keyring
+from hacore.client.profile_keyring import KeyringEntry
 from hacore.errors import ConfigError, HacoreError
 
 PROFILE_ENV = "HACORE_PROFILE"
@@ -83,11 +89,12 @@ class Profile:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Profile:
+    def from_json(cls, data: Mapping[str, Any], password: str | None = None) -> Profile:
+        """``password`` when the file keeps a keyring reference instead of it."""
         return cls(
             cluster=str(data["cluster"]),
             username=str(data["username"]),
-            password=str(data["password"]),
+            password=str(data["password"]) if password is None else password,
             nodes=tuple((str(n["name"]), str(n["api_url"])) for n in data.get("nodes", [])),
             ca_certificate=_optional_text(data.get("ca_certificate")),
         )
@@ -97,15 +104,48 @@ def _optional_text(value: object) -> str | None:
     return str(value) if value else None
 
 
+#: the key a profile file keeps the keyring reference under, instead of ``password``
+KEYRING_KEY = "password_keyring"
+
+
 def load_profile(path: Path) -> Profile | None:
     text = read_private(path)
     if text is None:
         return None
     _close_to_others(path)
     try:
-        return Profile.from_json(json.loads(text))
+        data = json.loads(text)
+        entry = _keyring_entry(data)
+    except (ValueError, KeyError, TypeError, ConfigError) as err:
+        raise ConfigError(f"the CLI profile {path} is damaged ({err}); fix or remove it") from None
+    password = profile_keyring.fetch(entry, path) if entry is not None else None
+    try:
+        return Profile.from_json(data, password)
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"the CLI profile {path} is damaged ({err}); fix or remove it") from None
+
+
+def _keyring_entry(data: Any) -> KeyringEntry | None:
+    """The keyring reference of a profile file's content; None when the password is in it
+    (as every profile before the keyring had it)."""
+    if not isinstance(data, dict) or "password" in data or data.get(KEYRING_KEY) is None:
+        return None
+    return KeyringEntry.from_json(data[KEYRING_KEY])
+
+
+def _stored_entry(path: Path) -> KeyringEntry | None:
+    """The keyring reference in the file at ``path`` now, if any (never raises)."""
+    try:
+        text = read_private(path)
+        return _keyring_entry(json.loads(text)) if text is not None else None
+    except (OSError, ValueError, ConfigError):
+        return None
+
+
+def password_location(path: Path) -> str:
+    """Where the profile at ``path`` keeps its password, for people."""
+    entry = _stored_entry(path)
+    return entry.describe() if entry is not None else profile_keyring.IN_FILE
 
 
 def _close_to_others(path: Path) -> None:
@@ -130,10 +170,29 @@ def require_profile(path: Path) -> Profile:
     return profile
 
 
-def save_profile(path: Path, profile: Profile) -> None:
+def save_profile(path: Path, profile: Profile) -> str:
+    """Write the profile (0600), its password in the keyring when one is usable; returns
+    where the password went, for people."""
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True)
-    write_private(path, json.dumps(profile.to_json(), indent=2) + "\n")
+    previous = _stored_entry(path)
+    data = profile.to_json()
+    entry = profile_keyring.store(path, profile.password)
+    if entry is not None:
+        del data["password"]
+        data[KEYRING_KEY] = entry.to_json()
+    write_private(path, json.dumps(data, indent=2) + "\n")
+    if previous is not None and previous != entry:
+        profile_keyring.forget(previous)
+    return entry.describe() if entry is not None else profile_keyring.IN_FILE
+
+
+def remove_profile(path: Path) -> None:
+    """Delete the profile file and its keyring entry."""
+    entry = _stored_entry(path)
+    path.unlink()
+    if entry is not None:
+        profile_keyring.forget(entry)
 
 
 def active_client(profile: Profile, timeout: float = PROBE_TIMEOUT) -> ApiClient:

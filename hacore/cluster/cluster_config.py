@@ -1,6 +1,8 @@
 """The cluster-wide settings through the API: ``GET /cluster/config`` and ``PUT /cluster/config``.
 
-Reading may be asked of any member (it is one store read). A change is sent to the active: it
+``cluster start`` writes the ``settings`` key before it returns (:func:`seed`), from the
+first node's ``node.yaml`` or, on a node restored from a snapshot, from the snapshot. Reading
+may be asked of any member (it is one store read). A change is sent to the active: it
 checks the new settings as ``config check`` would (hacore/config/cluster_settings.py, with
 every backend's own checks against the active's ``node.yaml``), then writes the ``settings``
 key with a compare-and-set on the version the client read, so of two concurrent edits one
@@ -29,9 +31,10 @@ log = logging.getLogger("hacore.cluster")
 
 def effective_config(config: NodeConfig, consensus: ConsensusBackend) -> NodeConfig:
     """``config`` (node.yaml) with the stored cluster-wide settings applied: what an agent
-    starts with. node.yaml as it is while the store holds none yet (the first active seeds
-    them) or cannot be read (the agent follows the store once it answers, and what cannot
-    change under a running agent then waits for its next restart)."""
+    starts with. node.yaml as it is while the store holds none yet (``cluster start`` seeds
+    them; on a cluster started by an older hacore, its first active) or cannot be read (the
+    agent follows the store once it answers, and what cannot change under a running agent
+    then waits for its next restart)."""
     try:
         kv = consensus.get(keys.SETTINGS_KEY)
         stored = None if kv is None else keys.StoredSettings.decode(kv.value)
@@ -45,14 +48,31 @@ def effective_config(config: NodeConfig, consensus: ConsensusBackend) -> NodeCon
     return stored.settings.apply_to(config)
 
 
+def seed(
+    consensus: ConsensusBackend, settings: ClusterWide, *, by: str
+) -> tuple[keys.StoredSettings, bool]:
+    """Write ``settings`` as revision 1 of the ``settings`` key unless it exists (a
+    compare-and-set on "absent": a resumed start, or the first active's own seed, may have
+    written it). Returns what the store holds then, and whether this call wrote it."""
+    record = keys.StoredSettings(settings, revision=1, by=by)
+    if consensus.put(keys.SETTINGS_KEY, record.encode(), expect_version=0):
+        return record, True
+    kv = consensus.get(keys.SETTINGS_KEY)
+    if kv is None:
+        raise ConflictError(
+            "the cluster-wide settings key changed while it was written; run cluster start again"
+        )
+    return keys.StoredSettings.decode(kv.value), False
+
+
 def show(agent: Agent) -> dict[str, Any]:
     """``GET /cluster/config``: the stored settings, their revision and the store version a
     change must name."""
     kv = agent.consensus.get(keys.SETTINGS_KEY)
     if kv is None:
         raise NotFoundError(
-            "the cluster-wide settings are not in the store yet (the active writes them "
-            "within one loop of its start)"
+            "the cluster-wide settings are not in the store yet (cluster start writes them "
+            "before it returns: is the start still running?)"
         )
     stored = keys.StoredSettings.decode(kv.value)
     return {**stored.json(), "version": kv.version}

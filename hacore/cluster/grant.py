@@ -28,11 +28,14 @@ from hacore.api.errors import (
     NotActiveError,
     UnavailableError,
 )
-from hacore.cluster import join_tokens, rejoin
+from hacore.cluster import ca_key, join_tokens, rejoin
+from hacore.cluster.ca_key import signing_ca
 from hacore.cluster.operation_state import ClusterState
 from hacore.cluster.pending import PendingJoin, pending_joins, pending_key
 from hacore.cluster.record import reported_version
 from hacore.cluster.ticket import JoinRequest, Ticket, ticket_parts
+from hacore.cluster.tls import CA_PART, LOOPBACK_HOSTS, grant_certificate
+from hacore.config.check import is_dns_name
 from hacore.config.node import validate_node_name
 from hacore.errors import ConfigError, HacoreError
 
@@ -108,6 +111,11 @@ def grant_ticket(agent: Agent | None, state: ClusterState, body: dict[str, Any])
                 )
             join_tokens.redeem(agent.consensus, token, req.name, req.host, client, time.time())
         extensions = {part.name: part.grant(config, req) for part in ticket_parts()}
+        if extensions.get(CA_PART):
+            # the joiner's certificate: signed now, or issued with its token
+            extensions[CA_PART] = grant_certificate(
+                config, agent.consensus, req, token if isinstance(token, str) else None
+            )
         consensus = agent.consensus
         key = pending_key(req.name)
         current = consensus.get(key)
@@ -151,7 +159,9 @@ def _check_compatible(agent: Agent, state: ClusterState, req: JoinRequest) -> No
     if req.version != mine:
         raise ConflictError(
             f"{req.name} runs hacore {req.version} but cluster {state.record.name} runs hacore "
-            f"{mine}: install hacore {mine} on {req.name} first"
+            f"{mine}: install hacore {mine} on {req.name} first, or move the cluster to hacore "
+            f"{req.version} with the upgrade procedure (snapshot, restore, start, joins: "
+            f'docs/snapshots.md, "Upgrading hacore")'
         )
     if (req.consensus_backend, req.managed) != (config.consensus.backend, config.consensus.managed):
         ours = (
@@ -270,6 +280,11 @@ def create_join_token(agent: Agent | None, body: dict[str, Any]) -> dict[str, An
     except ConfigError as err:
         raise BadRequestError(f"join token refused: {err}") from None
     check_join_host(host)
+    dns_names = body.get("dns_names") or []
+    if not isinstance(dns_names, list) or not all(
+        isinstance(n, str) and is_dns_name(n) for n in dns_names
+    ):
+        raise BadRequestError('join token: "dns_names" must be a list of DNS names')
     if ttl is None:
         ttl = join_tokens.DEFAULT_TTL
     if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
@@ -277,9 +292,20 @@ def create_join_token(agent: Agent | None, body: dict[str, Any]) -> dict[str, An
     now = time.time()
     with contextlib.suppress(HacoreError):
         join_tokens.forget_expired(agent.consensus, now)
+    # the CA key is unsealed now, with the admin's password: the ticket will have none
+    ca = signing_ca(agent.config, agent.consensus) if agent.config.tls.enabled else None
     token, entry = join_tokens.create_token(
         agent.consensus, name, host, agent.config.node.name, float(ttl), now
     )
+    if ca is not None:
+        with contextlib.suppress(HacoreError):
+            ca_key.forget_unclaimed(agent.consensus, join_tokens.PREFIX)
+        try:
+            hosts = (host, *dns_names, *LOOPBACK_HOSTS)
+            ca_key.issue_for_token(ca, agent.consensus, token, name, hosts)
+        except BaseException:
+            agent.consensus.delete(join_tokens.token_key(token))
+            raise
     log.info("join token issued for %s at %s, valid %.0f s", name, host, float(ttl))
     data = join_tokens.token_json(token, entry, now)
     data["active"] = agent.config.node.name

@@ -6,10 +6,11 @@ answers 200 on the active only. The text is built here from the cluster view alo
 the CLI stays a thin edge and the tests can check the text without a cluster.
 
 HAProxy's ``verifyhost`` matches DNS names only, and a node certificate names ``node.host``
-as given: an IP address (a SAN HAProxy cannot match) or a DNS name. So the check always
-verifies the chain against the cluster CA (``verify required ca-file``), and adds
-``verifyhost <node.host>`` per server only when every member's host is a DNS name; with one
-IP address among them it would mark that server down.
+as given (an IP address, a SAN HAProxy cannot match, or a DNS name) plus the node's
+``node.dns_names``. So the check always verifies the chain against the cluster CA (``verify
+required ca-file``), and adds ``verifyhost NAME`` per server only when every member has a DNS
+name: its host, or one its certificate carries (the CLI reads it from the certificate the
+member serves). With one member without a name, that server would be marked down.
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ class HaproxyServer:
     db_host: str
     db_port: int
     api_port: int
+    #: a DNS name the member's certificate carries (from ``node.dns_names``), None: unknown
+    dns_name: str | None = None
+
+    @property
+    def check_name(self) -> str | None:
+        """The name ``verifyhost`` checks: the certificate's DNS name, else a DNS-name host."""
+        return self.dns_name or (self.host if _is_name(self.host) else None)
 
 
 @attrs.frozen
@@ -118,12 +126,14 @@ def render(
     ]
     if options.ca_file is not None:
         defaults.append(f"check-ssl verify required ca-file {options.ca_file}")
-    verify_names = options.ca_file is not None and all(_is_name(s.host) for s in servers)
+    unnamed = [s.name for s in servers if s.check_name is None]
+    verify_names = options.ca_file is not None and not unnamed
     lines = [
         f"# HAProxy in front of hacore cluster {options.cluster}: PostgreSQL clients reach the",
         f"# active node only (its agent's {options.check_path} answers 200, the others 503).",
         "# Printed by `hacore cluster haproxy-config`; print it again after a join or removal.",
         *(f"# skipped {note}" for note in notes),
+        *([_unchecked(unnamed)] if options.ca_file is not None and unnamed else []),
         "",
         "global",
         "    maxconn 4096",
@@ -184,10 +194,24 @@ def _proxy(
         *settings,
         *(
             f"    server {_NAME.sub('_', s.name)} {_address(host, port)} check port {s.api_port}"
-            + (f" verifyhost {s.host}" if verify_names else "")
+            + (f" verifyhost {s.check_name}" if verify_names else "")
             for s, host, port in targets
         ),
     ]
+
+
+def _unchecked(unnamed: Sequence[str]) -> str:
+    return f"# certificate names not checked: no DNS name for {', '.join(unnamed)} (node.dns_names)"
+
+
+def pick_dns_name(host: str, names: Sequence[str]) -> str | None:
+    """The name of ``names`` (a certificate's DNS names) that ``verifyhost`` should check:
+    ``host`` itself when it is one of them, else the first that is not ``localhost`` (every
+    node certificate names it)."""
+    wanted = [n.lower().rstrip(".") for n in names if n.lower() != "localhost"]
+    if host.lower().rstrip(".") in wanted:
+        return host
+    return wanted[0] if wanted else None
 
 
 def _is_name(host: str) -> bool:

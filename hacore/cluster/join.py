@@ -50,6 +50,7 @@ from hacore.cluster.tls import CA_PART, remove_material
 from hacore.config.node import NodeConfig
 from hacore.config.options import deep_merge
 from hacore.errors import HacoreError
+from hacore.pki import node_grant
 from hacore.pki.pem import parse_certificate
 
 log = logging.getLogger(__name__)
@@ -261,16 +262,15 @@ def check_ticket_ca(ticket: Ticket, ca: x509.Certificate | None) -> None:
     if ca is None:
         return
     part = ticket.extensions.get(CA_PART)
-    bundle = part.get("bundle") if isinstance(part, dict) else None
     try:
-        if not isinstance(bundle, dict):
+        if not isinstance(part, dict):
             raise pki.TlsMaterialError("the join ticket carries no cluster CA")
-        granted = pki.ca_from_join(bundle)
+        granted = node_grant.ca_certificate_of(part)
     except pki.TlsMaterialError as err:
         raise JoinRefusedError(f"the join ticket's CA is unusable: {err}") from None
-    if granted.certificate != ca:
+    if granted != ca:
         raise JoinRefusedError(
-            f"the join ticket carries CA {granted.fingerprint}, not the pinned "
+            f"the join ticket carries CA {pki.fingerprint(granted)}, not the pinned "
             f"{pki.fingerprint(ca)}"
         )
 
@@ -300,7 +300,7 @@ def joined_state(overrides: dict[str, Any], ticket: Ticket, active_url: str) -> 
         done=(Step.TICKET,),
         active_url=active_url,
         store_spec=dict(spec) if isinstance(spec, dict) else None,
-        # the CA key stays out of cluster.json: it is in pki/ca once accepted
+        # the node key (a join by token) stays out of cluster.json: it is in pki/node
         extensions={k: v for k, v in ticket.extensions.items() if k != CA_PART},
     )
 

@@ -2,7 +2,8 @@
 
 It finishes a start once the node is active and a join once the node streams (and holds the
 files), notices that the node was removed from its cluster and stops it, stops the service
-when the agent's loop died, and on the active cancels joins that were granted and never came.
+when the agent's loop died, on the active cancels joins that were granted and never came,
+and deletes a clear CA key once the store holds it sealed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Protocol
 from hacore.agent.runtime import Agent
 from hacore.agent.vocabulary import NodeState
 from hacore.client.units import human_bytes
+from hacore.cluster.ca_key import drop_clear_key
 from hacore.cluster.grant import collect_stale_joins
 from hacore.cluster.operation_state import ClusterState, Phase, Step
 from hacore.cluster.parts import LocalParts
@@ -27,6 +29,9 @@ log = logging.getLogger("hacore.cluster")
 
 #: seconds between two looks for joins granted and never finished (on the active)
 STALE_CHECK_INTERVAL = 30.0
+#: seconds between two looks for a clear CA key the store now holds sealed
+#: (hacore/cluster/ca_key.py: a cluster made by an earlier release)
+CA_KEY_CHECK_INTERVAL = 10.0
 
 
 class MonitoredNode(Protocol):
@@ -57,6 +62,7 @@ class NodeMonitor:
     def __init__(self, node: MonitoredNode) -> None:
         self.node = node
         self._next_stale_check = 0.0
+        self._next_key_check = 0.0
 
     def tick(self) -> None:
         """Finish operations, notice a removal, cancel stale joins: what the loop shows."""
@@ -98,6 +104,12 @@ class NodeMonitor:
                     f"{state.record.name}, streaming"
                 )
         elif state.phase is Phase.MEMBER:
+            if time.monotonic() >= self._next_key_check:
+                self._next_key_check = time.monotonic() + CA_KEY_CHECK_INTERVAL
+                try:
+                    drop_clear_key(agent.config, agent.consensus)
+                except HacoreError as err:
+                    log.debug("the clear CA key not checked: %s", err)
             if snap.state is NodeState.REMOVED:
                 self._become_removed(agent, state)
             elif snap.is_active and time.monotonic() >= self._next_stale_check:

@@ -43,7 +43,7 @@ from hacore.api.errors import BadRequestError, ConflictError, UnavailableError
 from hacore.api.facade import AgentFacade
 from hacore.api.limits import raise_open_file_limit
 from hacore.api.server import PlainHttp
-from hacore.cluster import cluster_config, repair
+from hacore.cluster import ca_key, cluster_config, repair
 from hacore.cluster import join as joining
 from hacore.cluster import node_views as views
 from hacore.cluster import pause as maintenance
@@ -98,6 +98,9 @@ class NodeService(AgentFacade):
         self._monitor = NodeMonitor(self)
         #: why the service stopped by itself (it then exits with an error)
         self.failure: str | None = None
+        #: the admin password of ``cluster start``, in memory until the start is done: the
+        #: CA key is then sealed under it (hacore/cluster/ca_key.py)
+        self._start_password: str | None = None
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -338,12 +341,28 @@ class NodeService(AgentFacade):
     def finish(self, result: str) -> None:
         with self._lock:
             self.save(self.require_state().with_phase(Phase.MEMBER))
+            self._seal_ca_key()
             self._listen()
             remove_token(self.data_dir)
             self._bootstrap = None
             if self.progress is not None:
                 self.progress.complete(result)
         log.info("%s", result)
+
+    def _seal_ca_key(self) -> None:
+        """After a start: the CA key leaves the disk, sealed into the store."""
+        password, self._start_password = self._start_password, None
+        agent = self.agent
+        if password is None or agent is None or not self.config.tls.enabled:
+            return
+        try:
+            ca_key.seal_clear_key(self.config, agent.consensus, password)
+        except HacoreError as err:
+            log.warning(
+                "the CA key stays in %s until an admin operation seals it: %s",
+                ca_key.clear_key_file(self.data_dir),
+                err,
+            )
 
     def removed(self, state: ClusterState) -> None:
         with self._lock:
@@ -392,6 +411,7 @@ class NodeService(AgentFacade):
             )
             self.config = self._effective(state.overrides)
             self.save(state)
+            self._start_password = request.password
             self._listen()
             self._begin_start()
         log.info("cluster start of %s %s", state.record.name, "resumed" if resumed else "begun")

@@ -4,7 +4,8 @@ In order: ``removed/<name>`` (the node's agent steps down to REMOVED and never c
 short wait for the node to acknowledge it while it can still read the store, then its store
 server (managed store), its replication slot and database access, and any pending join under
 the name; then what the node held is taken away (hacore/agent/revocation_store.py): its registered
-certificates are revoked in the store's CRL, and the replication password is rotated. Every
+certificates are revoked in the store's CRL, and the replication password, the failsafe key
+and the file-sync secret are rotated (hacore/cluster/secret_rotation.py). Every
 step is idempotent, so a removal interrupted half-way is finished by running
 it again.
 
@@ -27,10 +28,12 @@ from hacore.agent.runtime import Agent
 from hacore.api.errors import ConflictError, NotFoundError
 from hacore.backends.consensus import ManagedStore
 from hacore.backends.records import NodeRole
+from hacore.cluster import secret_rotation as rotation
+from hacore.cluster.ca_key import signing_ca
 from hacore.cluster.grant import require_active
 from hacore.cluster.pending import pending_joins, pending_key
 from hacore.errors import HacoreError
-from hacore.pki import load_ca, revocation
+from hacore.pki import revocation
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,8 @@ def remove_node(agent: Agent | None, name: str, cluster: str) -> dict[str, Any]:
     consensus.delete(pending_key(name))
     revoked = _revoke(agent, name)
     rotated = _rotate(agent)
+    failsafe_key = rotation.rotate_failsafe_key(agent)
+    filesync_secret = rotation.rotate_filesync_secret(agent)
     log.info("node %s removed from cluster %s", name, cluster)
     return {
         "removed": name,
@@ -74,6 +79,8 @@ def remove_node(agent: Agent | None, name: str, cluster: str) -> dict[str, Any]:
         "database": database,
         "revoked_certificates": revoked,
         "replication_password": rotated,
+        "failsafe_key": failsafe_key,
+        "filesync_secret": filesync_secret,
     }
 
 
@@ -84,7 +91,8 @@ def _revoke(agent: Agent, name: str) -> list[str]:
     files = tls_paths.tls_files(agent.config)
     if files is None:
         return []
-    ca = load_ca(tls_paths.ca_dir(agent.config.node.data_dir))
+    # the CA key, unsealed for this request with the admin's password (ca_key.py)
+    ca = signing_ca(agent.config, agent.consensus)
     serials = revoke.revoke_node(agent.consensus, ca, name)
     data = revoke.current_crl(agent.consensus)
     if data is not None and revocation.install_crl(

@@ -2,9 +2,11 @@
 
 A snapshot holds what a new cluster needs to carry on the old one's work: the database (a
 logical dump: it loads into a newer PostgreSQL major, which an upgrade needs), the files of
-the ``filesync`` directories, and the cluster-wide settings (for comparison: ``node.yaml``
-stays the source of truth). Not the membership, node credentials, certificates or the store:
-the restored node founds a *new* cluster with ``cluster start``. See docs/snapshots.md.
+the ``filesync`` directories, and the cluster-wide settings as the store holds them (what the
+old cluster ran with, ``cluster config set`` included): ``cluster start`` on the restored
+node seeds the new cluster's store with them, not with its ``node.yaml``'s. Not the
+membership, node credentials, certificates or the store: the restored node founds a *new*
+cluster with ``cluster start``. See docs/snapshots.md.
 
 Restore works in two halves so that a failure or a crash never leaves a node that cannot be
 used:
@@ -16,9 +18,10 @@ used:
    marker becomes ``restored``. A second restore (or ``--force``) finding ``restoring`` may
    wipe what the interrupted one made and redo it.
 
-``cluster start`` accepts a node holding a database only with a ``restored`` marker, starts
-that database as the new primary and consumes the marker; ``cluster join`` still refuses a
-node with a database, so a restored node can be started, never joined.
+``cluster start`` accepts a node holding a database only with a ``restored`` marker, seeds the
+store with the marker's cluster-wide settings, starts that database as the new primary and
+consumes the marker; ``cluster join`` still refuses a node with a database, so a restored
+node can be started, never joined.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 import httpx
 
+from hacore.agent import keys
 from hacore.agent.errors import StateConflictError
 from hacore.agent.tls_paths import ca_cert_file, tls_files
 from hacore.api.errors import UnavailableError
@@ -55,14 +59,18 @@ from hacore.cluster.snapshot_archive import (
     iter_tree,
     read_header,
 )
+from hacore.config.cluster_settings import ClusterWide, from_mapping, validated_for
 from hacore.config.node import NodeConfig, load_config
 from hacore.config.write_back import changed_keys, to_mapping
 from hacore.errors import ConfigError, HacoreError
+from hacore.plugins.factory import BackendFactory
 from hacore.plugins.registry import HacorePlugins, load_plugins
 
 MARKER = "snapshot-restore.json"
 STAGING = "snapshot-restore.tmp"
 SETTINGS = "settings.json"
+#: the key of ``settings.json`` (and of the marker) holding the cluster-wide settings record
+CLUSTER_WIDE = "cluster_wide"
 RESTORING, RESTORED = "restoring", "restored"
 _SECRET_WORDS = ("password", "secret", "token", "key")
 
@@ -124,6 +132,46 @@ def _without_secrets(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_secrets(v) for v in value]
     return value
+
+
+def stored_cluster_wide(config: NodeConfig, plugins: HacorePlugins) -> ClusterWide | None:
+    """The cluster-wide settings in the store: what the agents run with, which differs from
+    ``node.yaml`` after a ``cluster config set``. None when the store holds none (a cluster
+    started by an older hacore whose active has not seeded them)."""
+    factory = BackendFactory(config, plugins, tls_files(config))
+    consensus = factory.consensus(factory.managed_store())
+    try:
+        kv = consensus.get(keys.SETTINGS_KEY)
+        return None if kv is None else keys.StoredSettings.decode(kv.value).settings
+    except HacoreError as err:
+        raise UnavailableError(
+            f"the cluster-wide settings cannot be read from the store ({err}): a snapshot "
+            "needs them; retry once the store answers"
+        ) from None
+    finally:
+        with contextlib.suppress(HacoreError):
+            consensus.close()
+
+
+def snapshot_cluster_wide(settings: Mapping[str, Any]) -> ClusterWide | None:
+    """The cluster-wide settings record of a snapshot's ``settings.json`` (or of the restore
+    marker). None for a snapshot of an earlier hacore, which kept ``node.yaml``'s sections
+    of its active only, not what the store held: the start then seeds this node's, as
+    before. Raises :class:`SnapshotError` when the record is not valid."""
+    raw = settings.get(CLUSTER_WIDE)
+    if raw is None:
+        return None
+    try:
+        return from_mapping(raw, context="the snapshot's cluster-wide settings")
+    except ConfigError as err:
+        raise SnapshotError(" ".join(str(err).splitlines())) from None
+
+
+def restored_cluster_wide(data_dir: Path) -> ClusterWide | None:
+    """The cluster-wide settings of the restored snapshot ``cluster start`` seeds the store
+    with; None on a node that holds no finished restore, or none with such a record."""
+    marker = restored_snapshot(data_dir)
+    return None if marker is None else snapshot_cluster_wide(marker)
 
 
 def _directories(config: NodeConfig) -> tuple[Path, ...]:
@@ -211,6 +259,8 @@ def create_snapshot(
         raise ConfigError(f"{output.parent} is not a directory")
     parts = local_parts(config, loaded.plugins, tls_files(config))
     database = database_snapshots(parts, _replication_backend(config))
+    stored = stored_cluster_wide(config, loaded.plugins)
+    cluster_wide = stored if stored is not None else ClusterWide.from_config(config)
     header = Header(
         format=FORMAT_VERSION,
         hacore_version=reported_version(),
@@ -236,7 +286,8 @@ def create_snapshot(
             writer.add_json(HEADER, header.to_json())
             for path in dumped:
                 writer.add_file(f"database/{path.name}", path)
-            settings = cluster_settings(config)
+            settings = cluster_settings(cluster_wide.apply_to(config))
+            settings[CLUSTER_WIDE] = cluster_wide.to_mapping()
             settings["filesync_directories"] = [str(d) for d in _directories(config)]
             writer.add_json(SETTINGS, settings)
             for index, directory, tree in files:
@@ -266,6 +317,7 @@ def create_snapshot(
         "members": len(manifest.entries),
         "bytes": manifest.total_size,
         "snapshot": header.to_json(),
+        "settings_from": "store" if stored is not None else "node.yaml",
     }
 
 
@@ -378,6 +430,7 @@ def restore_snapshot(
         settings = _settings(staging / SETTINGS)
         sources = [Path(d) for d in settings.get("filesync_directories", [])]
         _check_directories(sources, directories, staging)
+        cluster_wide = _fitting(snapshot_cluster_wide(settings), config, plugins)
     except BaseException:
         _remove(staging)
         raise
@@ -406,7 +459,12 @@ def restore_snapshot(
             "the work"
         ) from None
     restored_files = sum(1 for e in manifest.entries if e.name.startswith("files/"))
-    differ = changed_keys(cluster_settings(config), _without_keys(settings, "filesync_directories"))
+    differ = changed_keys(
+        cluster_settings(config), _without_keys(settings, "filesync_directories", CLUSTER_WIDE)
+    )
+    from_snapshot = (
+        [] if cluster_wide is None else ClusterWide.from_config(config).differences(cluster_wide)
+    )
     write_private(
         data_dir / MARKER,
         json.dumps(
@@ -416,6 +474,7 @@ def restore_snapshot(
                 "source": str(source),
                 "restored_at": time.time(),
                 "settings_differ": differ,
+                **({} if cluster_wide is None else {CLUSTER_WIDE: cluster_wide.to_mapping()}),
             }
         ),
     )
@@ -427,8 +486,26 @@ def restore_snapshot(
         "files": restored_files,
         "bytes": manifest.total_size,
         "settings_differ": differ,
+        "cluster_wide_from_snapshot": from_snapshot,
         "next": "hacore cluster start",
     }
+
+
+def _fitting(
+    settings: ClusterWide | None, config: NodeConfig, plugins: HacorePlugins
+) -> ClusterWide | None:
+    """``settings`` if this node can run with them (checked as ``config check`` would, with
+    every backend's own checks), else a refusal before the restore changes anything."""
+    if settings is None:
+        return None
+    try:
+        validated_for(settings, config, plugins.registry)
+    except ConfigError as err:
+        raise SnapshotError(
+            "the snapshot's cluster-wide settings do not fit this node: "
+            + " ".join(str(err).splitlines())
+        ) from None
+    return settings
 
 
 def _settings(path: Path) -> dict[str, Any]:

@@ -8,6 +8,10 @@ in ``cluster.json`` so a restarted agent resumes at the first one not done:
    by a resumed start, so no step needs recording);
 1. store: bootstrap a one-member managed store (or use the external one);
 2. record: the cluster record in the store's ``config`` key (create-only);
+2b. settings: the cluster-wide settings in the store's ``settings`` key (create-only), from
+   ``node.yaml``, or from the snapshot on a restored node; so ``cluster config show`` answers
+   as soon as the start returns, and the agent (made again if they differ from ``node.yaml``)
+   and the database start with them;
 3. database: bootstrap the primary with the new replication password;
 4. status: name this node as the last active (so it may campaign in synchronous mode);
 5. agent: start the loop; it campaigns and promotes, and the start is done once this node's
@@ -21,8 +25,10 @@ import logging
 
 from hacore.agent import keys
 from hacore.agent.errors import StateConflictError
+from hacore.agent.runtime import Agent
 from hacore.api.errors import ConflictError, UnavailableError
 from hacore.backends.consensus import CONFIG_KEY, ConsensusBackend
+from hacore.cluster import cluster_config
 from hacore.cluster.operated_node import FormingNode
 from hacore.cluster.operation_state import Step
 from hacore.cluster.parts import LocalParts
@@ -30,12 +36,14 @@ from hacore.cluster.progress import Progress
 from hacore.cluster.record import ClusterRecord
 from hacore.cluster.snapshot import (
     adopt_restored_database,
+    restored_cluster_wide,
     restored_snapshot,
     unfinished_restore,
 )
 from hacore.cluster.tls import create_cluster_ca
+from hacore.config.cluster_settings import ClusterWide, validated_for
 from hacore.config.node import NodeConfig
-from hacore.errors import HacoreError
+from hacore.errors import ConfigError, HacoreError
 from hacore.plugins.registry import HacorePlugins
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,7 @@ STEPS = (
     ("ca", "cluster CA"),
     ("store", "consensus store"),
     ("record", "cluster record"),
+    ("settings", "cluster-wide settings"),
     ("database", "database"),
     ("status", "first active named"),
     ("agent", "agent started"),
@@ -67,6 +76,8 @@ def check_startable(config: NodeConfig, plugins: HacorePlugins, parts: LocalPart
             f"this node already holds a database in {parts.replication.data_dir}: cluster start "
             "needs an empty node (it would not take over data of unknown origin)"
         )
+    if restored:
+        _check_restored_settings(config, plugins)
     if parts.store is not None:
         if parts.store_has_data():
             raise ConflictError(
@@ -137,6 +148,10 @@ def run_start(node: FormingNode, progress: Progress) -> None:
         "record", f'cluster "{state.record.name}", hacore {state.record.hacore_version}'
     )
 
+    progress.begin("settings")
+    agent, detail = _seed_settings(node, agent)
+    progress.finish("settings", detail)
+
     progress.begin("database")
     replication = agent.replication
     if not replication.is_initialized():
@@ -166,6 +181,48 @@ def run_start(node: FormingNode, progress: Progress) -> None:
     node.save(state.with_step(Step.AGENT))
     progress.finish("agent")
     progress.begin("active", "waiting for the election and the promotion")
+
+
+def _check_restored_settings(config: NodeConfig, plugins: HacorePlugins) -> None:
+    """The restored snapshot's cluster-wide settings, checked against this node before the
+    start writes anything (``snapshot restore`` checked them too, with this node.yaml then)."""
+    try:
+        settings = restored_cluster_wide(config.node.data_dir)
+        if settings is not None:
+            validated_for(settings, config, plugins.registry)
+    except (ConfigError, HacoreError) as err:
+        raise ConflictError(
+            "the restored snapshot's cluster-wide settings do not fit this node's node.yaml: "
+            + " ".join(str(err).splitlines())
+        ) from None
+
+
+def _seed_settings(node: FormingNode, agent: Agent) -> tuple[Agent, str]:
+    """Step 2b: the ``settings`` key, written unless a resumed start (or the agent of an
+    earlier attempt) wrote it. The agent was made from ``node.yaml`` while the store held no
+    settings: made again when the stored ones differ, so that it, and the database it
+    starts, run with them from the first loop. Returns the agent and the step's detail."""
+    config = node.config
+    restored = restored_cluster_wide(config.node.data_dir)
+    mine = ClusterWide.from_config(config)
+    wanted = restored if restored is not None else mine
+    stored, written = cluster_config.seed(agent.consensus, wanted, by=config.node.name)
+    if not written:
+        detail = f"already in the store (revision {stored.revision})"
+    elif restored is None:
+        detail = "from node.yaml"
+    else:
+        differ = mine.differences(restored)
+        detail = "from the snapshot" + (
+            f" (node.yaml differs in {', '.join(differ)}: the snapshot's values are used)"
+            if differ
+            else " (the same as node.yaml's)"
+        )
+    if ClusterWide.from_config(agent.config) != stored.settings:
+        with contextlib.suppress(HacoreError):
+            agent.consensus.close()
+        agent = node.make_agent()
+    return agent, detail
 
 
 def _write_record(consensus: ConsensusBackend, record: ClusterRecord) -> None:

@@ -20,7 +20,6 @@ node side (:func:`end_here`) is ``POST /cluster/teardown`` on each node's own AP
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -160,7 +159,7 @@ def run_teardown(
     under the teardown (it then stops at once, before anything more is removed)."""
     done: list[dict[str, Any]] = []
     with profile.client(plan.active_url, timeout=remove_timeout) as active:
-        token = _lease_token(active)
+        token = _lease_token(active, plan.active)
         history_before = len(active.history().get("history", []))
         for step in plan.steps:
             if step.kind == "active":
@@ -198,19 +197,20 @@ def run_teardown(
     }
 
 
-def _lease_token(client: ApiClient) -> int | None:
-    """The node's fencing token, from its ``/metrics`` (open probes do not show it)."""
-    return lease_token_in(client.metrics())
+def _lease_token(client: ApiClient, name: str) -> int | None:
+    """The node's fencing token, from its own ``GET /nodes/<name>`` (the read role's: the
+    probes and ``/metrics`` do not show it)."""
+    return lease_token_in(client.node(name))
 
 
-def lease_token_in(metrics: str) -> int | None:
-    found = re.search(r"^hacore_lease_token(?:\{[^}]*\})? ([0-9.e+]+)$", metrics, re.M)
-    return int(float(found.group(1))) if found else None
+def lease_token_in(node: dict[str, Any]) -> int | None:
+    token = node.get("lease_token")
+    return token if isinstance(token, int) and not isinstance(token, bool) else None
 
 
 def _check_active(client: ApiClient, name: str, token: int | None) -> None:
     status = client.status()
-    now = _lease_token(client)
+    now = _lease_token(client, name)
     if not status.get("active") or now != token:
         raise HacoreError(
             f"{name} is no longer the active node with fencing token {token} "

@@ -40,10 +40,11 @@ from typing import Any
 import attrs
 
 from hacore.agent.errors import StateConflictError
+from hacore.agent.failsafe import KEY_FILE as FAILSAFE_KEY_FILE
 from hacore.agent.keeper import KeeperProcess, pid_alive
 from hacore.agent.tls_paths import PKI_DIR, tls_files
 from hacore.backends.processes import read_proc
-from hacore.client.profile import load_profile
+from hacore.client.profile import load_profile, remove_profile
 from hacore.cluster import snapshot
 from hacore.cluster.bootstrap_token import TOKEN_FILE
 from hacore.cluster.operation_state import STATE_FILE, Phase, StateFile
@@ -67,6 +68,7 @@ OWN_ENTRIES = (
     "keeper.pid",
     "keeper.log",
     "failsafe-promise.json",
+    FAILSAFE_KEY_FILE,
     snapshot.MARKER,
     snapshot.STAGING,
     CREATED_MARKER,
@@ -415,6 +417,6 @@ def _remove_profile(
     if profile is None or profile.cluster != cluster:
         say(f"left the CLI profile {path}: it is not cluster {cluster}'s")
         return [], [str(path)]
-    path.unlink()
+    remove_profile(path)
     say(f"removed the CLI profile {path}")
     return [str(path)], []

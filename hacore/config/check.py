@@ -35,7 +35,7 @@ _MISSING: Any = object()
 #: keys are the backend's own settings
 SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
     "cluster": ("name", "namespace"),
-    "node": ("name", "host", "api_port", "data_dir"),
+    "node": ("name", "host", "api_port", "data_dir", "dns_names"),
     "timing": ("ttl", "loop_wait", "retry_timeout", "safety_margin"),
     "checks": ("check_ttl_multiplier", "check_fail_fast", "active_grace"),
     "failover": (
@@ -51,7 +51,7 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
     "replication": ("backend",),
     "filesync": ("backend", "directories"),
     "services": ("backend", "active_only", "everywhere"),
-    "api": ("auth", "status_requires_auth", "users"),
+    "api": ("auth", "status_requires_auth", "metrics_without_credentials", "users"),
     "tls": ("enabled",),
     "plugins": ("block", "settings"),
     "logging": ("level", "format", "file", "max_bytes", "backups"),
@@ -507,6 +507,17 @@ TLS_OFF_WARNING = (
 def security_warnings(tls_enabled: bool) -> list[str]:
     """What ``config check`` and the agent's start warn about (not errors: a lab may want it)."""
     return [] if tls_enabled else [TLS_OFF_WARNING]
+
+
+def is_dns_name(value: str) -> bool:
+    """A host name as DNS has it: dot-separated labels of letters, digits and hyphens, 253
+    characters at most, the last one not all digits (so no IP address passes)."""
+    labels = value.rstrip(".").split(".")
+    return (
+        0 < len(value) <= 253
+        and all(_HOST_LABEL_RE.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()
+    )
 
 
 def check_host(value: str, where: str, fail: Callable[[str], NoReturn]) -> None:

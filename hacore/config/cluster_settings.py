@@ -176,6 +176,62 @@ def with_assignments(settings: ClusterWide, assignments: Mapping[str, str]) -> C
     return from_mapping(data)
 
 
+@attrs.frozen
+class IgnoredOption:
+    """A cluster-wide key that a node's ``--options`` set to another value than the cluster
+    runs: kept in the node's configuration, but the store's value is what applies."""
+
+    #: the key as ``hacore cluster config set`` names it (``parameters.work_mem``)
+    key: str
+    #: the key as ``--options`` and ``node.yaml`` name it (``replication.parameters.work_mem``)
+    option: str
+    #: the value the options gave (as the cluster would read it, when it reads)
+    given: object
+    #: the value the cluster runs (None: not set, the default applies)
+    cluster: object
+
+
+def ignored_options(
+    settings: ClusterWide | None, overrides: Mapping[str, Any]
+) -> list[IgnoredOption]:
+    """The cluster-wide keys among ``overrides`` (a join's ``--options``, nested like
+    ``node.yaml``) that do not take effect because the cluster (``settings``, the store's
+    record) runs another value. With ``settings`` None (unknown), every cluster-wide key
+    given is listed, its cluster value None."""
+    given: dict[str, tuple[str, object]] = {}
+    for section in SECTIONS:
+        values = overrides.get(section)
+        if isinstance(values, Mapping):
+            for name, value in values.items():
+                given[f"{section}.{name}"] = (f"{section}.{name}", value)
+    replication = overrides.get("replication")
+    parameters = replication.get(PARAMETERS) if isinstance(replication, Mapping) else None
+    if isinstance(parameters, Mapping):
+        for name, value in parameters.items():
+            given[f"{PARAMETERS}.{name}"] = (f"replication.{PARAMETERS}.{name}", value)
+    if settings is None:
+        return [IgnoredOption(k, o, v, None) for k, (o, v) in sorted(given.items())]
+    running = settings.to_mapping()
+    data = settings.to_mapping()
+    for key, (_, value) in given.items():
+        section, name = key.split(".", 1)
+        data[section][name] = value
+    try:
+        wanted: ClusterWide | None = from_mapping(data)
+    except ConfigError:
+        wanted = None  # the join checked the options; list them all rather than guess
+    differing = set(given) if wanted is None else set(settings.differences(wanted))
+    read = None if wanted is None else wanted.to_mapping()
+    found = []
+    for key, (option, value) in sorted(given.items()):
+        if key not in differing:
+            continue
+        section, name = key.split(".", 1)
+        shown = value if read is None else read[section].get(name, value)
+        found.append(IgnoredOption(key, option, shown, running[section].get(name)))
+    return found
+
+
 def _known(name: str) -> tuple[str, ...]:
     return tuple(SECTION_KEYS[name])
 

@@ -20,7 +20,14 @@ from typing import Any, NoReturn
 import attrs
 
 from hacore.config.backend_checks import BackendLookup, check_backend
-from hacore.config.check import SECTION_KEYS, Problems, Section, check_name, show
+from hacore.config.check import (
+    SECTION_KEYS,
+    Problems,
+    Section,
+    check_name,
+    is_dns_name,
+    show,
+)
 from hacore.config.logging_setup import LoggingSettings, read_logging
 from hacore.config.options import deep_merge, read_source
 from hacore.errors import ConfigError
@@ -53,13 +60,21 @@ class NodeSettings:
     host: str
     api_port: int = DEFAULT_API_PORT
     data_dir: Path = DEFAULT_DATA_DIR
+    #: more names for the node certificate, beside ``host``: HAProxy's ``verifyhost`` and
+    #: ``verify-full`` clients match DNS names only
+    dns_names: tuple[str, ...] = ()
 
 
 @attrs.frozen
 class TimingSettings:
-    """Leader lease timing, in seconds (see DESIGN §3, safety rule 1)."""
+    """Leader lease timing, in seconds (see DESIGN §3, safety rule 1).
 
-    ttl: float = 5.0
+    ttl is 6 s, not 5: at 5 an etcd election that takes the full two election timeouts can
+    end after the active's last renewal, and losing the store's leader fenced a healthy active
+    in 2 runs of 10 (docs/etcd.md, "Losing a member, the raft leader included").
+    """
+
+    ttl: float = 6.0
     loop_wait: float = 1.0
     retry_timeout: float = 1.0
     safety_margin: float = 1.5
@@ -161,6 +176,9 @@ class ApiSettings:
     auth: ApiAuth | None = None
     #: True: even ``/status`` (for load balancers) needs credentials
     status_requires_auth: bool = False
+    #: True: ``/metrics`` is served to anyone who reaches the port (by default it needs the
+    #: probe role or higher, as a scrape with ``basic_auth`` sends)
+    metrics_without_credentials: bool = False
     #: the probe and read-only users (``api.auth`` is the one admin)
     users: tuple[ApiUser, ...] = ()
 
@@ -362,7 +380,19 @@ def _node(sec: Section) -> NodeSettings:
         host=sec.host("host"),
         api_port=sec.port("api_port", DEFAULT_API_PORT),
         data_dir=sec.absolute_path("data_dir", str(DEFAULT_DATA_DIR)),
+        dns_names=_dns_names(sec),
     )
+
+
+def _dns_names(sec: Section) -> tuple[str, ...]:
+    names = sec.string_list("dns_names", what="DNS names")
+    for name in names:
+        if not is_dns_name(name):
+            sec.problem(
+                f"{sec.where('dns_names')}: {show(name)} is not a DNS name "
+                "(an address goes in node.host)"
+            )
+    return tuple(n for n in names if is_dns_name(n))
 
 
 def _cluster(sec: Section) -> ClusterSettings:
@@ -503,8 +533,14 @@ def _api(sec: Section) -> ApiSettings:
         sec.problem(
             "api.status_requires_auth is true but api.auth (username, password_hash) is unset"
         )
+    open_metrics = sec.boolean("metrics_without_credentials", False)
     users = _api_users(sec, auth)
-    return ApiSettings(auth=auth, status_requires_auth=requires, users=users)
+    return ApiSettings(
+        auth=auth,
+        status_requires_auth=requires,
+        metrics_without_credentials=open_metrics,
+        users=users,
+    )
 
 
 def _api_users(sec: Section, admin: ApiAuth | None) -> tuple[ApiUser, ...]:

@@ -46,6 +46,8 @@ def to_mapping(config: NodeConfig) -> dict[str, Any]:
             everywhere=list(config.services.everywhere),
         )
     api: dict[str, Any] = {"status_requires_auth": config.api.status_requires_auth}
+    if config.api.metrics_without_credentials:
+        api["metrics_without_credentials"] = True
     if config.api.auth is not None:
         api["auth"] = attrs.asdict(config.api.auth)
     if config.api.users:

@@ -28,6 +28,7 @@ from hacore.pki.certs import (
     issue_node_certificate,
     issued_by,
     load_node_certificate,
+    store_node_certificate,
 )
 from hacore.pki.contexts import ssl_client_context, ssl_server_context
 from hacore.pki.errors import TlsMaterialError
@@ -57,5 +58,6 @@ __all__ = [
     "ssl_client_context",
     "ssl_server_context",
     "store_ca",
+    "store_node_certificate",
     "trust_ca_certificate",
 ]

@@ -18,6 +18,7 @@ import attrs
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hacore.pki import pem, revocation
@@ -33,6 +34,7 @@ NODE_VALID_DAYS = 3 * 365
 _DNS_NAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?)+$")
 
 SubjectName = x509.IPAddress | x509.DNSName
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 
 @attrs.frozen
@@ -102,6 +104,23 @@ def issue_node_certificate(
     The certificate is valid for every one of ``hosts`` (IP addresses and DNS names), for both
     TLS server and client use, and never outlives the CA.
     """
+    key = pem.new_key()
+    certificate = sign_node_certificate(
+        ca, node_name, hosts, key.public_key(), valid_days=valid_days
+    )
+    return store_node_certificate(ca.certificate, certificate, key, directory)
+
+
+def sign_node_certificate(
+    ca: CaMaterial,
+    node_name: str,
+    hosts: Sequence[str],
+    public_key: PublicKey,
+    *,
+    valid_days: int = NODE_VALID_DAYS,
+) -> x509.Certificate:
+    """The certificate of ``node_name`` for ``public_key`` (the node's key may be elsewhere:
+    a joiner's certificate request), valid for ``hosts``, signed by ``ca``."""
     if not node_name or not node_name.strip():
         raise TlsMaterialError("a node certificate needs a non-empty node name")
     names = subject_names(hosts)
@@ -112,8 +131,7 @@ def issue_node_certificate(
     end = min(start + datetime.timedelta(days=valid_days), ca_end)
     if end - start < RENEW_BEFORE:
         log.warning("the cluster CA expires on %s: node certificates are short-lived", ca_end)
-    key = pem.new_key()
-    certificate = (
+    return (
         x509.CertificateBuilder()
         .subject_name(
             x509.Name(
@@ -124,7 +142,7 @@ def issue_node_certificate(
             )
         )
         .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(max(start - BACKDATE, ca.certificate.not_valid_before_utc))
         .not_valid_after(end)
@@ -150,23 +168,37 @@ def issue_node_certificate(
             critical=False,
         )
         .add_extension(x509.SubjectAlternativeName(list(names)), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(revocation.distribution_points(), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
         )
         .sign(ca.key, hashes.SHA256())
     )
+
+
+def store_node_certificate(
+    ca_certificate: x509.Certificate,
+    certificate: x509.Certificate,
+    key: pem.SigningKey,
+    directory: Path,
+) -> NodeCertificate:
+    """``certificate`` and its ``key`` written to ``directory``, the CA certificate beside
+    them (key first: a crash between the two leaves a pair that does not match, which
+    :func:`load_node_certificate` refuses)."""
+    if not pem.key_matches(certificate, key):
+        raise TlsMaterialError("the node key does not belong to its certificate")
     directory = private_dir(directory)
-    ca_file = write_atomic(directory / CA_CERT, ca.certificate_pem(), CERT_MODE)
+    ca_file = write_atomic(directory / CA_CERT, pem.cert_pem(ca_certificate), CERT_MODE)
     key_file = write_atomic(directory / NODE_KEY, pem.key_pem(key), KEY_MODE)
     cert_file = write_atomic(directory / NODE_CERT, pem.cert_pem(certificate), CERT_MODE)
     issued = NodeCertificate(certificate, key, cert_file, key_file, ca_file)
     log.info(
-        "issued the certificate of node %s for %s (fingerprint %s, CA %s)",
-        node_name,
+        "installed the certificate of node %s for %s (fingerprint %s, CA %s)",
+        issued.node_name,
         ", ".join(issued.hosts),
         issued.fingerprint,
-        ca.fingerprint,
+        pem.fingerprint(ca_certificate),
     )
     return issued
 

@@ -28,11 +28,38 @@ from hacore.pki.errors import TlsMaterialError
 from hacore.pki.tls_files import CERT_MODE, write_atomic
 
 CRL_FILE = "crl.pem"
+#: the CRL distribution point every node certificate names: a *relative* ``file:`` URL, so a
+#: server that fetches CRLs only from the URL in the certificate it checks (Java's, hence the
+#: managed ZooKeeper) reads the ``crl.pem`` in its own working directory, whatever the node's
+#: data directory. Software that ignores distribution points (OpenSSL, Go) is not affected.
+DISTRIBUTION_POINT = f"file:{CRL_FILE}"
 
 
 def crl_path(ca_file: Path) -> Path:
     """The CRL beside a node's copy of the CA certificate (``TlsFiles.ca_file``)."""
     return Path(ca_file).parent / CRL_FILE
+
+
+def distribution_points() -> x509.CRLDistributionPoints:
+    """The extension that names :data:`DISTRIBUTION_POINT` (full name, all reasons)."""
+    point = x509.DistributionPoint(
+        full_name=[x509.UniformResourceIdentifier(DISTRIBUTION_POINT)],
+        relative_name=None,
+        reasons=None,
+        crl_issuer=None,
+    )
+    return x509.CRLDistributionPoints([point])
+
+
+def names_distribution_point(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` names :data:`DISTRIBUTION_POINT` (certificates issued before it was
+    added do not: a Java server checking revocation refuses those)."""
+    try:
+        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except x509.ExtensionNotFound:
+        return False
+    wanted = x509.UniformResourceIdentifier(DISTRIBUTION_POINT)
+    return any(wanted in (point.full_name or ()) for point in points)
 
 
 def build_crl(ca: CaMaterial, serials: Iterable[int]) -> bytes:

@@ -217,12 +217,20 @@ class EtcdClient:
         self._discover = discover
         self._token: str | None = None
         self._auth_lock = threading.Lock()
+        #: the background member sync last started (:meth:`close` waits for it)
+        self._sync_thread: threading.Thread | None = None
         self._http = self.new_http()
 
     def new_http(self) -> httpx.Client:
         return httpx.Client(verify=self._ssl, trust_env=False)
 
     def close(self) -> None:
+        """Close the connections, once a member sync still running has ended: closing its
+        socket under it would let its TLS write reach whatever reuses the descriptor (a
+        short-lived client's sync wrote into a new PostgreSQL connection of the process)."""
+        thread = self._sync_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.timeout + _CONNECT_TIMEOUT)
         self._http.close()
 
     def __enter__(self) -> EtcdClient:
@@ -313,7 +321,9 @@ class EtcdClient:
             except Exception as err:  # a closed client, above all: the next sync tries again
                 log.debug("could not learn the etcd members: %s", err)
 
-        threading.Thread(target=sync, name="etcd-endpoints", daemon=True).start()
+        thread = threading.Thread(target=sync, name="etcd-endpoints", daemon=True)
+        self._sync_thread = thread
+        thread.start()
 
     def _authenticate(self, endpoint: str, timeout: httpx.Timeout, stale: str | None) -> None:
         with self._auth_lock:

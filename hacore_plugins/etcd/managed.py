@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -76,6 +77,10 @@ def port_taken(host: str, port: int) -> bool:
     return False
 
 
+#: raft entries an heir of the store's leadership may be behind (renewals add a few a second)
+_HEIR_LAG = 100
+
+
 class EtcdManagedStore(ManagedStore):
     """Settings: ``client_port`` (2379), ``peer_port`` (2380), ``heartbeat_interval`` and
     ``election_timeout`` in ms (100, 1000), ``start_timeout`` in s (60), ``etcd_binary``.
@@ -85,6 +90,7 @@ class EtcdManagedStore(ManagedStore):
     """
 
     accepts_tls: ClassVar[bool] = True
+    moves_leadership: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -114,6 +120,10 @@ class EtcdManagedStore(ManagedStore):
         )
         #: etcd 3.4 cannot rotate its own log: it is bounded by copy and truncate
         self.log_trimmer = LogTrimmer(self.process.log_path)
+        #: held while members are added or removed: the leadership is not moved meanwhile
+        #: (a removal first moves the leadership off the leaving member, and a move back onto
+        #: it before the removal would leave the store without a leader)
+        self._membership = threading.Lock()
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> None:
@@ -289,7 +299,11 @@ class EtcdManagedStore(ManagedStore):
         return StoreMember(name=self.name, peer_url=self.peer_url, client_url=self.client_url)
 
     def add_member(self, member: StoreMember) -> dict[str, Any]:
-        with _failing(f"cannot add {member.name} to the store"), self._client() as client:
+        with (
+            self._membership,
+            _failing(f"cannot add {member.name} to the store"),
+            self._client() as client,
+        ):
             members = client.member_list()
             new = self._existing_entry(members, member)
             if new is None:
@@ -429,7 +443,11 @@ class EtcdManagedStore(ManagedStore):
         return True
 
     def remove_member(self, name: str) -> None:
-        with _failing(f"cannot remove {name} from the store"), self._client() as client:
+        with (
+            self._membership,
+            _failing(f"cannot remove {name} from the store"),
+            self._client() as client,
+        ):
             members = client.member_list()
             added = {}
             with contextlib.suppress(ManagedStoreError):
@@ -483,6 +501,61 @@ class EtcdManagedStore(ManagedStore):
             log.warning(
                 "store leadership not moved off %s before its removal: %s", leaving.name, err
             )
+
+    def move_leadership_off(self) -> str | None:
+        """Hand this member's leadership to a voter that follows it and is caught up.
+
+        Only a voter that answers at once, sees this member as its leader and is at most
+        ``_HEIR_LAG`` raft entries behind is chosen: while a transfer runs etcd drops new
+        proposals (lease renewals among them) until the heir has taken over or an election
+        timeout has passed, so a transfer to a slow or cut-off member would cost the active
+        its renewals instead of saving them. A store of two voters is left alone: it loses
+        its quorum with either host, so there is nothing to gain; and never while members are
+        added or removed."""
+        if not self._membership.acquire(blocking=False):
+            return None
+        try:
+            return self._move_leadership_off()
+        finally:
+            self._membership.release()
+
+    def _move_leadership_off(self) -> str | None:
+        try:
+            with EtcdClient([self.client_url], timeout=1.0, tls=self.client_tls) as own:
+                status = own.request("/v3/maintenance/status", {})
+                me = as_int(status.get("header", {}).get("member_id"))
+                if not me or as_int(status.get("leader")) != me:
+                    return None
+                index = as_int(status.get("raftIndex"))
+                members = own.member_list()
+                if sum(1 for m in members if not m.is_learner) < 3:
+                    return None  # two voters: losing either host loses the store anyway
+                heir = self._heir(members, me, index)
+                if heir is None:
+                    return None
+                own.request("/v3/maintenance/transfer-leadership", {"targetID": str(heir.id)})
+        except (HacoreError, httpx.HTTPError) as err:
+            log.debug("the store's leadership stays on %s: %s", self.name, err)
+            return None
+        return heir.name
+
+    def _heir(self, members: Sequence[EtcdMember], me: int, index: int) -> EtcdMember | None:
+        for member in sorted(members, key=lambda m: m.name):
+            if member.id == me or member.is_learner or not member.client_urls:
+                continue
+            try:
+                with EtcdClient(
+                    list(member.client_urls), timeout=0.5, tls=self.client_tls
+                ) as other:
+                    status = other.request("/v3/maintenance/status", {})
+            except (HacoreError, httpx.HTTPError):
+                continue
+            if (
+                as_int(status.get("leader")) == me
+                and index - as_int(status.get("raftIndex")) <= _HEIR_LAG
+            ):
+                return member
+        return None
 
     def members(self) -> tuple[StoreMember, ...]:
         with _failing("cannot list the store's members"), self._client() as client:

@@ -45,7 +45,7 @@ from hacore_plugins.rsync.daemon import (
     stunnel_text,
     write_private,
 )
-from hacore_plugins.rsync.secret import HOME, ensure_secret, prepare_home
+from hacore_plugins.rsync.secret import HOME, ensure_secret, prepare_home, store_secret
 from hacore_plugins.rsync.settings import RsyncSettings
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ class RsyncFilesync(FilesyncBackend):
     transport TLS with the cluster CA at both ends."""
 
     accepts_tls: ClassVar[bool] = True
+    rotates_secret: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -214,11 +215,29 @@ class RsyncFilesync(FilesyncBackend):
                     f"rsync over TLS needs {program} (Debian packages stunnel4 and openssl)"
                 )
 
-    def _write_config(self) -> None:
-        secret = self.config.password or ensure_secret(self.home)
+    def use_secret(self, secret: str) -> None:
+        """The cluster's rotated secret (a node was removed): kept in the home for the next
+        start and written where the daemon (which reads its secrets file at each connection)
+        and this node's pulls read it, so the next connection either way uses it."""
+        if self.config.password:
+            raise FilesyncError(
+                "the rsync password setting fixes the secret on this node: change it on every "
+                "node by hand"
+            )
+        prepare_home(self.home)
+        store_secret(self.home, secret)
+        self._write_secret(secret)
+        log.info("rsync: %s uses the cluster's rotated secret", self.node_name)
+
+    def _write_secret(self, secret: str) -> Path:
         secrets = self.home / SECRETS_FILE
         write_private(secrets, f"{USER}:{secret}\n")
         write_private(self.home / PASSWORD_FILE, f"{secret}\n")
+        return secrets
+
+    def _write_config(self) -> None:
+        secret = self.config.password or ensure_secret(self.home)
+        secrets = self._write_secret(secret)
         tls = self.tls
         text = config_text(
             host=self.host if tls is None else None,

@@ -22,8 +22,9 @@ reconfiguration spreads, so the servers' client addresses are kept in the regist
 
 Files in ``data_dir``: ``zoo.cfg`` (regenerated before each start), ``zoo.cfg.dynamic*``
 (the ensemble; ZooKeeper writes a new one after every reconfig), ``data/`` (snapshots, logs,
-``myid``), ``zookeeper.log``, ``zookeeper.pid`` and ``hacore-zookeeper.json`` (0600: this
-server's name, id and the ensemble's superuser password).
+``myid``), ``zookeeper.log``, ``zookeeper.pid``, ``hacore-zookeeper.json`` (0600: this
+server's name, id, the ensemble's superuser password and whether it checks revocation) and,
+when it does, ``crl.pem``, a link to the node's CRL (:mod:`hacore_plugins.zookeeper.revocation`).
 
 Reconfiguration needs the ZooKeeper superuser. ``bootstrap`` makes a random password; the
 server knows only its digest; ``add_member`` hands the password to the newcomer in its join
@@ -56,6 +57,7 @@ from hacore.backends.log_files import LogTrimmer
 from hacore.backends.processes import DetachedProcess
 from hacore.backends.records import StoreMember, TlsFiles
 from hacore.errors import ManagedStoreError
+from hacore_plugins.zookeeper import revocation
 from hacore_plugins.zookeeper import server as zk
 from hacore_plugins.zookeeper.ensemble_admin import (
     OPERATION_TIMEOUT,
@@ -80,6 +82,8 @@ class _State:
     name: str
     server_id: int
     password: str = attrs.field(repr=False)
+    #: the ensemble refuses revoked certificates (:mod:`hacore_plugins.zookeeper.revocation`)
+    check_crl: bool = False
 
 
 class ZooKeeperManagedStore(ManagedStore):
@@ -192,7 +196,8 @@ class ZooKeeperManagedStore(ManagedStore):
     def _state(self) -> _State | None:
         try:
             data = json.loads((self.data_dir / STATE_FILE).read_text())
-            return _State(data["name"], int(data["server_id"]), data["password"])
+            check_crl = bool(data.get("check_crl", False))
+            return _State(data["name"], int(data["server_id"]), data["password"], check_crl)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -235,12 +240,17 @@ class ZooKeeperManagedStore(ManagedStore):
         if dynamic is None:
             raise ManagedStoreError(f"no ZooKeeper dynamic configuration in {self.data_dir}")
         server_tls = None
+        properties: dict[str, str] = {}
         if self.tls is not None:
+            if state.check_crl:
+                revocation.link_crl(self.tls, self.data_dir)
+                properties.update(revocation.SYSTEM_PROPERTIES)
             server_tls = zk.ServerTls(
                 key_store=write_server_pem(self.tls, self.data_dir / TLS_DIR),
                 trust_store=Path(self.tls.ca_file),
                 client_host=self.host,
                 client_port=self.config.client_port,
+                check_crl=state.check_crl,
             )
         static = zk.write_static_config(
             self.data_dir,
@@ -253,7 +263,10 @@ class ZooKeeperManagedStore(ManagedStore):
         argv = zk.server_argv(
             static,
             jvm_options=self.config.jvm_options,
-            system_properties={"zookeeper.DigestAuthenticationProvider.superDigest": digest},
+            system_properties={
+                "zookeeper.DigestAuthenticationProvider.superDigest": digest,
+                **properties,
+            },
             tls=server_tls is not None,
         )
         # snapshots and transaction logs hold the store's data: the server's user's only
@@ -308,7 +321,8 @@ class ZooKeeperManagedStore(ManagedStore):
     def bootstrap(self) -> StoreMember:
         self._refuse_non_empty("bootstrap a new ZooKeeper ensemble")
         server_id = self.config.server_id or 1
-        state = _State(self.name, server_id, secrets.token_urlsafe(24))
+        check_crl = revocation.certificate_names_crl(self.tls)
+        state = _State(self.name, server_id, secrets.token_urlsafe(24), check_crl)
         try:
             self._write_state(state, self.config.tick_time_ms)
             zk.write_myid(self.data_dir / "data", server_id)
@@ -372,6 +386,7 @@ class ZooKeeperManagedStore(ManagedStore):
             "config_version": config.version,
             "tick_time_ms": self._saved_tick() or self.config.tick_time_ms,
             "super_password": state.password,
+            "check_crl": state.check_crl,
             **tls_keys,
         }
 
@@ -382,6 +397,7 @@ class ZooKeeperManagedStore(ManagedStore):
             password = str(spec["super_password"])
             tick = int(spec.get("tick_time_ms") or self.config.tick_time_ms)
             clients = {int(k): str(v) for k, v in dict(spec.get("clients") or {}).items()}
+            check_crl = bool(spec.get("check_crl", False))
         except (KeyError, TypeError, ValueError) as exc:
             raise ManagedStoreError(f"not a ZooKeeper join spec: {exc}") from exc
         if spec.get("name", self.name) != self.name:
@@ -400,7 +416,12 @@ class ZooKeeperManagedStore(ManagedStore):
                 raise ManagedStoreError("the join spec names no ZooKeeper client address")
         else:
             hosts = [s.client_address for s in servers]
-        state = _State(self.name, server_id, password)
+        if check_crl and not revocation.certificate_names_crl(self.tls):
+            raise ManagedStoreError(
+                "the ZooKeeper ensemble refuses certificates that name no revocation list, "
+                f"and {self.name}'s does not (issued by an older hacore): re-issue it"
+            )
+        state = _State(self.name, server_id, password, check_crl)
         me = self._entry(server_id)
         resuming = self._state() == state
         if not resuming:

@@ -126,6 +126,9 @@ class ServerTls:
     trust_store: Path
     client_host: str
     client_port: int
+    #: refuse revoked certificates, on the client and the quorum ports
+    #: (:mod:`hacore_plugins.zookeeper.revocation`)
+    check_crl: bool = False
 
     def config_lines(self) -> list[str]:
         stores = []
@@ -137,6 +140,8 @@ class ServerTls:
                 f"{prefix}.trustStore.type=PEM",
                 f"{prefix}.clientAuth=need",
             ]
+            if self.check_crl:
+                stores.append(f"{prefix}.crl=true")
         return [
             "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
             f"secureClientPort={self.client_port}",

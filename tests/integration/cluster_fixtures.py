@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import ssl
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from click.testing import CliRunner, Result
 
 from hacore import pki
 from hacore.cli import cli
+from hacore.client.profile import require_profile
 from hacore.testing.local_cluster import LocalNode, managed_store_ports
 from hacore.testing.local_cluster import kill_tree as kill_tree
 from hacore.testing.procs import wait_for
@@ -148,10 +150,46 @@ class Node(LocalNode):
         super().cleanup(timeout)
 
 
+def etcdctl(node: Node, *args: str) -> str:
+    """``etcdctl`` against the node's managed etcd member, with its client certificate
+    (``--endpoints`` among ``args`` names others)."""
+    pki = node.data_dir / "pki" / "node"
+    endpoints = f"https://127.0.0.1:{node.store['client_port']}"
+    result = subprocess.run(
+        [
+            "etcdctl",
+            f"--endpoints={endpoints}",
+            f"--cacert={pki / 'ca.crt'}",
+            f"--cert={pki / 'node.crt'}",
+            f"--key={pki / 'node.key'}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def store_leader(node: Node) -> str:
+    """The name of the managed etcd member that leads the store, as ``node``'s member sees it."""
+    members = json.loads(etcdctl(node, "member", "list", "-w", "json"))["members"]
+    status = json.loads(etcdctl(node, "endpoint", "status", "-w", "json"))
+    leader = status[0]["Status"]["leader"]
+    return str(next(m["name"] for m in members if m["ID"] == leader))
+
+
+#: clusters not yet cleaned up: a failing test's report carries their agents' log tails
+#: (tests/integration/conftest.py)
+LIVE: set[CliCluster] = set()
+
+
 class CliCluster:
     """The nodes of one test cluster, and the CLI run against them with one profile."""
 
     def __init__(self, root: Path, backend: str) -> None:
+        LIVE.add(self)
         self.root = root
         self.backend = backend
         self.namespace = f"cli-{secrets.token_hex(4)}"
@@ -181,8 +219,8 @@ class CliCluster:
         return json.loads(self.cli(*args, "--json").stdout)
 
     def credentials(self) -> tuple[str, str]:
-        data = json.loads(self.profile.read_text())
-        return (data["username"], data["password"])
+        """The profile's, wherever it keeps the password (the file, or a keyring)."""
+        return require_profile(self.profile).auth
 
     def view(self) -> dict[str, Any]:
         """``nodes list --json``, by node name."""
@@ -195,9 +233,21 @@ class CliCluster:
         return self.nodes[status["active"]]
 
     def cleanup(self) -> None:
+        LIVE.discard(self)
         for node in self.nodes.values():
             with contextlib.suppress(Exception):
                 node.cleanup()
+
+    def log_tails(self, lines: int = 40) -> str:
+        """The last lines of every node's agent log, for a failing test's report."""
+        parts = []
+        for node in self.nodes.values():
+            try:
+                text = node.log_path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                text = ["(no log)"]
+            parts.append(f"--- {node.name} ({node.log_path})\n" + "\n".join(text))
+        return "\n".join(parts)
 
 
 def formed_cluster(

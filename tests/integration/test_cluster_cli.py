@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import stat
 import subprocess
@@ -31,11 +32,12 @@ from cluster_fixtures import (
     Node,
     formed_cluster,
     kill_tree,
+    store_leader,
     tree,
 )
 
 from hacore import pki
-from hacore.cluster.record import VERSION_OVERRIDE_ENV
+from hacore.cluster.record import VERSION_OVERRIDE_ENV, reported_version
 from hacore.testing.procs import free_port, holds_for, wait_for
 from hacore_plugins.postgresql.backend import PostgresReplication
 from hacore_plugins.postgresql.config_files import slot_name
@@ -258,7 +260,10 @@ def test_join_refusals_change_nothing(formed: CliCluster) -> None:
     assert "already a member" in refused(fresh, active.address, "n2")
     assert "cannot reach the hacore agent" in refused(fresh, unused, "fresh", code=3)
     message = refused(older, active.address, "older")
-    assert "runs hacore 0.0.1" in message and "install hacore" in message
+    mine = reported_version()
+    assert f"older runs hacore 0.0.1 but cluster clitest runs hacore {mine}" in message
+    assert f"install hacore {mine} on older first" in message, message
+    assert "upgrade procedure" in message and "docs/snapshots.md" in message, message
     message = refused(used, active.address, "used")
     assert "not empty" in message and "already holds a database" in message
 
@@ -384,6 +389,35 @@ def test_an_interrupted_join_resumes_or_rolls_back(formed: CliCluster) -> None:
     assert formed.active() is active
     assert 503 not in answers, f"the active stopped answering 200 during the join: {answers}"
     assert answers.count(200) >= 10, answers
+
+
+@pytest.mark.skipif(shutil.which("etcdctl") is None, reason="etcdctl is not installed")
+def test_the_active_hands_the_store_leadership_to_a_standby(formed: CliCluster) -> None:
+    """A host death must not take the store's leader along with the active (issue 15.0).
+
+    The leadership is first put on the active (a switchover to the member that leads), where
+    nothing but the agent moves it away again. Three voters: a store of two is left alone."""
+    if formed.backend != "etcd":
+        pytest.skip("ZooKeeper has no operation that hands over its leadership")
+    active = formed.active()
+    leader = store_leader(active)
+    if leader != active.name:
+        target = formed.nodes[leader]
+        wait_for(
+            lambda: formed.view()[target.name]["replication"] == "streaming",
+            WAIT,
+            what=f"{target.name} streaming before the switchover",
+        )
+        formed.cli("cluster", "switchover", "--to", target.name, "--timeout", str(WAIT))
+        active = formed.active()
+        assert active is target
+    wait_for(
+        lambda: store_leader(active) != active.name,
+        60.0,
+        interval=0.5,
+        what=f"the store's leadership off the active {active.name}",
+    )
+    assert "moved the store's leadership to" in active.log_path.read_text()
 
 
 def test_remove_refuses_the_active_and_removes_a_standby(formed: CliCluster) -> None:

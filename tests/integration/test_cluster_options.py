@@ -121,6 +121,19 @@ def test_each_node_keeps_the_options_it_was_given_and_runs_the_cluster_s_paramet
     wait_for(sync_standby, WAIT, interval=0.5, what=f"{standby.name} as synchronous standby")
 
 
+def test_the_join_warns_that_a_cluster_wide_option_does_not_take_effect(pair: CliCluster) -> None:
+    """n2 was given work_mem 9MB; the cluster runs 7MB, and the store's value wins. The join
+    says so and names the command that changes it; synchronous_mode, given the value the
+    cluster runs, is not named."""
+    out = pair.outputs["join"]
+    assert (
+        "warning: --options replication.parameters.work_mem=9MB does not take effect: it is a "
+        "cluster-wide setting and the cluster runs 7MB. It stays in this node's configuration; "
+        "to change it on every node: hacore cluster config set parameters.work_mem=9MB"
+    ) in out, out
+    assert "synchronous_mode" not in out, out
+
+
 def test_options_cannot_move_the_node_and_a_refused_join_changes_nothing(
     pair: CliCluster,
 ) -> None:

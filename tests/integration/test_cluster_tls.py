@@ -68,7 +68,9 @@ def test_start_prints_the_fingerprint_every_member_holds_the_same_ca(formed: Cli
     assert start["api_url"].startswith("https://")
     for node in formed.nodes.values():
         assert pki.load_ca_certificate(node.ca_file) == ca
-        assert pki.load_ca(node.data_dir / "pki" / "ca").certificate == ca
+        assert pki.load_ca_certificate(node.data_dir / "pki" / "ca") == ca
+        # no member keeps the CA key: it is sealed in the store (docs/security.md)
+        assert not (node.data_dir / "pki" / "ca" / "ca.key").exists()
         cert = pki.load_node_certificate(node.data_dir / "pki" / "node")
         assert pki.issued_by(cert.certificate, ca)
         assert cert.node_name == node.name
@@ -97,11 +99,10 @@ def test_key_files_are_0600_in_0700_directories(formed: CliCluster) -> None:
         pki_dir = node.data_dir / "pki"
         for directory in (pki_dir / "ca", pki_dir / "node"):
             assert mode(directory) == 0o700, directory
-        assert mode(pki_dir / "ca" / "ca.key") == 0o600
         assert mode(pki_dir / "node" / "node.key") == 0o600
         assert mode(pki_dir / "node" / "node.crt") == 0o644
-        # the CA key stays out of cluster.json: it lives in pki/ca only
-        key_body = (pki_dir / "ca" / "ca.key").read_text().splitlines()[1]
+        # the node key stays out of cluster.json: it lives in pki/node only
+        key_body = (pki_dir / "node" / "node.key").read_text().splitlines()[1]
         assert key_body not in (node.data_dir / "cluster.json").read_text()
 
 
@@ -192,7 +193,7 @@ def test_refused_joins_copy_no_key_and_change_nothing(formed: CliCluster) -> Non
 def test_no_secret_in_any_agent_log(formed: CliCluster) -> None:
     secrets = {"API password": formed.credentials()[1]}
     for node in formed.nodes.values():
-        for key in (node.data_dir / "pki" / "ca" / "ca.key", node.data_dir / "pki/node/node.key"):
+        for key in (node.data_dir / "pki/node/node.key",):
             for number, line in enumerate(key.read_text().splitlines()):
                 if not line.startswith("-----"):
                     secrets[f"{key} line {number}"] = line

@@ -2,9 +2,11 @@
 
 A real 3-node cluster (``hacore agent run`` processes, managed etcd, PostgreSQL), formed with
 the CLI (:func:`cluster_fixtures.formed_cluster`), scraped every second over HTTPS (the
-cluster CA, the admin's credentials) by a real ``prometheus`` started on a loopback port with
-a temporary configuration and storage. A switchover first (the old active counts a
-demotion, the new one a promotion and a ``switchover`` failover); then the active host dies
+cluster CA, the credentials of a ``probe`` user, as the load balancer has) by a real
+``prometheus`` started on a loopback port with a temporary configuration and storage; a
+second job scrapes without credentials and is refused (``up`` 0: issue 10, point 1). A
+switchover first (the old active counts a demotion, the new one a promotion and a
+``switchover`` failover); then the active host dies
 (agent, keeper, PostgreSQL and its store member killed). Prometheus's HTTP API must show what
 an operator's alerts and dashboards would: the new active counted a promotion and a failover
 for the expired lease, the dead node's ``up`` went to 0, and exactly one node reports itself
@@ -24,6 +26,7 @@ import pytest
 import yaml
 from cluster_fixtures import WAIT, CliCluster, Node, formed_cluster, kill_tree
 
+from hacore.api.auth import hash_password
 from hacore.testing.procs import ServerProcess, free_port, wait_for
 from hacore_plugins.postgresql.settings import default_bin_dir
 
@@ -36,9 +39,14 @@ pytestmark = [
 ]
 
 
+#: the probe user every node knows (``api.users``): the probe role is enough for /metrics
+PROBE = ("scraper", "scraper-password")
+USERS = [{"username": PROBE[0], "password_hash": hash_password(PROBE[1], 1000), "role": "probe"}]
+
+
 @pytest.fixture(scope="module")
 def formed() -> Iterator[CliCluster]:
-    yield from formed_cluster("etcd")
+    yield from formed_cluster("etcd", extra={"api": {"users": USERS}})
 
 
 class Prometheus:
@@ -48,24 +56,33 @@ class Prometheus:
         self.root = cluster.root / "prometheus"
         self.root.mkdir()
         self.port = free_port()
-        user, password = cluster.credentials()
+        user, password = PROBE
         password_file = self.root / "password"
         password_file.write_text(password)
         password_file.chmod(0o600)
         first = next(iter(cluster.nodes.values()))
+        targets = [
+            {"targets": [node.address], "labels": {"member": node.name}}
+            for node in cluster.nodes.values()
+        ]
+        tls = {"ca_file": str(first.ca_file)}
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
             "scrape_configs": [
                 {
                     "job_name": "hacore",
                     "scheme": "https",
-                    "tls_config": {"ca_file": str(first.ca_file)},
+                    "tls_config": tls,
                     "basic_auth": {"username": user, "password_file": str(password_file)},
-                    "static_configs": [
-                        {"targets": [node.address], "labels": {"member": node.name}}
-                        for node in cluster.nodes.values()
-                    ],
-                }
+                    "static_configs": targets,
+                },
+                # the same without credentials: refused
+                {
+                    "job_name": "anonymous",
+                    "scheme": "https",
+                    "tls_config": tls,
+                    "static_configs": targets,
+                },
             ],
         }
         self.config = self.root / "prometheus.yml"
@@ -114,10 +131,9 @@ class Prometheus:
 
 def check_metrics(cluster: CliCluster, node: Node) -> None:
     """``promtool check metrics`` on the node's ``/metrics``: no problem reported."""
-    text = httpx.get(
-        node.url + "/metrics", auth=cluster.credentials(), verify=node.ca_context(), timeout=10
-    ).text
+    text = httpx.get(node.url + "/metrics", auth=PROBE, verify=node.ca_context(), timeout=10).text
     assert "hacore_promotions_total" in text and "hacore_failovers_total" in text
+    assert "hacore_lease_token" not in text and "version=" not in text
     checked = subprocess.run(
         [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )
@@ -134,11 +150,19 @@ def test_prometheus_sees_a_switchover_and_a_failover(formed: CliCluster) -> None
     try:
         every = {name: 1.0 for name in formed.nodes}
         wait_for(
-            lambda: prometheus.query("up") == every,
+            lambda: prometheus.query(UP) == every,
             WAIT,
             interval=0.5,
             what=f"Prometheus scraping every node ({prometheus.root / 'prometheus.log'})",
         )
+        # a scrape without credentials gets nothing (401): down for Prometheus
+        wait_for(
+            lambda: prometheus.query('up{job="anonymous"}') == {n: 0.0 for n in formed.nodes},
+            WAIT,
+            interval=0.5,
+            what="the scrape without credentials refused by every node",
+        )
+        assert prometheus.query('count({job="anonymous", __name__=~"hacore_.*"})') == {}
         alone(prometheus, first)
         # the gauges of issue 13.8: lag in seconds per standby on the active, the store
         # reached lately everywhere, no setting waiting for a restart
@@ -204,9 +228,9 @@ def test_prometheus_sees_a_switchover_and_a_failover(formed: CliCluster) -> None
 
         new = wait_for(new_active, WAIT, interval=0.5, what="Prometheus seeing a new active")
         assert isinstance(new, str) and new in {n.name for n in survivors}
-        assert prometheus.query("up")[old.name] == 0.0
+        assert prometheus.query(UP)[old.name] == 0.0
         wait_for(
-            lambda: prometheus.query("up") == {n.name: 1.0 for n in survivors} | {old.name: 0.0},
+            lambda: prometheus.query(UP) == {n.name: 1.0 for n in survivors} | {old.name: 0.0},
             WAIT,
             interval=0.5,
             what="up 1 for the survivors and 0 for the dead node",
@@ -227,6 +251,10 @@ def test_prometheus_sees_a_switchover_and_a_failover(formed: CliCluster) -> None
         prometheus.stop()
     for node in survivors:
         check_metrics(formed, node)
+
+
+#: the authenticated job's ``up`` (the anonymous job's is 0 throughout)
+UP = 'up{job="hacore"}'
 
 
 def alone(prometheus: Prometheus, node: Node) -> None:

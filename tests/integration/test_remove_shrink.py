@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +23,15 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from cluster_fixtures import TIMING, WAIT, CliCluster, Node, formed_cluster, make_root
+from cluster_fixtures import (
+    TIMING,
+    WAIT,
+    CliCluster,
+    Node,
+    etcdctl,
+    formed_cluster,
+    make_root,
+)
 
 from hacore.testing.procs import holds_for, wait_for
 from hacore_plugins.postgresql.settings import default_bin_dir
@@ -93,13 +100,17 @@ class Writer:
 
 
 def lease_token(cluster: CliCluster, node: Node) -> int:
-    """The node's fencing token, from its ``/metrics`` (the probes omit it)."""
+    """The node's fencing token, from its own ``GET /nodes/<name>`` (the read role's: the
+    probes and ``/metrics`` omit it)."""
     resp = httpx.get(
-        node.url + "/metrics", auth=cluster.credentials(), timeout=10.0, verify=node.ca_context()
+        f"{node.url}/nodes/{node.name}",
+        auth=cluster.credentials(),
+        timeout=10.0,
+        verify=node.ca_context(),
     )
-    found = re.search(r"^hacore_lease_token(?:\{[^}]*\})? ([0-9.e+]+)$", resp.text, re.M)
-    assert found, resp.text
-    return int(float(found.group(1)))
+    token = resp.json().get("lease_token")
+    assert isinstance(token, int), resp.text
+    return token
 
 
 @contextlib.contextmanager
@@ -225,27 +236,6 @@ def test_three_to_two_to_one_keeps_the_active_writable(trio: CliCluster) -> None
     writer.check()
     assert set(trio.view()) == {active.name}
     assert trio.cli_json("cluster", "status")["active"] == active.name
-
-
-def etcdctl(node: Node, *args: str) -> str:
-    """``etcdctl`` against every member, with the node's client certificate."""
-    pki = node.data_dir / "pki" / "node"
-    endpoints = f"https://127.0.0.1:{node.store['client_port']}"
-    result = subprocess.run(
-        [
-            "etcdctl",
-            f"--endpoints={endpoints}",
-            f"--cacert={pki / 'ca.crt'}",
-            f"--cert={pki / 'node.crt'}",
-            f"--key={pki / 'node.key'}",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 @pytest.mark.skipif(shutil.which("etcdctl") is None, reason="etcdctl is not installed")

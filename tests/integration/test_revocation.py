@@ -7,13 +7,17 @@ connection, an etcd request, the publication of a member record. Each is refused
 refusal is shown to come from the revocation (the certificate) or the rotation (the
 password) by a control that differs in that one thing and is accepted. The cluster left
 still streams (also after its standby reconnects with the rotated password), switches over,
-fails over and takes writes.
+fails over and takes writes. No node's disk holds the CA key (it is sealed in the store), and
+a member record written straight into the store by someone else is no member to the agents.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
+import ipaddress
 import json
+import re
 import shutil
 import ssl
 import time
@@ -25,7 +29,11 @@ import httpx
 import psycopg
 import pytest
 from cluster_fixtures import WAIT, CliCluster, Node, formed_cluster
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from hacore import __version__
 from hacore.testing.procs import wait_for
 from hacore_plugins.postgresql.config_files import parse_pgpass
 from hacore_plugins.postgresql.settings import default_bin_dir
@@ -204,8 +212,8 @@ def test_what_the_removed_node_holds_opens_no_agent_api_operation(
 ) -> None:
     """The agent API authenticates callers by password, not by certificate: the removed
     node's certificate gives nothing, and what it holds of the admin credential is the
-    password's hash, which is no password (it signs failsafe questions, see
-    docs/security.md: not rotated yet)."""
+    password's hash, which is no password (the failsafe key, rotated by the removal, signs
+    failsafe questions)."""
     active, loot = removed["active"], removed["loot"]
     auth = loot["api_auth"]
     context = ssl.create_default_context(cafile=str(loot["ca"]))
@@ -243,7 +251,7 @@ def test_a_record_not_signed_by_its_node_opens_nothing(
         log = active.root / f"{active.name}.log"
         wait_for(
             lambda: all(
-                f"not believing the record of {name}" in log.read_text()
+                f"leaving a record of {name}" in log.read_text()
                 for name in ("intruder", other.name)
             ),
             WAIT,
@@ -257,6 +265,130 @@ def test_a_record_not_signed_by_its_node_opens_nothing(
             etcd_delete(writer, material, member_key(trio, key))
     hba = (active.data_dir / "replication" / "node" / "pg_hba.conf").read_text()
     assert "127.0.0.77" not in hba and "127.0.0.78" not in hba, hba
+
+
+def test_a_forged_record_is_no_member_and_changes_no_decision(
+    trio: CliCluster, removed: dict[str, Any]
+) -> None:
+    """Store access alone (here a member's certificate) does not add a member to the
+    agents' view: an unsigned record of a healthy candidate far ahead of everyone
+    (``ghost``) is listed by no node, and a switchover asked to it leaves the active in
+    place (without the check, the active stepped down for it); a record re-using a
+    standby's name, unhealthy and of unknown role, does not replace the standby's own."""
+    active = removed["active"]
+    writer = next(n for n in removed["rest"] if n is not active)
+    material = own_material(writer)
+    ghost = {
+        "name": "ghost",
+        "host": "127.0.0.79",
+        "api_url": "https://127.0.0.79:1",
+        "role": "standby",
+        "healthy": True,
+        "candidate": True,
+        "position": 2**60,
+        "version": __version__,
+    }
+    twin = {"name": writer.name, "host": "127.0.0.1", "role": "unknown", "healthy": False}
+    forged = {"ghost": ghost, writer.name + "-twin": twin}
+    auth = trio.credentials()
+    roles = {
+        node.name: {m["name"]: m["role"] for m in node.cluster(auth)["members"]}
+        for node in removed["rest"]
+    }
+    switchover_key = f"/hacore/{trio.namespace}/switchover"
+    log = active.root / f"{active.name}.log"
+    try:
+        for key, record in forged.items():
+            data = json.dumps(record).encode()
+            assert etcd_put(writer, material, member_key(trio, key), data) is None
+        wait_for(
+            lambda: all(
+                f"leaving a record of {name}" in (n.root / f"{n.name}.log").read_text()
+                for name in ("ghost", writer.name)
+                for n in removed["rest"]
+            ),
+            WAIT,
+            what="every member to judge the forged records",
+        )
+        with httpx.Client(
+            base_url=active.url, verify=active.ca_context(), trust_env=False, timeout=30
+        ) as client:
+            answer = client.post("/switchover", json={"to": "ghost"}, auth=auth)
+            assert answer.status_code == 200, answer.text  # the store has a key members/ghost
+
+            def decided() -> str | None:
+                if "planned switchover to ghost" in log.read_text():
+                    return "planned switchover to ghost (stepped down)"
+                explained = client.get(f"/nodes/{active.name}/explain", auth=auth).json()
+                reason = str((explained.get("last_decision") or {}).get("reason"))
+                return reason if "ghost" in reason else None
+
+            outcome = wait_for(decided, WAIT, what="the active to decide on the switchover")
+        assert "switchover to ghost waits: it is not a member" in str(outcome), outcome
+        assert is_active(active)
+        for node in removed["rest"]:
+            members = {m["name"]: m for m in node.cluster(auth)["members"]}
+            assert "ghost" not in members, (node.name, members)
+            assert members[writer.name]["role"] == roles[node.name][writer.name] != "unknown"
+    finally:
+        etcd_delete(writer, material, switchover_key)
+        for key in forged:
+            etcd_delete(writer, material, member_key(trio, key))
+
+
+_PEM_KEY = re.compile(
+    rb"-----BEGIN (?:EC |RSA )?PRIVATE KEY-----[A-Za-z0-9+/=\s\\]+"
+    rb"-----END (?:EC |RSA )?PRIVATE KEY-----"
+)
+
+
+def clear_private_keys(root: Path) -> list[tuple[Path, Any]]:
+    """Every unencrypted PEM private key in any file under ``root`` (configuration, state,
+    logs, the database and store files too), with the file it was found in."""
+    found: list[tuple[Path, Any]] = []
+    for path in root.rglob("*"):
+        if not path.is_file() or path.is_symlink():
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        for block in _PEM_KEY.findall(data):
+            # JSON (a state file, the store's files) keeps the line breaks as \n
+            pem_block = block.replace(b"\\n", b"\n")
+            found.append((path, serialization.load_pem_private_key(pem_block, password=None)))
+    return found
+
+
+def test_no_member_nor_the_removed_disk_holds_the_ca_key(
+    trio: CliCluster, removed: dict[str, Any], tmp_path: Path
+) -> None:
+    """After a start, two joins and a removal, the CA key is on no node's disk in usable
+    form (only sealed, in the store); the removed node's disk holds nothing that signs a
+    certificate the members accept."""
+    active, victim = removed["active"], removed["victim"]
+    ca_cert = x509.load_pem_x509_certificate(active.ca_file.read_bytes())
+    for node in trio.nodes.values():
+        assert not (node.data_dir / "pki" / "ca" / "ca.key").exists(), node.name
+        keys = clear_private_keys(node.data_dir)
+        assert keys, f"the scan of {node.name} found not even its node key"
+        holding = [p for p, k in keys if k.public_key() == ca_cert.public_key()]
+        assert holding == [], (node.name, holding)
+    # every key the removed disk holds, made into a CA: what it signs opens no store server
+    distinct = {
+        k.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ): (p, k)
+        for p, k in clear_private_keys(victim.data_dir)
+    }
+    for index, (path, key) in enumerate(distinct.values()):
+        forged = mint(ca_cert, key, tmp_path / f"{index}-{path.name}")
+        for node in removed["rest"]:
+            refused = etcd_put(node, forged, "revocation-test/minted", b"x")
+            assert refused is not None and "revocation-test" not in refused, (path, refused)
+    # control: the members' own certificates still write
+    for node in removed["rest"]:
+        assert etcd_put(node, own_material(node), "revocation-test/control", b"x") is None
 
 
 def streaming(active: Node) -> set[str]:
@@ -311,3 +443,35 @@ def _count(node: Node) -> int:
     except psycopg.Error:
         return -1
     return int(row[0]) if row else 0
+
+
+def mint(ca_cert: x509.Certificate, signer: Any, into: Path) -> dict[str, Any]:
+    """A node certificate for ``intruder`` under the CA's name, signed by ``signer``, with a
+    fresh key: what a removed disk's keys could make of themselves."""
+    into.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "intruder")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(signer, hashes.SHA256())
+    )
+    (into / "node.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (into / "node.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (into / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    return {"ca": into / "ca.crt", "cert": into / "node.crt", "key": into / "node.key"}

@@ -12,7 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import shutil
 import stat
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +25,21 @@ import httpx
 import pytest
 from cluster_fixtures import WAIT, CliCluster, Node, make_root
 
+from hacore.agent.failsafe import KEY_FILE, Answer, Ask, sign, signed, signing_key, stored_key
+from hacore.agent.failsafe import PATH as FAILSAFE_PATH
+from hacore.agent.failsafe import SIGNATURE_HEADER as FAILSAFE_SIGNATURE
 from hacore.api.auth import JOIN_TOKEN_USER, hash_password
-from hacore.testing.procs import wait_for
+from hacore.backends.records import TlsFiles
+from hacore.testing.procs import free_port, wait_for
+from hacore_plugins.rsync import RsyncFilesync
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not all(shutil.which(p) for p in ("rsync", "stunnel4", "openssl")),
+        reason="the file sync (rsync over TLS) needs rsync, stunnel4 and openssl",
+    ),
+]
 
 SECRET_VAR = "HACORE_TEST_SECRET_FOR_CHILDREN"
 SECRET_VALUE = "do-not-leak-" + "7f3a" * 4
@@ -38,11 +53,9 @@ USERS = [
 
 @pytest.fixture(scope="module")
 def formed() -> Iterator[CliCluster]:
-    import shutil
-
     cluster = CliCluster(make_root(), "etcd")
     try:
-        first = cluster.add("n1", env={SECRET_VAR: SECRET_VALUE})
+        first = cluster.add("n1", env={SECRET_VAR: SECRET_VALUE}, extra=files_of(cluster, "n1"))
         out = cluster.cli(
             "cluster", "start", "-c", str(first.config_path), "--timeout", str(WAIT),
             "--options", json.dumps({"api": {"users": USERS}}),
@@ -56,6 +69,18 @@ def formed() -> Iterator[CliCluster]:
         cluster.cleanup()
         if not os.environ.get("HACORE_KEEP_TEST_DIRS"):
             shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+def files_directory(cluster: CliCluster, name: str) -> Path:
+    # the same last name on every node: rsync names its module after it
+    return cluster.root / f"{name}-fs" / "shared"
+
+
+def files_of(cluster: CliCluster, name: str) -> dict[str, Any]:
+    """The rsync file sync (removal rotates its secret: test_removal_rotates_...)."""
+    directory = files_directory(cluster, name)
+    directory.mkdir(parents=True, exist_ok=True)
+    return {"filesync": {"backend": "rsync", "directories": [str(directory)], "port": free_port()}}
 
 
 def _client(node: Node, auth: tuple[str, str] | None) -> httpx.Client:
@@ -98,7 +123,7 @@ def joined(formed: CliCluster) -> dict[str, Any]:
     assert issued["name"] == "n2" and issued["host"] == "127.0.0.1"
     assert 0 < issued["expires_in"] <= 900
     assert "--token" in issued["command"] and formed.ca_fingerprint in issued["command"]
-    node = formed.add("n2")
+    node = formed.add("n2", extra=files_of(formed, "n2"))
     lone = formed.root / "n2-profile.json"
     result = formed.cli(
         "cluster", "--profile", str(lone), "join", formed.nodes["n1"].address,
@@ -257,3 +282,167 @@ def test_password_argument_warns_and_the_environment_is_used(formed: CliCluster)
     assert "visible" not in quiet.output
     # both get as far as the local agent (which, being a member, has no bootstrap token)
     assert "no bootstrap token" in shown.output and "no bootstrap token" in quiet.output
+
+
+# ---- issue 10 part 1: /metrics and the join-token rate limit -------------------------------
+
+
+def test_metrics_need_credentials_and_carry_no_fencing_token(formed: CliCluster) -> None:
+    node = formed.active()
+    with _client(node, None) as anonymous:
+        refused = anonymous.get("/metrics")
+        probes = anonymous.get("/status")
+    assert refused.status_code == 401, refused.text
+    assert "hacore_" not in refused.text
+    assert probes.status_code == 200
+    for who in (PROBE, formed.credentials()):
+        with _client(node, who) as client:
+            scraped = client.get("/metrics")
+            token = client.get(f"/nodes/{node.name}") if who != PROBE else None
+        assert scraped.status_code == 200 and "hacore_is_active" in scraped.text
+        assert "hacore_lease_token" not in scraped.text and "version=" not in scraped.text
+        if token is not None:
+            # the read role still finds it where teardown reads it
+            assert isinstance(token.json()["lease_token"], int) and token.json()["lease_token"]
+
+
+def _from(address: str, node: Node) -> httpx.Client:
+    transport = httpx.HTTPTransport(local_address=address, verify=node.ca_context())
+    return httpx.Client(base_url=node.url, transport=transport, timeout=30.0, trust_env=False)
+
+
+def test_failed_join_tokens_are_limited_per_address(formed: CliCluster) -> None:
+    """From an address of its own (127.0.0.77), so the other tests' budget is untouched."""
+    node = formed.active()
+    guess = "guessed-token-" + "5e" * 8
+    with _from("127.0.0.77", node) as client:
+        codes = [
+            client.post(
+                "/cluster/join",
+                json=_ticket_body("n8", "127.0.0.77"),
+                auth=(JOIN_TOKEN_USER, f"{guess}-{i}"),
+            ).status_code
+            for i in range(5)
+        ]
+        assert codes == [401] * 5
+        limited = client.post(
+            "/cluster/join", json=_ticket_body("n8", "127.0.0.77"), auth=(JOIN_TOKEN_USER, guess)
+        )
+        assert limited.status_code == 429, limited.text
+        assert int(limited.headers["retry-after"]) >= 1
+        # a real token for this very name and address is refused too, before it is looked at
+        issued = _token(formed, "n8", "127.0.0.77")["token"]
+        held = client.post(
+            "/cluster/join", json=_ticket_body("n8", "127.0.0.77"), auth=(JOIN_TOKEN_USER, issued)
+        )
+        assert held.status_code == 429, held.text
+    with _from("127.0.0.78", node) as other:
+        wrong = other.post(
+            "/cluster/join", json=_ticket_body("n8", "127.0.0.78"), auth=(JOIN_TOKEN_USER, guess)
+        )
+    assert wrong.status_code == 401, wrong.text  # another address has its own budget
+    line = "join token from 127.0.0.77 for node 'n8' refused"
+    wait_for(lambda: line in node.log_path.read_text(), WAIT, what="the refusal in the log")
+    log = node.log_path.read_text()
+    assert guess not in log and issued not in log
+
+
+# ---- issue 10 part 1: removal rotates the failsafe key and the file-sync secret ------------
+
+
+@pytest.fixture(scope="module")
+def rotated(formed: CliCluster, joined: dict[str, Any]) -> dict[str, Any]:
+    """n3 joins, then is removed; what its disk held is kept to be tried afterwards."""
+    first = formed.nodes["n1"]
+    third = formed.add("n3", extra=files_of(formed, "n3"))
+    formed.cli(
+        *third.join_arguments(first), "--ca-fingerprint", formed.ca_fingerprint,
+        "--timeout", str(WAIT),
+    )  # fmt: skip
+    state = json.loads((third.data_dir / "cluster.json").read_text())
+    loot = {
+        "failsafe_key": signing_key(state["overrides"]["api"]["auth"]["password_hash"]),
+        "rsync_secret": (third.data_dir / "filesync" / "rsync" / "secret").read_text().strip(),
+    }
+    assert not (third.data_dir / KEY_FILE).exists()  # never rotated: the derived key holds
+    answer = formed.cli_json("cluster", "nodes", "remove", "n3", "--yes")
+    return {"answer": answer, "loot": loot, "removed": third}
+
+
+def _question(key: bytes, member: str) -> tuple[bytes, dict[str, str]]:
+    body = Ask("n1", member, 1, secrets.token_hex(8)).encode()
+    return body, {FAILSAFE_SIGNATURE: sign(key, body), "content-type": "application/json"}
+
+
+def test_removal_rotates_the_failsafe_key(formed: CliCluster, rotated: dict[str, Any]) -> None:
+    assert rotated["answer"]["failsafe_key"] == "rotated (generation 1)", rotated["answer"]
+    first, second = formed.nodes["n1"], formed.nodes["n2"]
+    new = stored_key(first.data_dir)
+    old = rotated["loot"]["failsafe_key"]
+    assert new is not None and new != old
+    # the remaining members share the new key ...
+    wait_for(lambda: stored_key(second.data_dir) == new, WAIT, what="n2 taking the new key")
+    with _client(second, None) as client:
+        body, headers = _question(old, "n2")
+        refused = client.post(FAILSAFE_PATH, content=body, headers=headers)
+        body, headers = _question(new, "n2")
+        answered = client.post(FAILSAFE_PATH, content=body, headers=headers)
+    # ... the removed node's copy opens no answer, and a question from n1 gets one, signed
+    assert refused.status_code == 401, refused.text
+    assert answered.status_code == 200, answered.text
+    assert signed(new, answered.content, answered.headers[FAILSAFE_SIGNATURE])
+    assert Answer.decode(answered.content).member == "n2"
+    # the removed node follows no secret any more
+    assert stored_key(rotated["removed"].data_dir) != new
+
+
+def _rsync_from(source: Node, client: Node, secret: str, into: Path) -> str:
+    """rsync's errors pulling ``source``'s directory over TLS as ``client`` would, with
+    ``secret``; "" when it worked."""
+    tls = TlsFiles(
+        client.data_dir / "pki" / "node" / "ca.crt",
+        client.data_dir / "pki" / "node" / "node.crt",
+        client.data_dir / "pki" / "node" / "node.key",
+    )
+    port = source.extra["filesync"]["port"]
+    engine = RsyncFilesync(
+        {}, node_name="probe", host="127.0.0.1", data_dir=into, directories=[], tls=tls
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RSYNC_")}
+    env["RSYNC_CONNECT_PROG"] = engine.connect_command("127.0.0.1", port)
+    password = into / "password"
+    password.write_text(secret + "\n")
+    password.chmod(0o600)
+    done = subprocess.run(
+        ["rsync", "-r", f"--password-file={password}", "--contimeout=20", "--timeout=20",
+         f"rsync://hacore@127.0.0.1:{port}/hacore-shared/", f"{into / 'copy'}/"],
+        capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    return "" if done.returncode == 0 else done.stderr or f"exit {done.returncode}"
+
+
+def test_removal_rotates_the_file_sync_secret(
+    formed: CliCluster, rotated: dict[str, Any], tmp_path: Path
+) -> None:
+    assert rotated["answer"]["filesync_secret"] == "rotated (generation 1)", rotated["answer"]
+    first, second = formed.nodes["n1"], formed.nodes["n2"]
+    old = rotated["loot"]["rsync_secret"]
+    new = (first.data_dir / "filesync" / "rsync" / "secret").read_text().strip()
+    assert new != old
+    # the old secret opens no remaining member's daemon; the control differs in it alone
+    for source in (first, second):
+        wait_for(
+            lambda source=source: (
+                "auth failed"
+                in _rsync_from(source, second, old, Path(tempfile.mkdtemp(dir=tmp_path)))
+            ),
+            WAIT,
+            what=f"{source.name}'s daemon refusing the old secret",
+        )
+        assert _rsync_from(source, second, new, Path(tempfile.mkdtemp(dir=tmp_path))) == ""
+    # and the members left still sync files with each other
+    mark = secrets.token_hex(8)
+    (files_directory(formed, "n1") / f"after-{mark}").write_text(mark)
+    arrived = files_directory(formed, "n2") / f"after-{mark}"
+    wait_for(arrived.exists, WAIT, what="a file written on the active reaching n2")
+    assert arrived.read_text() == mark

@@ -26,7 +26,7 @@ from hacore.backends.client_tls import ClientTls
 from hacore.backends.consensus import LEADER_KEY
 from hacore.backends.records import EventKind, TlsFiles
 from hacore.errors import ConfigError, ManagedStoreError, StoreUnavailableError
-from hacore.pki import create_ca, issue_node_certificate
+from hacore.pki import create_ca, issue_node_certificate, revocation
 from hacore.testing.procs import free_port
 from hacore_plugins.zookeeper import server as zk
 from hacore_plugins.zookeeper.backend import ZooKeeperConsensus
@@ -46,6 +46,8 @@ class Pki:
     nodes: dict[str, TlsFiles]
     #: a certificate from another CA, with that CA as its trust anchor
     stranger: TlsFiles
+    #: a certificate of the cluster CA on every server's revocation list
+    revoked: TlsFiles
 
 
 def _files(cert: Any) -> TlsFiles:
@@ -61,8 +63,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         name: _files(issue_node_certificate(ca, name, [HOST, "localhost"], root / name))
         for name in ("m1", "m2", "m3", "client")
     }
+    revoked = issue_node_certificate(ca, "revoked", [HOST, "localhost"], root / "revoked")
+    crl = revocation.build_crl(ca, [revoked.certificate.serial_number])
+    for name in nodes:
+        # the servers check revocation against the node's CRL (the agent keeps it current)
+        revocation.install_crl(root / name / revocation.CRL_FILE, crl, ca.certificate)
     stranger = _files(issue_node_certificate(other, "stranger", [HOST], root / "stranger"))
-    return Pki(nodes, stranger)
+    return Pki(nodes, stranger, _files(revoked))
 
 
 def _store(pki: Pki, root: Path, name: str) -> ZooKeeperManagedStore:
@@ -301,8 +308,13 @@ def test_clients_without_the_right_certificate_or_trust_are_refused(
 ) -> None:
     address = ensemble["m2"].client_address
     client, stranger = pki.nodes["client"], pki.stranger
-    # No client certificate, or one from another CA: the server ends the handshake.
-    for refused in (_context(client.ca_file, None), _context(client.ca_file, stranger)):
+    # No client certificate, one from another CA, or a revoked one: the server ends the
+    # handshake.
+    for refused in (
+        _context(client.ca_file, None),
+        _context(client.ca_file, stranger),
+        _context(client.ca_file, pki.revoked),
+    ):
         assert _refused(address, refused)
     # Trusting another CA only: this side refuses the server's certificate.
     with pytest.raises(ssl.SSLCertVerificationError):
@@ -312,6 +324,7 @@ def test_clients_without_the_right_certificate_or_trust_are_refused(
     for settings in (
         {"hosts": hosts, "ca_file": str(client.ca_file)},
         {"hosts": hosts, **ClientTls.from_node(stranger).settings()},
+        {"hosts": hosts, **ClientTls.from_node(pki.revoked).settings()},
         {"hosts": hosts, "use_tls": False},
     ):
         node = make("intruder", settings, retry_timeout=1.0)

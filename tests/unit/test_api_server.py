@@ -230,6 +230,10 @@ def nodes() -> Iterator[dict[str, Node]]:
         "standby": _start(standby_snapshot()),
         # /status and the probes authenticated too
         "closed": _start(active_snapshot(), attrs.evolve(SETTINGS, status_requires_auth=True)),
+        # /metrics for anyone (api.metrics_without_credentials)
+        "open_metrics": _start(
+            active_snapshot(), attrs.evolve(SETTINGS, metrics_without_credentials=True)
+        ),
         # before cluster start: no credentials at all
         "bare": _start(active_snapshot(), ApiSettings()),
     }
@@ -574,8 +578,28 @@ def _metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return samples
 
 
-def test_metrics_on_the_active(active: Node) -> None:
+def test_metrics_need_credentials_by_default(active: Node) -> None:
     resp = get(active, "/metrics")
+    assert resp.status_code == 401
+    assert resp.headers["www-authenticate"] == REALM
+    assert "hacore_" not in resp.text
+    assert get(active, "/metrics", auth=AUTH).status_code == 200
+    # the probes stay open
+    assert get(active, "/status").status_code == 200
+
+
+def test_metrics_without_credentials_when_the_node_says_so(nodes: dict[str, Node]) -> None:
+    resp = get(nodes["open_metrics"], "/metrics")
+    assert resp.status_code == 200
+    samples = _metrics(resp.text)
+    assert samples[("hacore_is_active", (("node", "n1"),))] == 1
+    assert not any(name in ("hacore_lease_token", "hacore_node_info") for name, _ in samples)
+    # the rest of the API still asks for them
+    assert get(nodes["open_metrics"], "/nodes").status_code == 401
+
+
+def test_metrics_on_the_active(active: Node) -> None:
+    resp = get(active, "/metrics", auth=AUTH)
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain; version=0.0.4")
     samples = _metrics(resp.text)
@@ -583,7 +607,11 @@ def test_metrics_on_the_active(active: Node) -> None:
     assert samples[("hacore_is_active", (node,))] == 1
     assert samples[("hacore_state", (node, ("state", "active")))] == 1
     assert samples[("hacore_state", (node, ("state", "standby")))] == 0
-    assert samples[("hacore_lease_token", (node,))] == 42
+    # neither the fencing token (42 here) nor the version, even to a scrape with credentials:
+    # the scrape's are the load balancer's probe user (issue 10, points 1 and 8)
+    assert not any(name in ("hacore_lease_token", "hacore_node_info") for name, _ in samples)
+    assert not any(name == "version" for _, labels in samples for name, _ in labels)
+    assert "0.1.0" not in resp.text
     assert samples[("hacore_db_position_bytes", (node,))] == 5000
     assert samples[("hacore_db_timeline", (node,))] == 3
     assert samples[("hacore_replication_lag_bytes", (node, ("standby", "n2")))] == 1000
@@ -595,8 +623,6 @@ def test_metrics_on_the_active(active: Node) -> None:
     assert samples[("hacore_store_ok", (node,))] == 1
     assert samples[("hacore_cluster_members", (node,))] == 3
     # no label whose value follows the active (issue 13.8): a failover changes values only
-    info = node, ("version", "0.1.0")
-    assert samples[("hacore_node_info", info)] == 1
     assert not any(name == "leader" for _, labels in samples for name, _ in labels)
 
 
@@ -606,7 +632,7 @@ def test_metrics_on_a_standby_and_before_the_first_loop(standby: Node) -> None:
         checks={"db": CheckResult(False, "down")},
         last_loop_at=None,
     )
-    samples = _metrics(get(standby, "/metrics").text)
+    samples = _metrics(get(standby, "/metrics", auth=AUTH).text)
     node = ("node", "n2")
     assert samples[("hacore_is_active", (node,))] == 0
     assert samples[("hacore_state", (node, ("state", "standby")))] == 1
@@ -617,7 +643,7 @@ def test_metrics_on_a_standby_and_before_the_first_loop(standby: Node) -> None:
 
 
 def test_metrics_stay_out_of_the_global_registry(active: Node) -> None:
-    get(active, "/metrics")
+    assert get(active, "/metrics", auth=AUTH).status_code == 200
     assert not [m.name for m in REGISTRY.collect() if m.name.startswith("hacore")]
 
 
@@ -641,7 +667,8 @@ def test_keep_alive_serves_many_requests_on_one_connection(active: Node) -> None
             ("POST", "/switchover", b"{broken", auth, 400),
             ("POST", "/switchover", b'{"to": "n2"}', auth, 200),
             ("GET", "/nope", None, {}, 404),
-            ("GET", "/metrics", None, {}, 200),
+            ("GET", "/metrics", None, {}, 401),
+            ("GET", "/metrics", None, auth, 200),
             ("GET", "/nodes", None, auth, 200),
         ] * 3
         for method, path, body, headers, code in requests:

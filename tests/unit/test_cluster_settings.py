@@ -11,6 +11,7 @@ import pytest
 from hacore.config.cluster_settings import (
     ClusterWide,
     from_mapping,
+    ignored_options,
     is_cluster_wide,
     validated_for,
     with_assignments,
@@ -178,3 +179,32 @@ def test_which_node_yaml_keys_are_cluster_wide() -> None:
         is_cluster_wide(key)
         for key in ("replication.port", "node.name", "consensus.endpoints", "logging.level")
     )
+
+
+def test_join_options_that_the_cluster_overrides_are_named_with_both_values() -> None:
+    cluster = ClusterWide.from_config(_config())
+    overrides = {
+        "timing": {"ttl": 9.0},  # the cluster's value: no effect, no warning
+        "failover": {"synchronous_mode": True, "maximum_lag_on_failover": 5},
+        "replication": {"port": 6000, "parameters": {"work_mem": "9MB", "work_mem_x": 1}},
+        "node": {"name": "n2"},
+    }
+    found = ignored_options(cluster, overrides)
+    assert [(i.key, i.option, i.given, i.cluster) for i in found] == [
+        ("failover.maximum_lag_on_failover", "failover.maximum_lag_on_failover", 5, 1000),
+        ("parameters.work_mem", "replication.parameters.work_mem", "9MB", "8MB"),
+        ("parameters.work_mem_x", "replication.parameters.work_mem_x", "1", None),
+    ]
+    # synchronous_mode: true reads as the cluster's "on"; node-local keys are never named
+    assert ignored_options(cluster, {"node": {"name": "x"}, "replication": {"port": 1}}) == []
+    # the cluster's settings unknown: every cluster-wide key given, no value for the cluster
+    assert [(i.key, i.cluster) for i in ignored_options(None, overrides)] == [
+        ("failover.maximum_lag_on_failover", None),
+        ("failover.synchronous_mode", None),
+        ("parameters.work_mem", None),
+        ("parameters.work_mem_x", None),
+        ("timing.ttl", None),
+    ]
+    # an option the record cannot read: named as given rather than guessed
+    bad = ignored_options(cluster, {"timing": {"ttl": "soon"}})
+    assert [(i.key, i.given, i.cluster) for i in bad] == [("timing.ttl", "soon", 9.0)]

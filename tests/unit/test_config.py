@@ -117,8 +117,8 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     assert config.node.data_dir == Path("/var/lib/hacore")
     assert config.cluster.name == "hacore"
     assert config.cluster.namespace == "hacore"
-    assert attrs.astuple(config.timing) == (5.0, 1.0, 1.0, 1.5)
-    assert config.timing.fence_after == 3.5
+    assert attrs.astuple(config.timing) == (6.0, 1.0, 1.0, 1.5)
+    assert config.timing.fence_after == 4.5
     assert config.checks.check_ttl_multiplier == 1
     assert config.checks.check_fail_fast is True
     assert config.failover == FailoverSettings("off", None, 10.0, 30.0, 16 * 1024 * 1024)
@@ -183,7 +183,7 @@ def test_namespace_defaults_to_the_cluster_name() -> None:
 
 def test_null_values_and_empty_sections_take_defaults() -> None:
     config = load_config(_with(timing={"ttl": None}, checks=None, replication=None))
-    assert config.timing.ttl == 5.0
+    assert config.timing.ttl == 6.0
     assert config.replication is None
 
 
@@ -311,7 +311,8 @@ ERRORS: list[tuple[dict[str, Any], str]] = [
     ),
     (
         _with(node={"name": "n", "host": "127.0.0.1", "weight": 1}),
-        'config error: unknown key "weight" in node (known keys: api_port, data_dir, host, name)',
+        'config error: unknown key "weight" in node '
+        "(known keys: api_port, data_dir, dns_names, host, name)",
     ),
     (
         _with(node={"name": "n", "host": "127.0.0.1", "api_prot": 1}),
@@ -516,7 +517,7 @@ def test_timing_just_above_the_boundary_is_accepted() -> None:
         ({"ttl": 3, "loop_wait": 0.5, "retry_timeout": 0.75, "safety_margin": 1}, False),
         ({"ttl": 30, "loop_wait": 10, "retry_timeout": 5, "safety_margin": 9.9}, True),
         ({"ttl": 30, "loop_wait": 10, "retry_timeout": 5, "safety_margin": 10}, False),
-        ({"loop_wait": 2}, False),
+        ({"loop_wait": 3}, False),
     ],
 )
 def test_timing_invariant(timing: dict[str, float], ok: bool) -> None:

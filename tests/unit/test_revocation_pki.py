@@ -9,10 +9,11 @@ from cryptography import x509
 
 from hacore import pki
 from hacore.cluster.ticket import JoinRequest
-from hacore.cluster.tls import CA_PART, CaTicketPart, node_hosts
+from hacore.cluster.tls import CA_PART, CaTicketPart, grant_certificate, node_hosts
 from hacore.config.node import NodeConfig, load_config
 from hacore.pki import record_identity, revocation
 from hacore.pki.errors import TlsMaterialError
+from hacore.testing.memory import MemoryConsensus
 
 
 @pytest.fixture
@@ -140,7 +141,11 @@ def test_a_join_ticket_carries_the_crl_and_a_revoked_certificate_is_not_kept(
         replication_backend="postgresql",
         extensions={CA_PART: part.request(joiner)},
     )
-    granted = part.grant(active, request)
+    assert part.grant(active, request) == {"tls": True}
+    consensus = MemoryConsensus(
+        {"store": "revtest"}, namespace="ns", node_name="n1", ttl=5, retry_timeout=2
+    )
+    granted = grant_certificate(active, consensus, request, None)
     assert "crl" in granted
     part.accept(joiner, granted)
     new = pki.load_node_certificate(joiner.node.data_dir / "pki" / "node")

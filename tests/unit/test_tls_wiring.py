@@ -32,8 +32,9 @@ from hacore.cluster import join as joining
 from hacore.cluster.errors import JoinRefusedError
 from hacore.cluster.requests import JoinCommand, NodeRequest
 from hacore.cluster.ticket import JoinRequest
-from hacore.cluster.tls import CA_PART, CaTicketPart, node_hosts
+from hacore.cluster.tls import CA_PART, CaTicketPart, grant_certificate, node_hosts
 from hacore.config.node import ApiAuth, ApiSettings, NodeConfig, load_config
+from hacore.testing.memory import MemoryConsensus
 from hacore.testing.procs import free_port
 
 USER, PASSWORD = "admin", "the-api-password"
@@ -265,7 +266,7 @@ def node_config(tmp_path: Path, name: str, tls: bool = True) -> NodeConfig:
     )
 
 
-def join_request(config: NodeConfig) -> JoinRequest:
+def join_request(config: NodeConfig, part: CaTicketPart | None = None) -> JoinRequest:
     return JoinRequest(
         name=config.node.name,
         host=config.node.host,
@@ -276,18 +277,22 @@ def join_request(config: NodeConfig) -> JoinRequest:
         consensus_backend="etcd",
         managed=False,
         replication_backend="postgresql",
-        extensions={CA_PART: CaTicketPart().request(config)},
+        extensions={CA_PART: (part or CaTicketPart()).request(config)},
     )
 
 
-def test_the_ca_part_hands_the_ca_over_and_the_joiner_signs_its_own_cert(
-    tmp_path: Path,
-) -> None:
+def test_the_ca_part_gives_the_joiner_a_certificate_for_its_own_key(tmp_path: Path) -> None:
     part = CaTicketPart()
     active, joiner = node_config(tmp_path, "n1"), node_config(tmp_path, "n2")
     ca = pki.create_ca("test", active.node.data_dir / "pki" / "ca")
-    granted = part.grant(active, join_request(joiner))
-    assert set(granted) == {"bundle"} and "PRIVATE KEY" in granted["bundle"]["ca_key"]
+    pki.ensure_node_certificate(ca, "n1", ["10.0.0.5"], active.node.data_dir / "pki" / "node")
+    request = join_request(joiner, part)
+    assert part.grant(active, request) == {"tls": True}
+    consensus = MemoryConsensus(
+        {"store": "tlswiring"}, namespace="ns", node_name="n1", ttl=5, retry_timeout=2
+    )
+    granted = grant_certificate(active, consensus, request, None)
+    assert "PRIVATE KEY" not in str(granted)  # neither the CA key nor the node's
     part.accept(joiner, granted)
     files = tls_files(joiner)
     assert files is not None
@@ -296,7 +301,8 @@ def test_the_ca_part_hands_the_ca_over_and_the_joiner_signs_its_own_cert(
     node = pki.load_node_certificate(files.cert_file.parent)
     assert pki.issued_by(node.certificate, ca.certificate)
     assert node.node_name == "n2" and set(node.hosts) == {"10.0.0.5", "127.0.0.1", "localhost"}
-    assert pki.load_ca(joiner.node.data_dir / "pki" / "ca").fingerprint == ca.fingerprint
+    assert pki.load_ca_certificate(joiner.node.data_dir / "pki" / "ca") == ca.certificate
+    assert not (joiner.node.data_dir / "pki" / "ca" / pki.CA_KEY).exists()
 
 
 def test_the_ca_part_refuses_a_joiner_whose_tls_differs(tmp_path: Path) -> None:

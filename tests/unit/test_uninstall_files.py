@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hacore.agent.snapshot import NodeSnapshot
+import attrs
+
+from hacore.agent.snapshot import NodeSnapshot, member_json
 from hacore.agent.vocabulary import NodeState
 from hacore.api.metrics import SnapshotCollector, render
+from hacore.backends.records import Member, NodeRole
 from hacore.cli.agent_unit import agent_unit
 from hacore.cluster.teardown import lease_token_in, order_steps
 from hacore.cluster.uninstall import (
@@ -100,7 +103,10 @@ def test_teardown_order_dead_first_then_live_then_the_active() -> None:
     ]
 
 
-def test_teardown_reads_the_fencing_token_from_the_metrics() -> None:
+def test_teardown_reads_the_fencing_token_from_the_node_view() -> None:
     snap = NodeSnapshot("a", "0", NodeState.ACTIVE, lease_token=41)
-    assert lease_token_in(render(SnapshotCollector(lambda: snap)).decode()) == 41
-    assert lease_token_in("hacore_up 1.0\n") is None
+    me = Member("a", host="127.0.0.1", role=NodeRole.ACTIVE, healthy=True)
+    assert lease_token_in(member_json(me, attrs.evolve(snap, members=(me,)))) == 41
+    assert lease_token_in({"name": "a"}) is None
+    # /metrics no longer carries it (issue 10, point 1)
+    assert "hacore_lease_token" not in render(SnapshotCollector(lambda: snap)).decode()
