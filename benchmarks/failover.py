@@ -376,17 +376,7 @@ def run_system(
         log(f"{system.name}: skipped: {reason}")
         return result
     if "crash" in args.scenarios:
-        runs: list[dict[str, Any]] = []
-        errors: list[str] = []
-        for index in range(args.runs):
-            try:
-                with running(system, root, f"{system.name}-crash{index}", args.keep) as cluster:
-                    result.setdefault("timings", cluster.timings().describe())
-                    result.setdefault("version", cluster.version())
-                    runs.append(crash_run(cluster, log))
-            except Exception as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-                log(f"crash {system.name}: failed: {errors[-1]}")
+        runs, errors = fresh_cluster_runs("crash", crash_run, system, root, args, log, result)
         result["crash"] = {
             "runs": runs,
             "errors": errors,
@@ -416,6 +406,32 @@ def run_system(
     return result
 
 
+def fresh_cluster_runs(
+    kind: str,
+    run_one: Callable[[BenchCluster, Callable[[str], None]], dict[str, Any]],
+    system: System,
+    root: Path,
+    args: argparse.Namespace,
+    log: Callable[[str], None],
+    result: dict[str, Any],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """``--runs`` runs of ``run_one``, each on a fresh cluster (a crash leaves none behind);
+    ``result`` (the system's) gets the timings in force and the version. The runs' results,
+    and the errors of those that failed."""
+    runs: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for index in range(args.runs):
+        try:
+            with running(system, root, f"{system.name}-{kind}{index}", args.keep) as cluster:
+                result.setdefault("timings", cluster.timings().describe())
+                result.setdefault("version", cluster.version())
+                runs.append(run_one(cluster, log))
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+            log(f"{kind} {system.name}: failed: {errors[-1]}")
+    return runs, errors
+
+
 def haproxy_runs(
     system: System,
     root: Path,
@@ -430,17 +446,7 @@ def haproxy_runs(
     if reason:
         log(f"haproxy {system.name}: skipped: {reason}")
         return {"runs": [], "errors": [f"skipped: {reason}"], "summary": {}}
-    runs: list[dict[str, Any]] = []
-    errors: list[str] = []
-    for index in range(args.runs):
-        try:
-            with running(system, root, f"{system.name}-haproxy{index}", args.keep) as cluster:
-                result.setdefault("timings", cluster.timings().describe())
-                result.setdefault("version", cluster.version())
-                runs.append(haproxy_run(cluster, log))
-        except Exception as exc:
-            errors.append(f"{type(exc).__name__}: {exc}")
-            log(f"haproxy {system.name}: failed: {errors[-1]}")
+    runs, errors = fresh_cluster_runs("haproxy", haproxy_run, system, root, args, log, result)
     return {
         "runs": runs,
         "errors": errors,
