@@ -32,6 +32,7 @@ from hacore.agent.decide_facts import (
     db_writable,
     failsafe_reclaims,
     fencing_deadline,
+    founding,
     held_lease,
     idle,
     lease_stands,
@@ -88,6 +89,13 @@ def _decide(obs: Observation, cfg: DecisionConfig) -> Decision:
         )
     if minority.reclaims(obs, cfg):
         return minority.reclaiming()
+    if founding(obs):
+        return Decision(
+            Action.CAMPAIGN,
+            NodeState.PROMOTING,
+            "this node just bootstrapped the cluster's database and no other node is a member: "
+            "campaigning for the lease while it stays writable (no second writer can exist)",
+        )
     if db_writable(obs.db):
         return unleased_writer(obs)
     if obs.job is not None:

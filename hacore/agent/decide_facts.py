@@ -93,6 +93,29 @@ def failsafe_reclaims(obs: Observation, cfg: DecisionConfig) -> bool:
     )
 
 
+def founding(obs: Observation) -> bool:
+    """Rule B1: the agent's first loop on the node that just bootstrapped the cluster's
+    database. It is writable (the bootstrap had to write the roles) but no lease was ever
+    recorded in it (no fencing token), the status key names this node, nobody holds the
+    lease and no other node is a member: no other database of this cluster exists, so no
+    second writer is possible, and fencing it first would only cost a restart and a timeline."""
+    view = obs.view
+    status = obs.active_status
+    return (
+        obs.previous is NodeState.INIT
+        and obs.initialized
+        and not obs.removed
+        and obs.db_token is None
+        and obs.lease_status in (LeaseStatus.NONE, LeaseStatus.LOST)
+        and view is not None
+        and view.leader is None
+        and all(m.name == obs.node_name for m in view.members)
+        and status is not None
+        and status.name == obs.node_name
+        and db_writable(obs.db)
+    )
+
+
 def promised(obs: Observation) -> bool:
     return obs.promised_until is not None and obs.now < obs.promised_until
 

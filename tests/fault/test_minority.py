@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 
@@ -26,6 +25,7 @@ import pytest
 import yaml
 from fault_cluster import TIMING, WAIT, FaultCluster, FaultNode
 from netns import Network
+from row_writer import RowWriter
 
 from hacore.testing.procs import wait_for
 
@@ -64,40 +64,14 @@ def cluster(
         cluster.cleanup(keep_logs=tmp_path_factory.mktemp("minority-logs"))
 
 
-class Writer:
-    """Inserts ids from ``first`` on, one autocommit statement each, into one node's database;
-    ``acked`` holds the ids whose commit returned."""
-
-    def __init__(self, node: FaultNode, first: int) -> None:
-        self.node = node
-        self.next = first
-        self.acked: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> Writer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> list[int]:
-        self._stop.set()
-        self._thread.join(60)
-        return self.acked
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(self.node.conninfo, autocommit=True, connect_timeout=3) as c:
-                    while not self._stop.is_set():
-                        c.execute(
-                            f"INSERT INTO {TABLE} VALUES (%s, %s)", (self.next, self.node.name)
-                        )
-                        self.acked.append(self.next)
-                        self.next += 1
-                        time.sleep(0.05)
-            except psycopg.Error:
-                self.next += 1
-                time.sleep(0.2)
+def writer(node: FaultNode, first: int) -> RowWriter:
+    """Ids from ``first`` on into ``node``'s database, each row naming the node."""
+    return RowWriter(
+        lambda: psycopg.connect(node.conninfo, autocommit=True, connect_timeout=3),
+        f"INSERT INTO {TABLE} VALUES (%s, '{node.name}')",
+        first=first,
+        interval=0.05,
+    ).start(rows=0)
 
 
 def _exec(node: FaultNode, query: str) -> None:
@@ -139,13 +113,13 @@ def test_active_in_the_minority_keeps_writing_and_its_writes_are_salvaged(
     every write the old active acknowledged while cut off is in its salvage archive."""
     old, _, _ = _setup(cluster)
     before = _archives(cluster)
-    base = Writer(old, 1).start()
+    base = writer(old, 1)
     wait_for(lambda: len(base.acked) >= 10, WAIT, interval=0.1, what="writes before the cut")
     pre = set(base.stop())
     cut_at = time.monotonic()
     cluster.net.isolate(old.host, keep_root=True)
-    minority = Writer(old, 100_000).start()
-    majority: Writer | None = None
+    minority = writer(old, 100_000)
+    majority: RowWriter | None = None
     try:
         # past its lease's deadline the old active is still active and writable: minority
         # mode holds it, and it is never seen anything but active on the way there
@@ -170,7 +144,7 @@ def test_active_in_the_minority_keeps_writing_and_its_writes_are_salvaged(
             return None
 
         winner = cluster.nodes[str(wait_for(elected, WAIT, interval=0.2, what="a new active"))]
-        majority = Writer(winner, 200_000).start()
+        majority = writer(winner, 200_000)
         wait_for(lambda: len(majority.acked) >= 20, WAIT, interval=0.2, what="majority writes")
         wait_for(lambda: len(minority.acked) >= 20, WAIT, interval=0.2, what="minority writes")
     finally:
@@ -225,7 +199,7 @@ def test_active_in_the_majority_keeps_the_cluster_and_the_minority_takes_no_writ
     active, _, lone = _setup(cluster)
     before = _archives(cluster)
     cluster.net.isolate(lone.host, keep_root=True)
-    writes = Writer(active, 300_000).start()
+    writes = writer(active, 300_000)
     refused = 0
     try:
         deadline = time.monotonic() + TTL + 3.0

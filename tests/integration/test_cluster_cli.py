@@ -11,6 +11,7 @@ fixture), refusals, removal, switchover, and last the failover, which kills the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -71,6 +72,10 @@ def test_start_and_two_joins_make_one_active_and_two_streaming_standbys(
     for step in ("consensus store", "cluster record", "database", "agent started"):
         assert f"[ok] {step}" in start
     assert "n1 is the active node of cluster clitest" in start
+    # rule B1: the founder kept its new database writable while it took the lease
+    founder_log = formed.nodes["n1"].log_path.read_text()
+    assert "campaigning for the lease while it stays writable" in founder_log
+    assert "fence -> fenced" not in founder_log and "promoted, timeline" not in founder_log
     password = formed.credentials()[1]
     assert f"password {password}" in start, "a generated password is shown once"
     for name in ("n2", "n3"):
@@ -326,6 +331,53 @@ def test_a_join_that_fails_in_the_store_is_rolled_back_then_retried(formed: CliC
     ).output
     assert f"late is a standby of {active.name}" in out
     assert "late" in store_members(formed, active)
+
+
+def test_join_progress_gives_bytes_rate_and_time_left(formed: CliCluster) -> None:
+    """A real join, its copy held to 5 MB/s (``clone_max_rate``, a node-local option) so
+    that pg_basebackup reports several times while it runs: every report has a rate near
+    the limit and a time left that agrees with it; the result says when each step ran."""
+    if formed.backend != "etcd":
+        pytest.skip("the progress does not depend on the store: measured once")
+    active = formed.active()
+    node = formed.add("prog")
+    result = formed.cli(
+        *node.join_arguments(active),
+        "--ca-fingerprint",
+        formed.ca_fingerprint,
+        "--options",
+        "replication.clone_max_rate=5M",
+        "--timeout",
+        str(WAIT),
+        "--json",
+    )
+    try:
+        done = json.loads(result.stdout)
+        events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+        reports = [e for e in events if e["event"] == "clone"]
+        running = [e for e in reports if 0 < e["done"] < e["total"]]
+        assert len(running) >= 2, events
+        limit = 5 * 1024 * 1024
+        for report in running:
+            assert 0.1 * limit < report["rate"] < 2 * limit, report
+            expected = (report["total"] - report["done"]) / report["rate"]
+            assert report["eta"] == pytest.approx(expected, abs=0.2), report
+        clone = done["clone"]
+        assert clone["done"] == clone["total"] > 10 * 1024 * 1024
+        assert clone["eta"] == 0 and clone["elapsed"] > 1.0
+        assert clone["rate"] == pytest.approx(clone["total"] / clone["elapsed"], rel=0.05)
+        steps = {s["name"]: s for s in done["steps"]}
+        assert [e["name"] for e in events if e["event"] == "step" and e["state"] == "done"] == [
+            "ticket", "ca", "store", "agent", "clone", "streaming", "files"
+        ]  # fmt: skip
+        order = [steps[n] for n in ("ca", "store", "agent", "clone", "streaming")]
+        for earlier, later in itertools.pairwise(order):
+            assert earlier["began"] <= earlier["ended"] <= later["ended"], steps
+        assert steps["clone"]["began"] <= clone["began"] <= steps["clone"]["ended"]
+    finally:
+        formed.cli("cluster", "nodes", "remove", "prog", "--yes")
+        node.cleanup()
+        del formed.nodes["prog"]
 
 
 def test_an_interrupted_join_resumes_or_rolls_back(formed: CliCluster) -> None:

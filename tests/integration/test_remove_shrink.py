@@ -15,13 +15,11 @@ import json
 import os
 import re
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
 import httpx
-import psycopg
 import pytest
 from cluster_fixtures import (
     TIMING,
@@ -32,6 +30,7 @@ from cluster_fixtures import (
     formed_cluster,
     make_root,
 )
+from row_writer import RowWriter
 
 from hacore.testing.procs import holds_for, wait_for
 from hacore_plugins.postgresql.settings import default_bin_dir
@@ -42,60 +41,35 @@ pytestmark = [
 ]
 
 
-class Writer:
-    """Inserts one row at a time into the active's database over its Unix socket, and keeps
-    every acknowledged id and every error; also watches that the active's probe stays 200."""
+@attrs.define
+class ActiveWatch:
+    """What a writer on the active checks: every write acknowledged, the active's probe 200
+    throughout, every acknowledged row still there."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.acked: list[int] = []
-        self.errors: list[str] = []
-        self.not_active: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    node: Node
+    writer: RowWriter = attrs.field(init=False)
+    not_active: list[dict[str, Any]] = attrs.field(factory=list)
 
-    def start(self) -> Writer:
-        with self.node.connect() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS shrink (id bigint PRIMARY KEY)")
-        self._thread.start()
-        wait_for(lambda: len(self.acked) >= 5, WAIT, what="the writer's first rows")
-        return self
+    def __attrs_post_init__(self) -> None:
+        self.writer = RowWriter(
+            self.node.connect,
+            "INSERT INTO shrink (id) VALUES (%s)",
+            interval=0.05,
+            after_each=self._probe,
+        )
 
-    def _run(self) -> None:
-        next_id = 1
-        conn: psycopg.Connection[Any] | None = None
-        while not self._stop.is_set():
-            try:
-                if conn is None:
-                    conn = self.node.connect()
-                conn.execute("INSERT INTO shrink (id) VALUES (%s)", (next_id,))
-                self.acked.append(next_id)
-                next_id += 1
-            except psycopg.Error as err:
-                self.errors.append(f"{time.strftime('%H:%M:%S')} row {next_id}: {err}")
-                next_id += 1
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.close()
-                conn = None
-            probe = self.node.probe()
-            if probe is None or probe["http_status"] != 200:
-                self.not_active.append(probe or {"answer": None})
-            time.sleep(0.05)
-        if conn is not None:
-            conn.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+    def _probe(self) -> None:
+        probe = self.node.probe()
+        if probe is None or probe["http_status"] != 200:
+            self.not_active.append(probe or {"answer": None})
 
     def check(self) -> None:
-        """No write failed, the active's probe never left 200, every ack is there."""
-        assert not self.errors, f"the active lost writability: {self.errors[:5]}"
+        errors = self.writer.errors
+        assert not errors, f"the active lost writability: {errors[:5]}"
         assert not self.not_active, f"the active stopped being active: {self.not_active[:3]}"
         with self.node.connect() as conn:
             present = {row[0] for row in conn.execute("SELECT id FROM shrink")}
-        missing = set(self.acked) - present
+        missing = self.writer.missing(present)
         assert not missing, f"{len(missing)} acknowledged rows are missing"
 
 
@@ -114,15 +88,18 @@ def lease_token(cluster: CliCluster, node: Node) -> int:
 
 
 @contextlib.contextmanager
-def writing(cluster: CliCluster, node: Node) -> Iterator[Writer]:
+def writing(cluster: CliCluster, node: Node) -> Iterator[ActiveWatch]:
     """A writer on ``node`` for the block; the node holds the same lease (fencing token)
     after it as before: it never lost and re-took the active role."""
     token = lease_token(cluster, node)
-    writer = Writer(node).start()
+    with node.connect() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS shrink (id bigint PRIMARY KEY)")
+    watch = ActiveWatch(node)
+    watch.writer.start()
     try:
-        yield writer
+        yield watch
     finally:
-        writer.stop()
+        watch.writer.stop()
     assert lease_token(cluster, node) == token, "the active's fencing token changed"
 
 

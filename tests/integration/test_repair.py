@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 from cluster_fixtures import PG_PARAMETERS, WAIT, CliCluster, Node, formed_cluster, kill_tree
+from row_writer import RowWriter
 
 from hacore.testing.procs import holds_for, wait_for
 from hacore_plugins.postgresql.settings import default_bin_dir
@@ -60,59 +60,24 @@ def active_node(cluster: CliCluster) -> Node | None:
     return None
 
 
-class Writer:
-    """Inserts one row at a time into whichever node is active (found by its probe, as a
-    load balancer would), keeping every acknowledged id; errors during a handover are
-    expected and only counted."""
+def active_writer(cluster: CliCluster) -> RowWriter:
+    """Rows into whichever node is active (found by its probe, as a load balancer would);
+    errors during a handover are expected and only counted."""
+    node = active_node(cluster)
+    assert node is not None
+    with node.connect() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS repair (id bigint PRIMARY KEY)")
 
-    def __init__(self, cluster: CliCluster) -> None:
-        self.cluster = cluster
-        self.acked: list[int] = []
-        self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def connect() -> psycopg.Connection[Any] | None:
+        target = active_node(cluster)
+        return target.connect() if target is not None else None
 
-    def __enter__(self) -> Writer:
-        node = active_node(self.cluster)
-        assert node is not None
-        with node.connect() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS repair (id bigint PRIMARY KEY)")
-        self._thread.start()
-        wait_for(lambda: len(self.acked) >= 5, WAIT, what="the writer's first rows")
-        return self
+    return RowWriter(connect, "INSERT INTO repair (id) VALUES (%s)", interval=0.03)
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
 
-    def _run(self) -> None:
-        next_id = 1
-        conn: psycopg.Connection[Any] | None = None
-        while not self._stop.is_set():
-            try:
-                if conn is None:
-                    node = active_node(self.cluster)
-                    if node is None:
-                        time.sleep(0.1)
-                        continue
-                    conn = node.connect()
-                conn.execute("INSERT INTO repair (id) VALUES (%s)", (next_id,))
-                self.acked.append(next_id)
-            except psycopg.Error:
-                self.errors += 1
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.close()
-                conn = None
-            next_id += 1
-            time.sleep(0.03)
-        if conn is not None:
-            conn.close()
-
-    def missing_on(self, node: Node) -> set[int]:
-        with node.connect() as conn:
-            present = {row[0] for row in conn.execute("SELECT id FROM repair")}
-        return set(self.acked) - present
+def missing_on(writer: RowWriter, node: Node) -> set[int]:
+    with node.connect() as conn:
+        return writer.missing({row[0] for row in conn.execute("SELECT id FROM repair")})
 
 
 def postmaster_start(node: Node) -> str:
@@ -142,16 +107,15 @@ def test_restart_of_the_active_switches_over_first_and_loses_no_write(trio: CliC
     refused = trio.cli("cluster", "nodes", "restart", old.name, "--in-place", code=4)
     assert "cluster pause" in refused.output
     assert trio.active() is old
-    with Writer(trio) as writer:
+    with active_writer(trio) as writer:
         out = trio.cli("cluster", "nodes", "restart", old.name).output
         assert "switching over first" in out, out
-        acked_before = len(writer.acked)
-        wait_for(lambda: len(writer.acked) > acked_before + 10, WAIT, what="writes after")
+        writer.wait_more(10, WAIT)
     new = trio.active()
     assert new is not old
     assert postmaster_start(old) != before
     wait_streaming(trio, old.name)
-    assert not writer.missing_on(new), "acknowledged rows were lost"
+    assert not missing_on(writer, new), "acknowledged rows were lost"
 
 
 def test_reinit_keeps_the_name_and_streams_again(trio: CliCluster) -> None:

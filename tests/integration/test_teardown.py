@@ -15,15 +15,13 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 from cluster_fixtures import HACORE, WAIT, CliCluster, Node, formed_cluster, kill_tree
+from row_writer import RowWriter
 
 from hacore.cli.agent_unit import agent_unit
 from hacore.testing.procs import port_open, wait_for
@@ -40,48 +38,6 @@ pytestmark = [
 @pytest.fixture
 def trio() -> Iterator[CliCluster]:
     yield from formed_cluster("etcd")
-
-
-class Writer:
-    """One row at a time into the active's database; every ack and error, timestamped."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.acked: list[tuple[float, int]] = []
-        self.errors: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> Writer:
-        with self.node.connect() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS teardown (id bigint PRIMARY KEY)")
-        self._thread.start()
-        wait_for(lambda: len(self.acked) >= 5, WAIT, what="the writer's first rows")
-        return self
-
-    def _run(self) -> None:
-        next_id = 1
-        conn: psycopg.Connection[Any] | None = None
-        while not self._stop.is_set():
-            try:
-                if conn is None:
-                    conn = self.node.connect()
-                conn.execute("INSERT INTO teardown (id) VALUES (%s)", (next_id,))
-                self.acked.append((time.monotonic(), next_id))
-            except psycopg.Error as err:
-                self.errors.append((time.monotonic(), str(err)))
-                if conn is not None:
-                    conn.close()
-                conn = None
-                time.sleep(0.2)
-            next_id += 1
-            time.sleep(0.05)
-        if conn is not None:
-            conn.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
 
 def run_teardown(cluster: CliCluster, *args: str) -> list[tuple[float, str]]:
@@ -147,7 +103,10 @@ def test_teardown_removes_the_standbys_then_the_active_without_a_failover(
     active = trio.active()
     standbys = sorted((n for n in trio.nodes.values() if n is not active), key=lambda n: n.name)
     logs_before = {n.name: n.proc.log_path.stat().st_size for n in standbys if n.proc}
-    writer = Writer(active).start()
+    with active.connect() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS teardown (id bigint PRIMARY KEY)")
+    writer = RowWriter(active.connect, "INSERT INTO teardown (id) VALUES (%s)", interval=0.05)
+    writer.start()
     began = time.monotonic()
     try:
         lines = run_teardown(trio)
@@ -163,7 +122,7 @@ def test_teardown_removes_the_standbys_then_the_active_without_a_failover(
     # the active took writes until its own step, during both removals
     failed = [(at, err) for at, err in writer.errors if at < last]
     assert not failed, f"the active refused writes before its turn: {failed[:3]}"
-    assert any(at > second for at, _ in writer.acked), "no write acknowledged after the removals"
+    assert any(at > second for at in writer.acked_at), "no write acknowledged after the removals"
     # no standby ever won the election (a promotion starts with it)
     for node in standbys:
         assert node.proc is not None

@@ -25,7 +25,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +43,7 @@ from cluster_fixtures import (
     Node,
     make_root,
 )
+from row_writer import RowWriter
 
 from hacore.testing.local_cluster import LocalNode
 from hacore.testing.procs import ServerProcess, free_port, wait_for
@@ -170,36 +170,6 @@ def work_mem(node: Node) -> str:
     return str(row[0])
 
 
-class Writer:
-    """One row at a time into the active's ``ledger``; the ids acknowledged, in order."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.acked: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> Writer:
-        with self.node.connect() as conn:
-            conn.execute("CREATE TABLE ledger (id bigint PRIMARY KEY, note text)")
-        self._thread.start()
-        wait_for(lambda: len(self.acked) >= 200, WAIT, what="the writer's first rows")
-        return self
-
-    def _run(self) -> None:
-        with self.node.connect() as conn:
-            next_id = 1
-            while not self._stop.is_set():
-                conn.execute("INSERT INTO ledger VALUES (%s, repeat('r', 50))", (next_id,))
-                self.acked.append(next_id)
-                next_id += 1
-                time.sleep(0.005)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-
 @attrs.frozen
 class Before:
     """What the original cluster held when its snapshot began."""
@@ -292,7 +262,11 @@ def original() -> Iterator[Original]:
         assert len(workflows) == 3 and len(steps) == 9
 
         # the snapshot, taken while the writer writes
-        writer = Writer(n1).start()
+        with n1.connect() as conn:
+            conn.execute("CREATE TABLE ledger (id bigint PRIMARY KEY, note text)")
+        writer = RowWriter(
+            n1.connect, "INSERT INTO ledger VALUES (%s, repeat('r', 50))", interval=0.005
+        ).start(rows=200, timeout=WAIT)
         rows = frozenset(writer.acked)
         snapshot = cluster.root / "upgrade.tar.gz"
         began = time.monotonic()

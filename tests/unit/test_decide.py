@@ -1481,3 +1481,60 @@ def test_no_campaign_on_a_lease_past_its_deadline_that_the_store_no_longer_names
     assert "deadline" in d.reason
     fresh = decide(attrs.evolve(obs, last_renewal=999.0), cfg)
     assert fresh.action is Action.CAMPAIGN
+
+
+# -- rule B1: the founder's first loop ----------------------------------------------------------
+
+FOUNDED = ActiveStatus(name="a", position=100, timeline=1)
+
+
+def founder(**kw: Any) -> Observation:
+    """Node a right after ``cluster start`` bootstrapped its database: writable, no token
+    recorded in it, the status key naming it, nobody leading, no other member."""
+    base: dict[str, Any] = dict(
+        now=NOW,
+        node_name="a",
+        view=world(member("a", role=NodeRole.ACTIVE), leader=None),
+        db=PRIMARY_DB,
+        initialized=True,
+        db_token=None,
+        active_status=FOUNDED,
+        previous=NodeState.INIT,
+    )
+    return Observation(**(base | kw))
+
+
+FOUNDING_CASES = [
+    case("founder-campaigns-writable", founder(), Action.CAMPAIGN, state=NodeState.PROMOTING),
+    case("founder-not-yet-listed", founder(view=ClusterView(None, ())), Action.CAMPAIGN),
+    case("founder-sync-mode", founder(), Action.CAMPAIGN, cfg=SYNC),
+    # every other situation keeps rule 11: a writable database without a lease is fenced
+    case("token-recorded-fences", founder(db_token=3), Action.FENCE, state=NodeState.FENCED),
+    case("not-first-loop-fences", founder(previous=NodeState.ACTIVE), Action.FENCE),
+    case(
+        "status-names-another-fences",
+        founder(active_status=attrs.evolve(FOUNDED, name="b")),
+        Action.FENCE,
+    ),
+    case("no-status-key-fences", founder(active_status=None), Action.FENCE),
+    case(
+        "another-member-fences",
+        founder(view=world(member("a"), member("b"), leader=None)),
+        Action.FENCE,
+    ),
+    case("store-unreachable-fences", founder(view=None), Action.FENCE),
+    case("removed-fences", founder(removed=True), Action.FENCE),
+    case(
+        "another-leads-fences",
+        founder(view=world(member("a"), member("b", role=NodeRole.ACTIVE), leader="b")),
+        Action.FENCE_AND_REWIND,
+        target="b",
+    ),
+]
+
+
+@pytest.mark.parametrize(("obs", "cfg", "action", "target", "state"), FOUNDING_CASES)
+def test_the_founder_keeps_its_fresh_database_writable_while_it_campaigns(
+    obs: Observation, cfg: DecisionConfig, action: Action, target: str | None, state: NodeState
+) -> None:
+    check(obs, cfg, action, target, state)
