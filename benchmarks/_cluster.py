@@ -1,4 +1,4 @@
-"""What the failover benchmark needs from a 3-node cluster, whichever system runs it.
+"""What the failover benchmark needs from a cluster (3 nodes unless asked), whatever its system.
 
 Both systems run the same PostgreSQL with the same parameters and the same client role, so
 the writer and the probes treat them alike; only starting, stopping and asking for a
@@ -68,7 +68,7 @@ class Timings:
 
 
 class BenchCluster(ABC):
-    """Three nodes with an active and two streaming standbys; every process stopped by pid."""
+    """An active and its streaming standbys (two unless asked); every process stopped by pid."""
 
     system: str
     #: where its nodes' files and logs are
@@ -78,6 +78,8 @@ class BenchCluster(ABC):
     processes: dict[str, ServerProcess]
     #: the nodes whose host died
     dead: set[str]
+    #: what ``pgbench -i`` made of the database (scale, size, times), when it ran
+    database: dict[str, Any] | None = None
 
     @abstractmethod
     def start(self) -> None:
@@ -103,7 +105,7 @@ class BenchCluster(ABC):
 
     @abstractmethod
     def converged(self) -> str | None:
-        """The active's name when one node is active and both others stream from it (and, in
+        """The active's name when one node is active and all others stream from it (and, in
         synchronous mode, one of them is synchronous); else None."""
 
     @abstractmethod

@@ -10,6 +10,7 @@ fresh node that starts its engine, is added to everyone's peers and mirrors the 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -32,6 +33,24 @@ class Node:
     backend: FilesyncBackend
     files: Path
     started_s: float = 0.0
+
+
+def process_cpu_s(marker: str) -> float:
+    """CPU seconds (user + system) used so far by the running processes whose command line
+    holds ``marker`` (a Syncthing's ``--home``): the engine's cost, whatever the load."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if os.fsencode(marker) in argv:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def engine_settings(engine: str, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -126,6 +145,13 @@ class Cluster:
         self.set_all_peers()
         node.backend.become_mirror(self.source)
         return node
+
+    def cpu_s(self) -> float | None:
+        """The CPU seconds the nodes' Syncthing processes used so far; None for rsync, whose
+        pulls and per-connection daemons come and go."""
+        if self.engine != "syncthing":
+            return None
+        return sum(process_cpu_s(str(getattr(n.backend, "home", ""))) for n in self.nodes.values())
 
     def stop(self) -> None:
         for node in self.nodes.values():

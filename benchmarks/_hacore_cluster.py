@@ -1,4 +1,4 @@
-"""hacore's side of the failover benchmark: three agents, each in a process of its own.
+"""hacore's side of the failover benchmark: N agents (3 unless asked), each in a process of its own.
 
 Imported, :class:`HacoreCluster` writes each node's ``node.yaml`` (laid out and written by the
 local-cluster scaffold, :mod:`hacore.testing.local_cluster`, as for the demo and the tests)
@@ -71,6 +71,7 @@ class HacoreCluster(BenchCluster):
         *,
         timing: dict[str, float] | None = None,
         synchronous: str = "on",
+        nodes: int = 3,
     ) -> None:
         from hacore.api.auth import hash_password
         from hacore.config.node import load_config
@@ -81,7 +82,7 @@ class HacoreCluster(BenchCluster):
         namespace = f"bench-{uuid.uuid4().hex[:8]}"
         self.nodes = [
             Node(name, pg, api, f"http://{HOST}:{api}/status")
-            for name, pg, api in ((f"h{i}", free_port(), free_port()) for i in range(1, 4))
+            for name, pg, api in ((f"h{i}", free_port(), free_port()) for i in range(1, nodes + 1))
         ]
         password_hash = hash_password(API_PASSWORD)
         #: each node's layout (data directory, node.yaml, log) and configuration
@@ -279,6 +280,8 @@ def _bootstrap(agent: Any) -> None:
         )
         conn.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY)")
         conn.execute(f"GRANT SELECT, INSERT ON {TABLE} TO {CLIENT_USER}")
+        conn.execute(f"GRANT CREATE ON SCHEMA public TO {CLIENT_USER}")  # pgbench -i
+        conn.execute(f"GRANT pg_monitor TO {CLIENT_USER}")  # pg_stat_replication's positions
     agent.record_bootstrap()
 
 

@@ -1,4 +1,4 @@
-"""Patroni as the benchmark's peer: three nodes on a 3-member etcd, run as the postgres user.
+"""Patroni as the benchmark's peer: N nodes (3 unless asked) on a 3-member etcd, as postgres.
 
 Patroni comes from ``benchmarks/.patroni-venv`` (``benchmarks/setup_patroni.sh``). Its
 PostgreSQL gets the same parameters, initdb options and client authentication as hacore's.
@@ -59,6 +59,7 @@ class PatroniCluster(BenchCluster):
         *,
         dcs: dict[str, Any],
         synchronous: bool = False,
+        nodes: int = 3,
     ) -> None:
         self.system = system
         self.workdir = workdir
@@ -68,7 +69,7 @@ class PatroniCluster(BenchCluster):
         self.scope = f"bench-{uuid.uuid4().hex[:8]}"
         self.nodes = [
             Node(name, pg, api, f"http://{HOST}:{api}/primary")
-            for name, pg, api in ((f"p{i}", free_port(), free_port()) for i in range(1, 4))
+            for name, pg, api in ((f"p{i}", free_port(), free_port()) for i in range(1, nodes + 1))
         ]
         self.processes: dict[str, ServerProcess] = {}
         self.dead: set[str] = set()
@@ -146,7 +147,7 @@ class PatroniCluster(BenchCluster):
         ).start()
 
     def start(self) -> None:
-        """All three at once: one wins the race to initialize, the others clone from it."""
+        """All nodes at once: one wins the race to initialize, the others clone from it."""
         for node in self.nodes:
             self._start_node(node)
         deadline = time.monotonic() + 120
@@ -180,6 +181,8 @@ class PatroniCluster(BenchCluster):
             )
             conn.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY)")
             conn.execute(f"GRANT SELECT, INSERT ON {TABLE} TO {CLIENT_USER}")
+            conn.execute(f"GRANT CREATE ON SCHEMA public TO {CLIENT_USER}")  # pgbench -i
+            conn.execute(f"GRANT pg_monitor TO {CLIENT_USER}")  # pg_stat_replication's positions
 
     # -- state -------------------------------------------------------------------------------
 

@@ -109,6 +109,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     _switchover_table(systems, console)
     _status_table(report, systems, console)
     _ratio_table(report.get("ratios", []), console)
+    _size_table(systems, report.get("size_ratios", {}), console)
 
 
 def _crash_table(systems: dict[str, dict[str, Any]], console: Console) -> None:
@@ -272,4 +273,96 @@ def _ratio_table(rows: list[dict[str, Any]], console: Console) -> None:
     for label in dict.fromkeys(row["metric"] for row in rows):
         found = {(r["hacore"], r["patroni"]): r["ratio"] for r in rows if r["metric"] == label}
         table.add_row(label, *(f"{found[p]:.2f}" if p in found else "-" for p in pairs))
+    console.print(table)
+
+
+#: The shape every other is compared with: 3 nodes, the benchmark's table only, no load.
+REFERENCE_SHAPE = {"nodes": 3, "scale": 0, "load": False}
+#: (label, scenario, summary key) of the medians compared across shapes
+SIZE_METRICS = (("crash", "crash", "first_write_s"), ("switchover", "switchover", "gap_s"))
+
+
+def size_ratios(systems: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Each row's median over its system's 3-node empty-database median, per metric (1.10:
+    10 % slower than the reference): the "flat with size" check."""
+    found: dict[str, dict[str, float | None]] = {}
+    reference = {r["system"]: r for r in systems.values() if r.get("shape") == REFERENCE_SHAPE}
+    for key, result in systems.items():
+        base = reference.get(result.get("system", ""))
+        if base is None:
+            continue
+        row: dict[str, float | None] = {}
+        for label, scenario, metric in SIZE_METRICS:
+            mine = _median(result.get(scenario), metric)
+            theirs = _median(base.get(scenario), metric)
+            row[label] = round(mine / theirs, 3) if mine is not None and theirs else None
+        found[key] = row
+    return found
+
+
+def _database(result: dict[str, Any]) -> str:
+    """The database a row's clusters held: pgbench's scale and size, or empty."""
+    shape = result.get("shape") or {}
+    if not shape.get("scale"):
+        return "empty"
+    crash_runs = (result.get("crash") or {}).get("runs") or []
+    found = [run.get("database") for run in crash_runs]
+    found.append((result.get("switchover") or {}).get("database"))
+    sizes = [d["size_mib"] for d in found if d]
+    size = f" {max(sizes)} MiB" if sizes else ""
+    return f"s{shape['scale']}{size}"
+
+
+def _bytes(summary: dict[str, Any] | None) -> str:
+    if not summary or not summary.get("n"):
+        return "-"
+    return f"{summary['max']:,.0f}"
+
+
+def _size_table(
+    systems: dict[str, dict[str, Any]],
+    size_ratios: dict[str, dict[str, float | None]],
+    console: Console,
+) -> None:
+    rows = {k: r for k, r in systems.items() if r.get("shape")}
+    if not any(r["shape"] != REFERENCE_SHAPE for r in rows.values()):
+        return
+    table = Table(
+        title="flat with size: min / median / max s; x ref: median / the same system's 3-node "
+        "empty median; lag: the worst standby's replay lag (bytes) at the fault or request, "
+        "max over runs; lost: per crash run | switchovers"
+    )
+    columns = (
+        "system, nodes",
+        "database, load",
+        "crash 1st write",
+        "x ref",
+        "lag",
+        "switchover gap",
+        "x ref ",
+        "lag ",
+        "lost",
+        "errors",
+    )
+    for column in columns:
+        left = column in ("system, nodes", "database, load", "errors")
+        # ten columns: the numbers stay on one line, the errors take what is left
+        table.add_column(column, justify="left" if left else "right", no_wrap=column != "errors")
+    for key, result in rows.items():
+        crash = result.get("crash") or {}
+        switchover = result.get("switchover") or {}
+        ratio = size_ratios.get(key, {})
+        lost = ",".join(str(r["lost"]) for r in crash.get("runs", []) if "lost" in r) or "-"
+        table.add_row(
+            f"{result['system']} {result['shape']['nodes']}n",
+            _database(result) + (" +pgbench" if result["shape"]["load"] else ""),
+            _cell((crash.get("summary") or {}).get("first_write_s")),
+            f"{ratio['crash']:.2f}" if ratio.get("crash") else "-",
+            _bytes((crash.get("summary") or {}).get("worst_replay_lag_bytes")),
+            _cell((switchover.get("summary") or {}).get("gap_s")),
+            f"{ratio['switchover']:.2f}" if ratio.get("switchover") else "-",
+            _bytes((switchover.get("summary") or {}).get("worst_replay_lag_bytes")),
+            f"{lost}|{switchover.get('lost', '-')}",
+            "; ".join(filter(None, (_errors(crash), _errors(switchover))))[:200],
+        )
     console.print(table)

@@ -46,9 +46,10 @@ from urllib.parse import urlsplit
 import _haproxy
 import _load
 import _patroni
+import _pgbench
 import attrs
 from _cluster import PG_BIN, TABLE, BenchCluster, prepare_workdir
-from _report import machine, print_report, ratios, spread, tool_version
+from _report import machine, print_report, ratios, size_ratios, spread, tool_version
 from _writer import Ack, Writer
 from rich.console import Console
 
@@ -69,25 +70,53 @@ START_TIMEOUT = 240.0
 
 
 @attrs.frozen
+class Shape:
+    """What a cluster holds besides the system: its node count, a database filled by
+    ``pgbench -i -s scale`` (0: the benchmark's table only) and whether a pgbench load runs."""
+
+    nodes: int = 3
+    scale: int = 0
+    load: bool = False
+
+    @property
+    def label(self) -> str:
+        data = f"scale {self.scale}" if self.scale else "empty"
+        return f"{self.nodes} nodes, {data}" + (", pgbench load" if self.load else "")
+
+    def key(self, system: str) -> str:
+        """The row's name in the report: the system's own for the reference shape."""
+        if self == Shape():
+            return system
+        return (
+            f"{system} {self.nodes}n "
+            + (f"s{self.scale}" if self.scale else "empty")
+            + ("+pgbench" if self.load else "")
+        )
+
+
+@attrs.frozen
 class System:
     name: str
     description: str
-    make: Callable[[str, Path, list[str]], BenchCluster]
+    make: Callable[[str, Path, list[str], int], BenchCluster]
     unavailable: Callable[[], str | None]
+    shape: Shape = Shape()
 
 
 def _patroni_system(name: str, description: str, dcs: dict[str, Any], sync: bool) -> System:
-    def make(system: str, workdir: Path, endpoints: list[str]) -> BenchCluster:
-        return _patroni.PatroniCluster(system, workdir, endpoints, dcs=dcs, synchronous=sync)
+    def make(system: str, workdir: Path, endpoints: list[str], nodes: int) -> BenchCluster:
+        return _patroni.PatroniCluster(
+            system, workdir, endpoints, dcs=dcs, synchronous=sync, nodes=nodes
+        )
 
     return System(name, description, make, _patroni.unavailable_reason)
 
 
 def _hacore_system(name: str, description: str, timing: dict[str, float] | None) -> System:
-    def make(system: str, workdir: Path, endpoints: list[str]) -> BenchCluster:
+    def make(system: str, workdir: Path, endpoints: list[str], nodes: int) -> BenchCluster:
         import _hacore_cluster
 
-        return _hacore_cluster.HacoreCluster(system, workdir, endpoints, timing=timing)
+        return _hacore_cluster.HacoreCluster(system, workdir, endpoints, timing=timing, nodes=nodes)
 
     def unavailable() -> str | None:
         import _hacore_cluster
@@ -130,18 +159,33 @@ def systems() -> dict[str, System]:
 
 @contextlib.contextmanager
 def running(system: System, root: Path, label: str, keep: bool) -> Iterator[BenchCluster]:
-    """etcd and the cluster, started in a fresh directory; both stopped, whatever happens."""
-    workdir = prepare_workdir(Path(tempfile.mkdtemp(prefix=f"{label}-", dir=root)))
+    """etcd and the cluster, started in a fresh directory, filled and loaded as its shape
+    says (``pgbench -i`` once per cluster, then until every standby replayed it); all stopped,
+    whatever happens."""
+    workdir = prepare_workdir(
+        Path(tempfile.mkdtemp(prefix=f"{label.replace(' ', '-')}-", dir=root))
+    )
     etcd = EtcdHarness(workdir / "etcd")
     cluster: BenchCluster | None = None
+    load: _pgbench.Load | None = None
+    shape = system.shape
     try:
         etcd.start()
         endpoints = etcd.settings()["endpoints"]
-        cluster = system.make(system.name, prepare_workdir(workdir / "nodes"), endpoints)
+        cluster = system.make(
+            system.name, prepare_workdir(workdir / "nodes"), endpoints, shape.nodes
+        )
         cluster.start()
+        if shape.scale:
+            active = cluster.wait_converged(START_TIMEOUT)
+            cluster.database = _pgbench.initialize(cluster, active, shape.scale, 900)
+        if shape.load:
+            load = _pgbench.Load(cluster, workdir / "pgbench.log").start()
         yield cluster
     finally:
         try:
+            if load is not None:
+                load.stop()
             if cluster is not None:
                 cluster.stop()
         finally:
@@ -180,6 +224,20 @@ def name_of_port(cluster: BenchCluster, port: int) -> str:
     return next(n.name for n in cluster.nodes if n.pg_port == port)
 
 
+def lag_at(cluster: BenchCluster, active: str) -> dict[str, dict[str, int | None]] | None:
+    """Each standby's lag behind ``active`` (``pg_stat_replication``), or None if unreadable:
+    read right before a fault, it never delays the fault by more than one query."""
+    try:
+        return _pgbench.replication_lag(cluster, active)
+    except Exception:
+        return None
+
+
+def worst_replay(lag: dict[str, dict[str, int | None]] | None) -> int | None:
+    values = [v["replay"] for v in (lag or {}).values() if v.get("replay") is not None]
+    return max(values) if values else None  # type: ignore[type-var]
+
+
 def fault_timeout(cluster: BenchCluster) -> float:
     timings = cluster.timings()
     return 3 * timings.ttl + 60
@@ -197,6 +255,7 @@ def crash_run(cluster: BenchCluster, log: Callable[[str], None]) -> dict[str, An
         writer.wait_acks(WARM_ACKS, 60)
         old_port = cluster.node(old).pg_port
         survivors = [n.name for n in cluster.nodes if n.name != old]
+        lag = lag_at(cluster, old)
         fault = cluster.host_death(old)
         status_at, status_node = wait_status(cluster, survivors, timeout)
         first = writer.first_ack(after=fault, not_port=old_port, timeout=timeout)
@@ -216,11 +275,15 @@ def crash_run(cluster: BenchCluster, log: Callable[[str], None]) -> dict[str, An
         "acked_before_fault": sum(1 for a in acks if a.at <= fault),
         "lost": len(lost),
         "lost_ids": lost[:20],
+        "lag_bytes": lag,
+        "worst_replay_lag_bytes": worst_replay(lag),
+        "database": cluster.database,
     }
     log(
         f"crash {cluster.system}: {old} died, {new} active; "
         f"first write {result['first_write_s']} s, status 200 {result['status_s']} s, "
-        f"lost {len(lost)} of {len(acks)} acknowledged"
+        f"lost {len(lost)} of {len(acks)} acknowledged, "
+        f"replay lag at the fault {result['worst_replay_lag_bytes']} bytes (worst standby)"
     )
     return result
 
@@ -298,11 +361,17 @@ def switchover_runs(cluster: BenchCluster, runs: int, log: Callable[[str], None]
         final = cluster.wait_converged(START_TIMEOUT)
     finally:
         acks = writer.stop()
-    summary = {
-        key: spread(r[key] for r in results) for key in ("gap_s", "first_write_s", "status_s")
-    }
+    keys = ("gap_s", "first_write_s", "status_s", "worst_replay_lag_bytes")
+    summary = {key: spread(r[key] for r in results) for key in keys}
     lost = len(lost_writes(cluster, final, acks)) if final else None
-    return {"runs": results, "summary": summary, "lost": lost, "acked": len(acks), "errors": errors}
+    return {
+        "runs": results,
+        "summary": summary,
+        "lost": lost,
+        "acked": len(acks),
+        "errors": errors,
+        "database": cluster.database,
+    }
 
 
 def switchover_once(
@@ -322,6 +391,7 @@ def switchover_once(
         except Exception as exc:
             failure.append(exc)
 
+    lag = lag_at(cluster, old)
     asked = time.monotonic()
     request = threading.Thread(target=ask, daemon=True)
     request.start()
@@ -342,6 +412,8 @@ def switchover_once(
         "first_write_s": round(first.at - asked, 3),
         "status_s": round(status_at - asked, 3),
         "api_answered_s": round(answered[0] - asked, 3) if answered else None,
+        "lag_bytes": lag,
+        "worst_replay_lag_bytes": worst_replay(lag),
     }
     log(
         f"switchover {cluster.system}: {old} -> {result['to']}; write gap {result['gap_s']} s, "
@@ -377,10 +449,11 @@ def run_system(
         return result
     if "crash" in args.scenarios:
         runs, errors = fresh_cluster_runs("crash", crash_run, system, root, args, log, result)
+        keys = ("first_write_s", "status_s", "worst_replay_lag_bytes")
         result["crash"] = {
             "runs": runs,
             "errors": errors,
-            "summary": {k: spread(r[k] for r in runs) for k in ("first_write_s", "status_s")},
+            "summary": {k: spread(r[k] for r in runs) for k in keys},
         }
     if "haproxy" in args.scenarios:
         result["haproxy"] = haproxy_runs(system, root, args, log, result)
@@ -455,6 +528,24 @@ def haproxy_runs(
     }
 
 
+def shapes_asked(node_counts: list[int], scale: int, load: bool) -> list[Shape]:
+    """Each node count empty, then (with a scale) filled and loaded: the reference, 3 nodes
+    empty, first when it is asked for."""
+    found = [Shape(nodes=n) for n in node_counts]
+    if scale:
+        found += [Shape(nodes=n, scale=scale, load=load) for n in node_counts]
+    return sorted(found, key=lambda s: s != Shape())
+
+
+def shape_args(args: argparse.Namespace, shape: Shape) -> argparse.Namespace:
+    """The arguments for one shape: the status load runs on the reference shape only (it
+    measures the API server, which neither the node count nor the database changes)."""
+    if shape == Shape():
+        return args
+    scenarios = [s for s in args.scenarios if s != "status"]
+    return argparse.Namespace(**{**vars(args), "scenarios": scenarios})
+
+
 def main(argv: list[str] | None = None) -> int:
     known = systems()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -470,6 +561,21 @@ def main(argv: list[str] | None = None) -> int:
         help=f"any of {', '.join(known)}",
     )
     parser.add_argument("--status-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--nodes", default="3", help="node counts, e.g. 3,5,7 (crash and switchover rows each)"
+    )
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=0,
+        help="also run every node count with a database of pgbench -i -s SCALE (70: ~1 GiB)",
+    )
+    parser.add_argument(
+        "--load",
+        choices=("none", "pgbench"),
+        default="none",
+        help="with --scale: a continuous pgbench -c 2 write load on the active during the runs",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (logs) and print its path"
@@ -482,6 +588,15 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if unknown or args.runs < 1:
         parser.error(f"unknown: {', '.join(unknown)}" if unknown else "--runs must be at least 1")
+    try:
+        node_counts = [int(n) for n in args.nodes.split(",") if n.strip()]
+    except ValueError:
+        parser.error(f"--nodes: not a list of numbers: {args.nodes}")
+    if not node_counts or min(node_counts) < 2 or args.scale < 0:
+        parser.error("--nodes needs counts of at least 2, --scale at least 0")
+    if args.load != "none" and not args.scale:
+        parser.error("--load needs --scale (pgbench's tables)")
+    shapes = shapes_asked(node_counts, args.scale, args.load == "pgbench")
 
     console = Console(stderr=args.json)
     if not console.is_terminal:
@@ -501,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "runs": args.runs,
         "scenarios": args.scenarios,
+        "shapes": [attrs.asdict(s) for s in shapes],
         "status_load": {
             "connections": 8,
             "seconds": args.status_seconds,
@@ -512,14 +628,23 @@ def main(argv: list[str] | None = None) -> int:
     root = prepare_workdir(Path(tempfile.mkdtemp(prefix="hacore-failover-bench-")))
     try:
         for name in names:
-            log(f"{name}: running {', '.join(args.scenarios)}")
-            report["systems"][name] = run_system(known[name], root, args, log)
+            for shape in shapes:
+                key = shape.key(name)
+                asked = shape_args(args, shape)
+                log(f"{key}: {shape.label}: running {', '.join(asked.scenarios)}")
+                system = attrs.evolve(known[name], shape=shape)
+                report["systems"][key] = {
+                    **run_system(system, root, asked, log),
+                    "system": name,
+                    "shape": attrs.asdict(shape),
+                }
     finally:
         if args.keep:
             log(f"work directory kept: {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
     report["ratios"] = ratios(report["systems"])
+    report["size_ratios"] = size_ratios(report["systems"])
     report["wall_s"] = round(time.monotonic() - started, 1)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -1,7 +1,7 @@
 """Every fault scenario of ``tests/fault/``, K times, summarised as one table.
 
     sudo .venv/bin/python benchmarks/faults.py [--runs K] [--scenarios isolate,frozen,...]
-                                               [--ttl S] [--json] [--keep]
+                                               [--ttl S] [--profile fast] [--json] [--keep]
 
 Each run is one ``pytest tests/fault`` (as root: the scenarios use network namespaces), with
 ``HACORE_FAULT_VERDICTS`` set: every scenario's checker verdict (``fault_cluster.judge``, the
@@ -40,6 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 import hacore
+from hacore.config.node import TIMING_PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULT_DIR = ROOT / "tests" / "fault"
@@ -63,6 +64,7 @@ def run_once(
     work: Path,
     log: Callable[[str], None],
     ttl: float | None = None,
+    profile: str | None = None,
 ) -> dict[str, Any]:
     """One pytest run; its verdicts, failed tests and exit code."""
     verdicts = work / f"verdicts-{index}.jsonl"
@@ -71,6 +73,8 @@ def run_once(
     env = {**os.environ, "HACORE_FAULT_VERDICTS": str(verdicts)}
     if ttl is not None:
         env["HACORE_FAULT_TTL"] = str(ttl)
+    if profile is not None:
+        env["HACORE_FAULT_PROFILE"] = profile
     started = time.monotonic()
     with output.open("w") as out:
         code = subprocess.run(
@@ -186,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run the scenarios at this timing.ttl instead of the harness's 6 s "
         "(e.g. 5, the product's default)",
     )
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help="run the scenarios with this timing.profile (e.g. fast: its ttl, loop_wait, "
+        "retry_timeout, safety_margin and managed etcd timeouts)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--keep", action="store_true", help="keep the pytest logs and verdicts")
     args = parser.parse_args(argv)
@@ -206,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     try:
         for index in range(1, args.runs + 1):
-            runs.append(run_once(index, scenarios, work, log, args.ttl))
+            runs.append(run_once(index, scenarios, work, log, args.ttl, args.profile))
     finally:
         if args.keep:
             log(f"work directory kept: {work}")
@@ -217,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "hacore": hacore.__version__,
         "runs": args.runs,
-        "ttl": args.ttl or 6.0,
+        "ttl": args.ttl or TIMING_PROFILES[args.profile or "default"].ttl,
+        "profile": args.profile or "default",
         "scenarios": scenarios or "all",
         "table": summarise(verdicts),
         "failed": {i + 1: run["failed"] for i, run in enumerate(runs)},
@@ -230,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(
         f"{host['cores']} cores, {host['memory_gib']} GiB, {host['platform']}, Python "
         f"{host['python']}, load {host['load_average']}; hacore {report['hacore']}; "
-        f"{args.runs} run(s) of tests/fault at ttl {report['ttl']:g} s"
+        f"{args.runs} run(s) of tests/fault at ttl {report['ttl']:g} s, "
+        f"profile {report['profile']}"
         f"{'' if not scenarios else ' -k ' + repr(' or '.join(scenarios))}",
         highlight=False,
     )

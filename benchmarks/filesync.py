@@ -41,6 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hacore_plugins.rsync.settings import RsyncSettings
+from hacore_plugins.syncthing import home as st_home
 from hacore_plugins.syncthing.settings import SyncthingSettings
 
 MIB = 1024 * 1024
@@ -77,7 +78,13 @@ def _sizes(args: argparse.Namespace, slow: bool) -> list[tuple[str, int, int, st
 
 
 def _measure(
-    prop: Propagation, args: argparse.Namespace, *, engine: str, variant: str, timer: float
+    prop: Propagation,
+    args: argparse.Namespace,
+    *,
+    cluster: Cluster,
+    engine: str,
+    variant: str,
+    timer: float,
 ) -> list[dict[str, Any]]:
     slow = timer >= SLOW_TIMER
     phase = SYNCTHING_PHASE if engine == "syncthing" else timer
@@ -87,12 +94,14 @@ def _measure(
             continue
         progress(f"{engine} {variant}: {count} {label} files ({method})")
         load = loadavg()
+        cpu = cluster.cpu_s()
         timeout = 120 + 3 * timer + size / MIB
         prefix = f"{variant.split()[0]}-{label}"
         if method == "open loop":
             samples = prop.open_loop(prefix, size, count, mean_gap=OPEN_LOOP_GAP, timeout=timeout)
         else:
             samples = prop.sequential(prefix, size, count, phase=phase, timeout=timeout)
+        used = cluster.cpu_s()
         rows.append(
             {
                 "engine": engine,
@@ -101,6 +110,9 @@ def _measure(
                 "bytes": size,
                 "method": method,
                 "load_average": load,
+                "engine_cpu_s_per_file": None
+                if cpu is None or used is None
+                else round((used - cpu) / count, 3),
                 **summary(samples),
                 "samples": [
                     {"standbys_s": s.per_standby, "after_write_s": s.after_write_s} for s in samples
@@ -111,26 +123,44 @@ def _measure(
 
 
 def propagation_syncthing(work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    cluster = Cluster("syncthing", work / "syncthing-prop")
-    try:
-        cluster.up(["a", "b", "c"], "a")
-        a = cluster.nodes["a"]
-        standbys = [cluster.nodes[n].files for n in ("b", "c")]
-        defaults = SyncthingSettings()
-        rows: list[dict[str, Any]] = []
-        variants: list[tuple[str, Callable[[], None] | None]] = [
-            (f"defaults (watcher {defaults.watcher_delay} s)", None),
-            ("defaults + scan() after each write", a.backend.scan),
-        ]
-        for variant, after in variants:
-            with Propagation(
-                a.files, standbys, work / "syncthing-staging", after_write=after, seed=args.seed
-            ) as prop:
-                rows += _measure(prop, args, engine="syncthing", variant=variant, timer=0.0)
-        return rows
-    finally:
-        cluster.stop()
-        remove(work / "syncthing-prop")
+    """The defaults (the plugin scans what its writers finish), the same with an explicit
+    ``scan()`` after each write, and Syncthing's own watcher alone (``scan_on_change`` off,
+    what the plugin did before), each cluster started afresh."""
+    defaults = SyncthingSettings()
+    watcher = f"watcher {defaults.watcher_delay} s"
+    clusters: list[tuple[dict[str, Any], list[tuple[str, bool]]]] = [
+        (
+            {},
+            [
+                ("defaults (scan on change)", False),
+                ("defaults + scan() after each write", True),
+            ],
+        ),
+        ({"scan_on_change": False}, [(f"scan_on_change off ({watcher})", False)]),
+    ]
+    rows: list[dict[str, Any]] = []
+    for index, (settings, variants) in enumerate(clusters):
+        root = work / f"syncthing-prop-{index}"
+        cluster = Cluster("syncthing", root, settings)
+        try:
+            cluster.up(["a", "b", "c"], "a")
+            a = cluster.nodes["a"]
+            standbys = [cluster.nodes[n].files for n in ("b", "c")]
+            for variant, scan in variants:
+                with Propagation(
+                    a.files,
+                    standbys,
+                    root / "staging",
+                    after_write=a.backend.scan if scan else None,
+                    seed=args.seed,
+                ) as prop:
+                    rows += _measure(
+                        prop, args, cluster=cluster, engine="syncthing", variant=variant, timer=0.0
+                    )
+        finally:
+            cluster.stop()
+            remove(root)
+    return rows
 
 
 def propagation_rsync(
@@ -146,7 +176,9 @@ def propagation_rsync(
         with Propagation(
             cluster.nodes["a"].files, standbys, root / "staging", seed=args.seed
         ) as prop:
-            return _measure(prop, args, engine="rsync", variant=variant, timer=interval)
+            return _measure(
+                prop, args, cluster=cluster, engine="rsync", variant=variant, timer=interval
+            )
     finally:
         cluster.stop()
         remove(root)
@@ -184,6 +216,7 @@ def timed_join(
     progress(f"initial sync: {what}")
     os.sync()
     load = loadavg()
+    cpu = cluster.cpu_s()
     began = time.monotonic()
     node = cluster.join(name)
     role_s = time.monotonic() - began
@@ -198,6 +231,7 @@ def timed_join(
     complete = wait_tree(node.files, manifest, timeout)
     poller.join(timeout=max(1.0, timeout - (time.monotonic() - began)))
     poller.stop()
+    used = cluster.cpu_s()
     row: dict[str, Any] = {
         "copy": what,
         "load_average": load,
@@ -207,6 +241,7 @@ def timed_join(
         "in_sync_s": None
         if poller.first_in_sync is None
         else round(poller.first_in_sync - began, 3),
+        "engine_cpu_s": None if cpu is None or used is None else round(used - cpu, 2),
     }
     if at_sync and at_sync[0] < len(manifest) and poller.first_claim is not None:
         row["premature_in_sync"] = (
@@ -304,6 +339,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         for column in ("engine", "settings", "file", "method", "n", "p50", "p95", "p99", "max"):
             table.add_column(column, justify="right" if column in "n p50 p95 p99 max" else "left")
         table.add_column("1st standby p50", justify="right")
+        table.add_column("CPU s/file", justify="right")
         table.add_column("lost", justify="right")
         table.add_column("load", justify="right")
         for row in report["propagation"]:
@@ -316,6 +352,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                 str(row["n"]),
                 *(_s(row.get(k)) for k in ("p50_s", "p95_s", "p99_s", "max_s")),
                 _s(row.get("first_standby_p50_s")),
+                _s(row.get("engine_cpu_s_per_file")),
                 str(row["timeouts"]),
                 f"{row['load_average'][0]:.1f}",
             )
@@ -329,7 +366,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         )
         for column in ("copy", "active ready", "engine up", "tree on disk", "says in sync"):
             table.add_column(column, justify="left" if column == "copy" else "right")
-        for column in ("MiB/s", "load", "verified"):
+        for column in ("MiB/s", "engine CPU s", "load", "verified"):
             table.add_column(column, justify="left" if column == "verified" else "right")
         for run in initial["runs"]:
             verified = run.get("verified", "-")
@@ -342,6 +379,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                 _s(run.get("tree_s")),
                 _s(run.get("in_sync_s")),
                 _s(run.get("mib_per_s")),
+                _s(run.get("engine_cpu_s")),
                 f"{run['load_average'][0]:.1f}",
                 verified,
             )
@@ -409,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "machine": machine(),
         "versions": {
-            "syncthing": _word(tool_version(["syncthing", "--version"]), 1),
+            "syncthing": _word(tool_version(["syncthing", "--version"]), 1)
+            + f" (STHASHING={st_home.hashing()})",
             "rsync": tool_version(["rsync", "--version"]),
         },
         "load_average_start": loadavg(),

@@ -10,10 +10,10 @@ The order of the steps is the safety argument, so it is spelled out here once:
   then the node stays active and says what is missing) → ``before_demote`` → stop active-only
   services → renew the lease → file scan → wait until ``ttl / 2`` after the decision
   (renewing) for the target to have every file (not in time: call it off) → wait for it to
-  have every database change → mirror the target's files → fence the database → publish the
-  final position → resign → ``after_demote``. Writers stop before the database so their last
-  writes reach the target; the database is fenced before the lease goes, so two writers
-  never overlap.
+  replay what was written when the wait began → mirror the target's files → fence the
+  database → publish the final position → resign → ``after_demote``. Writers stop before the
+  database so their last writes reach the target; the database is fenced before the lease
+  goes, so two writers never overlap.
 - FENCE (the lease may be gone): the database first, at once; then ``before_demote``,
   services, files, ``after_demote``.
 
@@ -38,6 +38,7 @@ import attrs
 
 from hacore import __version__
 from hacore.agent import keys
+from hacore.agent.catch_up import replayed_mark, target_lag
 from hacore.agent.companions import Companions
 from hacore.agent.counters import Event, EventCounters
 from hacore.agent.credentials import Credentials, ReplicationCredentials
@@ -478,19 +479,23 @@ class Executor:
         return max(0.0, deadline - keep - self.clock())
 
     def _wait_caught_up(self, target: str) -> None:
-        """Up to ``retry_timeout`` (and never past the deadline) for ``target`` to replay all."""
+        """Up to ``retry_timeout`` (and never past the deadline) for ``target`` to replay what
+        was written when the wait began (:mod:`hacore.agent.catch_up`)."""
         limit = self.clock() + self.dcfg.retry_timeout
         deadline = self.lease.deadline(self.dcfg)
         if deadline is not None:
             limit = min(limit, deadline - self.dcfg.retry_timeout)
+        mark: int | None = None
         while True:
             try:
-                standbys = self.b.replication.status().standbys
+                status = self.b.replication.status()
             except HacoreError:
-                standbys = ()
-            lag = next((s.lag_bytes for s in standbys if s.name == target), None)
-            if lag == 0:
+                status = UNKNOWN_STATUS
+            if mark is None:
+                mark = status.position
+            if replayed_mark(status, target, mark):
                 return
+            lag = target_lag(status, target)
             if self.clock() >= limit:
                 self.log.warning("handing over to %s while it is %s bytes behind", target, lag)
                 return

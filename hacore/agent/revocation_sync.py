@@ -2,7 +2,10 @@
 replication password into the database's passfile and the agent's credentials, the rotated
 failsafe key into the data directory and the rotated file-sync secret into the file sync
 engine, and this node's own certificate registered so that a later removal of it can revoke
-it.
+it and the rotations can seal the secrets to it. The rotated secrets are sealed per member in
+the store: each agent opens its own copy with its node key, and the active's agent seals the
+current ones to a member that has no copy yet (one that joined, or renewed its certificate,
+after the rotation).
 
 The store reads, the registration and the primary's ``ALTER ROLE`` run on a thread of their
 own, every few seconds: a store or a database that does not answer must not hold the loop
@@ -128,7 +131,32 @@ class RevocationSync:
         if not removed:
             secret = self._attempt("secret_read", lambda: self._read_secret(), secret)
             self._read_shared()
+            self._attempt("reseal", functools.partial(self._reseal, secret))
         self._fetched = (crl, secret)
+
+    def _opener(self) -> revoke.Opener | None:
+        if self.tls is None or not self.tls.cert_file.exists():
+            return None
+        return revoke.opener_for(self.name, self.tls)
+
+    def _read_one_shared(self, key: str) -> revoke.SharedSecret | None:
+        return revoke.shared_secret(self.consensus, key, self._opener())
+
+    def _reseal(self, secret: revoke.ReplicationSecret | None) -> None:
+        """On the active: the current secrets sealed to every member that has no copy."""
+        if self.tls is None or not self.tls.ca_file.exists() or not self.is_active():
+            return
+        opened: list[tuple[str, str, int]] = []
+        if secret is not None:
+            opened.append((revoke.REPLICATION_SECRET_KEY, secret.password, secret.generation))
+        for key, found in self._shared.items():
+            if found is not None:
+                opened.append((key, found.value, found.generation))
+        if not opened:
+            return
+        to = revoke.recipients(self.consensus, self._ca_certificate())
+        for key, value, generation in opened:
+            revoke.add_copies(self.consensus, key, value, generation, to)
 
     def _read_shared(self) -> None:
         wanted = []
@@ -140,7 +168,7 @@ class RevocationSync:
             started = time.time()
             found = self._attempt(
                 f"read {key}",
-                functools.partial(revoke.shared_secret, self.consensus, key),
+                functools.partial(self._read_one_shared, key),
                 _UNREAD,
             )
             if found is not _UNREAD:
@@ -214,7 +242,7 @@ class RevocationSync:
         self._crl = data
 
     def _read_secret(self) -> revoke.ReplicationSecret | None:
-        secret = revoke.replication_secret(self.consensus)
+        secret = revoke.replication_secret(self.consensus, self._opener())
         if secret is not None:
             self._as_primary(secret)
         return secret

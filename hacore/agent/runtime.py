@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from hacore import __version__
-from hacore.agent import keys, operations, paused
+from hacore.agent import interpreter, keys, operations, paused
 from hacore.agent.cluster_view import cluster_json, known_members
 from hacore.agent.counters import Event
 from hacore.agent.credentials import ReplicationCredentials
@@ -156,11 +156,16 @@ class Agent:
 
     def run_forever(self) -> None:
         """Run the loop in this thread until :meth:`stop`."""
+        interpreter.share_promptly()
         self._startup()
         try:
+            settled = False
             while not self._stop.is_set():
                 self._wake.clear()
                 wait = self._iterate()
+                if not settled:
+                    settled = True
+                    interpreter.settle()
                 if wait > 0:
                     self._wake.wait(wait)
         finally:

@@ -105,6 +105,12 @@ class ApiClient:
     def remove_node(self, name: str) -> dict[str, Any]:
         return self._json(self._request("DELETE", f"/nodes/{quote(name, safe='')}"))
 
+    def change_admin_password(self, new_password: str) -> dict[str, Any]:
+        """On the active: the password this client authenticates with becomes ``new_password``."""
+        return self._json(
+            self._request("POST", "/cluster/admin-password", json={"new_password": new_password})
+        )
+
     def teardown(self) -> dict[str, Any]:
         """This node's last step of ``cluster teardown`` (:mod:`hacore.cluster.teardown`)."""
         return self._json(self._request("POST", "/cluster/teardown", json={}))

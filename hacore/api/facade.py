@@ -112,6 +112,11 @@ class AgentFacade(Protocol):
         """``PUT /cluster/config``: replace them (compare-and-set on ``body["version"]``)."""
         raise _lacks(self, "takes no settings change")
 
+    def change_admin_password(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /cluster/admin-password``: on the active, the admin password the request
+        presented (``hacore.api.admin_secret``) becomes ``body["new_password"]``."""
+        raise _lacks(self, "takes no admin password change")
+
     def failsafe(self, body: bytes, signature: str) -> tuple[bytes, str]:
         """``POST /failsafe``: the signed answer to an active's failsafe question."""
         raise _lacks(self, "takes no failsafe questions")

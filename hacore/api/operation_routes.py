@@ -29,6 +29,7 @@ class OperationRoutes:
             Route(re.compile("/cluster/start"), {"POST": self._start}),
             Route(re.compile("/cluster/join"), {"POST": self._join}, join=True),
             Route(re.compile("/cluster/teardown"), {"POST": self._teardown}),
+            Route(re.compile("/cluster/admin-password"), {"POST": self._admin_password}),
             Route(re.compile("/nodes/(?P<name>[^/]+)/restart"), {"POST": self._restart}),
             Route(re.compile("/nodes/(?P<name>[^/]+)/reinit"), {"POST": self._reinit}),
             Route(re.compile("/failover"), {"POST": self._manual_failover}),
@@ -58,6 +59,12 @@ class OperationRoutes:
         # a ticket, a token or a removal signs with the CA key, sealed under this password
         with admin_secret.presented(admin_secret.from_request(req)):
             return json_response(200, self.facade.join_ticket(body))
+
+    def _admin_password(self, req: Request, params: dict[str, str]) -> Response:
+        """The current password is the one this request authenticated with: it unseals the
+        CA key to reseal it under the new one."""
+        with admin_secret.presented(admin_secret.from_request(req)):
+            return json_response(200, self.facade.change_admin_password(json_object(req)))
 
     def _teardown(self, req: Request, params: dict[str, str]) -> Response:
         return json_response(200, self.facade.teardown())

@@ -355,12 +355,20 @@ class Transport:
                 conn.idle = False
                 conn.deadline = time.monotonic() + self.request_timeout
             conn.buf += data
+            if len(data) < _READ_SIZE and not conn.tls:
+                # drained (the selector reports what comes next): no second call just to
+                # hear EAGAIN. A TLS socket may hold decrypted bytes the selector cannot see.
+                break
         self._advance(conn)
 
     def _advance(self, conn: _Connection) -> None:
         """Answer or dispatch the requests complete in the buffer, one at a time."""
         while conn.stage is _Stage.READ and not conn.closed:
             if conn.head is None:
+                if not conn.buf:
+                    if conn.eof:
+                        self._close(conn)
+                    return
                 while conn.buf.startswith((b"\r", b"\n")):
                     del conn.buf[:1]
                 try:

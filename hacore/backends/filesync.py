@@ -124,10 +124,10 @@ class FilesyncBackend(Declarations, abc.ABC):
     def state(self) -> SyncState:
         """Sync completion of this node's copy."""
 
-    def use_secret(self, secret: str) -> None:
+    def use_secret(self, secret: str) -> str | None:
         """Authenticate peers with ``secret`` from now on, in both directions: the cluster
-        rotated it (declare ``rotates_secret``). :class:`FilesyncError` when this node cannot
-        (its settings fix the secret)."""
+        rotated it (declare ``rotates_secret``). :class:`FilesyncError` when this node cannot;
+        a note for the removal's answer (a setting it overrides), or None."""
         raise FilesyncError("this file sync engine shares no secret to rotate")
 
     def scan(self) -> None:

@@ -15,6 +15,7 @@ import click
 
 from hacore import __version__
 from hacore.cli import (
+    admin_password,
     agent,
     cluster,
     cluster_config,
@@ -96,6 +97,7 @@ def _attach() -> None:
         pause.cluster_resume,
         cluster_config.cluster_config,
         profiles.profile,
+        admin_password.cluster_admin_password,
     ):
         cluster.cluster.add_command(command)
     for command in (node_repair.nodes_restart, node_repair.nodes_reinit):

@@ -30,7 +30,7 @@ from hacore.cli.common import (
     warn_password_argument,
 )
 from hacore.cli.exit_codes import UsageProblem
-from hacore.client.follow import LocalApi, follow_operation
+from hacore.client.follow import LocalApi, follow_view
 from hacore.client.profile import (
     Profile,
     load_profile,
@@ -125,8 +125,8 @@ def cluster_join(
     either. Otherwise the active adds the node to its store (managed store) and lets it reach
     its database, and this node:
       1. joins the store (on failure it asks the active to forget it, and is empty again);
-      2. starts its agent, which copies the database from the active (progress: bytes done
-         and total) and follows it;
+      2. starts its agent, which copies the database from the active (progress every second:
+         bytes done and total, rate, time left) and follows it;
       3. returns once the node is a streaming standby.
     Each step is recorded in <data_dir>/cluster.json: an interrupted join resumes once the
     node is in the store, and rolls back to empty before that.
@@ -149,6 +149,11 @@ def cluster_join(
     failover.*, checks.*, replication.parameters.*) is kept in this node's configuration,
     but the cluster's value applies. The join warns for each one given another value than
     the cluster runs, with the hacore cluster config set command that changes it.
+
+    \b
+    With -o json, the progress goes to stderr as one JSON object a line (each step's change,
+    with its began/ended seconds, and each clone report: done, total, rate in bytes/s, eta
+    in seconds); stdout gets the result, with every step's timing.
 
     \b
     Exit status: 0 the node streams as a standby; 1 failed; 2 usage or configuration error;
@@ -215,16 +220,18 @@ def cluster_join(
     echo = echo_progress(as_json)
     if echo:
         echo(f"joining cluster {answer['cluster']} through {answer['active']} as {node_name}")
+    events = _json_event if as_json else None
+    view: dict[str, Any] = {}
     try:
-        op = follow_operation(local, timeout=timeout, echo=echo)
+        op, view = follow_view(local, timeout=timeout, echo=echo, events=events)
+        local.member_now()
     except AuthenticationError:
         if not join_token:
             raise
         # the agent drops the bootstrap token only once the node is a member
         op = {"result": f"{node_name} joined cluster {answer['cluster']}", "elapsed": None}
     members = [(str(m["name"]), str(m["api_url"])) for m in answer.get("members", [])]
-    with contextlib.suppress(ApiError, ApiUnreachableError):
-        members = members_of(local.call(lambda c: c.cluster())) or members
+    members = members_of(view) or members
     own = next((u for n, u in members if n == node_name), local.url)
     members = [*(m for m in members if m[0] != node_name), (node_name, own)]
     ca_pem = ca_certificate_pem(config.node.data_dir)
@@ -249,6 +256,8 @@ def cluster_join(
         "active": answer["active"],
         "profile": str(saved) if saved is not None else None,
         "elapsed": op.get("elapsed"),
+        "steps": op.get("steps"),
+        "clone": op.get("clone"),
         "ca_fingerprint": answer.get("ca_fingerprint"),
         "cluster_wide_options": [attrs.asdict(item) for item in ignored],
     }
@@ -265,6 +274,12 @@ def cluster_join(
     emit(as_json, result, text)
     for item in ignored:
         click.echo(_ignored_warning(item), err=True)
+
+
+def _json_event(event: dict[str, Any]) -> None:
+    """``--json``: the progress as one JSON object a line on stderr (stdout keeps the one
+    result document)."""
+    click.echo(json.dumps(event, sort_keys=True), err=True)
 
 
 def _ignored_options(local: LocalApi, overrides: dict[str, Any]) -> list[IgnoredOption]:

@@ -65,14 +65,16 @@ def switch_over(
         client.switchover(to)
     deadline = began + timeout
     new: str | None = None
+    data: dict[str, Any] = {}
     while new is None:
         try:
+            # a node busy with the handover may miss one short read: ask again, to the deadline
             with active_client(profile, timeout=2.0) as client:
                 name = str(client.status().get("node"))
                 if name != old and (to is None or name == to):
-                    new = name
                     data = client.cluster()
-        except UnavailableError:
+                    new = name
+        except (ApiUnreachableError, UnavailableError):
             pass
         if new is None:
             if time.monotonic() > deadline:

@@ -12,14 +12,14 @@ from hacore.api.client import ApiClient
 from hacore.api.errors import ApiUnreachableError, ConflictError, NotFoundError, UnavailableError
 from hacore.cli.common import confirm, emit, json_option, profile_file, reach, yes_option
 from hacore.cli.handover import switch_over
+from hacore.client.follow import clone_line
 from hacore.client.profile import Profile
-from hacore.client.units import human_bytes
 from hacore.errors import HacoreError
 
 #: seconds between two looks at a running restart or reinit
 POLL = 0.5
-#: print a reinit's copy progress at most this often (seconds)
-CLONE_EVERY = 2.0
+#: print a reinit's copy progress (bytes, rate, time left) this often (seconds)
+CLONE_EVERY = 1.0
 #: seconds a node under repair may not answer before the command calls it interrupted
 SILENT_LIMIT = 30.0
 
@@ -86,13 +86,14 @@ def _follow_repair(client: ApiClient, name: str, timeout: float, as_json: bool) 
                 detail = f": {step['detail']}" if step.get("detail") else ""
                 click.echo(f"  {step['title']} ... {step['state']}{detail}")
         clone = op.get("clone")
-        if clone and not as_json and time.monotonic() - last_clone >= CLONE_EVERY:
+        if (
+            clone
+            and clone.get("total")
+            and not as_json
+            and time.monotonic() - last_clone >= CLONE_EVERY
+        ):
             last_clone = time.monotonic()
-            total = clone["total"] or 1
-            click.echo(
-                f"  copied {human_bytes(clone['done'])} of {human_bytes(clone['total'])} "
-                f"({100 * clone['done'] / total:.0f}%)"
-            )
+            click.echo(f"  {clone_line(clone)}")
         if op.get("state") == "done":
             return dict(op)
         if op.get("state") == "failed":

@@ -23,6 +23,8 @@ class _CloneReporter:
             if progress is not None:
                 progress(done, total)
 
+        # (0, 0): the copy begins now, before the tool's first report (its rate counts from here)
+        both(0, 0)
         self._inner.clone(source, progress=both)
 
     def __getattr__(self, name: str) -> Any:

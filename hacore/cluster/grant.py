@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from hacore.agent import keys
+from hacore.agent import keys, tls_paths
 from hacore.agent import revocation_store as revoke
 from hacore.agent.runtime import Agent
 from hacore.api.errors import (
@@ -101,6 +101,13 @@ def grant_ticket(agent: Agent | None, state: ClusterState, body: dict[str, Any])
         join_tokens.check(agent.consensus, token, req.name, req.host, client, time.time())
     cluster = state.record.name
     _check_compatible(agent, state, req)
+    # a removal rotated it: the store has the current one, sealed to this node among the
+    # others (hacore/agent/revocation_store.py); read before anything changes, as a check
+    try:
+        opener = revoke.opener_for(config.node.name, tls_paths.tls_files(config))
+        rotated = revoke.replication_secret(agent.consensus, opener)
+    except HacoreError as err:
+        raise UnavailableError(f"cannot read the current replication password: {err}") from None
     with _granting:
         retry = _check_name(agent, state, req)
         if isinstance(token, str):
@@ -136,8 +143,6 @@ def grant_ticket(agent: Agent | None, state: ClusterState, body: dict[str, Any])
     if auth is None:  # pragma: no cover - an active always has credentials
         raise UnavailableError("this node has no API credentials to hand over")
     snap = agent.snapshot()
-    # a removal rotated it: the store has the current one (hacore/agent/revocation_store.py)
-    rotated = revoke.replication_secret(agent.consensus)
     return Ticket(
         record=state.record,
         active=config.node.name,

@@ -3,7 +3,8 @@
 It finishes a start once the node is active and a join once the node streams (and holds the
 files), notices that the node was removed from its cluster and stops it, stops the service
 when the agent's loop died, on the active cancels joins that were granted and never came,
-and deletes a clear CA key once the store holds it sealed.
+deletes a clear CA key once the store holds it sealed, and takes a changed admin
+credential from the store (hacore/cluster/admin_password.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Protocol
 from hacore.agent.runtime import Agent
 from hacore.agent.vocabulary import NodeState
 from hacore.client.units import human_bytes
+from hacore.cluster import admin_password
 from hacore.cluster.ca_key import drop_clear_key
 from hacore.cluster.grant import collect_stale_joins
 from hacore.cluster.operation_state import ClusterState, Phase, Step
@@ -55,6 +57,10 @@ class MonitoredNode(Protocol):
         """The node's agent is stopped after its removal: forget it, record the phase."""
         ...
 
+    def take_admin_credential(self, credential: admin_password.AdminCredential) -> None:
+        """The cluster's admin password changed: take its new hash."""
+        ...
+
 
 class NodeMonitor:
     """One look at a time (:meth:`tick`), from the service's main thread."""
@@ -63,6 +69,7 @@ class NodeMonitor:
         self.node = node
         self._next_stale_check = 0.0
         self._next_key_check = 0.0
+        self._credential = admin_password.Follower()
 
     def tick(self) -> None:
         """Finish operations, notice a removal, cancel stale joins: what the loop shows."""
@@ -110,6 +117,8 @@ class NodeMonitor:
                     drop_clear_key(agent.config, agent.consensus)
                 except HacoreError as err:
                     log.debug("the clear CA key not checked: %s", err)
+            if self._credential.due():
+                self._follow_credential(agent)
             if snap.state is NodeState.REMOVED:
                 self._become_removed(agent, state)
             elif snap.is_active and time.monotonic() >= self._next_stale_check:
@@ -118,6 +127,15 @@ class NodeMonitor:
                     collect_stale_joins(agent, STALE_AFTER, time.time())
                 except HacoreError as err:
                     log.debug("stale joins not checked: %s", err)
+
+    def _follow_credential(self, agent: Agent) -> None:
+        auth = agent.config.api.auth
+        try:
+            found = admin_password.follow(agent.consensus, auth.password_hash if auth else None)
+            if found is not None:
+                self.node.take_admin_credential(found)
+        except HacoreError as err:
+            log.debug("the admin credential not followed: %s", err)
 
     def _become_removed(self, agent: Agent, state: ClusterState) -> None:
         log.warning(

@@ -38,12 +38,13 @@ from hacore.agent.credentials import ReplicationCredentials
 from hacore.agent.keeper import KeeperProcess
 from hacore.agent.runtime import Agent
 from hacore.agent.snapshot import NodeSnapshot
+from hacore.api import admin_secret
 from hacore.api.auth import hash_password
 from hacore.api.errors import BadRequestError, ConflictError, UnavailableError
 from hacore.api.facade import AgentFacade
 from hacore.api.limits import raise_open_file_limit
 from hacore.api.server import PlainHttp
-from hacore.cluster import ca_key, cluster_config, repair
+from hacore.cluster import admin_password, ca_key, cluster_config, repair
 from hacore.cluster import join as joining
 from hacore.cluster import node_views as views
 from hacore.cluster import pause as maintenance
@@ -76,6 +77,8 @@ log = logging.getLogger("hacore.cluster")
 
 #: seconds between two looks at the agent (operation completion, removal, stale joins)
 MONITOR_INTERVAL = 0.5
+#: the same while a start, join or repair runs: its end is seen (and its CLI returns) sooner
+OPERATION_INTERVAL = 0.1
 
 
 class NodeService(AgentFacade):
@@ -110,7 +113,9 @@ class NodeService(AgentFacade):
             signal.signal(sig, lambda *_: self._stop.set())
         self.open()
         try:
-            while not self._stop.wait(MONITOR_INTERVAL):
+            while not self._stop.wait(
+                OPERATION_INTERVAL if self.progress and self.progress.running else MONITOR_INTERVAL
+            ):
                 self.tick()
         finally:
             self.close()
@@ -564,6 +569,34 @@ class NodeService(AgentFacade):
         self.require_member()
         agent = self._running_agent()
         return cluster_config.change(agent, agent.config, self.plugins.registry, body, by=by)
+
+    def change_admin_password(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /cluster/admin-password`` on the active (hacore/cluster/admin_password.py)."""
+        self.require_member()
+        agent = self._running_agent()
+        answer, credential = admin_password.change(
+            agent, self.config.api.auth, admin_secret.current(), body
+        )
+        self.take_admin_credential(credential)
+        return answer
+
+    def take_admin_credential(self, credential: admin_password.AdminCredential) -> None:
+        """The cluster's admin credential into ``cluster.json``, the API and the agent (which
+        hands it to joiners): a change on this active, or one this member found in the store."""
+        auth = {"username": credential.username, "password_hash": credential.password_hash}
+        with self._lock:
+            state = self._state
+            if state is None or state.phase is not Phase.MEMBER:
+                return
+            overrides = deep_merge(state.overrides, {"api": {"auth": auth}})
+            config = self._effective(overrides)
+            self.save(attrs.evolve(state, overrides=overrides))
+            self.config = config
+            self._listen()
+            agent = self.agent
+            if agent is not None:
+                agent.config = attrs.evolve(agent.config, api=config.api)
+        log.info("took the cluster's admin credential (generation %d)", credential.generation)
 
     def _running_agent(self) -> Agent:
         agent = self.agent

@@ -1,13 +1,20 @@
 """``nodes remove``: unregister a standby, on the active.
 
 In order: ``removed/<name>`` (the node's agent steps down to REMOVED and never campaigns), a
-short wait for the node to acknowledge it while it can still read the store, then its store
-server (managed store), its replication slot and database access, and any pending join under
-the name; then what the node held is taken away (hacore/agent/revocation_store.py): its registered
-certificates are revoked in the store's CRL, and the replication password, the failsafe key
-and the file-sync secret are rotated (hacore/cluster/secret_rotation.py). Every
-step is idempotent, so a removal interrupted half-way is finished by running
-it again.
+short wait for the node to acknowledge it while it can still read the store, then its
+registered certificates are revoked in the store's CRL (hacore/agent/revocation_store.py), then
+its store server (managed store), its replication slot and database access, and any pending
+join under the name; then the replication password, the failsafe key and the file-sync secret
+are rotated (hacore/cluster/secret_rotation.py), each sealed to every remaining member's
+certificate, never to the removed node's. Every step is idempotent, so a removal interrupted
+half-way is finished by running it again.
+
+The CRL is in the store before the store shrinks, so every store server refuses the removed
+node's new connections as soon as its agent copies the CRL, whatever happens next; it comes
+after the acknowledgement, which the node must still be able to read ``removed/<name>`` for.
+This node's own copy of the CRL is written only once the store has shrunk (its agent may
+still copy it from the store sooner): a server refusing the leaving server's new peer
+connections must not slow the shrink.
 
 The store shrinks while the leaving server still runs: the removed node keeps its store server
 up until the store no longer lists it (:func:`wait_store_forgets`), and only then stops it. A
@@ -34,6 +41,8 @@ from hacore.cluster.grant import require_active
 from hacore.cluster.pending import pending_joins, pending_key
 from hacore.errors import HacoreError
 from hacore.pki import revocation
+from hacore.pki.ca import CaMaterial
+from hacore.pki.pem import read_certificate
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,7 @@ def remove_node(agent: Agent | None, name: str, cluster: str) -> dict[str, Any]:
         raise NotFoundError(f'no node named "{name}" in cluster {cluster}')
     agent.mark_removed(name)
     acknowledged = name not in live or _wait_acknowledged(agent, name)
+    ca, serials = _publish_revocation(agent, name)
     store_removed = False
     if store is not None and name in store_names | known:
         store.remove_member(name)
@@ -66,10 +76,11 @@ def remove_node(agent: Agent | None, name: str, cluster: str) -> dict[str, Any]:
     except HacoreError as err:
         database = str(err)
     consensus.delete(pending_key(name))
-    revoked = _revoke(agent, name)
-    rotated = _rotate(agent)
-    failsafe_key = rotation.rotate_failsafe_key(agent)
-    filesync_secret = rotation.rotate_filesync_secret(agent)
+    revoked = _apply_revocation(agent, ca, serials)
+    to = _recipients(agent, name)
+    rotated = _rotate(agent, to)
+    failsafe_key = rotation.rotate_failsafe_key(agent, to)
+    filesync_secret = rotation.rotate_filesync_secret(agent, to)
     log.info("node %s removed from cluster %s", name, cluster)
     return {
         "removed": name,
@@ -84,38 +95,59 @@ def remove_node(agent: Agent | None, name: str, cluster: str) -> dict[str, Any]:
     }
 
 
-def _revoke(agent: Agent, name: str) -> list[str]:
-    """Revoke the certificates registered for ``name`` (after the store shrank: the leaving
-    node still reads the store until then), and apply the CRL here at once; the other
-    members copy it from the store within seconds."""
-    files = tls_paths.tls_files(agent.config)
-    if files is None:
-        return []
+def _publish_revocation(agent: Agent, name: str) -> tuple[CaMaterial | None, tuple[int, ...]]:
+    """Revoke the certificates registered for ``name`` in the store's CRL (before the store
+    shrinks); the CA used and the serials revoked."""
+    if tls_paths.tls_files(agent.config) is None:
+        return None, ()
     # the CA key, unsealed for this request with the admin's password (ca_key.py)
     ca = signing_ca(agent.config, agent.consensus)
     serials = revoke.revoke_node(agent.consensus, ca, name)
-    data = revoke.current_crl(agent.consensus)
-    if data is not None and revocation.install_crl(
-        revocation.crl_path(files.ca_file), data, ca.certificate
-    ):
-        agent.replication.reload_tls()
     if not serials:
         log.warning(
             "no certificate of %s is registered in the store: nothing revoked (it never ran "
             "an agent of this version?)",
             name,
         )
+    return ca, serials
+
+
+def _apply_revocation(agent: Agent, ca: CaMaterial | None, serials: tuple[int, ...]) -> list[str]:
+    """The store's CRL applied here at once (the store has shrunk); the other members copy
+    it from the store within seconds."""
+    files = tls_paths.tls_files(agent.config)
+    if files is None or ca is None:
+        return []
+    data = revoke.current_crl(agent.consensus)
+    if data is not None and revocation.install_crl(
+        revocation.crl_path(files.ca_file), data, ca.certificate
+    ):
+        agent.replication.reload_tls()
     return [f"{serial:x}" for serial in serials]
 
 
-def _rotate(agent: Agent) -> str:
+def _recipients(agent: Agent, name: str) -> rotation.Recipients:
+    """The certificates the rotated secrets are sealed to: every remaining member's (None
+    without TLS: there is no node key to seal to, and the store is open anyway)."""
+    files = tls_paths.tls_files(agent.config)
+    if files is None:
+        log.warning("TLS is off: the rotated secrets are stored in clear")
+        return None
+    try:
+        return revoke.recipients(agent.consensus, read_certificate(files.ca_file), leaving=(name,))
+    except HacoreError as err:
+        log.warning("no member certificate to seal the rotated secrets to: %s", err)
+        return ()
+
+
+def _rotate(agent: Agent, to: rotation.Recipients) -> str:
     """A new replication password; the removed node knew the old one."""
     credentials = agent.executor.credentials()
     if credentials is None:
         return "not rotated: this node has no replication credentials"
     try:
         secret = revoke.rotate_replication_password(
-            agent.consensus, agent.replication, credentials.user
+            agent.consensus, agent.replication, credentials.user, to
         )
     except HacoreError as err:
         log.warning("the replication password was not rotated: %s", err)

@@ -13,11 +13,14 @@ granted data on the joiner before it joins the store.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
 
+from hacore.agent.failsafe import store_key, stored_key
 from hacore.api.errors import BadRequestError
 from hacore.backends.records import StoreMember
 from hacore.cluster.record import ClusterRecord
@@ -195,3 +198,36 @@ class Ticket:
             )
         except (KeyError, TypeError, ValueError, HacoreError) as err:
             raise BadRequestError(f"the join ticket is incomplete ({err})") from None
+
+
+FAILSAFE_PART = "failsafe"
+
+
+class FailsafeKeyPart:
+    """The failsafe key a removal rotated, as the active keeps it: a node joining after the
+    rotation signs and checks failsafe questions with it from its first round. (The store's
+    copy, sealed per member, reaches the newcomer only once the active's agent has seen its
+    certificate; the replication password travels in the ticket itself, and the rsync secret
+    in the rsync part.) Nothing while no removal rotated it: the key derived from the admin
+    password's hash holds."""
+
+    name = FAILSAFE_PART
+
+    def request(self, config: NodeConfig) -> dict[str, Any]:
+        return {}
+
+    def grant(self, config: NodeConfig, request: JoinRequest) -> dict[str, Any]:
+        key = stored_key(config.node.data_dir)
+        return {"key": key.hex()} if key is not None else {}
+
+    def accept(self, config: NodeConfig, granted: Mapping[str, Any]) -> None:
+        value = granted.get("key")
+        if value is None:
+            return
+        if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise HacoreError("the join ticket's failsafe key is malformed")
+        Path(config.node.data_dir).mkdir(parents=True, exist_ok=True)
+        store_key(config.node.data_dir, value)
+
+
+register_ticket_part(FailsafeKeyPart())

@@ -36,7 +36,7 @@ _MISSING: Any = object()
 SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
     "cluster": ("name", "namespace"),
     "node": ("name", "host", "api_port", "data_dir", "dns_names"),
-    "timing": ("ttl", "loop_wait", "retry_timeout", "safety_margin"),
+    "timing": ("ttl", "loop_wait", "retry_timeout", "safety_margin", "profile"),
     "checks": ("check_ttl_multiplier", "check_fail_fast", "active_grace"),
     "failover": (
         "synchronous_mode",

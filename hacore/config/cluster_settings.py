@@ -36,6 +36,7 @@ from hacore.config.node import (
     _failover,
     _timing,
     load_config,
+    timing_mapping,
 )
 from hacore.config.write_back import changed_keys, to_mapping
 from hacore.errors import ConfigError
@@ -85,7 +86,7 @@ class ClusterWide:
     def to_mapping(self) -> dict[str, Any]:
         """Plain data (JSON, YAML) that :func:`from_mapping` reads back as this record."""
         return {
-            "timing": attrs.asdict(self.timing),
+            "timing": timing_mapping(self.timing),
             "failover": attrs.asdict(self.failover),
             "checks": attrs.asdict(self.checks),
             PARAMETERS: dict(self.parameters),
@@ -148,9 +149,13 @@ def with_assignments(settings: ClusterWide, assignments: Mapping[str, str]) -> C
 
     A value is read as YAML (``8`` a number, ``null`` none, ``on`` kept as the text ``on``
     where a choice expects it); ``parameters.NAME`` sets a PostgreSQL parameter, and
-    ``parameters.NAME=null`` removes it.
+    ``parameters.NAME=null`` removes it. ``timing.profile=NAME`` takes every timing value
+    from that profile, except those assigned in the same command: the record holds all four
+    values, which would otherwise keep the old profile's.
     """
     data = settings.to_mapping()
+    if "timing.profile" in assignments:
+        data["timing"] = {}
     problems: list[str] = []
     for key, text in assignments.items():
         path = key.split(".")

@@ -17,7 +17,7 @@ import attrs
 import yaml
 
 from hacore.atomic_files import write_atomic
-from hacore.config.node import BackendSection, NodeConfig
+from hacore.config.node import BackendSection, NodeConfig, timing_mapping
 
 
 def to_mapping(config: NodeConfig) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def to_mapping(config: NodeConfig) -> dict[str, Any]:
     data: dict[str, Any] = {
         "cluster": attrs.asdict(config.cluster),
         "node": {**attrs.asdict(config.node), "data_dir": str(config.node.data_dir)},
-        "timing": attrs.asdict(config.timing),
+        "timing": timing_mapping(config.timing),
         "checks": attrs.asdict(config.checks),
         "failover": attrs.asdict(config.failover),
         "consensus": backend(config.consensus, managed=config.consensus.managed),

@@ -38,6 +38,7 @@ from hacore.backends.filesync import FilesyncBackend, FolderSync, SyncState, dir
 from hacore.backends.processes import DetachedProcess, child_environment
 from hacore.backends.records import TlsFiles
 from hacore.errors import FilesyncError
+from hacore.pki.revocation import crl_path
 from hacore_plugins.rsync.daemon import (
     USER,
     config_text,
@@ -45,7 +46,14 @@ from hacore_plugins.rsync.daemon import (
     stunnel_text,
     write_private,
 )
-from hacore_plugins.rsync.secret import HOME, ensure_secret, prepare_home, store_secret
+from hacore_plugins.rsync.secret import (
+    HOME,
+    current_secret,
+    ensure_secret,
+    mark_rotated,
+    prepare_home,
+    store_secret,
+)
 from hacore_plugins.rsync.settings import RsyncSettings
 
 log = logging.getLogger(__name__)
@@ -58,6 +66,9 @@ PID_FILE = "rsyncd.pid"
 STUNNEL_CONFIG = "stunnel.conf"
 STUNNEL_LOG = "stunnel.log"
 STUNNEL_PID = "stunnel.pid"
+#: how often stunnel's CRL file is looked at: a removal's CRL reaches every member's
+#: ``crl.pem`` within seconds, and stunnel reads it only when it loads its configuration
+CRL_POLL = 1.0
 #: what a mirror keeps of the source's metadata: times and permissions without set-id bits;
 #: no owner, group, device or special file, no symlink that points out of the tree
 PULL_OPTIONS = (
@@ -145,6 +156,9 @@ class RsyncFilesync(FilesyncBackend):
         self._pull_started: float | None = None
         self._stopping = threading.Event()
         self._timer: threading.Thread | None = None
+        self._crl_watch: threading.Thread | None = None
+        #: the CRL file as stunnel last loaded it (``_crl_seen``), None: absent
+        self._crl_loaded: tuple[int, int, int] | None = None
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> None:
@@ -203,6 +217,10 @@ class RsyncFilesync(FilesyncBackend):
             self._timer = threading.Thread(target=self._pull_forever, name="rsync-puller")
             self._timer.daemon = True
             self._timer.start()
+        if self.tls is not None and self._crl_watch is None:
+            self._crl_watch = threading.Thread(target=self._watch_crl, name="rsync-crl")
+            self._crl_watch.daemon = True
+            self._crl_watch.start()
 
     def _check_tls_material(self) -> None:
         assert self.tls is not None
@@ -215,19 +233,27 @@ class RsyncFilesync(FilesyncBackend):
                     f"rsync over TLS needs {program} (Debian packages stunnel4 and openssl)"
                 )
 
-    def use_secret(self, secret: str) -> None:
+    def use_secret(self, secret: str) -> str | None:
         """The cluster's rotated secret (a node was removed): kept in the home for the next
         start and written where the daemon (which reads its secrets file at each connection)
-        and this node's pulls read it, so the next connection either way uses it."""
-        if self.config.password:
-            raise FilesyncError(
-                "the rsync password setting fixes the secret on this node: change it on every "
-                "node by hand"
-            )
+        and this node's pulls read it, so the next connection either way uses it. It wins
+        over a ``password`` setting from now on, at every start too (the removed node knew
+        that password); what the removal's answer says of it."""
         prepare_home(self.home)
         store_secret(self.home, secret)
+        note = None
+        if self.config.password:
+            mark_rotated(self.home)
+            note = "it replaces filesync.password from node.yaml, which is now ignored"
+            log.warning(
+                "rsync: %s: the cluster's rotated secret replaces filesync.password from "
+                "node.yaml (a removal rotated it; the removed node knew the old one); the "
+                "setting is ignored from now on: remove it from node.yaml",
+                self.node_name,
+            )
         self._write_secret(secret)
         log.info("rsync: %s uses the cluster's rotated secret", self.node_name)
+        return note
 
     def _write_secret(self, secret: str) -> Path:
         secrets = self.home / SECRETS_FILE
@@ -235,8 +261,69 @@ class RsyncFilesync(FilesyncBackend):
         write_private(self.home / PASSWORD_FILE, f"{secret}\n")
         return secrets
 
+    def _crl_file(self) -> Path | None:
+        """The cluster's CRL beside the node's CA certificate (the agent keeps it there), None
+        while there is none (a node of an earlier release, or before its first start)."""
+        if self.tls is None:
+            return None
+        path = crl_path(self.tls.ca_file)
+        return path if path.is_file() else None
+
+    def _crl_seen(self) -> tuple[int, int, int] | None:
+        path = self._crl_file()
+        try:
+            found = path.stat() if path is not None else None
+        except OSError:
+            return None
+        return None if found is None else (found.st_ino, found.st_mtime_ns, found.st_size)
+
+    def _watch_crl(self) -> None:
+        """stunnel reads its ``CRLfile`` only when it loads its configuration: a new CRL (a
+        removal) is handed to it by a SIGHUP, so a revoked certificate completes no new
+        handshake a few seconds after the agent installed the CRL. The connections of the
+        moment (their rsync daemons) run on."""
+        while not self._stopping.wait(CRL_POLL):
+            if self._crl_seen() == self._crl_loaded:
+                continue
+            try:
+                self._reload_stunnel()
+            except FilesyncError as err:
+                log.warning(
+                    "rsync: %s: the new revocation list is not loaded: %s", self.node_name, err
+                )
+            else:
+                log.info(
+                    "rsync: %s: stunnel reloaded the cluster's revocation list", self.node_name
+                )
+
+    def _reload_stunnel(self) -> None:
+        self._write_stunnel_config()
+        pid = self.daemon.pid()
+        if pid is not None:
+            # to its pid alone, not the group, where the transfers of the moment run
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
+    def _write_stunnel_config(self) -> None:
+        tls = self.tls
+        assert tls is not None
+        seen = self._crl_seen()
+        stunnel = stunnel_text(
+            host=self.host,
+            port=self.config.port,
+            rsync=self.config.binary,
+            rsyncd_conf=self.home / CONFIG_FILE,
+            log_file=self.home / STUNNEL_LOG,
+            cert_file=tls.cert_file,
+            key_file=tls.key_file,
+            ca_file=tls.ca_file,
+            crl_file=self._crl_file(),
+        )
+        write_private(self.home / STUNNEL_CONFIG, stunnel)
+        self._crl_loaded = seen
+
     def _write_config(self) -> None:
-        secret = self.config.password or ensure_secret(self.home)
+        secret = current_secret(self.home, self.config.password) or ensure_secret(self.home)
         secrets = self._write_secret(secret)
         tls = self.tls
         text = config_text(
@@ -248,17 +335,7 @@ class RsyncFilesync(FilesyncBackend):
         )
         write_private(self.home / CONFIG_FILE, text)
         if tls is not None:
-            stunnel = stunnel_text(
-                host=self.host,
-                port=self.config.port,
-                rsync=self.config.binary,
-                rsyncd_conf=self.home / CONFIG_FILE,
-                log_file=self.home / STUNNEL_LOG,
-                cert_file=tls.cert_file,
-                key_file=tls.key_file,
-                ca_file=tls.ca_file,
-            )
-            write_private(self.home / STUNNEL_CONFIG, stunnel)
+            self._write_stunnel_config()
 
     def _wait_listening(self) -> None:
         deadline = time.monotonic() + self.config.start_timeout
@@ -282,10 +359,13 @@ class RsyncFilesync(FilesyncBackend):
 
     def stop(self) -> None:
         timer, self._timer = self._timer, None
+        watch, self._crl_watch = self._crl_watch, None
         self._stopping.set()
         self._kick.set()
         if timer is not None:
             timer.join(timeout=self.config.io_timeout + 10)
+        if watch is not None:
+            watch.join(timeout=CRL_POLL + 10)
         self.daemon.stop(signal.SIGTERM, timeout=10)
 
     def _pull_forever(self) -> None:
@@ -393,12 +473,19 @@ class RsyncFilesync(FilesyncBackend):
             str(self.tls.key_file),
             "-verify_return_error",
             "-x509_strict",
+            *self._crl_check(),
             *names,
             "-quiet",
             "-verify_quiet",
         ]
         # rsync expands %H in it; the shell runs it
         return shlex.join(argv).replace("%", "%%")
+
+    def _crl_check(self) -> list[str]:
+        """A source whose certificate the cluster revoked (a removed node posing as the
+        active) is not believed either; read at each pull, so the newest CRL counts."""
+        crl = self._crl_file()
+        return [] if crl is None else ["-CRL", str(crl), "-crl_check"]
 
     def sync_now(self) -> None:
         """Pull every directory from the source now; raises :class:`FilesyncError`."""

@@ -108,12 +108,16 @@ def stunnel_text(
     cert_file: Path,
     key_file: Path,
     ca_file: Path,
+    crl_file: Path | None = None,
 ) -> str:
     """stunnel's configuration: TLS 1.2+, the node certificate, clients only with a
-    certificate the cluster CA signed; each connection runs its own rsync daemon."""
+    certificate the cluster CA signed and (with ``crl_file``) not revoked by the cluster's
+    CRL; each connection runs its own rsync daemon. stunnel reads the CRL when it loads its
+    configuration (at start and on SIGHUP), not at each connection."""
     for value, what in ((rsync, "rsync binary"), (rsyncd_conf, "rsync home")):
         checked(value, what, blanks=False)
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    crl = [] if crl_file is None else [f"CRLfile = {checked(crl_file, 'CRL path')}"]
     return "\n".join(
         [
             "# written by hacore; rewritten at every start",
@@ -130,6 +134,7 @@ def stunnel_text(
             f"cert = {checked(cert_file, 'certificate path')}",
             f"key = {checked(key_file, 'key path')}",
             f"CAfile = {checked(ca_file, 'CA path')}",
+            *crl,
             "verifyChain = yes",
             "requireCert = yes",
             "sslVersionMin = TLSv1.2",

@@ -2,7 +2,10 @@
 
 Every module of every node's daemon wants it, so a host that can reach the port but is no
 member reads nothing. It lives in ``<data_dir>/filesync/rsync/secret`` (0600, in a 0700
-directory); a ``password`` setting, when given, takes its place on every node.
+directory); a ``password`` setting, when given, takes its place on every node until a
+removal rotates the secret. From then on the rotated secret wins over the setting (the
+marker file ``rotated`` says so): the removed node knew the setting's value, so a node that
+went back to it after a restart would let the removed node in again.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ log = logging.getLogger(__name__)
 BACKEND = "rsync"
 HOME = "rsync"
 SECRET_FILE = "secret"
+#: present once the cluster's secret replaced the ``password`` setting (a removal rotated it)
+ROTATED_FILE = "rotated"
 #: the ticket part's name
 PART = "rsync"
 
@@ -64,6 +69,28 @@ def store_secret(home: Path, secret: str) -> None:
         raise FilesyncError(f"cannot write {home / SECRET_FILE}: {err.strerror}") from None
 
 
+def mark_rotated(home: Path) -> None:
+    """The secret in ``home`` wins over the ``password`` setting from now on."""
+    prepare_home(home)
+    try:
+        write_atomic(home / ROTATED_FILE, "the rsync secret replaces filesync.password\n", 0o600)
+    except OSError as err:
+        raise FilesyncError(f"cannot write {home / ROTATED_FILE}: {err.strerror}") from None
+
+
+def is_rotated(home: Path) -> bool:
+    return (home / ROTATED_FILE).is_file()
+
+
+def current_secret(home: Path, configured: str | None) -> str | None:
+    """The secret this node's daemon and pulls use: the rotated one once a removal rotated
+    it, else the ``password`` setting, else the one in ``home`` (None: none yet)."""
+    stored = read_secret(home)
+    if stored is not None and (configured is None or is_rotated(home)):
+        return stored
+    return configured
+
+
 def ensure_secret(home: Path) -> str:
     """The secret in ``home``; the founding node makes it at its first start."""
     found = read_secret(home)
@@ -97,12 +124,12 @@ class RsyncSecretPart:
             return {}
         assert config.filesync is not None
         configured = config.filesync.settings.get("password")
-        secret = str(configured) if configured else None
-        if secret is None:
-            try:
-                secret = read_secret(home_of(config.node.data_dir))
-            except FilesyncError as err:
-                raise UnavailableError(f"cannot hand over the rsync secret: {err}") from None
+        try:
+            secret = current_secret(
+                home_of(config.node.data_dir), str(configured) if configured else None
+            )
+        except FilesyncError as err:
+            raise UnavailableError(f"cannot hand over the rsync secret: {err}") from None
         if secret is None:
             raise UnavailableError(
                 "this node has no rsync secret yet (its file sync never started): "
@@ -119,7 +146,16 @@ class RsyncSecretPart:
                 "the join ticket carries no rsync secret: the active does not run the rsync "
                 "file sync (every node must use the same filesync backend) or runs an older hacore"
             )
-        store_secret(home_of(config.node.data_dir), secret)
+        home = home_of(config.node.data_dir)
+        store_secret(home, secret)
+        configured = config.filesync.settings.get("password") if config.filesync else None
+        if configured and configured != secret:
+            # the cluster's secret moved on (a removal): node.yaml's is the old one
+            mark_rotated(home)
+            log.warning(
+                "rsync: the cluster's secret replaces filesync.password from node.yaml (a "
+                "removal rotated it); remove the setting from node.yaml"
+            )
 
 
 register_ticket_part(RsyncSecretPart())

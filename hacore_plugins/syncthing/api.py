@@ -63,7 +63,7 @@ class SyncthingApi:
         method: str,
         path: str,
         *,
-        params: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | httpx.QueryParams | None = None,
         body: Any = None,
         timeout: float | None = None,
     ) -> Any:

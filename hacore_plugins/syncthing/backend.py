@@ -38,6 +38,7 @@ from hacore.backends.processes import DetachedProcess
 from hacore.errors import FilesyncError, HacoreError
 from hacore_plugins.syncthing import home as st_home
 from hacore_plugins.syncthing.api import SyncthingApi, timestamp
+from hacore_plugins.syncthing.change_scan import ChangeScanner
 from hacore_plugins.syncthing.enforcer import Enforcer
 from hacore_plugins.syncthing.folders import (
     RECEIVEONLY,
@@ -55,10 +56,11 @@ PID_FILE = "syncthing.pid"
 MARKER = ".stfolder"
 #: written by the source into each folder (:meth:`SyncthingFilesync._mark_source`)
 SOURCE_FILE = ".hacore-source"
-#: Syncthing environment: no hashing benchmark at start (1.4 s -> 0.5 s), no default folder
 #: seconds one scan may take (it hashes every changed file)
 SCAN_TIMEOUT = 600.0
-ENV = {"STHASHING": "standard", "STNODEFAULTFOLDER": "1", "STNOUPGRADE": "1"}
+#: Syncthing environment: no default folder, no upgrades; STHASHING (st_home.hashing) names
+#: the SHA-256 code, so Syncthing runs no hashing benchmark at start (1.4 s -> 0.5 s)
+ENV = {"STNODEFAULTFOLDER": "1", "STNOUPGRADE": "1"}
 
 
 class Role(enum.Enum):
@@ -84,10 +86,11 @@ class Gap:
 class SyncthingFilesync(FilesyncBackend):
     """Settings (all optional): ``listen_port`` (22000, on ``host``), ``home``
     (``<data_dir>/syncthing``), ``binary``, ``rescan_interval`` (300 s), ``watcher_delay``
-    (1 s), ``enforce_interval`` (2 s), ``start_timeout`` (30 s), ``request_timeout`` (10 s),
-    ``max_send_kbps`` and ``max_recv_kbps`` (0: unlimited). ``api_url`` + ``api_key`` use a
-    Syncthing someone else runs instead. The instance hacore runs answers its API on
-    ``<home>/api.sock`` only; ``api_port``/``gui_port`` are accepted and ignored."""
+    (1 s), ``scan_on_change`` (true), ``enforce_interval`` (2 s), ``start_timeout`` (30 s),
+    ``request_timeout`` (10 s), ``max_send_kbps`` and ``max_recv_kbps`` (0: unlimited).
+    ``api_url`` + ``api_key`` use a Syncthing someone else runs instead. The instance hacore
+    runs answers its API on ``<home>/api.sock`` only; ``api_port``/``gui_port`` are accepted
+    and ignored."""
 
     narrows_to_peers: ClassVar[bool] = True
 
@@ -116,6 +119,8 @@ class SyncthingFilesync(FilesyncBackend):
         self._lock = threading.RLock()
         self._api: SyncthingApi | None = None
         self._enforcer: Enforcer | None = None
+        self._api_key: str | None = None
+        self._change_scan: ChangeScanner | None = None
         self._device_id: str | None = None
         self._peers: dict[str, Peer] = {}
         self._role = Role.NONE
@@ -172,6 +177,7 @@ class SyncthingFilesync(FilesyncBackend):
                     with contextlib.suppress(HacoreError):
                         self.process.stop(signal.SIGKILL, timeout=5)
                 raise
+            self._api_key = key
             enforcer_api = SyncthingApi(self.api_url, key, timeout=self.config.request_timeout)
             self._enforcer = Enforcer(enforcer_api, self._enforce, self.config.enforce_interval)
             self._enforcer.start()
@@ -206,7 +212,7 @@ class SyncthingFilesync(FilesyncBackend):
         argv += ["--home", str(self.home), "--logflags=3"]
         trim_log(self.process.log_path)  # bounded at each start (hacore.backends.log_files)
         try:
-            self.process.start(argv, env=ENV)
+            self.process.start(argv, env={**ENV, "STHASHING": st_home.hashing()})
         except OSError as err:
             raise FilesyncError(f"cannot start {self.config.binary}: {err}") from None
         return key
@@ -233,6 +239,7 @@ class SyncthingFilesync(FilesyncBackend):
         if enforcer is not None:
             enforcer.request_stop()
         with self._lock:
+            self._stop_change_scan()
             api, self._api = self._api, None
             if api is not None:
                 api.close()
@@ -340,12 +347,40 @@ class SyncthingFilesync(FilesyncBackend):
                 if types.get(folder) != SENDONLY:
                     self._set_type(api, folder, SENDONLY)
             self._role, self._source = Role.SOURCE, self.node_name
+            self._start_change_scan()
             for folder, path in self.folders.items():
                 self._mark_source(path)
                 self._wait_running(api, folder)
                 self._scan(api, folder)
                 api.override(folder)
         log.info("syncthing: %s is the source of %s", self.node_name, ", ".join(self.folders))
+
+    def _start_change_scan(self) -> None:
+        """Scan what the source's writers finish at once (:mod:`.change_scan`); without
+        it (``scan_on_change: false``, or inotify refusing) Syncthing's watcher still does."""
+        if not self.config.scan_on_change or self._change_scan is not None:
+            return
+        assert self._api_key is not None
+        api = SyncthingApi(self.api_url, self._api_key, timeout=self.config.request_timeout)
+        scanner = ChangeScanner(api, self.folders, timeout=SCAN_TIMEOUT)
+        try:
+            scanner.start()
+        except OSError as err:
+            scanner.stop()
+            log.warning(
+                "syncthing: cannot watch %s for changes (%s); Syncthing's watcher announces "
+                "them after %s s",
+                ", ".join(str(p) for p in self.folders.values()),
+                err,
+                self.config.watcher_delay,
+            )
+            return
+        self._change_scan = scanner
+
+    def _stop_change_scan(self) -> None:
+        scanner, self._change_scan = self._change_scan, None
+        if scanner is not None:
+            scanner.stop()
 
     def _mark_source(self, path: Path) -> None:
         """Name this node in a file of the folder, so the source's index is never empty.
@@ -372,6 +407,7 @@ class SyncthingFilesync(FilesyncBackend):
                 )
             api = self._require_api()
             types = self._folder_types(api)
+            self._stop_change_scan()
             for folder in self.folders:
                 if types.get(folder) != RECEIVEONLY:
                     self._set_type(api, folder, RECEIVEONLY)

@@ -45,6 +45,26 @@ OPTIONS = {
 }
 
 
+def hashing(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """Syncthing's SHA-256 code for this CPU: ``minio`` (sha256-simd) where the CPU has the SHA
+    instructions, ``standard`` (Go's own) elsewhere.
+
+    Go's crypto/sha256 uses the SHA instructions only from Go 1.21; Debian's Syncthing 1.19 is
+    built with Go 1.19. Measured on a 2-core host with them, a 50 MiB file cost the source
+    0.3 instead of 0.5 CPU seconds and each mirror 0.2 instead of 0.4: Syncthing hashes a file
+    when it scans it and every block it receives. Naming it also spares the benchmark of both
+    that Syncthing runs at start when STHASHING is unset.
+    """
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return "standard"
+    for line in text.splitlines():
+        if line.startswith("flags") and "sha_ni" in line.split(":", 1)[-1].split():
+            return "minio"
+    return "standard"
+
+
 def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

@@ -24,6 +24,7 @@ KNOWN = frozenset(
         "api_key",
         "rescan_interval",
         "watcher_delay",
+        "scan_on_change",
         "start_timeout",
         "request_timeout",
         "enforce_interval",
@@ -47,6 +48,7 @@ class SyncthingSettings:
     api_key: str | None = attrs.field(default=None, repr=False)
     rescan_interval: int = 300
     watcher_delay: int = 1
+    scan_on_change: bool = True
     start_timeout: float = 30.0
     request_timeout: float = 10.0
     enforce_interval: float = 2.0
@@ -86,6 +88,7 @@ class SyncthingSettings:
             api_key=str(api_key) if api_key is not None else None,
             rescan_interval=int(sec.number("rescan_interval", 300, low=1, what=seconds)),
             watcher_delay=int(sec.number("watcher_delay", 1, low=1, what=seconds)),
+            scan_on_change=sec.boolean("scan_on_change", True),
             start_timeout=sec.number("start_timeout", 30.0, low=1, what=seconds),
             request_timeout=sec.number("request_timeout", 10.0, low=0.5, what=seconds),
             enforce_interval=sec.number("enforce_interval", 2.0, low=0.2, what=seconds),

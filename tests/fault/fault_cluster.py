@@ -40,15 +40,20 @@ from click.testing import CliRunner, Result
 from netns import Host, Network
 
 from hacore.cli import cli
+from hacore.config.node import TIMING_PROFILES
 from hacore.testing.local_cluster import LocalNode
 from hacore.testing.procs import ServerProcess, wait_for
 
-#: ``HACORE_FAULT_TTL`` runs every scenario at another ttl (``benchmarks/faults.py --ttl``)
-TIMING = {
-    "ttl": float(os.environ.get("HACORE_FAULT_TTL", "6")),
-    "loop_wait": 1.0,
-    "retry_timeout": 1.0,
-    "safety_margin": 1.5,
+#: ``HACORE_FAULT_PROFILE`` runs every scenario with a timing profile (``timing.profile``: its
+#: values, and a managed etcd's election timeouts), ``HACORE_FAULT_TTL`` at another ttl
+#: (``benchmarks/faults.py --profile``, ``--ttl``)
+PROFILE = os.environ.get("HACORE_FAULT_PROFILE", "default")
+TIMING: dict[str, Any] = {
+    "profile": PROFILE,
+    "ttl": float(os.environ.get("HACORE_FAULT_TTL", TIMING_PROFILES[PROFILE].ttl)),
+    "loop_wait": TIMING_PROFILES[PROFILE].loop_wait,
+    "retry_timeout": TIMING_PROFILES[PROFILE].retry_timeout,
+    "safety_margin": TIMING_PROFILES[PROFILE].safety_margin,
 }
 PG_PARAMETERS = {"shared_buffers": "16MB", "max_connections": 30, "fsync": "off"}
 API_PORT, PG_PORT, CLIENT_PORT, PEER_PORT = 8008, 5432, 2379, 2380
@@ -66,9 +71,17 @@ class FaultNode(LocalNode):
 
     host: Host = attrs.field(kw_only=True)
     namespace: str = attrs.field(kw_only=True)
+    #: the ``timing`` section of its node.yaml
+    timing: dict[str, Any] = attrs.field(kw_only=True)
 
     def __init__(
-        self, name: str, host: Host, root: Path, namespace: str, proc: ServerProcess | None = None
+        self,
+        name: str,
+        host: Host,
+        root: Path,
+        namespace: str,
+        proc: ServerProcess | None = None,
+        timing: dict[str, Any] | None = None,
     ) -> None:
         self.__attrs_init__(
             name,
@@ -81,6 +94,7 @@ class FaultNode(LocalNode):
             proc=proc,
             host=host,
             namespace=namespace,
+            timing=dict(TIMING if timing is None else timing),
         )
 
     @property
@@ -92,7 +106,7 @@ class FaultNode(LocalNode):
         return super().write_config(
             cluster="faulttest",
             namespace=self.namespace,
-            timing=TIMING,
+            timing=self.timing,
             checks={"check_fail_fast": False},
             failover={"synchronous_mode": "on"},
             replication={"parameters": PG_PARAMETERS},
@@ -129,9 +143,10 @@ class FaultNode(LocalNode):
 
 
 class FaultCluster:
-    """Three nodes n1..n3 on the hosts of ``net``, and the CLI run against them."""
+    """Three nodes n1..n3 on the hosts of ``net``, and the CLI run against them; ``timing``
+    (the ``timing`` section) replaces :data:`TIMING` (``benchmarks/managed.py``)."""
 
-    def __init__(self, net: Network) -> None:
+    def __init__(self, net: Network, timing: dict[str, Any] | None = None) -> None:
         self.net = net
         self.root = Path(tempfile.mkdtemp(prefix="hacore-fault-"))
         # pytest's temp dirs are 0700 root: the postgres user could not enter them.
@@ -139,7 +154,7 @@ class FaultCluster:
         self.profile = self.root / "profile.json"
         namespace = f"fault-{secrets.token_hex(4)}"
         self.nodes = {
-            f"n{i + 1}": FaultNode(f"n{i + 1}", host, self.root, namespace)
+            f"n{i + 1}": FaultNode(f"n{i + 1}", host, self.root, namespace, timing=timing)
             for i, host in enumerate(net.hosts)
         }
 

@@ -21,7 +21,9 @@ which node another test left active.
 
 from __future__ import annotations
 
+import gc
 import secrets
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -42,7 +44,7 @@ from agent_fixtures import (
     wait_note,
 )
 
-from hacore.agent import keys
+from hacore.agent import interpreter, keys
 from hacore.agent.vocabulary import NodeState
 from hacore.backends.records import NodeRole
 from hacore.testing.harness import ConsensusHarness
@@ -114,6 +116,11 @@ def test_cluster_forms_with_clones_made_by_the_agents_in_process(cluster: AgentC
     body = leader.agent.cluster()
     assert body["leader"] == "n1" and body["switchover"] is None
     assert sorted(m["name"] for m in body["members"]) == ["n1", "n2", "n3"]
+
+    # the agent's process is tuned for prompt probes (hacore/agent/interpreter.py): what the
+    # agents built to start is out of the collector's sight, and threads take short turns
+    assert gc.get_freeze_count() > 0
+    assert sys.getswitchinterval() == pytest.approx(interpreter.SWITCH_INTERVAL)
 
 
 def test_failover_keeps_every_acknowledged_write_in_process(cluster: AgentCluster) -> None:

@@ -18,6 +18,7 @@ import datetime
 import ipaddress
 import json
 import re
+import secrets
 import shutil
 import ssl
 import time
@@ -28,12 +29,15 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from cluster_fixtures import WAIT, CliCluster, Node, formed_cluster
+from cluster_fixtures import WAIT, CliCluster, Node, etcdctl, formed_cluster
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from hacore import __version__
+from hacore.agent.failsafe import stored_key
+from hacore.pki import pem
+from hacore.pki.sealed_secret import SealError, unseal
 from hacore.testing.procs import wait_for
 from hacore_plugins.postgresql.config_files import parse_pgpass
 from hacore_plugins.postgresql.settings import default_bin_dir
@@ -154,6 +158,70 @@ def test_removal_reports_the_revocation_and_the_rotation(removed: dict[str, Any]
     answer = removed["answer"]
     assert answer["revoked_certificates"], answer
     assert answer["replication_password"].startswith("rotated"), answer
+
+
+def raw_secret(node: Node, cluster: CliCluster, key: str) -> bytes:
+    """The store's record under ``key`` as etcd holds it (``etcdctl get``), not decoded by
+    any hacore code."""
+    out = etcdctl(node, "get", f"/hacore/{cluster.namespace}/{key}", "-w", "json")
+    kvs = json.loads(out).get("kvs") or []
+    assert kvs, f"no {key} in the store"
+    return base64.b64decode(kvs[0]["value"])
+
+
+def test_the_store_holds_the_rotated_secrets_sealed_to_each_remaining_member_only(
+    trio: CliCluster, removed: dict[str, Any]
+) -> None:
+    """No rotated value is in the store in clear (a removed node still connected to a store
+    server, or a copy of the store, would read it); each remaining member took the new values
+    from its own sealed copy; none is sealed to the removed node, whose key opens none."""
+    active, victim, rest, loot = (removed[k] for k in ("active", "victim", "rest", "loot"))
+    # the active keeps no passfile of its own (it clones from no one)
+    standbys = [n for n in rest if n is not active]
+    for node in standbys:
+        wait_for(
+            lambda node=node: replication_password(node) != loot["password"],
+            WAIT,
+            what=f"{node.name}'s passfile to get the rotated replication password",
+        )
+    passwords = {replication_password(n) for n in standbys}
+    assert len(passwords) == 1, passwords
+    password = passwords.pop()
+    failsafe = stored_key(active.data_dir)
+    assert failsafe is not None
+    for node in rest:
+        wait_for(
+            lambda node=node: stored_key(node.data_dir) == failsafe,
+            WAIT,
+            what=f"{node.name} to take the rotated failsafe key",
+        )
+    fingerprints = {
+        n.name: pem.fingerprint(pem.read_certificate(own_material(n)["cert"])) for n in rest
+    }
+    loot_key = pem.read_key(loot["key"])
+    loot_fingerprint = pem.fingerprint(pem.read_certificate(loot["cert"]))
+    for key, value in [("secrets/replication", password), ("secrets/failsafe", failsafe.hex())]:
+        data = raw_secret(active, trio, key)
+        assert value.encode() not in data, key
+        assert base64.b64encode(value.encode()) not in data, key
+        record = json.loads(data)
+        assert record["format"] == "sealed-v1", (key, sorted(record))
+        copies = record["copies"]
+        assert {c["fingerprint"]: c["member"] for c in copies} == {
+            fp: name for name, fp in fingerprints.items()
+        }, key
+        assert victim.name not in {c["member"] for c in copies}
+        assert loot_fingerprint not in {c["fingerprint"] for c in copies}
+        for copy in copies:
+            for member in (copy["member"], victim.name):
+                with pytest.raises(SealError):
+                    unseal(
+                        copy,
+                        loot_key,
+                        store_key=key,
+                        generation=record["generation"],
+                        member=member,
+                    )
 
 
 def test_the_removed_nodes_replication_login_is_refused(removed: dict[str, Any]) -> None:
@@ -430,6 +498,61 @@ def test_the_cluster_left_streams_switches_over_fails_over_and_writes(
     assert _count(active) == 2
 
 
+def test_a_node_joining_after_the_rotation_gets_the_current_secrets_and_can_lead(
+    trio: CliCluster, removed: dict[str, Any]
+) -> None:
+    """A node that joins after the removal: its ticket carries the rotated replication
+    password, the active's agent seals the rotated secrets to its new certificate, and once
+    switched over to, the old active follows it with the rotated password."""
+    active, loot = removed["active"], removed["loot"]
+    wait_for(lambda: is_active(active), WAIT, what=f"{active.name} active")
+    # the rotated password, as a standby that took it before the crash kept it
+    standby = next(n for n in removed["rest"] if n is not active)
+    password = replication_password(standby)
+    assert password != loot["password"]
+    late = trio.add("n4")
+    trio.cli(
+        *late.join_arguments(active), "--ca-fingerprint", trio.ca_fingerprint,
+        "--timeout", str(WAIT),
+    )  # fmt: skip
+    assert replication_password(late) == password
+    mine = pem.fingerprint(pem.read_certificate(own_material(late)["cert"]))
+    for key in ("secrets/replication", "secrets/failsafe"):
+        wait_for(
+            lambda key=key: (
+                mine
+                in {c["fingerprint"] for c in json.loads(raw_secret(active, trio, key))["copies"]}
+            ),
+            WAIT,
+            what=f"{key} sealed to {late.name}",
+        )
+    wait_for(
+        lambda: stored_key(late.data_dir) == stored_key(active.data_dir),
+        WAIT,
+        what=f"{late.name} to take the rotated failsafe key from its copy",
+    )
+    wait_for(lambda: late.name in streaming(active), WAIT, what=f"{late.name} streaming")
+    wait_for(
+        lambda: (late.probe() or {}).get("state") == "standby",
+        WAIT,
+        what=f"{late.name}'s agent to answer as a standby",
+    )
+    # the exit status is not asserted: on a loaded machine the CLI, following the handover,
+    # can give up on the new active's API (2 s) after the switchover is done; whether it
+    # happened is what the probe says
+    trio.cli("cluster", "switchover", "--to", late.name, "--timeout", str(WAIT), code=None)
+    wait_for(lambda: is_active(late), WAIT, what=f"{late.name} to be active")
+    wait_for(lambda: active.name in streaming(late), WAIT, what="the old active to follow")
+    refused = replication_login(late, own_material(active), loot["password"])
+    assert refused is not None and "password authentication failed" in refused, refused
+    assert replication_login(late, own_material(active), password) is None
+    mark = secrets.token_hex(4)
+    with late.connect() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS after_late_join (mark text)")
+        conn.execute("INSERT INTO after_late_join VALUES (%s)", (mark,))
+    wait_for(lambda: _has(active, mark), WAIT, what="the write to reach the old active")
+
+
 def is_active(node: Node) -> bool:
     """The node's own probe says it is the active (``cluster status`` fails while none is)."""
     body = node.probe()
@@ -443,6 +566,15 @@ def _count(node: Node) -> int:
     except psycopg.Error:
         return -1
     return int(row[0]) if row else 0
+
+
+def _has(node: Node, mark: str) -> bool:
+    try:
+        with node.connect() as conn:
+            row = conn.execute("SELECT 1 FROM after_late_join WHERE mark = %s", (mark,)).fetchone()
+    except psycopg.Error:
+        return False
+    return row is not None
 
 
 def mint(ca_cert: x509.Certificate, signer: Any, into: Path) -> dict[str, Any]:

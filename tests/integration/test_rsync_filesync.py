@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import stat
 import subprocess
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from cryptography import x509
 
 from hacore import pki
 from hacore.api.errors import UnavailableError
@@ -29,6 +31,7 @@ from hacore.backends.records import TlsFiles
 from hacore.cluster.ticket import JoinRequest
 from hacore.config.node import NodeConfig, load_config
 from hacore.errors import ConfigError, FilesyncError, HacoreError
+from hacore.pki.revocation import build_crl, crl_path, install_crl
 from hacore.plugins.registry import load_plugins
 from hacore.testing.procs import free_port, holds_for, wait_for
 from hacore_plugins import rsync as rsync_plugin
@@ -443,6 +446,68 @@ def test_a_forged_source_is_not_believed(
         (b.files / kept).unlink(missing_ok=True)
 
 
+def greeting(tls: TlsFiles, port: int) -> str:
+    """Empty when a client showing ``tls``'s certificate gets the rsync daemon's greeting through
+    stunnel at ``port``; else why not (with TLS 1.3 a refused client certificate shows as an
+    alert at the first read, after the client's side of the handshake)."""
+    context = ssl.create_default_context(cafile=str(tls.ca_file))
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=20) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+        ):
+            data = conn.recv(64)
+    except OSError as err:  # ssl.SSLError among them
+        return str(err) or type(err).__name__
+    return "" if data.startswith(b"@RSYNCD") else f"no greeting: {data!r}"
+
+
+def test_a_revoked_certificate_completes_no_handshake(tmp_path: Path, authority: Authority) -> None:
+    """A removal revokes the node's certificate: the agent writes the cluster's new CRL to
+    ``crl.pem`` beside the node's CA certificate, and within seconds the member's stunnel
+    refuses that certificate while a member's still gets in; a mirror that holds the CRL
+    does not believe a source with a revoked certificate either."""
+    names = {role: unique(role) for role in ("served", "member", "removed")}
+    served = make_node(tmp_path, "served", authority.issue(names["served"]))
+    member, removed = authority.issue(names["member"]), authority.issue(names["removed"])
+    assert served.backend.tls is not None
+    crl = crl_path(served.backend.tls.ca_file)
+    assert crl.is_file()  # an empty CRL, made with the node certificate
+    served.backend.start()
+    port = served.backend.config.port
+    try:
+        assert greeting(member, port) == ""
+        assert greeting(removed, port) == ""  # before the removal: the control
+        serial = x509.load_pem_x509_certificate(removed.cert_file.read_bytes()).serial_number
+        install_crl(crl, build_crl(authority.ca, [serial]), authority.ca.certificate)
+        wait_for(
+            lambda: "revoked" in greeting(removed, port),
+            30,
+            what="stunnel refusing the revoked certificate",
+        )
+        assert greeting(member, port) == ""
+        assert served.backend.daemon.running()
+        # the other way: a mirror with the CRL refuses a source whose certificate is revoked
+        mirror = make_node(tmp_path, "mirror", authority.issue(unique("mirror")))
+        assert mirror.backend.tls is not None
+        source = x509.load_pem_x509_certificate(served.backend.tls.cert_file.read_bytes())
+        mirror_crl = crl_path(mirror.backend.tls.ca_file)
+        install_crl(
+            mirror_crl, build_crl(authority.ca, [source.serial_number]), authority.ca.certificate
+        )
+        command = mirror.backend.connect_command("127.0.0.1", port)
+        assert f"-CRL {mirror_crl} -crl_check" in command
+        done = subprocess.run(
+            command, shell=True, capture_output=True, text=True, timeout=30,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert done.returncode != 0
+        assert "certificate revoked" in done.stderr
+    finally:
+        served.backend.stop()
+
+
 @pytest.mark.skipif(os.getuid() != 0, reason="device nodes and foreign owners need root")
 def test_a_pull_plants_no_setuid_device_owner_or_escaping_symlink(roles: dict[str, Node]) -> None:
     a, b = roles["a"], roles["b"]
@@ -632,3 +697,90 @@ def test_proxies_and_rsync_settings_in_the_environment_are_ignored(
     finally:
         for node in (src, dst):
             node.backend.stop()
+
+
+def test_a_rotated_secret_wins_over_the_password_setting(
+    tmp_path: Path, authority: Authority
+) -> None:
+    """node.yaml's ``password`` is the value the removed node knew: once a removal rotated
+    the secret, the rotated one is what the daemon wants and the pulls send, after a restart
+    too, and what a joiner's ticket carries."""
+    configs = {
+        name: node_config(tmp_path / name, tmp_path / f"{name}-files" / "shared", password=PASSWORD)
+        for name in ("src", "dst", "joiner")
+    }
+
+    def backend(name: str) -> RsyncFilesync:
+        filesync = configs[name].filesync
+        assert filesync is not None
+        return RsyncFilesync(
+            {**filesync.settings, "port": free_port(), "interval": 3600},
+            node_name=name,
+            host="127.0.0.1",
+            data_dir=configs[name].node.data_dir / "filesync",
+            directories=filesync.directories,
+            tls=authority.issue(unique(name)),
+        )
+
+    source, mirror = backend("src"), backend("dst")
+    nodes = (source, mirror)
+    port = source.config.port
+    module = f"rsync://hacore@127.0.0.1:{port}/hacore-shared/"
+    old, _ = secret_files(tmp_path)
+    old.write_text(PASSWORD + "\n")  # the setting's value, as the removed node held it
+
+    def pull_with(password_file: Path) -> str:
+        dest = tmp_path / unique("copy")
+        done = subprocess.run(
+            ["rsync", "-r", f"--password-file={password_file}", module, f"{dest}/"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+            env=connect(mirror, port),
+        )  # fmt: skip
+        return "" if done.returncode == 0 else done.stderr
+
+    def roles() -> None:
+        ids = {n.node_name: n.identity() for n in nodes}
+        for node in nodes:
+            node.set_peers(ids)
+        source.become_source()
+        mirror.become_mirror("src")
+
+    def arrives(name: str) -> bool:
+        (source.directories[0] / name).write_text(name)
+        mirror.sync_now()
+        return (mirror.directories[0] / name).exists()
+
+    try:
+        for node in nodes:
+            node.start()
+        roles()
+        assert pull_with(old) == ""  # the control: the setting's password opens it
+        rotated = "rotated-" + uuid.uuid4().hex
+        for node in nodes:
+            note = node.use_secret(rotated)
+            assert note is not None and "filesync.password" in note
+        assert "auth failed" in pull_with(old)
+        assert arrives("after.txt")
+        # a restart reads node.yaml's password again: the rotated secret still wins
+        for node in nodes:
+            node.stop()
+            node.start()
+        roles()
+        assert "auth failed" in pull_with(old)
+        assert arrives("restarted.txt")
+        # and a joiner gets the rotated secret in its ticket, and uses it
+        part = RsyncSecretPart()
+        request = join_request("joiner", {part.name: part.request(configs["joiner"])})
+        granted = part.grant(configs["src"], request)
+        assert granted == {"secret": rotated}
+        part.accept(configs["joiner"], granted)
+        joined = backend("joiner")
+        joined.start()
+        try:
+            assert (joined.home / "rsyncd.secrets").read_text() == f"hacore:{rotated}\n"
+            assert (joined.home / PASSWORD_FILE).read_text() == f"{rotated}\n"
+        finally:
+            joined.stop()
+    finally:
+        for node in nodes:
+            node.stop()

@@ -14,6 +14,8 @@ import os
 import re
 import secrets
 import shutil
+import socket
+import ssl
 import stat
 import subprocess
 import tempfile
@@ -446,3 +448,38 @@ def test_removal_rotates_the_file_sync_secret(
     arrived = files_directory(formed, "n2") / f"after-{mark}"
     wait_for(arrived.exists, WAIT, what="a file written on the active reaching n2")
     assert arrived.read_text() == mark
+
+
+def _rsync_greeting(client: Node, port: int) -> str:
+    """Empty when ``client``'s node certificate gets the rsync daemon's greeting through the
+    stunnel at ``port``; else why not (TLS 1.3 shows a refused client certificate as an alert
+    at the first read)."""
+    pki_dir = client.data_dir / "pki" / "node"
+    context = ssl.create_default_context(cafile=str(pki_dir / "ca.crt"))
+    context.load_cert_chain(pki_dir / "node.crt", pki_dir / "node.key")
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=20) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+        ):
+            data = conn.recv(64)
+    except OSError as err:  # ssl.SSLError among them
+        return str(err) or type(err).__name__
+    return "" if data.startswith(b"@RSYNCD") else f"no greeting: {data!r}"
+
+
+def test_the_removed_nodes_certificate_completes_no_rsync_handshake(
+    formed: CliCluster, rotated: dict[str, Any]
+) -> None:
+    """Every member's stunnel takes the removal's CRL: the removed node's certificate is
+    refused at the handshake, before any secret, while a member's still gets in."""
+    removed: Node = rotated["removed"]
+    second = formed.nodes["n2"]
+    for member in (formed.nodes["n1"], second):
+        port = member.extra["filesync"]["port"]
+        wait_for(
+            lambda port=port: "revoked" in _rsync_greeting(removed, port),
+            WAIT,
+            what=f"{member.name}'s stunnel refusing the removed node's certificate",
+        )
+    assert _rsync_greeting(second, formed.nodes["n1"].extra["filesync"]["port"]) == ""

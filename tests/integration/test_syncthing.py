@@ -304,6 +304,41 @@ def test_the_watcher_propagates_without_an_explicit_scan(roles: Cluster) -> None
         wait_content(roles[mirror].path(name), "noticed by the watcher", timeout=90)
 
 
+def test_the_source_announces_finished_files_without_syncthing_s_watcher(
+    roles: Cluster, tmp_path: Path
+) -> None:
+    """With Syncthing's own watcher off and no rescan due for an hour, only the plugin's scan
+    of what its writers finished (scan_on_change, on by default) can announce these files."""
+    source = roles["a"].backend
+    api = SyncthingApi(source.api_url, st_home.api_key(source.home), timeout=10)
+    folder = next(iter(source.folders))
+    try:
+        api.patch_folder(folder, {"fsWatcherEnabled": False, "rescanIntervalS": 3600})
+        wait_for(
+            lambda: (
+                not api.config()["folders"][0]["fsWatcherEnabled"]
+                and api.folder_status(folder).get("state") == "idle"
+            ),
+            30,
+            what="a's folder without its watcher",
+        )
+        written = unique("closed")
+        roles["a"].path(written).write_text("written in place")
+        staged = tmp_path / unique("renamed")
+        staged.write_text("renamed into place")
+        os.rename(staged, roles["a"].path(staged.name))
+        (roles["a"].path(unique("dir"))).mkdir()
+        for mirror in "bc":
+            wait_content(roles[mirror].path(written), "written in place", timeout=30)
+            wait_content(roles[mirror].path(staged.name), "renamed into place", timeout=30)
+        roles["a"].path(written).unlink()
+        for mirror in "bc":
+            wait_gone(roles[mirror].path(written), timeout=30)
+    finally:
+        api.patch_folder(folder, {"fsWatcherEnabled": True, "rescanIntervalS": 300})
+        api.close()
+
+
 def test_a_write_on_a_mirror_does_not_leak_back_and_is_reverted(roles: Cluster) -> None:
     kept = unique("kept")
     roles["a"].path(kept).write_text("the source's version")

@@ -117,7 +117,7 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     assert config.node.data_dir == Path("/var/lib/hacore")
     assert config.cluster.name == "hacore"
     assert config.cluster.namespace == "hacore"
-    assert attrs.astuple(config.timing) == (6.0, 1.0, 1.0, 1.5)
+    assert attrs.astuple(config.timing) == (6.0, 1.0, 1.0, 1.5, "default")
     assert config.timing.fence_after == 4.5
     assert config.checks.check_ttl_multiplier == 1
     assert config.checks.check_fail_fast is True
@@ -144,7 +144,7 @@ def test_full_config_from_a_file(tmp_path: Path) -> None:
     assert config.node.host == "10.0.0.2"
     assert config.node.api_port == 9443
     assert config.node.data_dir == Path("/srv/hacore")
-    assert attrs.astuple(config.timing) == (10.0, 2.0, 2.0, 3.0)
+    assert attrs.astuple(config.timing) == (10.0, 2.0, 2.0, 3.0, "default")
     assert config.checks.check_ttl_multiplier == 2.5
     assert config.checks.check_fail_fast is False
     assert config.failover == FailoverSettings(

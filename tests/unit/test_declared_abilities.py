@@ -80,7 +80,7 @@ def test_a_backend_that_cannot_rotate_leaves_the_stored_password_alone() -> None
     store = MemoryConsensus({"store": name}, namespace="ns", node_name="a", ttl=5, retry_timeout=2)
     try:
         with pytest.raises(ReplicationError, match="cannot rotate its password"):
-            revoke.rotate_replication_password(store, plain(), "replicator")
+            revoke.rotate_replication_password(store, plain(), "replicator", None)
         assert store.get(revoke.REPLICATION_SECRET_KEY) is None
     finally:
         store.close()

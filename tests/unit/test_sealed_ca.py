@@ -109,6 +109,22 @@ def test_the_sealed_key_opens_with_the_password_only(tmp_path: Path) -> None:
         sealed_ca.unseal(again, PASSWORD, ca.certificate)
 
 
+def test_half_way_through_a_password_change_either_password_opens(tmp_path: Path) -> None:
+    """The admin-password change seals under both before the credential changes and under
+    the new one alone after: a crash between leaves a key the accepted password opens."""
+    ca = pki.create_ca("test", tmp_path / "ca")
+    both = sealed_ca.seal_under(ca, [PASSWORD, "new-password"], iterations=FAST)
+    assert sealed_ca.seal_count(both) == 2
+    for password in (PASSWORD, "new-password"):
+        assert sealed_ca.unseal(both, password, ca.certificate).fingerprint == ca.fingerprint
+    with pytest.raises(pki.TlsMaterialError, match="does not open"):
+        sealed_ca.unseal(both, "neither", ca.certificate)
+    after = sealed_ca.seal(sealed_ca.unseal(both, "new-password", ca.certificate), "new-password")
+    assert sealed_ca.seal_count(after) == 1
+    with pytest.raises(pki.TlsMaterialError, match="does not open"):
+        sealed_ca.unseal(after, PASSWORD, ca.certificate)
+
+
 def test_a_joiner_gets_its_certificate_never_the_ca_key(
     tmp_path: Path, started: tuple[NodeConfig, MemoryConsensus, pki.CaMaterial]
 ) -> None:

@@ -45,11 +45,11 @@ def consensus() -> Iterator[MemoryConsensus]:
 
 
 def test_each_rotation_is_a_new_generation(consensus: MemoryConsensus) -> None:
-    assert revoke.shared_secret(consensus, revoke.FAILSAFE_KEY) is None
-    first = revoke.rotate_shared_secret(consensus, revoke.FAILSAFE_KEY, "aa" * 32)
-    second = revoke.rotate_shared_secret(consensus, revoke.FAILSAFE_KEY, "bb" * 32)
+    assert revoke.shared_secret(consensus, revoke.FAILSAFE_KEY, None) is None
+    first = revoke.rotate_shared_secret(consensus, revoke.FAILSAFE_KEY, "aa" * 32, None)
+    second = revoke.rotate_shared_secret(consensus, revoke.FAILSAFE_KEY, "bb" * 32, None)
     assert (first.generation, second.generation) == (1, 2)
-    assert revoke.shared_secret(consensus, revoke.FAILSAFE_KEY) == second
+    assert revoke.shared_secret(consensus, revoke.FAILSAFE_KEY, None) == second
     assert "bb" not in repr(second)
 
 
@@ -77,7 +77,9 @@ def test_an_agent_takes_the_rotated_key_and_the_old_one_opens_no_answer(
     question = Ask("b", "a", 7, "nonce").encode()
     edge.answer(question, sign(old, question), None)  # accepted before the rotation
 
-    rotated = revoke.rotate_shared_secret(consensus, revoke.FAILSAFE_KEY, secrets.token_hex(32))
+    rotated = revoke.rotate_shared_secret(
+        consensus, revoke.FAILSAFE_KEY, secrets.token_hex(32), None
+    )
     sync = RevocationSync("a", consensus, None, None, None, data_dir=data_dir)
     try:
 
@@ -106,7 +108,7 @@ def test_the_rsync_engine_takes_the_rotated_secret(
     old = ensure_secret(engine.home)
     assert (engine.home / PASSWORD_FILE).read_text().strip() == old
     rotated = revoke.rotate_shared_secret(
-        consensus, revoke.FILESYNC_SECRET_KEY, secrets.token_urlsafe(32)
+        consensus, revoke.FILESYNC_SECRET_KEY, secrets.token_urlsafe(32), None
     )
     sync = RevocationSync("a", consensus, None, None, None, filesync=engine)
     try:
@@ -124,7 +126,9 @@ def test_the_rsync_engine_takes_the_rotated_secret(
     assert old not in (engine.home / SECRETS_FILE).read_text()
 
 
-def test_a_fixed_rsync_password_is_not_rotated(tmp_path: Path) -> None:
+def test_a_rotated_secret_replaces_a_fixed_rsync_password(tmp_path: Path) -> None:
+    """The removed node knew node.yaml's password: the rotated secret wins over it (the
+    daemons: tests/integration/test_rsync_filesync.py)."""
     engine = RsyncFilesync(
         {"password": "operator-set"},
         node_name="a",
@@ -132,8 +136,9 @@ def test_a_fixed_rsync_password_is_not_rotated(tmp_path: Path) -> None:
         data_dir=tmp_path,
         directories=[tmp_path / "files"],
     )
-    with pytest.raises(Exception, match="password setting fixes the secret"):
-        engine.use_secret("other")
+    note = engine.use_secret("other")
+    assert note is not None and "filesync.password" in note
+    assert (engine.home / SECRETS_FILE).read_text() == "hacore:other\n"
 
 
 def test_a_key_this_cluster_never_made_is_dropped(

@@ -1,0 +1,536 @@
+"""A join at disk speed, and a rejoin without re-cloning, on a database of a given size.
+
+    python benchmarks/join.py [--scale 70] [--samples 5] [--no-rejoin] [--json] [--keep]
+
+Two real nodes (``hacore agent run``, managed etcd, PostgreSQL 15, TLS on), formed with the
+real CLI (``cluster start``, ``cluster join``); ``pgbench -i`` fills the database at
+``--scale`` (70 is about 1 GiB). Then, alternating, ``--samples`` times each:
+
+(a) ``hacore cluster join`` of a third node (its agent already running and answering), timed
+    from the command's start until ``pg_stat_replication`` on the active shows the node
+    streaming (polled every 20 ms), and until the command returns; the join's ``-o json``
+    result and progress events give the time of each step. The node is then removed
+    (``cluster nodes remove``) and its directory wiped, except after the last sample.
+(b) a raw ``pg_basebackup`` of the active over TCP and TLS, as the replication role with a
+    member's client certificate (the conninfo the standby streams with), into an empty
+    directory beside the nodes' data, with the flags the clone uses (``-X stream -c fast``).
+
+Then (unless ``--no-rejoin``) the rejoin: under a ``pgbench`` write load on the active, its
+agent and PostgreSQL are killed (SIGKILL, the store member spared: with 3 members the store
+keeps its quorum either way), a standby takes over, the old active's agent is started again
+and its return as a streaming standby is timed (pg_rewind, or a re-clone when rewind is not
+possible: the agent's log says which); then ``hacore cluster nodes reinit`` of the same node
+is timed under the same load, until a new streaming connection of that node shows.
+
+Root only (PostgreSQL runs as the ``postgres`` user). A benchmark: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import psycopg
+from _cluster import PG_BIN, prepare_workdir
+from _report import machine, spread, tool_version
+from rich.console import Console
+from rich.table import Table
+
+import hacore
+from hacore.testing.local_cluster import LocalNode, managed_store_ports
+from hacore.testing.procs import wait_for
+
+HACORE = [str(Path(sys.executable).parent / "hacore")]
+WAIT = 900.0
+#: seconds between two looks at pg_stat_replication while a node comes up
+POLL = 0.02
+#: pgbench clients of the write load during the rejoin
+LOAD_CLIENTS = 2
+
+
+@attrs.define
+class BenchNode(LocalNode):
+    def __attrs_post_init__(self) -> None:
+        self.store = managed_store_ports(self.backend)
+
+
+class Failed(Exception):
+    """A step could not be done; the report says which and why."""
+
+
+def socket_dsn(node: LocalNode) -> str:
+    return f"host={node.socket_dir} port={node.pg_port} user=postgres dbname=postgres"
+
+
+def query(node: LocalNode, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    with contextlib.closing(
+        psycopg.connect(socket_dsn(node), autocommit=True, connect_timeout=3)
+    ) as conn:
+        cursor = conn.execute(sql, params)
+        return list(cursor.fetchall()) if cursor.description else []
+
+
+class Bench:
+    """The cluster, the CLI and the samples."""
+
+    def __init__(self, root: Path, log: Callable[[str], None]) -> None:
+        self.root = root
+        self.log = log
+        self.profile = root / "profile.json"
+        self.namespace = f"join-{secrets.token_hex(4)}"
+        self.nodes: dict[str, BenchNode] = {}
+        self.active = "n1"
+        self.ca_fingerprint = ""
+        self.failovers: list[str] = []
+
+    # -- the CLI ---------------------------------------------------------------------------
+
+    def cli(self, *args: str, timeout: float = WAIT) -> str:
+        env = {**os.environ, "HACORE_PROFILE": str(self.profile)}
+        done = subprocess.run(
+            [*HACORE, *args], env=env, capture_output=True, text=True, timeout=timeout + 30
+        )
+        if done.returncode != 0:
+            raise Failed(
+                f"hacore {' '.join(args)} exited {done.returncode}: "
+                f"{(done.stderr or done.stdout).strip()[-2000:]}"
+            )
+        return done.stdout
+
+    def node(self, name: str) -> BenchNode:
+        node = self.nodes[name] = BenchNode(name, self.root)
+        node.write_config(cluster="joinbench", namespace=self.namespace)
+        node.spawn_agent(HACORE)
+        wait_for(lambda: _answers(node), WAIT, interval=0.05, what=f"the agent of {name}")
+        return node
+
+    def form(self) -> None:
+        first = self.node("n1")
+        started = json.loads(
+            self.cli("cluster", "start", "-c", str(first.config_path), "-o", "json")
+        )
+        self.ca_fingerprint = str(started["ca_fingerprint"])
+        self.join(self.node("n2"))
+
+    # -- measuring -------------------------------------------------------------------------
+
+    def streaming_pid(self, name: str) -> int | None:
+        """The pid of ``name``'s streaming walsender on the active (on any other node, should
+        the active have changed), or None."""
+        others = [self.active, *(n for n in self.nodes if n not in (self.active, name))]
+        for other in others:
+            try:
+                rows = query(
+                    self.nodes[other],
+                    "SELECT pid FROM pg_stat_replication WHERE application_name = %s"
+                    " AND state = 'streaming'",
+                    (name,),
+                )
+            except psycopg.Error:
+                continue
+            if rows:
+                return int(rows[0][0])
+        return None
+
+    def refresh_active(self) -> str:
+        """The node whose database is writable now; a change is noted (on a busy machine
+        the store may time out and the cluster fail over between samples)."""
+        for name, node in self.nodes.items():
+            with contextlib.suppress(psycopg.Error):
+                if query(node, "SELECT NOT pg_is_in_recovery()")[0][0] and name != self.active:
+                    self.log(f"the active is now {name} (was {self.active})")
+                    self.failovers.append(f"{self.active} -> {name}")
+                    self.active = name
+        return self.active
+
+    def wait_streaming(self, name: str, began: float, other_than: int | None = None) -> float:
+        """Seconds from ``began`` until ``name`` streams from the active (on a walsender other
+        than ``other_than``)."""
+        deadline = began + WAIT
+        while time.monotonic() < deadline:
+            pid = self.streaming_pid(name)
+            if pid is not None and pid != other_than:
+                return time.monotonic() - began
+            time.sleep(POLL)
+        raise Failed(f"{name} did not stream within {WAIT:.0f} s")
+
+    def join(self, node: BenchNode) -> dict[str, Any]:
+        """``cluster join`` of ``node``; its times and the progress the CLI showed."""
+        self.refresh_active()
+        argv = [*HACORE, *node.join_arguments(self.nodes[self.active])]
+        argv += ["--ca-fingerprint", self.ca_fingerprint, "--timeout", str(WAIT), "-o", "json"]
+        env = {**os.environ, "HACORE_PROFILE": str(self.profile)}
+        events: list[dict[str, Any]] = []
+        began = time.monotonic()
+        proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+        def read_events() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if isinstance(event, dict):
+                        event["seen"] = round(time.monotonic() - began, 3)
+                        events.append(event)
+                        continue
+                events.append({"event": "text", "line": line.rstrip()})
+
+        reader = threading.Thread(target=read_events, daemon=True)
+        reader.start()
+        try:
+            streaming = self.wait_streaming(node.name, began)
+        except Failed:
+            proc.kill()
+            raise
+        out, _ = proc.communicate(timeout=WAIT)
+        cli = time.monotonic() - began
+        reader.join(10)
+        if proc.returncode != 0:
+            texts = [e["line"] for e in events if e.get("event") == "text"]
+            raise Failed(f"cluster join of {node.name} exited {proc.returncode}: {texts[-5:]}")
+        return {"streaming_s": streaming, "cli_s": cli, **phases(json.loads(out), events, cli)}
+
+    def remove(self, name: str) -> None:
+        self.cli("cluster", "nodes", "remove", name, "--yes")
+        node = self.nodes.pop(name)
+        node.cleanup()
+        shutil.rmtree(node.data_dir, ignore_errors=True)
+        node.config_path.unlink(missing_ok=True)
+
+    def raw_basebackup(self, member: str) -> float:
+        """A raw pg_basebackup of the active as ``member``'s standby streams (its conninfo:
+        TCP, TLS with its client certificate, the replication role); seconds."""
+        conninfo = str(query(self.nodes[member], "SHOW primary_conninfo")[0][0])
+        target = self.root / "raw-basebackup"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
+        shutil.chown(target, "postgres", "postgres")
+        argv = ["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_basebackup")]
+        argv += ["-D", str(target), "-X", "stream", "-c", "fast", "-w", "-d", conninfo]
+        began = time.monotonic()
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT)
+        took = time.monotonic() - began
+        shutil.rmtree(target, ignore_errors=True)
+        if done.returncode != 0:
+            raise Failed(f"raw pg_basebackup failed: {done.stderr.strip()[-500:]}")
+        return took
+
+    def fill(self, scale: int) -> None:
+        node = self.nodes[self.active]
+        argv = [str(PG_BIN / "pgbench"), "-i", "-q", "-s", str(scale), "-h", str(node.socket_dir)]
+        argv += ["-p", str(node.pg_port), "-U", "postgres", "postgres"]
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise Failed(f"pgbench -i failed: {done.stderr.strip()[-1000:]}")
+
+    def size(self) -> int:
+        return int(
+            query(self.nodes[self.active], "SELECT sum(pg_database_size(oid)) FROM pg_database")[0][
+                0
+            ]
+        )
+
+    # -- the rejoin ------------------------------------------------------------------------
+
+    def load(self) -> subprocess.Popen[bytes]:
+        node = self.nodes[self.active]
+        argv = [str(PG_BIN / "pgbench"), "-n", "-c", str(LOAD_CLIENTS), "-j", "1", "-T", "3600"]
+        argv += ["-h", str(node.socket_dir), "-p", str(node.pg_port), "-U", "postgres", "postgres"]
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def rejoin(self) -> dict[str, Any]:
+        old = self.refresh_active()
+        load = self.load()
+        result: dict[str, Any] = {"node": old}
+        try:
+            time.sleep(3.0)
+            killed = self.nodes[old].crash(store=False)
+            died = time.monotonic()
+            self.log(f"killed {old}: {', '.join(killed)}")
+            survivors = [n for n in self.nodes if n != old]
+
+            def promoted() -> str | None:
+                for name in survivors:
+                    with contextlib.suppress(psycopg.Error):
+                        if query(self.nodes[name], "SELECT NOT pg_is_in_recovery()")[0][0]:
+                            return name
+                return None
+
+            self.active = str(wait_for(promoted, WAIT, interval=POLL, what="a new active"))
+            result["takeover_s"] = time.monotonic() - died
+            self.log(f"{self.active} took over after {result['takeover_s']:.2f} s")
+        finally:
+            _stop(load)
+        load = self.load()
+        try:
+            time.sleep(2.0)
+            node = self.nodes[old]
+            mark = node.log_path.stat().st_size
+            began = time.monotonic()
+            node.spawn_agent(HACORE)
+            result["rewind_s"] = self.wait_streaming(old, began)
+            with node.log_path.open("rb") as log:
+                log.seek(mark)
+                text = log.read().decode(errors="replace")
+            result["how"] = (
+                "re-cloned"
+                if re.search(r"cannot rewind|cloned from", text)
+                else "pg_rewind"
+                if "pg_rewind" in text
+                else "restarted as a standby (no rewind needed)"
+            )
+            self.log(
+                f"{old} back as a streaming standby in {result['rewind_s']:.2f} s ({result['how']})"
+            )
+            time.sleep(2.0)
+            before = self.streaming_pid(old)
+            began = time.monotonic()
+            self.cli("cluster", "nodes", "reinit", old, "--yes", "-o", "json")
+            result["reinit_cli_s"] = time.monotonic() - began
+            result["reclone_s"] = self.wait_streaming(old, began, other_than=before)
+            self.log(f"{old} re-cloned and streaming in {result['reclone_s']:.2f} s")
+        finally:
+            _stop(load)
+        return result
+
+    def cleanup(self) -> None:
+        for node in self.nodes.values():
+            with contextlib.suppress(Exception):
+                node.cleanup()
+
+
+def phases(result: dict[str, Any], events: list[dict[str, Any]], cli: float) -> dict[str, Any]:
+    """Where a join's time went, from its steps' began/ended (seconds since the operation
+    began on the joining node) and what the CLI printed."""
+    steps = {s["name"]: s for s in result.get("steps") or []}
+    clone = result.get("clone") or {}
+
+    def span(name: str) -> float | None:
+        step = steps.get(name) or {}
+        began, ended = step.get("began"), step.get("ended")
+        return ended - began if began is not None and ended is not None else None
+
+    copy_began = clone.get("began")
+    copy = clone.get("elapsed")
+    agent_end = (steps.get("agent") or {}).get("ended")
+    streaming_end = (steps.get("streaming") or {}).get("ended")
+    rates = [e for e in events if e.get("event") == "clone" and e.get("rate")]
+    # the CLI's clock at each event minus the operation's: when the operation began for the
+    # CLI (a poll late at most); what the CLI saw last: when it saw the operation end
+    seen = [e for e in events if e.get("at") is not None and "seen" in e]
+    return {
+        "before_s": min(e["seen"] - e["at"] for e in seen) if seen else None,
+        "cli_after_s": cli - max(e["seen"] for e in seen) if seen else None,
+        "operation_s": result.get("elapsed"),
+        "ca_s": span("ca"),
+        "store_s": span("store"),
+        "agent_s": span("agent"),
+        "to_copy_s": copy_began - agent_end if None not in (copy_began, agent_end) else None,
+        "copy_s": copy,
+        "after_copy_s": (
+            streaming_end - copy_began - copy
+            if None not in (streaming_end, copy_began, copy)
+            else None
+        ),
+        "copied_bytes": clone.get("total"),
+        "rate_bytes_s": clone.get("rate"),
+        "progress_events": len([e for e in events if e.get("event") == "clone"]),
+        "rate_reports": len(rates),
+    }
+
+
+def _answers(node: LocalNode) -> bool:
+    import httpx
+
+    try:
+        httpx.get(f"http://{node.address}/status", timeout=3.0)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+def _median(samples: list[dict[str, Any]], key: str) -> float | None:
+    values = [s[key] for s in samples if s.get(key) is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    info = report["machine"]
+    console.print(
+        f"[bold]machine[/]: {info['cores']} cores, {info['memory_gib']} GiB, {info['platform']}, "
+        f"Python {info['python']}, load average at start {info['load_average']}"
+    )
+    console.print("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
+    console.print(report.get("cluster", ""))
+    table = Table(title="join vs raw pg_basebackup (seconds: min / median / max)")
+    for column in ("what", "n", "min", "median", "max"):
+        table.add_column(column, justify="left" if column == "what" else "right")
+    for label, key in (
+        ("join, until streaming", "join_streaming"),
+        ("join, until the CLI returns", "join_cli"),
+        ("raw pg_basebackup (TCP+TLS)", "raw"),
+    ):
+        s = report["summary"].get(key) or {}
+        cells = [s.get(k) for k in ("min", "median", "max")]
+        table.add_row(label, str(s.get("n", 0)), *("-" if c is None else f"{c:.2f}" for c in cells))
+    console.print(table)
+    ratio = report["summary"].get("ratio")
+    console.print(
+        f"ratio join/raw (medians): [bold]{ratio:.2f}x[/]" if ratio else "ratio: -",
+        highlight=False,
+    )
+    breakdown = report["summary"].get("phases") or {}
+    if breakdown:
+        console.print(
+            "join phases (medians, s): "
+            + ", ".join(
+                f"{k.removesuffix('_s')} {v:.2f}" for k, v in breakdown.items() if v is not None
+            ),
+            highlight=False,
+        )
+    rejoin = report.get("rejoin")
+    if rejoin:
+        console.print(
+            f"rejoin of {rejoin.get('node')} after its host died under a pgbench load: takeover "
+            f"{rejoin.get('takeover_s', 0):.2f} s; back as a streaming standby "
+            f"{rejoin.get('rewind_s', 0):.2f} s ({rejoin.get('how')}); re-clone (nodes reinit) "
+            f"{rejoin.get('reclone_s', 0):.2f} s",
+            highlight=False,
+        )
+    if report.get("failovers"):
+        console.print(
+            f"failovers during the run: {', '.join(report['failovers'])}", highlight=False
+        )
+    for error in report.get("errors", []):
+        console.print(f"[red]error[/]: {error}", highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=70, help="pgbench scale (70: about 1 GiB)")
+    parser.add_argument("--samples", type=int, default=5, help="joins and raw copies, each")
+    parser.add_argument("--no-rejoin", action="store_true", help="leave out the rejoin")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the tables")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("run it as root: PostgreSQL runs as the postgres user")
+
+    console = Console(stderr=args.json)
+    if not console.is_terminal:
+        console.width = 160
+
+    def log(line: str) -> None:
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}", highlight=False)
+
+    started = time.monotonic()
+    root = prepare_workdir(Path(tempfile.mkdtemp(prefix="hacore-join-bench-")))
+    bench = Bench(root, log)
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "versions": {
+            "hacore": hacore.__version__,
+            "postgresql": tool_version([str(PG_BIN / "postgres"), "--version"]),
+            "etcd": tool_version(["etcd", "--version"]),
+        },
+        "errors": [],
+    }
+    joins: list[dict[str, Any]] = []
+    raws: list[float] = []
+    try:
+        bench.form()
+        log("n1 started the cluster, n2 joined")
+        fill = time.monotonic()
+        bench.fill(args.scale)
+        query(bench.nodes[bench.refresh_active()], "CHECKPOINT")
+        size = bench.size()
+        report["cluster"] = (
+            f"2 nodes + the joiner, managed etcd, TLS on; pgbench scale {args.scale}: databases "
+            f"{size / 2**30:.2f} GiB (filled in {time.monotonic() - fill:.0f} s)"
+        )
+        log(report["cluster"])
+        for i in range(1, args.samples + 1):
+            name = f"j{i}"
+            node = bench.node(name)
+            sample = bench.join(node)
+            joins.append(sample)
+            log(
+                f"join {i}: streaming after {sample['streaming_s']:.2f} s, CLI returned after "
+                f"{sample['cli_s']:.2f} s (copy {sample['copy_s']} s)"
+            )
+            raw = bench.raw_basebackup(next(n for n in ("n2", "n1") if n != bench.active))
+            raws.append(raw)
+            log(f"raw pg_basebackup {i}: {raw:.2f} s")
+            if i < args.samples or args.no_rejoin:
+                bench.remove(name)
+        if not args.no_rejoin:
+            report["rejoin"] = bench.rejoin()
+    except Exception as exc:
+        report["errors"].append(f"{type(exc).__name__}: {exc}")
+        log(f"failed: {exc}")
+    finally:
+        bench.cleanup()
+        if args.keep:
+            log(f"work directory kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    summary: dict[str, Any] = {
+        "join_streaming": spread(s["streaming_s"] for s in joins),
+        "join_cli": spread(s["cli_s"] for s in joins),
+        "raw": spread(raws),
+    }
+    join_median, raw_median = summary["join_streaming"]["median"], summary["raw"]["median"]
+    summary["ratio"] = round(join_median / raw_median, 3) if join_median and raw_median else None
+    keys = (
+        "before_s",
+        "operation_s",
+        "cli_after_s",
+        "ca_s",
+        "store_s",
+        "agent_s",
+        "to_copy_s",
+        "copy_s",
+        "after_copy_s",
+    )
+    summary["phases"] = {k: _median(joins, k) for k in keys} if joins else {}
+    report["summary"] = summary
+    report["joins"] = joins
+    report["raw"] = [round(r, 3) for r in raws]
+    report["failovers"] = bench.failovers
+    report["wall_s"] = round(time.monotonic() - started, 1)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report, console)
+        console.print(f"[dim]wall time {report['wall_s']} s[/]")
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
