@@ -7,7 +7,8 @@ import os
 import platform
 import statistics
 import subprocess
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,19 @@ def machine() -> dict[str, Any]:
         "hacore": hacore.__version__,
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def bench_console(as_json: bool, width: int = 160) -> tuple[Console, Callable[[str], None]]:
+    """The console a benchmark prints to (stderr when stdout carries its JSON; ``width``
+    columns when it is not a terminal) and its timestamped progress line."""
+    console = Console(stderr=as_json)
+    if not console.is_terminal:
+        console.width = width
+
+    def log(line: str) -> None:
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}", highlight=False)
+
+    return console, log
 
 
 def tool_version(argv: Sequence[str]) -> str:

@@ -49,9 +49,8 @@ import _patroni
 import _pgbench
 import attrs
 from _cluster import PG_BIN, TABLE, BenchCluster, prepare_workdir
-from _report import machine, print_report, ratios, size_ratios, spread, tool_version
+from _report import bench_console, machine, print_report, ratios, size_ratios, spread, tool_version
 from _writer import Ack, Writer
-from rich.console import Console
 
 import hacore
 from hacore_plugins.etcd.testing import EtcdHarness
@@ -598,12 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--load needs --scale (pgbench's tables)")
     shapes = shapes_asked(node_counts, args.scale, args.load == "pgbench")
 
-    console = Console(stderr=args.json)
-    if not console.is_terminal:
-        console.width = 140
-
-    def log(line: str) -> None:
-        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}", highlight=False)
+    console, log = bench_console(args.json, width=140)
 
     report: dict[str, Any] = {
         "machine": machine(),

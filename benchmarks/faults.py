@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from _report import machine
+from _report import bench_console, machine
 from rich.console import Console
 from rich.table import Table
 
@@ -205,12 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the fault scenarios need root (network namespaces)")
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
 
-    console = Console(stderr=args.json)
-    if not console.is_terminal:
-        console.width = 160
-
-    def log(line: str) -> None:
-        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}", highlight=False)
+    console, log = bench_console(args.json)
 
     work = Path(tempfile.mkdtemp(prefix="hacore-faults-bench-"))
     runs = []

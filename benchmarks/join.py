@@ -32,7 +32,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -44,37 +43,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
 import psycopg
+from _cli_cluster import HACORE, BenchNode, CliCluster, Failed, socket_dsn
 from _cluster import PG_BIN, prepare_workdir
-from _report import machine, spread, tool_version
+from _report import bench_console, machine, spread, tool_version
 from rich.console import Console
 from rich.table import Table
 
 import hacore
-from hacore.testing.local_cluster import LocalNode, managed_store_ports
+from hacore.testing.local_cluster import LocalNode
 from hacore.testing.procs import wait_for
 
-HACORE = [str(Path(sys.executable).parent / "hacore")]
 WAIT = 900.0
 #: seconds between two looks at pg_stat_replication while a node comes up
 POLL = 0.02
 #: pgbench clients of the write load during the rejoin
 LOAD_CLIENTS = 2
-
-
-@attrs.define
-class BenchNode(LocalNode):
-    def __attrs_post_init__(self) -> None:
-        self.store = managed_store_ports(self.backend)
-
-
-class Failed(Exception):
-    """A step could not be done; the report says which and why."""
-
-
-def socket_dsn(node: LocalNode) -> str:
-    return f"host={node.socket_dir} port={node.pg_port} user=postgres dbname=postgres"
 
 
 def query(node: LocalNode, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -85,46 +69,23 @@ def query(node: LocalNode, sql: str, params: Sequence[Any] = ()) -> list[tuple[A
         return list(cursor.fetchall()) if cursor.description else []
 
 
-class Bench:
+class Bench(CliCluster):
     """The cluster, the CLI and the samples."""
 
     def __init__(self, root: Path, log: Callable[[str], None]) -> None:
-        self.root = root
-        self.log = log
-        self.profile = root / "profile.json"
-        self.namespace = f"join-{secrets.token_hex(4)}"
+        super().__init__(root, log, "join", wait=WAIT)
         self.nodes: dict[str, BenchNode] = {}
         self.active = "n1"
-        self.ca_fingerprint = ""
         self.failovers: list[str] = []
-
-    # -- the CLI ---------------------------------------------------------------------------
-
-    def cli(self, *args: str, timeout: float = WAIT) -> str:
-        env = {**os.environ, "HACORE_PROFILE": str(self.profile)}
-        done = subprocess.run(
-            [*HACORE, *args], env=env, capture_output=True, text=True, timeout=timeout + 30
-        )
-        if done.returncode != 0:
-            raise Failed(
-                f"hacore {' '.join(args)} exited {done.returncode}: "
-                f"{(done.stderr or done.stdout).strip()[-2000:]}"
-            )
-        return done.stdout
 
     def node(self, name: str) -> BenchNode:
         node = self.nodes[name] = BenchNode(name, self.root)
         node.write_config(cluster="joinbench", namespace=self.namespace)
-        node.spawn_agent(HACORE)
-        wait_for(lambda: _answers(node), WAIT, interval=0.05, what=f"the agent of {name}")
+        self.start_agent(node)
         return node
 
     def form(self) -> None:
-        first = self.node("n1")
-        started = json.loads(
-            self.cli("cluster", "start", "-c", str(first.config_path), "-o", "json")
-        )
-        self.ca_fingerprint = str(started["ca_fingerprint"])
+        self.start_cluster(self.node("n1"))
         self.join(self.node("n2"))
 
     # -- measuring -------------------------------------------------------------------------
@@ -356,16 +317,6 @@ def phases(result: dict[str, Any], events: list[dict[str, Any]], cli: float) -> 
     }
 
 
-def _answers(node: LocalNode) -> bool:
-    import httpx
-
-    try:
-        httpx.get(f"http://{node.address}/status", timeout=3.0)
-    except httpx.HTTPError:
-        return False
-    return True
-
-
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -442,12 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         parser.error("run it as root: PostgreSQL runs as the postgres user")
 
-    console = Console(stderr=args.json)
-    if not console.is_terminal:
-        console.width = 160
-
-    def log(line: str) -> None:
-        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}", highlight=False)
+    console, log = bench_console(args.json)
 
     started = time.monotonic()
     root = prepare_workdir(Path(tempfile.mkdtemp(prefix="hacore-join-bench-")))

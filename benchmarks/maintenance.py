@@ -39,7 +39,6 @@ import contextlib
 import itertools
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -52,19 +51,19 @@ from typing import Any
 
 import attrs
 import psycopg
+from _cli_cluster import WAIT, BenchNode, CliCluster, Failed, probe, socket_dsn
 from _cluster import PG_BIN, prepare_workdir
-from _report import machine, tool_version
+from _report import bench_console, machine, tool_version
 from _writer import Ack, Writer
 from rich.console import Console
 from rich.table import Table
 
 import hacore
 from hacore.config.node import TimingSettings
-from hacore.testing.local_cluster import LocalNode, managed_store_ports
+from hacore.testing.local_cluster import LocalNode
 from hacore.testing.procs import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-HACORE = [str(Path(sys.executable).parent / "hacore")]
 TABLE = "maintenance_writes"
 #: the parameters the cluster starts with (the step changes one of them)
 PARAMETERS = {"shared_buffers": "32MB", "max_connections": "50"}
@@ -72,13 +71,6 @@ PARAMETERS = {"shared_buffers": "32MB", "max_connections": "50"}
 WARM_ACKS = 100
 #: seconds of normal running watched after resume
 AFTER_RESUME = 5.0
-WAIT = 300.0
-
-
-@attrs.define
-class BenchNode(LocalNode):
-    def __attrs_post_init__(self) -> None:
-        self.store = managed_store_ports(self.backend)
 
 
 @attrs.define
@@ -93,47 +85,16 @@ class Step:
     entries: list[dict[str, Any]] = attrs.field(factory=list)
 
 
-class Failed(Exception):
-    """A step could not be done; the report says which and why."""
-
-
-class Run:
+class Run(CliCluster):
     """The cluster, the writer, the CLI and the steps' record."""
 
     def __init__(self, root: Path, log: Callable[[str], None], ttl: float | None) -> None:
-        self.root = root
-        self.log = log
+        super().__init__(root, log, "maint")
         self.ttl = ttl
-        self.profile = root / "profile.json"
-        self.namespace = f"maint-{secrets.token_hex(4)}"
         self.nodes = {name: BenchNode(name, root) for name in ("n1", "n2", "n3")}
         self.writer: Writer | None = None
         self.steps: list[Step] = []
         self.history_seen = 0
-        self.ca_fingerprint = ""
-
-    # -- the CLI ---------------------------------------------------------------------------
-
-    def cli(self, *args: str, timeout: float = WAIT, hacore_cli: Sequence[str] = HACORE) -> str:
-        """``hacore ARGS`` as an operator runs it, with the cluster's profile; its stdout."""
-        env = {**os.environ, "HACORE_PROFILE": str(self.profile)}
-        done = subprocess.run(
-            [*hacore_cli, *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout + 30,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise Failed(
-                f"hacore {' '.join(args)} exited {done.returncode}: "
-                f"{(done.stderr or done.stdout).strip()[-2000:]}"
-            )
-        return done.stdout
-
-    def cli_json(self, *args: str, timeout: float = WAIT) -> Any:
-        return json.loads(self.cli(*args, "-o", "json", timeout=timeout))
 
     def view(self) -> dict[str, Any]:
         data: dict[str, Any] = self.cli_json("cluster", "nodes", "list", timeout=30)
@@ -157,29 +118,19 @@ class Run:
             **({"timing": {"ttl": self.ttl}} if self.ttl else {}),
         )
 
-    def start_agent(self, node: BenchNode, hacore_cli: Sequence[str] = HACORE) -> None:
-        node.spawn_agent(hacore_cli)
-        wait_for(
-            lambda: _answers(node),
-            WAIT,
-            interval=0.1,
-            what=f"the agent service of {node.name} ({node.log_path})",
-        )
-
     def form(self) -> None:
         first = self.nodes["n1"]
         for node in self.nodes.values():
             self.write_config(node)
         self.start_agent(first)
-        started = self.cli_json("cluster", "start", "-c", str(first.config_path))
-        self.ca_fingerprint = str(started["ca_fingerprint"])
+        self.start_cluster(first)
         self.log(f"n1 founded the cluster (CA {self.ca_fingerprint[:17]}...)")
         for name in ("n2", "n3"):
             node = self.nodes[name]
             self.start_agent(node)
             self.cli_json(*node.join_arguments(first), "--ca-fingerprint", self.ca_fingerprint)
             self.log(f"{name} joined")
-        with contextlib.closing(psycopg.connect(_socket_dsn(first), autocommit=True)) as conn:
+        with contextlib.closing(psycopg.connect(socket_dsn(first), autocommit=True)) as conn:
             conn.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY)")
         wait_for(self.converged, WAIT, interval=0.5, what="one active, two standbys streaming")
 
@@ -197,7 +148,7 @@ class Run:
 
     def sync(self) -> list[str]:
         active = self.nodes[self.active()]
-        with contextlib.closing(psycopg.connect(_socket_dsn(active), autocommit=True)) as conn:
+        with contextlib.closing(psycopg.connect(socket_dsn(active), autocommit=True)) as conn:
             rows = conn.execute(
                 "SELECT application_name FROM pg_stat_replication"
                 " WHERE sync_state IN ('sync', 'quorum')"
@@ -230,7 +181,7 @@ class Run:
             self.log(f"  {step.ended - step.started:.2f} s {step.note}")
 
     def setting(self, node: BenchNode, name: str) -> str:
-        with contextlib.closing(psycopg.connect(_socket_dsn(node), autocommit=True)) as conn:
+        with contextlib.closing(psycopg.connect(socket_dsn(node), autocommit=True)) as conn:
             row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
         return str(row[0]) if row else "?"
 
@@ -285,7 +236,7 @@ class Run:
                 step.note = f"{wheel.name} into the second virtualenv"
         with self.step(f"agent down past a lease ({down:g} s since its stop)") as step:
             time.sleep(max(0.0, down - (time.monotonic() - stopped)))
-            others = {n: _probe(self.nodes[n]) for n in standbys}
+            others = {n: probe(self.nodes[n]) for n in standbys}
             step.note = (
                 f"agent down {time.monotonic() - stopped:.1f} s; database "
                 f"{_kept(node, postmaster)}; /status "
@@ -296,7 +247,7 @@ class Run:
 
         with self.step(f"start the new agent on {active}") as step:
             node.spawn_agent([str(new_hacore)])
-            wait_for(lambda: _probe(node) == 200, WAIT, interval=0.1, what=f"{active} /status 200")
+            wait_for(lambda: probe(node) == 200, WAIT, interval=0.1, what=f"{active} /status 200")
             answered = time.monotonic() - step.started
             expected = _version_of(new_hacore)
 
@@ -322,7 +273,7 @@ class Run:
 
     def committed(self) -> set[int]:
         active = self.nodes[self.active()]
-        with contextlib.closing(psycopg.connect(_socket_dsn(active), autocommit=True)) as conn:
+        with contextlib.closing(psycopg.connect(socket_dsn(active), autocommit=True)) as conn:
             return {int(r[0]) for r in conn.execute(f"SELECT id FROM {TABLE}").fetchall()}
 
     def cleanup(self) -> None:
@@ -332,10 +283,6 @@ class Run:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _socket_dsn(node: LocalNode) -> str:
-    return f"host={node.socket_dir} port={node.pg_port} user=postgres dbname=postgres"
 
 
 def _writer_dsn(nodes: Sequence[LocalNode]) -> str:
@@ -349,19 +296,6 @@ def _writer_dsn(nodes: Sequence[LocalNode]) -> str:
 
 def _kept(node: LocalNode, postmaster: int | None) -> str:
     return "still running" if postmaster and node.postmaster() == postmaster else "NOT running"
-
-
-def _probe(node: LocalNode) -> int | None:
-    import httpx
-
-    try:
-        return httpx.get(f"http://{node.address}/status", timeout=3.0).status_code
-    except httpx.HTTPError:
-        return None
-
-
-def _answers(node: LocalNode) -> bool:
-    return _probe(node) is not None
 
 
 def _changed_active(entry: dict[str, Any]) -> bool:
@@ -523,12 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         parser.error("run it as root: PostgreSQL runs as the postgres user")
 
-    console = Console(stderr=args.json)
-    if not console.is_terminal:
-        console.width = 160
-
-    def log(line: str) -> None:
-        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}", highlight=False)
+    console, log = bench_console(args.json)
 
     started = time.monotonic()
     root = prepare_workdir(Path(tempfile.mkdtemp(prefix="hacore-maintenance-bench-")))

@@ -47,7 +47,7 @@ import failover
 import httpx
 from _cluster import prepare_workdir
 from _fault_hosts import checker, fault_cluster, formed, netns, test_store_leader
-from _report import machine, spread
+from _report import bench_console, machine, spread
 from rich.console import Console
 from rich.table import Table
 
@@ -413,12 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     if managed and (reason := fault_reason()):
         parser.error(reason)
 
-    console = Console(stderr=args.json)
-    if not console.is_terminal:
-        console.width = 170
-
-    def log(line: str) -> None:
-        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}", highlight=False)
+    console, log = bench_console(args.json, width=170)
 
     report: dict[str, Any] = {
         "machine": machine(),

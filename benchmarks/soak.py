@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 from _fault_hosts import checker, fault_cluster, formed, netns
-from _report import machine
+from _report import bench_console, machine
 from rich.console import Console
 from rich.table import Table
 
@@ -259,12 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason := netns.unavailable_reason():
         parser.error(reason)
 
-    console = Console(stderr=args.json)
-    if not console.is_terminal:
-        console.width = 170
-
-    def log(line: str) -> None:
-        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}", highlight=False)
+    console, log = bench_console(args.json, width=170)
 
     results = []
     for profile in profiles:
