@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from _cli_cluster import HACORE, BenchNode, CliCluster, Failed, socket_dsn
+from _cli_cluster import HACORE, BenchNode, CliCluster, Failed, probe, socket_dsn
 from _cluster import PG_BIN, prepare_workdir
 from _report import bench_console, machine, spread, tool_version
 from rich.console import Console
@@ -169,6 +169,18 @@ class Bench(CliCluster):
         return {"streaming_s": streaming, "cli_s": cli, **phases(json.loads(out), events, cli)}
 
     def remove(self, name: str) -> None:
+        """Remove the joiner; should the cluster have failed over to it meanwhile (noted as
+        a failover), a switchover to a founding node comes first."""
+        wait_for(
+            lambda: any(probe(n) == 200 for n in self.nodes.values()),
+            WAIT,
+            interval=0.2,
+            what="an active node",
+        )
+        if self.refresh_active() == name:
+            home = next(n for n in self.nodes if n != name)
+            self.cli("cluster", "switchover", "--to", home)
+            self.refresh_active()
         self.cli("cluster", "nodes", "remove", name, "--yes")
         node = self.nodes.pop(name)
         node.cleanup()
