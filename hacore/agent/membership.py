@@ -38,7 +38,6 @@ class Membership:
         self._allowed: dict[str, str] = {}
         self._peers: dict[str, Any] | None = None
         self._identity: dict[str, Any] | None = None
-        self._doubted: dict[tuple[str, str], str] = {}
 
     def files_identity(self) -> dict[str, Any] | None:
         fs = self.backends.filesync
@@ -66,7 +65,8 @@ class Membership:
             )
             self.hooks.call("hacore_membership_changed", view=view, added=added, removed=gone)
         dropped = set(removed)
-        believed = [m for m in view.members if self._believed(m)]
+        # the loop's view holds only records signed by their own node (record_trust.py)
+        believed = view.members
         for member in believed if initialized else ():
             if member.name == self.name or member.name in dropped or not member.host:
                 continue
@@ -89,21 +89,3 @@ class Membership:
                 self._peers = peers
             except Exception as err:
                 self.log.warning("could not update the file sync peers: %s", err)
-
-    def _believed(self, member: Member) -> bool:
-        """Whether ``member``'s record may open the database and the file sync to its
-        host: signed by its own node's certificate (hacore/pki/record_identity.py); every
-        record when the cluster runs without TLS (nothing to prove identity with)."""
-        if self.revocations is None:
-            return True
-        reason = self.revocations.why_not_believed(member)
-        seen = (member.name, member.host)
-        if reason is not None and self._doubted.get(seen) != reason:
-            self.log.warning(
-                "not believing the record of %s at %s: %s", member.name, member.host, reason
-            )
-        if reason is None:
-            self._doubted.pop(seen, None)
-        else:
-            self._doubted[seen] = reason
-        return reason is None

@@ -32,10 +32,9 @@ from hacore.agent.credentials import ReplicationCredentials
 from hacore.agent.failsafe import forget_key, store_key
 from hacore.backends.consensus import ConsensusBackend
 from hacore.backends.filesync import FilesyncBackend
-from hacore.backends.records import Member, TlsFiles
+from hacore.backends.records import TlsFiles
 from hacore.backends.replication import ReplicationBackend
-from hacore.errors import HacoreError
-from hacore.pki import load_node_certificate, record_identity, revocation
+from hacore.pki import load_node_certificate, revocation
 from hacore.pki.pem import read_certificate
 
 log = logging.getLogger(__name__)
@@ -91,8 +90,6 @@ class RevocationSync:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ca: x509.Certificate | None = None
-        self._revoked_from: bytes | None = None
-        self._revoked_set: frozenset[int] = frozenset()
 
     def tick(self, *, removed: bool = False) -> None:
         """From the loop: apply what the reader fetched last; never waits on a server."""
@@ -273,37 +270,8 @@ class RevocationSync:
         ):
             self._primary_generation = secret.generation
 
-    def why_not_believed(self, member: Member) -> str | None:
-        """Why ``member``'s record is not to be believed (None: it is, or this node has no
-        TLS material, and so nothing to check an identity against: TLS off, or an agent run
-        on bare backends)."""
-        if self.tls is None or not self.tls.ca_file.exists():
-            return None
-        try:
-            ca = self._ca_certificate()
-        except HacoreError as err:
-            return f"the cluster CA is unreadable: {err}"
-        return record_identity.why_not_believed(
-            member.name, member.host, member.api_url, member.extra, ca, self._revoked(ca)
-        )
-
     def _ca_certificate(self) -> x509.Certificate:
         assert self.tls is not None
         if self._ca is None:
             self._ca = read_certificate(self.tls.ca_file)
         return self._ca
-
-    def _revoked(self, ca: x509.Certificate) -> frozenset[int]:
-        assert self.tls is not None
-        path = revocation.crl_path(self.tls.ca_file)
-        try:
-            data = path.read_bytes()
-        except OSError:
-            return frozenset()
-        if self._revoked_from != data:
-            try:
-                self._revoked_set = revocation.revoked_serials(data, ca)
-            except HacoreError:
-                self._revoked_set = frozenset()
-            self._revoked_from = data
-        return self._revoked_set

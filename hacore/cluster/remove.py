@@ -1,20 +1,21 @@
 """``nodes remove``: unregister a standby, on the active.
 
 In order: ``removed/<name>`` (the node's agent steps down to REMOVED and never campaigns), a
-short wait for the node to acknowledge it while it can still read the store, then its
-registered certificates are revoked in the store's CRL (hacore/agent/revocation_store.py), then
-its store server (managed store), its replication slot and database access, and any pending
-join under the name; then the replication password, the failsafe key and the file-sync secret
-are rotated (hacore/cluster/secret_rotation.py), each sealed to every remaining member's
-certificate, never to the removed node's. Every step is idempotent, so a removal interrupted
-half-way is finished by running it again.
+short wait for the node to acknowledge it while it can still read the store, then its store
+server (managed store), then its registered certificates are revoked in the store's CRL
+(hacore/agent/revocation_store.py), then its replication slot and database access, and any
+pending join under the name; then the replication password, the failsafe key and the
+file-sync secret are rotated (hacore/cluster/secret_rotation.py), each sealed to every
+remaining member's certificate, never to the removed node's. Every step is idempotent, so a
+removal interrupted half-way is finished by running it again.
 
-The CRL is in the store before the store shrinks, so every store server refuses the removed
-node's new connections as soon as its agent copies the CRL, whatever happens next; it comes
-after the acknowledgement, which the node must still be able to read ``removed/<name>`` for.
-This node's own copy of the CRL is written only once the store has shrunk (its agent may
-still copy it from the store sooner): a server refusing the leaving server's new peer
-connections must not slow the shrink.
+The CRL comes only once the store has shrunk. Published before, it reaches the leaving
+node's agent and store server while the store still counts that server: in a verification run
+the one member left after a 2 → 1 shrink stopped answering 10 s later (the active fenced),
+and a removed node of a teardown could not end its service. The likely cause: the leaving
+server, refused by its own agent and its peers on new connections, keeps running and starts
+elections. What the removed node may read in between is sealed to the other members (the
+rotated secrets) or already known to it (everything else it held).
 
 The store shrinks while the leaving server still runs: the removed node keeps its store server
 up until the store no longer lists it (:func:`wait_store_forgets`), and only then stops it. A
@@ -65,11 +66,11 @@ def remove_node(agent: Agent | None, name: str, cluster: str) -> dict[str, Any]:
         raise NotFoundError(f'no node named "{name}" in cluster {cluster}')
     agent.mark_removed(name)
     acknowledged = name not in live or _wait_acknowledged(agent, name)
-    ca, serials = _publish_revocation(agent, name)
     store_removed = False
     if store is not None and name in store_names | known:
         store.remove_member(name)
         store_removed = True
+    ca, serials = _publish_revocation(agent, name)
     try:
         agent.replication.drop_member(name)
         database = "slot and access removed"
@@ -96,8 +97,8 @@ def remove_node(agent: Agent | None, name: str, cluster: str) -> dict[str, Any]:
 
 
 def _publish_revocation(agent: Agent, name: str) -> tuple[CaMaterial | None, tuple[int, ...]]:
-    """Revoke the certificates registered for ``name`` in the store's CRL (before the store
-    shrinks); the CA used and the serials revoked."""
+    """Revoke the certificates registered for ``name`` in the store's CRL (once the store
+    has shrunk); the CA used and the serials revoked."""
     if tls_paths.tls_files(agent.config) is None:
         return None, ()
     # the CA key, unsealed for this request with the admin's password (ca_key.py)

@@ -198,6 +198,8 @@ class CliCluster:
         self.outputs: dict[str, str] = {}
         #: what cluster start printed for joiners
         self.ca_fingerprint = ""
+        #: each node's agent log as it was once the cluster was formed (before any test)
+        self.formed_logs: dict[str, str] = {}
 
     def add(
         self, name: str, env: dict[str, str] | None = None, extra: dict[str, Any] | None = None
@@ -286,6 +288,9 @@ def formed_cluster(
                 "--timeout",
                 str(WAIT),
             ).output
+        cluster.formed_logs = {
+            name: node.log_path.read_text(errors="replace") for name, node in cluster.nodes.items()
+        }
         yield cluster
     finally:
         cluster.cleanup()

@@ -73,7 +73,7 @@ def test_start_and_two_joins_make_one_active_and_two_streaming_standbys(
         assert f"[ok] {step}" in start
     assert "n1 is the active node of cluster clitest" in start
     # rule B1: the founder kept its new database writable while it took the lease
-    founder_log = formed.nodes["n1"].log_path.read_text()
+    founder_log = formed.formed_logs["n1"]
     assert "campaigning for the lease while it stays writable" in founder_log
     assert "fence -> fenced" not in founder_log and "promoted, timeline" not in founder_log
     password = formed.credentials()[1]
