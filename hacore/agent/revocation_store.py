@@ -46,7 +46,7 @@ from hacore.backends.replication import ReplicationBackend
 from hacore.errors import HacoreError, ReplicationError
 from hacore.pki import pem, record_identity, revocation, sealed_secret
 from hacore.pki.ca import CaMaterial
-from hacore.pki.certs import NodeCertificate, issued_by
+from hacore.pki.certs import NodeCertificate
 
 log = logging.getLogger(__name__)
 
@@ -171,18 +171,9 @@ def opener_for(name: str, tls: TlsFiles | None) -> Opener | None:
 def why_not_sealable(
     name: str, cert: x509.Certificate, ca: x509.Certificate, revoked: frozenset[int]
 ) -> str | None:
-    """None when a secret may be sealed to ``cert`` for ``name``: a certificate of the cluster
-    CA, valid now, not revoked and naming ``name`` (only ``name``'s key opens the copy)."""
-    if not issued_by(cert, ca):
-        return "not from the cluster CA"
-    if cert.serial_number in revoked:
-        return "revoked"
-    now = pem.now()
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        return "not valid now"
-    if pem.common_name(cert) != name:
-        return f"names {pem.common_name(cert)!r}"
-    return None
+    """None when a secret may be sealed to ``cert`` for ``name``: the same rule as for a
+    member record (only ``name``'s key opens the copy)."""
+    return record_identity.certificate_problem(cert, name, ca, revoked)
 
 
 def _store_revoked(consensus: ConsensusBackend, ca: x509.Certificate) -> frozenset[int]:

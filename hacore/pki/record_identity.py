@@ -67,6 +67,24 @@ def sign(
     }
 
 
+def certificate_problem(
+    cert: x509.Certificate, name: str, ca: x509.Certificate, revoked: frozenset[int]
+) -> str | None:
+    """What keeps ``cert`` from speaking for node ``name`` ("is revoked", "names 'x'"...):
+    not from the cluster CA, revoked, not valid now, or naming another node; None when
+    nothing does."""
+    if not issued_by(cert, ca):
+        return "is not from the cluster CA"
+    if cert.serial_number in revoked:
+        return "is revoked"
+    now = pem.now()
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        return "is not valid now"
+    if pem.common_name(cert) != name:
+        return f"names {pem.common_name(cert)!r}"
+    return None
+
+
 def why_not_believed(
     name: str,
     host: str,
@@ -88,15 +106,9 @@ def why_not_believed(
         signature = base64.b64decode(str(identity.get("signature", "")), validate=True)
     except (TlsMaterialError, ValueError):
         return "the record's certificate or signature is unreadable"
-    if not issued_by(cert, ca):
-        return "the record's certificate is not from the cluster CA"
-    if cert.serial_number in revoked:
-        return "the record's certificate is revoked"
-    now = pem.now()
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        return "the record's certificate is not valid now"
-    if pem.common_name(cert) != name:
-        return f"the record's certificate names {pem.common_name(cert)!r}"
+    problem = certificate_problem(cert, name, ca, revoked)
+    if problem is not None:
+        return f"the record's certificate {problem}"
     public = cert.public_key()
     data = payload(name, host, api_url, extra)
     try:
