@@ -76,6 +76,17 @@ def tool_version(argv: Sequence[str]) -> str:
     return text[0] if text else "unknown"
 
 
+def stack_versions() -> dict[str, str]:
+    """hacore's, PostgreSQL's and etcd's versions: the stack every benchmark here runs."""
+    from _cluster import PG_BIN
+
+    return {
+        "hacore": hacore.__version__,
+        "postgresql": tool_version([str(PG_BIN / "postgres"), "--version"]),
+        "etcd": tool_version(["etcd", "--version"]),
+    }
+
+
 def spread(samples: Iterable[float | None]) -> dict[str, Any]:
     values = [v for v in samples if v is not None]
     if not values:

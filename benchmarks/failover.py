@@ -48,11 +48,19 @@ import _load
 import _patroni
 import _pgbench
 import attrs
-from _cluster import PG_BIN, TABLE, BenchCluster, prepare_workdir
-from _report import bench_console, machine, print_report, ratios, size_ratios, spread, tool_version
+from _cluster import TABLE, BenchCluster, prepare_workdir
+from _report import (
+    bench_console,
+    machine,
+    print_report,
+    ratios,
+    size_ratios,
+    spread,
+    stack_versions,
+    tool_version,
+)
 from _writer import Ack, Writer
 
-import hacore
 from hacore_plugins.etcd.testing import EtcdHarness
 
 SCENARIOS = ("crash", "switchover", "status", "haproxy")
@@ -602,10 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "machine": machine(),
         "versions": {
-            "postgresql": tool_version([str(PG_BIN / "postgres"), "--version"]),
-            "etcd": tool_version(["etcd", "--version"]),
+            **stack_versions(),
             "patroni": tool_version([str(_patroni.PATRONI), "--version"]),
-            "hacore": hacore.__version__,
             **({"haproxy": _haproxy.version()} if "haproxy" in args.scenarios else {}),
         },
         "runs": args.runs,

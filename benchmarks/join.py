@@ -46,11 +46,10 @@ from typing import Any
 import psycopg
 from _cli_cluster import HACORE, BenchNode, CliCluster, Failed, probe, socket_dsn
 from _cluster import PG_BIN, prepare_workdir
-from _report import bench_console, machine, spread, tool_version
+from _report import bench_console, machine, spread, stack_versions
 from rich.console import Console
 from rich.table import Table
 
-import hacore
 from hacore.testing.local_cluster import LocalNode
 from hacore.testing.procs import wait_for
 
@@ -412,11 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(root, log)
     report: dict[str, Any] = {
         "machine": machine(),
-        "versions": {
-            "hacore": hacore.__version__,
-            "postgresql": tool_version([str(PG_BIN / "postgres"), "--version"]),
-            "etcd": tool_version(["etcd", "--version"]),
-        },
+        "versions": stack_versions(),
         "errors": [],
     }
     joins: list[dict[str, Any]] = []

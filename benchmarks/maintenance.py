@@ -52,8 +52,8 @@ from typing import Any
 import attrs
 import psycopg
 from _cli_cluster import WAIT, BenchNode, CliCluster, Failed, probe, socket_dsn
-from _cluster import PG_BIN, prepare_workdir
-from _report import bench_console, machine, tool_version
+from _cluster import prepare_workdir
+from _report import bench_console, machine, stack_versions
 from _writer import Ack, Writer
 from rich.console import Console
 from rich.table import Table
@@ -464,11 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(root, log, args.ttl)
     report: dict[str, Any] = {
         "machine": machine(),
-        "versions": {
-            "hacore": hacore.__version__,
-            "postgresql": tool_version([str(PG_BIN / "postgres"), "--version"]),
-            "etcd": tool_version(["etcd", "--version"]),
-        },
+        "versions": stack_versions(),
     }
     failure: str | None = None
     changes: list[dict[str, Any]] | None = None
