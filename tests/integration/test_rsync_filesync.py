@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import socket
-import ssl
 import stat
 import subprocess
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import attrs
 import pytest
 from cryptography import x509
+from rsync_greeting import rsync_greeting
 
 from hacore import pki
 from hacore.api.errors import UnavailableError
@@ -447,20 +447,7 @@ def test_a_forged_source_is_not_believed(
 
 
 def greeting(tls: TlsFiles, port: int) -> str:
-    """Empty when a client showing ``tls``'s certificate gets the rsync daemon's greeting through
-    stunnel at ``port``; else why not (with TLS 1.3 a refused client certificate shows as an
-    alert at the first read, after the client's side of the handshake)."""
-    context = ssl.create_default_context(cafile=str(tls.ca_file))
-    context.load_cert_chain(tls.cert_file, tls.key_file)
-    try:
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=20) as raw,
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
-        ):
-            data = conn.recv(64)
-    except OSError as err:  # ssl.SSLError among them
-        return str(err) or type(err).__name__
-    return "" if data.startswith(b"@RSYNCD") else f"no greeting: {data!r}"
+    return rsync_greeting(tls.ca_file, tls.cert_file, tls.key_file, port)
 
 
 def test_a_revoked_certificate_completes_no_handshake(tmp_path: Path, authority: Authority) -> None:

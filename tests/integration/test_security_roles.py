@@ -14,8 +14,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
-import ssl
 import stat
 import subprocess
 import tempfile
@@ -26,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 from cluster_fixtures import WAIT, CliCluster, Node, make_root
+from rsync_greeting import rsync_greeting
 
 from hacore.agent.failsafe import KEY_FILE, Answer, Ask, sign, signed, signing_key, stored_key
 from hacore.agent.failsafe import PATH as FAILSAFE_PATH
@@ -451,21 +450,8 @@ def test_removal_rotates_the_file_sync_secret(
 
 
 def _rsync_greeting(client: Node, port: int) -> str:
-    """Empty when ``client``'s node certificate gets the rsync daemon's greeting through the
-    stunnel at ``port``; else why not (TLS 1.3 shows a refused client certificate as an alert
-    at the first read)."""
     pki_dir = client.data_dir / "pki" / "node"
-    context = ssl.create_default_context(cafile=str(pki_dir / "ca.crt"))
-    context.load_cert_chain(pki_dir / "node.crt", pki_dir / "node.key")
-    try:
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=20) as raw,
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
-        ):
-            data = conn.recv(64)
-    except OSError as err:  # ssl.SSLError among them
-        return str(err) or type(err).__name__
-    return "" if data.startswith(b"@RSYNCD") else f"no greeting: {data!r}"
+    return rsync_greeting(pki_dir / "ca.crt", pki_dir / "node.crt", pki_dir / "node.key", port)
 
 
 def test_the_removed_nodes_certificate_completes_no_rsync_handshake(
