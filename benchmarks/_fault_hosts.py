@@ -1,7 +1,8 @@
 """The fault tests' three network-namespace hosts, for benchmarks (``managed.py``, ``soak.py``).
 
-Imports ``tests/fault/fault_cluster.py`` and ``tests/tools`` (the checker's writer and poller,
-the namespaces) rather than copying them: the benchmarks run the cluster the fault tests run.
+Imports ``tests/fault/fault_cluster.py`` (with ``fault_store.py``, its etcd seen from outside)
+and ``tests/tools`` (the checker's writer and poller, the namespaces) rather than copying
+them: the benchmarks run the cluster the fault tests run. No test module is imported.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ sys.path[:0] = [str(ROOT / "tests" / "fault"), str(ROOT / "tests" / "tools")]
 
 import checker  # noqa: E402
 import fault_cluster  # noqa: E402
+import fault_store  # noqa: E402
 import netns  # noqa: E402
-import test_store_leader  # noqa: E402
 
-__all__ = ["checker", "fault_cluster", "formed", "netns", "test_store_leader"]
+__all__ = ["checker", "fault_cluster", "fault_store", "formed", "netns"]
 
 #: tries at forming a cluster: at a short ttl on a loaded machine the founding node can fence
 #: itself during a join; each failure is reported

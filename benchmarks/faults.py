@@ -40,7 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 import hacore
-from hacore.config.node import TIMING_PROFILES
+from hacore.config.timing import TIMING_PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULT_DIR = ROOT / "tests" / "fault"

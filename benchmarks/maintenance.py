@@ -59,7 +59,7 @@ from rich.console import Console
 from rich.table import Table
 
 import hacore
-from hacore.config.node import TimingSettings
+from hacore.config.timing import TimingSettings
 from hacore.testing.local_cluster import LocalNode
 from hacore.testing.procs import wait_for
 

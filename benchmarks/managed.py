@@ -46,19 +46,19 @@ from typing import Any
 import failover
 import httpx
 from _cluster import prepare_workdir
-from _fault_hosts import checker, fault_cluster, formed, netns, test_store_leader
+from _fault_hosts import checker, fault_cluster, fault_store, formed, netns
 from _report import bench_console, machine, spread
 from rich.console import Console
 from rich.table import Table
 
 import hacore
-from hacore.config.node import TIMING_PROFILES
+from hacore.config.timing import TIMING_PROFILES
 from hacore.testing.procs import wait_for
 
-etcd_call = test_store_leader.etcd_call
-member_ids = test_store_leader.member_ids
-move_store_leadership = test_store_leader.move_store_leadership
-store_leader = test_store_leader.store_leader
+etcd_call = fault_store.etcd_call
+member_ids = fault_store.member_ids
+move_store_leadership = fault_store.move_store_leadership
+store_leader = fault_store.store_leader
 
 SCENARIOS = ("rest", "leader", "external")
 #: writes acknowledged by the active before its host dies

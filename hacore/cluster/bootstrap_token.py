@@ -5,7 +5,8 @@ An agent that belongs to no cluster yet has no API password, yet ``cluster start
 keeps it in ``data_dir/bootstrap.token`` (0600): only a user who can read the node's data
 directory (root, or the agent's own user) can run those two commands against it. The API
 accepts the token as HTTP Basic credentials of the user ``hacore-bootstrap``; the file is
-deleted once the node belongs to a cluster, from then on the cluster's API credentials apply.
+deleted once the node belongs to a cluster, from then on the cluster's API credentials apply
+(the token only reads, for a minute: :mod:`hacore.cluster.node_credentials`).
 """
 
 from __future__ import annotations

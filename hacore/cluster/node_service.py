@@ -41,33 +41,31 @@ from hacore.agent.snapshot import NodeSnapshot
 from hacore.api import admin_secret
 from hacore.api.auth import hash_password
 from hacore.api.errors import BadRequestError, ConflictError, UnavailableError
-from hacore.api.facade import AgentFacade
 from hacore.api.limits import raise_open_file_limit
 from hacore.api.server import PlainHttp
-from hacore.cluster import admin_password, ca_key, cluster_config, repair
+from hacore.cluster import admin_password, cluster_config
 from hacore.cluster import join as joining
 from hacore.cluster import node_views as views
-from hacore.cluster import pause as maintenance
 from hacore.cluster import start as starting
 from hacore.cluster import tls as node_tls
-from hacore.cluster.bootstrap_token import new_token, remove_token
 from hacore.cluster.grant import (
     cancel_join,
     create_join_token,
     grant_ticket,
 )
+from hacore.cluster.member_operations import MemberOperations
 from hacore.cluster.node_api import NodeListeners
+from hacore.cluster.node_credentials import NodeCredentials
 from hacore.cluster.node_monitor import NodeMonitor
 from hacore.cluster.operation_state import ClusterState, Phase, StateFile, Step
 from hacore.cluster.parts import LocalParts, local_parts
 from hacore.cluster.progress import Progress
 from hacore.cluster.record import ClusterRecord
-from hacore.cluster.remove import remove_node
 from hacore.cluster.requests import JoinCommand, NodeRequest
 from hacore.cluster.teardown import end_here
 from hacore.cluster.uninstall import mark_created
 from hacore.config.check import security_warnings
-from hacore.config.node import ApiAuth, ApiSettings, NodeConfig, load_config
+from hacore.config.node import NodeConfig, load_config
 from hacore.config.options import deep_merge
 from hacore.errors import ConfigError, HacoreError
 from hacore.plugins.configured import load_config_and_plugins
@@ -81,7 +79,7 @@ MONITOR_INTERVAL = 0.5
 OPERATION_INTERVAL = 0.1
 
 
-class NodeService(AgentFacade):
+class NodeService(MemberOperations):
     """The service of one node; also the :class:`~hacore.api.facade.AgentFacade` its API
     serves (every facade method is thread-safe)."""
 
@@ -96,14 +94,11 @@ class NodeService(AgentFacade):
         self._state: ClusterState | None = None
         self._lock = threading.RLock()
         self._listeners = NodeListeners(self, self.base.node.api_port)
-        self._bootstrap: ApiAuth | None = None
+        self._credentials = NodeCredentials(self.data_dir)
         self._stop = threading.Event()
         self._monitor = NodeMonitor(self)
         #: why the service stopped by itself (it then exits with an error)
         self.failure: str | None = None
-        #: the admin password of ``cluster start``, in memory until the start is done: the
-        #: CA key is then sealed under it (hacore/cluster/ca_key.py)
-        self._start_password: str | None = None
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -136,7 +131,7 @@ class NodeService(AgentFacade):
                 state = joining.recover_store_join(self, state, self._effective(state.overrides))
                 self._state = state
             if state is None or state.phase in (Phase.STARTING, Phase.JOINING):
-                _, self._bootstrap = new_token(self.data_dir)
+                self._credentials.issue_token()
             if state is not None:
                 self.config = self._effective(state.overrides)
             if state is not None and state.phase is Phase.MEMBER and self.config.tls.enabled:
@@ -240,12 +235,6 @@ class NodeService(AgentFacade):
         """``GET /cluster/ca``: the CA certificate this node trusts (public material)."""
         return views.cluster_ca(self.config, self.data_dir, self._state)
 
-    def _api_settings(self) -> ApiSettings:
-        state = self._state
-        if state is None or state.phase in (Phase.STARTING, Phase.JOINING):
-            return ApiSettings(auth=self._bootstrap)
-        return self.config.api
-
     def _listen(self) -> None:
         """The API on node.yaml's address and, if start/join changed it, the new one too
         (when it is an address of this machine: behind NAT it is only advertised).
@@ -253,10 +242,10 @@ class NodeService(AgentFacade):
         With TLS material the API serves HTTPS; plain HTTP on the same port serves everything
         while a start or join runs (the local CLI switches once it sees the CA file), and
         only the load-balancer probes once the node is a member (docs/security.md)."""
-        settings = self._api_settings()
         state = self._state
         context = node_tls.server_context(self.data_dir) if self.config.tls.enabled else None
         bootstrap = state is None or state.phase in (Phase.STARTING, Phase.JOINING)
+        settings = self._credentials.settings(bootstrap, self.config)
         plain = PlainHttp.ALL if bootstrap else PlainHttp.PROBES
         self._listeners.listen(
             (self.base.node.host, self.config.node.host), settings, context, plain
@@ -332,8 +321,12 @@ class NodeService(AgentFacade):
     # -- the monitor -------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """One look of the monitor (:mod:`hacore.cluster.node_monitor`)."""
+        """One look of the monitor (:mod:`hacore.cluster.node_monitor`); the end of the
+        bootstrap token's read-only grace (:mod:`hacore.cluster.node_credentials`)."""
         self._monitor.tick()
+        with self._lock:
+            if self._credentials.retire_due():
+                self._listen()
 
     def watched(self) -> tuple[Agent | None, ClusterState | None, Progress | None]:
         with self._lock:
@@ -346,35 +339,21 @@ class NodeService(AgentFacade):
     def finish(self, result: str) -> None:
         with self._lock:
             self.save(self.require_state().with_phase(Phase.MEMBER))
-            self._seal_ca_key()
+            agent = self.agent
+            self._credentials.operation_done(
+                self.config, agent.consensus if agent is not None else None
+            )
             self._listen()
-            remove_token(self.data_dir)
-            self._bootstrap = None
             if self.progress is not None:
                 self.progress.complete(result)
         log.info("%s", result)
-
-    def _seal_ca_key(self) -> None:
-        """After a start: the CA key leaves the disk, sealed into the store."""
-        password, self._start_password = self._start_password, None
-        agent = self.agent
-        if password is None or agent is None or not self.config.tls.enabled:
-            return
-        try:
-            ca_key.seal_clear_key(self.config, agent.consensus, password)
-        except HacoreError as err:
-            log.warning(
-                "the CA key stays in %s until an admin operation seals it: %s",
-                ca_key.clear_key_file(self.data_dir),
-                err,
-            )
 
     def removed(self, state: ClusterState) -> None:
         with self._lock:
             self.agent = None
             self.save(state.with_phase(Phase.REMOVED))
 
-    # -- AgentFacade -------------------------------------------------------------------------
+    # -- AgentFacade (the member requests: hacore/cluster/member_operations.py) --------------
 
     def snapshot(self) -> NodeSnapshot:
         agent = self.agent
@@ -416,7 +395,7 @@ class NodeService(AgentFacade):
             )
             self.config = self._effective(state.overrides)
             self.save(state)
-            self._start_password = request.password
+            self._credentials.keep_start_password(request.password)
             self._listen()
             self._begin_start()
         log.info("cluster start of %s %s", state.record.name, "resumed" if resumed else "begun")
@@ -506,69 +485,9 @@ class NodeService(AgentFacade):
             "ca_fingerprint": pki.fingerprint(ca) if ca is not None else None,
         }
 
-    def remove_node(self, name: str) -> dict[str, Any]:
-        state = self.require_member()
-        return remove_node(self.agent, name, state.record.name)
-
     def teardown(self) -> dict[str, Any]:
         """``POST /cluster/teardown``: this node's last step in ``cluster teardown``."""
         return end_here(self)
-
-    def switchover(self, to: str | None) -> dict[str, Any]:
-        self.require_member()
-        agent = self.agent
-        if agent is None:
-            raise UnavailableError("this node's agent is not running")
-        request = agent.request_switchover(to)
-        return {"from": request.from_node, "to": request.to_node}
-
-    def restart_node(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        """``POST /nodes/<name>/restart`` on that node; its progress is the ``operation``."""
-        return self._repair(
-            "restart", repair.RESTART_STEPS, lambda p: repair.restart(self.agent, name, body, p)
-        )
-
-    def reinit_node(self, name: str) -> dict[str, Any]:
-        """``POST /nodes/<name>/reinit`` on that node; its progress is the ``operation``."""
-        return self._repair(
-            "reinit", repair.REINIT_STEPS, lambda p: repair.reinit(self.agent, name, p)
-        )
-
-    def _repair(
-        self,
-        what: str,
-        steps: tuple[tuple[str, str], ...],
-        start: Callable[[Progress], dict[str, Any]],
-    ) -> dict[str, Any]:
-        self.require_member()
-        with self._lock:
-            if self.progress is not None and self.progress.running:
-                raise ConflictError(f"a {self.progress.operation} is already running here")
-            progress = Progress(what, steps)
-            answer = start(progress)
-            self.progress = progress
-        return answer
-
-    def pause(self, body: dict[str, Any], by: str) -> dict[str, Any]:
-        """``POST /pause`` on any member (hacore/cluster/pause.py)."""
-        self.require_member()
-        return maintenance.pause(self.agent, body, by=by)
-
-    def resume(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``POST /resume`` on the node holding the lease (hacore/cluster/pause.py)."""
-        self.require_member()
-        return maintenance.resume(self.agent, body)
-
-    def cluster_config(self) -> dict[str, Any]:
-        """``GET /cluster/config`` on any member (hacore/cluster/cluster_config.py)."""
-        self.require_member()
-        return cluster_config.show(self._running_agent())
-
-    def change_cluster_config(self, body: dict[str, Any], by: str) -> dict[str, Any]:
-        """``PUT /cluster/config`` on the active (hacore/cluster/cluster_config.py)."""
-        self.require_member()
-        agent = self._running_agent()
-        return cluster_config.change(agent, agent.config, self.plugins.registry, body, by=by)
 
     def change_admin_password(self, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /cluster/admin-password`` on the active (hacore/cluster/admin_password.py)."""
@@ -597,43 +516,6 @@ class NodeService(AgentFacade):
             if agent is not None:
                 agent.config = attrs.evolve(agent.config, api=config.api)
         log.info("took the cluster's admin credential (generation %d)", credential.generation)
-
-    def _running_agent(self) -> Agent:
-        agent = self.agent
-        if agent is None:
-            raise UnavailableError("this node's agent is not running")
-        return agent
-
-    def failover(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``POST /failover`` on any member (hacore/cluster/repair.py)."""
-        self.require_member()
-        return repair.failover(self.agent, body)
-
-    def explain(self, name: str) -> dict[str, Any]:
-        return views.explain_node(self.config, self.agent, name)
-
-    def history(self) -> dict[str, Any]:
-        self.require_member()
-        return views.history(self.agent)
-
-    def salvage_list(self) -> dict[str, Any]:
-        return views.salvage_list(self.config)
-
-    def salvage_show(self, ident: str) -> dict[str, Any]:
-        return views.salvage_show(self.config, ident)
-
-    def failsafe(self, body: bytes, signature: str) -> tuple[bytes, str]:
-        """``POST /failsafe``: the agent's signed answer to an active's failsafe question."""
-        agent = self.agent
-        if agent is None:
-            raise UnavailableError("this node's agent is not running")
-        return agent.failsafe_answer(body, signature)
-
-    def require_member(self) -> ClusterState:
-        state = self._state
-        if state is None or state.phase is not Phase.MEMBER:
-            raise UnavailableError(f"{self.config.node.name} is not a member of a cluster")
-        return state
 
 
 def _belongs(state: ClusterState) -> str:

@@ -31,13 +31,11 @@ from hacore.config.node import (
     CheckSettings,
     FailoverSettings,
     NodeConfig,
-    TimingSettings,
     _checks,
     _failover,
-    _timing,
     load_config,
-    timing_mapping,
 )
+from hacore.config.timing import TimingSettings, read_timing, timing_mapping
 from hacore.config.write_back import changed_keys, to_mapping
 from hacore.errors import ConfigError
 
@@ -127,7 +125,7 @@ def from_mapping(raw: object, *, context: str = CONTEXT) -> ClusterWide:
     def section(name: str) -> Section:
         return Section(context, name, top.raw.get(name), problems=problems, known=_known(name))
 
-    timing = _timing(section("timing"))
+    timing = read_timing(section("timing"))
     failover = _failover(section("failover"))
     checks = _checks(section("checks"))
     parameters = _parameters(top.raw.get(PARAMETERS), problems, context)

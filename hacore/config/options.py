@@ -50,16 +50,7 @@ def read_source(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[dic
         return copy.deepcopy(dict(source)), "config error"
     path = Path(source)
     context = f"config error in {path}"
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError(f"{context}: cannot read the file: {err.strerror}") from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{context}: not valid YAML: {describe_yaml_error(err)}") from None
-    if loaded is None:
-        loaded = {}
+    loaded = _yaml_document(path, f"{context}: cannot read the file", f"{context}: not valid YAML")
     if not isinstance(loaded, dict):
         raise ConfigError(
             f"{context}: the file must hold a mapping of sections (got {show(loaded)})"
@@ -130,22 +121,30 @@ def _merge_files(paths: Sequence[Path]) -> dict[str, Any]:
 
 
 def _load_yaml_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError(f'{_PREFIX}: cannot read "{path}": {err.strerror}') from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f'{_PREFIX}: cannot parse "{path}": {describe_yaml_error(err)}') from None
-    if loaded is None:
-        return {}
+    loaded = _yaml_document(
+        path, f'{_PREFIX}: cannot read "{path}"', f'{_PREFIX}: cannot parse "{path}"'
+    )
     if not isinstance(loaded, dict):
         raise ConfigError(
             f'{_PREFIX}: "{path}" must hold a mapping of option names to values '
             f"(it holds a {type(loaded).__name__})"
         )
     return _string_keys(loaded, f'"{path}"')
+
+
+def _yaml_document(path: Path, cannot_read: str, cannot_parse: str) -> Any:
+    """The YAML document in ``path``, ``{}`` when the file is empty; a :class:`ConfigError`
+    that starts with ``cannot_read`` or ``cannot_parse`` (the caller's words) when it cannot
+    be read or is not YAML."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{cannot_read}: {err.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{cannot_parse}: {describe_yaml_error(err)}") from None
+    return {} if loaded is None else loaded
 
 
 def describe_yaml_error(err: yaml.YAMLError) -> str:

@@ -17,7 +17,8 @@ import attrs
 import yaml
 
 from hacore.atomic_files import write_atomic
-from hacore.config.node import BackendSection, NodeConfig, timing_mapping
+from hacore.config.node import BackendSection, NodeConfig
+from hacore.config.timing import timing_mapping
 
 
 def to_mapping(config: NodeConfig) -> dict[str, Any]:

@@ -8,17 +8,18 @@ is kept in ``etcd.json`` in the data directory, next to the pid file and the log
 With the node's TLS material the server speaks https only, on both ports, and demands a
 certificate from the cluster CA of every client and peer; it cannot switch in place between
 TLS and plain text, since the peer URLs it advertises are part of the cluster's membership.
+
+Moving the store's leadership off a member (before its removal, or while its node is
+active) is :mod:`hacore_plugins.etcd.leadership`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import shutil
 import signal
-import socket
 import ssl
 import threading
 import time
@@ -33,17 +34,17 @@ from hacore.atomic_files import write_atomic
 from hacore.backends.client_tls import ClientTls
 from hacore.backends.consensus import ManagedStore
 from hacore.backends.log_files import LogTrimmer
-from hacore.backends.processes import DetachedProcess
+from hacore.backends.processes import DetachedProcess, port_taken
 from hacore.backends.records import StoreMember, TlsFiles
 from hacore.errors import HacoreError, ManagedStoreError, StoreUnavailableError
 from hacore_plugins.etcd.client import (
     EtcdClient,
     EtcdMember,
     EtcdRequestError,
-    as_int,
     https_verify,
 )
 from hacore_plugins.etcd.command_line import etcd_argv, initial_cluster, url
+from hacore_plugins.etcd.leadership import hand_over_leadership, move_leadership_off
 from hacore_plugins.etcd.settings import DEFAULT_BINARY as DEFAULT_BINARY
 from hacore_plugins.etcd.settings import EtcdManagedSettings
 
@@ -64,21 +65,6 @@ def _failing(what: str) -> Iterator[None]:
         yield
     except (StoreUnavailableError, EtcdRequestError) as err:
         raise ManagedStoreError(f"{what}: {err}") from None
-
-
-def port_taken(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        # As etcd itself does: connections of a previous run in TIME_WAIT do not count.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as err:
-            return err.errno == errno.EADDRINUSE
-    return False
-
-
-#: raft entries an heir of the store's leadership may be behind (renewals add a few a second)
-_HEIR_LAG = 100
 
 
 class EtcdManagedStore(ManagedStore):
@@ -459,7 +445,7 @@ class EtcdManagedStore(ManagedStore):
                 return
             if len(members) == 1:
                 raise ManagedStoreError(f"{name} is the store's only member: it cannot be removed")
-            self._hand_over_leadership(client, target, members)
+            hand_over_leadership(client, target, members, self.name, self.client_tls)
             try:
                 client.member_remove(target.id)
             except EtcdRequestError as err:
@@ -472,90 +458,16 @@ class EtcdManagedStore(ManagedStore):
             # A removed member cannot serve again from its data: leave the node ready to rejoin.
             self._forget_local_server()
 
-    def _hand_over_leadership(
-        self, client: EtcdClient, leaving: EtcdMember, members: Sequence[EtcdMember]
-    ) -> None:
-        """Before the store's leader is removed, move its leadership to a voter that stays.
-
-        A removed leader just stops, and the members left elect a new one only after an
-        election timeout: a pause in which the active's lease renewals fail (and the request
-        that follows the removal too). A transfer takes one round trip. Best effort: the
-        removal goes on without it."""
-        try:
-            if as_int(client.request("/v3/maintenance/status", {}).get("leader")) != leaving.id:
-                return
-            heirs = [m for m in members if m.id != leaving.id and not m.is_learner and m.name]
-            heir = next((m for m in heirs if m.name == self.name), heirs[0] if heirs else None)
-            if heir is None or not leaving.client_urls:
-                return
-            log.info("moving the store's leadership from %s to %s", leaving.name, heir.name)
-            with EtcdClient(list(leaving.client_urls), timeout=5.0, tls=self.client_tls) as lead:
-                lead.request("/v3/maintenance/transfer-leadership", {"targetID": str(heir.id)})
-            deadline = time.monotonic() + 5.0
-            while time.monotonic() < deadline:
-                status = client.request("/v3/maintenance/status", {})
-                if as_int(status.get("leader")) not in (0, leaving.id):
-                    return
-                time.sleep(0.1)
-        except (HacoreError, httpx.HTTPError) as err:
-            log.warning(
-                "store leadership not moved off %s before its removal: %s", leaving.name, err
-            )
-
     def move_leadership_off(self) -> str | None:
-        """Hand this member's leadership to a voter that follows it and is caught up.
-
-        Only a voter that answers at once, sees this member as its leader and is at most
-        ``_HEIR_LAG`` raft entries behind is chosen: while a transfer runs etcd drops new
-        proposals (lease renewals among them) until the heir has taken over or an election
-        timeout has passed, so a transfer to a slow or cut-off member would cost the active
-        its renewals instead of saving them. A store of two voters is left alone: it loses
-        its quorum with either host, so there is nothing to gain; and never while members are
-        added or removed."""
+        """Hand this member's leadership to a caught-up voter that follows it
+        (:func:`~hacore_plugins.etcd.leadership.move_leadership_off`); never while members
+        are added or removed."""
         if not self._membership.acquire(blocking=False):
             return None
         try:
-            return self._move_leadership_off()
+            return move_leadership_off(self.client_url, self.name, self.client_tls)
         finally:
             self._membership.release()
-
-    def _move_leadership_off(self) -> str | None:
-        try:
-            with EtcdClient([self.client_url], timeout=1.0, tls=self.client_tls) as own:
-                status = own.request("/v3/maintenance/status", {})
-                me = as_int(status.get("header", {}).get("member_id"))
-                if not me or as_int(status.get("leader")) != me:
-                    return None
-                index = as_int(status.get("raftIndex"))
-                members = own.member_list()
-                if sum(1 for m in members if not m.is_learner) < 3:
-                    return None  # two voters: losing either host loses the store anyway
-                heir = self._heir(members, me, index)
-                if heir is None:
-                    return None
-                own.request("/v3/maintenance/transfer-leadership", {"targetID": str(heir.id)})
-        except (HacoreError, httpx.HTTPError) as err:
-            log.debug("the store's leadership stays on %s: %s", self.name, err)
-            return None
-        return heir.name
-
-    def _heir(self, members: Sequence[EtcdMember], me: int, index: int) -> EtcdMember | None:
-        for member in sorted(members, key=lambda m: m.name):
-            if member.id == me or member.is_learner or not member.client_urls:
-                continue
-            try:
-                with EtcdClient(
-                    list(member.client_urls), timeout=0.5, tls=self.client_tls
-                ) as other:
-                    status = other.request("/v3/maintenance/status", {})
-            except (HacoreError, httpx.HTTPError):
-                continue
-            if (
-                as_int(status.get("leader")) == me
-                and index - as_int(status.get("raftIndex")) <= _HEIR_LAG
-            ):
-                return member
-        return None
 
     def members(self) -> tuple[StoreMember, ...]:
         with _failing("cannot list the store's members"), self._client() as client:

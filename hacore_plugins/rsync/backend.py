@@ -9,19 +9,16 @@ it into place), but a pull is not atomic across files.
 With the cluster's TLS material the mirror reaches the daemon through ``openssl s_client``
 (rsync's ``RSYNC_CONNECT_PROG``): only a server whose certificate the cluster CA signed for
 the source's address is believed, and the mirror shows its own node certificate, without
-which the source's stunnel lets nobody in. The pull keeps no owner, group, device, special
-file, set-id bit or symlink that leads out of the tree: a source (or someone posing as one)
-cannot plant them on a mirror, which pulls as root.
+which the source's stunnel lets nobody in (:mod:`hacore_plugins.rsync.tls`). The pull keeps
+no owner, group, device, special file, set-id bit or symlink that leads out of the tree: a
+source (or someone posing as one) cannot plant them on a mirror, which pulls as root.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
-import os
 import re
-import shlex
 import signal
 import socket
 import subprocess
@@ -35,15 +32,12 @@ from urllib.parse import urlsplit
 import attrs
 
 from hacore.backends.filesync import FilesyncBackend, FolderSync, SyncState, directory_keys
-from hacore.backends.processes import DetachedProcess, child_environment
+from hacore.backends.processes import DetachedProcess, child_environment, port_taken
 from hacore.backends.records import TlsFiles
 from hacore.errors import FilesyncError
-from hacore.pki.revocation import crl_path
 from hacore_plugins.rsync.daemon import (
     USER,
     config_text,
-    port_taken,
-    stunnel_text,
     write_private,
 )
 from hacore_plugins.rsync.secret import (
@@ -55,6 +49,7 @@ from hacore_plugins.rsync.secret import (
     store_secret,
 )
 from hacore_plugins.rsync.settings import RsyncSettings
+from hacore_plugins.rsync.tls import CRL_POLL, STUNNEL_LOG, STUNNEL_PID, RsyncTls, host_port
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +58,6 @@ SECRETS_FILE = "rsyncd.secrets"
 PASSWORD_FILE = "password"
 LOG_FILE = "rsyncd.log"
 PID_FILE = "rsyncd.pid"
-STUNNEL_CONFIG = "stunnel.conf"
-STUNNEL_LOG = "stunnel.log"
-STUNNEL_PID = "stunnel.pid"
-#: how often stunnel's CRL file is looked at: a removal's CRL reaches every member's
-#: ``crl.pem`` within seconds, and stunnel reads it only when it loads its configuration
-CRL_POLL = 1.0
 #: what a mirror keeps of the source's metadata: times and permissions without set-id bits;
 #: no owner, group, device or special file, no symlink that points out of the tree
 PULL_OPTIONS = (
@@ -88,10 +77,6 @@ _ALERT = re.compile(r"(?:tlsv1\d?|sslv3|tlsv13) alert [a-z ]+")
 #: an itemized change (``>f.st...... name``, ``cd+++++++++ dir/``) or a deletion
 _CHANGE = re.compile(r"^(?:[<>ch.][fdLDS]\S* |\*deleting )")
 _STAT = re.compile(r"^(Total file size|Total transferred file size): ([\d,]+) bytes", re.M)
-
-
-def host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @attrs.frozen
@@ -144,6 +129,19 @@ class RsyncFilesync(FilesyncBackend):
         )
         #: the server this node runs, and the one it ran before TLS was switched on or off
         self.daemon, self._former = (wrapped, plain) if tls is not None else (plain, wrapped)
+        self._tls = (
+            None
+            if tls is None
+            else RsyncTls(
+                tls,
+                self.config,
+                node_name=node_name,
+                host=host,
+                home=self.home,
+                rsyncd_conf=self.home / CONFIG_FILE,
+                stunnel=wrapped,
+            )
+        )
         self._lock = threading.Lock()
         self._pull_lock = threading.Lock()
         self._peers: dict[str, str] = {}
@@ -157,8 +155,6 @@ class RsyncFilesync(FilesyncBackend):
         self._stopping = threading.Event()
         self._timer: threading.Thread | None = None
         self._crl_watch: threading.Thread | None = None
-        #: the CRL file as stunnel last loaded it (``_crl_seen``), None: absent
-        self._crl_loaded: tuple[int, int, int] | None = None
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> None:
@@ -180,30 +176,26 @@ class RsyncFilesync(FilesyncBackend):
             directory.mkdir(parents=True, exist_ok=True)
         if self._former.running():
             self._former.stop(signal.SIGTERM, timeout=10)
-        if self.tls is None:
+        if self._tls is None:
             log.warning(
                 "rsync: %s runs without TLS (tls.enabled: false): the files cross the network "
                 "in clear text; only the secret keeps non-members out",
                 self.node_name,
             )
         else:
-            self._check_tls_material()
+            self._tls.check_material()
         self._write_config()
-        pid = self.daemon.pid()
-        if pid is not None:
-            if self.tls is not None:
-                # stunnel reads the node certificate again (re-issued for a new address);
-                # to its pid alone, not the group, where the transfers of the moment run
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGHUP)
+        if self.daemon.pid() is not None:
+            if self._tls is not None:
+                self._tls.reload()  # the node certificate, re-issued for a new address
         else:
             if port_taken(self.host, self.config.port):
                 raise FilesyncError(
                     f"rsync port {self.config.port} on {self.host} is already in use "
                     "by another process"
                 )
-            if self.tls is not None:
-                argv = [self.config.stunnel_binary, str(self.home / STUNNEL_CONFIG)]
+            if self._tls is not None:
+                argv = self._tls.argv()
             else:
                 argv = [self.config.binary, "--daemon", "--no-detach"]
                 argv.append(f"--config={self.home / CONFIG_FILE}")
@@ -217,21 +209,12 @@ class RsyncFilesync(FilesyncBackend):
             self._timer = threading.Thread(target=self._pull_forever, name="rsync-puller")
             self._timer.daemon = True
             self._timer.start()
-        if self.tls is not None and self._crl_watch is None:
-            self._crl_watch = threading.Thread(target=self._watch_crl, name="rsync-crl")
+        if self._tls is not None and self._crl_watch is None:
+            self._crl_watch = threading.Thread(
+                target=self._tls.watch_crl, args=(self._stopping,), name="rsync-crl"
+            )
             self._crl_watch.daemon = True
             self._crl_watch.start()
-
-    def _check_tls_material(self) -> None:
-        assert self.tls is not None
-        for path in (self.tls.ca_file, self.tls.cert_file, self.tls.key_file):
-            if not Path(path).is_file():
-                raise FilesyncError(f"rsync over TLS: {path} does not exist (no node material yet)")
-        for program in (self.config.stunnel_binary, self.config.openssl_binary):
-            if not os.access(program, os.X_OK):
-                raise FilesyncError(
-                    f"rsync over TLS needs {program} (Debian packages stunnel4 and openssl)"
-                )
 
     def use_secret(self, secret: str) -> str | None:
         """The cluster's rotated secret (a node was removed): kept in the home for the next
@@ -261,67 +244,6 @@ class RsyncFilesync(FilesyncBackend):
         write_private(self.home / PASSWORD_FILE, f"{secret}\n")
         return secrets
 
-    def _crl_file(self) -> Path | None:
-        """The cluster's CRL beside the node's CA certificate (the agent keeps it there), None
-        while there is none (a node of an earlier release, or before its first start)."""
-        if self.tls is None:
-            return None
-        path = crl_path(self.tls.ca_file)
-        return path if path.is_file() else None
-
-    def _crl_seen(self) -> tuple[int, int, int] | None:
-        path = self._crl_file()
-        try:
-            found = path.stat() if path is not None else None
-        except OSError:
-            return None
-        return None if found is None else (found.st_ino, found.st_mtime_ns, found.st_size)
-
-    def _watch_crl(self) -> None:
-        """stunnel reads its ``CRLfile`` only when it loads its configuration: a new CRL (a
-        removal) is handed to it by a SIGHUP, so a revoked certificate completes no new
-        handshake a few seconds after the agent installed the CRL. The connections of the
-        moment (their rsync daemons) run on."""
-        while not self._stopping.wait(CRL_POLL):
-            if self._crl_seen() == self._crl_loaded:
-                continue
-            try:
-                self._reload_stunnel()
-            except FilesyncError as err:
-                log.warning(
-                    "rsync: %s: the new revocation list is not loaded: %s", self.node_name, err
-                )
-            else:
-                log.info(
-                    "rsync: %s: stunnel reloaded the cluster's revocation list", self.node_name
-                )
-
-    def _reload_stunnel(self) -> None:
-        self._write_stunnel_config()
-        pid = self.daemon.pid()
-        if pid is not None:
-            # to its pid alone, not the group, where the transfers of the moment run
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGHUP)
-
-    def _write_stunnel_config(self) -> None:
-        tls = self.tls
-        assert tls is not None
-        seen = self._crl_seen()
-        stunnel = stunnel_text(
-            host=self.host,
-            port=self.config.port,
-            rsync=self.config.binary,
-            rsyncd_conf=self.home / CONFIG_FILE,
-            log_file=self.home / STUNNEL_LOG,
-            cert_file=tls.cert_file,
-            key_file=tls.key_file,
-            ca_file=tls.ca_file,
-            crl_file=self._crl_file(),
-        )
-        write_private(self.home / STUNNEL_CONFIG, stunnel)
-        self._crl_loaded = seen
-
     def _write_config(self) -> None:
         secret = current_secret(self.home, self.config.password) or ensure_secret(self.home)
         secrets = self._write_secret(secret)
@@ -334,8 +256,8 @@ class RsyncFilesync(FilesyncBackend):
             secrets_file=secrets,
         )
         write_private(self.home / CONFIG_FILE, text)
-        if tls is not None:
-            self._write_stunnel_config()
+        if self._tls is not None:
+            self._tls.write_stunnel_config()
 
     def _wait_listening(self) -> None:
         deadline = time.monotonic() + self.config.start_timeout
@@ -449,43 +371,10 @@ class RsyncFilesync(FilesyncBackend):
         return done
 
     def connect_command(self, host: str, port: int) -> str:
-        """The ``RSYNC_CONNECT_PROG`` that reaches ``host`` over TLS: only the cluster CA
-        is trusted (not the system's store), the certificate must name ``host``, and this
-        node's certificate goes along as the client's."""
-        assert self.tls is not None
-        try:
-            ipaddress.ip_address(host)
-            names = ["-verify_ip", host]
-        except ValueError:
-            names = ["-verify_hostname", host, "-servername", host]
-        argv = [
-            self.config.openssl_binary,
-            "s_client",
-            "-connect",
-            host_port(host, port),
-            "-CAfile",
-            str(self.tls.ca_file),
-            "-no-CApath",
-            "-no-CAstore",
-            "-cert",
-            str(self.tls.cert_file),
-            "-key",
-            str(self.tls.key_file),
-            "-verify_return_error",
-            "-x509_strict",
-            *self._crl_check(),
-            *names,
-            "-quiet",
-            "-verify_quiet",
-        ]
-        # rsync expands %H in it; the shell runs it
-        return shlex.join(argv).replace("%", "%%")
-
-    def _crl_check(self) -> list[str]:
-        """A source whose certificate the cluster revoked (a removed node posing as the
-        active) is not believed either; read at each pull, so the newest CRL counts."""
-        crl = self._crl_file()
-        return [] if crl is None else ["-CRL", str(crl), "-crl_check"]
+        """The ``RSYNC_CONNECT_PROG`` that reaches ``host`` over TLS
+        (:meth:`~hacore_plugins.rsync.tls.RsyncTls.connect_command`)."""
+        assert self._tls is not None
+        return self._tls.connect_command(host, port)
 
     def sync_now(self) -> None:
         """Pull every directory from the source now; raises :class:`FilesyncError`."""

@@ -8,10 +8,8 @@ stunnel accepts TLS (a client certificate from the cluster CA is required) and r
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,17 +23,6 @@ USER = "hacore"
 #: line break, so a path with either could add settings of its own choosing
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\s]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def port_taken(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as err:
-            return err.errno == errno.EADDRINUSE
-    return False
 
 
 def write_private(path: Path, text: str) -> None:

@@ -40,7 +40,7 @@ from click.testing import CliRunner, Result
 from netns import Host, Network
 
 from hacore.cli import cli
-from hacore.config.node import TIMING_PROFILES
+from hacore.config.timing import TIMING_PROFILES
 from hacore.testing.local_cluster import LocalNode
 from hacore.testing.procs import ServerProcess, wait_for
 

@@ -1,10 +1,12 @@
 """Least privilege on a real cluster (issue 10, points 5 and 8): API roles, single-use join
 tokens bound to a name and an address, the joiner's address checked, probes that say nothing
-secret, JSON-only POSTs, children without the agent's environment, private directories.
+secret, JSON-only POSTs, children without the agent's environment, private directories;
+removal rotates the failsafe key and the file-sync secret; ``cluster admin-password``.
 
-Two real agents on loopback (``cluster_fixtures``, managed etcd, TLS on): n1 starts the
-cluster with a probe user and a read-only user; n2 joins with a join token and no admin
-password, so its CLI profile never sees one.
+Real agents on loopback (``cluster_fixtures``, managed etcd, TLS on): n1 starts the cluster
+with a probe user and a read-only user; n2 joins with a join token and no admin password, so
+its CLI profile never sees one; n3 joins and is removed. The admin password changes last
+(the profile follows it), and n4 joins with the new one.
 """
 
 from __future__ import annotations
@@ -469,3 +471,75 @@ def test_the_removed_nodes_certificate_completes_no_rsync_handshake(
             what=f"{member.name}'s stunnel refusing the removed node's certificate",
         )
     assert _rsync_greeting(second, formed.nodes["n1"].extra["filesync"]["port"]) == ""
+
+
+# ---- issue 10: cluster admin-password (last: it changes the profile's password) ------------
+
+
+NEW_PASSWORD = "a-new-admin-password-" + os.urandom(4).hex()
+
+
+def _admin_status(node: Node, auth: tuple[str, str]) -> int:
+    with _client(node, auth) as client:
+        return client.get("/cluster").status_code
+
+
+def _change(formed: CliCluster, current: str, new: str, code: int) -> str:
+    env = {"HACORE_PASSWORD": current, "HACORE_NEW_PASSWORD": new}
+    return formed.cli("cluster", "admin-password", code=code, env=env).output
+
+
+def test_admin_password_refusals_change_nothing(formed: CliCluster) -> None:
+    user, old = formed.credentials()
+    wrong = _change(formed, "not-the-password", NEW_PASSWORD, 4)
+    assert "credentials" in wrong, wrong
+    assert "too short" in _change(formed, old, "short", 2)
+    assert "is the current one" in _change(formed, old, old, 2)
+    # no terminal and no environment: nothing to ask with
+    missing = formed.cli("cluster", "admin-password", code=2, env={"HACORE_PASSWORD": old})
+    assert "HACORE_NEW_PASSWORD" in missing.output
+    assert _admin_status(formed.nodes["n1"], (user, old)) == 200
+    assert formed.credentials() == (user, old)
+
+
+def test_the_old_admin_password_opens_nothing_and_the_new_one_joins(
+    formed: CliCluster, joined: dict[str, Any]
+) -> None:
+    """On the active at once, on the member that was there during the change (n2) within
+    seconds, and on a node that joins afterwards; the new password unseals the CA key for
+    that join; the CLI profile follows."""
+    user, old = formed.credentials()
+    first, second = formed.nodes["n1"], formed.nodes["n2"]
+    out = formed.cli(
+        "cluster", "admin-password", "--json",
+        env={"HACORE_PASSWORD": old, "HACORE_NEW_PASSWORD": NEW_PASSWORD},
+    )  # fmt: skip
+    answer = json.loads(out.stdout)
+    assert answer["changed"] is True, answer
+    assert answer["ca_key"] == "resealed under the new password", answer
+    assert answer["failsafe_key"].startswith("rotated"), answer
+    assert "new password" in answer["profile"], answer
+    # the profile follows, and a command run with it works
+    assert formed.credentials() == (user, NEW_PASSWORD)
+    formed.cli("cluster", "profile", "show")
+    formed.cli("cluster", "status")
+    assert _admin_status(first, (user, old)) == 401
+    assert _admin_status(first, (user, NEW_PASSWORD)) == 200
+    wait_for(
+        lambda: _admin_status(second, (user, old)) == 401, 30, what="n2 refusing the old password"
+    )
+    assert _admin_status(second, (user, NEW_PASSWORD)) == 200
+    # a standby does not change it
+    with _client(second, (user, NEW_PASSWORD)) as client:
+        refused = client.post(
+            "/cluster/admin-password", json={"new_password": "yet-another-long-password"}
+        )
+    assert refused.status_code != 200 and "active" in refused.text, refused.text
+    # the new password unseals the CA key: the active signs a joiner's certificate with it
+    fourth = formed.add("n4", extra=files_of(formed, "n4"))
+    formed.cli(
+        *fourth.join_arguments(first), "--username", user, "--ca-fingerprint",
+        formed.ca_fingerprint, "--timeout", str(WAIT), env={"HACORE_PASSWORD": NEW_PASSWORD},
+    )  # fmt: skip
+    assert _admin_status(fourth, (user, old)) == 401
+    assert _admin_status(fourth, (user, NEW_PASSWORD)) == 200

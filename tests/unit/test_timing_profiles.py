@@ -10,7 +10,8 @@ import pytest
 
 from hacore.agent.runtime import _LAST_CALL_SLACK
 from hacore.config.cluster_settings import ClusterWide, with_assignments
-from hacore.config.node import PROFILE_STORE_SETTINGS, TIMING_PROFILES, load_config
+from hacore.config.node import load_config
+from hacore.config.timing import PROFILE_STORE_SETTINGS, TIMING_PROFILES
 from hacore.config.write_back import to_mapping
 from hacore.errors import ConfigError
 from hacore_plugins.etcd.settings import EtcdManagedSettings
