@@ -9,8 +9,10 @@ and its pid in a pid file next to its data; it is found again and stopped by tha
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -132,8 +134,10 @@ class DetachedProcess:
         except OSError:
             return False
         state = stat.rsplit(")", 1)[-1].split()[0]
+        if state in ("Z", "X"):
+            return threads_running(pid)
         program = os.path.basename(cmdline[0].decode(errors="replace")) if cmdline else ""
-        return state not in ("Z", "X") and program == self.executable_name
+        return program == self.executable_name
 
     def send_signal(self, sig: int) -> None:
         pid = self.pid()
@@ -143,9 +147,13 @@ class DetachedProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         """Ask with ``sig`` (after SIGCONT, in case it was frozen), SIGKILL after ``timeout``;
-        returns once the pid is gone. Idempotent."""
+        returns once the pid and every process it had started are gone. Idempotent.
+
+        Gone means every thread of every process of the tree has exited: a start right after
+        a SIGKILL found Syncthing's listen port still held by its server's last threads."""
         pid = self.pid()
         if pid is not None:
+            family = [e for c in descendants(pid) if (e := read_proc(c)) is not None]
             self.send_signal(signal.SIGCONT)
             self.send_signal(sig)
             if not self._wait_gone(pid, timeout):
@@ -157,6 +165,7 @@ class DetachedProcess:
                 self.send_signal(signal.SIGKILL)
                 if not self._wait_gone(pid, 10.0):
                     raise HacoreError(f"{self.name} (pid {pid}) did not exit after SIGKILL")
+            _end_orphans(family, sig, timeout)
         self._forget(pid)
 
     def _forget(self, stopped: int | None) -> None:
@@ -204,6 +213,8 @@ class ProcEntry:
     pgid: int
     sid: int
     state: str
+    #: clock ticks after boot when it started: tells a reused pid from the process seen before
+    started: int = 0
 
     @property
     def alive(self) -> bool:
@@ -218,13 +229,73 @@ def read_proc(pid: int) -> ProcEntry | None:
         return None
     # the command name, in parentheses, may hold spaces: the fields follow the last ")"
     fields = text.rpartition(")")[2].split()
-    return ProcEntry(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0])
+    return ProcEntry(
+        pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0], int(fields[19])
+    )
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether a process listens on ``host:port`` already, so a server started there would
+    fail. Connections of an earlier run in TIME_WAIT do not count, as for the servers
+    themselves (they set SO_REUSEADDR too)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            return err.errno == errno.EADDRINUSE
+    return False
+
+
+def threads_running(pid: int) -> bool:
+    """Whether a thread of ``pid`` has still to exit. A multi-threaded process killed at once
+    (a Go server: Syncthing, etcd) may show its first thread a zombie while the others still
+    exit, holding its sockets: a start right after found Syncthing's port taken."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rpartition(")")[2].split()[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def process_table() -> list[ProcEntry]:
     """Every process on the machine, read once."""
     entries = (read_proc(int(e.name)) for e in Path("/proc").iterdir() if e.name.isdigit())
     return [entry for entry in entries if entry is not None]
+
+
+def _end_orphans(family: list[ProcEntry], sig: int, timeout: float) -> None:
+    """Wait for the processes a stopped server had started (its own group's got ``sig``
+    with it; one in a group of its own gets it now), SIGKILL after ``timeout``. A pid with
+    another start time was reused by another process: left alone."""
+
+    def living() -> list[int]:
+        return [
+            e.pid
+            for e in family
+            if (now := read_proc(e.pid)) is not None
+            and now.started == e.started
+            and (now.alive or threads_running(e.pid))
+        ]
+
+    for attempt in (sig, signal.SIGKILL):
+        left = living()
+        for child in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, attempt)
+        deadline = time.monotonic() + (timeout if attempt == sig else 10.0)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = living()
+        if not left:
+            return
 
 
 def descendants(pid: int) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -108,3 +109,66 @@ def test_stop_keeps_the_pid_file_of_a_newer_server_still_starting(tmp_path: Path
         assert old.pid_path.read_text().strip() == str(new_pid)
     finally:
         newer.stop(signal.SIGKILL)
+
+
+# A parent that exits on SIGTERM and leaves a child in its own group that ignores it, as a
+# server's worker still closing its sockets does for a moment: the pid goes first.
+LINGERING = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import os, signal, sys, time;"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+    "open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(600)", sys.argv[1]])
+time.sleep(600)
+"""
+
+
+def test_stop_returns_once_the_server_s_children_are_gone_too(tmp_path: Path) -> None:
+    """A start right after a stop must not find the old server's child still holding its
+    port (Syncthing's server outlived its killed monitor by a moment)."""
+    proc = _process(tmp_path)
+    child_file = tmp_path / "child.pid"
+    pid = proc.start([sys.executable, "-c", LINGERING, str(child_file)])
+    child = _wait_file(child_file)
+    try:
+        proc.stop(signal.SIGTERM, timeout=0.5)
+        assert not _alive(pid)
+        assert not _alive(child), "stop() returned while the server's child still ran"
+    finally:
+        for leftover in (child, pid):
+            if _alive(leftover):
+                os.kill(leftover, signal.SIGKILL)
+
+
+# Its first thread ends (a zombie in /proc) while another still serves a port, as the last
+# threads of a killed Go server (Syncthing, etcd) do for a moment.
+HALF_EXITED = """
+import ctypes, signal, socket, sys, threading, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen()
+open(sys.argv[1], "w").write(str(listener.getsockname()[1]))
+threading.Thread(target=time.sleep, args=(600,)).start()
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+def test_a_process_whose_first_thread_ended_is_not_gone_while_another_runs(
+    tmp_path: Path,
+) -> None:
+    port_file = tmp_path / "port"
+    pid = _process(tmp_path).start([sys.executable, "-c", HALF_EXITED, str(port_file)])
+    port = _wait_file(port_file)
+    proc = _process(tmp_path)  # as after a restart of whoever started it: the pid file only
+    try:
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), "the first thread never ended: the test shows nothing"
+        assert proc.pid() == pid, "a process with a running thread was taken for gone"
+        proc.stop(signal.SIGTERM, timeout=0.5)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))  # free: every thread of the server has exited
+    finally:
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
