@@ -195,3 +195,27 @@ class StatePoller(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=60)
+
+
+class ConnectionWatch(threading.Thread):
+    """Notes when a node is first connected to ``peer`` (asked every 0.1 s), for an engine
+    that can tell (Syncthing's ``connected_peers()``); ``at`` stays None for one that cannot."""
+
+    def __init__(self, backend: FilesyncBackend, peer: str) -> None:
+        super().__init__(name="connection-watch", daemon=True)
+        self.ask: Callable[[], list[str]] | None = getattr(backend, "connected_peers", None)
+        self.peer = peer
+        self.at: float | None = None
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while self.ask is not None and not self._halt.is_set():
+            with contextlib.suppress(Exception):
+                if self.peer in self.ask():
+                    self.at = time.monotonic()
+                    return
+            self._halt.wait(0.1)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=30)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _filesync_engines import Cluster, StatePoller
+from _filesync_engines import Cluster, ConnectionWatch, StatePoller
 from _filesync_measure import Propagation, summary
 from _filesync_tree import (
     RsyncDaemon,
@@ -228,15 +228,19 @@ def timed_join(
 
     poller = StatePoller(node.backend, STATE_POLL, whole)
     poller.start()
+    linked = ConnectionWatch(node.backend, str(cluster.source))
+    linked.start()
     complete = wait_tree(node.files, manifest, timeout)
     poller.join(timeout=max(1.0, timeout - (time.monotonic() - began)))
     poller.stop()
+    linked.stop()
     used = cluster.cpu_s()
     row: dict[str, Any] = {
         "copy": what,
         "load_average": load,
         "engine_start_s": round(node.started_s, 3),
         "role_s": round(role_s, 3),
+        "connected_s": None if linked.at is None else round(linked.at - began, 3),
         "tree_s": None if complete is None else round(complete - began, 3),
         "in_sync_s": None
         if poller.first_in_sync is None
@@ -364,7 +368,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             title=f"initial sync: {tree['bytes'] / MIB:.0f} MiB in {tree['files']} files, "
             f"{tree['dirs']} directories, to an empty node (seconds from its start)"
         )
-        for column in ("copy", "active ready", "engine up", "tree on disk", "says in sync"):
+        columns = ("copy", "active ready", "engine up", "connected", "tree on disk", "says in sync")
+        for column in columns:
             table.add_column(column, justify="left" if column == "copy" else "right")
         for column in ("MiB/s", "engine CPU s", "load", "verified"):
             table.add_column(column, justify="left" if column == "verified" else "right")
@@ -376,6 +381,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                 run["copy"],
                 _s(run.get("active_ready_s")),
                 _s(run.get("role_s")),
+                _s(run.get("connected_s")),
                 _s(run.get("tree_s")),
                 _s(run.get("in_sync_s")),
                 _s(run.get("mib_per_s")),

@@ -29,13 +29,12 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import attrs
-
 from hacore.atomic_files import write_atomic
 from hacore.backends.filesync import FilesyncBackend, FolderSync, SyncState, directory_keys
 from hacore.backends.log_files import trim_log
-from hacore.backends.processes import DetachedProcess
+from hacore.backends.processes import DetachedProcess, port_taken
 from hacore.errors import FilesyncError, HacoreError
+from hacore_plugins.syncthing import first_copy
 from hacore_plugins.syncthing import home as st_home
 from hacore_plugins.syncthing.api import SyncthingApi, timestamp
 from hacore_plugins.syncthing.change_scan import ChangeScanner
@@ -47,6 +46,7 @@ from hacore_plugins.syncthing.folders import (
     Peer,
     desired_config,
 )
+from hacore_plugins.syncthing.gaps import Gap, mirror_gaps, source_gaps
 from hacore_plugins.syncthing.settings import SyncthingSettings
 
 log = logging.getLogger(__name__)
@@ -69,25 +69,12 @@ class Role(enum.Enum):
     MIRROR = "mirror"
 
 
-@attrs.frozen
-class Gap:
-    """One reason the copy is not in sync: a folder, the peer concerned, what is missing."""
-
-    folder: str
-    peer: str
-    need_bytes: int
-    completion: float
-    reason: str
-
-    def describe(self) -> str:
-        return f"folder {self.folder}: {self.peer} {self.reason}"
-
-
 class SyncthingFilesync(FilesyncBackend):
     """Settings (all optional): ``listen_port`` (22000, on ``host``), ``home``
     (``<data_dir>/syncthing``), ``binary``, ``rescan_interval`` (300 s), ``watcher_delay``
     (1 s), ``scan_on_change`` (true), ``enforce_interval`` (2 s), ``start_timeout`` (30 s),
-    ``request_timeout`` (10 s), ``max_send_kbps`` and ``max_recv_kbps`` (0: unlimited).
+    ``request_timeout`` (10 s), ``max_send_kbps`` and ``max_recv_kbps`` (0: unlimited),
+    ``low_priority`` (false: not Syncthing's nice 9 and lower I/O priority).
     ``api_url`` + ``api_key`` use a Syncthing someone else runs instead. The instance hacore
     runs answers its API on ``<home>/api.sock`` only; ``api_port``/``gui_port`` are accepted
     and ignored."""
@@ -184,7 +171,7 @@ class SyncthingFilesync(FilesyncBackend):
 
     def _start_managed(self) -> str:
         """Set up the home directory (keys once, config.xml every time), start Syncthing."""
-        if st_home.port_taken(self.host, self.config.listen_port):
+        if port_taken(self.host, self.config.listen_port):
             raise FilesyncError(
                 f"Syncthing listen port {self.config.listen_port} on {self.host} is already in "
                 "use by another process"
@@ -196,6 +183,17 @@ class SyncthingFilesync(FilesyncBackend):
                 self.api_url,
             )
         st_home.generate(self.config.binary, self.home)
+        cut_short = first_copy.left_over(self.home)
+        if cut_short:
+            log.warning(
+                "syncthing: the first copy of %s on %s was cut short; resetting Syncthing's "
+                "database so that every file is checked again",
+                ", ".join(cut_short),
+                self.node_name,
+            )
+            st_home.reset_database(self.config.binary, self.home)
+            for folder in cut_short:
+                first_copy.end(self.home, folder)
         own_id = st_home.device_id(self.config.binary, self.home)
         key = st_home.harden(
             self.home,
@@ -206,6 +204,7 @@ class SyncthingFilesync(FilesyncBackend):
             listen_port=self.config.listen_port,
             max_send_kbps=self.config.max_send_kbps,
             max_recv_kbps=self.config.max_recv_kbps,
+            low_priority=self.config.low_priority,
             receive_only=self.folders,
         )
         argv = [self.config.binary, "serve", "--no-browser", "--no-upgrade"]
@@ -246,6 +245,12 @@ class SyncthingFilesync(FilesyncBackend):
             if self.config.managed:
                 # SIGTERM to the group reaches the monitor and the Syncthing it runs.
                 self.process.stop(signal.SIGTERM, timeout=15)
+                # Stopped cleanly: what its database lists is written, so once on disk
+                # nothing needs checking again at the next start.
+                for folder in first_copy.left_over(self.home):
+                    with contextlib.suppress(OSError, KeyError):  # the next start checks it
+                        first_copy.flush(self.folders[folder])
+                        first_copy.end(self.home, folder)
         if enforcer is not None:
             enforcer.stop()
 
@@ -349,6 +354,7 @@ class SyncthingFilesync(FilesyncBackend):
             self._role, self._source = Role.SOURCE, self.node_name
             self._start_change_scan()
             for folder, path in self.folders.items():
+                self._end_first_copy(api, folder)
                 self._mark_source(path)
                 self._wait_running(api, folder)
                 self._scan(api, folder)
@@ -415,9 +421,39 @@ class SyncthingFilesync(FilesyncBackend):
             for folder in self.folders:
                 self._wait_running(api, folder)
                 self._scan(api, folder)
-                if api.folder_status(folder).get("receiveOnlyTotalItems", 0):
+                status = api.folder_status(folder)
+                if status.get("receiveOnlyTotalItems", 0):
                     api.revert(folder)
+                elif self._empty(status):
+                    self._begin_first_copy(api, folder)
         log.info("syncthing: %s mirrors %s", self.node_name, source)
+
+    @staticmethod
+    def _empty(status: Mapping[str, Any]) -> bool:
+        return not any(
+            status.get(k, 0) for k in ("localFiles", "localDirectories", "localSymlinks")
+        )
+
+    def _begin_first_copy(self, api: SyncthingApi, folder: str) -> None:
+        """An empty mirror fills without an fsync per file (:mod:`.first_copy`)."""
+        if not self.config.managed or first_copy.marked(self.home, folder):
+            return
+        first_copy.begin(self.home, folder)
+        self._set_fsync(api, folder, on=False)
+        log.info("syncthing: %s receives a first copy of %s", self.node_name, folder)
+
+    def _end_first_copy(self, api: SyncthingApi, folder: str) -> None:
+        """Per-file fsync back on, everything received so far on disk, then the mark goes."""
+        if not self.config.managed or not first_copy.marked(self.home, folder):
+            return
+        self._set_fsync(api, folder, on=True)
+        first_copy.flush(self.folders[folder])
+        first_copy.end(self.home, folder)
+        log.info("syncthing: the first copy of %s on %s is on disk", folder, self.node_name)
+
+    def _set_fsync(self, api: SyncthingApi, folder: str, *, on: bool) -> None:
+        api.patch_folder(folder, {"disableFsync": not on})
+        self._wait_running(api, folder)
 
     def _enforce(self, api: SyncthingApi) -> None:
         """Revert a mirror's local changes; override what peers announced on the source."""
@@ -431,7 +467,15 @@ class SyncthingFilesync(FilesyncBackend):
                 status = api.folder_status(folder)
                 if status.get("state") != "idle":
                     continue
-                if role is Role.MIRROR and status.get("receiveOnlyTotalItems", 0):
+                if (
+                    role is Role.MIRROR
+                    and first_copy.marked(self.home, folder)
+                    and not mirror_gaps(
+                        api, folder, status, api.connections(), self._peers, self._source
+                    )
+                ):
+                    self._end_first_copy(api, folder)
+                elif role is Role.MIRROR and status.get("receiveOnlyTotalItems", 0):
                     log.info(
                         "syncthing: reverting %s local change(s) in %s on mirror %s",
                         status["receiveOnlyTotalItems"],
@@ -484,85 +528,13 @@ class SyncthingFilesync(FilesyncBackend):
             if status.get("state") == "error" or status.get("error"):
                 gaps.append(Gap(folder, "this node", 0, 0.0, f"error: {status.get('error')}"))
             if role is Role.SOURCE:
-                gaps += self._source_gaps(api, folder, status, connections, peers)
+                gaps += source_gaps(api, folder, status, connections, self._peers, peers)
             else:
-                gaps += self._mirror_gaps(api, folder, status, connections, source)
-        return gaps
-
-    def _source_gaps(
-        self,
-        api: SyncthingApi,
-        folder: str,
-        status: Mapping[str, Any],
-        connections: Mapping[str, Any],
-        only: Collection[str] | None,
-    ) -> list[Gap]:
-        gaps: list[Gap] = []
-        if status.get("needTotalItems", 0):
-            gaps.append(
-                Gap(folder, "this node", 0, 100.0, "has newer versions announced by a peer")
-            )
-        for peer in sorted(self._peers.values(), key=lambda p: p.name):
-            if only is not None and peer.name not in only:
-                continue
-            done = api.completion(folder, peer.device_id)
-            need = int(done.get("needBytes", 0))
-            completion = float(done.get("completion", 0.0))
-            items = int(done.get("needItems", 0)) + int(done.get("needDeletes", 0))
-            # A peer that has sent no index yet (sequence 0) reads as 100% complete: it is not.
-            silent = int(done.get("sequence", 0)) == 0 and int(done.get("globalItems", 0)) > 0
-            if not connections.get(peer.device_id, {}).get("connected"):
-                gaps.append(Gap(folder, peer.name, need, completion, "is not connected"))
-            elif silent:
-                gaps.append(
-                    Gap(folder, peer.name, need, 0.0, "has not announced any file of it yet")
-                )
-            elif need or items or completion < 100:
-                gaps.append(
-                    Gap(
-                        folder,
-                        peer.name,
-                        need,
-                        completion,
-                        f"misses {need} bytes in {items} item(s) ({completion:.1f}% done)",
+                gaps += mirror_gaps(api, folder, status, connections, self._peers, source)
+                if self.config.managed and first_copy.marked(self.home, folder):
+                    gaps.append(
+                        Gap(folder, "this node", 0, 99.9, "has its first copy still to flush")
                     )
-                )
-        return gaps
-
-    def _mirror_gaps(
-        self,
-        api: SyncthingApi,
-        folder: str,
-        status: Mapping[str, Any],
-        connections: Mapping[str, Any],
-        source: str | None,
-    ) -> list[Gap]:
-        gaps: list[Gap] = []
-        done = api.completion(folder)
-        need = int(done.get("needBytes", status.get("needBytes", 0)))
-        completion = float(done.get("completion", 0.0))
-        items = int(status.get("needTotalItems", 0))
-        peer = self._peers.get(source or "")
-        if peer is None or not connections.get(peer.device_id, {}).get("connected"):
-            gaps.append(Gap(folder, "this node", 0, completion, f"is not connected to {source}"))
-        elif int(api.completion(folder, peer.device_id).get("sequence", 0)) == 0:
-            # Nothing announced yet reads as "nothing needed": not in sync (see _mark_source).
-            gaps.append(Gap(folder, "this node", 0, 0.0, f"has not received {source}'s index yet"))
-        if need or items or completion < 100:
-            gaps.append(
-                Gap(
-                    folder,
-                    "this node",
-                    need,
-                    completion,
-                    f"misses {need} bytes in {items} item(s) ({completion:.1f}% done)",
-                )
-            )
-        changed = int(status.get("receiveOnlyTotalItems", 0))
-        if changed:
-            gaps.append(
-                Gap(folder, "this node", 0, completion, f"has {changed} local change(s) to revert")
-            )
         return gaps
 
     def _last_change(self, api: SyncthingApi) -> float | None:

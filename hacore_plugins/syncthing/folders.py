@@ -16,6 +16,8 @@ import attrs
 #: the folder type of each role; a node without a role yet sends nothing
 SENDONLY = "sendonly"
 RECEIVEONLY = "receiveonly"
+#: a device address that, with discovery off, is never dialed: the peer dials this node
+LISTEN_ONLY = "dynamic"
 
 
 @attrs.frozen
@@ -50,7 +52,8 @@ def desired_config(
 
     Devices no longer among the peers are removed (in an instance someone else runs, only
     those hacore shared its folders with). A folder keeps its type: roles change it, not
-    membership; a new folder starts as ``new_folder_type``.
+    membership; a new folder starts as ``new_folder_type``. In the instance hacore runs, only
+    one node of each pair dials the other (:func:`dials`).
     """
     config = copy.deepcopy(dict(current))
     defaults = config.get("defaults") or {}
@@ -68,11 +71,13 @@ def desired_config(
         if device_id == own_id:
             devices.append(device)
         elif device_id in peer_ids:
-            devices.append(_device(device, peer_ids.pop(device_id)))
+            peer = peer_ids.pop(device_id)
+            devices.append(_device(device, peer, dials(own_id, peer.device_id, managed)))
         elif not managed and device_id not in ours:
             devices.append(device)
     for peer in peer_ids.values():
-        devices.append(_device(copy.deepcopy(defaults.get("device") or {}), peer))
+        base = copy.deepcopy(defaults.get("device") or {})
+        devices.append(_device(base, peer, dials(own_id, peer.device_id, managed)))
     config["devices"] = devices
 
     sharing = [_folder_device(own_id)] + [
@@ -98,12 +103,29 @@ def desired_config(
     return config
 
 
-def _device(base: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
+def dials(own_id: str, peer_id: str, managed: bool) -> bool:
+    """Whether this node dials ``peer_id``: in the instance hacore runs, only the node with
+    the smaller device ID of the two does; the other waits for its call.
+
+    Syncthing 1.19 takes its connections one at a time, the Hello exchange included, with a
+    20 s deadline. Two nodes that learn of each other at once dial each other at once, and
+    each then waits for the Hello the other is not yet reading: both calls fail after 20 s
+    (measured: a joining node's first connection came 21 s after its start). One caller per
+    pair cannot cross. The caller redials every ``reconnectionIntervalS`` (5 s; up to 16 s
+    in its first minute, Syncthing's ramp-up) when the other refused it, not knowing it yet,
+    and at once when a connection drops, so the pair reconnects whichever side restarts. An
+    instance someone else runs may use discovery, where ``dynamic`` means something else:
+    both sides dial there, as before.
+    """
+    return not managed or own_id < peer_id
+
+
+def _device(base: Mapping[str, Any], peer: Peer, dial: bool) -> dict[str, Any]:
     device = dict(base)
     device.update(
         deviceID=peer.device_id,
         name=peer.name,
-        addresses=[peer.address],
+        addresses=[peer.address] if dial else [LISTEN_ONLY],
         autoAcceptFolders=False,
         introducer=False,
         paused=False,

@@ -30,6 +30,7 @@ KNOWN = frozenset(
         "enforce_interval",
         "max_send_kbps",
         "max_recv_kbps",
+        "low_priority",
     }
 )
 
@@ -54,6 +55,7 @@ class SyncthingSettings:
     enforce_interval: float = 2.0
     max_send_kbps: int = 0
     max_recv_kbps: int = 0
+    low_priority: bool = False
 
     @property
     def managed(self) -> bool:
@@ -94,6 +96,7 @@ class SyncthingSettings:
             enforce_interval=sec.number("enforce_interval", 2.0, low=0.2, what=seconds),
             max_send_kbps=int(sec.number("max_send_kbps", 0, low=0, what=kbps)),
             max_recv_kbps=int(sec.number("max_recv_kbps", 0, low=0, what=kbps)),
+            low_priority=sec.boolean("low_priority", False),
         )
         sec.done()
         return parsed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -28,7 +29,7 @@ from hacore.errors import ConfigError, FilesyncError
 from hacore.plugins.registry import load_plugins
 from hacore.testing.procs import free_port, holds_for, wait_for
 from hacore_plugins import syncthing as syncthing_plugin
-from hacore_plugins.syncthing import SyncthingFilesync
+from hacore_plugins.syncthing import SyncthingFilesync, first_copy
 from hacore_plugins.syncthing import home as st_home
 from hacore_plugins.syncthing.api import SyncthingApi
 from hacore_plugins.syncthing.folders import FolderPolicy, Peer, desired_config
@@ -161,6 +162,7 @@ def test_registered_as_a_filesync_backend() -> None:
         ({"api_port": 9000, "listen_port": 9000}, "both 9000"),
         ({"api_port": 1, "gui_port": 2}, "another name"),
         ({"home": "relative/dir"}, "absolute"),
+        ({"low_priority": "maybe"}, "low_priority must be true or false"),
     ],
 )
 def test_bad_settings_are_refused(settings: dict[str, object], message: str) -> None:
@@ -204,7 +206,7 @@ def test_desired_config_touches_only_what_hacore_owns(managed: bool) -> None:
     wanted = desired_config(
         current,
         own_id="ME",
-        peers={"b": Peer("b", "B", "tcp://10.0.0.2:22000")},
+        peers={"b": Peer("b", "B", "tcp://10.0.0.2:22000"), "z": Peer("z", "Z", "tcp://z:1")},
         folders={"hacore-files": Path("/srv/files"), "hacore-new": Path("/srv/new")},
         new_folder_type="receiveonly",
         policy=FolderPolicy(watcher_delay=1, rescan_interval=300),
@@ -212,8 +214,11 @@ def test_desired_config_touches_only_what_hacore_owns(managed: bool) -> None:
     )
     devices = {d["deviceID"]: d for d in wanted["devices"]}
     # GONE shared a hacore folder and is no peer any more; FOREIGN is someone else's peer
-    assert set(devices) == ({"ME", "B"} if managed else {"ME", "B", "FOREIGN"})
-    assert devices["B"]["addresses"] == ["tcp://10.0.0.2:22000"]
+    assert set(devices) == ({"ME", "B", "Z"} if managed else {"ME", "B", "Z", "FOREIGN"})
+    # hacore's own instance dials only the peers whose device ID sorts after its own (B waits
+    # for B to call); one someone else runs dials every peer
+    assert devices["B"]["addresses"] == (["dynamic"] if managed else ["tcp://10.0.0.2:22000"])
+    assert devices["Z"]["addresses"] == ["tcp://z:1"]
     assert devices["B"]["name"] == "b"
     assert devices["B"]["autoAcceptFolders"] is False
     folders = {f["id"]: f for f in wanted["folders"]}
@@ -227,7 +232,7 @@ def test_desired_config_touches_only_what_hacore_owns(managed: bool) -> None:
     assert folders["hacore-new"]["type"] == "receiveonly"
     assert folders["hacore-new"]["maxConflicts"] == 10  # built on Syncthing's defaults
     for folder_id in ("hacore-files", "hacore-new"):
-        assert [d["deviceID"] for d in folders[folder_id]["devices"]] == ["ME", "B"]
+        assert [d["deviceID"] for d in folders[folder_id]["devices"]] == ["ME", "B", "Z"]
         assert folders[folder_id]["fsWatcherDelayS"] == 1
         assert folders[folder_id]["rescanIntervalS"] == 300
 
@@ -276,10 +281,29 @@ def test_identity_and_hardened_config(cluster: Cluster) -> None:
     assert {d["deviceID"] for d in folder["devices"]} == {
         str(cluster[n].backend.identity()["device_id"]) for n in "abc"
     }
+    assert options["setLowPriority"] is False
     for device in config["devices"]:
         if device["deviceID"] != identity["device_id"]:
-            assert device["addresses"][0].startswith("tcp://127.0.0.1:")
             assert not device["autoAcceptFolders"]
+    # of each pair of nodes, exactly one dials the other (at its static address)
+    for x, y in (("a", "b"), ("a", "c"), ("b", "c")):
+        calls = [_dials(cluster[p].backend, cluster[q].backend) for p, q in ((x, y), (y, x))]
+        assert sorted(calls) == [False, True], (x, y, calls)
+
+
+def _dials(caller: SyncthingFilesync, callee: SyncthingFilesync) -> bool:
+    """Whether ``caller``'s Syncthing dials ``callee`` (the callee's address in its config)."""
+    api = SyncthingApi(caller.api_url, st_home.api_key(caller.home), timeout=10)
+    try:
+        (device,) = [
+            d for d in api.config()["devices"] if d["deviceID"] == callee.identity()["device_id"]
+        ]
+    finally:
+        api.close()
+    if device["addresses"] == ["dynamic"]:
+        return False
+    assert device["addresses"] == [callee.identity()["address"]]
+    return True
 
 
 # -- the source's files reach the mirrors ---------------------------------------------------
@@ -575,6 +599,124 @@ def test_a_new_mirror_is_not_in_sync_before_the_source_index_arrived(
         assert d.path(name).read_text() == "held back"
     finally:
         pause(False)
+        d.backend.stop()
+
+
+def _fsync_disabled(backend: SyncthingFilesync) -> bool:
+    api = SyncthingApi(backend.api_url, st_home.api_key(backend.home), timeout=10)
+    try:
+        (folder,) = [f for f in api.config()["folders"] if f["id"] == "hacore-files"]
+    finally:
+        api.close()
+    return bool(folder["disableFsync"])
+
+
+def test_an_empty_mirror_says_in_sync_only_once_its_first_copy_is_on_disk(
+    roles: Cluster, tmp_path: Path
+) -> None:
+    """An empty mirror receives its first copy without Syncthing's fsync per file, marked
+    in its home, and says in sync only after the copy is flushed and the fsync back on."""
+    a = roles["a"]
+    name = unique("first-copy")
+    a.path(name).write_text("first")
+    a.backend.scan()
+    d = make_node(tmp_path, "d")
+    api = SyncthingApi(a.backend.api_url, st_home.api_key(a.backend.home), timeout=10)
+
+    def pause(paused: bool) -> None:
+        api.patch_folder("hacore-files", {"paused": paused})
+
+    d.backend.start()
+    try:
+        roles.nodes["d"] = d
+        peers = roles.identities()
+        a.backend.set_peers(peers)
+        # a's index is held back (set_peers unpauses: so after it): d's copy cannot complete
+        pause(True)
+        d.backend.set_peers(peers)
+        d.backend.become_mirror("a")
+        mark = first_copy.mark_path(d.backend.home, "hacore-files")
+        assert mark.exists()
+        assert _fsync_disabled(d.backend)
+        assert "first copy still to flush" in d.backend.state().detail
+        pause(False)
+        assert d.backend.wait_in_sync(60).in_sync
+        assert d.path(name).read_text() == "first"
+        assert not mark.exists()
+        assert not _fsync_disabled(d.backend)
+    finally:
+        pause(False)
+        api.close()
+        roles.nodes.pop("d", None)
+        d.backend.stop()
+
+
+def test_a_first_copy_cut_short_is_checked_again_at_the_next_start(
+    roles: Cluster, tmp_path: Path
+) -> None:
+    """After a crash during a first copy, Syncthing's database may list files whose data the
+    disk lost: at the next start every file is hashed again and what differs is fetched."""
+    a = roles["a"]
+    name = unique("lost")
+    a.path(name).write_text("the source's bytes")
+    a.backend.scan()
+    d = make_node(tmp_path, "d")
+    d.backend.start()
+    try:
+        roles.nodes["d"] = d
+        roles.set_all_peers()
+        d.backend.become_mirror("a")
+        wait_content(d.path(name), "the source's bytes")
+        d.backend.wait_in_sync(60)
+        d.backend.process.stop(signal.SIGKILL, timeout=10)
+        d.backend.stop()
+        # what a crash may leave: the same size and time, other bytes, the mark still there
+        kept = d.path(name).stat()
+        d.path(name).write_text("lost by a crash!!!")
+        os.utime(d.path(name), ns=(kept.st_atime_ns, kept.st_mtime_ns))
+        assert d.path(name).stat().st_size == kept.st_size
+        first_copy.begin(d.backend.home, "hacore-files")
+        d.backend.start()
+        d.backend.become_mirror("a")
+        wait_content(d.path(name), "the source's bytes", timeout=60)
+        assert d.backend.wait_in_sync(60).in_sync
+        assert not first_copy.mark_path(d.backend.home, "hacore-files").exists()
+    finally:
+        roles.nodes.pop("d", None)
+        d.backend.stop()
+
+
+#: Syncthing 1.19 takes connections one at a time and gives each Hello exchange 20 s: two
+#: nodes dialing each other at once both wait that long
+HELLO_DEADLINE = 20.0
+
+
+def test_nodes_that_learn_of_each_other_at_once_connect_at_once(
+    roles: Cluster, tmp_path: Path
+) -> None:
+    """A joining node and the source learn of each other at the same moment (as in a join):
+    they connect well before two crossed dials would have timed out."""
+    a = roles["a"]
+    d = make_node(tmp_path, "d")
+    d.backend.start()
+    try:
+        peers = {**roles.identities(), "d": d.backend.identity()}
+        barrier = threading.Barrier(2)
+
+        def learn(node: Node) -> None:
+            barrier.wait()
+            node.backend.set_peers(peers)
+
+        threads = [threading.Thread(target=learn, args=(n,)) for n in (a, d)]
+        began = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wait_for(lambda: d.backend.connected_peers() == ["a"], 60, what="d connected to a")
+        took = time.monotonic() - began
+        assert took < HELLO_DEADLINE / 2, f"d connected to a after {took:.1f} s"
+    finally:
         d.backend.stop()
 
 
