@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,42 @@ def query(node: LocalNode, sql: str, params: Sequence[Any] = ()) -> list[tuple[A
     ) as conn:
         cursor = conn.execute(sql, params)
         return list(cursor.fetchall()) if cursor.description else []
+
+
+class SyncProbe:
+    """What another writer of the disk sees meanwhile: 4 KiB written and fdatasync'ed every
+    20 ms into a file beside the nodes' data, as etcd syncs its WAL; the longest wait."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "sync-probe"
+        self.waits: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> SyncProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            while not self._stop.wait(0.02):
+                began = time.monotonic()
+                os.write(fd, b"x" * 4096)
+                os.fdatasync(fd)
+                self.waits.append(time.monotonic() - began)
+        finally:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+
+    def result(self) -> dict[str, Any]:
+        waits = sorted(self.waits)
+        p99 = waits[int(len(waits) * 0.99)] if waits else None
+        return {"sync_max_s": waits[-1] if waits else None, "sync_p99_s": p99}
 
 
 class Bench(CliCluster):
@@ -136,7 +173,7 @@ class Bench(CliCluster):
         argv += ["--ca-fingerprint", self.ca_fingerprint, "--timeout", str(WAIT), "-o", "json"]
         env = {**os.environ, "HACORE_PROFILE": str(self.profile)}
         events: list[dict[str, Any]] = []
-        began = time.monotonic()
+        began, wall = time.monotonic(), time.time()
         proc = subprocess.Popen(
             argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -155,7 +192,8 @@ class Bench(CliCluster):
         reader = threading.Thread(target=read_events, daemon=True)
         reader.start()
         try:
-            streaming = self.wait_streaming(node.name, began)
+            with SyncProbe(self.root) as probe:
+                streaming = self.wait_streaming(node.name, began)
         except Failed:
             proc.kill()
             raise
@@ -165,7 +203,31 @@ class Bench(CliCluster):
         if proc.returncode != 0:
             texts = [e["line"] for e in events if e.get("event") == "text"]
             raise Failed(f"cluster join of {node.name} exited {proc.returncode}: {texts[-5:]}")
-        return {"streaming_s": streaming, "cli_s": cli, **phases(json.loads(out), events, cli)}
+        return {
+            "streaming_s": streaming,
+            "cli_s": cli,
+            **self.store_stalls(wall),
+            **probe.result(),
+            **phases(json.loads(out), events, cli),
+        }
+
+    def store_stalls(self, since: float) -> dict[str, Any]:
+        """etcd's "slow fdatasync" warnings (a WAL sync over 1 s) on every member since the
+        wall-clock time ``since``: how many, and the longest; a copy that floods the disk
+        shows here first, then as a missed lease renewal."""
+        count, longest = 0, 0.0
+        for node in self.nodes.values():
+            with contextlib.suppress(OSError):
+                for line in (node.data_dir / "store" / "etcd.log").read_text().splitlines():
+                    if "slow fdatasync" not in line:
+                        continue
+                    with contextlib.suppress(ValueError, KeyError):
+                        entry = json.loads(line)
+                        stamp = entry["ts"].replace("Z", "+00:00")
+                        if datetime.fromisoformat(stamp).timestamp() >= since:
+                            count += 1
+                            longest = max(longest, _seconds(str(entry.get("took", "0s"))))
+        return {"stalls": count, "longest_stall_s": round(longest, 3)}
 
     def remove(self, name: str) -> None:
         """Remove the joiner; should the cluster have failed over to it meanwhile (noted as
@@ -186,7 +248,7 @@ class Bench(CliCluster):
         shutil.rmtree(node.data_dir, ignore_errors=True)
         node.config_path.unlink(missing_ok=True)
 
-    def raw_basebackup(self, member: str) -> float:
+    def raw_basebackup(self, member: str) -> dict[str, Any]:
         """A raw pg_basebackup of the active as ``member``'s standby streams (its conninfo:
         TCP, TLS with its client certificate, the replication role); seconds."""
         conninfo = str(query(self.nodes[member], "SHOW primary_conninfo")[0][0])
@@ -196,21 +258,36 @@ class Bench(CliCluster):
         shutil.chown(target, "postgres", "postgres")
         argv = ["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_basebackup")]
         argv += ["-D", str(target), "-X", "stream", "-c", "fast", "-w", "-d", conninfo]
-        began = time.monotonic()
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT)
+        began, wall = time.monotonic(), time.time()
+        with SyncProbe(self.root) as probe:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT)
         took = time.monotonic() - began
         shutil.rmtree(target, ignore_errors=True)
         if done.returncode != 0:
             raise Failed(f"raw pg_basebackup failed: {done.stderr.strip()[-500:]}")
-        return took
+        return {"raw_s": took, **self.store_stalls(wall), **probe.result()}
 
-    def fill(self, scale: int) -> None:
-        node = self.nodes[self.active]
-        argv = [str(PG_BIN / "pgbench"), "-i", "-q", "-s", str(scale), "-h", str(node.socket_dir)]
-        argv += ["-p", str(node.pg_port), "-U", "postgres", "postgres"]
-        done = subprocess.run(argv, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise Failed(f"pgbench -i failed: {done.stderr.strip()[-1000:]}")
+    def fill(self, scale: int, attempts: int = 3) -> None:
+        """``pgbench -i`` on the active; again on the new active should the cluster fail
+        over meanwhile (its writes flood a shared disk: the store can stall, the active
+        fence; noted as a failover)."""
+        for attempt in range(1, attempts + 1):
+            node = self.nodes[self.active]
+            argv = [str(PG_BIN / "pgbench"), "-i", "-q", "-s", str(scale)]
+            argv += ["-h", str(node.socket_dir), "-p", str(node.pg_port), "-U", "postgres"]
+            done = subprocess.run([*argv, "postgres"], capture_output=True, text=True)
+            if done.returncode == 0:
+                return
+            if attempt == attempts:
+                raise Failed(f"pgbench -i failed: {done.stderr.strip()[-1000:]}")
+            self.log(f"pgbench -i failed ({done.stderr.strip()[-80:]!r}): again on the active")
+            wait_for(
+                lambda: any(probe(n) == 200 for n in self.nodes.values()),
+                WAIT,
+                interval=0.2,
+                what="an active node",
+            )
+            self.refresh_active()
 
     def size(self) -> int:
         return int(
@@ -328,6 +405,15 @@ def phases(result: dict[str, Any], events: list[dict[str, Any]], cli: float) -> 
     }
 
 
+def _seconds(duration: str) -> float:
+    """A Go duration as etcd logs it ("1.52s", "820ms", "1m2.5s") in seconds."""
+    total = 0.0
+    for value, unit in re.findall(r"([\d.]+)(h|ms|µs|us|ns|m|s)", duration):
+        scale = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "ns": 1e-9}
+        total += float(value) * scale[unit]
+    return total
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -335,6 +421,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait(10)
+
+
+def _stalls(sample: dict[str, Any]) -> str:
+    return (
+        f"etcd slow fdatasync {sample['stalls']}, longest {sample['longest_stall_s']:.2f} s; "
+        f"probe fdatasync max {sample['sync_max_s'] or 0:.3f} s, "
+        f"p99 {sample['sync_p99_s'] or 0:.3f} s"
+    )
 
 
 def _median(samples: list[dict[str, Any]], key: str) -> float | None:
@@ -367,6 +461,21 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         f"ratio join/raw (medians): [bold]{ratio:.2f}x[/]" if ratio else "ratio: -",
         highlight=False,
     )
+    stalls = report["summary"].get("stalls") or {}
+    if stalls:
+        console.print(
+            f"etcd slow fdatasync (> 1 s) on any member: during the joins {stalls['join']} "
+            f"(longest {stalls['join_longest_s']:.2f} s), during the raw copies {stalls['raw']} "
+            f"(longest {stalls['raw_longest_s']:.2f} s)",
+            highlight=False,
+        )
+        console.print(
+            "a 4 KiB fdatasync beside the data every 20 ms (another writer of the disk): "
+            f"during the joins max {stalls['join_sync_max_s']:.3f} s, p99 (median of samples) "
+            f"{stalls['join_sync_p99_s'] or 0:.3f} s; during the raw copies max "
+            f"{stalls['raw_sync_max_s']:.3f} s, p99 {stalls['raw_sync_p99_s'] or 0:.3f} s",
+            highlight=False,
+        )
     breakdown = report["summary"].get("phases") or {}
     if breakdown:
         console.print(
@@ -415,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         "errors": [],
     }
     joins: list[dict[str, Any]] = []
-    raws: list[float] = []
+    raws: list[dict[str, Any]] = []
     try:
         bench.form()
         log("n1 started the cluster, n2 joined")
@@ -435,11 +544,11 @@ def main(argv: list[str] | None = None) -> int:
             joins.append(sample)
             log(
                 f"join {i}: streaming after {sample['streaming_s']:.2f} s, CLI returned after "
-                f"{sample['cli_s']:.2f} s (copy {sample['copy_s']} s)"
+                f"{sample['cli_s']:.2f} s (copy {sample['copy_s']} s; {_stalls(sample)})"
             )
             raw = bench.raw_basebackup(next(n for n in ("n2", "n1") if n != bench.active))
             raws.append(raw)
-            log(f"raw pg_basebackup {i}: {raw:.2f} s")
+            log(f"raw pg_basebackup {i}: {raw['raw_s']:.2f} s ({_stalls(raw)})")
             if i < args.samples or args.no_rejoin:
                 bench.remove(name)
         if not args.no_rejoin:
@@ -456,7 +565,17 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {
         "join_streaming": spread(s["streaming_s"] for s in joins),
         "join_cli": spread(s["cli_s"] for s in joins),
-        "raw": spread(raws),
+        "raw": spread(r["raw_s"] for r in raws),
+        "stalls": {
+            "join": sum(s["stalls"] for s in joins),
+            "join_longest_s": max((s["longest_stall_s"] for s in joins), default=0.0),
+            "raw": sum(r["stalls"] for r in raws),
+            "raw_longest_s": max((r["longest_stall_s"] for r in raws), default=0.0),
+            "join_sync_max_s": max((s["sync_max_s"] or 0 for s in joins), default=0.0),
+            "raw_sync_max_s": max((r["sync_max_s"] or 0 for r in raws), default=0.0),
+            "join_sync_p99_s": _median(joins, "sync_p99_s"),
+            "raw_sync_p99_s": _median(raws, "sync_p99_s"),
+        },
     }
     join_median, raw_median = summary["join_streaming"]["median"], summary["raw"]["median"]
     summary["ratio"] = round(join_median / raw_median, 3) if join_median and raw_median else None
@@ -474,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["phases"] = {k: _median(joins, k) for k in keys} if joins else {}
     report["summary"] = summary
     report["joins"] = joins
-    report["raw"] = [round(r, 3) for r in raws]
+    report["raw"] = raws
     report["failovers"] = bench.failovers
     report["wall_s"] = round(time.monotonic() - started, 1)
     if args.json:

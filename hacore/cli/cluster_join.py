@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from hacore.cli.common import (
     warn_password_argument,
 )
 from hacore.cli.exit_codes import UsageProblem
+from hacore.client import profile_keyring
 from hacore.client.follow import LocalApi, follow_view
 from hacore.client.profile import (
     Profile,
@@ -169,6 +171,7 @@ def cluster_join(
     """
     from hacore.config.options import parse_options
 
+    threading.Thread(target=_find_keyring, name="keyring", daemon=True).start()
     if ca_fingerprint and ca_file:
         raise click.UsageError("give --ca-fingerprint or --ca-file, not both")
     warn_password_argument(ctx)
@@ -274,6 +277,14 @@ def cluster_join(
     emit(as_json, result, text)
     for item in ignored:
         click.echo(_ignored_warning(item), err=True)
+
+
+def _find_keyring() -> None:
+    """Find the keyring backends while the join runs: the profile is saved at its end, and
+    finding them (every installed backend imported and tried) then cost a busy machine a
+    second after the node already streamed. They are found once per process."""
+    with contextlib.suppress(Exception):
+        profile_keyring.usable_backend()
 
 
 def _json_event(event: dict[str, Any]) -> None:

@@ -199,7 +199,7 @@ class PostgresReplication(PrimaryDuties, SourceAccess, SalvageDuties, SnapshotDu
 
     def clone(self, source: ReplicationSource, *, progress: ProgressCallback | None = None) -> None:
         self._prepare_home()
-        copying.recover_swap(self.layout)
+        copying.recover_interrupted(self.layout)
         created = self._ensure_source_slot(source, fresh=True)
         try:
             self._copy_from(source, progress)

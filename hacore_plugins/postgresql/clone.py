@@ -1,15 +1,22 @@
-"""Copying the leader's data: ``pg_basebackup`` into a temporary directory, then a swap.
+"""Copying the leader's data with ``pg_basebackup``: straight in, or beside and then a swap.
 
-The node's current data stays where it is, untouched, until the copy is complete; only then
-are two renames done (old aside, new in) and the old data removed. A clone that fails, is
-cut off, or is interrupted by its caller leaves the old data as it was and no temporary
-directory behind.
+A node with data copies into a temporary directory: its current data stays where it is,
+untouched, until the copy is complete; only then are two renames done (old aside, new in) and
+the old data removed. A clone that fails, is cut off, or is interrupted by its caller leaves
+the old data as it was and no temporary directory behind.
+
+A node without data (a join, or a node whose data was removed) copies straight into its data
+directory: nothing is there to keep, and the swap would only cost time. A marker beside it,
+written before the copy begins and removed once the copy is complete and on disk, says that
+the directory is an unfinished copy; whoever finds the marker of a cloner that is gone (the
+agent died mid-copy) removes the copy and the marker, and the node is empty again.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import os
 import re
@@ -17,14 +24,16 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from hacore.atomic_files import sync_dir
+from hacore.atomic_files import sync_dir, write_atomic
 from hacore.backends.replication import ProgressCallback, ReplicationSource
 from hacore.errors import ReplicationError
 from hacore_plugins.postgresql.commands import PgTools
 from hacore_plugins.postgresql.layout import Layout
 from hacore_plugins.postgresql.sql import explain
+from hacore_plugins.postgresql.writeback import Writeback
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +51,26 @@ def remove_tree(path: Path) -> None:
 
 def basebackup(
     tools: PgTools,
-    layout: Layout,
+    target: Path,
     source: ReplicationSource,
     *,
     conninfo: str,
     max_rate: str | None,
     progress: ProgressCallback | None,
 ) -> None:
-    """Copy ``source`` into ``layout.clone_tmp``; on any failure remove it and raise."""
-    target = layout.clone_tmp
+    """Copy ``source`` into ``target``, on disk when this returns; on any failure remove
+    ``target`` and raise. ``target`` must hold nothing worth keeping."""
     remove_tree(target)
-    args = ["-D", str(target), "-X", "stream", "-c", "fast", "-P", "-v", "-w"]
+    args = ["-D", str(target), "-X", "stream", "-c", "fast", "-P", "-v", "-w", "--no-sync"]
     # No -S: a temporary slot guards the copy and the node's own slot, made just before,
     # keeps the WAL after it; -S would fail while an old standby of this node holds the slot.
     args += ["-d", conninfo]
     if max_rate:
         args += ["-r", max_rate]
     proc = tools.spawn("pg_basebackup", args)
+    # --no-sync: the copy is written back while it runs, a chunk at a time (writeback.py)
+    writeback = Writeback(target)
+    writeback.start()
     messages: collections.deque[str] = collections.deque(maxlen=40)
     done = total = 0
     try:
@@ -75,15 +87,58 @@ def basebackup(
             if progress is not None:
                 progress(done, total)
         code = proc.wait()
+        if code == 0:
+            try:
+                writeback.finish()
+            except OSError as err:
+                raise ReplicationError(f"clone failed: cannot write the copy: {err}") from None
     except BaseException:
+        writeback.stop()
         _terminate(proc)
         remove_tree(target)
         raise
+    finally:
+        writeback.stop()
     if code != 0:
         remove_tree(target)
         raise ReplicationError(f"clone failed: {explain(chr(10).join(messages), source)}")
     if progress is not None and total:
         progress(total, total)
+
+
+@contextlib.contextmanager
+def straight_in(layout: Layout) -> Iterator[Path]:
+    """The data directory to copy into, marked unfinished until the block ends without error;
+    an error removes the copy and the marker. Only for a node with no data to keep."""
+    remove_tree(layout.pgdata)
+    write_atomic(layout.cloning, json.dumps(_cloner()))
+    try:
+        yield layout.pgdata
+    except BaseException:
+        remove_tree(layout.pgdata)
+        layout.cloning.unlink(missing_ok=True)
+        raise
+    layout.cloning.unlink()
+    sync_dir(layout.home)
+
+
+def _cloner(pid: int | None = None) -> dict[str, int] | None:
+    """This process (or ``pid``) as its pid and start time: a pid alone may be reused."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return {"pid": pid, "started": int(fields[19])}
+
+
+def _cloner_alive(layout: Layout) -> bool:
+    """The process that wrote the marker still runs (an unreadable marker: it does not)."""
+    try:
+        recorded = json.loads(layout.cloning.read_text())
+        return bool(recorded) and _cloner(int(recorded["pid"])) == recorded
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _terminate(proc: subprocess.Popen[str]) -> None:
@@ -125,8 +180,14 @@ def swap_in(layout: Layout, new: Path) -> None:
     remove_tree(layout.aside)
 
 
-def recover_swap(layout: Layout) -> None:
-    """Undo a swap cut between its two renames (the agent died): put the old data back."""
+def recover_interrupted(layout: Layout) -> None:
+    """Clean up after an agent that died mid-clone: an unfinished straight copy is removed
+    (the node is empty again), a swap cut between its two renames is undone."""
+    if layout.cloning.exists() and not _cloner_alive(layout):
+        log.warning("removing %s: a clone into it was interrupted", layout.pgdata)
+        remove_tree(layout.pgdata)
+        layout.cloning.unlink(missing_ok=True)
+        sync_dir(layout.home)
     if not layout.pgdata.exists() and layout.aside.exists():
         log.warning("restoring %s: a swap was interrupted", layout.pgdata)
         os.rename(layout.aside, layout.pgdata)

@@ -27,6 +27,12 @@ class Layout:
         return self.home / "pgdata.clone"
 
     @property
+    def cloning(self) -> Path:
+        """Present while a clone writes straight into an empty ``pgdata``: a start that finds
+        it knows ``pgdata`` is an unfinished copy, not a database."""
+        return self.home / "pgdata.cloning"
+
+    @property
     def init_tmp(self) -> Path:
         return self.home / "pgdata.init"
 

@@ -116,8 +116,9 @@ class PgNode(ReplicationBackend):
                 )
 
     def is_initialized(self) -> bool:
-        copying.recover_swap(self.layout)
-        return (self.layout.pgdata / "PG_VERSION").is_file()
+        copying.recover_interrupted(self.layout)
+        # a copy under way straight into pgdata is no database yet
+        return not self.layout.cloning.exists() and (self.layout.pgdata / "PG_VERSION").is_file()
 
     def postmaster_pid(self) -> int | None:
         """The running server's pid, None when it is stopped."""

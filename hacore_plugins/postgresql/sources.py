@@ -9,6 +9,7 @@ shows this node's certificate.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -81,14 +82,14 @@ class SourceAccess(PgNode):
 
     def _copy_from(self, source: ReplicationSource, progress: ProgressCallback | None) -> None:
         self._remember_password(source)
-        copying.basebackup(
-            self.tools,
-            self.layout,
-            source,
-            conninfo=self._conninfo(source),
-            max_rate=self.config.clone_max_rate,
-            progress=progress,
-        )
+        conninfo = self._conninfo(source)
+        if not self.is_initialized():
+            # nothing to keep: straight into the data directory, no swap
+            with copying.straight_in(self.layout) as pgdata:
+                self._basebackup(source, pgdata, conninfo, progress)
+                self._prepare_data(pgdata, standby=True)
+            return
+        self._basebackup(source, self.layout.clone_tmp, conninfo, progress)
         try:
             self._prepare_data(self.layout.clone_tmp, standby=True)
             self._stop()
@@ -96,6 +97,22 @@ class SourceAccess(PgNode):
         except BaseException:
             copying.remove_tree(self.layout.clone_tmp)
             raise
+
+    def _basebackup(
+        self,
+        source: ReplicationSource,
+        target: Path,
+        conninfo: str,
+        progress: ProgressCallback | None,
+    ) -> None:
+        copying.basebackup(
+            self.tools,
+            target,
+            source,
+            conninfo=conninfo,
+            max_rate=self.config.clone_max_rate,
+            progress=progress,
+        )
 
     def _connect_source(self, source: ReplicationSource, *, timeout: int = 10) -> Conn:
         return connect_source(source, self.config.database, timeout=timeout, tls=self.tls)

@@ -9,6 +9,7 @@ access rules really decide who gets in.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -588,6 +589,59 @@ def test_clone_from_a_source_that_dies_midway_keeps_old_data(
     # The old data still works as it did: a standby of p1.
     victim.start()
     wait_following(victim, "p1")
+
+
+def _copies_into(pgdata: Path) -> list[int]:
+    """pids of the pg_basebackup processes writing into ``pgdata``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        argv = _cmdline(proc).split()
+        if proc.name.isdigit() and any("pg_basebackup" in a for a in argv) and str(pgdata) in argv:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_clone_into_an_empty_node_killed_midway_leaves_it_empty(
+    nodes: Nodes, primary: PostgresReplication
+) -> None:
+    """A node with no data clones straight into its data directory; its cloner killed
+    half-way (the agent's process, and the copy) leaves a directory the next look recognises
+    as an unfinished copy and removes: the node is empty again, and clones anew."""
+    node = nodes.make("cut")
+    primary.allow_member("cut", node.host)
+    slow = nodes.again(node, clone_max_rate="2M")
+    pgdata = node.layout.pgdata
+    child = os.fork()
+    if child == 0:  # the cloner, in a process of its own so that it can be killed
+        try:
+            slow.clone(source_of(primary))
+        finally:
+            os._exit(0)
+    try:
+        wait_for(lambda: _copies_into(pgdata), WAIT, 0.05, what="the copy running")
+        wait_for(lambda: sum(1 for _ in pgdata.rglob("*")) > 50, WAIT, 0.05, what="copy progress")
+        # the copy goes straight into pgdata; while its cloner lives it is left alone, and
+        # it is not a database yet
+        assert node.layout.cloning.exists()
+        assert not node.is_initialized() and pgdata.exists()
+        assert not node.layout.clone_tmp.exists()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        for pid in _copies_into(pgdata):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+    wait_for(lambda: not _copies_into(pgdata), WAIT, 0.05, what="the copy gone")
+    assert node.layout.cloning.exists() and any(pgdata.iterdir())
+
+    assert not node.is_initialized()
+    assert not pgdata.exists() and leftovers(node) == []
+    node.clone(source_of(primary))
+    assert node.is_initialized() and leftovers(node) == []
+    node.start()
+    wait_following(node, "p1")
+    insert(primary, "after-cut")
+    wait_replicated(node, "after-cut")
 
 
 def test_start_failure_reports_the_server_log(nodes: Nodes) -> None:
