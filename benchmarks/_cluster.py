@@ -103,6 +103,11 @@ class BenchCluster(ABC):
                 continue
             stop_postmaster(pid)
 
+    def timeline(self, name: str) -> Path | None:
+        """Where the node's agent writes its loop iterations and collections
+        (benchmarks/_timeline.py); None for a system that writes none."""
+        return None
+
     @abstractmethod
     def converged(self) -> str | None:
         """The active's name when one node is active and all others stream from it (and, in

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import _timeline
 import httpx
 import yaml
 from _cluster import (
@@ -113,6 +114,9 @@ class HacoreCluster(BenchCluster):
 
     def pgdata(self, name: str) -> Path:
         return self.layouts[name].pgdata
+
+    def timeline(self, name: str) -> Path | None:
+        return self.layouts[name].config_path.with_suffix(".timeline.jsonl")
 
     def _api(self, name: str) -> str:
         return f"http://{HOST}:{self.node(name).api_port}"
@@ -290,11 +294,16 @@ def run_node(config_path: Path, bootstrap: bool) -> None:
     from hacore.agent.runtime import Agent
     from hacore.api.limits import raise_open_file_limit
     from hacore.api.server import ApiServer
+    from hacore.config.logging_setup import QUIET_LIBRARIES
     from hacore.config.node import load_config
     from hacore.plugins.registry import load_plugins
 
     raise_open_file_limit()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # as the agent's own logging does: a line per store or Syncthing request is CPU the
+    # measured agent would not spend
+    for library in QUIET_LIBRARIES:
+        logging.getLogger(library).setLevel(logging.WARNING)
     config = load_config(yaml.safe_load(config_path.read_text()))
     agent = Agent(
         config,
@@ -303,6 +312,7 @@ def run_node(config_path: Path, bootstrap: bool) -> None:
     )
     if bootstrap:
         _bootstrap(agent)
+    _timeline.record(agent, config_path.with_suffix(".timeline.jsonl"))
     server = ApiServer(_Facade(agent), config.api, host=HOST, port=config.node.api_port).start()
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())

@@ -246,6 +246,28 @@ def _status_table(
             _errors(status),
         )
     console.print(table)
+    for name, status in rows.items():
+        if status.get("agent"):
+            console.print(f"{name}'s agent during the load: {_agent_line(status['agent'])}")
+
+
+def _agent_line(agent: dict[str, Any]) -> str:
+    """What the agent's interpreter did while its probes were measured (_timeline.py)."""
+    line = (
+        f"{agent['loop_iterations']} loop iterations, loop CPU p50 {agent['loop_cpu_ms_p50']} "
+        f"ms (max {agent['loop_cpu_ms_max']}), an iteration running "
+        f"{(agent['loop_wall_share'] or 0) * 100:.0f}% of the time; collections over 1 ms: "
+        f"{agent['gc_pauses_over_1ms']}"
+        + (f" (max {agent['gc_pause_max_ms']} ms)" if agent["gc_pause_max_ms"] else "")
+    )
+    if "timed_probes" in agent:
+        line += (
+            f"; timed probes: {agent['slow']} of {agent['timed_probes']} over 2 ms, "
+            f"{agent['slow_in_loop']} of them during a loop iteration (of all probes "
+            f"{agent['all_in_loop_share'] * 100:.0f}% were), {agent['slow_in_gc']} during a "
+            "collection"
+        )
+    return line
 
 
 def ratios(systems: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -47,6 +47,7 @@ import _haproxy
 import _load
 import _patroni
 import _pgbench
+import _timeline
 import attrs
 from _cluster import TABLE, BenchCluster, prepare_workdir
 from _report import (
@@ -429,11 +430,34 @@ def switchover_once(
     return result
 
 
-def status_load(cluster: BenchCluster, seconds: float, connections: int) -> dict[str, Any]:
+def status_load(
+    cluster: BenchCluster, seconds: float, connections: int, *, timed: bool = False
+) -> dict[str, Any]:
+    """The load on the active's status endpoint; for hacore, what its agent's loop and
+    collector did meanwhile, and with ``timed`` which slow probes they overlapped
+    (benchmarks/_timeline.py)."""
     active = cluster.wait_converged(START_TIMEOUT)
     url = cluster.node(active).status_url
+    path = cluster.timeline(active)
+    samples: list[tuple[float, float]] = []
+    client = threading.Thread(
+        target=lambda: samples.extend(_timeline.timed_probes(url, seconds)), daemon=True
+    )
+    start = time.monotonic()
+    if timed and path is not None:
+        client.start()
     result = _load.load(url, connections=connections, seconds=seconds)
-    return {"endpoint": urlsplit(url).path, **result}
+    end = time.monotonic()
+    if path is None:
+        return {"endpoint": urlsplit(url).path, **result}
+    if client.is_alive():
+        client.join(seconds + 10)
+    time.sleep(1.5)  # the node writes its timeline once a second
+    spans = _timeline.read(path, start, end)
+    agent = _timeline.summary(spans, start, end)
+    if samples:
+        agent.update(_timeline.attribute(samples, spans))
+    return {"endpoint": urlsplit(url).path, **result, "agent": agent}
 
 
 # -- per system -------------------------------------------------------------------------------
@@ -473,7 +497,9 @@ def run_system(
                     result["switchover"] = switchover_runs(cluster, args.runs, log)
                 if "status" in args.scenarios:
                     try:
-                        result["status"] = status_load(cluster, args.status_seconds, 8)
+                        result["status"] = status_load(
+                            cluster, args.status_seconds, 8, timed=args.status_timeline
+                        )
                         log(f"status {system.name}: {result['status']}")
                     except Exception as exc:
                         result["status"] = {"errors": [f"{type(exc).__name__}: {exc}"]}
@@ -568,6 +594,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"any of {', '.join(known)}",
     )
     parser.add_argument("--status-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--status-timeline",
+        action="store_true",
+        help="a timed 9th connection during the status load: which slow probes overlapped "
+        "the agent's loop or a garbage collection",
+    )
     parser.add_argument(
         "--nodes", default="3", help="node counts, e.g. 3,5,7 (crash and switchover rows each)"
     )

@@ -39,6 +39,7 @@ import httpx
 
 from hacore.backends.client_tls import ClientTls
 from hacore.errors import HacoreError, StoreUnavailableError
+from hacore_plugins.etcd.gateway_http import GatewayError, GatewayHttp
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,10 @@ class EtcdClient:
         self._auth_lock = threading.Lock()
         #: the background member sync last started (:meth:`close` waits for it)
         self._sync_thread: threading.Thread | None = None
+        #: authentication only; the watchers make their own (:meth:`new_http`)
         self._http = self.new_http()
+        #: every other call: plain POSTs on kept-alive sockets (gateway_http.py says why)
+        self._gateway = GatewayHttp(self._ssl)
 
     def new_http(self) -> httpx.Client:
         return httpx.Client(verify=self._ssl, trust_env=False)
@@ -231,6 +235,7 @@ class EtcdClient:
         thread = self._sync_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(self.timeout + _CONNECT_TIMEOUT)
+        self._gateway.close()
         self._http.close()
 
     def __enter__(self) -> EtcdClient:
@@ -355,21 +360,28 @@ class EtcdClient:
             if self._username and self._token is None:
                 self._authenticate(endpoint, timeout, None)
             token = self._token
-            resp = self._http.post(
-                endpoint + path, json=body, headers=self.auth_headers(), timeout=timeout
+            answer = self._gateway.post(
+                endpoint,
+                path,
+                body,
+                self.auth_headers(),
+                connect_timeout=_seconds(timeout.connect, _CONNECT_TIMEOUT),
+                timeout=_seconds(timeout.read, self.timeout),
             )
-            data = resp.json() if resp.content else {}
         except (httpx.TransportError, ValueError) as err:
             unreachable = isinstance(err, httpx.ConnectError | httpx.ConnectTimeout)
             raise TryElsewhere(describe_error(err), unreachable=unreachable) from err
-        if "error" not in data and resp.status_code < 400:
-            return dict(data)
+        except GatewayError as err:
+            raise TryElsewhere(str(err), unreachable=err.unreachable) from err
+        data, status = answer.data, answer.status
+        if "error" not in data and status < 400:
+            return data
         code, message = gateway_error(data)
-        message = message or f"HTTP {resp.status_code}"
+        message = message or f"HTTP {status}"
         if code == _UNAUTHENTICATED and self._username:
             self.forget_token(token)
             raise TryElsewhere(message)
-        if code in _RETRYABLE_CODES or resp.status_code >= 500:
+        if code in _RETRYABLE_CODES or status >= 500:
             raise TryElsewhere(message)
         raise EtcdRequestError(f"etcd refused {path}: {message}", code)
 
@@ -518,6 +530,10 @@ class EtcdClient:
         with self._auth_lock:
             if self._token == stale:
                 self._token = None
+
+
+def _seconds(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def describe_error(err: Exception) -> str:
