@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import attrs
 
 from hacore.agent.hooks import HookCaller
+from hacore.agent.lease import STALL_TTLS
 from hacore.agent.vocabulary import HealthReport
 from hacore.backends.filesync import FilesyncBackend, SyncState
 from hacore.backends.health import CheckResult, HealthCheck
@@ -260,7 +261,9 @@ class StoreReachable(_FactCheck):
 
 
 class LoopHeartbeat(_FactCheck):
-    """The previous loop iteration began less than ``ttl`` ago: the loop is not starved."""
+    """The previous loop iteration began less than ``STALL_TTLS * ttl`` ago: the loop is not
+    stuck. Not ``ttl``: the renewal thread keeps the lease through a long iteration (a slow
+    promotion), and fails it only once an iteration has run that long (renewal.py)."""
 
     name = "loop"
 
@@ -269,7 +272,7 @@ class LoopHeartbeat(_FactCheck):
         if previous is None:
             return CheckResult(True, "first loop")
         gap = self.facts.loop_at - previous
-        if gap > self.ttl:
+        if gap > STALL_TTLS * self.ttl:
             return CheckResult(False, f"{gap:.1f}s between two loops")
         return CheckResult(True, f"{gap:.1f}s since the previous loop")
 
@@ -384,6 +387,18 @@ class CheckRunner:
                 expired.append(name)
         self.results = results
         return HealthReport(failing=failing, expired=expired), results
+
+    def restart_windows(self, now: float) -> None:
+        """After a promotion: every check's validity window starts again at ``now``.
+
+        The promotion's own iteration (campaign, promote, services: seconds on a busy machine)
+        ran no check, so a window counted from the last pass before it could be spent
+        already, and the first reading after it that is late stepped the new active down at
+        once. A check that then fails for a whole window still counts.
+        """
+        for track in self._tracks.values():
+            if track.since is not None:
+                track.since, track.passed_at = now, None
 
     def _grace_left(self, track: _Track, now: float) -> float:
         """Seconds an active-only check's failures are still forgiven after the promotion."""

@@ -5,7 +5,9 @@ The order of the steps is the safety argument, so it is spelled out here once:
 - PROMOTE: start the database if stopped → ``before_promote`` (a veto or a raise: fence a
   writable database, resign, back off ``promote_backoff``) → status key naming this node with
   no synchronous standby → database promote → record the lease's fencing token → file sync
-  source → renew → active-only services → ``after_promote`` → a history entry.
+  source → renew → a history entry (retried every loop, a fence included, until written) →
+  active-only services → ``after_promote``. A renewal thread (hacore/agent/renewal.py) keeps
+  the lease meanwhile, so a promotion may outlast the ttl.
 - STEP_DOWN (planned, lease held): to a target, only once the target holds every file (until
   then the node stays active and says what is missing) → ``before_demote`` → stop active-only
   services → renew the lease → file scan → wait until ``ttl / 2`` after the decision
@@ -71,6 +73,8 @@ from hacore.plugins.factory import Backends
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+#: A database promote may take this many ``ttl`` (under the renewal thread's STALL_TTLS).
+_PROMOTE_TTLS = 2.0
 
 
 @attrs.frozen
@@ -147,6 +151,12 @@ class Executor:
         #: What this node knew of the old active when it first tried to promote for a token
         #: (a retried promotion finds the status key already naming this node).
         self._succession: tuple[int, keys.HistoryEntry] | None = None
+        #: The tokens of the last two leases this agent won: an earlier one means a lease
+        #: lost and won again, not a restart (the history's reason).
+        self._won: tuple[int | None, int | None] = (None, None)
+        #: A promotion whose history entry could not be written yet: retried every loop,
+        #: the next fence included, so a promotion never goes unrecorded.
+        self._unrecorded: keys.HistoryEntry | None = None
 
     def run(self, decision: Decision, obs: Observation, reading: StoreReading) -> Outcome:
         action = decision.action
@@ -206,6 +216,8 @@ class Executor:
             # paused, a writable database taking its lease back is what it was (rule P2)
             return Outcome(obs.previous if obs.pause is not None else NodeState.STANDBY)
         self.lease.won(lease, sent)
+        if lease.token != self._won[1]:
+            self._won = (self._won[1], lease.token)
         self.log.info("won the election: leader key held with fencing token %d", lease.token)
         return Outcome(decision.next_state, observe_again=True)
 
@@ -215,7 +227,9 @@ class Executor:
             raise HacoreError("PROMOTE without a lease")
         view = obs.view or ClusterView(leader=None)
         if self._succession is None or self._succession[0] != lease.token:
-            self._succession = (lease.token, succession(obs, self.name, lease.token))
+            earlier = self._won[0] is not None and self._won[1] == lease.token
+            entry = succession(obs, self.name, lease.token, held_before=earlier)
+            self._succession = (lease.token, entry)
         if not obs.db.running:
             self.b.replication.start()
         if self._approved != lease.token:
@@ -239,8 +253,6 @@ class Executor:
         # Starting the services may take seconds: renew first, so they cannot starve the lease
         # (a lost lease is the next loop's business: it fences, services included).
         self._renew(lease, "before starting the services")
-        services_ok = self.extras.start_active()
-        self.hooks.call("hacore_after_promote", view=view)
         try:
             status = self.b.replication.status()
         except HacoreError as err:
@@ -251,16 +263,12 @@ class Executor:
         entry = attrs.evolve(
             self._succession[1], timeline=status.timeline, position=status.position
         )
-        try:
-            if entry.reason == "restarted" and not self.store_call(
-                lambda: self.b.consensus.get_prefix(keys.HISTORY_PREFIX)
-            ):
-                entry = attrs.evolve(entry, reason="first_start", previous=None)
-            self.store_call(
-                lambda: self.b.consensus.put(keys.history_key(lease.token), entry.encode())
-            )
-        except HacoreError as err:
-            self.log.warning("could not record this promotion in the history: %s", err)
+        # Recorded before the services and hooks, while the lease was just renewed: a node
+        # that has to fence soon after its promotion still leaves its entry.
+        self._unrecorded = entry
+        entry = self._record_history() or entry
+        services_ok = self.extras.start_active()
+        self.hooks.call("hacore_after_promote", view=view)
         if self._counted != lease.token:
             self._counted = lease.token
             self.counters.add(Event.PROMOTION)
@@ -274,6 +282,28 @@ class Executor:
         )
         return Outcome(NodeState.ACTIVE, is_active=services_ok and status.writable)
 
+    def _record_history(self) -> keys.HistoryEntry | None:
+        """Write the pending history entry; the entry written, None when it could not be
+        (logged; it stays pending for the next try)."""
+        entry = self._unrecorded
+        if entry is None:
+            return None
+        try:
+            if entry.reason == "restarted" and not self.store_call(
+                lambda: self.b.consensus.get_prefix(keys.HISTORY_PREFIX)
+            ):
+                entry = attrs.evolve(entry, reason="first_start", previous=None)
+            self.store_call(
+                lambda: self.b.consensus.put(keys.history_key(entry.token), entry.encode())
+            )
+        except HacoreError as err:
+            self.log.warning(
+                "could not record the promotion (token %d) in the history: %s", entry.token, err
+            )
+            return None
+        self._unrecorded = None
+        return entry
+
     def _promote_database(self, obs: Observation, reading: StoreReading, lease: Lease) -> None:
         """Status key (no synchronous standby yet), promote, then record the fencing token."""
         self.sync.reset()
@@ -281,8 +311,12 @@ class Executor:
         if not writer.write(ActiveStatus(self.name, obs.db.position, obs.db.timeline)):
             raise HacoreError("the status key changed while promoting")
         if not obs.db.writable:
+            # The renewal thread keeps the lease while the database promotes (an end-of-
+            # recovery checkpoint on a busy disk can outlast a short ttl), so the wait is
+            # not cut at the deadline, only well before the thread gives a hung loop up.
             deadline = self.lease.deadline(self.dcfg) or self.clock() + self.dcfg.ttl
-            self.b.replication.promote(timeout=max(1.0, deadline - self.clock()))
+            wait = max(1.0, deadline - self.clock(), _PROMOTE_TTLS * self.dcfg.ttl)
+            self.b.replication.promote(timeout=wait)
         if obs.db_token != lease.token:
             self.b.replication.record_fencing_token(lease.token)
 
@@ -311,6 +345,7 @@ class Executor:
         lease = self.lease.lease
         if obs.pause is not None:
             return self._stay_paused(decision, obs, reading)
+        self._record_history()
         # A flip that failed or overran at the promotion is retried here, in the background.
         self.extras.files_from(self.name, within=0.0)
         services_ok = self.extras.ensure_active()
@@ -519,6 +554,7 @@ class Executor:
             self.extras.files_from(view.leader.name)
         else:
             self.extras.release_files()
+        self._record_history()  # fenced right after its promotion: the promotion still counts
         if was_active:
             self.hooks.call("hacore_after_demote", view=view, reason=decision.reason)
             self.log.warning("fenced: %s", decision.reason)

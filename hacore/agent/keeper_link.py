@@ -10,6 +10,7 @@ Without a keeper (an agent inside a test process) every call here does nothing.
 from __future__ import annotations
 
 import os
+import threading
 
 from hacore.agent.deadline import Deadline
 from hacore.agent.hooks import NodeLog
@@ -40,6 +41,9 @@ class KeeperLink:
         self.deadline = deadline
         self.pause = pause
         self.log = log
+        #: the loop and the renewal thread both feed the record: one write at a time, each
+        #: from the deadline as it stands when it is written
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         """Adopt the record first: a keeper still running for a killed predecessor sees
@@ -51,21 +55,23 @@ class KeeperLink:
     def lease_changed(self) -> None:
         """A renewal, a won campaign, or writes allowed: the keeper's deadline moves first."""
         if self.feed is not None and self.lease.may_write:
-            deadline = self.deadline()
-            paused = self.pause.paused
-            self.feed.update(may_write=True, deadline=deadline, db_role=None, paused=paused)
+            with self._lock:
+                deadline = self.deadline()
+                paused = self.pause.paused
+                self.feed.update(may_write=True, deadline=deadline, db_role=None, paused=paused)
 
     def guard(self, db: DbReading) -> None:
         """Release the keeper's record once the database is seen not to be a primary, and
         keep the keeper running."""
         if self.keeper is None or self.feed is None:
             return
-        self.feed.update(
-            may_write=self.lease.may_write,
-            deadline=self.deadline(),
-            db_role=db.status.role if db.status_known else None,
-            paused=self.pause.paused,
-        )
+        with self._lock:
+            self.feed.update(
+                may_write=self.lease.may_write,
+                deadline=self.deadline(),
+                db_role=db.status.role if db.status_known else None,
+                paused=self.pause.paused,
+            )
         self.keeper.ensure(self.log)
 
     def leave_paused(self) -> None:

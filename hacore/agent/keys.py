@@ -214,6 +214,7 @@ HISTORY_REASONS = {
     "stepped_down": "the old active stepped down (fenced itself) and released its lease",
     "lease_expired": "the old active's lease expired (crash, or cut off from the store)",
     "restarted": "this node's own earlier leadership ended (its agent restarted)",
+    "lease_lost": "this node lost its own lease (not renewed in time) and won it again",
 }
 
 

@@ -241,32 +241,54 @@ class DatabaseReader:
 
     A frozen database accepts connections into the kernel's backlog and never answers, so
     the reading runs on a daemon thread. One that does not answer in time is *unknown*;
-    while it still hangs, the next loops read unknown at once instead of piling up threads,
-    and a late answer is thrown away (it describes the database as it was a loop ago).
+    while it still hangs, the next loops read unknown at once instead of piling up threads.
+
+    A database that is only slow (a busy disk: every answer a little over ``timeout``) is not
+    hung, and must not fail its check every loop: a late answer that arrived at most
+    ``late_for`` seconds ago stands in for a new reading that does not answer in time. Not
+    after the loop acted on the database (:meth:`forget`): it would describe the database as
+    it was before.
     """
 
-    def __init__(self, replication: ReplicationBackend, *, timeout: float) -> None:
+    def __init__(
+        self, replication: ReplicationBackend, *, timeout: float, late_for: float = 0.0
+    ) -> None:
         self.replication = replication
         self.timeout = timeout
-        self._pending: cf.Future[DbReading] | None = None
+        self.late_for = late_for
+        self._pending: cf.Future[tuple[DbReading, float]] | None = None
 
-    def read(self) -> DbReading:
+    def forget(self) -> None:
+        """The loop changed the database (promoted, fenced, started...): no earlier
+        reading may stand for it."""
+        self._pending = None
+
+    def read(self, clock: Clock = time.monotonic) -> DbReading:
         pending = self._pending
         if pending is not None and not pending.done():
             return self._unknown("the previous reading still waits for an answer", quiet=True)
-        future: cf.Future[DbReading] = cf.Future()
+        late = _answer(pending) if pending is not None else None
+        if late is not None and clock() - late[1] > self.late_for:
+            late = None
+        future: cf.Future[tuple[DbReading, float]] = cf.Future()
 
         def ask() -> None:
             try:
-                future.set_result(read_database(self.replication))
+                future.set_result((read_database(self.replication), clock()))
             except BaseException as err:
                 future.set_exception(err)
 
         self._pending = future
         threading.Thread(target=ask, name="hacore-db-reading", daemon=True).start()
         try:
-            reading = future.result(timeout=self.timeout)
+            reading, _ = future.result(timeout=self.timeout)
         except cf.TimeoutError:
+            if late is not None:
+                log.debug(
+                    "the local database answers late: its answer of %.1fs ago stands",
+                    clock() - late[1],
+                )
+                return late[0]
             return self._unknown(f"no answer within {self.timeout:g}s")
         except Exception as err:
             return self._unknown(f"{type(err).__name__}: {err}")
@@ -280,6 +302,13 @@ class DatabaseReader:
         except Exception:
             initialized = True
         return DbReading(UNKNOWN_STATUS, initialized, None, status_known=False)
+
+
+def _answer(done: cf.Future[tuple[DbReading, float]]) -> tuple[DbReading, float] | None:
+    """A finished reading's answer and when it came; None when it raised."""
+    if done.exception() is not None:
+        return None
+    return done.result()
 
 
 def observation(

@@ -4,7 +4,8 @@ Each iteration (docs/agent.md): renew the lease (or keep the session alive), rea
 the agent's keys, read the local database, run the health checks, build the Observation, call
 :func:`~hacore.agent.decide.decide`, carry the decision out, publish the member record, update
 the cached snapshot, then wait for the leader key to change, ``loop_wait``, or the
-self-fencing deadline, whichever comes first.
+self-fencing deadline, whichever comes first. A renewal thread (hacore/agent/renewal.py)
+renews the held lease too when an iteration runs long; the loop alone decides and fences.
 
 Nothing here keeps state that matters across a crash: everything is read again from the store
 and the database, which is why a killed agent restarted at any point converges.
@@ -29,6 +30,7 @@ from hacore.agent.execute import Outcome
 from hacore.agent.failsafe import Peer
 from hacore.agent.keeper import KeeperProcess
 from hacore.agent.observe import StoreReading, SwitchoverClock, observation, read_store
+from hacore.agent.renewal import Renewal
 from hacore.agent.repair_jobs import in_place_job, standby_job
 from hacore.agent.snapshot import NodeSnapshot
 from hacore.agent.vocabulary import Action, Decision, LeaseStatus, NodeState, Observation
@@ -96,6 +98,16 @@ class Agent:
         self.minority = parts.minority
         self.promises = parts.failsafe.promises
         self.confirmations = parts.failsafe.confirmations
+        #: renews the held lease while an iteration runs long (hacore/agent/renewal.py)
+        self.renewal = Renewal(
+            parts.backends.consensus,
+            parts.lease,
+            parts.deadline,
+            parts.dcfg,
+            log=parts.log,
+            wake=self.wake,
+            counters=parts.counters,
+        )
         # what the loop keeps between iterations (read again after a crash)
         self._switch_clock = SwitchoverClock()
         self._known: dict[str, Member] = {}
@@ -169,6 +181,8 @@ class Agent:
                 if wait > 0:
                     self._wake.wait(wait)
         finally:
+            # before anything below resigns: a stopped (or killed) loop renews nothing more
+            self.renewal.stop()
             self.parts.watch.stop()
             if self.parts.membership.revocations is not None:
                 self.parts.membership.revocations.stop(timeout=2.0)
@@ -302,15 +316,19 @@ class Agent:
             extras.stop_active()  # a node that is not active yet runs no active-only service
         extras.start_files()
         self.parts.watch.start()
+        self.renewal.start(self.name)
         self.log.info("agent started (hacore %s)", __version__)
 
     def _iterate(self) -> float:
+        self.renewal.busy_since = time.monotonic()
         try:
             return self._iterate_once()
         except HacoreError as err:
             self._note_error(f"loop iteration failed: {err}")
         except Exception:
             self.log.exception("loop iteration failed")
+        finally:
+            self.renewal.busy_since = None
         return self.dcfg.loop_wait
 
     def _iterate_once(self) -> float:
@@ -382,6 +400,10 @@ class Agent:
             # Load balancers must stop sending traffic before the database is fenced.
             self._snapshot = attrs.evolve(self._snapshot, is_active=False)
         outcome = self._execute(decision, obs, reading)
+        if decision.action not in (Action.NONE, Action.STAY_ACTIVE):
+            self.parts.db_reader.forget()  # a late answer would describe the database before
+        if decision.action is Action.PROMOTE and outcome.state is NodeState.ACTIVE:
+            self.parts.checks.restart_windows(clock())
         self.minority.after(decision, obs, reading.removed, self.executor.sync.reset)
         old_role, self.state = self.state.role, outcome.state
         if old_role is not self.state.role:

@@ -7,7 +7,9 @@ from hacore.agent import keys
 from hacore.agent.vocabulary import Observation
 
 
-def succession(obs: Observation, name: str, token: int) -> keys.HistoryEntry:
+def succession(
+    obs: Observation, name: str, token: int, *, held_before: bool = False
+) -> keys.HistoryEntry:
     """The history entry of this node's promotion, without its new position yet: who was the
     active before (the status key survives it) and why it is no longer.
 
@@ -15,7 +17,9 @@ def succession(obs: Observation, name: str, token: int) -> keys.HistoryEntry:
     active's member record tells a released lease (it stepped down and lives on, fenced) from
     an expired one (the record is bound to the same session as the lease and went with it).
     The status key naming this node itself is its own earlier leadership, or the bootstrap's
-    record on the cluster's first start (told apart by an empty history when writing).
+    record on the cluster's first start (told apart by an empty history when writing). An
+    earlier leadership of this very agent (``held_before``: it won a lease before, in this
+    process) ended because the lease was lost, not because the agent restarted.
     """
     status = obs.active_status
     if status is None:
@@ -23,7 +27,7 @@ def succession(obs: Observation, name: str, token: int) -> keys.HistoryEntry:
     old = status.name
     req = obs.switchover
     if old == name:
-        reason = "restarted"
+        reason = "lease_lost" if held_before else "restarted"
     elif req is not None and req.manual and req.to_node == name:
         reason = "manual_failover"
     elif req is not None and req.from_node == old:

@@ -208,7 +208,11 @@ def wire(
         supervisor=supervisor,
         store_leadership=StoreLeadership(backends.managed_store, node_log),
         counters=counters,
-        db_reader=DatabaseReader(backends.replication, timeout=dcfg.retry_timeout),
+        db_reader=DatabaseReader(
+            backends.replication,
+            timeout=dcfg.retry_timeout,
+            late_for=dcfg.loop_wait + dcfg.retry_timeout,
+        ),
         membership=membership,
         records=records,
         executor=Executor(config, dcfg, backends, ports),

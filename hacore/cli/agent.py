@@ -62,7 +62,14 @@ def agent_run(config_path: str) -> None:
 @agent.command("unit")
 @config_option
 @click.option("--user", "user", default=None, help="Run the agent as this user (User=).")
-def agent_unit(config_path: str, user: str | None) -> None:
+@click.option(
+    "--priority",
+    type=click.Choice(["raised", "normal"]),
+    default="raised",
+    show_default=True,
+    help="raised: Nice=-10 and best-effort I/O at level 0 for the agent and what it starts.",
+)
+def agent_unit(config_path: str, user: str | None, priority: str) -> None:
     """Print a systemd unit for this node's agent service.
 
     \b
@@ -74,7 +81,7 @@ def agent_unit(config_path: str, user: str | None) -> None:
     """
     from hacore.cli.agent_unit import agent_unit as unit_text
 
-    click.echo(unit_text(config_path, user=user), nl=False)
+    click.echo(unit_text(config_path, user=user, priority=priority), nl=False)
 
 
 @agent.command("keeper", hidden=True)

@@ -29,6 +29,7 @@ _SHORT = {
     "stepped_down": "stepped down",
     "lease_expired": "lease expired",
     "restarted": "restarted",
+    "lease_lost": "lease lost, won again",
 }
 
 

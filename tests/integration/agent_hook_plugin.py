@@ -11,7 +11,9 @@ cannot reach into another process:
   ``HACORE_AGENT_REAL_IGNORE_VETO=1`` it records the veto and returns None, a node that does
   not honour it: the veto test must then fail);
 - ``hold-<hook>`` present: that hook writes ``held-<hook>`` and sleeps, so the test lands a
-  SIGKILL at a known point of a promotion instead of racing it.
+  SIGKILL at a known point of a promotion instead of racing it;
+- ``slow-<hook>`` present: that hook sleeps as many seconds as the file says, then returns
+  (a promotion slower than the lease's ttl).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def _hold(config: Any, hook: str) -> None:
     if (where / f"hold-{hook}").exists():
         (where / f"held-{hook}").write_text(str(os.getpid()))
         time.sleep(HOLD_SECONDS)
+    slow = where / f"slow-{hook}"
+    if slow.exists():
+        time.sleep(float(slow.read_text()))
 
 
 @hookimpl

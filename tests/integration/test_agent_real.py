@@ -345,6 +345,49 @@ def test_agent_killed_in_the_middle_of_a_promotion_recovers(real: CliCluster) ->
     assert list(status_codes(real).values()).count(200) == 1
 
 
+def history(cluster: CliCluster) -> list[dict[str, Any]]:
+    entries = json.loads(cluster.cli("cluster", "history", "-o", "json").output)["history"]
+    assert isinstance(entries, list)
+    return entries
+
+
+def started_at(node: Node) -> object:
+    with node.connect() as conn:
+        row = conn.execute("SELECT pg_postmaster_start_time()").fetchone()
+    assert row is not None
+    return row[0]
+
+
+def test_a_promotion_slower_than_the_ttl_keeps_its_lease(real: CliCluster) -> None:
+    """``after_promote`` takes longer than the ttl: the renewal thread keeps the new active's
+    lease meanwhile, so it is never fenced and never has to win the lease again (without it,
+    the lease lapsed inside the hook: the database was fenced, and the node campaigned and
+    promoted a second time under a new token)."""
+    old, _ = wait_healthy(real)
+    target = next(n for n in real.nodes.values() if n is not old)
+    seen, known = len(calls(target)), len(history(real))
+    control(target, "slow-after_promote", str(TTL + 3.0))
+    try:
+        request_switchover(real, target)
+        wait_for(
+            lambda: any(c["hook"] == "after_promote" for c in calls(target)[seen:]),
+            WAIT,
+            interval=0.1,
+            what=f"{target.name} inside its slow after_promote",
+        )
+        began = started_at(target)  # the database is writable, its postmaster running
+        time.sleep(TTL + 3.0)  # the hook outlasts the lease's ttl
+    finally:
+        control(target, "slow-after_promote", None)
+    active, _ = wait_healthy(real)
+    assert active is target
+    assert started_at(target) == began, f"{target.name}'s database was fenced after promoting"
+    entries = history(real)[known:]
+    assert [e["node"] for e in entries] == [target.name], (
+        f"{target.name} lost the lease it promoted under: {entries}"
+    )
+
+
 def test_active_fences_before_its_lease_can_expire_when_the_store_freezes(
     real: CliCluster,
 ) -> None:

@@ -134,6 +134,14 @@ def test_start_and_two_joins_make_one_active_and_two_streaming_standbys(
     assert httpx.get(n1.url + "/cluster", auth=wrong, timeout=5, verify=tls).status_code == 401
 
 
+def test_the_cli_of_a_start_or_a_join_makes_no_failed_login(formed: CliCluster) -> None:
+    """The CLI's last poll of a start or join still carries the bootstrap token the node has
+    just stopped taking for anything but reading (hacore/cluster/node_credentials.py)."""
+    for name, log in formed.formed_logs.items():
+        failed = [line for line in log.splitlines() if "failed API login" in line]
+        assert not failed, (name, failed)
+
+
 def test_role_and_liveness_probes_on_the_formed_cluster(formed: CliCluster) -> None:
     """What a load balancer or an orchestrator asks without credentials, on real agents."""
     active = formed.active()

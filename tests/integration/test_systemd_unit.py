@@ -255,6 +255,12 @@ def test_the_agent_unit_under_a_real_systemd(
     agent = _main_pid(user_systemd)
     etcd, postmaster = node.store_server(), node.postmaster()
     assert agent and etcd and postmaster
+    # Nice=-10 and best-effort I/O at level 0 (--priority raised, the default): the agent and
+    # the servers it started inherit both, ahead of ordinary processes on a busy machine
+    for pid in (agent, etcd, postmaster):
+        assert os.getpriority(os.PRIO_PROCESS, pid) == -10, f"pid {pid} not at nice -10"
+        io = subprocess.run(["ionice", "-p", str(pid)], capture_output=True, text=True).stdout
+        assert io.strip() == "best-effort: prio 0", f"pid {pid}: {io.strip()}"
     # LimitNOFILE=65536 (capped by what the manager itself may grant), then the agent's own
     # raise of its soft limit to that hard limit
     assert user_systemd.proc is not None

@@ -97,6 +97,21 @@ def test_the_grace_starts_again_at_each_promotion(runner: CheckRunner, services:
     assert runner.run(active=True, now=206.0)[0].failing == {"active_services"}
 
 
+def test_a_promotion_starts_every_check_window_again() -> None:
+    """The promotion's iteration ran no check: a window counted from the last pass before it
+    would be spent by the first late reading after it (a new active stepped down at once)."""
+    database = Switch("database", active_only=False, ok=True)
+    runner = CheckRunner([database], multiplier=1, timeout=5)
+    try:
+        assert runner.run(active=False, now=100.0)[0].ok
+        database.ok = False
+        runner.restart_windows(104.0)  # promoted at 104 s, the last pass at 100 s
+        assert runner.run(active=True, now=111.0)[0].expired == set()
+        assert runner.run(active=True, now=114.5)[0].expired == {"database"}
+    finally:
+        runner.close()
+
+
 def _new_active(health: Any) -> Observation:
     """A node on its first loop as the active: lease renewed, database promoted with its token."""
     lease = Lease(holder="a", token=7, ttl=10, acquired_at=90.0)

@@ -179,3 +179,7 @@ def test_succession_tells_why_the_active_changed() -> None:
     assert succession(standby(active_status=None), "b", 8).reason == "first_start"
     own = succession(standby(active_status=ActiveStatus("b", 90, 1)), "b", 8)
     assert own.reason == "restarted"
+    # its own earlier lease, lost and won again by the same agent: no restart happened
+    again = succession(standby(active_status=ActiveStatus("b", 90, 1)), "b", 9, held_before=True)
+    assert (again.reason, again.previous) == ("lease_lost", "b")
+    assert "lost its own lease" in again.to_json()["reason_text"]

@@ -32,12 +32,15 @@ class FakeDb:
         self.hang = threading.Event()
         self.release = threading.Event()
         self.calls = 0
+        #: seconds every ``status()`` takes (a slow database, not a hung one)
+        self.delay = 0.0
 
     def is_initialized(self) -> bool:
         return True
 
     def status(self) -> ReplicationStatus:
         self.calls += 1
+        time.sleep(self.delay)
         if self.hang.is_set():
             self.release.wait(10)
         if isinstance(self.result, Exception):
@@ -50,9 +53,9 @@ class FakeDb:
         return self.token
 
 
-def reader(db: FakeDb, timeout: float = 0.2) -> DatabaseReader:
+def reader(db: FakeDb, timeout: float = 0.2, late_for: float = 0.0) -> DatabaseReader:
     fake: Any = db
-    return DatabaseReader(fake, timeout=timeout)
+    return DatabaseReader(fake, timeout=timeout, late_for=late_for)
 
 
 def test_a_status_that_raises_is_unknown_not_stopped() -> None:
@@ -95,7 +98,8 @@ def test_the_loop_waits_at_most_its_timeout_for_a_hung_database() -> None:
     assert not r.read().status_known
     assert time.monotonic() - started < timeout / 2
     assert db.calls == 1
-    # it answers late: that answer is stale and thrown away; the next reading asks again
+    # it answers late: the next reading asks again (the late answer, 10 s after the question,
+    # is far too old to stand in for it)
     # (readings while the late answer is still on its way are unknown, and ask nothing)
     db.hang.clear()
     db.release.set()
@@ -103,6 +107,31 @@ def test_the_loop_waits_at_most_its_timeout_for_a_hung_database() -> None:
     assert isinstance(again, DbReading)
     assert again.status is PRIMARY and again.token == 7
     assert db.calls == 2
+
+
+def test_a_slow_database_is_known_from_its_late_answers_until_the_loop_acts_on_it() -> None:
+    """Every answer 1.5 timeouts late, a loop every 0.75 timeout: after the first loop each
+    reading is the answer that arrived since the previous loop, so its check passes; a hung
+    database still reads unknown, and so does one the loop has just acted on."""
+    timeout = 0.2
+    db = FakeDb()
+    db.delay = 1.5 * timeout
+    r = reader(db, timeout=timeout, late_for=5 * timeout)
+    assert not r.read().status_known  # nothing answered yet
+    known = []
+    for _ in range(4):
+        time.sleep(0.75 * timeout)
+        known.append(r.read().status_known)
+    assert known == [True] * 4
+    # the loop promoted or fenced meanwhile: what the database said before does not stand
+    time.sleep(0.75 * timeout)
+    r.forget()
+    assert not r.read().status_known
+    # without late_for (the default), a late answer never stands in
+    strict = reader(db, timeout=timeout)
+    assert not strict.read().status_known
+    time.sleep(0.75 * timeout)
+    assert not strict.read().status_known
 
 
 def test_a_reading_in_time_is_passed_on() -> None:
