@@ -131,27 +131,15 @@ def api_key(home: Path) -> str:
     return found
 
 
-def _serve_once(
-    binary: str, home: Path, flag: str, timeout: float, what: str
-) -> subprocess.CompletedProcess[str]:
-    """``syncthing serve FLAG`` on ``home``, which does one thing and exits."""
-    argv = [binary, "serve", flag, "--home", str(home)]
-    try:
-        return subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            env=child_environment(),
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise FilesyncError(f"cannot run {binary} to {what}: {err}") from None
-
-
 def device_id(binary: str, home: Path) -> str:
     """This node's device ID, derived from its certificate by Syncthing itself."""
-    done = _serve_once(binary, home, "--device-id", 30, "read the device ID")
+    argv = [binary, "serve", "--device-id", "--home", str(home)]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, check=False, env=child_environment()
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise FilesyncError(f"cannot run {binary} to read the device ID: {err}") from None
     found = done.stdout.strip()
     if done.returncode != 0 or not found:
         raise FilesyncError(f"cannot read the Syncthing device ID in {home}: {done.stderr.strip()}")
@@ -161,7 +149,13 @@ def device_id(binary: str, home: Path) -> str:
 def reset_database(binary: str, home: Path) -> None:
     """Delete the instance's database (Syncthing not running): at its next start it hashes
     every file of every folder again and fetches its peers' indexes anew."""
-    done = _serve_once(binary, home, "--reset-database", 60, "reset its database")
+    argv = [binary, "serve", "--reset-database", "--home", str(home)]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, check=False, env=child_environment()
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise FilesyncError(f"cannot run {binary} to reset its database: {err}") from None
     if done.returncode != 0:
         last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         raise FilesyncError(f"cannot reset the Syncthing database in {home}: {last[0]}")
