@@ -31,6 +31,8 @@ import attrs
 
 #: idle connections kept per endpoint: more threads than this at once open their own
 _IDLE_PER_ENDPOINT = 4
+#: how long a fresh connection that sends nothing waits for the server's TLS alert
+_REFUSAL_WAIT = 0.5
 
 
 class GatewayError(Exception):
@@ -75,6 +77,13 @@ def _closed_by_peer(sock: socket.socket | None) -> bool:
     except (OSError, ValueError):
         return True
     return bool(readable)
+
+
+def _alert_may_be_lost(err: Exception) -> bool:
+    """The connection ended without the TLS alert that would say why (see
+    :meth:`GatewayHttp._tls_refusal`)."""
+    lost = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+    return not isinstance(err, ssl.SSLError) or isinstance(err, lost)
 
 
 def _describe(err: Exception, *, fresh: bool) -> str:
@@ -133,7 +142,12 @@ class GatewayHttp:
             raise GatewayError("timed out", timed_out=True) from err
         except (OSError, http.client.HTTPException) as err:
             self._discard(conn)
-            raise GatewayError(_describe(err, fresh=fresh)) from err
+            why = _describe(err, fresh=fresh)
+            if fresh and self._origin(endpoint).https and _alert_may_be_lost(err):
+                refusal = self._tls_refusal(endpoint, connect_timeout)
+                if refusal:
+                    why = f"{why}; the server refused this client's TLS: {refusal}"
+            raise GatewayError(why) from err
         except ValueError as err:
             self._discard(conn)
             raise GatewayError("answer was not JSON") from err
@@ -185,6 +199,31 @@ class GatewayHttp:
         assert conn.sock is not None
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
+
+    def _tls_refusal(self, endpoint: str, connect_timeout: float) -> str | None:
+        """Why the server ended a fresh TLS connection, if it said so.
+
+        In TLS 1.3 the client's handshake ends before the server has checked the client's
+        certificate, so the server's alert (certificate required, unknown CA) races the
+        request we send at once: the request arriving on a closed socket makes the kernel
+        reset the connection, and the alert is lost. A second connection that sends nothing
+        reads the alert intact; a healthy server just stays silent until the timeout.
+        """
+        try:
+            conn = self._connect(endpoint, connect_timeout)
+        except GatewayError:
+            return None
+        try:
+            assert conn.sock is not None
+            conn.sock.settimeout(min(connect_timeout, _REFUSAL_WAIT))
+            conn.sock.recv(1)
+        except ssl.SSLError as err:
+            return str(err)
+        except OSError:
+            return None
+        finally:
+            conn.close()
+        return None
 
     def _take(self, endpoint: str) -> http.client.HTTPConnection | None:
         while True:

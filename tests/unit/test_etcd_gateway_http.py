@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import attrs
 import pytest
 
+from hacore.pki.ca import create_ca
+from hacore.pki.certs import issue_node_certificate
+from hacore.pki.contexts import ssl_client_context, ssl_server_context
 from hacore_plugins.etcd.client import EtcdClient, TryElsewhere
 from hacore_plugins.etcd.gateway_http import GatewayError, GatewayHttp
 
@@ -142,3 +148,59 @@ def test_the_etcd_client_goes_to_the_next_endpoint_on_a_failure(server: Server) 
         assert headers["Grpc-Metadata-hasleader"] == "true"
         with pytest.raises(TryElsewhere, match="HTTP 503"):
             client.post_once(server.url, "/unavailable", {}, client.attempt_timeout(1.0))
+
+
+@attrs.frozen
+class TlsServer:
+    url: str
+    client: ssl.SSLContext
+
+
+@pytest.fixture
+def refusing_tls_server(tmp_path: Path) -> Iterator[TlsServer]:
+    """A TLS server that wants client certificates: the first connection loses the alert
+    that says so (the server resets it right after the handshake, as when the client's
+    request reaches a socket the server has already closed); later ones get it intact."""
+    ca = create_ca("gateway", tmp_path / "ca")
+    node = issue_node_certificate(ca, "server", ["127.0.0.1"], tmp_path / "server")
+    lenient = ssl_server_context(node, ca, require_client_cert=False)
+    strict = ssl_server_context(node, ca, require_client_cert=True)
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        first = True
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with (lenient if first else strict).wrap_socket(raw, server_side=True) as tls:
+                    if first:
+                        tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except (OSError, ssl.SSLError):
+                pass
+            first = False
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield TlsServer(f"https://127.0.0.1:{listener.getsockname()[1]}", ssl_client_context(ca))
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)
+
+
+def test_a_lost_tls_alert_is_read_again_on_a_connection_that_sends_nothing(
+    refusing_tls_server: TlsServer,
+) -> None:
+    gateway = GatewayHttp(refusing_tls_server.client)
+    try:
+        with pytest.raises(GatewayError) as err:
+            post(gateway, refusing_tls_server.url)
+    finally:
+        gateway.close()
+    assert "refused this client's TLS" in str(err.value), str(err.value)
+    assert re.search("CERTIFICATE_REQUIRED", str(err.value)), str(err.value)
