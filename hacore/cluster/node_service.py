@@ -349,9 +349,11 @@ class NodeService(MemberOperations):
         log.info("%s", result)
 
     def removed(self, state: ClusterState) -> None:
+        # The phase first: the API reads the agent and the state without the lock, and a
+        # reader finding no agent beside the old phase answered "empty" for a removed node.
         with self._lock:
-            self.agent = None
             self.save(state.with_phase(Phase.REMOVED))
+            self.agent = None
 
     # -- AgentFacade (the member requests: hacore/cluster/member_operations.py) --------------
 
