@@ -5,29 +5,22 @@ while paused)."""
 
 from __future__ import annotations
 
-import logging
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 import pytest
+from deadline_chain import deadline_chain
 
 from hacore.agent.counters import Event, EventCounters
 from hacore.agent.deadline import Deadline, StoreGate
 from hacore.agent.failsafe_edge import FailsafeEdge
-from hacore.agent.hooks import NodeLog
-from hacore.agent.jobs import Jobs
 from hacore.agent.lease import LeaseState
-from hacore.agent.minority import MinorityEdge
 from hacore.agent.pause_control import PauseControl
 from hacore.agent.vocabulary import Pause
-from hacore.agent.wiring import decision_config
 from hacore.backends.records import Lease
-from hacore.config.node import load_config
 from hacore.errors import StoreUnavailableError
-from hacore.testing.memory import MemoryConsensus, drop_store
 
 TTL, SAFETY, RETRY = 10.0, 2.0, 1.0
 
@@ -44,35 +37,12 @@ class Wired:
 
 @pytest.fixture
 def wired(tmp_path: Path) -> Iterator[Wired]:
-    store = f"deadline-{secrets.token_hex(4)}"
-    config = load_config(
-        {
-            "node": {"name": "a", "host": "127.0.0.1", "data_dir": str(tmp_path)},
-            "consensus": {"backend": "memory", "settings": {"store": store}},
-            "timing": {
-                "ttl": TTL,
-                "loop_wait": 1.0,
-                "retry_timeout": RETRY,
-                "safety_margin": SAFETY,
-            },
-            "failover": {"failsafe_mode": "on"},
-        }
-    )
-    consensus = MemoryConsensus(
-        {"store": store}, namespace="ns", node_name="a", ttl=TTL, retry_timeout=RETRY
-    )
-    log = NodeLog(logging.getLogger("test"), "a")
-    dcfg = decision_config(config)
-    lease = LeaseState()
-    failsafe = FailsafeEdge(config, dcfg, lease, log)
-    pause = PauseControl("a", consensus, lease, Jobs("a", on_done=lambda: None), log)
-    minority = MinorityEdge("a", dcfg, None, tmp_path, log)
-    deadline = Deadline(dcfg, lease, minority, failsafe, pause)
-    counters = EventCounters()
-    yield Wired(lease, failsafe, pause, deadline, StoreGate(deadline, RETRY, counters), counters)
-    failsafe.close()
-    consensus.close()
-    drop_store(store)
+    with deadline_chain(
+        tmp_path, ttl=TTL, loop_wait=1.0, retry_timeout=RETRY, safety_margin=SAFETY, failsafe=True
+    ) as chain:
+        counters = EventCounters()
+        gate = StoreGate(chain.deadline, RETRY, counters)
+        yield Wired(chain.lease, chain.failsafe, chain.pause, chain.deadline, gate, counters)
 
 
 def _held(lease: LeaseState, renewed: float) -> None:

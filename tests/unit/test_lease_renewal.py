@@ -4,31 +4,22 @@ what the store granted, nor a deadline that has passed, nor a lease the loop dro
 
 from __future__ import annotations
 
-import logging
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 import pytest
+from deadline_chain import deadline_chain
 
 from hacore.agent.checks import LoopFacts, LoopHeartbeat
 from hacore.agent.counters import EventCounters
-from hacore.agent.deadline import Deadline
-from hacore.agent.failsafe_edge import FailsafeEdge
-from hacore.agent.hooks import NodeLog
-from hacore.agent.jobs import Jobs
 from hacore.agent.lease import STALL_TTLS, LeaseState
-from hacore.agent.minority import MinorityEdge
-from hacore.agent.pause_control import PauseControl
 from hacore.agent.renewal import Renewal, next_renewal, renewal_interval
 from hacore.agent.vocabulary import DecisionConfig
-from hacore.agent.wiring import decision_config
 from hacore.backends.records import Lease
-from hacore.config.node import load_config
 from hacore.config.timing import TIMING_PROFILES
-from hacore.testing.memory import MemoryConsensus, drop_store
+from hacore.testing.memory import MemoryConsensus
 
 TTL, SAFETY, RETRY, LOOP = 3.0, 1.1, 0.5, 0.5
 
@@ -125,42 +116,20 @@ class Wired:
 
 @pytest.fixture
 def wired(tmp_path: Path) -> Iterator[Wired]:
-    store = f"renewal-{secrets.token_hex(4)}"
-    config = load_config(
-        {
-            "node": {"name": "a", "host": "127.0.0.1", "data_dir": str(tmp_path)},
-            "consensus": {"backend": "memory", "settings": {"store": store}},
-            "timing": {
-                "ttl": TTL,
-                "loop_wait": LOOP,
-                "retry_timeout": RETRY,
-                "safety_margin": SAFETY,
-            },
-        }
-    )
-    consensus = MemoryConsensus(
-        {"store": store}, namespace="ns", node_name="a", ttl=TTL, retry_timeout=RETRY
-    )
-    log = NodeLog(logging.getLogger("test"), "a")
-    dcfg = decision_config(config)
-    lease = LeaseState()
-    failsafe = FailsafeEdge(config, dcfg, lease, log)
-    pause = PauseControl("a", consensus, lease, Jobs("a", on_done=lambda: None), log)
-    deadline = Deadline(dcfg, lease, MinorityEdge("a", dcfg, None, tmp_path, log), failsafe, pause)
-    woken: list[bool] = []
-    renewal = Renewal(
-        consensus,
-        lease,
-        deadline,
-        dcfg,
-        log=log,
-        wake=lambda: woken.append(True),
-        counters=EventCounters(),
-    )
-    yield Wired(consensus, lease, renewal, woken)
-    failsafe.close()
-    consensus.close()
-    drop_store(store)
+    with deadline_chain(
+        tmp_path, ttl=TTL, loop_wait=LOOP, retry_timeout=RETRY, safety_margin=SAFETY
+    ) as chain:
+        woken: list[bool] = []
+        renewal = Renewal(
+            chain.consensus,
+            chain.lease,
+            chain.deadline,
+            chain.dcfg,
+            log=chain.log,
+            wake=lambda: woken.append(True),
+            counters=EventCounters(),
+        )
+        yield Wired(chain.consensus, chain.lease, renewal, woken)
 
 
 def test_a_busy_loop_keeps_its_lease_and_a_lost_one_only_wakes_the_loop(wired: Wired) -> None:
