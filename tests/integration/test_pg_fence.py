@@ -49,11 +49,17 @@ def test_a_fence_escalates_past_a_standby_that_holds_the_fast_shutdown(
     standby = new_standby(nodes, "fence-s", primary)
     frozen_root = standby.postmaster_pid()
     assert frozen_root is not None
-    frozen = [frozen_root, *child_pids(frozen_root)]
+    frozen: list[int] = []
     session = connect(primary)
     try:
-        for pid in frozen:  # the standby's walreceiver never confirms anything again
-            os.kill(pid, signal.SIGSTOP)
+        # the standby's walreceiver never confirms anything again: the postmaster first, so
+        # it starts no child after the list is read; a child that exits meanwhile needs none
+        os.kill(frozen_root, signal.SIGSTOP)
+        frozen.append(frozen_root)
+        for pid in child_pids(frozen_root):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                frozen.append(pid)
         insert(primary, "unconfirmed")
         started = time.monotonic()
         primary.fence()

@@ -247,8 +247,14 @@ def test_a_client_that_keeps_failing_is_refused_before_hashing() -> None:
 
 
 def test_the_queue_of_password_checks_is_bounded_in_length_and_time() -> None:
-    # slow enough that the checks overlap
-    stored = hash_password("pw", iterations=600_000)
+    # a hash that takes about 0.6 s on this machine, three times the waiting limit: the
+    # checks overlap, and a waiter's limit ends before the one hash does (at a fixed count of
+    # iterations a fast CPU hashed in 0.16 s, and a waiter got the slot)
+    began = time.monotonic()
+    hash_password("pw", iterations=100_000)
+    per_iteration = (time.monotonic() - began) / 100_000
+    iterations = min(max(int(0.6 / per_iteration), 100_000), 10_000_000)
+    stored = hash_password("pw", iterations=iterations)
     auth = Authenticator(ApiAuth("admin", stored), max_waiting=1, wait_timeout=0.2)
     outcomes: list[tuple[str, float]] = []
 
