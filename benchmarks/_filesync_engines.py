@@ -19,7 +19,9 @@ from typing import Any
 
 import attrs
 
+from hacore import pki
 from hacore.backends.filesync import FilesyncBackend, SyncState
+from hacore.backends.records import TlsFiles
 from hacore.plugins.registry import load_plugins
 from hacore.testing.procs import free_port
 
@@ -56,7 +58,11 @@ def process_cpu_s(marker: str) -> float:
 def engine_settings(engine: str, extra: Mapping[str, Any]) -> dict[str, Any]:
     """The plugin's defaults, with its ports on free loopback ports and ``extra`` on top."""
     if engine == "syncthing":
-        settings: dict[str, Any] = {"api_port": free_port(), "listen_port": free_port()}
+        settings: dict[str, Any] = {
+            "api_port": free_port(),
+            "listen_port": free_port(),
+            "seed_port": free_port(),
+        }
     elif engine == "rsync":
         settings = {"port": free_port(), "password": RSYNC_PASSWORD}
     else:
@@ -65,14 +71,37 @@ def engine_settings(engine: str, extra: Mapping[str, Any]) -> dict[str, Any]:
     return settings
 
 
+class Authority:
+    """A cluster CA under ``root`` and a node certificate for each node, as ``cluster start``
+    and ``join`` make them: the nodes' ``tls`` material."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ca = pki.ensure_ca("filesync-bench", root / "ca")
+
+    def issue(self, node: str) -> TlsFiles:
+        cert = pki.ensure_node_certificate(
+            self.ca, node, ("127.0.0.1", "localhost"), self.root / "nodes" / node
+        )
+        return TlsFiles(ca_file=cert.ca_file, cert_file=cert.cert_file, key_file=cert.key_file)
+
+
 class Cluster:
     """Nodes of one engine under ``root``; ``files`` may name an existing directory (the
-    active's tree)."""
+    active's tree). With ``tls`` every node gets its certificate, as with TLS on."""
 
-    def __init__(self, engine: str, root: Path, settings: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        engine: str,
+        root: Path,
+        settings: Mapping[str, Any] | None = None,
+        *,
+        tls: bool = False,
+    ):
         self.engine = engine
         self.root = root
         self.settings = dict(settings or {})
+        self.authority = Authority(root / "pki") if tls else None
         self.kind = load_plugins().registry.filesync(engine)
         self.nodes: dict[str, Node] = {}
         self.source: str | None = None
@@ -88,6 +117,7 @@ class Cluster:
             host="127.0.0.1",
             data_dir=home / "data" / "filesync",
             directories=[files],
+            **({} if self.authority is None else {"tls": self.authority.issue(name)}),
         )
         node = self.nodes[name] = Node(name, backend, files)
         return node

@@ -281,28 +281,43 @@ def initial_sync(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         daemon.stop()
     errors = []
-    for engine in args.engines:
+    variants = [(e, None) for e in args.engines if e != "syncthing"]
+    if "syncthing" in args.engines:
+        variants[:0] = [("syncthing", seeding) for seeding in args.syncthing_seeding]
+    for engine, seeding in variants:
         try:
-            runs += _join_runs(engine, work, tree, manifest, args)
+            runs += _join_runs(engine, work, tree, manifest, args, seeding=seeding)
         except Exception as err:
             errors.append(f"initial sync, {engine}: {type(err).__name__}: {err}")
     return {"tree": info, "runs": runs, "errors": errors}
 
 
 def _join_runs(
-    engine: str, work: Path, tree: Path, manifest: dict[str, Any], args: argparse.Namespace
+    engine: str,
+    work: Path,
+    tree: Path,
+    manifest: dict[str, Any],
+    args: argparse.Namespace,
+    *,
+    seeding: str | None = None,
 ) -> list[dict[str, Any]]:
+    """Syncthing runs with TLS material, as a cluster with TLS on: ``seeding`` "on" is
+    ``seed: true`` (a joiner is seeded by rsync over TLS), "off" the plugin's default."""
     root = work / f"{engine}-join"
-    cluster = Cluster(engine, root)
+    if engine == "syncthing":
+        settings = {"seed": seeding == "on"}
+        cluster = Cluster(engine, root, settings, tls=True)
+    else:
+        cluster = Cluster(engine, root)
     source = cluster.node("a", root / "a" / "files")
     link_copy(tree, source.files)
     runs: list[dict[str, Any]] = []
     try:
-        progress(f"initial sync: {engine} active indexes the tree")
+        progress(f"initial sync: {engine} {seeding or ''} active indexes the tree")
         began = time.monotonic()
         cluster.up(["a"], "a", timeout=args.join_timeout)
         index_s = round(time.monotonic() - began, 1)
-        label = "hacore syncthing" if engine == "syncthing" else "hacore rsync"
+        label = f"hacore syncthing (seed {seeding})" if engine == "syncthing" else "hacore rsync"
         run = timed_join(cluster, "b", f"{label}: 2nd node joins", manifest, args.join_timeout)
         run["active_ready_s"] = index_s
         runs.append(run)
@@ -412,6 +427,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--rsync-intervals", help="rsync plugin pull intervals, s (30,1; quick 1)")
     add("--tree-mb", type=int, help="MiB of the initial-sync tree (1024; quick 64)")
     add("--tree-files", type=int, help="files in the tree (2000; quick 200)")
+    add("--syncthing-seeding", default="on,off", help="Syncthing's seed setting(s) (on,off)")
     add("--join-timeout", type=float, default=900.0, help="seconds a join may take (900)")
     add("--seed", type=int, default=1, help="seed of the tree and of the random pauses")
     add("--workdir", type=Path, help="parent of the temporary work directory")
@@ -430,6 +446,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, name, small if quick else full)
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    args.syncthing_seeding = [v.strip() for v in args.syncthing_seeding.split(",") if v.strip()]
+    if not set(args.syncthing_seeding) <= {"on", "off"}:
+        parser.error("--syncthing-seeding takes on and/or off")
     args.intervals = [float(i) for i in str(args.rsync_intervals).split(",") if i.strip()]
     if not set(args.engines) <= {"syncthing", "rsync"}:
         parser.error("--engines takes syncthing and/or rsync")

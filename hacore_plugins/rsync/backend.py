@@ -49,7 +49,14 @@ from hacore_plugins.rsync.secret import (
     store_secret,
 )
 from hacore_plugins.rsync.settings import RsyncSettings
-from hacore_plugins.rsync.tls import CRL_POLL, STUNNEL_LOG, STUNNEL_PID, RsyncTls, host_port
+from hacore_plugins.rsync.tls import (
+    CRL_POLL,
+    STUNNEL_LOG,
+    STUNNEL_PID,
+    RsyncTls,
+    failure_reason,
+    host_port,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +77,6 @@ PULL_OPTIONS = (
     "--no-specials",
     "--safe-links",
 )
-#: what openssl prints that explains nothing
-_NOISE = ("Can't use SSL_get_servername", "depth=", "verify return:")
-_ALERT = re.compile(r"(?:tlsv1\d?|sslv3|tlsv13) alert [a-z ]+")
 
 #: an itemized change (``>f.st...... name``, ``cd+++++++++ dir/``) or a deletion
 _CHANGE = re.compile(r"^(?:[<>ch.][fdLDS]\S* |\*deleting )")
@@ -366,7 +370,7 @@ class RsyncFilesync(FilesyncBackend):
         except (OSError, subprocess.TimeoutExpired) as err:
             raise FilesyncError(f"rsync from {source} could not run: {err}") from None
         if done.returncode != 0:
-            reason = _failure(done.stderr, done.returncode)
+            reason = failure_reason(done.stderr, done.returncode)
             raise FilesyncError(f"rsync of {module} from {source} ({url}) failed: {reason}")
         return done
 
@@ -479,23 +483,6 @@ class RsyncFilesync(FilesyncBackend):
             if time.monotonic() >= deadline:
                 raise FilesyncError(f"files not in sync after {timeout:g}s: {state.detail}")
             time.sleep(interval)
-
-
-def _failure(stderr: str, returncode: int) -> str:
-    """The line that says why a pull failed, out of what rsync and openssl printed."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    lines = [line for line in lines if not line.startswith(_NOISE)]
-    for line in lines:
-        if line.startswith("@ERROR"):
-            return line
-    for line in lines:
-        if line.startswith("verify error"):
-            return f"TLS: the server's certificate is not trusted ({line})"
-    for line in lines:
-        alert = _ALERT.search(line)
-        if alert:
-            return f"TLS: the server refused this node ({alert.group(0)})"
-    return lines[0] if lines else f"exit status {returncode}"
 
 
 def _completion(need: int, total: int) -> float:

@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import shlex
 import signal
 import threading
@@ -23,7 +24,7 @@ from hacore.backends.processes import DetachedProcess
 from hacore.backends.records import TlsFiles
 from hacore.errors import FilesyncError
 from hacore.pki.revocation import crl_path
-from hacore_plugins.rsync.daemon import stunnel_text, write_private
+from hacore_plugins.rsync.daemon import stunnel_client_text, stunnel_text, write_private
 from hacore_plugins.rsync.settings import RsyncSettings
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,30 @@ STUNNEL_PID = "stunnel.pid"
 #: how often stunnel's CRL file is looked at: a removal's CRL reaches every member's
 #: ``crl.pem`` within seconds, and stunnel reads it only when it loads its configuration
 CRL_POLL = 1.0
+#: what openssl prints that explains nothing
+_NOISE = ("Can't use SSL_get_servername", "depth=", "verify return:")
+_ALERT = re.compile(r"(?:tlsv1\d?|sslv3|tlsv13) alert [a-z ]+")
 
 
 def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def failure_reason(stderr: str, returncode: int) -> str:
+    """The line that says why a pull failed, out of what rsync and openssl printed."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(_NOISE)]
+    for line in lines:
+        if line.startswith("@ERROR"):
+            return line
+    for line in lines:
+        if line.startswith("verify error"):
+            return f"TLS: the server's certificate is not trusted ({line})"
+    for line in lines:
+        alert = _ALERT.search(line)
+        if alert:
+            return f"TLS: the server refused this node ({alert.group(0)})"
+    return lines[0] if lines else f"exit status {returncode}"
 
 
 class RsyncTls:
@@ -139,6 +160,21 @@ class RsyncTls:
                 )
 
     # -- the client: openssl s_client ------------------------------------------------------
+
+    def stunnel_connect_command(self, host: str, port: int, config: Path) -> str:
+        """Like :meth:`connect_command`, through a stunnel client whose configuration is
+        written to ``config`` (the newest CRL counts here too)."""
+        text = stunnel_client_text(
+            host=host,
+            port=port,
+            log_file=config.with_suffix(".log"),
+            cert_file=self.tls.cert_file,
+            key_file=self.tls.key_file,
+            ca_file=self.tls.ca_file,
+            crl_file=self.crl_file(),
+        )
+        write_private(config, text)
+        return shlex.join([self.config.stunnel_binary, str(config)]).replace("%", "%%")
 
     def connect_command(self, host: str, port: int) -> str:
         """The ``RSYNC_CONNECT_PROG`` that reaches ``host`` over TLS: only the cluster CA

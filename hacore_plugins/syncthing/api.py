@@ -6,6 +6,8 @@ call, so the agent can print it as one line.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -42,6 +44,7 @@ class SyncthingApi:
 
     def __init__(self, base_url: str, api_key: str, *, timeout: float) -> None:
         self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
         transport = None
         url = self.base_url
         if url.startswith(UNIX):
@@ -136,6 +139,15 @@ class SyncthingApi:
         stats: dict[str, Any] = self.get("/rest/stats/folder")
         return stats
 
+    def pending_devices(self) -> dict[str, Any]:
+        """Devices that called this one while it did not know them, by device ID; none
+        from a Syncthing older than 1.18, which has no such call."""
+        try:
+            pending: dict[str, Any] = self.get("/rest/cluster/pending/devices") or {}
+        except FilesyncError:
+            return {}
+        return pending
+
     def connections(self) -> dict[str, Any]:
         connections: dict[str, Any] = self.get("/rest/system/connections")["connections"]
         return connections
@@ -143,6 +155,39 @@ class SyncthingApi:
     def scan(self, folder: str, timeout: float | None = None) -> None:
         """Returns when the scan is done."""
         self.request("POST", "/rest/db/scan", params={"folder": folder}, timeout=timeout)
+
+    def wait_running(self, folder: str, timeout: float) -> None:
+        """A folder restarts after a config change; scans and reverts want it running."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                state = self.folder_status(folder).get("state")
+            except FilesyncError:
+                state = None
+            if state and state != "error":
+                return
+            if time.monotonic() > deadline:
+                detail = ""
+                with contextlib.suppress(FilesyncError, KeyError, TypeError):
+                    detail = str(self.folder_status(folder).get("error") or "")
+                raise FilesyncError(
+                    f"Syncthing folder {folder} is {state or 'not answering'}"
+                    + (f": {detail}" if detail else "")
+                )
+            time.sleep(0.05)
+
+    def scan_when_ready(self, folder: str, ready_timeout: float, scan_timeout: float) -> None:
+        """Scan now and wait for it; a folder restarting after a type change refuses for a
+        moment (up to ``ready_timeout``), and a large tree takes long to scan."""
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            try:
+                self.scan(folder, timeout=max(self.timeout, scan_timeout))
+                return
+            except FilesyncError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def revert(self, folder: str) -> None:
         self.post("/rest/db/revert", folder=folder)

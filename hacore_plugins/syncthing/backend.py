@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from hacore.atomic_files import write_atomic
-from hacore.backends.filesync import FilesyncBackend, FolderSync, SyncState, directory_keys
+from hacore.backends.filesync import FilesyncBackend, SyncState, directory_keys
 from hacore.backends.log_files import trim_log
 from hacore.backends.processes import DetachedProcess, port_taken
+from hacore.backends.records import TlsFiles
 from hacore.errors import FilesyncError, HacoreError
-from hacore_plugins.syncthing import first_copy
+from hacore_plugins.syncthing import first_copy, report
 from hacore_plugins.syncthing import home as st_home
-from hacore_plugins.syncthing.api import SyncthingApi, timestamp
+from hacore_plugins.syncthing.api import SyncthingApi
 from hacore_plugins.syncthing.change_scan import ChangeScanner
 from hacore_plugins.syncthing.enforcer import Enforcer
 from hacore_plugins.syncthing.folders import (
@@ -45,8 +46,10 @@ from hacore_plugins.syncthing.folders import (
     FolderPolicy,
     Peer,
     desired_config,
+    dial_backs,
 )
 from hacore_plugins.syncthing.gaps import Gap, mirror_gaps, source_gaps
+from hacore_plugins.syncthing.seed import Seeder, bare, fill, source_index_known
 from hacore_plugins.syncthing.settings import SyncthingSettings
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ SCAN_TIMEOUT = 600.0
 #: Syncthing environment: no default folder, no upgrades; STHASHING (st_home.hashing) names
 #: the SHA-256 code, so Syncthing runs no hashing benchmark at start (1.4 s -> 0.5 s)
 ENV = {"STNODEFAULTFOLDER": "1", "STNOUPGRADE": "1"}
+#: seconds a node dials back a peer whose call it refused (:func:`.folders.dial_backs`)
+DIAL_BACK_S = 20.0
 
 
 class Role(enum.Enum):
@@ -74,12 +79,15 @@ class SyncthingFilesync(FilesyncBackend):
     (``<data_dir>/syncthing``), ``binary``, ``rescan_interval`` (300 s), ``watcher_delay``
     (1 s), ``scan_on_change`` (true), ``enforce_interval`` (2 s), ``start_timeout`` (30 s),
     ``request_timeout`` (10 s), ``max_send_kbps`` and ``max_recv_kbps`` (0: unlimited),
-    ``low_priority`` (false: not Syncthing's nice 9 and lower I/O priority).
+    ``low_priority`` (false: not Syncthing's nice 9 and lower I/O priority), ``seed`` (false)
+    and ``seed_port`` (22001): with ``tls`` (the node's material), an empty mirror's first
+    copy by rsync over TLS from the source (:mod:`.seed`).
     ``api_url`` + ``api_key`` use a Syncthing someone else runs instead. The instance hacore
     runs answers its API on ``<home>/api.sock`` only; ``api_port``/``gui_port`` are accepted
     and ignored."""
 
     narrows_to_peers: ClassVar[bool] = True
+    accepts_tls: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -89,6 +97,7 @@ class SyncthingFilesync(FilesyncBackend):
         host: str,
         data_dir: Path,
         directories: Sequence[Path],
+        tls: TlsFiles | None = None,
     ) -> None:
         super().__init__(
             settings, node_name=node_name, host=host, data_dir=data_dir, directories=directories
@@ -110,8 +119,26 @@ class SyncthingFilesync(FilesyncBackend):
         self._change_scan: ChangeScanner | None = None
         self._device_id: str | None = None
         self._peers: dict[str, Peer] = {}
+        #: peers (device IDs) whose refused call this node answers by dialing them itself,
+        #: until connected or DIAL_BACK_S later (the monotonic time then)
+        self._dial_back: dict[str, float] = {}
+        #: empty folders paused until a role (become_mirror decides on a seed)
+        self._held: set[str] = set()
         self._role = Role.NONE
         self._source: str | None = None
+        self._seeder = (
+            Seeder(
+                tls,
+                node_name=node_name,
+                host=host,
+                port=self.config.seed_port,
+                home=self.home / "seed",
+                folders=self.folders,
+                bwlimit_kbps=self.config.max_recv_kbps,
+            )
+            if tls is not None and self.config.seed and self.config.managed
+            else None
+        )
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> None:
@@ -132,7 +159,8 @@ class SyncthingFilesync(FilesyncBackend):
         if device_id is None:
             raise FilesyncError(f"Syncthing of {self.node_name} has no device ID yet: start it")
         address = f"tcp://{st_home.host_port(self.host, self.config.listen_port)}"
-        return {"device_id": device_id, "address": address}
+        seed = {} if self._seeder is None else {"seed_address": self._seeder.address}
+        return {"device_id": device_id, "address": address, **seed}
 
     def start(self) -> None:
         with self._lock:
@@ -183,17 +211,7 @@ class SyncthingFilesync(FilesyncBackend):
                 self.api_url,
             )
         st_home.generate(self.config.binary, self.home)
-        cut_short = first_copy.left_over(self.home)
-        if cut_short:
-            log.warning(
-                "syncthing: the first copy of %s on %s was cut short; resetting Syncthing's "
-                "database so that every file is checked again",
-                ", ".join(cut_short),
-                self.node_name,
-            )
-            st_home.reset_database(self.config.binary, self.home)
-            for folder in cut_short:
-                first_copy.end(self.home, folder)
+        first_copy.recover(self.config.binary, self.home, self.node_name)
         own_id = st_home.device_id(self.config.binary, self.home)
         key = st_home.harden(
             self.home,
@@ -239,6 +257,8 @@ class SyncthingFilesync(FilesyncBackend):
             enforcer.request_stop()
         with self._lock:
             self._stop_change_scan()
+            if self._seeder is not None:
+                self._seeder.stop_serving()
             api, self._api = self._api, None
             if api is not None:
                 api.close()
@@ -265,15 +285,25 @@ class SyncthingFilesync(FilesyncBackend):
         parsed: dict[str, Peer] = {}
         for name, ident in peers.items():
             device_id, address = ident.get("device_id"), ident.get("address")
+            seed = ident.get("seed_address")
             if not isinstance(device_id, str) or not isinstance(address, str):
                 raise FilesyncError(
                     f"peer {name!r} has no Syncthing identity (device_id and address): {ident!r}"
                 )
             if name != self.node_name and device_id != self._device_id:
-                parsed[name] = Peer(name, device_id, address)
+                parsed[name] = Peer(
+                    name, device_id, address, seed if isinstance(seed, str) else None
+                )
         with self._lock:
+            known = {p.device_id for p in self._peers.values()}
             self._peers = parsed
             if self._api is not None:
+                new = {p.device_id for p in parsed.values()} - known
+                pending = self._api.pending_devices() if new and self.config.managed else {}
+                assert self._device_id is not None
+                until = time.monotonic() + DIAL_BACK_S
+                for device in dial_backs(pending, new, self._device_id, self.config.managed):
+                    self._dial_back[device] = until
                 self._apply()
 
     def _apply(self) -> None:
@@ -284,6 +314,9 @@ class SyncthingFilesync(FilesyncBackend):
             path.mkdir(parents=True, exist_ok=True)
             (path / MARKER).mkdir(exist_ok=True)
         current = api.config()
+        # empty folders wait, paused, for a role (and a seed, .seed) before any copy begins
+        hold = self.config.managed and self._role is Role.NONE
+        self._held = {f for f, path in self.folders.items() if hold and bare(path)}
         wanted = desired_config(
             current,
             own_id=self._device_id,
@@ -292,9 +325,25 @@ class SyncthingFilesync(FilesyncBackend):
             new_folder_type=SENDONLY if self._role is Role.SOURCE else RECEIVEONLY,
             policy=self.policy,
             managed=self.config.managed,
+            paused=self._held,
+            dial_back=self._dial_back,
         )
         if wanted != current:
             api.put_config(wanted)
+
+    def _end_dial_backs(self, api: SyncthingApi) -> None:
+        """Listen again to the peers dialed back once connected (or given up on), so that
+        no later call crosses theirs."""
+        connections, now = api.connections(), time.monotonic()
+        done = {
+            device
+            for device, until in self._dial_back.items()
+            if connections.get(device, {}).get("connected") or now > until
+        }
+        if done:
+            for device in done:
+                del self._dial_back[device]
+            self._apply()
 
     def _folder_types(self, api: SyncthingApi) -> dict[str, str]:
         return {
@@ -306,42 +355,6 @@ class SyncthingFilesync(FilesyncBackend):
     def _set_type(self, api: SyncthingApi, folder: str, kind: str) -> None:
         api.patch_folder(folder, {"type": kind})
 
-    def _wait_running(self, api: SyncthingApi, folder: str) -> None:
-        """A folder restarts after a config change; scans and reverts want it running."""
-        deadline = time.monotonic() + self.config.start_timeout
-        while True:
-            try:
-                state = api.folder_status(folder).get("state")
-            except FilesyncError:
-                state = None
-            if state and state != "error":
-                return
-            if time.monotonic() > deadline:
-                detail = self._folder_error(api, folder)
-                raise FilesyncError(
-                    f"Syncthing folder {folder} is {state or 'not answering'}"
-                    + (f": {detail}" if detail else "")
-                )
-            time.sleep(0.05)
-
-    def _scan(self, api: SyncthingApi, folder: str) -> None:
-        """Scan now and wait for it; a folder restarting after a type change refuses for a
-        moment, and a large tree takes long to scan."""
-        deadline = time.monotonic() + self.config.start_timeout
-        while True:
-            try:
-                api.scan(folder, timeout=max(self.config.request_timeout, SCAN_TIMEOUT))
-                return
-            except FilesyncError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
-    def _folder_error(self, api: SyncthingApi, folder: str) -> str:
-        with contextlib.suppress(FilesyncError, KeyError, TypeError):
-            return str(api.folder_status(folder).get("error") or "")
-        return ""
-
     # -- roles ---------------------------------------------------------------------------
 
     def become_source(self) -> None:
@@ -349,16 +362,18 @@ class SyncthingFilesync(FilesyncBackend):
             api = self._require_api()
             types = self._folder_types(api)
             for folder in self.folders:
-                if types.get(folder) != SENDONLY:
-                    self._set_type(api, folder, SENDONLY)
-            self._role, self._source = Role.SOURCE, self.node_name
+                if types.get(folder) != SENDONLY or folder in self._held:
+                    api.patch_folder(folder, {"type": SENDONLY, "paused": False})
+            self._role, self._source, self._held = Role.SOURCE, self.node_name, set()
             self._start_change_scan()
             for folder, path in self.folders.items():
                 self._end_first_copy(api, folder)
                 self._mark_source(path)
-                self._wait_running(api, folder)
-                self._scan(api, folder)
+                api.wait_running(folder, self.config.start_timeout)
+                api.scan_when_ready(folder, self.config.start_timeout, SCAN_TIMEOUT)
                 api.override(folder)
+            if self._seeder is not None:
+                self._seeder.serve()
         log.info("syncthing: %s is the source of %s", self.node_name, ", ".join(self.folders))
 
     def _start_change_scan(self) -> None:
@@ -414,16 +429,23 @@ class SyncthingFilesync(FilesyncBackend):
             api = self._require_api()
             types = self._folder_types(api)
             self._stop_change_scan()
+            if self._seeder is not None:
+                self._seeder.stop_serving()
             for folder in self.folders:
                 if types.get(folder) != RECEIVEONLY:
                     self._set_type(api, folder, RECEIVEONLY)
             self._role, self._source = Role.MIRROR, source
             for folder in self.folders:
-                self._wait_running(api, folder)
-                self._scan(api, folder)
+                held = folder in self._held
+                path, peer = self.folders[folder], self._peers[source]
+                fill(self._seeder, api, folder, path, peer, home=self.home, held=held)
+                api.wait_running(folder, self.config.start_timeout)
+                api.scan_when_ready(folder, self.config.start_timeout, SCAN_TIMEOUT)
                 status = api.folder_status(folder)
                 if status.get("receiveOnlyTotalItems", 0):
-                    api.revert(folder)
+                    # before the source's index, a revert deletes: the enforcer does it then
+                    if source_index_known(api, folder, self._peers, source):
+                        api.revert(folder)
                 elif self._empty(status):
                     self._begin_first_copy(api, folder)
         log.info("syncthing: %s mirrors %s", self.node_name, source)
@@ -453,13 +475,15 @@ class SyncthingFilesync(FilesyncBackend):
 
     def _set_fsync(self, api: SyncthingApi, folder: str, *, on: bool) -> None:
         api.patch_folder(folder, {"disableFsync": not on})
-        self._wait_running(api, folder)
+        api.wait_running(folder, self.config.start_timeout)
 
     def _enforce(self, api: SyncthingApi) -> None:
         """Revert a mirror's local changes; override what peers announced on the source."""
         if not self._lock.acquire(timeout=1):
             return
         try:
+            if self._dial_back:
+                self._end_dial_backs(api)
             role = self._role
             if role is Role.NONE:
                 return
@@ -475,7 +499,11 @@ class SyncthingFilesync(FilesyncBackend):
                     )
                 ):
                     self._end_first_copy(api, folder)
-                elif role is Role.MIRROR and status.get("receiveOnlyTotalItems", 0):
+                elif (
+                    role is Role.MIRROR
+                    and status.get("receiveOnlyTotalItems", 0)
+                    and source_index_known(api, folder, self._peers, self._source)
+                ):
                     log.info(
                         "syncthing: reverting %s local change(s) in %s on mirror %s",
                         status["receiveOnlyTotalItems"],
@@ -499,7 +527,7 @@ class SyncthingFilesync(FilesyncBackend):
         """Index local changes now, so peers hear of them without waiting for the watcher."""
         api = self._require_api()
         for folder in self.folders:
-            self._scan(api, folder)
+            api.scan_when_ready(folder, self.config.start_timeout, SCAN_TIMEOUT)
 
     def connected_peers(self) -> list[str]:
         """The peers Syncthing has a connection with now, by node name."""
@@ -537,57 +565,21 @@ class SyncthingFilesync(FilesyncBackend):
                     )
         return gaps
 
-    def _last_change(self, api: SyncthingApi) -> float | None:
-        """Mirror: when the last file arrived; source: when its folders were last scanned."""
-        stats = api.folder_stats()
-        times = []
-        for folder in self.folders:
-            entry = stats.get(folder) or {}
-            if self._role is Role.SOURCE:
-                times.append(timestamp(entry.get("lastScan")))
-            else:
-                times.append(timestamp((entry.get("lastFile") or {}).get("at")))
-        known = [t for t in times if t is not None]
-        return max(known) if known else None
-
     def state(self, *, peers: Collection[str] | None = None) -> SyncState:
         """In sync: on a mirror, it has the source's every file and nothing else; on the
         source, every mirror (or those in ``peers``) is connected and has every file."""
         try:
             api = self._require_api()
             gaps = self.gaps(peers)
-            last_change = self._last_change(api)
+            last_change = report.last_change(api, self.folders, self._role is Role.SOURCE)
         except FilesyncError as err:
             return SyncState(in_sync=False, completion=0.0, detail=str(err))
-        folders = tuple(
-            FolderSync(
-                f,
-                not any(g.folder == f for g in gaps),
-                sum(g.need_bytes for g in gaps if g.folder == f),
-            )
-            for f in self.folders
-        )
-        if not gaps:
-            if self._role is Role.SOURCE:
-                names = sorted(self._peers if peers is None else set(peers) & set(self._peers))
-                what = ", ".join(names) or "no mirrors"
-            else:
-                what = str(self._source)
-            return SyncState(
-                in_sync=True,
-                last_change=last_change,
-                detail=f"in sync with {what}",
-                folders=folders,
-            )
-        return SyncState(
-            in_sync=False,
-            completion=min(g.completion for g in gaps),
-            need_bytes=sum(g.need_bytes for g in gaps),
-            last_change=last_change,
-            detail="; ".join(g.describe() for g in gaps[:3])
-            + (f"; and {len(gaps) - 3} more" if len(gaps) > 3 else ""),
-            folders=folders,
-        )
+        if self._role is Role.SOURCE:
+            names = sorted(self._peers if peers is None else set(peers) & set(self._peers))
+            what = ", ".join(names) or "no mirrors"
+        else:
+            what = str(self._source)
+        return report.sync_state(gaps, self.folders, last_change, what)
 
     def wait_in_sync(
         self, timeout: float, *, interval: float = 0.2, peers: Collection[str] | None = None

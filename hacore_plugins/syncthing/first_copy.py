@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 from pathlib import Path
 
 from hacore.atomic_files import write_atomic
+from hacore_plugins.syncthing import home as st_home
+
+log = logging.getLogger(__name__)
 
 PREFIX = "first-copy-"
 
@@ -68,3 +72,20 @@ def end(home: Path, folder: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def recover(binary: str, home: Path, node_name: str) -> None:
+    """Before a start: a first copy a crash cut short resets Syncthing's database, so that
+    every file is checked again."""
+    cut_short = left_over(home)
+    if not cut_short:
+        return
+    log.warning(
+        "syncthing: the first copy of %s on %s was cut short; resetting Syncthing's "
+        "database so that every file is checked again",
+        ", ".join(cut_short),
+        node_name,
+    )
+    st_home.reset_database(binary, home)
+    for folder in cut_short:
+        end(home, folder)

@@ -7,7 +7,7 @@ and anything hacore does not own (other folders of an instance someone else runs
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ class Peer:
     name: str
     device_id: str
     address: str
+    #: host:port of its seed server (:mod:`.seed`), None: it serves none
+    seed: str | None = None
 
 
 @attrs.frozen
@@ -47,13 +49,17 @@ def desired_config(
     policy: FolderPolicy,
     managed: bool,
     folder_prefix: str = "hacore-",
+    paused: Collection[str] = (),
+    dial_back: Collection[str] = (),
 ) -> dict[str, Any]:
     """``current`` with hacore's devices and folders as they should be.
 
     Devices no longer among the peers are removed (in an instance someone else runs, only
     those hacore shared its folders with). A folder keeps its type: roles change it, not
     membership; a new folder starts as ``new_folder_type``. In the instance hacore runs, only
-    one node of each pair dials the other (:func:`dials`).
+    one node of each pair dials the other (:func:`dials`). The folders in ``paused`` are
+    paused (an empty one waiting for its seed, :mod:`.seed`), every other one runs. The
+    peers in ``dial_back`` (device IDs) are dialed although it is not this node's turn.
     """
     config = copy.deepcopy(dict(current))
     defaults = config.get("defaults") or {}
@@ -72,12 +78,14 @@ def desired_config(
             devices.append(device)
         elif device_id in peer_ids:
             peer = peer_ids.pop(device_id)
-            devices.append(_device(device, peer, dials(own_id, peer.device_id, managed)))
+            dial = dials(own_id, peer.device_id, managed) or device_id in dial_back
+            devices.append(_device(device, peer, dial))
         elif not managed and device_id not in ours:
             devices.append(device)
     for peer in peer_ids.values():
         base = copy.deepcopy(defaults.get("device") or {})
-        devices.append(_device(base, peer, dials(own_id, peer.device_id, managed)))
+        dial = dials(own_id, peer.device_id, managed) or peer.device_id in dial_back
+        devices.append(_device(base, peer, dial))
     config["devices"] = devices
 
     sharing = [_folder_device(own_id)] + [
@@ -93,12 +101,14 @@ def desired_config(
     for folder in kept:
         if folder.get("id") in folders:
             folder = _folder(folder, folder["id"], folders[folder["id"]], sharing, policy)
+            folder["paused"] = folder["id"] in paused
         result.append(folder)
     for folder_id, path in folders.items():
         if folder_id not in by_id:
             base = copy.deepcopy(defaults.get("folder") or {})
             base["type"] = new_folder_type
             result.append(_folder(base, folder_id, path, sharing, policy))
+            result[-1]["paused"] = folder_id in paused
     config["folders"] = result
     return config
 
@@ -116,8 +126,21 @@ def dials(own_id: str, peer_id: str, managed: bool) -> bool:
     and at once when a connection drops, so the pair reconnects whichever side restarts. An
     instance someone else runs may use discovery, where ``dynamic`` means something else:
     both sides dial there, as before.
+
+    The caller may learn of its peer first: its call is refused and it waits 5-16 s before
+    the next. The refused call is listed as a pending device on the other side, which then
+    dials back when it learns of the caller (the caller is between attempts then, so the
+    calls do not cross), and listens again once connected (:func:`dial_backs`).
     """
     return not managed or own_id < peer_id
+
+
+def dial_backs(
+    pending: Collection[str], new_peers: Collection[str], own_id: str, managed: bool
+) -> set[str]:
+    """The newly learned peers (device IDs) this node dials back although it is their turn:
+    those whose call it refused (``pending``) while it did not know them yet."""
+    return {p for p in new_peers if p in pending and not dials(own_id, p, managed)}
 
 
 def _device(base: Mapping[str, Any], peer: Peer, dial: bool) -> dict[str, Any]:

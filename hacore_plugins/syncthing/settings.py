@@ -31,6 +31,8 @@ KNOWN = frozenset(
         "max_send_kbps",
         "max_recv_kbps",
         "low_priority",
+        "seed",
+        "seed_port",
     }
 )
 
@@ -56,6 +58,8 @@ class SyncthingSettings:
     max_send_kbps: int = 0
     max_recv_kbps: int = 0
     low_priority: bool = False
+    seed: bool = False
+    seed_port: int = 22001
 
     @property
     def managed(self) -> bool:
@@ -71,6 +75,9 @@ class SyncthingSettings:
         before = len(sec.problems)
         api_port = sec.port("gui_port" if "gui_port" in settings else "api_port", 8384)
         listen_port = sec.port("listen_port", 22000)
+        seed_port = sec.port("seed_port", 22001)
+        if len(sec.problems) == before and seed_port in (api_port, listen_port):
+            sec.problem(f"filesync.seed_port {seed_port} is already api_port or listen_port")
         if len(sec.problems) == before and api_port == listen_port:
             sec.problem(f"filesync.api_port and filesync.listen_port are both {api_port}")
         api_url, api_key = settings.get("api_url"), settings.get("api_key")
@@ -97,6 +104,8 @@ class SyncthingSettings:
             max_send_kbps=int(sec.number("max_send_kbps", 0, low=0, what=kbps)),
             max_recv_kbps=int(sec.number("max_recv_kbps", 0, low=0, what=kbps)),
             low_priority=sec.boolean("low_priority", False),
+            seed=sec.boolean("seed", False),
+            seed_port=seed_port,
         )
         sec.done()
         return parsed

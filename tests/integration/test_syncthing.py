@@ -651,6 +651,30 @@ def test_an_empty_mirror_says_in_sync_only_once_its_first_copy_is_on_disk(
         d.backend.stop()
 
 
+def test_an_empty_node_copies_nothing_before_its_role(roles: Cluster, tmp_path: Path) -> None:
+    """A new node's empty folder waits, paused, until become_mirror chooses how it is filled
+    (without fsync per file, or a seed): connected before that, it receives nothing."""
+    a = roles["a"]
+    name = unique("held")
+    a.path(name).write_text("waits for the role")
+    a.backend.scan()
+    d = make_node(tmp_path, "d")
+    d.backend.start()
+    try:
+        roles.nodes["d"] = d
+        roles.set_all_peers()
+        wait_for(lambda: d.backend.connected_peers() == ["a", "b", "c"], 30, what="d connected")
+        # a 19-byte file reaches a connected mirror in well under a second (the tests above)
+        holds_for(lambda: not d.path(name).exists(), 3.0, what="nothing copied before the role")
+        d.backend.become_mirror("a")
+        assert first_copy.marked(d.backend.home, "hacore-files")
+        assert d.backend.wait_in_sync(60).in_sync
+        assert d.path(name).read_text() == "waits for the role"
+    finally:
+        roles.nodes.pop("d", None)
+        d.backend.stop()
+
+
 def test_a_first_copy_cut_short_is_checked_again_at_the_next_start(
     roles: Cluster, tmp_path: Path
 ) -> None:
@@ -718,6 +742,39 @@ def test_nodes_that_learn_of_each_other_at_once_connect_at_once(
         assert took < HELLO_DEADLINE / 2, f"d connected to a after {took:.1f} s"
     finally:
         d.backend.stop()
+
+
+#: the caller redials 5 s or more after its refused call; the listener dials back at once
+LISTENER_DIAL_BOUND = 3.0
+
+
+def test_the_listener_dials_when_the_caller_learned_of_it_first(
+    roles: Cluster, tmp_path: Path
+) -> None:
+    """The node that dials (the smaller device ID) learns of a joiner just before the
+    joiner learns of it: its call is refused, and without the listener dialing back the pair
+    would wait for the caller's next attempt (4.7-5 s measured)."""
+    a = roles["a"]
+    d = make_node(tmp_path, "d")
+    d.backend.start()
+    try:
+        peers = {**roles.identities(), "d": d.backend.identity()}
+        a_id, d_id = (str(n.backend.identity()["device_id"]) for n in (a, d))
+        caller, listener = (a, d) if a_id < d_id else (d, a)
+        caller.backend.set_peers(peers)
+        time.sleep(0.3)
+        began = time.monotonic()
+        listener.backend.set_peers(peers)
+        wait_for(lambda: d.backend.connected_peers() == ["a"], 60, what="d connected to a")
+        took = time.monotonic() - began
+        assert took < LISTENER_DIAL_BOUND, f"d connected to a {took:.1f} s after both knew"
+        # connected: the listener listens again, so a later reconnection cannot cross
+        wait_for(
+            lambda: not _dials(listener.backend, caller.backend), 10, what="the listener to listen"
+        )
+    finally:
+        d.backend.stop()
+        roles.set_all_peers()
 
 
 # -- who reaches the REST API ------------------------------------------------------------------
