@@ -205,6 +205,7 @@ class Bench(CliCluster):
             raise Failed(f"cluster join of {node.name} exited {proc.returncode}: {texts[-5:]}")
         return {
             "streaming_s": streaming,
+            "load": os.getloadavg()[0],
             "cli_s": cli,
             **self.store_stalls(wall),
             **probe.result(),
@@ -265,7 +266,12 @@ class Bench(CliCluster):
         shutil.rmtree(target, ignore_errors=True)
         if done.returncode != 0:
             raise Failed(f"raw pg_basebackup failed: {done.stderr.strip()[-500:]}")
-        return {"raw_s": took, **self.store_stalls(wall), **probe.result()}
+        return {
+            "raw_s": took,
+            "load": os.getloadavg()[0],
+            **self.store_stalls(wall),
+            **probe.result(),
+        }
 
     def fill(self, scale: int, attempts: int = 3) -> None:
         """``pgbench -i`` on the active; again on the new active should the cluster fail
@@ -425,6 +431,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def _stalls(sample: dict[str, Any]) -> str:
     return (
+        f"load {sample['load']:.2f}; "
         f"etcd slow fdatasync {sample['stalls']}, longest {sample['longest_stall_s']:.2f} s; "
         f"probe fdatasync max {sample['sync_max_s'] or 0:.3f} s, "
         f"p99 {sample['sync_p99_s'] or 0:.3f} s"

@@ -62,13 +62,17 @@ def basebackup(
     ``target`` and raise. ``target`` must hold nothing worth keeping."""
     remove_tree(target)
     args = ["-D", str(target), "-X", "stream", "-c", "fast", "-P", "-v", "-w", "--no-sync"]
+    # No manifest: a standby never reads it (it is for pg_verifybackup of a backup kept as
+    # is), and its checksums cost the active some 15% of the CPU it spends on the copy.
+    args.append("--no-manifest")
     # No -S: a temporary slot guards the copy and the node's own slot, made just before,
     # keeps the WAL after it; -S would fail while an old standby of this node holds the slot.
     args += ["-d", conninfo]
     if max_rate:
         args += ["-r", max_rate]
     proc = tools.spawn("pg_basebackup", args)
-    # --no-sync: the copy is written back while it runs, a chunk at a time (writeback.py)
+    # --no-sync: the copy is written back a chunk at a time, never in one burst: while it
+    # runs once it outgrows the page cache's share, the rest at its end (writeback.py)
     writeback = Writeback(target)
     writeback.start()
     messages: collections.deque[str] = collections.deque(maxlen=40)
@@ -84,6 +88,7 @@ def basebackup(
             # The total is an estimate that may grow; keep both numbers monotonic.
             done = max(done, int(match.group(1)) * 1024)
             total = max(total, int(match.group(2)) * 1024, done)
+            writeback.copied(done)
             if progress is not None:
                 progress(done, total)
         code = proc.wait()

@@ -341,6 +341,12 @@ def test_clone_reports_monotonic_progress(standby: Standby) -> None:
     assert leftovers(standby.node) == []
 
 
+def test_a_clone_holds_no_backup_manifest(standby: Standby) -> None:
+    """The copy is made without one: a standby never reads it, and its checksums cost the
+    source CPU the copy needs."""
+    assert not (standby.node.layout.pgdata / "backup_manifest").exists()
+
+
 def test_rows_written_on_the_primary_reach_the_standby(
     primary: PostgresReplication, standby: Standby
 ) -> None:

@@ -130,3 +130,34 @@ def test_json_events_give_every_step_change_and_clone_report(
         (10 * MiB, 3.0, 1.1),
         (20 * MiB, 2.0, 2.1),
     ]
+
+
+def test_the_cli_polls_slower_while_the_copy_has_seconds_left(clock: Clock) -> None:
+    """Each poll costs the agent and its store CPU a copy needs: twice a second while the
+    copy runs with seconds left, quickly while a step may end any moment."""
+    progress = Progress("join", [("store", "store"), ("clone", "database copied")])
+    progress.begin("store")
+    assert follow.pause(progress.to_json()) == follow.POLL
+    progress.finish("store")
+    progress.begin("clone", "waiting to copy")
+    progress.clone(0, 0)  # the copy began, no report yet: its end is unknown
+    assert follow.pause(progress.to_json()) == follow.POLL
+    total = 2000 * MiB
+    for second in range(1, 4):
+        clock.now += 1.0
+        progress.clone(second * 100 * MiB, total)
+    assert progress.to_json()["clone"]["eta"] == pytest.approx(17.0)
+    assert follow.pause(progress.to_json()) == follow.COPY_POLL == 0.5
+    for second in range(4, 20):
+        clock.now += 1.0
+        progress.clone(second * 100 * MiB, total)
+    assert progress.to_json()["clone"]["eta"] == pytest.approx(1.0)
+    assert follow.pause(progress.to_json()) == pytest.approx(0.5)
+    clock.now += 0.6
+    progress.clone(1960 * MiB, total)  # 0.4 s left: looks again in 0.2 s
+    assert progress.to_json()["clone"]["eta"] == pytest.approx(0.4, abs=0.05)
+    assert follow.pause(progress.to_json()) == pytest.approx(0.2, abs=0.03)
+    clock.now += 0.4
+    progress.clone(total, total)  # copied; the standby starts: its end may come any moment
+    assert follow.pause(progress.to_json()) == follow.POLL
+    assert follow.pause(None) == follow.POLL
