@@ -80,6 +80,11 @@ class BenchCluster(ABC):
     dead: set[str]
     #: what ``pgbench -i`` made of the database (scale, size, times), when it ran
     database: dict[str, Any] | None = None
+    #: a cleanly shut down data directory of this system the first active starts on instead of
+    #: a new, empty database (:attr:`seedable` systems only); the standbys clone it as usual
+    seed: Path | None = None
+    #: whether :meth:`start` honours :attr:`seed`
+    seedable: bool = False
 
     @abstractmethod
     def start(self) -> None:
@@ -248,6 +253,14 @@ def prepare_workdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o755)
     return path
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """``cp -a`` (owners, modes; a reflink where the file system has them): a data directory
+    copied as root stays the postgres user's."""
+    subprocess.run(
+        ["cp", "-a", "--reflink=auto", str(source), str(target)], check=True, capture_output=True
+    )
 
 
 def chown_postgres(path: Path) -> None:

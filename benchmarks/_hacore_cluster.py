@@ -6,7 +6,9 @@ and starts this file as a script per node. Run as a script, it is one node: the 
 :class:`~hacore.agent.runtime.Agent` with the postgresql plugin and the etcd backend, and the
 real REST API (:class:`~hacore.api.server.ApiServer`) in front of it, until SIGTERM. With
 ``--bootstrap`` it first does what ``cluster start`` does for the first node (a new primary,
-the status key naming it) and creates the benchmark's role and table.
+the status key naming it) and creates the benchmark's role and table; with ``--seed`` as well,
+the new primary's data directory is then swapped for a copy of the seed (a database an earlier
+bootstrap made and filled, its role and table in it) before the status key is written.
 
 The node process runs as root (the plugin runs PostgreSQL as the ``postgres`` user itself);
 the plugin starts the postmaster in a session of its own, so a host death stops the node
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import signal
 import sys
 import threading
@@ -38,6 +41,7 @@ from _cluster import (
     BenchCluster,
     Node,
     Timings,
+    copy_tree,
 )
 
 from hacore.api.errors import UnavailableError
@@ -64,6 +68,8 @@ def unavailable_reason() -> str | None:
 
 
 class HacoreCluster(BenchCluster):
+    seedable = True
+
     def __init__(
         self,
         system: str,
@@ -128,6 +134,8 @@ class HacoreCluster(BenchCluster):
         argv = [sys.executable, str(Path(__file__).resolve()), "--config", str(config)]
         if bootstrap:
             argv.append("--bootstrap")
+            if self.seed is not None:
+                argv += ["--seed", str(self.seed)]
         self.processes[node.name] = ServerProcess(
             node.name, argv, layout.log_path, cwd=self.workdir
         ).start()
@@ -263,12 +271,32 @@ class _Facade(AgentFacade):
         raise UnavailableError(f"{what} is not served by the benchmark's node process")
 
 
-def _bootstrap(agent: Any) -> None:
+def _bootstrap(agent: Any, seed: Path | None) -> None:
+    pg = agent.replication
+    pg.bootstrap(replication_password=REPLICATION_PASSWORD, allowed_hosts=[])
+    if seed is None:
+        _create_schema(pg)
+    else:
+        _swap_in(pg, seed)
+    agent.record_bootstrap()
+
+
+def _swap_in(pg: Any, seed: Path) -> None:
+    """The bootstrapped node's files (its ``node/`` directory: port, access rules, state) with
+    the seed's data directory: the seed came out of the same bootstrap (same roles and
+    passwords), and its ``postgresql.conf`` includes ``../node/postgresql.conf`` relatively."""
+    from hacore_plugins.postgresql import server
+
+    server.stop(pg.layout, timeout=pg.config.stop_timeout)
+    shutil.rmtree(pg.layout.pgdata)
+    copy_tree(seed, pg.layout.pgdata)
+    server.start(pg.tools, pg.layout, timeout=pg.config.start_timeout, what="the seeded primary")
+
+
+def _create_schema(pg: Any) -> None:
     import psycopg
     from psycopg import sql
 
-    pg = agent.replication
-    pg.bootstrap(replication_password=REPLICATION_PASSWORD, allowed_hosts=[])
     with psycopg.connect(
         host=str(pg.layout.run_dir),
         port=pg.config.port,
@@ -286,10 +314,9 @@ def _bootstrap(agent: Any) -> None:
         conn.execute(f"GRANT SELECT, INSERT ON {TABLE} TO {CLIENT_USER}")
         conn.execute(f"GRANT CREATE ON SCHEMA public TO {CLIENT_USER}")  # pgbench -i
         conn.execute(f"GRANT pg_monitor TO {CLIENT_USER}")  # pg_stat_replication's positions
-    agent.record_bootstrap()
 
 
-def run_node(config_path: Path, bootstrap: bool) -> None:
+def run_node(config_path: Path, bootstrap: bool, seed: Path | None = None) -> None:
     from hacore.agent.credentials import ReplicationCredentials
     from hacore.agent.runtime import Agent
     from hacore.api.limits import raise_open_file_limit
@@ -311,7 +338,7 @@ def run_node(config_path: Path, bootstrap: bool) -> None:
         credentials=ReplicationCredentials("replicator", REPLICATION_PASSWORD),
     )
     if bootstrap:
-        _bootstrap(agent)
+        _bootstrap(agent, seed)
     _timeline.record(agent, config_path.with_suffix(".timeline.jsonl"))
     server = ApiServer(_Facade(agent), config.api, host=HOST, port=config.node.api_port).start()
     stopping = threading.Event()
@@ -330,8 +357,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="one hacore node for the failover benchmark")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--bootstrap", action="store_true")
+    parser.add_argument("--seed", type=Path, help="with --bootstrap: the data directory to copy")
     args = parser.parse_args()
-    run_node(args.config, args.bootstrap)
+    run_node(args.config, args.bootstrap, args.seed)
 
 
 if __name__ == "__main__":

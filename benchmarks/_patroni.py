@@ -4,10 +4,17 @@ Patroni comes from ``benchmarks/.patroni-venv`` (``benchmarks/setup_patroni.sh``
 PostgreSQL gets the same parameters, initdb options and client authentication as hacore's.
 Patroni starts the postmaster in a session of its own, so a host death has to stop two process
 groups: Patroni's (with the ``runuser`` that started it) and the postmaster's.
+
+Seeded (a template's data directory), the first node starts alone on a copy: Patroni takes a
+non-empty data directory with no initialize key in the store over (the way a standalone server
+is converted) and writes its cached dynamic configuration to the store, so that cache
+(``patroni.dynamic.json``) is rewritten with this cluster's settings first; the other nodes
+start once it is the primary, and clone it.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import uuid
@@ -29,6 +36,7 @@ from _cluster import (
     Node,
     Timings,
     chown_postgres,
+    copy_tree,
 )
 from psycopg import sql
 
@@ -51,6 +59,8 @@ def unavailable_reason() -> str | None:
 
 
 class PatroniCluster(BenchCluster):
+    seedable = True
+
     def __init__(
         self,
         system: str,
@@ -82,6 +92,18 @@ class PatroniCluster(BenchCluster):
     def pgdata(self, name: str) -> Path:
         return self._home(name) / "data"
 
+    def _dynamic(self) -> dict[str, Any]:
+        """The cluster-wide settings: ``bootstrap.dcs`` for a new database, the cache a seeded
+        one is taken over with."""
+        return {
+            **self.dcs,
+            "postgresql": {
+                "use_pg_rewind": True,
+                "use_slots": True,
+                "parameters": dict(PG_PARAMETERS),
+            },
+        }
+
     def _config(self, node: Node) -> dict[str, Any]:
         home = self._home(node.name)
         hba = [
@@ -99,14 +121,7 @@ class PatroniCluster(BenchCluster):
             },
             "etcd3": {"hosts": self.etcd_hosts},
             "bootstrap": {
-                "dcs": {
-                    **self.dcs,
-                    "postgresql": {
-                        "use_pg_rewind": True,
-                        "use_slots": True,
-                        "parameters": dict(PG_PARAMETERS),
-                    },
-                },
+                "dcs": self._dynamic(),
                 "initdb": [
                     "data-checksums",
                     {"encoding": "UTF8"},
@@ -126,8 +141,9 @@ class PatroniCluster(BenchCluster):
                 },
                 "parameters": {"unix_socket_directories": str(home)},
                 "pg_hba": hba,
-                # as hacore clones: no waiting for a spread checkpoint
-                "basebackup": [{"checkpoint": "fast"}, {"wal-method": "stream"}],
+                # as hacore clones: no waiting for a spread checkpoint (Patroni passes -X stream
+                # itself and refuses a wal-method option, with an error in its log)
+                "basebackup": [{"checkpoint": "fast"}],
             },
             "watchdog": {"mode": "off"},
             "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False},
@@ -147,9 +163,24 @@ class PatroniCluster(BenchCluster):
         ).start()
 
     def start(self) -> None:
-        """All nodes at once: one wins the race to initialize, the others clone from it."""
-        for node in self.nodes:
+        """All nodes at once: one wins the race to initialize, the others clone from it.
+        Seeded, the first node alone, then the others once it is the primary."""
+        if self.seed is None:
+            for node in self.nodes:
+                self._start_node(node)
+            self._prepare_schema(self._wait_primary())
+            return
+        first = self.nodes[0]
+        self._home(first.name).mkdir(parents=True, exist_ok=True)
+        copy_tree(self.seed, self.pgdata(first.name))
+        cache = self.pgdata(first.name) / "patroni.dynamic.json"
+        cache.write_text(json.dumps(self._dynamic()))
+        self._start_node(first)
+        self._wait_primary()
+        for node in self.nodes[1:]:
             self._start_node(node)
+
+    def _wait_primary(self) -> Node:
         deadline = time.monotonic() + 120
         while (leader := self._primary()) is None:
             dead = [n for n, p in self.processes.items() if not p.alive()]
@@ -159,7 +190,7 @@ class PatroniCluster(BenchCluster):
                     f"{self.system}: no primary ({first.name}'s log):\n{first.log_tail()}"
                 )
             time.sleep(0.2)
-        self._prepare_schema(leader)
+        return leader
 
     def _primary(self) -> Node | None:
         return next((n for n in self.nodes if self.status_code(n.name, timeout=0.5) == 200), None)

@@ -108,6 +108,9 @@ class System:
     description: str
     make: Callable[[str, Path, list[str], int], BenchCluster]
     unavailable: Callable[[], str | None]
+    #: the systems whose data directories are alike (same bootstrap, roles and passwords), so
+    #: one template serves them all
+    family: str
     shape: Shape = Shape()
 
 
@@ -117,7 +120,7 @@ def _patroni_system(name: str, description: str, dcs: dict[str, Any], sync: bool
             system, workdir, endpoints, dcs=dcs, synchronous=sync, nodes=nodes
         )
 
-    return System(name, description, make, _patroni.unavailable_reason)
+    return System(name, description, make, _patroni.unavailable_reason, "patroni")
 
 
 def _hacore_system(name: str, description: str, timing: dict[str, float] | None) -> System:
@@ -131,7 +134,7 @@ def _hacore_system(name: str, description: str, timing: dict[str, float] | None)
 
         return _hacore_cluster.unavailable_reason()
 
-    return System(name, description, make, unavailable)
+    return System(name, description, make, unavailable, "hacore")
 
 
 def systems() -> dict[str, System]:
@@ -166,10 +169,14 @@ def systems() -> dict[str, System]:
 
 
 @contextlib.contextmanager
-def running(system: System, root: Path, label: str, keep: bool) -> Iterator[BenchCluster]:
+def running(
+    system: System, root: Path, label: str, keep: bool, templates: Path | None = None
+) -> Iterator[BenchCluster]:
     """etcd and the cluster, started in a fresh directory, filled and loaded as its shape
-    says (``pgbench -i`` once per cluster, then until every standby replayed it); all stopped,
-    whatever happens."""
+    says; all stopped, whatever happens. A filled cluster of a system that can be seeded
+    starts its first active on a copy of the template under ``templates`` (made there first if
+    missing) and returns once every standby cloned it; otherwise ``pgbench -i`` runs once per
+    cluster, then until every standby replayed it."""
     workdir = prepare_workdir(
         Path(tempfile.mkdtemp(prefix=f"{label.replace(' ', '-')}-", dir=root))
     )
@@ -183,10 +190,28 @@ def running(system: System, root: Path, label: str, keep: bool) -> Iterator[Benc
         cluster = system.make(
             system.name, prepare_workdir(workdir / "nodes"), endpoints, shape.nodes
         )
+        made: dict[str, Any] | None = None
+        if shape.scale and cluster.seedable and templates is not None:
+            cluster.seed, made = _pgbench.template(
+                templates,
+                system.family,
+                shape.scale,
+                lambda target: _pgbench.build_template(
+                    lambda nodes, store: system.make(system.name, nodes, store, 1),
+                    root,
+                    shape.scale,
+                    target,
+                ),
+            )
+        started = time.monotonic()
         cluster.start()
-        if shape.scale:
+        if made is not None:
+            active = cluster.wait_converged(_pgbench.FILL_TIMEOUT)  # clones of 1 GiB at s70
+            made["seeded_s"] = round(time.monotonic() - started, 1)
+            cluster.database = _pgbench.seeded(cluster, active, made)
+        elif shape.scale:
             active = cluster.wait_converged(START_TIMEOUT)
-            cluster.database = _pgbench.initialize(cluster, active, shape.scale, 900)
+            cluster.database = _pgbench.initialize(cluster, active, shape.scale)
         if shape.load:
             load = _pgbench.Load(cluster, workdir / "pgbench.log").start()
         yield cluster
@@ -200,6 +225,10 @@ def running(system: System, root: Path, label: str, keep: bool) -> Iterator[Benc
             etcd.stop()
             if not keep:
                 shutil.rmtree(workdir, ignore_errors=True)
+            elif cluster is not None and shape.scale:
+                # 2 GiB a node at scale 70: a --keep run of 3, 5 and 7 nodes would fill the disk
+                for node in cluster.nodes:
+                    shutil.rmtree(cluster.pgdata(node.name), ignore_errors=True)
 
 
 def wait_status(
@@ -490,7 +519,9 @@ def run_system(
         result["haproxy"] = haproxy_runs(system, root, args, log, result)
     if "switchover" in args.scenarios or "status" in args.scenarios:
         try:
-            with running(system, root, f"{system.name}-planned", args.keep) as cluster:
+            with running(
+                system, root, f"{system.name}-planned", args.keep, args.template_dir
+            ) as cluster:
                 result.setdefault("timings", cluster.timings().describe())
                 result.setdefault("version", cluster.version())
                 if "switchover" in args.scenarios:
@@ -528,7 +559,10 @@ def fresh_cluster_runs(
     errors: list[str] = []
     for index in range(args.runs):
         try:
-            with running(system, root, f"{system.name}-{kind}{index}", args.keep) as cluster:
+            label = f"{system.name}-{kind}{index}"
+            # benchmarks/managed.py passes only runs and keep: its clusters are empty
+            templates = getattr(args, "template_dir", None)
+            with running(system, root, label, args.keep, templates) as cluster:
                 result.setdefault("timings", cluster.timings().describe())
                 result.setdefault("version", cluster.version())
                 runs.append(run_one(cluster, log))
@@ -615,6 +649,19 @@ def main(argv: list[str] | None = None) -> int:
         default="none",
         help="with --scale: a continuous pgbench -c 2 write load on the active during the runs",
     )
+    parser.add_argument(
+        "--template-dir",
+        type=Path,
+        help="with --scale: where the filled data directories systems start from are kept "
+        "between runs (one per system family, PostgreSQL version and scale); default: made "
+        "once per run in its work directory",
+    )
+    parser.add_argument(
+        "--no-template",
+        action="store_true",
+        help="with --scale: run pgbench -i in every cluster instead (and replay it on every "
+        "standby), as systems that cannot be seeded do",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (logs) and print its path"
@@ -658,6 +705,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     started = time.monotonic()
     root = prepare_workdir(Path(tempfile.mkdtemp(prefix="hacore-failover-bench-")))
+    if args.no_template:
+        args.template_dir = None
+    elif args.template_dir is None:
+        args.template_dir = root / "templates"
+    report["templates"] = str(args.template_dir) if args.template_dir else None
     try:
         for name in names:
             for shape in shapes:
