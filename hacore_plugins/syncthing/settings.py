@@ -76,7 +76,10 @@ class SyncthingSettings:
         api_port = sec.port("gui_port" if "gui_port" in settings else "api_port", 8384)
         listen_port = sec.port("listen_port", 22000)
         seed_port = sec.port("seed_port", 22001)
-        if len(sec.problems) == before and seed_port in (api_port, listen_port):
+        seed = sec.boolean("seed", False)
+        # only a seed that runs takes its port: a listen_port of 22001 was always valid
+        clash = seed_port in (api_port, listen_port)
+        if seed and len(sec.problems) == before and clash:
             sec.problem(f"filesync.seed_port {seed_port} is already api_port or listen_port")
         if len(sec.problems) == before and api_port == listen_port:
             sec.problem(f"filesync.api_port and filesync.listen_port are both {api_port}")
@@ -104,7 +107,7 @@ class SyncthingSettings:
             max_send_kbps=int(sec.number("max_send_kbps", 0, low=0, what=kbps)),
             max_recv_kbps=int(sec.number("max_recv_kbps", 0, low=0, what=kbps)),
             low_priority=sec.boolean("low_priority", False),
-            seed=sec.boolean("seed", False),
+            seed=seed,
             seed_port=seed_port,
         )
         sec.done()

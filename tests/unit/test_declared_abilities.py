@@ -57,11 +57,11 @@ def test_the_built_in_plugins_declare_what_they_take() -> None:
         ZooKeeperManagedStore,
         PostgresReplication,
         RsyncFilesync,
+        SyncthingFilesync,  # for its seed over TLS; its own peers are pinned by device ID
     )
     assert all(cls.accepts_tls for cls in takes_tls)
-    # Consul's TLS is in its own settings; Syncthing pins its peers' device IDs itself
+    # Consul's TLS is in its own settings
     assert not ConsulConsensus.accepts_tls
-    assert not SyncthingFilesync.accepts_tls
     assert PostgresReplication.rotates_password
     assert not ReplicationBackend.rotates_password
 

@@ -126,6 +126,13 @@ def test_numbers_written_as_text_stay_valid_where_they_always_were() -> None:
     ]
 
 
+def test_the_syncthing_seed_port_is_checked_only_when_the_seed_runs() -> None:
+    SyncthingFilesync.validate_settings({"listen_port": 22001})  # valid before the seed existed
+    assert lines(SyncthingFilesync.validate_settings, {"listen_port": 22001, "seed": True}) == [
+        "filesync.seed_port 22001 is already api_port or listen_port"
+    ]
+
+
 def test_the_reader_getters() -> None:
     sec = backend_settings(
         "filesync",
