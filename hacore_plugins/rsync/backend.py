@@ -38,6 +38,7 @@ from hacore.errors import FilesyncError
 from hacore_plugins.rsync.daemon import (
     USER,
     config_text,
+    host_port,
     write_private,
 )
 from hacore_plugins.rsync.secret import (
@@ -55,7 +56,6 @@ from hacore_plugins.rsync.tls import (
     STUNNEL_PID,
     RsyncTls,
     failure_reason,
-    host_port,
 )
 
 log = logging.getLogger(__name__)

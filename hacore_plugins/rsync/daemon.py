@@ -93,6 +93,23 @@ def config_text(
     return "\n".join(lines)
 
 
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _tls_lines(cert_file: Path, key_file: Path, ca_file: Path, crl_file: Path | None) -> list[str]:
+    """The certificate lines both ends of the tunnel share: this node's certificate, the
+    cluster CA alone, the CRL when there is one, the whole chain checked."""
+    crl = [] if crl_file is None else [f"CRLfile = {checked(crl_file, 'CRL path')}"]
+    return [
+        f"cert = {checked(cert_file, 'certificate path')}",
+        f"key = {checked(key_file, 'key path')}",
+        f"CAfile = {checked(ca_file, 'CA path')}",
+        *crl,
+        "verifyChain = yes",
+    ]
+
+
 def stunnel_text(
     *,
     host: str,
@@ -111,8 +128,7 @@ def stunnel_text(
     configuration (at start and on SIGHUP), not at each connection."""
     for value, what in ((rsync, "rsync binary"), (rsyncd_conf, "rsync home")):
         checked(value, what, blanks=False)
-    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    crl = [] if crl_file is None else [f"CRLfile = {checked(crl_file, 'CRL path')}"]
+    listen = host_port(host, port)
     return "\n".join(
         [
             "# written by hacore; rewritten at every start",
@@ -126,11 +142,7 @@ def stunnel_text(
             f"accept = {checked(listen, 'address')}",
             f"exec = {rsync}",
             f"execArgs = rsync --server --daemon --config={rsyncd_conf} .",
-            f"cert = {checked(cert_file, 'certificate path')}",
-            f"key = {checked(key_file, 'key path')}",
-            f"CAfile = {checked(ca_file, 'CA path')}",
-            *crl,
-            "verifyChain = yes",
+            *_tls_lines(cert_file, key_file, ca_file, crl_file),
             "requireCert = yes",
             "sslVersionMin = TLSv1.2",
             "TIMEOUTclose = 0",
@@ -153,13 +165,12 @@ def stunnel_client_text(
     what rsync's ``RSYNC_CONNECT_PROG`` runs: TLS 1.2+, only a server whose certificate the
     cluster CA signed for ``host`` (and, with ``crl_file``, did not revoke), this node's
     certificate shown. It moved data 1.4-2.2x faster than ``openssl s_client`` (load 10)."""
-    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    target = host_port(host, port)
     try:
         ipaddress.ip_address(host)
         check = f"checkIP = {checked(host, 'address', blanks=False)}"
     except ValueError:
         check = f"checkHost = {checked(host, 'host name', blanks=False)}"
-    crl = [] if crl_file is None else [f"CRLfile = {checked(crl_file, 'CRL path')}"]
     return "\n".join(
         [
             "# written by hacore for one transfer",
@@ -170,11 +181,7 @@ def stunnel_client_text(
             # rsync's small requests (one per file) otherwise wait for delayed ACKs: ~10%
             "socket = r:TCP_NODELAY=1",
             f"connect = {checked(target, 'address', blanks=False)}",
-            f"cert = {checked(cert_file, 'certificate path')}",
-            f"key = {checked(key_file, 'key path')}",
-            f"CAfile = {checked(ca_file, 'CA path')}",
-            *crl,
-            "verifyChain = yes",
+            *_tls_lines(cert_file, key_file, ca_file, crl_file),
             check,
             "sslVersionMin = TLSv1.2",
             "",

@@ -24,7 +24,12 @@ from hacore.backends.processes import DetachedProcess
 from hacore.backends.records import TlsFiles
 from hacore.errors import FilesyncError
 from hacore.pki.revocation import crl_path
-from hacore_plugins.rsync.daemon import stunnel_client_text, stunnel_text, write_private
+from hacore_plugins.rsync.daemon import (
+    host_port,
+    stunnel_client_text,
+    stunnel_text,
+    write_private,
+)
 from hacore_plugins.rsync.settings import RsyncSettings
 
 log = logging.getLogger(__name__)
@@ -38,10 +43,6 @@ CRL_POLL = 1.0
 #: what openssl prints that explains nothing
 _NOISE = ("Can't use SSL_get_servername", "depth=", "verify return:")
 _ALERT = re.compile(r"(?:tlsv1\d?|sslv3|tlsv13) alert [a-z ]+")
-
-
-def host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def failure_reason(stderr: str, returncode: int) -> str:

@@ -39,7 +39,7 @@ from pathlib import Path
 from hacore.backends.processes import DetachedProcess, child_environment
 from hacore.backends.records import TlsFiles
 from hacore.errors import HacoreError
-from hacore_plugins.rsync.daemon import config_text, write_private
+from hacore_plugins.rsync.daemon import config_text, host_port, write_private
 from hacore_plugins.rsync.settings import RsyncSettings
 from hacore_plugins.rsync.tls import (
     CRL_POLL,
@@ -47,7 +47,6 @@ from hacore_plugins.rsync.tls import (
     STUNNEL_PID,
     RsyncTls,
     failure_reason,
-    host_port,
 )
 from hacore_plugins.syncthing import first_copy
 from hacore_plugins.syncthing.api import SyncthingApi
