@@ -9,13 +9,15 @@ The order of the steps is the safety argument, so it is spelled out here once:
   active-only services → ``after_promote``. A renewal thread (hacore/agent/renewal.py) keeps
   the lease meanwhile, so a promotion may outlast the ttl.
 - STEP_DOWN (planned, lease held): to a target, only once the target holds every file (until
-  then the node stays active and says what is missing) → ``before_demote`` → stop active-only
-  services → renew the lease → file scan → wait until ``ttl / 2`` after the decision
-  (renewing) for the target to have every file (not in time: call it off) → wait for it to
-  replay what was written when the wait began → mirror the target's files → fence the
-  database → publish the final position → resign → ``after_demote``. Writers stop before the
-  database so their last writes reach the target; the database is fenced before the lease
-  goes, so two writers never overlap.
+  then the node stays active and says what is missing) → a checkpoint while the database
+  still serves, if it is known healthy (the lease renewed around it) → ``before_demote`` →
+  stop active-only services → renew the lease → file scan → wait until ``ttl / 2`` after the
+  decision (renewing) for the target to have every file (not in time: call it off) → wait
+  for it to replay what was written when the wait began → mirror the target's files → fence
+  the database → publish the final position → resign → ``after_demote``. The checkpoint
+  leaves the fence little to write while nobody can write; writers stop before the database
+  so their last writes reach the target; the database is fenced before the lease goes, so
+  two writers never overlap. The step-down lives in hacore/agent/handover.py.
 - FENCE (the lease may be gone): the database first, at once; then ``before_demote``,
   services, files, ``after_demote``.
 
@@ -31,23 +33,22 @@ action, and the next loop decides again.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 import attrs
 
 from hacore import __version__
 from hacore.agent import keys
-from hacore.agent.catch_up import replayed_mark, target_lag
 from hacore.agent.companions import Companions
 from hacore.agent.counters import Event, EventCounters
 from hacore.agent.credentials import Credentials, ReplicationCredentials
+from hacore.agent.handover import Handover, MemberRecords
 from hacore.agent.hooks import HookCaller, NodeLog
 from hacore.agent.jobs import Jobs
 from hacore.agent.lease import LeaseState
 from hacore.agent.observe import StoreReading
+from hacore.agent.outcome import Outcome
 from hacore.agent.succession import succession
 from hacore.agent.syncrep import StatusWriter, StoreCall, SyncStandbys
 from hacore.agent.vocabulary import (
@@ -59,7 +60,7 @@ from hacore.agent.vocabulary import (
     NodeState,
     Observation,
 )
-from hacore.backends.records import ClusterView, Lease, Member, NodeRole
+from hacore.backends.records import ClusterView, Lease
 from hacore.backends.replication import (
     UNKNOWN_STATUS,
     ReplicationBackend,
@@ -78,24 +79,6 @@ _PROMOTE_TTLS = 2.0
 
 
 @attrs.frozen
-class Outcome:
-    """What an action left behind: the node's state, and whether to observe again at once."""
-
-    state: NodeState
-    observe_again: bool = False
-    #: Lease held, database writable with our token, active-only services up.
-    is_active: bool = False
-    #: A step that failed without changing the node's state (logged by the loop).
-    error: str = ""
-
-
-class MemberRecords(Protocol):
-    """Where the executor gets this node's member record (hacore/agent/member_record.py)."""
-
-    def record(self, role: NodeRole, obs: Observation) -> Member: ...
-
-
-@attrs.frozen
 class ExecutorPorts:
     """What the executor works with besides the backends: the agent's collaborators, each
     built once by :func:`hacore.agent.wiring.wire`; none of them is the agent itself."""
@@ -110,7 +93,7 @@ class ExecutorPorts:
     counters: EventCounters
 
 
-class Executor:
+class Executor(Handover):
     def __init__(
         self,
         config: NodeConfig,
@@ -333,14 +316,6 @@ class Executor:
             NodeState.FENCED if obs.db.role is ReplicationRole.PRIMARY else NodeState.STANDBY
         )
 
-    def _resign(self, lease: Lease) -> None:
-        self.lease.may_write = False
-        try:
-            self.store_call(lambda: self.b.consensus.resign(lease))
-        except HacoreError as err:
-            self.log.warning("could not resign (the lease expires by itself): %s", err)
-        self.lease.drop()
-
     def _stay_active(self, decision: Decision, obs: Observation, reading: StoreReading) -> Outcome:
         lease = self.lease.lease
         if obs.pause is not None:
@@ -404,137 +379,7 @@ class Executor:
             ):
                 self.log.info("switchover request cleared")
 
-    # -- giving up the active role ---------------------------------------------------------
-
-    def _step_down(self, decision: Decision, obs: Observation, reading: StoreReading) -> Outcome:
-        lease = self.lease.lease
-        view = obs.view or ClusterView(leader=None)
-        reason, target = decision.reason, decision.target
-        if target is not None:
-            gap = self.extras.files_gap(target)
-            if gap is not None:
-                # Nothing changed yet: keep serving while the target catches up; the request
-                # expires after switchover_timeout if it never does.
-                outcome = self._stay_active(decision, obs, reading)
-                return attrs.evolve(
-                    outcome, error=f"switchover to {target} waits for its files: {gap}"
-                )
-        self.hooks.call("hacore_before_demote", view=view, reason=reason)
-        self.extras.stop_active()
-        if target is not None:
-            # The writers stopped: renew, so the waits below get a full budget. Without a
-            # renewal the database goes first: the step-down goes on without the file wait.
-            if lease is not None and self._renew(lease, "while stepping down"):
-                self.extras.scan_files()
-                missing = self._wait_files(lease, target, until=obs.now + self.dcfg.ttl / 2)
-                if missing is not None:
-                    return self._call_off(decision, obs, reading, missing)
-            self._wait_caught_up(target)
-            self.extras.files_from(target, within=self._time_left(2 * self.dcfg.retry_timeout))
-        final = obs.db
-        if obs.db.known:
-            try:
-                final = self.b.replication.status()
-            except HacoreError as err:
-                self.log.warning("stepping down with the database's state unknown: %s", err)
-        # A hung database (the usual reason to step down with an unknown state) is not asked
-        # again, which would cost a connect timeout: it is fenced all the same, at once.
-        self.b.replication.fence()
-        self.lease.may_write = False
-        self.counters.add(Event.DEMOTION)
-        member = self._records.record(NodeRole.FENCED, attrs.evolve(obs, db=final))
-        try:
-            self.store_call(lambda: self.b.consensus.publish_member(member))
-        except HacoreError as err:
-            self.log.warning("could not publish the final position: %s", err)
-        if lease is not None:
-            self._resign(lease)
-        if target is None:
-            self.extras.release_files()
-        self.hooks.call("hacore_after_demote", view=view, reason=reason)
-        self.log.info("stepped down at position %s: %s", final.position, reason)
-        return Outcome(decision.next_state, observe_again=True)
-
-    def _call_off(
-        self, decision: Decision, obs: Observation, reading: StoreReading, why: str
-    ) -> Outcome:
-        """Undo a step-down that could not finish in time, before the database is fenced.
-
-        The wait used the budget up to the deadline, so renew first; then the services again,
-        and ``after_promote`` for the ``before_demote`` already sent. Without the renewal the
-        next loop decides (it fences if the lease is gone).
-        """
-        self.log.warning("switchover called off, staying active: %s", why)
-        error = f"switchover called off: {why}"
-        lease = self.lease.lease
-        if lease is None or not self._renew(lease, "to call the switchover off"):
-            return Outcome(NodeState.ACTIVE, observe_again=True, error=error)
-        self.extras.start_active()
-        self.hooks.call("hacore_after_promote", view=obs.view or ClusterView(leader=None))
-        outcome = self._stay_active(decision, obs, reading)
-        return attrs.evolve(outcome, error=error)
-
-    def _wait_files(self, lease: Lease, target: str, *, until: float) -> str | None:
-        """Until ``until`` for ``target`` to hold every file the stopped services wrote, the
-        lease renewed between waits; None once it does, else what it still lacks.
-
-        The loop is blocked meanwhile: its own health check (``loop``) fails once an
-        iteration takes ``ttl``, so the caller stops well before.
-        """
-        started = self.clock()
-        while True:
-            step = min(self._time_left(2 * self.dcfg.retry_timeout), until - self.clock())
-            missing = self.extras.wait_files(target, math.floor(max(0.0, step) * 10) / 10)
-            if missing is None:
-                return None
-            waited = self.clock() - started
-            if self.clock() >= until or not self._renew(lease, "while waiting for files"):
-                return f"{target} still lacks files after {waited:.1f}s ({missing})"
-
-    def _renew(self, lease: Lease, when: str) -> bool:
-        """Renew in the middle of a transition; False (logged) when the lease is not known to
-        be held any more."""
-        sent = self.clock()
-        try:
-            held = self.store_call(lambda: self.b.consensus.renew(lease))
-        except HacoreError as err:
-            self.log.warning("could not renew the lease %s: %s", when, err)
-            return False
-        if not held:
-            self.log.warning("the lease was lost %s", when)
-            return False
-        self.lease.renewed(sent)
-        return True
-
-    def _time_left(self, keep: float) -> float:
-        """Seconds from now until ``keep`` seconds before the self-fencing deadline."""
-        deadline = self.lease.deadline(self.dcfg)
-        if deadline is None:
-            return self.dcfg.retry_timeout
-        return max(0.0, deadline - keep - self.clock())
-
-    def _wait_caught_up(self, target: str) -> None:
-        """Up to ``retry_timeout`` (and never past the deadline) for ``target`` to replay what
-        was written when the wait began (:mod:`hacore.agent.catch_up`)."""
-        limit = self.clock() + self.dcfg.retry_timeout
-        deadline = self.lease.deadline(self.dcfg)
-        if deadline is not None:
-            limit = min(limit, deadline - self.dcfg.retry_timeout)
-        mark: int | None = None
-        while True:
-            try:
-                status = self.b.replication.status()
-            except HacoreError:
-                status = UNKNOWN_STATUS
-            if mark is None:
-                mark = status.position
-            if replayed_mark(status, target, mark):
-                return
-            lag = target_lag(status, target)
-            if self.clock() >= limit:
-                self.log.warning("handing over to %s while it is %s bytes behind", target, lag)
-                return
-            time.sleep(0.05)
+    # -- giving up the active role (the planned step-down: hacore/agent/handover.py) ----
 
     def _fence(self, decision: Decision, obs: Observation) -> None:
         # A database that did not answer may still write: it is fenced too (DESIGN rule 7).

@@ -26,10 +26,10 @@ from hacore.agent.counters import Event
 from hacore.agent.credentials import ReplicationCredentials
 from hacore.agent.decide import decide
 from hacore.agent.errors import StateConflictError
-from hacore.agent.execute import Outcome
 from hacore.agent.failsafe import Peer
 from hacore.agent.keeper import KeeperProcess
 from hacore.agent.observe import StoreReading, SwitchoverClock, observation, read_store
+from hacore.agent.outcome import Outcome
 from hacore.agent.renewal import Renewal
 from hacore.agent.repair_jobs import in_place_job, standby_job
 from hacore.agent.snapshot import NodeSnapshot

@@ -243,6 +243,15 @@ class ReplicationBackend(Declarations, abc.ABC):
         """The node's TLS files (the revocation list above all) changed on disk: make the
         database read them again. The default does nothing."""
 
+    def prepare_handover(self, *, timeout: float) -> None:
+        """Called on the active before a planned handover, while it still takes writes: do
+        now, within ``timeout`` seconds, what would otherwise make :meth:`fence` slow while
+        nobody can write (PostgreSQL: a checkpoint, so that the fast shutdown's own
+        checkpoint has little left to write). Raise :class:`~hacore.errors.ReplicationError`
+        when it fails or runs out of time: the agent logs it and steps down all the same.
+        The default does nothing: a database whose stop writes little has nothing to do
+        ahead of it."""
+
     def apply_parameters(self, parameters: Mapping[str, str]) -> None:
         """The cluster-wide server parameters changed (``cluster config set``): use
         ``parameters`` from now on and make a running server read them again (a reload); one

@@ -19,11 +19,12 @@ the suite::
 What is checked is what the interface promises (``hacore.replication``): status of an empty,
 a stopped and a running node; bootstrap makes a writable primary; a clone reports progress
 and streams from its source; the fencing token written on the primary reaches the standby
-through replication; a fence stops writes at once; promote makes a standby writable; a
-former primary comes back read-only (never a writable primary without ``promote``) and
-knows it needs a rewind; rewind makes it follow the new primary; failed operations raise
-:class:`~hacore.ReplicationError` and a failed clone leaves the node empty. Database
-specifics (SQL, slots, files) are the backend's own tests' business.
+through replication; getting ready for a handover leaves the primary serving; a fence stops
+writes at once; promote makes a standby writable; a former primary comes back read-only
+(never a writable primary without ``promote``) and knows it needs a rewind; rewind makes it
+follow the new primary; failed operations raise :class:`~hacore.ReplicationError` and a
+failed clone leaves the node empty. Database specifics (SQL, slots, files) are the
+backend's own tests' business.
 """
 
 from __future__ import annotations
@@ -218,6 +219,17 @@ class ReplicationContract:
         finally:
             pair.primary.set_synchronous([], strict=False)
         wait_for(lambda: sync_names() == set(), WAIT, what="no standby to be synchronous")
+
+    def test_prepare_handover_leaves_the_primary_serving(self, pair: Pair) -> None:
+        """The agent calls it on the active before a planned handover, while writes go on:
+        on a healthy primary given time enough it succeeds, and changes nothing a client or
+        a standby sees."""
+        pair.primary.prepare_handover(timeout=WAIT)
+        status = _status(pair.primary)
+        assert (status.role, status.writable) == (ReplicationRole.PRIMARY, True), status
+        token = (pair.primary.fencing_token() or 0) + 1
+        pair.primary.record_fencing_token(token)
+        _wait_token(pair.standby, token)
 
     # -- errors ----------------------------------------------------------------------------
 
