@@ -29,7 +29,12 @@ from hacore.agent import (
     decide,
 )
 from hacore.backends.records import ClusterView, Leader, Lease, Member, NodeRole
-from hacore.backends.replication import UNKNOWN_STATUS, ReplicationRole, ReplicationStatus
+from hacore.backends.replication import (
+    UNKNOWN_STATUS,
+    ReplicationRole,
+    ReplicationStatus,
+    StandbyState,
+)
 from hacore.errors import ConfigError
 
 NOW = 1000.0
@@ -432,6 +437,26 @@ SWITCHOVER_CASES = [
     case(
         "target-behind-past-limit",
         active(switchover=switchover("b"), view=world(A_ACTIVE, member("b", 99 - LAG))),
+        Action.STAY_ACTIVE,
+    ),
+    # The database's own view of a standby is fresh; its record is up to a loop old.
+    case(
+        "target-record-behind-but-streams-in-step",
+        active(
+            switchover=switchover("b"),
+            view=world(A_ACTIVE, member("b", 99 - LAG)),
+            db=attrs.evolve(PRIMARY_DB, standbys=(StandbyState("b", "streaming", 0),)),
+        ),
+        Action.STEP_DOWN,
+        target="b",
+        state=NodeState.FENCED,
+    ),
+    case(
+        "target-record-current-but-far-behind-now",
+        active(
+            switchover=switchover("b"),
+            db=attrs.evolve(PRIMARY_DB, standbys=(StandbyState("b", "streaming", LAG + 1),)),
+        ),
         Action.STAY_ACTIVE,
     ),
     case(
