@@ -318,6 +318,7 @@ def run_join(
         progress.finish("ca", node.secure())
         parts = node.parts()
         progress.begin("store")
+        node.start_keeper()
         if parts.store is not None:
             member = parts.store.join(state.store_spec or {})
             detail = f"{config.consensus.backend} server of this node joined at {member.client_url}"

@@ -35,6 +35,7 @@ import attrs
 from hacore import pki
 from hacore.agent import tls_paths
 from hacore.agent.credentials import ReplicationCredentials
+from hacore.agent.hooks import NodeLog
 from hacore.agent.keeper import KeeperProcess
 from hacore.agent.runtime import Agent
 from hacore.agent.snapshot import NodeSnapshot
@@ -91,6 +92,8 @@ class NodeService(MemberOperations):
         self.config: NodeConfig = self.base
         self.agent: Agent | None = None
         self.progress: Progress | None = None
+        #: a fence keeper started ahead of the agent (a join), until an agent takes it over
+        self._keeper: KeeperProcess | None = None
         self._state: ClusterState | None = None
         self._lock = threading.RLock()
         self._listeners = NodeListeners(self, self.base.node.api_port)
@@ -275,11 +278,20 @@ class NodeService(MemberOperations):
             backends=backends,
             credentials=credentials,
             api_url=self.api_url,
-            keeper=KeeperProcess(self.config_path, self.data_dir),
+            keeper=self._keeper or KeeperProcess(self.config_path, self.data_dir),
         )
+        self._keeper = None
         with self._lock:
             self.agent = agent
         return agent
+
+    def start_keeper(self) -> None:
+        """In a join, before the store join: the keeper's start-up (importing hacore and its
+        plugins, a few tenths of a second of CPU) then overlaps a step that mostly waits, not
+        the copy, which on a small machine it slowed. The next agent made takes it over."""
+        keeper = self._keeper or KeeperProcess(self.config_path, self.data_dir)
+        keeper.ensure(NodeLog(log, self.config.node.name))
+        self._keeper = keeper
 
     def start_agent(self) -> None:
         agent = self.agent
@@ -306,6 +318,13 @@ class NodeService(MemberOperations):
             if agent is not None:
                 with contextlib.suppress(Exception):
                     agent.consensus.close()
+            # a keeper started ahead of the agent guards nothing yet, and would outlive the join
+            keeper = agent.keeper if agent is not None else self._keeper
+            self._keeper = None
+            if keeper is not None:
+                with contextlib.suppress(HacoreError):
+                    keeper.stop()
+                keeper.process.log_path.unlink(missing_ok=True)
             config = self.config
             self._state = None
             self.config = self.base

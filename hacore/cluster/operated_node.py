@@ -53,10 +53,14 @@ class FormingNode(Protocol):
 
     def make_agent(self) -> Agent: ...
 
+    def start_keeper(self) -> None:
+        """Start the node's fence keeper ahead of its agent, which adopts it."""
+        ...
+
     def start_agent(self) -> None: ...
 
     def reset_to_empty(self) -> None:
-        """Undo a join that failed before the node was a member."""
+        """Undo a join that failed before the node was a member (its keeper stopped)."""
         ...
 
 

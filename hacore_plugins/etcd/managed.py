@@ -54,6 +54,11 @@ log = logging.getLogger(__name__)
 STATE_FILE = "etcd.json"
 LOG_FILE = "etcd.log"
 PID_FILE = "etcd.pid"
+#: seconds between two attempts while the local server comes up (starts, catches up,
+#: becomes a voter): 20 ms at first, doubling, as a joining member is often ready well before
+#: a fixed 0.2 s (the join waited for it), then 0.2 s not to keep a slow server busy
+RETRY_FIRST = 0.02
+RETRY_MAX = 0.2
 #: files of a failed attempt that do not make the data directory "in use"
 _LEFTOVERS = frozenset({LOG_FILE})
 
@@ -228,6 +233,7 @@ class EtcdManagedStore(ManagedStore):
         """Retry ``attempt`` until it returns a value, the server dies, or ``timeout``."""
         deadline = time.monotonic() + timeout
         last = "no answer"
+        pause = RETRY_FIRST
         while True:
             if not self.process.running():
                 raise self._died(doing)
@@ -245,7 +251,8 @@ class EtcdManagedStore(ManagedStore):
                     f"etcd server {self.name} was not done {doing} after {timeout:.0f}s "
                     f"({last}); last lines of {self.process.log_path}:\n{self.process.log_tail()}"
                 )
-            time.sleep(0.2)
+            time.sleep(pause)
+            pause = min(pause * 2, RETRY_MAX)
 
     def _serves(self) -> bool | None:
         """A linearizable read on the local member: it has a leader and is a voter."""
