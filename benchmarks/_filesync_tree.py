@@ -189,5 +189,24 @@ def plain_rsync(src: str, dst: Path) -> float:
     return elapsed
 
 
+#: seconds ext4 without a journal keeps a deleted inode from reuse once its table block is
+#: written (5, RECENTCY_MIN; 305 while dirty)
+INODE_RECENCY_S = 5.5
+_last_removal = [0.0]
+
+
 def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+    _last_removal[0] = time.monotonic()
+
+
+def settle() -> None:
+    """Flush, then wait until the inodes removed last may be reused: a copy started sooner
+    on ext4 without a journal (this host's /) pays a lookup per recently deleted inode it
+    skips for every file it creates. Measured (perf): a Syncthing join right after removing
+    the previous joiner's 2,000 files spent ~30% of its CPU in ext4's ``recently_deleted``,
+    under 1% when it started 6 s later."""
+    os.sync()
+    wait = _last_removal[0] + INODE_RECENCY_S - time.monotonic()
+    if wait > 0:
+        time.sleep(wait)

@@ -33,6 +33,7 @@ from _filesync_tree import (
     plain_rsync,
     present,
     remove,
+    settle,
     verify,
     wait_tree,
 )
@@ -198,7 +199,7 @@ def _finish(row: dict[str, Any], dest: Path, manifest: dict[str, Any]) -> dict[s
 
 def plain(src: str, dest: Path, what: str, manifest: dict[str, Any]) -> dict[str, Any]:
     progress(f"initial sync: {what}")
-    os.sync()
+    settle()
     load = loadavg()
     elapsed = round(plain_rsync(src, dest), 3)
     row = {"copy": what, "load_average": load, "tree_s": elapsed, "in_sync_s": elapsed}
@@ -214,7 +215,7 @@ def timed_join(
     says it is in sync with the tree whole (asked every STATE_POLL seconds); notes whether
     it said so earlier, while files were still missing."""
     progress(f"initial sync: {what}")
-    os.sync()
+    settle()
     load = loadavg()
     cpu = cluster.cpu_s()
     began = time.monotonic()
@@ -328,7 +329,8 @@ def _join_runs(
             )
     finally:
         cluster.stop()
-        remove(root)
+        if not args.keep:
+            remove(root)
     return runs
 
 

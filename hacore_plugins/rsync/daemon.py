@@ -94,6 +94,8 @@ def config_text(
 
 
 def host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets; the Syncthing plugin's too (its seed
+    already depends on this module), so the two spell addresses alike."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

@@ -35,10 +35,12 @@ from hacore.backends.log_files import trim_log
 from hacore.backends.processes import DetachedProcess, port_taken
 from hacore.backends.records import TlsFiles
 from hacore.errors import FilesyncError, HacoreError
+from hacore_plugins.rsync.daemon import host_port
 from hacore_plugins.syncthing import first_copy, report
 from hacore_plugins.syncthing import home as st_home
 from hacore_plugins.syncthing.api import SyncthingApi
 from hacore_plugins.syncthing.change_scan import ChangeScanner
+from hacore_plugins.syncthing.dial_back import DialBacks
 from hacore_plugins.syncthing.enforcer import Enforcer
 from hacore_plugins.syncthing.folders import (
     RECEIVEONLY,
@@ -46,7 +48,6 @@ from hacore_plugins.syncthing.folders import (
     FolderPolicy,
     Peer,
     desired_config,
-    dial_backs,
 )
 from hacore_plugins.syncthing.gaps import Gap, mirror_gaps, source_gaps
 from hacore_plugins.syncthing.seed import Seeder, bare, fill, source_index_known
@@ -64,8 +65,6 @@ SCAN_TIMEOUT = 600.0
 #: Syncthing environment: no default folder, no upgrades; STHASHING (st_home.hashing) names
 #: the SHA-256 code, so Syncthing runs no hashing benchmark at start (1.4 s -> 0.5 s)
 ENV = {"STNODEFAULTFOLDER": "1", "STNOUPGRADE": "1"}
-#: seconds a node dials back a peer whose call it refused (:func:`.folders.dial_backs`)
-DIAL_BACK_S = 20.0
 
 
 class Role(enum.Enum):
@@ -119,9 +118,8 @@ class SyncthingFilesync(FilesyncBackend):
         self._change_scan: ChangeScanner | None = None
         self._device_id: str | None = None
         self._peers: dict[str, Peer] = {}
-        #: peers (device IDs) whose refused call this node answers by dialing them itself,
-        #: until connected or DIAL_BACK_S later (the monotonic time then)
-        self._dial_back: dict[str, float] = {}
+        #: peers whose refused call this node answers by dialing them itself
+        self._dial_back = DialBacks()
         #: empty folders paused until a role (become_mirror decides on a seed)
         self._held: set[str] = set()
         self._role = Role.NONE
@@ -158,7 +156,7 @@ class SyncthingFilesync(FilesyncBackend):
             device_id = st_home.device_id(self.config.binary, self.home)
         if device_id is None:
             raise FilesyncError(f"Syncthing of {self.node_name} has no device ID yet: start it")
-        address = f"tcp://{st_home.host_port(self.host, self.config.listen_port)}"
+        address = f"tcp://{host_port(self.host, self.config.listen_port)}"
         seed = {} if self._seeder is None else {"seed_address": self._seeder.address}
         return {"device_id": device_id, "address": address, **seed}
 
@@ -194,7 +192,9 @@ class SyncthingFilesync(FilesyncBackend):
                 raise
             self._api_key = key
             enforcer_api = SyncthingApi(self.api_url, key, timeout=self.config.request_timeout)
-            self._enforcer = Enforcer(enforcer_api, self._enforce, self.config.enforce_interval)
+            self._enforcer = Enforcer(
+                enforcer_api, self._enforce, self.config.enforce_interval, self._dial_back.note
+            )
             self._enforcer.start()
 
     def _start_managed(self) -> str:
@@ -301,9 +301,9 @@ class SyncthingFilesync(FilesyncBackend):
                 new = {p.device_id for p in parsed.values()} - known
                 pending = self._api.pending_devices() if new and self.config.managed else {}
                 assert self._device_id is not None
-                until = time.monotonic() + DIAL_BACK_S
-                for device in dial_backs(pending, new, self._device_id, self.config.managed):
-                    self._dial_back[device] = until
+                self._dial_back.begin(
+                    new, pending=pending, own_id=self._device_id, managed=self.config.managed
+                )
                 self._apply()
 
     def _apply(self) -> None:
@@ -326,23 +326,22 @@ class SyncthingFilesync(FilesyncBackend):
             policy=self.policy,
             managed=self.config.managed,
             paused=self._held,
-            dial_back=self._dial_back,
+            dial_back=self._dial_back.devices,
         )
         if wanted != current:
             api.put_config(wanted)
 
-    def _end_dial_backs(self, api: SyncthingApi) -> None:
-        """Listen again to the peers dialed back once connected (or given up on), so that
-        no later call crosses theirs."""
-        connections, now = api.connections(), time.monotonic()
-        done = {
-            device
-            for device, until in self._dial_back.items()
-            if connections.get(device, {}).get("connected") or now > until
-        }
-        if done:
-            for device in done:
-                del self._dial_back[device]
+    def _dial_backs(self, api: SyncthingApi) -> None:
+        """Dial back the peers whose call was refused just before this node learned of
+        them (:mod:`.dial_back`); listen again to those connected or given up on."""
+        assert self._device_id is not None
+        connections = api.connections()
+        connected = {d for d, c in connections.items() if c.get("connected")}
+        peers = {p.device_id for p in self._peers.values()}
+        began = self._dial_back.begin(
+            peers, connected=connected, own_id=self._device_id, managed=self.config.managed
+        )
+        if self._dial_back.end(connected) or began:
             self._apply()
 
     def _folder_types(self, api: SyncthingApi) -> dict[str, str]:
@@ -482,8 +481,8 @@ class SyncthingFilesync(FilesyncBackend):
         if not self._lock.acquire(timeout=1):
             return
         try:
-            if self._dial_back:
-                self._end_dial_backs(api)
+            if not self._dial_back.idle:
+                self._dial_backs(api)
             role = self._role
             if role is Role.NONE:
                 return

@@ -10,26 +10,34 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from hacore.errors import FilesyncError
 from hacore_plugins.syncthing.api import SyncthingApi
 
 log = logging.getLogger(__name__)
 
-#: events after which a folder may hold something to revert or override
-EVENTS = ("StateChanged", "LocalChangeDetected", "RemoteIndexUpdated")
+#: events after which a folder may hold something to revert or override, or a refused call
+#: is to be dialed back (:mod:`.dial_back`)
+EVENTS = ("StateChanged", "LocalChangeDetected", "RemoteIndexUpdated", "PendingDevicesChanged")
 
 
 class Enforcer(threading.Thread):
-    """Calls ``enforce(api)`` after relevant events, and every ``interval`` seconds anyway."""
+    """Calls ``enforce(api)`` after relevant events, and every ``interval`` seconds anyway;
+    ``observe(events)`` first sees the events themselves."""
 
     def __init__(
-        self, api: SyncthingApi, enforce: Callable[[SyncthingApi], None], interval: float
+        self,
+        api: SyncthingApi,
+        enforce: Callable[[SyncthingApi], None],
+        interval: float,
+        observe: Callable[[Sequence[Mapping[str, Any]]], None] | None = None,
     ) -> None:
         super().__init__(name="syncthing-enforcer", daemon=True)
         self.api = api
         self.enforce = enforce
+        self.observe = observe
         self.interval = interval
         self._stopping = threading.Event()
 
@@ -40,6 +48,8 @@ class Enforcer(threading.Thread):
                 events = self.api.events(since, EVENTS, timeout=self.interval)
                 if events:
                     since = int(events[-1]["id"])
+                    if self.observe is not None:
+                        self.observe(events)
                 if not self._stopping.is_set():
                     self.enforce(self.api)
             except FilesyncError as err:

@@ -130,7 +130,9 @@ def dials(own_id: str, peer_id: str, managed: bool) -> bool:
     The caller may learn of its peer first: its call is refused and it waits 5-16 s before
     the next. The refused call is listed as a pending device on the other side, which then
     dials back when it learns of the caller (the caller is between attempts then, so the
-    calls do not cross), and listens again once connected (:func:`dial_backs`).
+    calls do not cross), and listens again once connected (:func:`dial_backs`); a call
+    refused as the other side was learning of the caller is known by its event only
+    (:mod:`.dial_back`).
     """
     return not managed or own_id < peer_id
 

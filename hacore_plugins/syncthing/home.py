@@ -19,6 +19,7 @@ from hacore.backends.processes import child_environment
 from hacore.errors import FilesyncError
 from hacore.pki.errors import TlsMaterialError
 from hacore.pki.tls_files import private_dir
+from hacore_plugins.rsync.daemon import host_port
 
 CONFIG = "config.xml"
 #: the REST API's Unix socket, in the home directory (0700): no other user reaches it
@@ -61,10 +62,6 @@ def hashing(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
         if line.startswith("flags") and "sha_ni" in line.split(":", 1)[-1].split():
             return "minio"
     return "standard"
-
-
-def host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def log_problem(log_path: Path) -> str:

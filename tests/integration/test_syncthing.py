@@ -777,6 +777,46 @@ def test_the_listener_dials_when_the_caller_learned_of_it_first(
         roles.set_all_peers()
 
 
+def test_the_listener_dials_back_a_call_refused_while_it_learned_of_the_caller(
+    roles: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's call is refused after the listener asked for its pending devices and
+    before its new configuration names the caller (the join's race: both learn of each other
+    within milliseconds). Syncthing forgets the pending device at that commit; only its event
+    is left to tell the listener to dial back (5.7 s measured without, one join in four)."""
+    a = roles["a"]
+    d = make_node(tmp_path, "d")
+    d.backend.start()
+    try:
+        peers = {**roles.identities(), "d": d.backend.identity()}
+        a_id, d_id = (str(n.backend.identity()["device_id"]) for n in (a, d))
+        caller, listener = (a, d) if a_id < d_id else (d, a)
+        caller_id = min(a_id, d_id)
+        api = listener.backend._require_api()
+        ask = api.pending_devices
+
+        def refused_meanwhile() -> dict[str, object]:
+            before = ask()
+            caller.backend.set_peers(peers)
+            wait_for(lambda: caller_id in ask(), 10, what="the caller's call refused")
+            return before
+
+        monkeypatch.setattr(api, "pending_devices", refused_meanwhile)
+        began = time.monotonic()
+        listener.backend.set_peers(peers)
+        assert caller_id not in ask(), "the listener's config should have named the caller"
+        wait_for(lambda: d.backend.connected_peers() == ["a"], 60, what="d connected to a")
+        took = time.monotonic() - began
+        assert took < LISTENER_DIAL_BOUND, f"d connected to a {took:.1f} s after both knew"
+        wait_for(
+            lambda: not _dials(listener.backend, caller.backend), 10, what="the listener to listen"
+        )
+    finally:
+        monkeypatch.undo()
+        d.backend.stop()
+        roles.set_all_peers()
+
+
 # -- who reaches the REST API ------------------------------------------------------------------
 
 #: run as another local user: reach the API at argv[1] the way a browser would (``/`` hands
