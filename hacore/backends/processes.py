@@ -234,6 +234,11 @@ def read_proc(pid: int) -> ProcEntry | None:
     )
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as servers' configurations and URLs spell it: an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def port_taken(host: str, port: int) -> bool:
     """Whether a process listens on ``host:port`` already, so a server started there would
     fail. Connections of an earlier run in TIME_WAIT do not count, as for the servers

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from hacore.backends.processes import host_port
 from hacore.errors import HacoreError
 
 #: the probe paths that answer 200 on the active only
@@ -193,7 +194,7 @@ def _proxy(
         f"backend {name}_active",
         *settings,
         *(
-            f"    server {_NAME.sub('_', s.name)} {_address(host, port)} check port {s.api_port}"
+            f"    server {_NAME.sub('_', s.name)} {host_port(host, port)} check port {s.api_port}"
             + (f" verifyhost {s.check_name}" if verify_names else "")
             for s, host, port in targets
         ),
@@ -220,10 +221,6 @@ def _is_name(host: str) -> bool:
     except ValueError:
         return bool(host)
     return False
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _seconds(value: float) -> str:

@@ -32,13 +32,12 @@ from urllib.parse import urlsplit
 import attrs
 
 from hacore.backends.filesync import FilesyncBackend, FolderSync, SyncState, directory_keys
-from hacore.backends.processes import DetachedProcess, child_environment, port_taken
+from hacore.backends.processes import DetachedProcess, child_environment, host_port, port_taken
 from hacore.backends.records import TlsFiles
 from hacore.errors import FilesyncError
 from hacore_plugins.rsync.daemon import (
     USER,
     config_text,
-    host_port,
     write_private,
 )
 from hacore_plugins.rsync.secret import (

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hacore.atomic_files import write_atomic
+from hacore.backends.processes import host_port
 from hacore.errors import FilesyncError
 
 #: the user name mirrors authenticate as
@@ -91,12 +92,6 @@ def config_text(
             ]
         lines.append("")
     return "\n".join(lines)
-
-
-def host_port(host: str, port: int) -> str:
-    """``host:port``, an IPv6 host in brackets; the Syncthing plugin's too (its seed
-    already depends on this module), so the two spell addresses alike."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _tls_lines(cert_file: Path, key_file: Path, ca_file: Path, crl_file: Path | None) -> list[str]:

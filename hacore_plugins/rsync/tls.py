@@ -20,12 +20,11 @@ import signal
 import threading
 from pathlib import Path
 
-from hacore.backends.processes import DetachedProcess
+from hacore.backends.processes import DetachedProcess, host_port
 from hacore.backends.records import TlsFiles
 from hacore.errors import FilesyncError
 from hacore.pki.revocation import crl_path
 from hacore_plugins.rsync.daemon import (
-    host_port,
     stunnel_client_text,
     stunnel_text,
     write_private,

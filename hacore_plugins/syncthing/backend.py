@@ -32,10 +32,9 @@ from typing import Any, ClassVar
 from hacore.atomic_files import write_atomic
 from hacore.backends.filesync import FilesyncBackend, SyncState, directory_keys
 from hacore.backends.log_files import trim_log
-from hacore.backends.processes import DetachedProcess, port_taken
+from hacore.backends.processes import DetachedProcess, host_port, port_taken
 from hacore.backends.records import TlsFiles
 from hacore.errors import FilesyncError, HacoreError
-from hacore_plugins.rsync.daemon import host_port
 from hacore_plugins.syncthing import first_copy, report
 from hacore_plugins.syncthing import home as st_home
 from hacore_plugins.syncthing.api import SyncthingApi

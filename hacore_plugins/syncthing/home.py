@@ -15,11 +15,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hacore.atomic_files import write_atomic
-from hacore.backends.processes import child_environment
+from hacore.backends.processes import child_environment, host_port
 from hacore.errors import FilesyncError
 from hacore.pki.errors import TlsMaterialError
 from hacore.pki.tls_files import private_dir
-from hacore_plugins.rsync.daemon import host_port
 
 CONFIG = "config.xml"
 #: the REST API's Unix socket, in the home directory (0700): no other user reaches it

@@ -36,10 +36,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from hacore.backends.processes import DetachedProcess, child_environment
+from hacore.backends.processes import DetachedProcess, child_environment, host_port
 from hacore.backends.records import TlsFiles
 from hacore.errors import HacoreError
-from hacore_plugins.rsync.daemon import config_text, host_port, write_private
+from hacore_plugins.rsync.daemon import config_text, write_private
 from hacore_plugins.rsync.settings import RsyncSettings
 from hacore_plugins.rsync.tls import (
     CRL_POLL,
