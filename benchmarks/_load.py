@@ -37,9 +37,11 @@ def generator() -> str:
     return "wrk" if shutil.which("wrk") else "python-threads"
 
 
-def load(url: str, *, connections: int, seconds: float) -> dict[str, Any]:
+def load(url: str, *, connections: int, seconds: float, threads: int = 1) -> dict[str, Any]:
+    """``connections`` keep-alive connections for ``seconds``; ``threads`` is wrk's (the
+    Python fallback runs a thread per connection)."""
     if shutil.which("wrk"):
-        return _wrk(url, connections, seconds)
+        return _wrk(url, connections, seconds, threads)
     return _threads(url, connections, seconds)
 
 
@@ -65,13 +67,13 @@ def _result(
     }
 
 
-def _wrk(url: str, connections: int, seconds: float) -> dict[str, Any]:
+def _wrk(url: str, connections: int, seconds: float, threads: int) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(_WRK_REPORT)
         script.flush()
         argv = [
             "wrk",
-            f"--threads={min(2, connections)}",
+            f"--threads={min(threads, connections)}",
             f"--connections={connections}",
             f"--duration={math.ceil(seconds)}s",
             "--timeout=5s",

@@ -227,6 +227,7 @@ def _status_table(
     table = Table(
         title=f"status endpoint on the active: {load['connections']} keep-alive connections, "
         f"{load['seconds']:g} s, {load['generator']}"
+        + (f" ({load['threads']} thread(s))" if load.get("threads") else "")
     )
     for column in ("system", "endpoint", "req/s", "p50 ms", "p99 ms", "max ms", "failed"):
         table.add_column(column, justify="left" if column in ("system", "endpoint") else "right")

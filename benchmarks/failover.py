@@ -460,7 +460,12 @@ def switchover_once(
 
 
 def status_load(
-    cluster: BenchCluster, seconds: float, connections: int, *, timed: bool = False
+    cluster: BenchCluster,
+    seconds: float,
+    connections: int,
+    *,
+    threads: int = 1,
+    timed: bool = False,
 ) -> dict[str, Any]:
     """The load on the active's status endpoint; for hacore, what its agent's loop and
     collector did meanwhile, and with ``timed`` which slow probes they overlapped
@@ -475,7 +480,7 @@ def status_load(
     start = time.monotonic()
     if timed and path is not None:
         client.start()
-    result = _load.load(url, connections=connections, seconds=seconds)
+    result = _load.load(url, connections=connections, seconds=seconds, threads=threads)
     end = time.monotonic()
     if path is None:
         return {"endpoint": urlsplit(url).path, **result}
@@ -529,7 +534,11 @@ def run_system(
                 if "status" in args.scenarios:
                     try:
                         result["status"] = status_load(
-                            cluster, args.status_seconds, 8, timed=args.status_timeline
+                            cluster,
+                            args.status_seconds,
+                            8,
+                            threads=args.status_threads,
+                            timed=args.status_timeline,
                         )
                         log(f"status {system.name}: {result['status']}")
                     except Exception as exc:
@@ -629,6 +638,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--status-seconds", type=float, default=10.0)
     parser.add_argument(
+        "--status-threads",
+        type=int,
+        default=1,
+        help="wrk threads for the status load (default 1: on 2 cores a second one takes the "
+        "server's core, and p99 then measures the scheduler; benchmarks/status_tail.py)",
+    )
+    parser.add_argument(
         "--status-timeline",
         action="store_true",
         help="a timed 9th connection during the status load: which slow probes overlapped "
@@ -700,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
             "connections": 8,
             "seconds": args.status_seconds,
             "generator": _load.generator(),
+            "threads": args.status_threads,
         },
         "systems": {},
     }

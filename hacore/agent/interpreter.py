@@ -2,9 +2,9 @@
 couple of milliseconds while the loop and its threads work in the same process.
 
 Measured on the failover benchmark's active (docs/api.md, "Probe latency"): one loop iteration
-runs about 8 ms of Python (17 ms before the etcd client left httpx for its calls), and a full
-garbage collection of the agent's ~75,000 objects takes about 30 ms of CPU. Both hold the
-GIL, and a probe waits for whoever holds it:
+runs about 4 ms of Python (3.8 ms median on 2026-12-07; 17 ms before the etcd client left
+httpx for its calls), and a full garbage collection of the agent's ~75,000 objects takes
+about 30 ms of CPU. Both hold the GIL, and a probe waits for whoever holds it:
 
 * CPython lets a thread keep the GIL for 5 ms (``sys.getswitchinterval()``) while another waits,
   so the API's thread waited in 5 ms slices for each iteration; at :data:`SWITCH_INTERVAL` the
