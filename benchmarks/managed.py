@@ -43,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _systems
 import failover
 import httpx
 from _cluster import prepare_workdir
@@ -299,7 +300,7 @@ def managed_runs(
 
 def external_runs(profile: str, runs: int, log: Callable[[str], None]) -> dict[str, Any]:
     """``benchmarks/failover.py``'s crash scenario at ``profile``: the external-store figure."""
-    system = failover._hacore_system(
+    system = _systems.hacore_system(
         f"hacore-{profile}", f"hacore, timing.profile {profile}", timing_section(profile)
     )
     reason = system.unavailable()

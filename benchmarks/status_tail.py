@@ -209,11 +209,11 @@ def own_server(kind: str, tree: str | None) -> Iterator[tuple[str, int]]:
 
 @contextlib.contextmanager
 def agent_server(root: Path) -> Iterator[tuple[str, int]]:
-    import failover
+    import _systems
 
-    system = failover.systems()["hacore"]
-    with failover.running(system, root, "status-tail", keep=False) as cluster:
-        active = cluster.wait_converged(failover.START_TIMEOUT)
+    system = _systems.systems()["hacore"]
+    with _systems.running(system, root, "status-tail", keep=False) as cluster:
+        active = cluster.wait_converged(_systems.START_TIMEOUT)
         pid = cluster.processes[active].pid  # type: ignore[attr-defined]
         assert pid is not None
         yield cluster.node(active).status_url, pid
