@@ -264,9 +264,20 @@ class DatabaseReader:
         self._pending = None
 
     def read(self, clock: Clock = time.monotonic) -> DbReading:
+        return self.start(clock)()
+
+    def start(self, clock: Clock = time.monotonic) -> Callable[[], DbReading]:
+        """Ask the database now, take its answer later: the loop reads the store meanwhile
+        instead of after it (the two waits overlap, on the switchover target's path twice).
+        The answer is awaited at most ``timeout`` from the question, so a hung database costs
+        the loop no more than a reading asked after the store's. The reading may be up to one
+        store reading older than it was: a standby's position can then only be lower (it
+        waits a loop, never promotes early), and what the loop itself did to the database
+        came before (the previous iteration)."""
         pending = self._pending
         if pending is not None and not pending.done():
-            return self._unknown("the previous reading still waits for an answer", quiet=True)
+            unknown = self._unknown("the previous reading still waits for an answer", quiet=True)
+            return lambda: unknown
         late = _answer(pending) if pending is not None else None
         if late is not None and clock() - late[1] > self.late_for:
             late = None
@@ -279,21 +290,27 @@ class DatabaseReader:
                 future.set_exception(err)
 
         self._pending = future
+        asked = clock()
         threading.Thread(target=ask, name="hacore-db-reading", daemon=True).start()
-        try:
-            reading, _ = future.result(timeout=self.timeout)
-        except cf.TimeoutError:
-            if late is not None:
-                log.debug(
-                    "the local database answers late: its answer of %.1fs ago stands",
-                    clock() - late[1],
-                )
-                return late[0]
-            return self._unknown(f"no answer within {self.timeout:g}s")
-        except Exception as err:
-            return self._unknown(f"{type(err).__name__}: {err}")
-        self._pending = None
-        return reading
+
+        def answer() -> DbReading:
+            try:
+                reading, _ = future.result(timeout=max(0.0, asked + self.timeout - clock()))
+            except cf.TimeoutError:
+                if late is not None:
+                    log.debug(
+                        "the local database answers late: its answer of %.1fs ago stands",
+                        clock() - late[1],
+                    )
+                    return late[0]
+                return self._unknown(f"no answer within {self.timeout:g}s")
+            except Exception as err:
+                return self._unknown(f"{type(err).__name__}: {err}")
+            if self._pending is future:
+                self._pending = None
+            return reading
+
+        return answer
 
     def _unknown(self, why: str, *, quiet: bool = False) -> DbReading:
         (log.debug if quiet else log.warning)("the local database's state is unknown: %s", why)

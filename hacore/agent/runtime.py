@@ -336,6 +336,7 @@ class Agent:
         started = clock()
         self.minority.loop_at = started
         turn = self.parts.pause.turn
+        db_answer = self.parts.db_reader.start()  # it answers while the store is read
         reading = read_store(
             self.backends.consensus,
             lease=self.lease.lease,
@@ -360,7 +361,7 @@ class Agent:
             self._reading = reading
             self.parts.pause.note(reading.pause, turn)
         self._follow_settings(reading)
-        db = self.parts.db_reader.read()
+        db = db_answer()
         self.parts.keeper.guard(db)
         view = reading.view
         facts = self.parts.facts

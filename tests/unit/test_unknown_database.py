@@ -139,6 +139,39 @@ def test_a_reading_in_time_is_passed_on() -> None:
     assert reading.status_known and reading.status is PRIMARY and reading.token == 7
 
 
+def test_a_reading_asked_before_the_store_is_read_answers_meanwhile() -> None:
+    """The loop asks the database, reads the store, then takes the answer: the two waits
+    overlap (serially this would take both delays)."""
+    db = FakeDb()
+    db.delay = 0.4
+    r = reader(db, timeout=2.0)
+    started = time.monotonic()
+    answer = r.start()
+    time.sleep(0.4)  # the store's reading
+    reading = answer()
+    assert time.monotonic() - started < 0.7
+    assert reading.status_known and reading.status is PRIMARY and reading.token == 7
+    assert db.calls == 1
+
+
+def test_a_reading_asked_early_still_waits_at_most_its_timeout_from_the_question() -> None:
+    """A hung database costs the loop no more than before: the timeout runs from the
+    question, so a store reading that took the whole timeout leaves no wait at all."""
+    db = FakeDb()
+    db.hang.set()
+    timeout = 0.4
+    r = reader(db, timeout=timeout)
+    answer = r.start()
+    time.sleep(timeout)
+    started = time.monotonic()
+    try:
+        reading = answer()
+        assert time.monotonic() - started < timeout / 2
+        assert not reading.status_known and reading.initialized
+    finally:
+        db.release.set()
+
+
 @pytest.mark.parametrize("active", [True, False])
 def test_an_unknown_database_fails_its_checks(active: bool) -> None:
     facts = LoopFacts("a", db=UNKNOWN_STATUS, initialized=True, active=active, leader="a")
