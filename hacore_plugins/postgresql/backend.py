@@ -364,11 +364,18 @@ class PostgresReplication(PrimaryDuties, SourceAccess, SalvageDuties, SnapshotDu
             self._start(what="promotion")
         else:
             os.kill(pid, signal.SIGHUP)
-        remaining = max(1, int(deadline - time.monotonic()))
         try:
             with self._local() as conn:
                 if one(conn, "SELECT pg_is_in_recovery()"):
-                    conn.execute("SELECT pg_promote(true, %s)", (remaining,))
+                    # pg_promote(wait => true) looks every 100 ms whether recovery ended: on
+                    # average 50 ms of every failover's write gap; this looks sooner
+                    conn.execute("SELECT pg_promote(false)")
+                    pause = server.POLL_FIRST
+                    while one(conn, "SELECT pg_is_in_recovery()"):
+                        if time.monotonic() >= deadline:
+                            break
+                        time.sleep(pause)
+                        pause = min(pause * 2, server.POLL_MAX)
         except (ReplicationError, psycopg.Error) as err:
             raise ReplicationError(f"cannot promote {self.node_name}: {first_line(err)}") from None
         status = self._wait_writable(deadline, timeout)
