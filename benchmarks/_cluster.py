@@ -131,6 +131,11 @@ class BenchCluster(ABC):
         proc.kill()  # reaps it
         return frozen_at
 
+    def promotion_phases(self, name: str, since: float) -> dict[str, float]:
+        """Seconds from ``since`` (a ``time.time()``) until the steps of ``name``'s promotion
+        its own log shows; empty where the system's log does not say them."""
+        return {}
+
     @abstractmethod
     def request_switchover(self, leader: str, candidate: str) -> None:
         """Ask for a planned switchover and return as soon as the request is accepted."""

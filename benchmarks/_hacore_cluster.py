@@ -18,6 +18,7 @@ process's group and the postmaster with its children.
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import shutil
 import signal
@@ -65,6 +66,17 @@ def unavailable_reason() -> str | None:
     if default_bin_dir() is None:
         return "no PostgreSQL binaries installed"
     return None
+
+
+#: the agent's log lines that mark the steps of a promotion: the decision to campaign (the
+#: dead active's lease gone), the election won, the decision to promote (one observation
+#: later), the database writable (hacore/agent/execute.py, the PostgreSQL plugin)
+PROMOTION_MARKS = {
+    "campaign_s": "campaign -> promoting",
+    "won_s": "won the election",
+    "promote_s": "promote -> active",
+    "writable_s": ": promoted, timeline",
+}
 
 
 class HacoreCluster(BenchCluster):
@@ -120,6 +132,22 @@ class HacoreCluster(BenchCluster):
 
     def pgdata(self, name: str) -> Path:
         return self.layouts[name].pgdata
+
+    def promotion_phases(self, name: str, since: float) -> dict[str, float]:
+        """The steps of :data:`PROMOTION_MARKS`, from the agent's log."""
+        found: dict[str, float] = {}
+        text = self.layouts[name].log_path.read_text(errors="replace")
+        for line in text.splitlines():
+            try:
+                at = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            except ValueError:
+                continue
+            if at < since:
+                continue
+            for key, mark in PROMOTION_MARKS.items():
+                if key not in found and mark in line:
+                    found[key] = round(at - since, 3)
+        return found
 
     def timeline(self, name: str) -> Path | None:
         return self.layouts[name].config_path.with_suffix(".timeline.jsonl")

@@ -137,6 +137,7 @@ def crash_run(cluster: BenchCluster, log: Callable[[str], None]) -> dict[str, An
         survivors = [n.name for n in cluster.nodes if n.name != old]
         lag = lag_at(cluster, old)
         fault = cluster.host_death(old)
+        fault_wall = time.time() - (time.monotonic() - fault)
         status_at, status_node = wait_status(cluster, survivors, timeout)
         first = writer.first_ack(after=fault, not_port=old_port, timeout=timeout)
         writer.wait_acks(len(writer.acks) + int(STEADY * 50), 60)
@@ -158,10 +159,13 @@ def crash_run(cluster: BenchCluster, log: Callable[[str], None]) -> dict[str, An
         "lag_bytes": lag,
         "worst_replay_lag_bytes": worst_replay(lag),
         "database": cluster.database,
+        "phases": cluster.promotion_phases(new, fault_wall),
     }
+    steps = ", ".join(f"{k.removesuffix('_s')} {v} s" for k, v in result["phases"].items())
     log(
-        f"crash {cluster.system}: {old} died, {new} active; "
-        f"first write {result['first_write_s']} s, status 200 {result['status_s']} s, "
+        f"crash {cluster.system}: {old} died, {new} active"
+        + (f" ({steps})" if steps else "")
+        + f"; first write {result['first_write_s']} s, status 200 {result['status_s']} s, "
         f"lost {len(lost)} of {len(acks)} acknowledged, "
         f"replay lag at the fault {result['worst_replay_lag_bytes']} bytes (worst standby)"
     )
