@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -232,6 +232,16 @@ def read_proc(pid: int) -> ProcEntry | None:
     return ProcEntry(
         pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0], int(fields[19])
     )
+
+
+def pauses(first: float, most: float) -> Iterator[float]:
+    """Waits between two looks at a server that changes state (starts, stops, promotes,
+    becomes a voter): short at first, as it is often done well before a fixed poll would
+    look again, then doubling up to ``most``, not to keep a slow one busy."""
+    pause = first
+    while True:
+        yield pause
+        pause = min(pause * 2, most)
 
 
 def host_port(host: str, port: int) -> str:

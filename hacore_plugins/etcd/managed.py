@@ -34,7 +34,7 @@ from hacore.atomic_files import write_atomic
 from hacore.backends.client_tls import ClientTls
 from hacore.backends.consensus import ManagedStore
 from hacore.backends.log_files import LogTrimmer
-from hacore.backends.processes import DetachedProcess, port_taken
+from hacore.backends.processes import DetachedProcess, pauses, port_taken
 from hacore.backends.records import StoreMember, TlsFiles
 from hacore.errors import HacoreError, ManagedStoreError, StoreUnavailableError
 from hacore_plugins.etcd.client import (
@@ -55,8 +55,8 @@ STATE_FILE = "etcd.json"
 LOG_FILE = "etcd.log"
 PID_FILE = "etcd.pid"
 #: seconds between two attempts while the local server comes up (starts, catches up,
-#: becomes a voter): 20 ms at first, doubling, as a joining member is often ready well before
-#: a fixed 0.2 s (the join waited for it), then 0.2 s not to keep a slow server busy
+#: becomes a voter): from 20 ms, as a joining member is often ready well before a fixed
+#: 0.2 s (the join waited for it), up to 0.2 s (:func:`~hacore.backends.processes.pauses`)
 RETRY_FIRST = 0.02
 RETRY_MAX = 0.2
 #: files of a failed attempt that do not make the data directory "in use"
@@ -233,7 +233,7 @@ class EtcdManagedStore(ManagedStore):
         """Retry ``attempt`` until it returns a value, the server dies, or ``timeout``."""
         deadline = time.monotonic() + timeout
         last = "no answer"
-        pause = RETRY_FIRST
+        waits = pauses(RETRY_FIRST, RETRY_MAX)
         while True:
             if not self.process.running():
                 raise self._died(doing)
@@ -251,8 +251,7 @@ class EtcdManagedStore(ManagedStore):
                     f"etcd server {self.name} was not done {doing} after {timeout:.0f}s "
                     f"({last}); last lines of {self.process.log_path}:\n{self.process.log_tail()}"
                 )
-            time.sleep(pause)
-            pause = min(pause * 2, RETRY_MAX)
+            time.sleep(next(waits))
 
     def _serves(self) -> bool | None:
         """A linearizable read on the local member: it has a leader and is a voter."""

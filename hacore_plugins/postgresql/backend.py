@@ -370,12 +370,11 @@ class PostgresReplication(PrimaryDuties, SourceAccess, SalvageDuties, SnapshotDu
                     # pg_promote(wait => true) looks every 100 ms whether recovery ended: on
                     # average 50 ms of every failover's write gap; this looks sooner
                     conn.execute("SELECT pg_promote(false)")
-                    pause = server.POLL_FIRST
+                    waits = server.poll_pauses()
                     while one(conn, "SELECT pg_is_in_recovery()"):
                         if time.monotonic() >= deadline:
                             break
-                        time.sleep(pause)
-                        pause = min(pause * 2, server.POLL_MAX)
+                        time.sleep(next(waits))
         except (ReplicationError, psycopg.Error) as err:
             raise ReplicationError(f"cannot promote {self.node_name}: {first_line(err)}") from None
         status = self._wait_writable(deadline, timeout)

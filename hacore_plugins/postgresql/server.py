@@ -13,8 +13,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from hacore.backends.processes import pauses
 from hacore.errors import ReplicationError
 from hacore_plugins.postgresql.commands import PgTools, tail
 from hacore_plugins.postgresql.layout import Layout
@@ -104,6 +106,11 @@ POLL_FIRST = 0.005
 POLL_MAX = 0.02
 
 
+def poll_pauses() -> Iterator[float]:
+    """The waits between two looks at a server that starts, stops or promotes."""
+    return pauses(POLL_FIRST, POLL_MAX)
+
+
 def start(tools: PgTools, layout: Layout, *, timeout: float, what: str) -> int:
     """Start the postmaster and wait until it accepts connections; returns its pid.
 
@@ -120,7 +127,7 @@ def start(tools: PgTools, layout: Layout, *, timeout: float, what: str) -> int:
     args += ["-w", "-t", str(int(timeout)), "-s"]
     proc = tools.spawn("pg_ctl", args)
     deadline = time.monotonic() + timeout + 30
-    pause = POLL_FIRST
+    waits = poll_pauses()
     code: int | None = None
     while (code := proc.poll()) is None:
         if postmaster_state(layout) in ("ready", "standby"):
@@ -132,8 +139,7 @@ def start(tools: PgTools, layout: Layout, *, timeout: float, what: str) -> int:
             proc.kill()
             proc.communicate()
             raise ReplicationError(f"pg_ctl did not finish within {timeout + 30:.0f}s")
-        time.sleep(pause)
-        pause = min(pause * 2, POLL_MAX)
+        time.sleep(next(waits))
     proc.communicate()
     pid = postmaster_pid(layout)
     if code == 0 and pid is not None:
@@ -244,11 +250,10 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 def _wait_gone(layout: Layout, pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    pause = POLL_FIRST
+    waits = poll_pauses()
     while time.monotonic() < deadline:
         # The postmaster removes its pid file last, after every backend has exited.
         if not process_alive(pid) or not layout.pid_file.exists():
             return True
-        time.sleep(pause)
-        pause = min(pause * 2, POLL_MAX)
+        time.sleep(next(waits))
     return False

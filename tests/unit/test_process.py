@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shlex
 import signal
@@ -10,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from hacore.backends.processes import DetachedProcess, descendants
+from hacore.backends.processes import DetachedProcess, descendants, pauses
 
 # A parent that ignores SIGTERM and starts a child in a session of its own, as Syncthing's
 # monitor does with its server process: a signal to the parent's group misses the child.
@@ -172,3 +173,7 @@ def test_a_process_whose_first_thread_ended_is_not_gone_while_another_runs(
     finally:
         if Path(f"/proc/{pid}").exists():
             os.kill(pid, signal.SIGKILL)
+
+
+def test_pauses_start_short_and_double_up_to_the_most() -> None:
+    assert list(itertools.islice(pauses(0.01, 0.05), 5)) == [0.01, 0.02, 0.04, 0.05, 0.05]
