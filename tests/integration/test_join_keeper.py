@@ -17,6 +17,7 @@ import pytest
 from cluster_fixtures import WAIT, CliCluster, formed_cluster, tree
 
 from hacore.agent.keeper import PID_FILE
+from hacore.backends.processes import read_proc
 from hacore_plugins.postgresql.settings import default_bin_dir
 
 pytestmark = [
@@ -32,8 +33,9 @@ def formed() -> Iterator[CliCluster]:
 
 def started(pid_file: Path) -> int:
     """When the process in ``pid_file`` started, in clock ticks since boot."""
-    pid = int(pid_file.read_text().strip())
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+    entry = read_proc(int(pid_file.read_text().strip()))
+    assert entry is not None, f"no process of {pid_file}"
+    return entry.started
 
 
 def keepers_of(config: Path) -> list[int]:

@@ -22,6 +22,7 @@ from test_postgresql import (  # noqa: F401  (pg_root and nodes are fixtures)
     pg_root,
 )
 
+from hacore.backends.processes import process_table
 from hacore.errors import ReplicationError
 from hacore.testing.procs import wait_for
 from hacore_plugins.postgresql import server
@@ -51,17 +52,8 @@ def late_tools(node: PostgresReplication, root: Path) -> PgTools:
 
 
 def zombies_of(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] == "Z":
-            found.add(int(entry.name))
-    return found
+    """``pid``'s children that exited and were not reaped."""
+    return {e.pid for e in process_table() if e.ppid == pid and not e.alive}
 
 
 def test_a_start_returns_when_the_server_says_ready(nodes: Nodes, pg_root: Path) -> None:  # noqa: F811
