@@ -28,6 +28,7 @@ from hacore.agent.decide import decide
 from hacore.agent.errors import StateConflictError
 from hacore.agent.failsafe import Peer
 from hacore.agent.keeper import KeeperProcess
+from hacore.agent.loop_log import LoopLog
 from hacore.agent.observe import StoreReading, SwitchoverClock, observation, read_store
 from hacore.agent.outcome import Outcome
 from hacore.agent.renewal import Renewal
@@ -111,8 +112,7 @@ class Agent:
         # what the loop keeps between iterations (read again after a crash)
         self._switch_clock = SwitchoverClock()
         self._known: dict[str, Member] = {}
-        self._last_decision: tuple[object, ...] | None = None
-        self._last_error = ""
+        self.loop_log = LoopLog(self.log)
         self._reading: StoreReading | None = None
         self._store_ok_at: float | None = None
         self._snapshot = NodeSnapshot(
@@ -324,7 +324,7 @@ class Agent:
         try:
             return self._iterate_once()
         except HacoreError as err:
-            self._note_error(f"loop iteration failed: {err}")
+            self.loop_log.failed(f"loop iteration failed: {err}")
         except Exception:
             self.log.exception("loop iteration failed")
         finally:
@@ -394,7 +394,7 @@ class Agent:
             pause=self.parts.pause.current,
         )
         decision = decide(obs, self.dcfg)
-        self._log_decision(decision)
+        self.loop_log.decision(decision)
         if view is not None:
             self.parts.membership.update(view, reading.removed, initialized=db.initialized)
         if decision.action not in (Action.STAY_ACTIVE, Action.PROMOTE, Action.NONE):
@@ -452,16 +452,16 @@ class Agent:
             what = f"{decision.action.value} failed: {err}"
             if not isinstance(err, HacoreError):
                 self.log.exception("%s", what)
-            self._note_error(what)
+            self.loop_log.failed(what)
             if decision.action is Action.PROMOTE and self.lease.lease is not None:
                 return Outcome(NodeState.PROMOTING)
             if decision.action is Action.STAY_ACTIVE or obs.previous is NodeState.INIT:
                 return Outcome(decision.next_state)
             return Outcome(obs.previous)
         if outcome.error:
-            self._note_error(f"{decision.action.value}: {outcome.error}")
+            self.loop_log.failed(f"{decision.action.value}: {outcome.error}")
         else:
-            self._last_error = ""
+            self.loop_log.succeeded()
         return outcome
 
     # -- maintenance mode -------------------------------------------------------------------
@@ -563,7 +563,7 @@ class Agent:
             last_loop_at=time.monotonic(),
             loop_wait=self.dcfg.loop_wait,
             ttl=self.dcfg.ttl,
-            reason=self._last_error or decision.reason,
+            reason=self.loop_log.error or decision.reason,
             servers=self.supervisor.status(),
             failsafe=self.parts.failsafe.json(self.parts.deadline),
             minority=self.parts.records.minority_json(),
@@ -575,27 +575,6 @@ class Agent:
             paused=operations.pause_json(obs.pause),
             settings=self.parts.settings.json(),
         )
-
-    def _log_decision(self, decision: Decision) -> None:
-        key = (decision.action, decision.next_state, decision.target)
-        if key != self._last_decision:
-            self.log.info(
-                "%s -> %s: %s",
-                decision.action.value,
-                decision.next_state.value,
-                decision.reason,
-            )
-            self._last_decision = key
-        else:
-            self.log.debug("%s: %s", decision.action.value, decision.reason)
-
-    def _note_error(self, message: str) -> None:
-        """Warn once per distinct error, then only at debug level while it repeats."""
-        if message != self._last_error:
-            self.log.warning("%s", message)
-        else:
-            self.log.debug("%s", message)
-        self._last_error = message
 
     def _shutdown(self) -> None:
         """Clean stop: an active demotes and resigns at once; every node ends its session."""
