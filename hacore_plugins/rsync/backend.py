@@ -35,11 +35,7 @@ from hacore.backends.filesync import FilesyncBackend, FolderSync, SyncState, dir
 from hacore.backends.processes import DetachedProcess, child_environment, host_port, port_taken
 from hacore.backends.records import TlsFiles
 from hacore.errors import FilesyncError
-from hacore_plugins.rsync.daemon import (
-    USER,
-    config_text,
-    write_private,
-)
+from hacore_plugins.rsync.daemon import USER, config_text, write_private
 from hacore_plugins.rsync.secret import (
     HOME,
     current_secret,

@@ -24,11 +24,7 @@ from hacore.backends.processes import DetachedProcess, host_port
 from hacore.backends.records import TlsFiles
 from hacore.errors import FilesyncError
 from hacore.pki.revocation import crl_path
-from hacore_plugins.rsync.daemon import (
-    stunnel_client_text,
-    stunnel_text,
-    write_private,
-)
+from hacore_plugins.rsync.daemon import stunnel_client_text, stunnel_text, write_private
 from hacore_plugins.rsync.settings import RsyncSettings
 
 log = logging.getLogger(__name__)
