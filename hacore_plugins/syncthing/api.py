@@ -119,6 +119,9 @@ class SyncthingApi:
     def patch_folder(self, folder: str, changes: Mapping[str, Any]) -> None:
         self.request("PATCH", f"/rest/config/folders/{folder}", body=changes)
 
+    def patch_device(self, device_id: str, changes: Mapping[str, Any]) -> None:
+        self.request("PATCH", f"/rest/config/devices/{device_id}", body=changes)
+
     def patch_options(self, changes: Mapping[str, Any]) -> None:
         self.request("PATCH", "/rest/config/options", body=changes)
 

@@ -39,7 +39,6 @@ from hacore_plugins.syncthing import first_copy, report
 from hacore_plugins.syncthing import home as st_home
 from hacore_plugins.syncthing.api import SyncthingApi
 from hacore_plugins.syncthing.change_scan import ChangeScanner
-from hacore_plugins.syncthing.dial_back import DialBacks
 from hacore_plugins.syncthing.enforcer import Enforcer
 from hacore_plugins.syncthing.folders import (
     RECEIVEONLY,
@@ -47,8 +46,10 @@ from hacore_plugins.syncthing.folders import (
     FolderPolicy,
     Peer,
     desired_config,
+    dials,
 )
 from hacore_plugins.syncthing.gaps import Gap, mirror_gaps, source_gaps
+from hacore_plugins.syncthing.redial import Redials, with_redial
 from hacore_plugins.syncthing.seed import Seeder, bare, fill, source_index_known
 from hacore_plugins.syncthing.settings import SyncthingSettings
 
@@ -117,8 +118,8 @@ class SyncthingFilesync(FilesyncBackend):
         self._change_scan: ChangeScanner | None = None
         self._device_id: str | None = None
         self._peers: dict[str, Peer] = {}
-        #: peers whose refused call this node answers by dialing them itself
-        self._dial_back = DialBacks()
+        #: the peers this node dials and calls again while not connected (:mod:`.redial`)
+        self._redials = Redials()
         #: empty folders paused until a role (become_mirror decides on a seed)
         self._held: set[str] = set()
         self._role = Role.NONE
@@ -181,6 +182,7 @@ class SyncthingFilesync(FilesyncBackend):
                 self._wait_for_api(api)
                 self._device_id = api.my_id()
                 self._api = api
+                self._redials.watch(self._dialed())
                 self._apply()
             except BaseException:
                 self._api = None
@@ -192,7 +194,11 @@ class SyncthingFilesync(FilesyncBackend):
             self._api_key = key
             enforcer_api = SyncthingApi(self.api_url, key, timeout=self.config.request_timeout)
             self._enforcer = Enforcer(
-                enforcer_api, self._enforce, self.config.enforce_interval, self._dial_back.note
+                enforcer_api,
+                self._enforce,
+                self.config.enforce_interval,
+                self._redials.note,
+                self._redials.wake_in,
             )
             self._enforcer.start()
 
@@ -297,12 +303,7 @@ class SyncthingFilesync(FilesyncBackend):
             known = {p.device_id for p in self._peers.values()}
             self._peers = parsed
             if self._api is not None:
-                new = {p.device_id for p in parsed.values()} - known
-                pending = self._api.pending_devices() if new and self.config.managed else {}
-                assert self._device_id is not None
-                self._dial_back.begin(
-                    new, pending=pending, own_id=self._device_id, managed=self.config.managed
-                )
+                self._redials.watch(self._dialed() - known)
                 self._apply()
 
     def _apply(self) -> None:
@@ -325,23 +326,25 @@ class SyncthingFilesync(FilesyncBackend):
             policy=self.policy,
             managed=self.config.managed,
             paused=self._held,
-            dial_back=self._dial_back.devices,
+            redial=self._redials.counts(),
         )
         if wanted != current:
             api.put_config(wanted)
 
-    def _dial_backs(self, api: SyncthingApi) -> None:
-        """Dial back the peers whose call was refused just before this node learned of
-        them (:mod:`.dial_back`); listen again to those connected or given up on."""
+    def _dialed(self) -> set[str]:
+        """The peers (device IDs) this node's Syncthing calls (:func:`.folders.dials`)."""
         assert self._device_id is not None
+        own, managed = self._device_id, self.config.managed
+        return {p.device_id for p in self._peers.values() if dials(own, p.device_id, managed)}
+
+    def _redial(self, api: SyncthingApi) -> None:
+        """Call again the peers this node dials that are not connected (:mod:`.redial`):
+        only their addresses change, as :meth:`_apply` would write them."""
         connections = api.connections()
         connected = {d for d, c in connections.items() if c.get("connected")}
-        peers = {p.device_id for p in self._peers.values()}
-        began = self._dial_back.begin(
-            peers, connected=connected, own_id=self._device_id, managed=self.config.managed
-        )
-        if self._dial_back.end(connected) or began:
-            self._apply()
+        by_id = {p.device_id: p for p in self._peers.values()}
+        for device, count in self._redials.due(self._dialed(), connected).items():
+            api.patch_device(device, {"addresses": [with_redial(by_id[device].address, count)]})
 
     def _folder_types(self, api: SyncthingApi) -> dict[str, str]:
         return {
@@ -480,8 +483,8 @@ class SyncthingFilesync(FilesyncBackend):
         if not self._lock.acquire(timeout=1):
             return
         try:
-            if not self._dial_back.idle:
-                self._dial_backs(api)
+            if not self._redials.idle:
+                self._redial(api)
             role = self._role
             if role is Role.NONE:
                 return

@@ -14,18 +14,20 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hacore.errors import FilesyncError
+from hacore_plugins.syncthing import redial
 from hacore_plugins.syncthing.api import SyncthingApi
 
 log = logging.getLogger(__name__)
 
-#: events after which a folder may hold something to revert or override, or a refused call
-#: is to be dialed back (:mod:`.dial_back`)
-EVENTS = ("StateChanged", "LocalChangeDetected", "RemoteIndexUpdated", "PendingDevicesChanged")
+#: events after which a folder may hold something to revert or override, or a peer is to be
+#: called again (:mod:`.redial`)
+EVENTS = ("StateChanged", "LocalChangeDetected", "RemoteIndexUpdated", *redial.EVENTS)
 
 
 class Enforcer(threading.Thread):
-    """Calls ``enforce(api)`` after relevant events, and every ``interval`` seconds anyway;
-    ``observe(events)`` first sees the events themselves."""
+    """Calls ``enforce(api)`` after relevant events, and every ``interval`` seconds anyway
+    (sooner when ``wake_in()`` says so); ``observe(events)`` first sees the events
+    themselves."""
 
     def __init__(
         self,
@@ -33,11 +35,13 @@ class Enforcer(threading.Thread):
         enforce: Callable[[SyncthingApi], None],
         interval: float,
         observe: Callable[[Sequence[Mapping[str, Any]]], None] | None = None,
+        wake_in: Callable[[], float | None] | None = None,
     ) -> None:
         super().__init__(name="syncthing-enforcer", daemon=True)
         self.api = api
         self.enforce = enforce
         self.observe = observe
+        self.wake_in = wake_in
         self.interval = interval
         self._stopping = threading.Event()
 
@@ -45,7 +49,7 @@ class Enforcer(threading.Thread):
         since = 0
         while not self._stopping.is_set():
             try:
-                events = self.api.events(since, EVENTS, timeout=self.interval)
+                events = self.api.events(since, EVENTS, timeout=self._wait())
                 if events:
                     since = int(events[-1]["id"])
                     if self.observe is not None:
@@ -59,6 +63,10 @@ class Enforcer(threading.Thread):
                 log.exception("syncthing enforcer failed; retrying")
                 self._stopping.wait(self.interval)
         self.api.close()
+
+    def _wait(self) -> float:
+        soon = None if self.wake_in is None else self.wake_in()
+        return self.interval if soon is None else min(self.interval, soon)
 
     def request_stop(self) -> None:
         self._stopping.set()

@@ -13,6 +13,8 @@ from typing import Any
 
 import attrs
 
+from hacore_plugins.syncthing.redial import with_redial
+
 #: the folder type of each role; a node without a role yet sends nothing
 SENDONLY = "sendonly"
 RECEIVEONLY = "receiveonly"
@@ -50,7 +52,7 @@ def desired_config(
     managed: bool,
     folder_prefix: str = "hacore-",
     paused: Collection[str] = (),
-    dial_back: Collection[str] = (),
+    redial: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """``current`` with hacore's devices and folders as they should be.
 
@@ -58,10 +60,11 @@ def desired_config(
     those hacore shared its folders with). A folder keeps its type: roles change it, not
     membership; a new folder starts as ``new_folder_type``. In the instance hacore runs, only
     one node of each pair dials the other (:func:`dials`). The folders in ``paused`` are
-    paused (an empty one waiting for its seed, :mod:`.seed`), every other one runs. The
-    peers in ``dial_back`` (device IDs) are dialed although it is not this node's turn.
+    paused (an empty one waiting for its seed, :mod:`.seed`), every other one runs. ``redial``
+    counts the calls made again to each peer this node dials (:mod:`.redial`).
     """
     config = copy.deepcopy(dict(current))
+    calls = redial or {}
     defaults = config.get("defaults") or {}
     peer_ids = {peer.device_id: peer for peer in peers.values()}
     ours = {
@@ -78,14 +81,14 @@ def desired_config(
             devices.append(device)
         elif device_id in peer_ids:
             peer = peer_ids.pop(device_id)
-            dial = dials(own_id, peer.device_id, managed) or device_id in dial_back
-            devices.append(_device(device, peer, dial))
+            dial = dials(own_id, peer.device_id, managed)
+            devices.append(_device(device, peer, dial, calls.get(device_id, 0)))
         elif not managed and device_id not in ours:
             devices.append(device)
     for peer in peer_ids.values():
         base = copy.deepcopy(defaults.get("device") or {})
-        dial = dials(own_id, peer.device_id, managed) or peer.device_id in dial_back
-        devices.append(_device(base, peer, dial))
+        dial = dials(own_id, peer.device_id, managed)
+        devices.append(_device(base, peer, dial, calls.get(peer.device_id, 0)))
     config["devices"] = devices
 
     sharing = [_folder_device(own_id)] + [
@@ -121,36 +124,24 @@ def dials(own_id: str, peer_id: str, managed: bool) -> bool:
     20 s deadline. Two nodes that learn of each other at once dial each other at once, and
     each then waits for the Hello the other is not yet reading: both calls fail after 20 s
     (measured: a joining node's first connection came 21 s after its start). One caller per
-    pair cannot cross. The caller redials every ``reconnectionIntervalS`` (5 s; up to 16 s
-    in its first minute, Syncthing's ramp-up) when the other refused it, not knowing it yet,
-    and at once when a connection drops, so the pair reconnects whichever side restarts. An
+    pair cannot cross. The caller redials at once when a connection drops (at most three
+    times in two minutes), then every ``reconnectionIntervalS`` (5 s; up to 32 s in its
+    first minute, Syncthing's ramp-up), so the pair reconnects whichever side restarts. An
     instance someone else runs may use discovery, where ``dynamic`` means something else:
     both sides dial there, as before.
 
-    The caller may learn of its peer first: its call is refused and it waits 5-16 s before
-    the next. The refused call is listed as a pending device on the other side, which then
-    dials back when it learns of the caller (the caller is between attempts then, so the
-    calls do not cross), and listens again once connected (:func:`dial_backs`); a call
-    refused as the other side was learning of the caller is known by its event only
-    (:mod:`.dial_back`).
+    The caller may learn of its peer first: its call is refused, and it calls again soon
+    (:mod:`.redial`); the other never calls, so no two calls cross.
     """
     return not managed or own_id < peer_id
 
 
-def dial_backs(
-    pending: Collection[str], new_peers: Collection[str], own_id: str, managed: bool
-) -> set[str]:
-    """The newly learned peers (device IDs) this node dials back although it is their turn:
-    those whose call it refused (``pending``) while it did not know them yet."""
-    return {p for p in new_peers if p in pending and not dials(own_id, p, managed)}
-
-
-def _device(base: Mapping[str, Any], peer: Peer, dial: bool) -> dict[str, Any]:
+def _device(base: Mapping[str, Any], peer: Peer, dial: bool, redial: int) -> dict[str, Any]:
     device = dict(base)
     device.update(
         deviceID=peer.device_id,
         name=peer.name,
-        addresses=[peer.address] if dial else [LISTEN_ONLY],
+        addresses=[with_redial(peer.address, redial)] if dial else [LISTEN_ONLY],
         autoAcceptFolders=False,
         introducer=False,
         paused=False,

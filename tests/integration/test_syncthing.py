@@ -88,6 +88,33 @@ def make_node(base: Path, name: str, **settings: object) -> Node:
     return Node(name, backend, files)
 
 
+#: the module's cluster while it runs, for :func:`failure_story`
+LIVE: list[Cluster] = []
+#: lines of each Syncthing log a failing test's report shows
+STORY_LINES = 40
+
+
+def failure_story() -> str:
+    """What each instance is connected to, says of its sync and last logged: a failure
+    under CI's load is rarely seen again alone (tests/integration/conftest.py adds it)."""
+    parts: list[str] = []
+    for cluster in LIVE:
+        for node in cluster.nodes.values():
+            backend = node.backend
+            try:
+                peers = ", ".join(backend.connected_peers()) or "none"
+                detail = backend.state().detail
+            except Exception as err:
+                peers, detail = "?", f"unreadable: {err!r}"
+            log_path = backend.process.log_path
+            lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+            parts.append(
+                f"--- {node.name}: connected to {peers}; {detail}\n"
+                + "\n".join(lines[-STORY_LINES:])
+            )
+    return "\n".join(parts)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("syncthing")
@@ -106,10 +133,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         started = [n for n in nodes.values() if n.backend.process.running()]
         assert len(started) == 3, "a Syncthing instance did not start"
         cluster = Cluster(nodes)
+        LIVE.append(cluster)
         cluster.set_all_peers()
         cluster.make_source("a")
         yield cluster
     finally:
+        LIVE.clear()
         for node in nodes.values():
             node.backend.stop()
 
@@ -302,7 +331,8 @@ def _dials(caller: SyncthingFilesync, callee: SyncthingFilesync) -> bool:
         api.close()
     if device["addresses"] == ["dynamic"]:
         return False
-    assert device["addresses"] == [callee.identity()["address"]]
+    (address,) = device["addresses"]
+    assert address.split("?")[0] == callee.identity()["address"], address
     return True
 
 
@@ -744,16 +774,18 @@ def test_nodes_that_learn_of_each_other_at_once_connect_at_once(
         d.backend.stop()
 
 
-#: the caller redials 5 s or more after its refused call; the listener dials back at once
-LISTENER_DIAL_BOUND = 3.0
+#: Syncthing's own next call after three refused ones comes 5-32 s later; hacore's within 1-2 s
+CALLER_REDIAL_BOUND = 3.5
 
 
-def test_the_listener_dials_when_the_caller_learned_of_it_first(
-    roles: Cluster, tmp_path: Path
+@pytest.mark.parametrize("ahead", [0.0, 0.3, 1.0])
+def test_the_caller_calls_again_soon_when_it_learned_of_the_listener_first(
+    roles: Cluster, tmp_path: Path, ahead: float
 ) -> None:
-    """The node that dials (the smaller device ID) learns of a joiner just before the
-    joiner learns of it: its call is refused, and without the listener dialing back the pair
-    would wait for the caller's next attempt (4.7-5 s measured)."""
+    """The node that dials (the smaller device ID) learns of a joiner ``ahead`` seconds
+    before the joiner learns of it: its calls are refused until then. It calls again within
+    a second or two, and the listener never calls: a call of its own could cross the
+    caller's, and crossed calls stall both for Syncthing's 20 s Hello deadline."""
     a = roles["a"]
     d = make_node(tmp_path, "d")
     d.backend.start()
@@ -762,57 +794,24 @@ def test_the_listener_dials_when_the_caller_learned_of_it_first(
         a_id, d_id = (str(n.backend.identity()["device_id"]) for n in (a, d))
         caller, listener = (a, d) if a_id < d_id else (d, a)
         caller.backend.set_peers(peers)
-        time.sleep(0.3)
+        if ahead:
+            caller_id = min(a_id, d_id)
+            api = listener.backend._require_api()
+            wait_for(lambda: caller_id in api.pending_devices(), 10, what="a refused call")
+            time.sleep(ahead)
         began = time.monotonic()
         listener.backend.set_peers(peers)
-        wait_for(lambda: d.backend.connected_peers() == ["a"], 60, what="d connected to a")
+        listening: list[bool] = []
+
+        def connected() -> bool:
+            listening.append(not _dials(listener.backend, caller.backend))
+            return d.backend.connected_peers() == ["a"]
+
+        wait_for(connected, 60, what="d connected to a")
         took = time.monotonic() - began
-        assert took < LISTENER_DIAL_BOUND, f"d connected to a {took:.1f} s after both knew"
-        # connected: the listener listens again, so a later reconnection cannot cross
-        wait_for(
-            lambda: not _dials(listener.backend, caller.backend), 10, what="the listener to listen"
-        )
+        assert took < CALLER_REDIAL_BOUND, f"d connected to a {took:.1f} s after both knew"
+        assert all(listening), "the listener dialed the caller"
     finally:
-        d.backend.stop()
-        roles.set_all_peers()
-
-
-def test_the_listener_dials_back_a_call_refused_while_it_learned_of_the_caller(
-    roles: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The caller's call is refused after the listener asked for its pending devices and
-    before its new configuration names the caller (the join's race: both learn of each other
-    within milliseconds). Syncthing forgets the pending device at that commit; only its event
-    is left to tell the listener to dial back (5.7 s measured without, one join in four)."""
-    a = roles["a"]
-    d = make_node(tmp_path, "d")
-    d.backend.start()
-    try:
-        peers = {**roles.identities(), "d": d.backend.identity()}
-        a_id, d_id = (str(n.backend.identity()["device_id"]) for n in (a, d))
-        caller, listener = (a, d) if a_id < d_id else (d, a)
-        caller_id = min(a_id, d_id)
-        api = listener.backend._require_api()
-        ask = api.pending_devices
-
-        def refused_meanwhile() -> dict[str, object]:
-            before = ask()
-            caller.backend.set_peers(peers)
-            wait_for(lambda: caller_id in ask(), 10, what="the caller's call refused")
-            return before
-
-        monkeypatch.setattr(api, "pending_devices", refused_meanwhile)
-        began = time.monotonic()
-        listener.backend.set_peers(peers)
-        assert caller_id not in ask(), "the listener's config should have named the caller"
-        wait_for(lambda: d.backend.connected_peers() == ["a"], 60, what="d connected to a")
-        took = time.monotonic() - began
-        assert took < LISTENER_DIAL_BOUND, f"d connected to a {took:.1f} s after both knew"
-        wait_for(
-            lambda: not _dials(listener.backend, caller.backend), 10, what="the listener to listen"
-        )
-    finally:
-        monkeypatch.undo()
         d.backend.stop()
         roles.set_all_peers()
 
