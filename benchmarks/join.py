@@ -1,6 +1,7 @@
 """A join at disk speed, and a rejoin without re-cloning, on a database of a given size.
 
-    python benchmarks/join.py [--scale 70] [--samples 5] [--no-rejoin] [--json] [--keep]
+    python benchmarks/join.py [--scale 70] [--samples 5] [--rejoins 1] [--no-rejoin] [--logs DIR]
+                              [--json] [--keep]
 
 Two real nodes (``hacore agent run``, managed etcd, PostgreSQL 15, TLS on), formed with the
 real CLI (``cluster start``, ``cluster join``); ``pgbench -i`` fills the database at
@@ -15,12 +16,14 @@ real CLI (``cluster start``, ``cluster join``); ``pgbench -i`` fills the databas
     member's client certificate (the conninfo the standby streams with), into an empty
     directory beside the nodes' data, with the flags the clone uses (``-X stream -c fast``).
 
-Then (unless ``--no-rejoin``) the rejoin: under a ``pgbench`` write load on the active, its
-agent and PostgreSQL are killed (SIGKILL, the store member spared: with 3 members the store
-keeps its quorum either way), a standby takes over, the old active's agent is started again
-and its return as a streaming standby is timed (pg_rewind, or a re-clone when rewind is not
-possible: the agent's log says which); then ``hacore cluster nodes reinit`` of the same node
-is timed under the same load, until a new streaming connection of that node shows.
+Then (unless ``--no-rejoin``), ``--rejoins`` times, the rejoin (:mod:`_rewind`): under a
+``pgbench`` write load on the active, its agent and PostgreSQL are killed (SIGKILL, the store
+member spared: with 3 members the store keeps its quorum either way), a standby takes over,
+the old active's agent is started again and its return as a streaming standby is timed
+(pg_rewind, or a re-clone when rewind is not possible: the agent's log says which); then
+``hacore cluster nodes reinit`` of the same node is timed under the same load, until a new
+streaming connection of that node shows. Each prints its steps, from the node's agent log and
+PostgreSQL log and the new active's checkpoints (:mod:`_rewind_steps`).
 
 Root only (PostgreSQL runs as the ``postgres`` user). A benchmark: it asserts nothing.
 """
@@ -39,34 +42,25 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from _cli_cluster import HACORE, BenchNode, CliCluster, Failed, probe, socket_dsn
+from _cli_cluster import HACORE, BenchNode, CliCluster, Failed, probe
 from _cluster import PG_BIN, prepare_workdir
 from _report import bench_console, machine, spread, stack_versions
+from _rewind import print_rejoins, query, rejoin, remove_data
+from _rewind import summary as rejoin_summary
 from rich.console import Console
 from rich.table import Table
 
-from hacore.testing.local_cluster import LocalNode
 from hacore.testing.procs import wait_for
 
 WAIT = 900.0
 #: seconds between two looks at pg_stat_replication while a node comes up
 POLL = 0.02
-#: pgbench clients of the write load during the rejoin
-LOAD_CLIENTS = 2
-
-
-def query(node: LocalNode, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    with contextlib.closing(
-        psycopg.connect(socket_dsn(node), autocommit=True, connect_timeout=3)
-    ) as conn:
-        cursor = conn.execute(sql, params)
-        return list(cursor.fetchall()) if cursor.description else []
 
 
 class SyncProbe:
@@ -302,69 +296,6 @@ class Bench(CliCluster):
             ]
         )
 
-    # -- the rejoin ------------------------------------------------------------------------
-
-    def load(self) -> subprocess.Popen[bytes]:
-        node = self.nodes[self.active]
-        argv = [str(PG_BIN / "pgbench"), "-n", "-c", str(LOAD_CLIENTS), "-j", "1", "-T", "3600"]
-        argv += ["-h", str(node.socket_dir), "-p", str(node.pg_port), "-U", "postgres", "postgres"]
-        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def rejoin(self) -> dict[str, Any]:
-        old = self.refresh_active()
-        load = self.load()
-        result: dict[str, Any] = {"node": old}
-        try:
-            time.sleep(3.0)
-            killed = self.nodes[old].crash(store=False)
-            died = time.monotonic()
-            self.log(f"killed {old}: {', '.join(killed)}")
-            survivors = [n for n in self.nodes if n != old]
-
-            def promoted() -> str | None:
-                for name in survivors:
-                    with contextlib.suppress(psycopg.Error):
-                        if query(self.nodes[name], "SELECT NOT pg_is_in_recovery()")[0][0]:
-                            return name
-                return None
-
-            self.active = str(wait_for(promoted, WAIT, interval=POLL, what="a new active"))
-            result["takeover_s"] = time.monotonic() - died
-            self.log(f"{self.active} took over after {result['takeover_s']:.2f} s")
-        finally:
-            _stop(load)
-        load = self.load()
-        try:
-            time.sleep(2.0)
-            node = self.nodes[old]
-            mark = node.log_path.stat().st_size
-            began = time.monotonic()
-            node.spawn_agent(HACORE)
-            result["rewind_s"] = self.wait_streaming(old, began)
-            with node.log_path.open("rb") as log:
-                log.seek(mark)
-                text = log.read().decode(errors="replace")
-            result["how"] = (
-                "re-cloned"
-                if re.search(r"cannot rewind|cloned from", text)
-                else "pg_rewind"
-                if "pg_rewind" in text
-                else "restarted as a standby (no rewind needed)"
-            )
-            self.log(
-                f"{old} back as a streaming standby in {result['rewind_s']:.2f} s ({result['how']})"
-            )
-            time.sleep(2.0)
-            before = self.streaming_pid(old)
-            began = time.monotonic()
-            self.cli("cluster", "nodes", "reinit", old, "--yes", "-o", "json")
-            result["reinit_cli_s"] = time.monotonic() - began
-            result["reclone_s"] = self.wait_streaming(old, began, other_than=before)
-            self.log(f"{old} re-cloned and streaming in {result['reclone_s']:.2f} s")
-        finally:
-            _stop(load)
-        return result
-
     def cleanup(self) -> None:
         for node in self.nodes.values():
             with contextlib.suppress(Exception):
@@ -418,15 +349,6 @@ def _seconds(duration: str) -> float:
         scale = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "ns": 1e-9}
         total += float(value) * scale[unit]
     return total
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(10)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
 
 
 def _stalls(sample: dict[str, Any]) -> str:
@@ -492,15 +414,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             ),
             highlight=False,
         )
-    rejoin = report.get("rejoin")
-    if rejoin:
-        console.print(
-            f"rejoin of {rejoin.get('node')} after its host died under a pgbench load: takeover "
-            f"{rejoin.get('takeover_s', 0):.2f} s; back as a streaming standby "
-            f"{rejoin.get('rewind_s', 0):.2f} s ({rejoin.get('how')}); re-clone (nodes reinit) "
-            f"{rejoin.get('reclone_s', 0):.2f} s",
-            highlight=False,
-        )
+    print_rejoins(report.get("rejoins") or [], console)
     if report.get("failovers"):
         console.print(
             f"failovers during the run: {', '.join(report['failovers'])}", highlight=False
@@ -513,7 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=70, help="pgbench scale (70: about 1 GiB)")
     parser.add_argument("--samples", type=int, default=5, help="joins and raw copies, each")
+    parser.add_argument("--rejoins", type=int, default=1, help="rejoins (rewind, re-clone)")
     parser.add_argument("--no-rejoin", action="store_true", help="leave out the rejoin")
+    parser.add_argument(
+        "--logs", type=Path, help="copy each rejoin's windows of the nodes' logs there"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the tables")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
@@ -529,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "versions": stack_versions(),
         "errors": [],
+        "rejoins": [],
     }
     joins: list[dict[str, Any]] = []
     raws: list[dict[str, Any]] = []
@@ -558,14 +477,15 @@ def main(argv: list[str] | None = None) -> int:
             log(f"raw pg_basebackup {i}: {raw['raw_s']:.2f} s ({_stalls(raw)})")
             if i < args.samples or args.no_rejoin:
                 bench.remove(name)
-        if not args.no_rejoin:
-            report["rejoin"] = bench.rejoin()
+        for i in range(1, 0 if args.no_rejoin else args.rejoins + 1):
+            report["rejoins"].append(rejoin(bench, i, args.logs))
     except Exception as exc:
         report["errors"].append(f"{type(exc).__name__}: {exc}")
         log(f"failed: {exc}")
     finally:
         bench.cleanup()
         if args.keep:
+            remove_data(root)
             log(f"work directory kept: {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
@@ -598,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         "after_copy_s",
     )
     summary["phases"] = {k: _median(joins, k) for k in keys} if joins else {}
+    summary["rejoin"] = rejoin_summary(report["rejoins"])
     report["summary"] = summary
     report["joins"] = joins
     report["raw"] = raws
