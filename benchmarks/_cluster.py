@@ -13,13 +13,14 @@ import signal
 import subprocess
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import httpx
 import psycopg
+from _writer import Ack
 
 from hacore.testing.local_cluster import HOST
 from hacore.testing.procs import ServerProcess, child_pids, pid_alive
@@ -185,6 +186,40 @@ class BenchCluster(ABC):
             return httpx.get(self.node(name).status_url, timeout=timeout).status_code
         except httpx.HTTPError:
             return None
+
+
+# -- probes ---------------------------------------------------------------------------------
+
+
+def wait_status(
+    cluster: BenchCluster,
+    names: list[str],
+    timeout: float,
+    failed: Callable[[], BaseException | None] = lambda: None,
+) -> tuple[float, str]:
+    """When one of ``names`` first answers 200 on its status endpoint, and which; ``failed``
+    ends the wait early with its exception (a refused switchover request)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (exc := failed()) is not None:
+            raise exc
+        for name in names:
+            if cluster.status_code(name, timeout=0.5) == 200:
+                return time.monotonic(), name
+        time.sleep(0.02)
+    raise TimeoutError(f"no status 200 from {', '.join(names)} within {timeout:g} s")
+
+
+def lost_writes(cluster: BenchCluster, name: str, acks: list[Ack]) -> list[int]:
+    """The acknowledged writes ``name``'s database does not hold."""
+    with cluster.connect(name) as conn:
+        rows = conn.execute(f"SELECT id FROM {TABLE} WHERE id = ANY(%s)", ([a.id for a in acks],))
+        present = {row[0] for row in rows}
+    return sorted(a.id for a in acks if a.id not in present)
+
+
+def name_of_port(cluster: BenchCluster, port: int) -> str:
+    return next(n.name for n in cluster.nodes if n.pg_port == port)
 
 
 # -- processes ---------------------------------------------------------------------------------

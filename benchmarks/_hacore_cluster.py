@@ -3,7 +3,8 @@
 Imported, :class:`HacoreCluster` writes each node's ``node.yaml`` (laid out and written by the
 local-cluster scaffold, :mod:`hacore.testing.local_cluster`, as for the demo and the tests)
 and starts this file as a script per node. Run as a script, it is one node: the real
-:class:`~hacore.agent.runtime.Agent` with the postgresql plugin and the etcd backend, and the
+:class:`~hacore.agent.runtime.Agent` with the postgresql plugin and the store's backend (etcd,
+or ZooKeeper: :mod:`_stores`), and the
 real REST API (:class:`~hacore.api.server.ApiServer`) in front of it, until SIGTERM. With
 ``--bootstrap`` it first does what ``cluster start`` does for the first node (a new primary,
 the status key naming it) and creates the benchmark's role and table; with ``--seed`` as well,
@@ -26,7 +27,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from _cluster import (
     Timings,
     copy_tree,
 )
+from _stores import ETCD, Store
 
 from hacore.api.errors import UnavailableError
 from hacore.api.facade import AgentFacade
@@ -86,18 +88,22 @@ class HacoreCluster(BenchCluster):
         self,
         system: str,
         workdir: Path,
-        etcd_endpoints: Sequence[str],
+        consensus: Mapping[str, Any],
         *,
-        timing: dict[str, float] | None = None,
+        timing: Mapping[str, Any] | None = None,
         synchronous: str = "on",
         nodes: int = 3,
+        store: Store = ETCD,
     ) -> None:
+        """``consensus``: the section reaching the store (its ``backend`` and settings);
+        ``store`` says which it is in :meth:`timings`."""
         from hacore.api.auth import hash_password
         from hacore.config.node import load_config
 
         self.system = system
         self.workdir = workdir
         self.synchronous = synchronous
+        self.store = store
         namespace = f"bench-{uuid.uuid4().hex[:8]}"
         self.nodes = [
             Node(name, pg, api, f"http://{HOST}:{api}/status")
@@ -107,7 +113,11 @@ class HacoreCluster(BenchCluster):
         #: each node's layout (data directory, node.yaml, log) and configuration
         self.layouts = {
             node.name: LocalNode(
-                node.name, workdir, "etcd", api_port=node.api_port, pg_port=node.pg_port
+                node.name,
+                workdir,
+                consensus["backend"],
+                api_port=node.api_port,
+                pg_port=node.pg_port,
             )
             for node in self.nodes
         }
@@ -116,7 +126,7 @@ class HacoreCluster(BenchCluster):
                 cluster="bench",
                 namespace=namespace,
                 failover={"synchronous_mode": synchronous},
-                consensus={"backend": "etcd", "endpoints": list(etcd_endpoints)},
+                consensus=consensus,
                 replication={"parameters": dict(PG_PARAMETERS), "synchronous": synchronous},
                 extra={
                     "api": {"auth": {"username": API_USER, "password_hash": password_hash}},
@@ -239,7 +249,11 @@ class HacoreCluster(BenchCluster):
             loop_wait=timing.loop_wait,
             retry_timeout=timing.retry_timeout,
             synchronous=self.synchronous != "off",
-            extra={"safety_margin": f"{timing.safety_margin:g} s"},
+            extra={
+                "safety_margin": f"{timing.safety_margin:g} s",
+                **({"profile": timing.profile} if timing.profile != "default" else {}),
+                "store": self.store.describe(),
+            },
         )
 
     def version(self) -> str:

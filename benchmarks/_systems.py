@@ -1,10 +1,11 @@
 """The systems ``failover.py`` compares (hacore and Patroni at their timings, each in a cluster
-shape) and how one of them runs: its own etcd, the cluster, the database filled from a
-template and the pgbench load, all stopped whatever happens. ``managed.py`` and
-``status_tail.py`` run the same systems."""
+shape) and how one of them runs: its own store (etcd; for hacore, ZooKeeper if asked:
+:mod:`_stores`), the cluster, the database filled from a template and the pgbench load, all
+stopped whatever happens. ``managed.py`` and ``status_tail.py`` run the same systems."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import shutil
 import tempfile
@@ -17,8 +18,7 @@ import _patroni
 import _pgbench
 import attrs
 from _cluster import BenchCluster, prepare_workdir
-
-from hacore_plugins.etcd.testing import EtcdHarness
+from _stores import ETCD, Store, consensus
 
 START_TIMEOUT = 240.0
 
@@ -57,49 +57,77 @@ def shapes_asked(node_counts: list[int], scale: int, load: bool) -> list[Shape]:
     return sorted(found, key=lambda s: s != Shape())
 
 
+def shape_args(args: argparse.Namespace, shape: Shape) -> argparse.Namespace:
+    """The arguments for one shape: the status load runs on the reference shape only (it
+    measures the API server, which neither the node count nor the database changes)."""
+    if shape == Shape():
+        return args
+    scenarios = [s for s in args.scenarios if s != "status"]
+    return argparse.Namespace(**{**vars(args), "scenarios": scenarios})
+
+
 @attrs.frozen
 class System:
     name: str
     description: str
-    make: Callable[[str, Path, list[str], int], BenchCluster]
+    #: (system name, work directory, the ``consensus`` section reaching its store, node count)
+    make: Callable[[str, Path, dict[str, Any], int], BenchCluster]
     unavailable: Callable[[], str | None]
     #: the systems whose data directories are alike (same bootstrap, roles and passwords), so
     #: one template serves them all
     family: str
     shape: Shape = Shape()
+    store: Store = ETCD
 
 
 def patroni_system(name: str, description: str, dcs: dict[str, Any], sync: bool) -> System:
-    def make(system: str, workdir: Path, endpoints: list[str], nodes: int) -> BenchCluster:
+    def make(system: str, workdir: Path, store: dict[str, Any], nodes: int) -> BenchCluster:
         return _patroni.PatroniCluster(
-            system, workdir, endpoints, dcs=dcs, synchronous=sync, nodes=nodes
+            system, workdir, store["endpoints"], dcs=dcs, synchronous=sync, nodes=nodes
         )
 
     return System(name, description, make, _patroni.unavailable_reason, "patroni")
 
 
-def hacore_system(name: str, description: str, timing: dict[str, float] | None) -> System:
-    def make(system: str, workdir: Path, endpoints: list[str], nodes: int) -> BenchCluster:
+def hacore_system(
+    name: str, description: str, timing: dict[str, Any] | None, store: Store = ETCD
+) -> System:
+    def make(system: str, workdir: Path, section: dict[str, Any], nodes: int) -> BenchCluster:
         import _hacore_cluster
 
-        return _hacore_cluster.HacoreCluster(system, workdir, endpoints, timing=timing, nodes=nodes)
+        # a template's one-node cluster runs on etcd whatever the system's store
+        on = store if section["backend"] == store.backend else ETCD
+        return _hacore_cluster.HacoreCluster(
+            system, workdir, section, timing=timing, nodes=nodes, store=on
+        )
 
     def unavailable() -> str | None:
         import _hacore_cluster
 
-        return _hacore_cluster.unavailable_reason()
+        return _hacore_cluster.unavailable_reason() or store.unavailable()
 
-    return System(name, description, make, unavailable, "hacore")
+    if store.backend != "etcd":
+        description += f", on a {store.describe()}"
+    return System(name, description, make, unavailable, "hacore", store=store)
 
 
-def systems() -> dict[str, System]:
+def systems(profile: str | None = None, store: Store = ETCD) -> dict[str, System]:
+    """``hacore`` at ``profile`` (its defaults without one); the hacore systems on ``store``."""
     tight = _patroni.TIGHTEST
     found = [
-        hacore_system("hacore", "hacore at its defaults, synchronous mode on", None),
+        hacore_system(
+            "hacore",
+            f"hacore at timing.profile {profile}, synchronous mode on"
+            if profile
+            else "hacore at its defaults, synchronous mode on",
+            {"profile": profile} if profile else None,
+            store,
+        ),
         hacore_system(
             "hacore-tight",
             "hacore at Patroni's tightest timings, synchronous mode on",
             {**{k: float(v) for k, v in tight.items()}, "safety_margin": 1.5},
+            store,
         ),
         patroni_system(
             "patroni-defaults", "Patroni at its defaults, asynchronous", _patroni.DEFAULTS, False
@@ -124,7 +152,7 @@ def systems() -> dict[str, System]:
 def running(
     system: System, root: Path, label: str, keep: bool, templates: Path | None = None
 ) -> Iterator[BenchCluster]:
-    """etcd and the cluster, started in a fresh directory, filled and loaded as its shape
+    """The store and the cluster, started in a fresh directory, filled and loaded as its shape
     says; all stopped, whatever happens. A filled cluster of a system that can be seeded
     starts its first active on a copy of the template under ``templates`` (made there first if
     missing) and returns once every standby cloned it; otherwise ``pgbench -i`` runs once per
@@ -132,15 +160,14 @@ def running(
     workdir = prepare_workdir(
         Path(tempfile.mkdtemp(prefix=f"{label.replace(' ', '-')}-", dir=root))
     )
-    etcd = EtcdHarness(workdir / "etcd")
+    store = system.store.harness(workdir / system.store.backend)
     cluster: BenchCluster | None = None
     load: _pgbench.Load | None = None
     shape = system.shape
     try:
-        etcd.start()
-        endpoints = etcd.settings()["endpoints"]
+        store.start()
         cluster = system.make(
-            system.name, prepare_workdir(workdir / "nodes"), endpoints, shape.nodes
+            system.name, prepare_workdir(workdir / "nodes"), consensus(store), shape.nodes
         )
         made: dict[str, Any] | None = None
         if shape.scale and cluster.seedable and templates is not None:
@@ -148,8 +175,11 @@ def running(
                 templates,
                 system.family,
                 shape.scale,
+                # on etcd whatever the store: the template is the database only
                 lambda target: _pgbench.build_template(
-                    lambda nodes, store: system.make(system.name, nodes, store, 1),
+                    lambda nodes, endpoints: system.make(
+                        system.name, nodes, {"backend": "etcd", "endpoints": endpoints}, 1
+                    ),
                     root,
                     shape.scale,
                     target,
@@ -174,7 +204,7 @@ def running(
             if cluster is not None:
                 cluster.stop()
         finally:
-            etcd.stop()
+            store.stop()
             if not keep:
                 shutil.rmtree(workdir, ignore_errors=True)
             elif cluster is not None and shape.scale:

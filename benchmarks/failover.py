@@ -2,9 +2,13 @@
 
     python benchmarks/failover.py [--runs N] [--scenarios crash,switchover,status]
                                   [--systems hacore,patroni-defaults,...] [--json]
+                                  [--profile fast] [--store etcd|zookeeper [--zk-tick-ms MS]]
 
 Every system runs 3 nodes of the same PostgreSQL 15 on a 3-member etcd started for it
-(``hacore_plugins.etcd.testing.EtcdHarness``), on loopback ports in a temporary directory.
+(``hacore_plugins.etcd.testing.EtcdHarness``), on loopback ports in a temporary directory;
+with ``--store zookeeper`` the hacore systems run on a 3-server ZooKeeper ensemble instead
+(``_stores.py``; Patroni stays on etcd). ``--profile`` sets the ``hacore`` system's
+``timing.profile``.
 A writer process inserts one row at a time through a multi-host connection string
 (``target_session_attrs=read-write``) and logs every acknowledged insert.
 
@@ -48,7 +52,14 @@ import _patroni
 import _pgbench
 import _timeline
 import attrs
-from _cluster import TABLE, BenchCluster, prepare_workdir
+from _cluster import (
+    TABLE,
+    BenchCluster,
+    lost_writes,
+    name_of_port,
+    prepare_workdir,
+    wait_status,
+)
 from _report import (
     bench_console,
     machine,
@@ -59,8 +70,11 @@ from _report import (
     stack_versions,
     tool_version,
 )
-from _systems import START_TIMEOUT, Shape, System, running, shapes_asked, systems
+from _stores import BACKENDS, ETCD, Store
+from _systems import START_TIMEOUT, System, running, shape_args, shapes_asked, systems
 from _writer import Ack, Writer
+
+from hacore.config.timing import TIMING_PROFILES
 
 SCENARIOS = ("crash", "switchover", "status", "haproxy")
 #: what runs without --scenarios: the HAProxy crash is asked for by name (a fresh cluster per
@@ -72,36 +86,6 @@ HAPROXY_FIRST_ID = 1_000_000_000
 WARM_ACKS = 100
 #: Seconds of writes on either side of a switchover, and after a crash's first new write.
 STEADY = 1.0
-
-
-def wait_status(
-    cluster: BenchCluster,
-    names: list[str],
-    timeout: float,
-    failed: Callable[[], BaseException | None] = lambda: None,
-) -> tuple[float, str]:
-    """When one of ``names`` first answers 200 on its status endpoint, and which; ``failed``
-    ends the wait early with its exception (a refused switchover request)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (exc := failed()) is not None:
-            raise exc
-        for name in names:
-            if cluster.status_code(name, timeout=0.5) == 200:
-                return time.monotonic(), name
-        time.sleep(0.02)
-    raise TimeoutError(f"no status 200 from {', '.join(names)} within {timeout:g} s")
-
-
-def lost_writes(cluster: BenchCluster, name: str, acks: list[Ack]) -> list[int]:
-    with cluster.connect(name) as conn:
-        rows = conn.execute(f"SELECT id FROM {TABLE} WHERE id = ANY(%s)", ([a.id for a in acks],))
-        present = {row[0] for row in rows}
-    return sorted(a.id for a in acks if a.id not in present)
-
-
-def name_of_port(cluster: BenchCluster, port: int) -> str:
-    return next(n.name for n in cluster.nodes if n.pg_port == port)
 
 
 def lag_at(cluster: BenchCluster, active: str) -> dict[str, dict[str, int | None]] | None:
@@ -451,15 +435,6 @@ def haproxy_runs(
     }
 
 
-def shape_args(args: argparse.Namespace, shape: Shape) -> argparse.Namespace:
-    """The arguments for one shape: the status load runs on the reference shape only (it
-    measures the API server, which neither the node count nor the database changes)."""
-    if shape == Shape():
-        return args
-    scenarios = [s for s in args.scenarios if s != "status"]
-    return argparse.Namespace(**{**vars(args), "scenarios": scenarios})
-
-
 def main(argv: list[str] | None = None) -> int:
     known = systems()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -516,6 +491,20 @@ def main(argv: list[str] | None = None) -> int:
         help="with --scale: run pgbench -i in every cluster instead (and replay it on every "
         "standby), as systems that cannot be seeded do",
     )
+    parser.add_argument(
+        "--profile", choices=tuple(TIMING_PROFILES), help="the hacore system's timing.profile"
+    )
+    parser.add_argument(
+        "--store",
+        choices=BACKENDS,
+        default="etcd",
+        help="the hacore systems' store, 3 servers on loopback (Patroni stays on etcd)",
+    )
+    parser.add_argument(
+        "--zk-tick-ms",
+        type=int,
+        help="with --store zookeeper: its tickTime (default: a managed server's at the profile)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (logs) and print its path"
@@ -537,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.load != "none" and not args.scale:
         parser.error("--load needs --scale (pgbench's tables)")
     shapes = shapes_asked(node_counts, args.scale, args.load == "pgbench")
+    store = Store.for_profile(args.store, args.profile or "default", args.zk_tick_ms)
+    known = systems(args.profile, store)
 
     console, log = bench_console(args.json, width=140)
 
@@ -549,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "runs": args.runs,
         "scenarios": args.scenarios,
+        "store": {"hacore": store.describe(), "patroni": ETCD.describe()},
         "shapes": [attrs.asdict(s) for s in shapes],
         "status_load": {
             "connections": 8,
@@ -565,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.template_dir is None:
         args.template_dir = root / "templates"
     report["templates"] = str(args.template_dir) if args.template_dir else None
+    if store != ETCD and any(name.startswith("patroni") for name in names):
+        log(f"hacore runs on a {store.describe()}; Patroni stays on a {ETCD.describe()}")
     try:
         for name in names:
             for shape in shapes:

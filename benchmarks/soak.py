@@ -2,9 +2,11 @@
 
     sudo .venv/bin/python benchmarks/soak.py [--minutes 10] [--profiles default,fast]
                                              [--cpu 1] [--io 1] [--hdd 1] [--json]
+                                             [--store etcd|zookeeper]
 
 Per timing profile (``timing.profile``) a fresh cluster of three network-namespace hosts, as
-in ``tests/fault`` (its ``FaultCluster``: managed etcd, synchronous mode on, the real CLI), runs
+in ``tests/fault`` (its ``FaultCluster``: managed etcd, or with ``--store zookeeper`` a managed
+ZooKeeper server per host at the profile's tick; synchronous mode on, the real CLI), runs
 for ``--minutes`` while the fault tests' writer inserts a row every 20 ms through every node's
 Unix socket and ``stress-ng`` runs inside every host: ``--cpu`` CPU workers, ``--io`` workers
 calling sync() (every fsync of etcd's WAL and PostgreSQL's commits waits behind them) and
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _fault_hosts import checker, fault_cluster, formed, netns
+from _fault_hosts import FORM_ATTEMPTS, checker, fault_cluster, formed, netns
 from _report import bench_console, machine
 from rich.console import Console
 from rich.table import Table
@@ -60,6 +62,29 @@ COUNTERS = (
     "hacore_promotions_total",
 )
 PROGRESS_EVERY = 60.0
+#: a managed store member's ports on each host, per backend other than the fault cluster's etcd
+STORE_PORTS = {"zookeeper": {"client_port": 2181, "peer_port": 2888, "election_port": 3888}}
+
+
+def formed_on(
+    net: netns.Network, profile: str, store: str, log: Callable[[str], None]
+) -> tuple[fault_cluster.FaultCluster, list[str]]:
+    """:func:`_fault_hosts.formed`, each host's managed member of ``store`` instead of etcd."""
+    if store == "etcd":
+        return formed(net, profile, log)
+    failures: list[str] = []
+    for _ in range(FORM_ATTEMPTS):
+        net.heal()
+        cluster = fault_cluster.FaultCluster(net, timing={"profile": profile})
+        for node in cluster.nodes.values():
+            node.backend, node.store = store, dict(STORE_PORTS[store])
+        try:
+            return cluster.form(), failures
+        except AssertionError as exc:
+            failures.append(str(exc).splitlines()[-1][:200] or str(exc)[:200])
+            log(f"{profile}: forming the cluster failed: {failures[-1]}")
+            cluster.cleanup()
+    raise RuntimeError(f"{profile}: no cluster formed in {FORM_ATTEMPTS} attempts: {failures}")
 
 
 def stress_argv(args: argparse.Namespace, workdir: Path, seconds: float) -> list[str]:
@@ -183,7 +208,7 @@ def soak(profile: str, args: argparse.Namespace, log: Callable[[str], None]) -> 
     seconds = args.minutes * 60
     netns.cleanup_stale()
     with netns.Network(3) as net:
-        cluster, failures = formed(net, profile, log)
+        cluster, failures = formed_on(net, profile, args.store, log)
         try:
             active, _ = cluster.wait_healthy()
             if args.priority == "raised":
@@ -224,6 +249,7 @@ def soak(profile: str, args: argparse.Namespace, log: Callable[[str], None]) -> 
     writer_changes = sum(1 for a, b in itertools.pairwise(seen) if a != b)
     return {
         "profile": profile,
+        "store": args.store,
         "seconds": seconds,
         "active_before": active,
         "false_failovers": len(changes),
@@ -249,7 +275,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         f"{host['cores']} cores, {host['memory_gib']} GiB, {host['platform']}, Python "
         f"{host['python']}, load {host['load_average']}; hacore {report['hacore']}; "
         f"{report['minutes']:g} min per profile; stress-ng per node: {report['stress']}; "
-        f"HA processes' priority: {report['priority']}",
+        f"HA processes' priority: {report['priority']}; store: managed {report['store']}",
         highlight=False,
     )
     table = Table(title="soak: a writer and stress-ng on every node, nothing broken on purpose")
@@ -300,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         help="raised: the HA processes at nice -10 and best-effort I/O 0, as the systemd unit's"
         " --priority raised",
     )
+    parser.add_argument(
+        "--store",
+        choices=("etcd", *STORE_PORTS),
+        default="etcd",
+        help="each host's managed store member (its timing from the profile)",
+    )
     parser.add_argument("--keep-logs", metavar="DIR", help="keep every node's logs under DIR")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
@@ -328,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "minutes": args.minutes,
         "stress": f"--cpu {args.cpu} --io {args.io} --hdd {args.hdd} --hdd-bytes {args.hdd_bytes}",
         "priority": args.priority,
+        "store": args.store,
         "results": results,
     }
     if args.json:

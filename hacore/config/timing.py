@@ -60,9 +60,20 @@ TIMING_PROFILES: Mapping[str, TimingSettings] = MappingProxyType(
     }
 )
 #: per profile and store backend: the defaults of a *managed* store server's own keys that the
-#: profile's timing needs (keys given in the consensus section win)
+#: profile's timing needs (keys given in the consensus section win). A managed ZooKeeper's
+#: tick at ``fast`` is 100 ms, not 250: its followers give up on a silent leader after
+#: ``syncLimit`` (20) ticks, and the new leader restarts every session's timer, so when the
+#: store's leader dies with the active's host the dead active's lease outlives it by that wait,
+#: the election and a whole ttl: 5 + 0.6 + 3 s at 250 ms, past the 2 x ttl a takeover is
+#: promised in; 2 + 0.6 + 3 s at 100 ms. Sessions also expire on tick boundaries: a crash's
+#: first write came 0.1-0.2 s sooner (docs/zookeeper.md, "Timing").
 PROFILE_STORE_SETTINGS: Mapping[str, Mapping[str, Mapping[str, Any]]] = MappingProxyType(
-    {"fast": {"etcd": {"heartbeat_interval": 50, "election_timeout": 300}}}
+    {
+        "fast": {
+            "etcd": {"heartbeat_interval": 50, "election_timeout": 300},
+            "zookeeper": {"tick_time_ms": 100},
+        }
+    }
 )
 
 

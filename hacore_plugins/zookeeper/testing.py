@@ -42,8 +42,20 @@ class ZooKeeperHarness(ConsensusHarness):
     supports_managed: ClassVar[bool] = True
     size: ClassVar[int] = 3
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        limits: zk.ServerLimits = LIMITS,
+        jvm_options: tuple[str, ...] = TEST_JVM_OPTIONS,
+        system_properties: dict[str, str] | None = None,
+    ) -> None:
+        """``limits``, ``jvm_options`` and ``system_properties`` are for a benchmark that
+        times a deployment (its tick, the production JVM options with fsync)."""
         super().__init__(workdir)
+        self.limits = limits
+        self.jvm_options = jvm_options
+        self.system_properties = system_properties
         self.entries: list[zk.ServerEntry] = []
         self.procs: list[ServerProcess] = []
         self._stores: list[ManagedStore] = []
@@ -98,12 +110,14 @@ class ZooKeeperHarness(ConsensusHarness):
             conf_dir,
             data_dir=conf_dir / "data",
             dynamic_file=dynamic,
-            limits=LIMITS,
+            limits=self.limits,
             skip_acl=True,
             four_letter_words=("*",),
             max_client_connections=0,
         )
-        return zk.server_argv(static, jvm_options=TEST_JVM_OPTIONS)
+        return zk.server_argv(
+            static, jvm_options=self.jvm_options, system_properties=self.system_properties
+        )
 
     def _wait_serving(self, index: int) -> None:
         address = self.entries[index].client_address
