@@ -171,7 +171,6 @@ def cluster_join(
     """
     from hacore.config.options import parse_options
 
-    threading.Thread(target=_find_keyring, name="keyring", daemon=True).start()
     if ca_fingerprint and ca_file:
         raise click.UsageError("give --ca-fingerprint or --ca-file, not both")
     warn_password_argument(ctx)
@@ -220,6 +219,7 @@ def cluster_join(
         "ca_certificate": ca_certificate,
     }
     answer = local.call(lambda c: c.join_ticket(body), timeout=ACCEPT_TIMEOUT)
+    threading.Thread(target=_find_keyring, name="keyring", daemon=True).start()
     echo = echo_progress(as_json)
     if echo:
         echo(f"joining cluster {answer['cluster']} through {answer['active']} as {node_name}")
@@ -282,7 +282,8 @@ def cluster_join(
 def _find_keyring() -> None:
     """Find the keyring backends while the join runs: the profile is saved at its end, and
     finding them (every installed backend imported and tried) then cost a busy machine a
-    second after the node already streamed. They are found once per process."""
+    second after the node already streamed. They are found once per process; the search
+    starts once the join is asked for, as before it took the CPU the CLI needs to ask."""
     with contextlib.suppress(Exception):
         profile_keyring.usable_backend()
 

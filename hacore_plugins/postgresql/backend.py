@@ -200,13 +200,13 @@ class PostgresReplication(PrimaryDuties, SourceAccess, SalvageDuties, SnapshotDu
     def clone(self, source: ReplicationSource, *, progress: ProgressCallback | None = None) -> None:
         self._prepare_home()
         copying.recover_interrupted(self.layout)
-        created = self._ensure_source_slot(source, fresh=True)
+        slot = self._slot_beside(source)
         try:
-            self._copy_from(source, progress)
+            self._copy_from(source, progress, slot)
         except BaseException:
-            if created:
-                self._forget_source_slot(source)
+            slot.undo()
             raise
+        self._slot_checked = (source, time.monotonic())
         self._become_standby_of(source)
         log.info("%s: cloned from %s", self.node_name, describe(source))
 
@@ -224,8 +224,12 @@ class PostgresReplication(PrimaryDuties, SourceAccess, SalvageDuties, SnapshotDu
         self.salvage_before_rewind(source.node_name, conninfo)
         try:
             self._finish_crash_recovery()
-            copying.rewind(self.tools, self.layout, conninfo=conninfo, dry_run=True)
+            # No --dry-run first: it fetches all the run fetches (the source's whole pg_wal),
+            # and pg_rewind makes its checks (same system, common timeline, the target's WAL)
+            # before it first changes the target.
+            began = time.monotonic()
             output = copying.rewind(self.tools, self.layout, conninfo=conninfo, dry_run=False)
+            took = time.monotonic() - began
         except ReplicationError as err:
             log.warning(
                 "%s: cannot rewind from %s (%s); cloning it again, old data kept until the "
@@ -242,7 +246,9 @@ class PostgresReplication(PrimaryDuties, SourceAccess, SalvageDuties, SnapshotDu
                     f"{self.node_name} could neither rewind ({err}) nor re-clone ({clone_err})"
                 ) from None
         else:
-            log.info("%s: pg_rewind from %s: %s", self.node_name, describe(source), output)
+            log.info(
+                "%s: pg_rewind from %s in %.2fs: %s", self.node_name, describe(source), took, output
+            )
             self._prepare_data(self.layout.pgdata, standby=True)
         self._become_standby_of(source)
         self._start(what=f"a standby of {source.node_name}")
@@ -291,7 +297,8 @@ class PostgresReplication(PrimaryDuties, SourceAccess, SalvageDuties, SnapshotDu
         if follow is not None:
             self._refuse_if_was_primary(state, follow)
             try:
-                self._ensure_source_slot(follow, timeout=ON_LOOP_CONNECT_TIMEOUT)
+                if not self._slot_made_by_clone(follow):
+                    self._ensure_source_slot(follow, timeout=ON_LOOP_CONNECT_TIMEOUT)
             except ReplicationError as err:
                 # The standby retries by itself; the next follow() creates the slot.
                 log.warning("%s: starting without a slot on the leader: %s", self.node_name, err)

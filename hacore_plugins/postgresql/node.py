@@ -22,7 +22,7 @@ import attrs
 
 from hacore.backends.log_files import LogTrimmer
 from hacore.backends.records import TlsFiles
-from hacore.backends.replication import ReplicationBackend
+from hacore.backends.replication import ReplicationBackend, ReplicationSource
 from hacore.errors import ConfigError, ReplicationError
 from hacore_plugins.postgresql import clone as copying
 from hacore_plugins.postgresql import server, tls_files
@@ -93,6 +93,8 @@ class PgNode(ReplicationBackend):
         self.log_trimmer = LogTrimmer(self.layout.log_file)
         self.user = ServerUser.lookup(self.config.os_user)
         self.tools = PgTools(self.config.bin_dir, self.user, self.layout.home)
+        #: the source a clone made this node's slot on, and when (sources.py)
+        self._slot_checked: tuple[ReplicationSource, float] | None = None
         socket = self.layout.run_dir / f".s.PGSQL.{self.config.port}"
         if len(str(socket)) > 107:
             raise ConfigError(

@@ -9,6 +9,7 @@ shows this node's certificate.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,18 @@ from hacore_plugins.postgresql.node import PgNode, file_size
 from hacore_plugins.postgresql.sql import (
     Conn,
     connect_source,
+    create_slot,
     describe,
     drop_slot,
-    ensure_slot,
     first_line,
 )
 from hacore_plugins.postgresql.state import NodeState, Upstream
 
 log = logging.getLogger(__name__)
+
+#: seconds a clone's check of its slot stands for the start that follows (the agent starts
+#: the standby right after the copy)
+SLOT_CHECK_VALID_S = 30.0
 
 
 class SourceAccess(PgNode):
@@ -80,16 +85,21 @@ class SourceAccess(PgNode):
             **extra,
         )
 
-    def _copy_from(self, source: ReplicationSource, progress: ProgressCallback | None) -> None:
+    def _copy_from(
+        self,
+        source: ReplicationSource,
+        progress: ProgressCallback | None,
+        slot: copying.SlotBeside | None = None,
+    ) -> None:
         self._remember_password(source)
         conninfo = self._conninfo(source)
         if not self.is_initialized():
             # nothing to keep: straight into the data directory, no swap
             with copying.straight_in(self.layout) as pgdata:
-                self._basebackup(source, pgdata, conninfo, progress)
+                self._basebackup(source, pgdata, conninfo, progress, slot)
                 self._prepare_data(pgdata, standby=True)
             return
-        self._basebackup(source, self.layout.clone_tmp, conninfo, progress)
+        self._basebackup(source, self.layout.clone_tmp, conninfo, progress, slot)
         try:
             self._prepare_data(self.layout.clone_tmp, standby=True)
             self._stop()
@@ -104,6 +114,7 @@ class SourceAccess(PgNode):
         target: Path,
         conninfo: str,
         progress: ProgressCallback | None,
+        slot: copying.SlotBeside | None = None,
     ) -> None:
         copying.basebackup(
             self.tools,
@@ -112,6 +123,7 @@ class SourceAccess(PgNode):
             conninfo=conninfo,
             max_rate=self.config.clone_max_rate,
             progress=progress,
+            slot=slot,
         )
 
     def _connect_source(self, source: ReplicationSource, *, timeout: int = 10) -> Conn:
@@ -121,9 +133,32 @@ class SourceAccess(PgNode):
         self, source: ReplicationSource, *, fresh: bool = False, timeout: int = 10
     ) -> bool:
         """Create this node's slot on ``source``; also proves the credentials work."""
+        return self._create_source_slot(source, fresh=fresh, timeout=timeout) is not None
+
+    def _slot_made_by_clone(self, source: ReplicationSource) -> bool:
+        """A clone from ``source`` just ended, its slot made and checked there: the start
+        that follows it need not connect once more to make sure of the slot. Once only."""
+        checked, self._slot_checked = self._slot_checked, None
+        return (
+            checked is not None
+            and checked[0] == source
+            and time.monotonic() - checked[1] < SLOT_CHECK_VALID_S
+        )
+
+    def _slot_beside(self, source: ReplicationSource) -> copying.SlotBeside:
+        """A clone's new slot on ``source``, made while its copy runs."""
+        return copying.SlotBeside(
+            lambda: self._create_source_slot(source, fresh=True),
+            lambda: self._forget_source_slot(source),
+        )
+
+    def _create_source_slot(
+        self, source: ReplicationSource, *, fresh: bool = False, timeout: int = 10
+    ) -> int | None:
+        """:meth:`_ensure_source_slot`; where a new slot keeps WAL from (None: it existed)."""
         with self._connect_source(source, timeout=timeout) as conn:
             try:
-                return ensure_slot(conn, slot_name(self.node_name), fresh=fresh)
+                return create_slot(conn, slot_name(self.node_name), fresh=fresh)
             except psycopg.Error as err:
                 raise ReplicationError(
                     f"cannot create the replication slot of {self.node_name} on "

@@ -165,11 +165,13 @@ def last_error_line(text: str) -> str:
     return line.split("failed: ", 1)[-1] if "connection to server" in line else line
 
 
-def ensure_slot(conn: Conn, slot: str, *, fresh: bool = False) -> bool:
-    """Create physical slot ``slot`` (reserving WAL now) unless it exists; True if created.
+def create_slot(conn: Conn, slot: str, *, fresh: bool = False) -> int | None:
+    """Create physical slot ``slot`` unless it exists; where the new slot keeps WAL from
+    (bytes from ``0/0``), None when it was there already.
 
     ``fresh`` replaces an unused slot: a new copy needs WAL from now on, and an old slot may
-    have been invalidated (``max_slot_wal_keep_size``) while its node was away.
+    have been invalidated (``max_slot_wal_keep_size``) while its node was away. A physical
+    slot keeps the WAL from the redo point of the source's last checkpoint on.
     """
     if fresh:
         conn.execute(
@@ -178,11 +180,11 @@ def ensure_slot(conn: Conn, slot: str, *, fresh: bool = False) -> bool:
             (slot,),
         )
     row = conn.execute(
-        "SELECT pg_create_physical_replication_slot(%s, true) IS NOT NULL"
+        "SELECT (pg_create_physical_replication_slot(%s, true)).lsn - '0/0'::pg_lsn"
         " WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
         (slot, slot),
     ).fetchone()
-    return row is not None
+    return int(row[0]) if row is not None else None
 
 
 def drop_slot(conn: Conn, slot: str, *, timeout: float = 15.0) -> bool:
