@@ -9,23 +9,21 @@ that makes it, and look at ``pg_replication_slots`` on the primary.
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import secrets
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
+from pg_admin import query, stop_by_pid
 
 from hacore.backends.replication import ReplicationSource
 from hacore.errors import ReplicationError
-from hacore.testing.procs import free_port, kill_with_children, pid_alive, wait_for
+from hacore.testing.procs import free_port, wait_for
 from hacore_plugins.postgresql.backend import PostgresReplication
 from hacore_plugins.postgresql.config_files import slot_name
 from hacore_plugins.postgresql.settings import default_bin_dir
@@ -48,20 +46,6 @@ HOLD = 20.0
 _names = itertools.count()
 
 
-def _stop(node: PostgresReplication) -> None:
-    try:
-        first = (node.layout.pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
-    except OSError:
-        return
-    if not first.strip().isdigit() or not pid_alive(pid := int(first)):
-        return
-    os.kill(pid, signal.SIGINT)
-    try:
-        wait_for(lambda: not pid_alive(pid), 30, what=f"{node.node_name} to stop")
-    except TimeoutError:
-        kill_with_children(pid)
-
-
 @pytest.fixture(scope="module")
 def root() -> Iterator[Path]:
     # pytest's own temp dirs are 0700 root: the postgres user could not enter them.
@@ -76,7 +60,7 @@ def made(root: Path) -> Iterator[list[PostgresReplication]]:
     nodes: list[PostgresReplication] = []
     yield nodes
     for node in nodes:
-        _stop(node)
+        stop_by_pid(node)
 
 
 def make(
@@ -90,19 +74,6 @@ def make(
     )
     made.append(node)
     return node
-
-
-def query(node: PostgresReplication, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    with psycopg.connect(
-        host=str(node.layout.run_dir),
-        port=node.config.port,
-        user="postgres",
-        dbname="postgres",
-        autocommit=True,
-        connect_timeout=10,
-    ) as conn:
-        cur = conn.execute(sql, params)
-        return cur.fetchall() if cur.description else []
 
 
 @pytest.fixture(scope="module")

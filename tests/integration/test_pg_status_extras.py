@@ -8,8 +8,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
+from pg_admin import query
 
 from hacore.backends.replication import ReplicationSource
 from hacore.testing.procs import free_port, wait_for
@@ -40,18 +40,6 @@ def make(root: Path, name: str) -> PostgresReplication:
     )
 
 
-def sql(node: PostgresReplication, statement: str) -> None:
-    with psycopg.connect(
-        host=str(node.layout.run_dir),
-        port=node.config.port,
-        user="postgres",
-        dbname="postgres",
-        autocommit=True,
-        connect_timeout=10,
-    ) as conn:
-        conn.execute(statement)
-
-
 def test_lag_seconds_and_pending_restart(root: Path) -> None:
     primary, standby = make(root, "p1"), make(root, "s1")
     try:
@@ -61,7 +49,7 @@ def test_lag_seconds_and_pending_restart(root: Path) -> None:
         standby.clone(source)
         standby.start(follow=source)
         wait_for(lambda: standby.status().following == "p1", 120, what="s1 streaming")
-        sql(primary, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+        query(primary, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
 
         def seen() -> float | None:
             found = [s for s in primary.status().standbys if s.name == "s1"]
@@ -72,8 +60,8 @@ def test_lag_seconds_and_pending_restart(root: Path) -> None:
         assert row.lag_seconds is not None and 0.0 <= row.lag_seconds < 60.0
 
         assert primary.status().pending_restart is False
-        sql(primary, "ALTER SYSTEM SET max_connections = 25")
-        sql(primary, "SELECT pg_reload_conf()")
+        query(primary, "ALTER SYSTEM SET max_connections = 25")
+        query(primary, "SELECT pg_reload_conf()")
         wait_for(lambda: primary.status().pending_restart is True, 60, what="pending_restart shown")
         assert standby.status().pending_restart is False
     finally:

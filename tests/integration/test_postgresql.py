@@ -26,11 +26,12 @@ from typing import Any
 import attrs
 import psycopg
 import pytest
+from pg_admin import postmaster, query, stop_by_pid
 
 from hacore.backends.replication import ReplicationSource
 from hacore.errors import ConfigError, ReplicationError
 from hacore.plugins.registry import load_plugins
-from hacore.testing.procs import free_port, kill_with_children, pid_alive, wait_for
+from hacore.testing.procs import free_port, kill_with_children, wait_for
 from hacore_plugins.postgresql.backend import PostgresReplication
 from hacore_plugins.postgresql.layout import INCLUDE_LINE
 from hacore_plugins.postgresql.settings import default_bin_dir, parse_settings
@@ -54,30 +55,11 @@ _names = itertools.count()
 # Servers: made in one root the postgres user can enter, stopped by pid.
 
 
-def _postmaster(node: PostgresReplication) -> int | None:
-    try:
-        first = (node.layout.pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
-    except OSError:
-        return None
-    return int(first) if first.strip().isdigit() and pid_alive(int(first)) else None
-
-
 def crash(node: PostgresReplication) -> None:
     """SIGKILL the whole server, as a host death would."""
-    pid = _postmaster(node)
+    pid = postmaster(node)
     assert pid is not None, f"{node.node_name} is not running"
     kill_with_children(pid)
-
-
-def stop_by_pid(node: PostgresReplication) -> None:
-    pid = _postmaster(node)
-    if pid is None:
-        return
-    os.kill(pid, signal.SIGINT)
-    try:
-        wait_for(lambda: not pid_alive(pid), 30, what=f"{node.node_name} to stop")
-    except TimeoutError:
-        kill_with_children(pid)
 
 
 class Nodes:
@@ -150,12 +132,6 @@ def connect(node: PostgresReplication, **kwargs: Any) -> psycopg.Connection[Any]
         connect_timeout=10,
         **kwargs,
     )
-
-
-def query(node: PostgresReplication, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    with connect(node) as conn:
-        cur = conn.execute(sql, params)
-        return cur.fetchall() if cur.description else []
 
 
 def scalar(node: PostgresReplication, sql: str, params: tuple[Any, ...] = ()) -> Any:

@@ -10,10 +10,8 @@ the pid in its ``postmaster.pid``.
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
-import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,12 +20,13 @@ from typing import Any
 import attrs
 import psycopg
 import pytest
+from pg_admin import query, stop_by_pid
 
 from hacore.backends.records import TlsFiles
 from hacore.backends.replication import ReplicationSource
 from hacore.errors import ConfigError, ReplicationError
 from hacore.pki import CaMaterial, create_ca, issue_node_certificate
-from hacore.testing.procs import free_port, kill_with_children, pid_alive, wait_for
+from hacore.testing.procs import free_port, wait_for
 from hacore_plugins.postgresql.backend import PostgresReplication
 from hacore_plugins.postgresql.settings import default_bin_dir
 
@@ -54,17 +53,6 @@ class Pki:
         """Issue (or re-issue) ``name``'s certificate, where ``cluster start``/``join`` put it."""
         issued = issue_node_certificate(ca or self.ca, name, hosts, self.root / f"tls-{name}")
         return TlsFiles(issued.ca_file, issued.cert_file, issued.key_file)
-
-
-def stop_by_pid(node: PostgresReplication) -> None:
-    pid = node.postmaster_pid()
-    if pid is None:
-        return
-    os.kill(pid, signal.SIGINT)
-    try:
-        wait_for(lambda: not pid_alive(pid), 30, what=f"{node.node_name} to stop")
-    except TimeoutError:
-        kill_with_children(pid)
 
 
 class Nodes:
@@ -126,20 +114,6 @@ def pair(pki: Pki) -> Iterator[Pair]:
 
 def source_of(node: PostgresReplication, password: str = PASSWORD) -> ReplicationSource:
     return ReplicationSource(node.node_name, node.host, node.config.port, "replicator", password)
-
-
-def query(node: PostgresReplication, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    """Over the Unix socket, as hacore administers its server: TLS does not concern it."""
-    with psycopg.connect(
-        host=str(node.layout.run_dir),
-        port=node.config.port,
-        user="postgres",
-        dbname="postgres",
-        autocommit=True,
-        connect_timeout=10,
-    ) as conn:
-        cur = conn.execute(sql, params)
-        return cur.fetchall() if cur.description else []
 
 
 def wait_following(node: PostgresReplication, upstream: str) -> None:
