@@ -288,6 +288,9 @@ def formed_cluster(
                 "--timeout",
                 str(WAIT),
             ).output
+        # A join ends when the joiner streams; the node that answers the CLI lists it from
+        # its next loop on (up to loop_wait later): formed means listed there too.
+        wait_for(lambda: set(cluster.view()) == set(cluster.nodes), WAIT, what="every node listed")
         cluster.formed_logs = {
             name: node.log_path.read_text(errors="replace") for name, node in cluster.nodes.items()
         }
