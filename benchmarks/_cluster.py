@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import time
@@ -305,3 +306,14 @@ def copy_tree(source: Path, target: Path) -> None:
 
 def chown_postgres(path: Path) -> None:
     subprocess.run(["chown", "-R", "postgres:postgres", str(path)], check=True)
+
+
+def fault_phase(cluster: BenchCluster) -> float:
+    """Wait a random part of the system's ``loop_wait`` first, so that the death falls
+    anywhere between two lease renewals, as a real one does. Without it a quiet machine
+    killed the active at the same point of its renewal cycle run after run (the writer's
+    warm-up starts from a loop's convergence): ZooKeeper's lease then always had its
+    whole ttl left, 3.10 s in 4 runs of 5. Returns the seconds waited."""
+    phase = round(random.uniform(0.0, cluster.timings().loop_wait), 3)
+    time.sleep(phase)
+    return phase

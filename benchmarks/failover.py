@@ -55,6 +55,7 @@ import attrs
 from _cluster import (
     TABLE,
     BenchCluster,
+    fault_phase,
     lost_writes,
     name_of_port,
     prepare_workdir,
@@ -120,6 +121,7 @@ def crash_run(cluster: BenchCluster, log: Callable[[str], None]) -> dict[str, An
         old_port = cluster.node(old).pg_port
         survivors = [n.name for n in cluster.nodes if n.name != old]
         lag = lag_at(cluster, old)
+        phase = fault_phase(cluster)
         fault = cluster.host_death(old)
         fault_wall = time.time() - (time.monotonic() - fault)
         status_at, status_node = wait_status(cluster, survivors, timeout)
@@ -142,6 +144,7 @@ def crash_run(cluster: BenchCluster, log: Callable[[str], None]) -> dict[str, An
         "lost_ids": lost[:20],
         "lag_bytes": lag,
         "worst_replay_lag_bytes": worst_replay(lag),
+        "fault_phase_s": phase,
         "database": cluster.database,
         "phases": cluster.promotion_phases(new, fault_wall),
     }
@@ -173,6 +176,7 @@ def haproxy_run(cluster: BenchCluster, log: Callable[[str], None]) -> dict[str, 
         through.wait_acks(WARM_ACKS, 120)  # HAProxy puts the active in after `rise` checks
         old_port = cluster.node(old).pg_port
         survivors = [n.name for n in cluster.nodes if n.name != old]
+        fault_phase(cluster)
         fault = cluster.host_death(old)
         status_at, status_node = wait_status(cluster, survivors, timeout)
         first = direct.first_ack(after=fault, not_port=old_port, timeout=timeout)
