@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 import psycopg
 import pytest
-from pg_admin import postmaster, query, stop_by_pid
+from pg_admin import connect, postmaster, query, stop_by_pid
 
 from hacore.backends.replication import ReplicationSource
 from hacore.errors import ConfigError, ReplicationError
@@ -120,18 +120,6 @@ def nodes(pg_root: Path) -> Iterator[Nodes]:
 
 def source_of(node: PostgresReplication, password: str = PASSWORD) -> ReplicationSource:
     return ReplicationSource(node.node_name, node.host, node.config.port, "replicator", password)
-
-
-def connect(node: PostgresReplication, **kwargs: Any) -> psycopg.Connection[Any]:
-    return psycopg.connect(
-        host=str(node.layout.run_dir),
-        port=node.config.port,
-        user="postgres",
-        dbname="postgres",
-        autocommit=True,
-        connect_timeout=10,
-        **kwargs,
-    )
 
 
 def scalar(node: PostgresReplication, sql: str, params: tuple[Any, ...] = ()) -> Any:

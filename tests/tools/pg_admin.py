@@ -14,17 +14,24 @@ from hacore.testing.procs import kill_with_children, pid_alive, wait_for
 from hacore_plugins.postgresql.backend import PostgresReplication
 
 
-def query(node: PostgresReplication, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    """Over the Unix socket, as hacore administers its server: TLS does not concern it.
-    Without ``params``, ``sql`` may hold several statements (the simple query protocol)."""
-    with psycopg.connect(
+def connect(node: PostgresReplication, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A superuser session over the Unix socket, as hacore administers its server: TLS does
+    not concern it."""
+    return psycopg.connect(
         host=str(node.layout.run_dir),
         port=node.config.port,
         user="postgres",
         dbname="postgres",
         autocommit=True,
         connect_timeout=10,
-    ) as conn:
+        **kwargs,
+    )
+
+
+def query(node: PostgresReplication, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Rows of ``sql``; without ``params`` it may hold several statements (the simple query
+    protocol)."""
+    with connect(node) as conn:
         cur = conn.execute(sql, params or None)
         return cur.fetchall() if cur.description else []
 
