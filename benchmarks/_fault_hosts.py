@@ -27,13 +27,19 @@ FORM_ATTEMPTS = 3
 
 
 def formed(
-    net: netns.Network, profile: str, log: Callable[[str], None]
+    net: netns.Network,
+    profile: str,
+    log: Callable[[str], None],
+    prepare: Callable[[fault_cluster.FaultCluster], None] | None = None,
 ) -> tuple[fault_cluster.FaultCluster, list[str]]:
-    """A formed cluster at ``profile`` on ``net``, and why the failed attempts failed."""
+    """A formed cluster at ``profile`` on ``net``, and why the failed attempts failed;
+    ``prepare`` changes each new cluster before it forms (another store)."""
     failures: list[str] = []
     for _ in range(FORM_ATTEMPTS):
         net.heal()
         cluster = fault_cluster.FaultCluster(net, timing={"profile": profile})
+        if prepare is not None:
+            prepare(cluster)
         try:
             return cluster.form(), failures
         except AssertionError as exc:

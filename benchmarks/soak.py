@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _fault_hosts import FORM_ATTEMPTS, checker, fault_cluster, formed, netns
+from _fault_hosts import checker, fault_cluster, formed, netns
 from _report import bench_console, machine
 from rich.console import Console
 from rich.table import Table
@@ -72,19 +72,12 @@ def formed_on(
     """:func:`_fault_hosts.formed`, each host's managed member of ``store`` instead of etcd."""
     if store == "etcd":
         return formed(net, profile, log)
-    failures: list[str] = []
-    for _ in range(FORM_ATTEMPTS):
-        net.heal()
-        cluster = fault_cluster.FaultCluster(net, timing={"profile": profile})
+
+    def use_store(cluster: fault_cluster.FaultCluster) -> None:
         for node in cluster.nodes.values():
             node.backend, node.store = store, dict(STORE_PORTS[store])
-        try:
-            return cluster.form(), failures
-        except AssertionError as exc:
-            failures.append(str(exc).splitlines()[-1][:200] or str(exc)[:200])
-            log(f"{profile}: forming the cluster failed: {failures[-1]}")
-            cluster.cleanup()
-    raise RuntimeError(f"{profile}: no cluster formed in {FORM_ATTEMPTS} attempts: {failures}")
+
+    return formed(net, profile, log, use_store)
 
 
 def stress_argv(args: argparse.Namespace, workdir: Path, seconds: float) -> list[str]:
